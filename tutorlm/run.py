@@ -1,0 +1,144 @@
+"""The run directory and its manifest: what each stage was given, what it wrote, and when.
+
+    runs/<name>/
+      manifest.json    {"environment": {...}, "stages": {"generate": {config, config_hash, inputs, outputs, stats, ...}}}
+      traces.jsonl, curated.jsonl, student/, eval/, report.html ...
+
+A stage is current when its config hash and the hashes of its input files are the ones the manifest
+recorded, and its output files still have the hashes recorded for them; then it can be skipped.
+Every write goes through a temporary file and `os.replace`, so a crash never leaves half a manifest.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Iterator
+
+from tutorlm.config import config_hash, to_dict
+
+MANIFEST = "manifest.json"
+_PACKAGES = ("tutorlm", "torch", "transformers", "tokenizers", "peft", "accelerate", "math-verify", "datasets")
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write `text` to `path` so that readers see the old file or the new one, never a part."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with temporary.open("w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
+
+
+def file_hash(path: Path) -> str:
+    """sha256 of a file, or of a directory's files (names and contents, in sorted order)."""
+    digest = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        if path.is_dir():
+            digest.update(str(file.relative_to(path)).encode())
+        with file.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+@functools.cache
+def environment() -> dict[str, Any]:
+    """Python, platform, package versions and git revision, for the manifest."""
+    versions = {}
+    for package in _PACKAGES:
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            continue
+    try:
+        revision = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+            cwd=Path(__file__).resolve().parent,
+        ).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        revision = None
+    return {"python": sys.version.split()[0], "platform": platform.platform(), "packages": versions, "git_revision": revision}
+
+
+class RunDir:
+    """One run's directory and manifest."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.path / MANIFEST
+
+    def manifest(self) -> dict[str, Any]:
+        if not self.manifest_path.exists():
+            return {"stages": {}}
+        try:
+            return json.loads(self.manifest_path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{self.manifest_path}: not valid JSON ({error}); move it away to start the run afresh") from None
+
+    def _write_manifest(self, manifest: dict[str, Any]) -> None:
+        atomic_write_text(self.manifest_path, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+
+    def stage(self, name: str) -> dict[str, Any] | None:
+        return self.manifest()["stages"].get(name)
+
+    def is_current(self, name: str, config: Any, inputs: dict[str, Path]) -> bool:
+        """Whether stage `name` finished with this config and these inputs, and its outputs are unchanged."""
+        record = self.stage(name)
+        if not record or record.get("status") != "done" or record["config_hash"] != config_hash(config):
+            return False
+        if record["inputs"] != {key: file_hash(path) for key, path in inputs.items()}:
+            return False
+        return all(
+            (self.path / relative).exists() and file_hash(self.path / relative) == digest
+            for relative, digest in record["outputs"].items()
+        )
+
+    @contextmanager
+    def record(self, name: str, config: Any, inputs: dict[str, Path]) -> Iterator[dict[str, Any]]:
+        """Run a stage inside this context; yields a dict the stage fills with `outputs` (paths) and `stats`.
+
+        On success the stage is recorded as done with hashes of its inputs and outputs; on an error it is
+        recorded as failed (with the error) and the error propagates.
+        """
+        self.path.mkdir(parents=True, exist_ok=True)
+        result: dict[str, Any] = {"outputs": [], "stats": {}}
+        started = time.time()
+        input_hashes = {key: file_hash(path) for key, path in inputs.items()}
+        record: dict[str, Any] = {
+            "config": to_dict(config), "config_hash": config_hash(config), "inputs": input_hashes,
+            "started": started, "status": "running", "outputs": {}, "stats": {},
+        }
+        self._update(name, record)
+        try:
+            yield result
+        except BaseException as error:
+            record.update(status="failed", error=f"{type(error).__name__}: {error}", finished=time.time(), stats=result["stats"])
+            self._update(name, record)
+            raise
+        record.update(
+            status="done", finished=time.time(), seconds=round(time.time() - started, 3), stats=result["stats"],
+            outputs={str(Path(p).relative_to(self.path)): file_hash(Path(p)) for p in result["outputs"]},
+        )
+        self._update(name, record)
+
+    def _update(self, name: str, record: dict[str, Any]) -> None:
+        manifest = self.manifest()
+        manifest["environment"] = environment()
+        manifest["stages"][name] = record
+        self._write_manifest(manifest)

@@ -1,0 +1,96 @@
+"""Reasoning tasks: built-in seeded generators and user data files, behind one `Task` interface.
+
+    from tutorlm.config import TaskConfig
+    from tutorlm.tasks import load_task
+    task = load_task(TaskConfig(source="last_letters", options={"num_words": 3}))
+    example = task.examples("test", n=1)[0]
+    task.grade(example, "... The answer is " + example.answer + ".").correct   # True
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from pathlib import Path
+from typing import Any
+
+from tutorlm.config import TaskConfig, _check_value
+from tutorlm.tasks.arithmetic import Arithmetic, MultistepArithmetic
+from tutorlm.tasks.base import SPLITS, DataError, Example, Task, build_prompt, format_question, sample_split, split_of
+from tutorlm.tasks.files import load_file_examples
+from tutorlm.tasks.logic import Deduction, ObjectTracking
+from tutorlm.tasks.symbolic import CoinFlip, LastLetters
+
+__all__ = ["GENERATORS", "SPLITS", "DataError", "Example", "Task", "build_prompt", "format_question", "load_task", "split_of"]
+
+# name -> generator class; each is a dataclass of difficulty settings with a `draw(rng) -> Example`.
+GENERATORS: dict[str, type] = {
+    "coin_flip": CoinFlip,
+    "last_letters": LastLetters,
+    "arithmetic": Arithmetic,
+    "multistep_arithmetic": MultistepArithmetic,
+    "object_tracking": ObjectTracking,
+    "deduction": Deduction,
+}
+
+
+def make_generator(name: str, options: dict[str, Any]) -> Any:
+    """A built-in generator with its settings checked: unknown settings and wrong types name the key."""
+    cls = GENERATORS[name]
+    hints = typing.get_type_hints(cls)
+    known = [f.name for f in dataclasses.fields(cls)]
+    for key, value in options.items():
+        if key not in known:
+            raise DataError(f"task {name!r} has no setting {key!r}; its settings are {', '.join(known)}")
+        _check_value(value, hints[key], f"task.options.{key}", f"task {name!r}")
+    try:
+        return cls(**options)
+    except ValueError as error:
+        raise DataError(f"task {name!r}: {error}") from None
+
+
+def generator_settings(name: str) -> dict[str, Any]:
+    """The default settings of a built-in task."""
+    return dataclasses.asdict(GENERATORS[name]())
+
+
+def load_task(config: TaskConfig) -> Task:
+    """The task a config describes: a built-in generator, or examples read from files."""
+    if config.source in GENERATORS and not config.splits:
+        generator = make_generator(config.source, config.options)
+        name = config.name or config.source
+
+        def load_generated(split: str, n: int | None, seed: int) -> list[Example]:
+            if n is None:
+                raise ValueError(f"built-in task {name!r} generates examples on demand: say how many (n)")
+            return sample_split(name, generator.draw, split=split, n=n, seed=config.seed + seed)
+
+        return Task(name, generator.answer_type, load_generated, fallback=config.fallback,
+                    description=(type(generator).__doc__ or "").strip())
+    if config.options:
+        raise DataError(f"task.options only apply to built-in tasks; {config.source!r} is not one of {', '.join(GENERATORS)}")
+    sources = list(config.splits.values()) or [config.source]
+    looks_like_data = all(s.startswith("hf:") or Path(s).suffix or Path(s).exists() for s in sources)
+    if not looks_like_data:
+        raise DataError(
+            f"unknown task {config.source!r}: not a built-in task ({', '.join(GENERATORS)}), "
+            "a data file, a saved dataset directory, or hf:ORG/NAME"
+        )
+    first = sources[0]
+    name = config.name or (first[3:].replace("/", "_") if first.startswith("hf:") else Path(first).stem)
+
+    def load_file(split: str, n: int | None, seed: int) -> list[Example]:
+        if config.splits and split not in config.splits:
+            raise DataError(f"task.splits names no file for split {split!r}; it has {', '.join(config.splits)}")
+        # A file named for this split is used whole; a single file is split by question hash.
+        source = config.splits.get(split, config.source)
+        examples = load_file_examples(
+            source, split, name=name, question_field=config.question_field, answer_field=config.answer_field,
+            choices_field=config.choices_field, id_field=config.id_field, answer_format=config.answer_format,
+            hub_config=config.hub_config, hash_split=not config.splits,
+        )
+        if not examples:
+            raise DataError(f"{source}: no examples in split {split!r}")
+        return examples if n is None else examples[:n]
+
+    return Task(name, config.answer_type, load_file, fallback=config.fallback, description=f"examples from {', '.join(sources)}")
