@@ -88,7 +88,7 @@ _HELPER = _Helper()
 def symbolic_equal(predicted: str, gold: str, *, timeout: float = 5.0, backend: str = "auto") -> bool:
     """Whether two LaTeX answers are mathematically equal; False on parse failure or after `timeout` seconds.
 
-    backend: "auto" (math-verify if installed, else "sympy"), "math-verify" or "sympy".
+    backend: "auto" (math-verify when installed, then the sympy subset parser), "math-verify" or "sympy".
     """
     if len(predicted) > 300 or len(gold) > 300:
         return False
@@ -280,15 +280,20 @@ def _serve() -> None:
     for line in sys.stdin:
         request = json.loads(line)
         backend = request["backend"]
-        if backend == "auto":
-            backend = "math-verify" if have_math_verify else "sympy"
-        try:
-            if backend == "math-verify":
-                equal = _equal_math_verify(request["predicted"], request["gold"])
-            else:
-                equal = _equal_sympy(request["predicted"], request["gold"])
-        except Exception:  # noqa: BLE001 - any failure inside a parser means "not shown equal"
-            equal = False
+        # "auto" asks both when math-verify is installed: each is conservative (a parse failure is
+        # "not equal"), and each proves some equalities the other misses (math-verify leaves x/2 + x/2
+        # unsimplified; the subset parser knows no sets, intervals or matrices).
+        checks = {"math-verify": [_equal_math_verify], "sympy": [_equal_sympy]}.get(
+            backend, [_equal_math_verify, _equal_sympy] if have_math_verify else [_equal_sympy]
+        )
+        equal = False
+        for check in checks:
+            try:
+                equal = check(request["predicted"], request["gold"])
+            except Exception:  # noqa: BLE001 - any failure inside a parser means "not shown equal"
+                equal = False
+            if equal:
+                break
         print(json.dumps({"equal": equal}), flush=True)
 
 

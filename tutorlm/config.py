@@ -112,12 +112,12 @@ def _type_name(expected: Any) -> str:
         return "null"
     if origin is list:
         return "a list"
-    if origin is dict:
+    if origin is dict or dataclasses.is_dataclass(expected):
         return "a mapping"
     return {int: "an integer", float: "a number", str: "text", bool: "true or false"}.get(expected, str(expected))
 
 
-def _check_value(value: Any, expected: Any, key: str, where: str) -> Any:
+def check_value(value: Any, expected: Any, key: str, where: str) -> Any:
     """`value` if it fits `expected` (ints are accepted as floats), else a ConfigError naming `key`."""
     origin = typing.get_origin(expected)
     args = typing.get_args(expected)
@@ -127,7 +127,7 @@ def _check_value(value: Any, expected: Any, key: str, where: str) -> Any:
     if origin in (typing.Union, types.UnionType):
         for arg in args:
             try:
-                return _check_value(value, arg, key, where)
+                return check_value(value, arg, key, where)
             except ConfigError:
                 continue
     elif origin is Literal:
@@ -145,10 +145,10 @@ def _check_value(value: Any, expected: Any, key: str, where: str) -> Any:
         fits = isinstance(value, str)
     elif origin is list:
         if isinstance(value, list):
-            return [_check_value(item, args[0], f"{key}[{i}]", where) for i, item in enumerate(value)]
+            return [check_value(item, args[0], f"{key}[{i}]", where) for i, item in enumerate(value)]
     elif origin is dict:
         if isinstance(value, dict):
-            return {str(k): _check_value(v, args[1], f"{key}.{k}", where) for k, v in value.items()}
+            return {str(k): check_value(v, args[1], f"{key}.{k}", where) for k, v in value.items()}
     elif dataclasses.is_dataclass(expected):
         if isinstance(value, dict):
             return from_dict(expected, value, where, prefix=f"{key}.")
@@ -170,7 +170,7 @@ def from_dict(cls: type, data: dict[str, Any], where: str, prefix: str = "") -> 
             close = difflib.get_close_matches(name, names, n=1)
             hint = f" (did you mean {prefix}{close[0]}?)" if close else f"; known keys: {', '.join(names)}"
             raise ConfigError(f"{where}: unknown key {prefix}{key}{hint}")
-        values[name] = _check_value(value, hints[name], prefix + name, where)
+        values[name] = check_value(value, hints[name], prefix + name, where)
     try:
         return cls(**values)
     except (ValueError, TypeError) as error:

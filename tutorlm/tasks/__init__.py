@@ -14,7 +14,7 @@ import typing
 from pathlib import Path
 from typing import Any
 
-from tutorlm.config import TaskConfig, _check_value
+from tutorlm.config import ConfigError, TaskConfig, check_value
 from tutorlm.tasks.arithmetic import Arithmetic, MultistepArithmetic
 from tutorlm.tasks.base import SPLITS, DataError, Example, Task, build_prompt, format_question, sample_split, split_of
 from tutorlm.tasks.files import load_file_examples
@@ -42,7 +42,10 @@ def make_generator(name: str, options: dict[str, Any]) -> Any:
     for key, value in options.items():
         if key not in known:
             raise DataError(f"task {name!r} has no setting {key!r}; its settings are {', '.join(known)}")
-        _check_value(value, hints[key], f"task.options.{key}", f"task {name!r}")
+        try:
+            check_value(value, hints[key], f"task.options.{key}", f"task {name!r}")
+        except ConfigError as error:
+            raise DataError(str(error)) from None
     try:
         return cls(**options)
     except ValueError as error:

@@ -223,7 +223,8 @@ def load_file_examples(
             raise DataError(f"{location}: field {answer_key!r} is empty")
         if hash_split and not already_split and split_of(question) != split:
             continue
-        choices = _parse_choices(location, _field(location, row, choices_key)) if choices_key else None
+        raw_choices = _field(location, row, choices_key) if choices_key else None
+        choices = _parse_choices(location, raw_choices) if raw_choices not in (None, "") else None
         if choices:
             gold, rationale = _gold_letter(location, raw_answer, choices), None
         else:
