@@ -99,6 +99,30 @@ def cmd_tasks_export(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 # ---------------------------------------------------------------------------------------------------
+# tutorlm generate
+# ---------------------------------------------------------------------------------------------------
+
+
+def _apply_run_flags(args: argparse.Namespace, settings: list[str]) -> list[str]:
+    """--out DIR and --no-cache are shorthands for run.output_dir/run.name and generate.cache."""
+    settings = list(settings)
+    if getattr(args, "out", None):
+        out = Path(args.out)
+        settings += [f"--run.output_dir={out.parent}", f"--run.name={out.name}"]
+    if getattr(args, "no_cache", False):
+        settings.append("--generate.cache=false")
+    return settings
+
+
+def cmd_generate(args: argparse.Namespace, extra: list[str]) -> int:
+    from tutorlm.generate import generate
+
+    recipe = _recipe_from(args, _apply_run_flags(args, extra))
+    generate(recipe, force=args.force, console=error_console)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------
 # tutorlm verify / doctor
 # ---------------------------------------------------------------------------------------------------
 
@@ -212,6 +236,20 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument("--with-prompt", action="store_true", help="also write the chat prompt of each example")
         sub.set_defaults(handler=handler)
 
+    from tutorlm.config import GenerateConfig, RunConfig, TeacherConfig
+
+    generate = commands.add_parser(
+        "generate", help="have a teacher write step-by-step rationales (traces.jsonl)", formatter_class=formatter,
+        description="Have a teacher write step-by-step rationales for a task's questions, through a durable cache. "
+        "Settings come from an optional YAML recipe, then --SECTION.FIELD flags.",
+        epilog=_settings_epilog({"task": TaskConfig, "teacher": TeacherConfig, "generate": GenerateConfig, "run": RunConfig}),
+    )
+    generate.add_argument("recipe", nargs="?", help="a YAML recipe (optional)")
+    generate.add_argument("--out", help="run directory, e.g. runs/letters (same as --run.output_dir runs --run.name letters)")
+    generate.add_argument("--no-cache", action="store_true", help="neither read nor write the teacher cache")
+    generate.add_argument("--force", action="store_true", help="redo the stage even if the manifest says it is current")
+    generate.set_defaults(handler=cmd_generate)
+
     verify = commands.add_parser(
         "verify", help="extract the final answer from a completion and grade it", formatter_class=formatter,
         description="Extract the final answer from a completion and compare it with a gold answer, "
@@ -231,16 +269,40 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def split_settings(argv: list[str]) -> tuple[list[str], list[str]]:
+    """(plain arguments, --SECTION.FIELD settings with their values), so argparse never sees the settings."""
+    plain, settings = [], []
+    position = 0
+    while position < len(argv):
+        arg = argv[position]
+        name = arg.split("=", 1)[0]
+        if arg.startswith("--") and "." in name and not name[2:].replace(".", "").isdigit():
+            settings.append(arg)
+            if "=" not in arg and position + 1 < len(argv):
+                settings.append(argv[position + 1])
+                position += 1
+        else:
+            plain.append(arg)
+        position += 1
+    return plain, settings
+
+
 def main(argv: list[str] | None = None) -> int:
+    from tutorlm.backends import FatalBackendError
+    from tutorlm.generate import GenerationIncomplete
+    from tutorlm.models import ModelError
     from tutorlm.tasks import DataError
 
-    parser = build_parser()
-    args, extra = parser.parse_known_args(argv)
+    plain, settings = split_settings(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(plain)
     try:
-        return args.handler(args, extra)
-    except (ConfigError, DataError, FileNotFoundError) as error:
+        return args.handler(args, settings)
+    except (ConfigError, DataError, ModelError, FileNotFoundError) as error:
         error_console.print(f"[red]error:[/red] {error}", highlight=False, soft_wrap=True)
         return 2
+    except (FatalBackendError, GenerationIncomplete) as error:
+        error_console.print(f"[red]error:[/red] {error}", highlight=False, soft_wrap=True)
+        return 1
     except KeyboardInterrupt:
         error_console.print("interrupted")
         return 130

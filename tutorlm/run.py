@@ -110,8 +110,12 @@ class RunDir:
         )
 
     @contextmanager
-    def record(self, name: str, config: Any, inputs: dict[str, Path]) -> Iterator[dict[str, Any]]:
+    def record(self, name: str, config: Any, inputs: dict[str, Path], resolved: Any = None) -> Iterator[dict[str, Any]]:
         """Run a stage inside this context; yields a dict the stage fills with `outputs` (paths) and `stats`.
+
+        A stage that finished but left work undone sets `status` to "incomplete", so a rerun is not skipped.
+        `config` decides whether the stage is current; `resolved` (default: `config`) is the full
+        configuration saved for the record, operational settings included.
 
         On success the stage is recorded as done with hashes of its inputs and outputs; on an error it is
         recorded as failed (with the error) and the error propagates.
@@ -121,7 +125,7 @@ class RunDir:
         started = time.time()
         input_hashes = {key: file_hash(path) for key, path in inputs.items()}
         record: dict[str, Any] = {
-            "config": to_dict(config), "config_hash": config_hash(config), "inputs": input_hashes,
+            "config": to_dict(resolved if resolved is not None else config), "config_hash": config_hash(config), "inputs": input_hashes,
             "started": started, "status": "running", "outputs": {}, "stats": {},
         }
         self._update(name, record)
@@ -132,7 +136,7 @@ class RunDir:
             self._update(name, record)
             raise
         record.update(
-            status="done", finished=time.time(), seconds=round(time.time() - started, 3), stats=result["stats"],
+            status=result.get("status", "done"), finished=time.time(), seconds=round(time.time() - started, 3), stats=result["stats"],
             outputs={str(Path(p).relative_to(self.path)): file_hash(Path(p)) for p in result["outputs"]},
         )
         self._update(name, record)

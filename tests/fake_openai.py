@@ -1,0 +1,144 @@
+"""A real HTTP server on 127.0.0.1 that speaks OpenAI chat completions, with scripted faults.
+
+Faults are chosen per request by `fault_for(key, attempt)`, where key identifies the request (messages
++ seed) and attempt counts earlier tries of the same key. A fault attempt never counts as a served
+completion, so `served` counts each completion that reached the client in one piece.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import socket
+import threading
+import time
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Callable
+
+FAULTS = ("429", "500", "503", "slow", "drop", "malformed")
+
+
+def default_reply(messages: list[dict]) -> str:
+    question = messages[-1]["content"]
+    return f"Let me think step by step about: {question[:40]}\nThe answer is {len(question) % 7}."
+
+
+class FakeOpenAI:
+    def __init__(
+        self,
+        *,
+        model: str = "teacher-model",
+        api_key: str | None = None,
+        delay_s: float = 0.0,
+        slow_s: float = 1.5,
+        fault_for: Callable[[str, int], str | None] = lambda key, attempt: None,
+        reply: Callable[[list[dict]], str] = default_reply,
+    ) -> None:
+        self.model, self.api_key, self.delay_s, self.slow_s = model, api_key, delay_s, slow_s
+        self.fault_for, self.reply = fault_for, reply
+        self.attempts: Counter[str] = Counter()
+        self.served: Counter[str] = Counter()
+        self.bodies: list[dict] = []
+        self.lock = threading.Lock()
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+
+    def __enter__(self) -> "FakeOpenAI":
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def reset_counts(self) -> None:
+        with self.lock:
+            self.attempts.clear()
+            self.served.clear()
+
+    @property
+    def total_served(self) -> int:
+        with self.lock:
+            return sum(self.served.values())
+
+    def _handler(self):
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args) -> None:
+                pass
+
+            def _send(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                for name, value in (headers or {}).items():
+                    self.send_header(name, value)
+                self.end_headers()
+                self.wfile.write(body)
+
+            def _authorized(self) -> bool:
+                if fake.api_key is None or self.headers.get("Authorization") == f"Bearer {fake.api_key}":
+                    return True
+                self._send(401, b'{"error": {"message": "invalid api key"}}')
+                return False
+
+            def do_GET(self) -> None:
+                if self._authorized():
+                    self._send(200, json.dumps({"object": "list", "data": [{"id": fake.model}]}).encode())
+
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                if not self._authorized():
+                    return
+                if body["model"] != fake.model:
+                    self._send(404, json.dumps({"error": {"message": f"The model `{body['model']}` does not exist"}}).encode())
+                    return
+                key = hashlib.sha256(json.dumps([body["messages"], body.get("seed")]).encode()).hexdigest()
+                with fake.lock:
+                    attempt = fake.attempts[key]
+                    fake.attempts[key] += 1
+                    fake.bodies.append(body)
+                fault = fake.fault_for(key, attempt)
+                time.sleep(fake.delay_s)
+                if fault in ("429", "500", "503"):
+                    headers = {"Retry-After": "0.05"} if fault == "429" else {}
+                    self._send(int(fault), b'{"error": {"message": "try again"}}', headers)
+                    return
+                if fault == "slow":
+                    time.sleep(fake.slow_s)
+                    self.close_connection = True
+                    return
+                if fault == "drop":
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                    self.close_connection = True
+                    return
+                if fault == "malformed":
+                    self._send(200, b'{"choices": [ {"message": ')
+                    return
+                if fault == "400":
+                    self._send(400, b'{"error": {"message": "prompt too long"}}')
+                    return
+                text = fake.reply(body["messages"])
+                words = text.split()
+                choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
+                if body.get("logprobs"):
+                    k = body.get("top_logprobs", 1)
+                    choice["logprobs"] = {"content": [
+                        {"token": word, "logprob": -0.1, "top_logprobs": [{"token": word, "logprob": -0.1}] * k}
+                        for word in words
+                    ]}
+                reply = {
+                    "id": "chatcmpl-test", "object": "chat.completion", "model": fake.model, "choices": [choice],
+                    "usage": {"prompt_tokens": sum(len(m["content"].split()) for m in body["messages"]),
+                              "completion_tokens": len(words), "total_tokens": 0},
+                }
+                self._send(200, json.dumps(reply).encode())
+                with fake.lock:
+                    fake.served[key] += 1
+
+        return Handler

@@ -1,0 +1,100 @@
+"""Text generation backends: one small interface for teachers now and evaluated models later.
+
+A backend takes a list of `Request`s (chat messages plus a sample index) and `Sampling` settings and
+calls `on_result(request, completion_or_error)` once per request, as each one finishes, from the
+calling thread. That lets the caller commit each result to the cache the moment it exists.
+
+- `openai`:    any OpenAI-compatible chat-completions server (vLLM, SGLang, llama.cpp, Ollama, APIs)
+- `hf`:        a local transformers model (hub id, directory, or GGUF file), batched
+- `reference`: a built-in task's reference solver: offline and deterministic
+
+Errors: `FatalBackendError` stops the whole run (bad key, unknown model); any other exception passed
+to `on_result` is a per-request failure that a rerun retries.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol
+
+
+class FatalBackendError(RuntimeError):
+    """An error no retry can fix (authentication, unknown model): the run stops at once."""
+
+
+class RequestFailed(RuntimeError):
+    """A request that still failed after every retry; the rerun tries it again."""
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Sampling settings for one generation call; `n` samples are n requests with sample_index 0..n-1."""
+
+    temperature: float = 0.0
+    top_p: float = 1.0
+    max_tokens: int = 512
+    stop: tuple[str, ...] = ()
+    seed: int | None = 0
+    top_logprobs: int = 0  # > 0: return the top-k log-probabilities of every generated token
+
+    def key(self) -> dict[str, Any]:
+        """What identifies a sampling setup in the cache."""
+        return {"temperature": self.temperature, "top_p": self.top_p, "max_tokens": self.max_tokens,
+                "stop": list(self.stop), "seed": self.seed, "top_logprobs": self.top_logprobs}
+
+
+@dataclass
+class Request:
+    messages: list[dict[str, str]]
+    sample_index: int = 0
+    example_id: str = ""  # the reference backend looks solutions up by id; others ignore it
+
+
+@dataclass
+class Completion:
+    text: str
+    finish_reason: str  # "stop" or "length" (or what the server says)
+    prompt_tokens: int
+    completion_tokens: int
+    latency_s: float = 0.0
+    # One entry per generated token: {"token": str, "logprob": float, "top": [[token, logprob], ...]}
+    logprobs: list[dict[str, Any]] | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"text": self.text, "finish_reason": self.finish_reason, "prompt_tokens": self.prompt_tokens,
+                "completion_tokens": self.completion_tokens, "latency_s": self.latency_s, "logprobs": self.logprobs}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Completion":
+        return cls(text=data["text"], finish_reason=data["finish_reason"], prompt_tokens=data["prompt_tokens"],
+                   completion_tokens=data["completion_tokens"], latency_s=data.get("latency_s", 0.0),
+                   logprobs=data.get("logprobs"))
+
+
+OnResult = Callable[[Request, "Completion | Exception"], None]
+
+
+class Backend(Protocol):
+    kind: str
+    model_name: str  # what traces and the cache record as the model
+    counters: dict[str, int]  # e.g. {"retries": 3}: shown in the progress display
+
+    def run(self, requests: list[Request], sampling: Sampling, on_result: OnResult) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def make_backend(config: Any, task: Any = None) -> Backend:
+    """The backend a TeacherConfig (or eval model config) describes."""
+    if config.backend == "openai":
+        from tutorlm.backends.openai import OpenAIBackend
+
+        return OpenAIBackend(config)
+    if config.backend == "hf":
+        from tutorlm.backends.hf import HFBackend
+
+        return HFBackend(config)
+    from tutorlm.backends.reference import ReferenceBackend
+
+    return ReferenceBackend(task)

@@ -1,0 +1,109 @@
+"""Local transformers backend: batched generation with left padding and a KV cache.
+
+Requests are sorted by prompt length so each batch pads little, formatted with the model's own chat
+template, and generated with `model.generate`. Sampling is seeded per batch (seed + batch index):
+reproducible for the same requests and batch size, though not per sample across batch sizes.
+Top-k log-probabilities come from the raw logits (before temperature / top-p), as KD needs.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from tutorlm.backends import Completion, FatalBackendError, OnResult, Request, Sampling
+
+
+class HFBackend:
+    kind = "hf"
+
+    def __init__(self, config: Any, *, model: Any = None, tokenizer: Any = None) -> None:
+        """Load `config.model`, or use an already-loaded model and tokenizer (tests, evaluation)."""
+        from tutorlm.models import load_model, load_tokenizer
+
+        if model is None and not config.model:
+            raise FatalBackendError("the hf backend needs a model: set teacher.model to a hub id, directory or .gguf file")
+        self.model_name = str(config.model or type(model).__name__)
+        self.model = model if model is not None else load_model(
+            config.model, config.gguf_file, device=config.device, dtype=config.dtype, trust_remote_code=config.trust_remote_code
+        )
+        self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(
+            config.model, config.gguf_file, trust_remote_code=config.trust_remote_code
+        )
+        if self.tokenizer.chat_template is None:
+            raise FatalBackendError(f"model {self.model_name!r} has no chat template; use an instruct/chat model")
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.tokenizer.padding_side = "left"
+        self.batch_size = config.batch_size
+        eos = self.model.generation_config.eos_token_id
+        self.stop_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+        self.stop_ids.add(self.tokenizer.eos_token_id)
+        self.counters: dict[str, int] = {"batches": 0}
+
+    def run(self, requests: list[Request], sampling: Sampling, on_result: OnResult) -> None:
+        import torch
+
+        prompts = [
+            self.tokenizer.apply_chat_template(r.messages, add_generation_prompt=True, tokenize=False) for r in requests
+        ]
+        lengths = [len(ids) for ids in self.tokenizer(prompts, add_special_tokens=False)["input_ids"]]
+        order = sorted(range(len(requests)), key=lambda i: -lengths[i])
+        device = next(self.model.parameters()).device
+        for batch_index, start in enumerate(range(0, len(order), self.batch_size)):
+            chosen = order[start : start + self.batch_size]
+            encoded = self.tokenizer(
+                [prompts[i] for i in chosen], return_tensors="pt", padding=True, add_special_tokens=False
+            ).to(device)
+            options: dict[str, Any] = {
+                "max_new_tokens": sampling.max_tokens, "pad_token_id": self.tokenizer.pad_token_id,
+                "eos_token_id": sorted(self.stop_ids), "return_dict_in_generate": True,
+                "output_logits": sampling.top_logprobs > 0,
+            }
+            if sampling.temperature > 0:
+                options.update(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p)
+            else:
+                options.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+            if sampling.stop:
+                options.update(stop_strings=list(sampling.stop), tokenizer=self.tokenizer)
+            if sampling.seed is not None:
+                torch.manual_seed(sampling.seed + batch_index)
+            started = time.perf_counter()
+            with torch.no_grad():
+                output = self.model.generate(**encoded, **options)
+            latency = time.perf_counter() - started
+            self.counters["batches"] += 1
+            prompt_width = encoded["input_ids"].shape[1]
+            new_tokens = output.sequences[:, prompt_width:]  # (B, T_new)
+            for row, request_index in enumerate(chosen):
+                tokens = new_tokens[row].tolist()
+                finish = "length"
+                for position, token in enumerate(tokens):
+                    if token in self.stop_ids:
+                        tokens, finish = tokens[:position], "stop"
+                        break
+                text = self.tokenizer.decode(tokens, skip_special_tokens=True)
+                for stop in sampling.stop:
+                    if stop in text:
+                        text, finish = text[: text.index(stop)], "stop"
+                logprobs = self._top_logprobs(output.logits, row, len(tokens), tokens, sampling.top_logprobs) if sampling.top_logprobs else None
+                on_result(requests[request_index], Completion(
+                    text=text, finish_reason=finish, prompt_tokens=lengths[request_index],
+                    completion_tokens=len(tokens), latency_s=latency, logprobs=logprobs,
+                ))
+
+    def _top_logprobs(self, logits: tuple, row: int, count: int, tokens: list[int], k: int) -> list[dict[str, Any]]:
+        import torch
+
+        result = []
+        for step in range(count):
+            logprobs = torch.log_softmax(logits[step][row].float(), dim=-1)  # (V,)
+            top = torch.topk(logprobs, k)
+            result.append({
+                "token": self.tokenizer.decode([tokens[step]]), "logprob": float(logprobs[tokens[step]]),
+                "top": [[self.tokenizer.decode([int(i)]), float(v)] for v, i in zip(top.values, top.indices)],
+            })
+        return result
+
+    def close(self) -> None:
+        pass

@@ -1,0 +1,229 @@
+"""OpenAI-compatible chat-completions backend: vLLM, SGLang, llama.cpp server, Ollama, hosted APIs.
+
+- Async (httpx) with at most `max_concurrency` requests in flight per endpoint; several endpoints
+  serving one model share the load (each request goes to the endpoint with the fewest in flight).
+- Retries with exponential backoff and jitter on 429, 408, 5xx, timeouts, dropped connections and
+  malformed replies, honouring `Retry-After`. 401/403 and "model not found" stop the run at once.
+  Other 4xx replies (e.g. a prompt longer than the context) fail that request only.
+- The API key is read from the environment variable that `api_key_env` names, and exists only in
+  the request headers: never in config, manifest, cache, traces or logs.
+- Servers that split reasoning into `reasoning_content` (vLLM and SGLang reasoning parsers,
+  DeepSeek) get it back as `<think>…</think>` before the answer, so the trace keeps the reasoning.
+- Top-k log-probabilities are requested when `top_logprobs > 0` (needed for logit distillation).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import json
+import os
+import random
+import sys
+import time
+from typing import Any
+
+import httpx
+
+from tutorlm.backends import Completion, FatalBackendError, OnResult, Request, RequestFailed, Sampling
+
+_RETRY_STATUSES = {408, 409, 425, 429, 500, 502, 503, 504, 520, 522, 524, 529}
+_MAX_RETRY_AFTER_S = 300.0
+
+
+class _Endpoint:
+    def __init__(self, base_url: str, max_concurrency: int) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.slots = asyncio.Semaphore(max_concurrency)
+        self.in_flight = 0
+
+
+def _retry_after_seconds(value: str | None) -> float | None:
+    """Seconds to wait from a Retry-After header (seconds, possibly fractional, or an HTTP date)."""
+    if not value:
+        return None
+    try:
+        return max(0.0, min(float(value), _MAX_RETRY_AFTER_S))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, min(when.timestamp() - time.time(), _MAX_RETRY_AFTER_S))
+
+
+def _parse_logprobs(choice: dict[str, Any]) -> list[dict[str, Any]] | None:
+    content = (choice.get("logprobs") or {}).get("content")
+    if not content:
+        return None
+    return [
+        {"token": item["token"], "logprob": item["logprob"],
+         "top": [[top["token"], top["logprob"]] for top in item.get("top_logprobs") or []]}
+        for item in content
+    ]
+
+
+def parse_chat_completion(data: dict[str, Any], latency_s: float) -> Completion:
+    """A Completion from a chat-completions reply; KeyError/TypeError/IndexError when malformed."""
+    choice = data["choices"][0]
+    message = choice["message"]
+    text = message.get("content") or ""
+    reasoning = message.get("reasoning_content") or message.get("reasoning")
+    if reasoning:
+        text = f"<think>{reasoning}</think>\n{text}"
+    usage = data.get("usage") or {}
+    return Completion(
+        text=text,
+        finish_reason=choice.get("finish_reason") or "stop",
+        prompt_tokens=int(usage.get("prompt_tokens") or 0),
+        completion_tokens=int(usage.get("completion_tokens") or 0),
+        latency_s=latency_s,
+        logprobs=_parse_logprobs(choice),
+    )
+
+
+class OpenAIBackend:
+    kind = "openai"
+
+    def __init__(self, config: Any) -> None:
+        if not config.model:
+            raise FatalBackendError("the openai backend needs a model name: set teacher.model")
+        if not config.base_url:
+            raise FatalBackendError("the openai backend needs a server address: set teacher.base_url (e.g. http://127.0.0.1:8000/v1)")
+        self.model_name = config.model
+        self.base_urls = [config.base_url] if isinstance(config.base_url, str) else list(config.base_url)
+        self.api_key_env = config.api_key_env
+        self.max_concurrency = config.max_concurrency
+        self.timeout_s = config.timeout_s
+        self.max_retries = config.max_retries
+        self.backoff_base_s = config.backoff_base_s
+        self.counters = {"retries": 0, "requests": 0}
+
+    def _headers(self) -> dict[str, str]:
+        headers = {"Content-Type": "application/json"}
+        key = os.environ.get(self.api_key_env) if self.api_key_env else None
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
+        return headers
+
+    def _body(self, request: Request, sampling: Sampling) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "model": self.model_name, "messages": request.messages, "n": 1,
+            "temperature": sampling.temperature, "top_p": sampling.top_p, "max_tokens": sampling.max_tokens,
+        }
+        if sampling.stop:
+            body["stop"] = list(sampling.stop)
+        if sampling.seed is not None:
+            body["seed"] = sampling.seed + request.sample_index
+        if sampling.top_logprobs:
+            body["logprobs"] = True
+            body["top_logprobs"] = sampling.top_logprobs
+        return body
+
+    def _fatal_for(self, response: httpx.Response, endpoint: _Endpoint) -> FatalBackendError | None:
+        if response.status_code in (401, 403):
+            where = f"environment variable {self.api_key_env}" if self.api_key_env else "teacher.api_key_env"
+            return FatalBackendError(
+                f"{endpoint.base_url} refused the request (HTTP {response.status_code}): check the API key in {where}"
+            )
+        if response.status_code == 404:
+            if "model" in response.text.lower():
+                return FatalBackendError(f"{endpoint.base_url}: model {self.model_name!r} not found (HTTP 404): {response.text[:300]}")
+            return FatalBackendError(f"{endpoint.base_url}/chat/completions not found (HTTP 404): check teacher.base_url (it usually ends in /v1)")
+        return None
+
+    async def _preflight(self, client: httpx.AsyncClient, endpoints: list[_Endpoint]) -> None:
+        """Fail fast on an unreachable server or a refused key, before queueing thousands of requests."""
+        for endpoint in endpoints:
+            try:
+                response = await client.get(f"{endpoint.base_url}/models", headers=self._headers(), timeout=min(self.timeout_s, 30.0))
+            except httpx.ConnectError as error:
+                raise FatalBackendError(f"cannot connect to {endpoint.base_url}: is the server running? ({error})") from None
+            except httpx.HTTPError:
+                continue  # slow or odd /models: the real requests will tell
+            if response.status_code in (401, 403):
+                raise self._fatal_for(response, endpoint)  # type: ignore[misc]
+
+    async def _attempt(self, client: httpx.AsyncClient, endpoint: _Endpoint, request: Request, sampling: Sampling) -> Completion:
+        started = time.perf_counter()
+        response = await client.post(
+            f"{endpoint.base_url}/chat/completions", headers=self._headers(), content=json.dumps(self._body(request, sampling))
+        )
+        fatal = self._fatal_for(response, endpoint)
+        if fatal:
+            raise fatal
+        if response.status_code in _RETRY_STATUSES:
+            raise _Retryable(f"HTTP {response.status_code}", _retry_after_seconds(response.headers.get("retry-after")))
+        if response.status_code >= 400:
+            raise RequestFailed(f"HTTP {response.status_code} from {endpoint.base_url}: {response.text[:300]}")
+        try:
+            return parse_chat_completion(response.json(), time.perf_counter() - started)
+        except (ValueError, KeyError, TypeError, IndexError):
+            raise _Retryable(f"malformed reply: {response.text[:100]!r}", None) from None
+
+    async def _request(self, client: httpx.AsyncClient, endpoints: list[_Endpoint], request: Request, sampling: Sampling) -> Completion:
+        last_error = "no attempt"
+        for attempt in range(self.max_retries + 1):
+            endpoint = min(endpoints, key=lambda e: (e.in_flight, random.random()))
+            retry_after = None
+            async with endpoint.slots:
+                endpoint.in_flight += 1
+                self.counters["requests"] += 1
+                try:
+                    return await self._attempt(client, endpoint, request, sampling)
+                except _Retryable as error:
+                    last_error, retry_after = str(error), error.retry_after
+                except (httpx.TimeoutException, httpx.TransportError) as error:
+                    last_error = f"{type(error).__name__}: {error}"
+                finally:
+                    endpoint.in_flight -= 1
+            if attempt == self.max_retries:
+                break
+            self.counters["retries"] += 1
+            backoff = min(30.0, self.backoff_base_s * 2**attempt) * random.uniform(0.5, 1.5)
+            await asyncio.sleep(retry_after if retry_after is not None else backoff)
+        raise RequestFailed(f"failed after {self.max_retries + 1} attempts: {last_error}")
+
+    async def _run(self, requests: list[Request], sampling: Sampling, on_result: OnResult) -> None:
+        endpoints = [_Endpoint(url, self.max_concurrency) for url in self.base_urls]
+        limits = httpx.Limits(max_connections=self.max_concurrency * len(endpoints), max_keepalive_connections=self.max_concurrency * len(endpoints))
+        async with httpx.AsyncClient(timeout=httpx.Timeout(self.timeout_s), limits=limits) as client:
+            await self._preflight(client, endpoints)
+            queue: asyncio.Queue[Request] = asyncio.Queue()
+            for request in requests:
+                queue.put_nowait(request)
+
+            async def worker() -> None:
+                while not queue.empty():
+                    request = queue.get_nowait()
+                    try:
+                        result: Completion | Exception = await self._request(client, endpoints, request, sampling)
+                    except RequestFailed as error:
+                        result = error
+                    on_result(request, result)
+
+            workers = [asyncio.create_task(worker()) for _ in range(min(len(requests), self.max_concurrency * len(endpoints)))]
+            try:
+                await asyncio.gather(*workers)
+            finally:
+                for task in workers:
+                    task.cancel()
+                await asyncio.gather(*workers, return_exceptions=True)
+
+    def run(self, requests: list[Request], sampling: Sampling, on_result: OnResult) -> None:
+        if not requests:
+            return
+        if self.api_key_env and not os.environ.get(self.api_key_env):
+            print(f"note: environment variable {self.api_key_env} is not set; sending requests without an API key",
+                  file=sys.stderr)
+        asyncio.run(self._run(requests, sampling, on_result))
+
+    def close(self) -> None:
+        pass
+
+
+class _Retryable(Exception):
+    def __init__(self, message: str, retry_after: float | None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after

