@@ -16,6 +16,11 @@ from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable
 
+class _Server(ThreadingHTTPServer):
+    request_queue_size = 256  # the default backlog of 5 resets connections under concurrency
+    daemon_threads = True
+
+
 FAULTS = ("429", "500", "503", "slow", "drop", "malformed")
 
 
@@ -41,7 +46,7 @@ class FakeOpenAI:
         self.served: Counter[str] = Counter()
         self.bodies: list[dict] = []
         self.lock = threading.Lock()
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.server = _Server(("127.0.0.1", 0), self._handler())
         self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
 
@@ -142,3 +147,15 @@ class FakeOpenAI:
                     fake.served[key] += 1
 
         return Handler
+
+
+if __name__ == "__main__":
+    # A standalone server for benchmarks: prints its URL, serves until killed.
+    import argparse
+
+    parser = argparse.ArgumentParser(description="fake OpenAI chat-completions server on 127.0.0.1")
+    parser.add_argument("--delay-s", type=float, default=0.0, help="simulated latency of every reply")
+    args = parser.parse_args()
+    with FakeOpenAI(delay_s=args.delay_s) as fake:
+        print(fake.url, flush=True)
+        threading.Event().wait()

@@ -270,3 +270,15 @@ def test_generate_command_line(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "tutorlm", "generate", "--generate.n", "4", "--out", str(tmp_path / "x")],
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "temperature > 0" in bad.stderr
+
+
+def test_reference_teacher_needs_solutions(tmp_path):
+    from tutorlm.tasks import DataError
+
+    data = tmp_path / "plain.jsonl"
+    data.write_text('{"question": "q1", "answer": "1"}\n{"question": "q2", "answer": "2"}\n')
+    recipe = Recipe(run=RunConfig(name="run", output_dir=str(tmp_path)),
+                    task=TaskConfig(source=str(data), splits={"train": str(data)}),
+                    generate=GenerateConfig(cache_path=str(tmp_path / "c.sqlite")))
+    with pytest.raises(DataError, match="2 of 2 in plain have none"):
+        generate(recipe, console=QUIET)

