@@ -89,3 +89,11 @@ def test_config_hash_tracks_values():
     assert config_hash(Recipe()) == config_hash(Recipe())
     changed = load_recipe(None, [("task.seed", "1")])
     assert config_hash(changed) != config_hash(Recipe())
+
+
+def test_scientific_notation_for_number_fields(tmp_path):
+    # PyYAML reads "1e-4" as text (YAML 1.1); number fields accept it from files and flags alike.
+    recipe = load_recipe(write(tmp_path, "train:\n  lr: 1e-4\n"), parse_override_args(["--teacher.timeout_s", "3e1"]))
+    assert recipe.train.lr == 1e-4 and recipe.teacher.timeout_s == 30.0
+    with pytest.raises(ConfigError, match=r"train\.lr must be a number or null, got 'fast'"):
+        load_recipe(None, parse_override_args(["--train.lr", "fast"]))

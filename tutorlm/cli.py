@@ -30,11 +30,23 @@ console = Console()
 error_console = Console(stderr=True)
 
 
-def _recipe_from(args: argparse.Namespace, extra: list[str], source: str | None = None) -> Any:
+def _recipe_from(args: argparse.Namespace, extra: list[str], source: str | None = None, *, from_run: bool = False) -> Any:
+    """The recipe for a command: a recipe file or, with `from_run`, the recipe the run directory's manifest
+    recorded last (so `tutorlm curate --out runs/x` needs no repeated flags); then the command-line settings."""
     overrides = parse_override_args(extra)
     if source is not None:
         overrides.insert(0, ("task.source", source))
-    return load_recipe(getattr(args, "recipe", None), overrides)
+    recipe_path = getattr(args, "recipe", None)
+    recipe = load_recipe(recipe_path, overrides)
+    if from_run and recipe_path is None:
+        from tutorlm.run import RunDir
+
+        run = RunDir(recipe.run.path)
+        stages = run.manifest()["stages"]
+        if stages:
+            latest = max(stages.values(), key=lambda record: record["started"])
+            return load_recipe(None, overrides, base=latest["config"], base_name=str(run.manifest_path))
+    return recipe
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -119,6 +131,22 @@ def cmd_generate(args: argparse.Namespace, extra: list[str]) -> int:
 
     recipe = _recipe_from(args, _apply_run_flags(args, extra))
     generate(recipe, force=args.force, console=error_console)
+    return 0
+
+
+def cmd_curate(args: argparse.Namespace, extra: list[str]) -> int:
+    from tutorlm.curate import curate
+
+    recipe = _recipe_from(args, _apply_run_flags(args, extra), from_run=True)
+    curate(recipe, force=args.force, export=args.export, console=error_console)
+    return 0
+
+
+def cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
+    from tutorlm.train.sft import train
+
+    recipe = _recipe_from(args, _apply_run_flags(args, extra), from_run=True)
+    train(recipe, resume=args.resume, force=args.force, console=error_console)
     return 0
 
 
@@ -249,6 +277,35 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--no-cache", action="store_true", help="neither read nor write the teacher cache")
     generate.add_argument("--force", action="store_true", help="redo the stage even if the manifest says it is current")
     generate.set_defaults(handler=cmd_generate)
+
+    from tutorlm.config import CurateConfig
+
+    curate = commands.add_parser(
+        "curate", help="keep verified, deduplicated, length-pruned rationales (curated.jsonl)", formatter_class=formatter,
+        description="Filter RUN_DIR/traces.jsonl into RUN_DIR/curated.jsonl: correct answers only, no truncation, "
+        "deduplicated, length-pruned, capped per question. Prints and records what each filter removed.",
+        epilog=_settings_epilog({"curate": CurateConfig, "task": TaskConfig, "run": RunConfig}),
+    )
+    curate.add_argument("recipe", nargs="?", help="a YAML recipe (optional; use the one given to generate)")
+    curate.add_argument("--out", help="run directory holding traces.jsonl, e.g. runs/letters")
+    curate.add_argument("--export", choices=["parquet"], help="also write curated.parquet")
+    curate.add_argument("--force", action="store_true", help="redo the stage even if the manifest says it is current")
+    curate.set_defaults(handler=cmd_curate)
+
+    from tutorlm.config import StudentConfig, TrainConfig
+
+    train = commands.add_parser(
+        "train", help="fine-tune the student on curated rationales (full or LoRA)", formatter_class=formatter,
+        description="Supervised fine-tuning of the student on RUN_DIR/curated.jsonl, loss on completion tokens only. "
+        "Writes RUN_DIR/student/ (save_pretrained) and RUN_DIR/train_log.jsonl. Runs on one CPU as is; "
+        "`accelerate launch -m tutorlm train ...` spreads it over GPUs.",
+        epilog=_settings_epilog({"student": StudentConfig, "train": TrainConfig, "run": RunConfig}),
+    )
+    train.add_argument("recipe", nargs="?", help="a YAML recipe (optional; the run's manifest is used otherwise)")
+    train.add_argument("--out", help="run directory holding curated.jsonl, e.g. runs/letters")
+    train.add_argument("--resume", action="store_true", help="continue from the latest checkpoint of an interrupted run")
+    train.add_argument("--force", action="store_true", help="redo the stage even if the manifest says it is current")
+    train.set_defaults(handler=cmd_train)
 
     verify = commands.add_parser(
         "verify", help="extract the final answer from a completion and grade it", formatter_class=formatter,

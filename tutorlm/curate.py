@@ -1,0 +1,188 @@
+"""Stage 2, curate: keep the teacher rationales worth learning from.
+
+    tutorlm curate --out runs/letters [--curate.shortest_k 2] [--curate.max_per_question 4] [--export parquet]
+
+Reads RUN_DIR/traces.jsonl, writes RUN_DIR/curated.jsonl, and records how many rows each filter
+removed (also printed as a table). Filters, in order:
+
+1. truncated:        finish reason "length" (the rationale never reached its answer)
+2. no answer:        no final answer can be extracted (the shared verifier's rules)
+3. wrong:            the final answer does not verify against the gold answer (Fine-tune-CoT, STaR)
+4. duplicate:        exact, then whitespace/number-normalized duplicates within a question
+5. too long:         more than `max_completion_tokens` completion tokens
+6. not shortest:     beyond the k shortest correct rationales of a question (`shortest_k`; in the
+                     spirit of DAP/LiteCoT and DRP, which prefer concise rationales)
+7. over cap:         beyond `max_per_question` rationales of a question (a seeded random choice), so
+                     easy questions do not flood the data
+
+Each kept row records the teacher's pass rate over its samples of that question and a difficulty
+tag (easy >= 0.75 > medium >= 0.25 > hard). Rows keep the conversational prompt/completion shape that
+TRL's SFTTrainer and HF datasets read, with metadata columns beside it. Unlike DAP, pruning here is
+by length alone; difficulty is tagged, not used to choose a pruning strength.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from tutorlm.config import Recipe, to_dict
+from tutorlm.generate import TRACES
+from tutorlm.run import RunDir, atomic_write_text
+from tutorlm.tasks import DataError, load_task
+
+CURATED = "curated.jsonl"
+FUNNEL = ("generated", "truncated", "no_answer", "wrong", "duplicate", "too_long", "not_shortest", "over_cap", "kept")
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    rows = []
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as error:
+                raise DataError(f"{path}:{number}: invalid JSON ({error.msg})") from None
+    return rows
+
+
+def normalize_for_dedupe(text: str) -> str:
+    """Whitespace collapsed, case folded, numbers written without separators or trailing zeros."""
+    text = re.sub(r"(?<=\d),(?=\d{3})", "", text.lower())
+    text = re.sub(r"(\d+\.\d*?)0+\b", r"\1", text)
+    text = re.sub(r"(\d+)\.(?!\d)", r"\1", text)
+    return " ".join(text.split())
+
+
+def difficulty_of(pass_rate: float) -> str:
+    return "easy" if pass_rate >= 0.75 else "medium" if pass_rate >= 0.25 else "hard"
+
+
+def curate_rows(rows: list[dict[str, Any]], task: Any, config: Any) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """(kept rows, counts per funnel step) for trace rows; pure apart from the seeded cap."""
+    counts: Counter[str] = Counter(generated=len(rows))
+    by_question: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    correct_per_question: Counter[str] = Counter()
+    samples_per_question: Counter[str] = Counter()
+    from tutorlm.tasks import Example
+
+    for row in rows:
+        example = Example(id=row["example_id"], question=row["question"], answer=row["answer"], choices=row.get("choices"))
+        completion = row["completion"][-1]["content"]
+        verdict = task.grade(example, completion)
+        truncated = row.get("finish_reason") == "length"
+        samples_per_question[row["example_id"]] += 1
+        correct_per_question[row["example_id"]] += verdict.correct and not truncated
+        if truncated:
+            counts["truncated"] += 1
+        elif verdict.extracted is None:
+            counts["no_answer"] += 1
+        elif not verdict.correct:
+            counts["wrong"] += 1
+        else:
+            by_question[row["example_id"]].append({**row, "extracted": verdict.extracted})
+
+    rng = random.Random(config.seed)
+    kept: list[dict[str, Any]] = []
+    for example_id, candidates in by_question.items():
+        seen: set[str] = set()
+        unique = []
+        for row in candidates:
+            text = row["completion"][-1]["content"]
+            signature = normalize_for_dedupe(text) if config.dedupe == "normalized" else text
+            if config.dedupe != "none" and signature in seen:
+                counts["duplicate"] += 1
+                continue
+            seen.add(signature)
+            unique.append(row)
+        if config.max_completion_tokens is not None:
+            short_enough = [r for r in unique if r["usage"]["completion_tokens"] <= config.max_completion_tokens]
+            counts["too_long"] += len(unique) - len(short_enough)
+            unique = short_enough
+        if config.shortest_k is not None:
+            unique.sort(key=lambda r: (r["usage"]["completion_tokens"], r["sample_index"]))
+            counts["not_shortest"] += max(0, len(unique) - config.shortest_k)
+            unique = unique[: config.shortest_k]
+        if config.max_per_question is not None and len(unique) > config.max_per_question:
+            counts["over_cap"] += len(unique) - config.max_per_question
+            unique = sorted(rng.sample(unique, config.max_per_question), key=lambda r: r["sample_index"])
+        pass_rate = correct_per_question[example_id] / samples_per_question[example_id]
+        for row in unique:
+            kept.append({
+                "id": row["id"], "example_id": example_id, "prompt": row["prompt"], "completion": row["completion"],
+                "answer": row["answer"], "extracted": row["extracted"],
+                "completion_tokens": row["usage"]["completion_tokens"], "teacher_pass_rate": round(pass_rate, 4),
+                "difficulty": difficulty_of(pass_rate), "backend": row.get("backend"), "model": row.get("model"),
+                **({"logprobs": row["logprobs"]} if "logprobs" in row else {}),
+            })
+    counts["kept"] = len(kept)
+    return kept, {step: counts[step] for step in FUNNEL}
+
+
+def curate(recipe: Recipe, *, force: bool = False, export: str | None = None, console: Console | None = None) -> dict[str, Any]:
+    """Run the curate stage; returns the stats recorded in the manifest."""
+    console = console or Console(stderr=True)
+    run = RunDir(recipe.run.path)
+    traces = run.path / TRACES
+    if not traces.exists():
+        raise DataError(f"{traces}: no traces to curate; run `tutorlm generate` for this run directory first")
+    stage_config = {"task": to_dict(recipe.task), "curate": to_dict(recipe.curate), "export": export}
+    if not force and run.is_current("curate", stage_config, {"traces": traces}):
+        console.print(f"curate: up to date in {run.path} (--force redoes it)")
+        return run.stage("curate")["stats"]  # type: ignore[index]
+    task = load_task(recipe.task)
+    rows = read_jsonl(traces)
+    for number, row in enumerate(rows, start=1):
+        missing = [key for key in ("example_id", "question", "answer", "prompt", "completion", "usage") if key not in row]
+        if missing:
+            raise DataError(f"{traces}:{number}: missing {', '.join(missing)}; fields present: {', '.join(row)}")
+    with run.record("curate", stage_config, {"traces": traces}, resolved=to_dict(recipe)) as record:
+        kept, funnel = curate_rows(rows, task, recipe.curate)
+        out = run.path / CURATED
+        if not kept:
+            _print_funnel(console, funnel, None)
+            raise DataError(f"curation kept no rationale out of {len(rows)}: see the table above for where they went")
+        atomic_write_text(out, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in kept))
+        record["outputs"].append(out)
+        if export == "parquet":
+            record["outputs"].append(_write_parquet(kept, run.path / "curated.parquet"))
+        difficulties = Counter(row["difficulty"] for row in kept)
+        record["stats"] = {"funnel": funnel, "questions": len({r["example_id"] for r in rows}),
+                           "questions_kept": len({r["example_id"] for r in kept}), "difficulty": dict(difficulties)}
+    _print_funnel(console, funnel, out)
+    return record["stats"]
+
+
+def _write_parquet(rows: list[dict[str, Any]], path: Path) -> Path:
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise DataError("--export parquet needs pyarrow: pip install 'tutorlm[data]'") from None
+    temporary = path.with_name(f".{path.name}.tmp")
+    pq.write_table(pa.Table.from_pylist(rows), temporary)
+    temporary.replace(path)
+    return path
+
+
+def _print_funnel(console: Console, funnel: dict[str, int], out: Path | None) -> None:
+    table = Table(title="curate")
+    table.add_column("step")
+    table.add_column("rows", justify="right")
+    labels = {"generated": "generated", "truncated": "- truncated", "no_answer": "- no answer", "wrong": "- wrong answer",
+              "duplicate": "- duplicate", "too_long": "- too long", "not_shortest": "- not among the k shortest",
+              "over_cap": "- over the per-question cap", "kept": "kept"}
+    for step in FUNNEL:
+        table.add_row(labels[step], str(funnel[step]))
+    console.print(table)
+    if out is not None:
+        console.print(f"curated: {out}")

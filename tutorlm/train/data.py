@@ -1,0 +1,151 @@
+"""Training data: chat-formatted tokenization with completion-only labels, batching, and the SFT loss.
+
+Tokenization. The prompt is rendered with the student's chat template and the generation prompt
+(exactly what the student sees at inference), the completion is the rest of the rendered
+conversation (the answer and the end-of-turn token), and the two are tokenized separately and
+concatenated, so the prompt tokens match inference token for token. Labels are -100 on the prompt.
+
+Batching, two ways (`packing`):
+- packed (padding-free): a batch's examples are concatenated into one row with `position_ids` that
+  restart at 0 for each example and no attention mask; transformers then builds a block-diagonal
+  causal mask, so no token attends across examples. No pad token is ever computed.
+- padded: examples grouped by length (a seeded shuffle of length-sorted chunks, like HF's
+  group_by_length), right-padded to the longest in the batch, with an attention mask.
+
+Loss. `sft_loss` asks the model for logits only at positions whose next token is a label
+(`logits_to_keep` with an index tensor), so the vocabulary projection, the largest matmul of a small
+model, is never computed for prompt or pad tokens. The loss is the mean over completion tokens.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import torch
+import torch.nn.functional as F
+
+IGNORE = -100
+
+
+class PreflightError(ValueError):
+    """A student/data combination that cannot be trained as configured; the message says what to change."""
+
+
+@dataclass
+class Tokenized:
+    input_ids: list[int]
+    labels: list[int]  # IGNORE on prompt tokens
+    example_id: str = ""
+
+
+def render(tokenizer: Any, prompt: list[dict[str, str]], completion: list[dict[str, str]]) -> tuple[str, str]:
+    """(prompt text with the generation prompt, completion text) under the tokenizer's chat template."""
+    prompt_text = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
+    full_text = tokenizer.apply_chat_template(prompt + completion, tokenize=False)
+    if not full_text.startswith(prompt_text):
+        # Templates that rewrite earlier turns (e.g. dropping reasoning) do not extend the prompt; fall back
+        # to the assistant content plus the end-of-sequence token.
+        return prompt_text, completion[-1]["content"] + (tokenizer.eos_token or "")
+    return prompt_text, full_text[len(prompt_text):]
+
+
+def tokenize(tokenizer: Any, row: dict[str, Any]) -> Tokenized:
+    prompt_text, completion_text = render(tokenizer, row["prompt"], row["completion"])
+    prompt_ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
+    completion_ids = tokenizer(completion_text, add_special_tokens=False)["input_ids"]
+    return Tokenized(prompt_ids + completion_ids, [IGNORE] * len(prompt_ids) + completion_ids, str(row.get("id", "")))
+
+
+def preflight(tokenizer: Any, rows: list[dict[str, Any]], max_length: int, overlength: str) -> tuple[list[Tokenized], dict[str, Any]]:
+    """Tokenize every row and apply the over-length policy; report what a user should know before training."""
+    if tokenizer.chat_template is None:
+        raise PreflightError("the student's tokenizer has no chat template: use an instruct/chat model, or set one")
+    report: dict[str, Any] = {"pad_token": tokenizer.pad_token, "pad_is_eos": tokenizer.pad_token_id == tokenizer.eos_token_id}
+    examples, over, dropped_prompt_too_long = [], 0, 0
+    for row in rows:
+        item = tokenize(tokenizer, row)
+        if len(item.input_ids) > max_length:
+            over += 1
+            prompt_length = sum(1 for label in item.labels if label == IGNORE)
+            if overlength == "drop" or prompt_length >= max_length:
+                dropped_prompt_too_long += prompt_length >= max_length
+                continue
+            item = Tokenized(item.input_ids[:max_length], item.labels[:max_length], item.example_id)
+        examples.append(item)
+    report.update(examples=len(rows), over_max_length=over, kept=len(examples), overlength_policy=overlength,
+                  dropped_prompt_too_long=dropped_prompt_too_long)
+    if not examples:
+        raise PreflightError(f"no example fits max_length={max_length} ({over} of {len(rows)} are longer): raise train.max_length")
+    return examples, report
+
+
+def batch_order(examples: list[Tokenized], batch_size: int, seed: int, epoch: int, group_by_length: bool) -> list[list[int]]:
+    """Indices of each batch for one epoch: a seeded shuffle, length-grouped if asked."""
+    rng = random.Random(seed * 1000 + epoch)
+    order = list(range(len(examples)))
+    rng.shuffle(order)
+    if group_by_length:
+        chunk = batch_size * 16
+        order = [i for start in range(0, len(order), chunk)
+                 for i in sorted(order[start:start + chunk], key=lambda i: -len(examples[i].input_ids))]
+    batches = [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
+    if group_by_length:
+        rng.shuffle(batches)
+    return batches
+
+
+def collate_packed(items: list[Tokenized]) -> dict[str, torch.Tensor]:
+    """One row, examples back to back, position ids restarting per example: no padding, no leakage."""
+    input_ids = [token for item in items for token in item.input_ids]
+    labels = []
+    for item in items:
+        # The first label of each example must not be predicted from the previous example's last token;
+        # it is a prompt token (IGNORE) anyway, but make it explicit for prompts of length 0.
+        labels += [IGNORE] + item.labels[1:]
+    position_ids = [position for item in items for position in range(len(item.input_ids))]
+    return {
+        "input_ids": torch.tensor([input_ids]),  # (1, T)
+        "labels": torch.tensor([labels]),  # (1, T)
+        "position_ids": torch.tensor([position_ids]),  # (1, T)
+    }
+
+
+def collate_padded(items: list[Tokenized], pad_token_id: int) -> dict[str, torch.Tensor]:
+    width = max(len(item.input_ids) for item in items)
+    input_ids = torch.full((len(items), width), pad_token_id)  # (B, T)
+    labels = torch.full((len(items), width), IGNORE)  # (B, T)
+    attention_mask = torch.zeros((len(items), width), dtype=torch.long)  # (B, T)
+    for row, item in enumerate(items):
+        input_ids[row, : len(item.input_ids)] = torch.tensor(item.input_ids)
+        labels[row, : len(item.labels)] = torch.tensor(item.labels)
+        attention_mask[row, : len(item.input_ids)] = 1
+    return {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
+
+
+def batches(examples: list[Tokenized], order: list[list[int]], packing: bool, pad_token_id: int) -> Iterator[dict[str, torch.Tensor]]:
+    for indices in order:
+        items = [examples[i] for i in indices]
+        yield collate_packed(items) if packing else collate_padded(items, pad_token_id)
+
+
+def token_losses(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(per-token loss at every labelled position, the (row, position) of each), logits only where needed."""
+    labels = batch["labels"]  # (B, T)
+    targets = labels[:, 1:]  # (B, T-1): position t predicts token t+1
+    wanted = targets != IGNORE  # (B, T-1)
+    positions = torch.nonzero(wanted.any(dim=0)).squeeze(-1)  # (K,) positions needed in any row
+    inputs = {key: value for key, value in batch.items() if key != "labels"}
+    logits = model(**inputs, logits_to_keep=positions, use_cache=False).logits  # (B, K, V)
+    chosen_targets = targets[:, positions]  # (B, K)
+    losses = F.cross_entropy(logits.float().flatten(0, 1), chosen_targets.flatten(), ignore_index=IGNORE, reduction="none")
+    mask = chosen_targets.flatten() != IGNORE
+    rows = torch.arange(labels.shape[0]).repeat_interleave(positions.numel())
+    return losses[mask], torch.stack([rows[mask], positions.repeat(labels.shape[0])[mask]], dim=-1)
+
+
+def sft_loss(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
+    """(mean cross-entropy over completion tokens, number of completion tokens)."""
+    losses, _ = token_losses(model, batch)
+    return losses.mean(), losses.numel()

@@ -1,0 +1,272 @@
+"""Stage 3, train: supervised fine-tuning of the student on curated rationales (full or LoRA).
+
+    tutorlm train --out runs/letters [--train.method lora] [--train.epochs 2] [--resume]
+    accelerate launch -m tutorlm train --out runs/letters      # DDP / FSDP / DeepSpeed, no code change
+
+Method: Fine-tune-CoT (Ho et al. 2023): next-token cross-entropy on the teacher's rationale, with
+the loss on completion tokens only. Departures: padding-free packing by default (see data.py);
+the loss of a step with gradient accumulation is the mean of the micro-batch means.
+
+The loop is written out below: AdamW, linear warmup then cosine decay, gradient accumulation and
+clipping through `accelerate`, a held-out loss every `eval_every` steps, a checkpoint every
+`save_every` steps (model, optimizer, scheduler, RNG states and data position, written to a
+temporary directory and renamed when complete), and `--resume` to continue from the latest one after
+a crash or kill -9. Logs go to RUN_DIR/train_log.jsonl; the final student to RUN_DIR/student/
+(`save_pretrained`, safetensors, with tokenizer and the resolved config), loadable by plain
+transformers (or peft, for an unmerged LoRA adapter).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from tutorlm.config import Recipe, config_hash, to_dict
+from tutorlm.curate import CURATED, read_jsonl
+from tutorlm.run import RunDir, atomic_write_text
+from tutorlm.tasks import DataError
+from tutorlm.train.data import Tokenized, batch_order, batches, preflight, sft_loss
+
+STUDENT = "student"
+LOG = "train_log.jsonl"
+
+
+def split_held_out(rows: list[dict[str, Any]], fraction: float, cap: int) -> tuple[list[dict], list[dict]]:
+    """(train rows, held-out rows): whole questions go to one side, chosen by a hash of the question id."""
+    if fraction == 0:
+        return rows, []
+    held = [r for r in rows if int(hashlib.sha256(r["example_id"].encode()).hexdigest()[:8], 16) % 10_000 < fraction * 10_000]
+    held_ids = {r["example_id"] for r in held[:cap]}
+    return [r for r in rows if r["example_id"] not in held_ids], [r for r in rows if r["example_id"] in held_ids][:cap]
+
+
+def lr_lambda(warmup_steps: int, total_steps: int):
+    def schedule(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / (warmup_steps + 1)
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return schedule
+
+
+def evaluate_loss(model: Any, examples: list[Tokenized], batch_size: int, packing: bool, pad_token_id: int, device: Any) -> float:
+    """Mean completion-token loss over held-out examples."""
+    model.eval()
+    total, count = 0.0, 0
+    order = [list(range(start, min(start + batch_size, len(examples)))) for start in range(0, len(examples), batch_size)]
+    with torch.no_grad():
+        for batch in batches(examples, order, packing, pad_token_id):
+            loss, tokens = sft_loss(model, {k: v.to(device) for k, v in batch.items()})
+            total, count = total + loss.item() * tokens, count + tokens
+    model.train()
+    return total / max(count, 1)
+
+
+def checkpoints(directory: Path) -> list[Path]:
+    """Complete checkpoints (those with trainer_state.json), oldest first."""
+    if not directory.exists():
+        return []
+    return sorted(p for p in directory.iterdir() if p.name.startswith("step-") and (p / "trainer_state.json").exists())
+
+
+def build_model(recipe: Recipe) -> tuple[Any, Any]:
+    from tutorlm.models import load_model, load_tokenizer
+
+    student, config = recipe.student, recipe.train
+    tokenizer = load_tokenizer(student.model, student.gguf_file, trust_remote_code=student.trust_remote_code)
+    model = load_model(student.model, student.gguf_file, device="cpu", dtype="float32", trust_remote_code=student.trust_remote_code)
+    if config.method == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        torch.manual_seed(config.seed)
+        model = get_peft_model(model, LoraConfig(
+            r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+            target_modules=config.lora_target_modules, task_type="CAUSAL_LM",
+        ))
+    if config.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if config.method == "lora":
+            model.enable_input_require_grads()
+    model.config.use_cache = False
+    return model, tokenizer
+
+
+def train(recipe: Recipe, *, resume: bool = False, force: bool = False, console: Console | None = None,
+          model_and_tokenizer: tuple[Any, Any] | None = None) -> dict[str, Any]:
+    """Run the train stage; returns the stats recorded in the manifest.
+
+    `model_and_tokenizer` replaces loading `recipe.student` (tests pass a tiny model built in memory).
+    """
+    from accelerate import Accelerator
+
+    console = console or Console(stderr=True)
+    config = recipe.train
+    run = RunDir(recipe.run.path)
+    curated = run.path / CURATED
+    if not curated.exists():
+        raise DataError(f"{curated}: no curated data; run `tutorlm curate` for this run directory first")
+    stage_config = {"student": to_dict(recipe.student), "train": to_dict(config)}
+    if not force and not resume and run.is_current("train", stage_config, {"curated": curated}):
+        console.print(f"train: up to date in {run.path} (--force redoes it)")
+        return run.stage("train")["stats"]  # type: ignore[index]
+    checkpoint_dir = run.path / STUDENT / "checkpoints"
+    state = {"step": 0, "epoch": 0, "batch": 0, "config_hash": config_hash(stage_config), "tokens_seen": 0}
+    found = checkpoints(checkpoint_dir)
+    if resume and found:
+        saved = json.loads((found[-1] / "trainer_state.json").read_text())
+        if saved["config_hash"] != state["config_hash"]:
+            raise DataError(f"{found[-1]} was written with other student/train settings; drop --resume to start afresh")
+        state = saved
+    elif found:
+        console.print(f"note: starting afresh; {len(found)} checkpoint(s) of an earlier run are replaced (--resume continues one)")
+        shutil.rmtree(checkpoint_dir)
+
+    with run.record("train", stage_config, {"curated": curated}, resolved=to_dict(recipe)) as record:
+        model, tokenizer = model_and_tokenizer or build_model(recipe)
+        rows = read_jsonl(curated)
+        train_rows, held_rows = split_held_out(rows, config.eval_fraction, config.max_eval_examples)
+        examples, report = preflight(tokenizer, train_rows, config.max_length, config.overlength)
+        held_out = preflight(tokenizer, held_rows, config.max_length, config.overlength)[0] if held_rows else []
+        console.print(
+            f"train: {report['kept']} examples ({report['over_max_length']} over max_length {config.max_length}, "
+            f"policy {config.overlength}), {len(held_out)} held out; pad token {report['pad_token']!r}; method {config.method}"
+        )
+        micro_batches_per_epoch = math.ceil(len(examples) / config.batch_size)
+        steps_per_epoch = math.ceil(micro_batches_per_epoch / config.grad_accum)  # the last step may take fewer
+        total_steps = config.max_steps or config.epochs * steps_per_epoch
+        precision = config.precision
+        if precision == "auto":
+            precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
+        # Accumulation is counted here, per epoch, not by accelerate: a step is a group of up to grad_accum
+        # micro-batches inside one epoch, so groups stay aligned across epochs and across a resume.
+        accelerator = Accelerator(mixed_precision="bf16" if precision == "bf16" else "no")
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=config.weight_decay)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(int(config.warmup_ratio * total_steps), total_steps))
+        model, optimizer = accelerator.prepare(model, optimizer)
+        accelerator.register_for_checkpointing(scheduler)
+        if state["step"]:
+            accelerator.load_state(str(found[-1]))
+            console.print(f"train: resumed from {found[-1].name} (epoch {state['epoch']}, batch {state['batch']})")
+        log_path = run.path / LOG
+        if state["step"]:  # drop log lines written after the checkpoint we resume from
+            kept_lines = [l for l in log_path.read_text().splitlines() if json.loads(l)["step"] <= state["step"]] if log_path.exists() else []
+            atomic_write_text(log_path, "".join(line + "\n" for line in kept_lines))
+        elif log_path.exists():
+            log_path.unlink()
+        log = log_path.open("a", encoding="utf-8")
+        pad_token_id = tokenizer.pad_token_id
+
+        def write_log(entry: dict[str, Any]) -> None:
+            log.write(json.dumps(entry) + "\n")
+            log.flush()
+
+        def save_checkpoint() -> None:
+            final = checkpoint_dir / f"step-{state['step']:06d}"
+            temporary = checkpoint_dir / f".tmp-step-{state['step']:06d}"
+            shutil.rmtree(temporary, ignore_errors=True)
+            accelerator.save_state(str(temporary))
+            (temporary / "trainer_state.json").write_text(json.dumps(state))
+            shutil.rmtree(final, ignore_errors=True)
+            temporary.rename(final)
+            for old in checkpoints(checkpoint_dir)[: -config.keep_checkpoints]:
+                shutil.rmtree(old)
+
+        model.train()
+        started, window_tokens, window_start = time.perf_counter(), 0, time.perf_counter()
+        losses_in_step: list[float] = []
+        last_eval = None
+        progress = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
+                            TextColumn("loss {task.fields[loss]:.4f} • {task.fields[tps]:.0f} tok/s • epoch {task.fields[epoch]}"),
+                            TimeRemainingColumn(), console=console)
+        with progress:
+            bar = progress.add_task("train", total=total_steps, completed=state["step"], loss=float("nan"), tps=0.0, epoch=state["epoch"])
+            while state["step"] < total_steps:
+                order = batch_order(examples, config.batch_size, config.seed, state["epoch"], group_by_length=not config.packing)
+                for batch_index in range(state["batch"], len(order)):
+                    batch = next(batches(examples, [order[batch_index]], config.packing, pad_token_id))
+                    batch = {key: value.to(accelerator.device) for key, value in batch.items()}
+                    group_start = batch_index - batch_index % config.grad_accum
+                    group_size = min(config.grad_accum, len(order) - group_start)
+                    sync = batch_index + 1 == group_start + group_size
+                    with contextlib.nullcontext() if sync else accelerator.no_sync(model):
+                        loss, _ = sft_loss(model, batch)
+                        accelerator.backward(loss / group_size)
+                    real_tokens = int(batch["attention_mask"].sum()) if "attention_mask" in batch else batch["input_ids"].numel()
+                    window_tokens += real_tokens
+                    state["tokens_seen"] += real_tokens
+                    losses_in_step.append(loss.item())
+                    state["batch"] = batch_index + 1
+                    if not sync:
+                        continue
+                    grad_norm = accelerator.clip_grad_norm_(trainable, config.max_grad_norm)
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                    scheduler.step()
+                    state["step"] += 1
+                    step_loss = sum(losses_in_step) / len(losses_in_step)
+                    losses_in_step = []
+                    now = time.perf_counter()
+                    tokens_per_s = window_tokens / max(now - window_start, 1e-9)
+                    if state["step"] % config.log_every == 0 or state["step"] == total_steps:
+                        write_log({"step": state["step"], "epoch": state["epoch"], "loss": round(step_loss, 5),
+                                   "lr": scheduler.get_last_lr()[0], "grad_norm": round(float(grad_norm), 5),
+                                   "tokens_per_s": round(tokens_per_s, 1), "tokens_seen": state["tokens_seen"],
+                                   "elapsed_s": round(now - started, 2)})
+                    window_tokens, window_start = 0, now
+                    if held_out and (state["step"] % config.eval_every == 0 or state["step"] == total_steps):
+                        last_eval = evaluate_loss(model, held_out, config.batch_size, config.packing, pad_token_id, accelerator.device)
+                        write_log({"step": state["step"], "eval_loss": round(last_eval, 5)})
+                    if state["step"] % config.save_every == 0 and state["step"] < total_steps:
+                        save_checkpoint()
+                    progress.update(bar, completed=state["step"], loss=step_loss, tps=tokens_per_s, epoch=state["epoch"])
+                    if state["step"] >= total_steps:
+                        break
+                else:
+                    state["epoch"] += 1
+                    state["batch"] = 0
+                    continue
+                break
+        log.close()
+        elapsed = time.perf_counter() - started
+        student_dir = save_student(accelerator.unwrap_model(model), tokenizer, run.path / STUDENT, recipe)
+        record["outputs"].append(student_dir / "tutorlm_config.json")
+        record["stats"] = {
+            "steps": state["step"], "epochs_started": state["epoch"] + 1, "examples": len(examples), "held_out": len(held_out),
+            "final_eval_loss": last_eval, "tokens_seen": state["tokens_seen"], "wall_s": round(elapsed, 2),
+            "preflight": report, "method": config.method, "precision": precision,
+        }
+    console.print(f"student: {student_dir}" + (f" (held-out loss {last_eval:.4f})" if last_eval is not None else ""))
+    return record["stats"]
+
+
+def save_student(model: Any, tokenizer: Any, directory: Path, recipe: Recipe) -> Path:
+    """Write the final student next to its checkpoints; LoRA is merged into full weights when asked."""
+    if recipe.train.method == "lora" and recipe.train.merge:
+        model = model.merge_and_unload()
+    temporary = directory.with_name(f".{directory.name}.saving")
+    shutil.rmtree(temporary, ignore_errors=True)
+    temporary.mkdir(parents=True)
+    model.config.use_cache = True
+    model.save_pretrained(temporary, safe_serialization=True)
+    tokenizer.save_pretrained(temporary)
+    (temporary / "tutorlm_config.json").write_text(json.dumps(to_dict(recipe), indent=2) + "\n")
+    directory.mkdir(parents=True, exist_ok=True)
+    for item in temporary.iterdir():  # replace the files, keep checkpoints/
+        target = directory / item.name
+        if target.is_dir():
+            shutil.rmtree(target)
+        item.replace(target)
+    temporary.rmdir()
+    return directory
