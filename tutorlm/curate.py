@@ -128,6 +128,10 @@ def curate_rows(rows: list[dict[str, Any]], task: Any, config: Any) -> tuple[lis
     return kept, {step: counts[step] for step in FUNNEL}
 
 
+def curate_stage_config(recipe: Recipe, export: str | None = None) -> dict[str, Any]:
+    return {"task": to_dict(recipe.task), "curate": to_dict(recipe.curate), "export": export}
+
+
 def curate(recipe: Recipe, *, force: bool = False, export: str | None = None, console: Console | None = None) -> dict[str, Any]:
     """Run the curate stage; returns the stats recorded in the manifest."""
     console = console or Console(stderr=True)
@@ -135,7 +139,7 @@ def curate(recipe: Recipe, *, force: bool = False, export: str | None = None, co
     traces = run.path / TRACES
     if not traces.exists():
         raise DataError(f"{traces}: no traces to curate; run `tutorlm generate` for this run directory first")
-    stage_config = {"task": to_dict(recipe.task), "curate": to_dict(recipe.curate), "export": export}
+    stage_config = curate_stage_config(recipe, export)
     if not force and run.is_current("curate", stage_config, {"traces": traces}):
         console.print(f"curate: up to date in {run.path} (--force redoes it)")
         return run.stage("curate")["stats"]  # type: ignore[index]

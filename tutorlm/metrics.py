@@ -1,0 +1,61 @@
+"""Evaluation metrics as pure functions: pass@k, maj@k, Wilson intervals, and accuracy recovered."""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Sequence
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k from n samples with c correct (Chen et al. 2021): 1 - C(n-c, k) / C(n, k)."""
+    if not 0 <= c <= n or not 1 <= k <= n:
+        raise ValueError(f"need 0 <= c <= n and 1 <= k <= n, got n={n}, c={c}, k={k}")
+    if n - c < k:
+        return 1.0
+    # The product form avoids huge binomials: prod_{i=n-c+1}^{n} (1 - k / i).
+    return 1.0 - math.prod(1.0 - k / i for i in range(n - c + 1, n + 1))
+
+
+def majority_vote(answers: Sequence[str | None], same: Callable[[str, str], bool] = lambda a, b: a == b) -> str | None:
+    """The most common answer (self-consistency; Wang et al. 2023); ties go to the answer seen first.
+
+    `same` groups answers that are equivalent but written differently (e.g. the verifier's equivalence).
+    None (no answer) never wins.
+    """
+    groups: list[list[str]] = []
+    for answer in answers:
+        if answer is None:
+            continue
+        for group in groups:
+            if same(group[0], answer):
+                group.append(answer)
+                break
+        else:
+            groups.append([answer])
+    if not groups:
+        return None
+    return max(groups, key=len)[0]  # max keeps the first of equal lengths
+
+
+def wilson_interval(successes: int, total: int, z: float = 1.959964) -> tuple[float, float]:
+    """95% Wilson score interval for a proportion; (0, 1) when total is 0."""
+    if total == 0:
+        return 0.0, 1.0
+    p = successes / total
+    denominator = 1 + z * z / total
+    centre = (p + z * z / (2 * total)) / denominator
+    half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / denominator
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def accuracy_recovered(before: float, after: float, teacher: float) -> float | None:
+    """(after - before) / (teacher - before): the share of the teacher's lead the student closed."""
+    if teacher - before <= 0:
+        return None
+    return (after - before) / (teacher - before)
+
+
+def k_values(n: int) -> list[int]:
+    """1, 2, 4, ... up to n, and n itself."""
+    values = [k for k in (2**i for i in range(0, 12)) if k <= n]
+    return values if values[-1] == n else values + [n]

@@ -1,0 +1,111 @@
+"""The one-command pipeline: task -> generate -> curate -> train -> eval -> report.
+
+    tutorlm run                         # recipes/default.yaml: offline, CPU, minutes
+    tutorlm run recipes/openai-teacher.yaml --train.epochs 3
+    tutorlm run --dry-run               # the plan: stages, what is skipped, models, teacher calls
+    tutorlm run --force train           # redo one stage (and so everything after it)
+
+Each stage records itself in the run's manifest and is skipped when its config and inputs are
+unchanged, so a rerun is nearly free and an interrupted run continues where it stopped (training
+resumes from its last checkpoint).
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from tutorlm.cache import Cache, cache_key, default_cache_path
+from tutorlm.config import Recipe
+from tutorlm.curate import CURATED, curate, curate_stage_config
+from tutorlm.evaluate import evaluate, print_table
+from tutorlm.generate import TRACES, generate, generate_stage_config, plan, sampling_of
+from tutorlm.report import report
+from tutorlm.run import RunDir
+from tutorlm.tasks import load_task
+
+STAGES = ("generate", "curate", "train", "eval", "report")
+DEFAULT_EVAL_MODELS = ["base", "student", "teacher"]
+
+
+def default_recipe_path() -> Path:
+    """recipes/default.yaml, shipped inside the package so `tutorlm run` works from any directory."""
+    return Path(str(resources.files("tutorlm").joinpath("recipes/default.yaml")))
+
+
+def eval_models(recipe: Recipe) -> list[str]:
+    return recipe.eval.models or DEFAULT_EVAL_MODELS
+
+
+def run_pipeline(recipe: Recipe, *, force: set[str] = frozenset(), console: Console | None = None) -> Path:
+    """Run every stage that is not current; returns the report's path."""
+    from tutorlm.train.sft import train  # imports torch: only when training is near
+
+    console = console or Console(stderr=True)
+    unknown = set(force) - set(STAGES) - {"all"}
+    if unknown:
+        raise ValueError(f"--force takes stage names ({', '.join(STAGES)} or all), not {', '.join(sorted(unknown))}")
+    # Forcing a stage redoes every stage after it: their inputs change anyway.
+    first = min((STAGES.index(stage) for stage in force if stage in STAGES), default=0 if "all" in force else len(STAGES))
+    forced = set(STAGES[first:])
+    console.rule(f"tutorlm run: {recipe.run.path}")
+    generate(recipe, force="generate" in forced, console=console)
+    curate(recipe, force="curate" in forced, console=console)
+    train(recipe, resume=True, force="train" in forced, console=console)
+    summaries = evaluate(recipe, eval_models(recipe), force="eval" in forced, console=console)
+    path = report(recipe.run.path)
+    labels = [label for label in ("base", "student", "teacher") if label in summaries]
+    console.rule("result")
+    print_table(console, {label: summaries[label] for label in labels})
+    if "base" in summaries and "student" in summaries:
+        gain = summaries["student"]["accuracy"] - summaries["base"]["accuracy"]
+        console.print(f"student accuracy {summaries['base']['accuracy']:.1%} -> {summaries['student']['accuracy']:.1%} ({gain * 100:+.1f} points)")
+    console.print(f"report: {path}")
+    return path
+
+
+def dry_run(recipe: Recipe, *, console: Console | None = None) -> None:
+    """Print the plan without running anything or calling any teacher."""
+    from tutorlm.train.sft import checkpoints, train_stage_config
+
+    console = console or Console()
+    run = RunDir(recipe.run.path)
+    task = load_task(recipe.task)
+    planned = plan(task, recipe.generate)
+    cached = 0
+    if recipe.generate.cache and recipe.teacher.backend == "openai":
+        path = Path(recipe.generate.cache_path or default_cache_path())
+        if path.exists():
+            with Cache(path) as cache:
+                sampling = sampling_of(recipe.generate)
+                keys = [cache_key("openai", recipe.teacher.model or "", r, sampling) for r in planned.requests]
+                cached = len(cache.get_many(keys))
+    curated = run.path / CURATED
+    states = {
+        "generate": run.is_current("generate", generate_stage_config(recipe), {}),
+        "curate": (run.path / TRACES).exists() and run.is_current("curate", curate_stage_config(recipe), {"traces": run.path / TRACES}),
+        "train": curated.exists() and run.is_current("train", train_stage_config(recipe), {"curated": curated}),
+    }
+    teacher = recipe.teacher
+    table = Table(title=f"plan for {run.path}")
+    for column in ("stage", "status", "what"):
+        table.add_column(column)
+    table.add_row("generate", "skip (current)" if states["generate"] else "run",
+                  f"{len(planned.examples)} {recipe.generate.split} questions x {recipe.generate.n} samples from "
+                  f"{teacher.backend} {teacher.model or ''}: {len(planned.requests) - cached} teacher calls "
+                  f"({cached} cached)" if not states["generate"] else "traces.jsonl is current")
+    table.add_row("curate", "skip (current)" if states["curate"] else "run", "verify, dedupe, prune -> curated.jsonl")
+    resumable = checkpoints(run.path / "student" / "checkpoints")
+    train_status = "skip (current)" if states["train"] else f"resume from {resumable[-1].name}" if resumable else "run"
+    table.add_row("train", train_status, f"{recipe.train.method} fine-tuning of {recipe.student.model}, {recipe.train.epochs} epoch(s)")
+    table.add_row("eval", "run (skips current models)", f"{', '.join(eval_models(recipe))} on {recipe.eval.limit} {recipe.eval.split} questions")
+    table.add_row("report", "run", f"{run.path / 'report.html'}")
+    console.print(table)
+
+
+def describe(recipe: Recipe) -> dict[str, Any]:
+    return {"run": str(recipe.run.path), "task": recipe.task.source, "teacher": recipe.teacher.backend, "student": recipe.student.model}

@@ -1,0 +1,262 @@
+"""Stage 5, report: what each stage kept, what the teacher cost, and how much the student recovered.
+
+    tutorlm report --out runs/letters      # writes report.md, report.html (self-contained) and *.png
+
+Reads only the run directory: manifest.json, eval/summary.json, eval/<label>.jsonl and
+train_log.jsonl. "Accuracy recovered" is (distilled - base) / (teacher - base): the share of the
+teacher's lead over the base student that distillation closed.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from pathlib import Path
+from typing import Any
+
+from tutorlm import metrics
+from tutorlm.run import RunDir, atomic_write_text
+
+FIGURES = {"accuracy": "accuracy.png", "funnel": "funnel.png", "loss": "loss.png"}
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()] if path.exists() else []
+
+
+def gather(run: RunDir) -> dict[str, Any]:
+    """Everything the report shows, from the run directory."""
+    manifest = run.manifest()
+    stages = manifest["stages"]
+    summary_path = run.path / "eval" / "summary.json"
+    summaries = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    log = _read_jsonl(run.path / "train_log.jsonl")
+    config = next((record["config"] for record in sorted(stages.values(), key=lambda r: r["started"])[::-1]), {})
+    before, after = summaries.get("base"), summaries.get("student")
+    teacher = summaries.get("teacher") or summaries.get("reference")
+    recovered = None
+    if before and after and teacher:
+        recovered = metrics.accuracy_recovered(before["accuracy"], after["accuracy"], teacher["accuracy"])
+    return {
+        "run": str(run.path), "config": config, "stages": stages, "summaries": summaries, "log": log,
+        "base": before, "student": after, "teacher": teacher, "recovered": recovered,
+        "funnel": (stages.get("curate") or {}).get("stats", {}).get("funnel"),
+        "generate": (stages.get("generate") or {}).get("stats"), "train": (stages.get("train") or {}).get("stats"),
+        "examples": _examples(run, before is not None and after is not None),
+    }
+
+
+def _examples(run: RunDir, both: bool, count: int = 3) -> list[dict[str, Any]]:
+    """A few test questions with the base and the distilled student's answers, fixed ones first."""
+    if not both:
+        return []
+    base = {row["id"]: row for row in _read_jsonl(run.path / "eval" / "base.jsonl")}
+    student = _read_jsonl(run.path / "eval" / "student.jsonl")
+    pairs = [(base[row["id"]], row) for row in student if row["id"] in base]
+    pairs.sort(key=lambda pair: (not (pair[1]["correct"] and not pair[0]["correct"]), not pair[1]["correct"]))
+    return [{"question": s["question"], "answer": s["answer"], "before": b["completion"], "before_correct": b["correct"],
+             "after": s["completion"], "after_correct": s["correct"]} for b, s in pairs[:count]]
+
+
+def plot(data: dict[str, Any], directory: Path) -> dict[str, Path]:
+    """The report's figures as PNG files; only those with data."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written: dict[str, Path] = {}
+    if data["summaries"]:
+        labels = list(data["summaries"])
+        values = [data["summaries"][label]["accuracy"] * 100 for label in labels]
+        errors = [[v - s["accuracy_ci95"][0] * 100 for v, s in zip(values, data["summaries"].values())],
+                  [s["accuracy_ci95"][1] * 100 - v for v, s in zip(values, data["summaries"].values())]]
+        figure, axis = plt.subplots(figsize=(6, 3.2))
+        bars = axis.bar(labels, values, yerr=errors, capsize=4, color=["#9aa5b1", "#2f80ed", "#27ae60", "#f2994a"][: len(labels)])
+        axis.bar_label(bars, labels=[f"{v:.1f}%" for v in values], padding=3)
+        axis.set_ylim(0, 110)
+        axis.set_ylabel("accuracy (%) with 95% CI")
+        axis.set_title("held-out accuracy")
+        written["accuracy"] = directory / FIGURES["accuracy"]
+        figure.tight_layout()
+        figure.savefig(written["accuracy"], dpi=110)
+        plt.close(figure)
+    if data["funnel"]:
+        funnel = data["funnel"]
+        steps = [("generated", funnel["generated"])]
+        remaining = funnel["generated"]
+        for key, label in (("truncated", "finished"), ("no_answer", "answered"), ("wrong", "correct"), ("duplicate", "deduped"),
+                           ("too_long", "length ok"), ("not_shortest", "shortest k"), ("over_cap", "capped")):
+            remaining -= funnel[key]
+            steps.append((label, remaining))
+        figure, axis = plt.subplots(figsize=(6, 3.2))
+        bars = axis.barh([s[0] for s in steps][::-1], [s[1] for s in steps][::-1], color="#2f80ed")
+        axis.bar_label(bars, padding=3)
+        axis.set_xlabel("rationales")
+        axis.set_title("curation funnel")
+        written["funnel"] = directory / FIGURES["funnel"]
+        figure.tight_layout()
+        figure.savefig(written["funnel"], dpi=110)
+        plt.close(figure)
+    train_points = [(row["step"], row["loss"]) for row in data["log"] if "loss" in row]
+    eval_points = [(row["step"], row["eval_loss"]) for row in data["log"] if "eval_loss" in row]
+    if train_points:
+        figure, axis = plt.subplots(figsize=(6, 3.2))
+        axis.plot(*zip(*train_points), label="train", color="#2f80ed", alpha=0.8)
+        if eval_points:
+            axis.plot(*zip(*eval_points), label="held-out", color="#eb5757", marker="o")
+        axis.set_xlabel("optimizer step")
+        axis.set_ylabel("loss (completion tokens)")
+        axis.set_title("training loss")
+        axis.legend()
+        written["loss"] = directory / FIGURES["loss"]
+        figure.tight_layout()
+        figure.savefig(written["loss"], dpi=110)
+        plt.close(figure)
+    return written
+
+
+def _percent(value: float | None) -> str:
+    return "–" if value is None else f"{value:.1%}"
+
+
+def markdown(data: dict[str, Any], figures: dict[str, Path]) -> str:
+    config = data["config"]
+    task = config.get("task", {})
+    lines = [f"# tutorlm report: {Path(data['run']).name}", ""]
+    teacher = config.get("teacher", {})
+    lines.append(f"Task **{task.get('source', '?')}**{' ' + json.dumps(task.get('options')) if task.get('options') else ''}; "
+                 f"teacher **{teacher.get('backend', '?')}**{' ' + teacher['model'] if teacher.get('model') else ''}; "
+                 f"student **{config.get('student', {}).get('model', '?')}** ({config.get('train', {}).get('method', '?')} fine-tuning).")
+    lines += ["", "## Accuracy", ""]
+    if data["summaries"]:
+        lines += ["| model | accuracy | 95% CI | tokens per answer | truncated | no answer | questions |",
+                  "| --- | --- | --- | --- | --- | --- | --- |"]
+        for label, s in data["summaries"].items():
+            lines.append(f"| {label} | {_percent(s['accuracy'])} | {_percent(s['accuracy_ci95'][0])}–{_percent(s['accuracy_ci95'][1])} "
+                         f"| {s['mean_completion_tokens']:.0f} | {_percent(s['truncation_rate'])} | {_percent(s['no_answer_rate'])} "
+                         f"| {s['examples']} |")
+        if data["base"] and data["student"]:
+            gain = data["student"]["accuracy"] - data["base"]["accuracy"]
+            lines += ["", f"Distillation moved the student from {_percent(data['base']['accuracy'])} to "
+                          f"{_percent(data['student']['accuracy'])} ({gain * 100:+.1f} points)"
+                          + (f", recovering **{_percent(data['recovered'])}** of the teacher's lead "
+                             f"(teacher: {_percent(data['teacher']['accuracy'])})." if data["recovered"] is not None else ".")]
+    else:
+        lines.append("No evaluation yet: run `tutorlm eval`.")
+    if "accuracy" in figures:
+        lines += ["", f"![accuracy]({figures['accuracy'].name})"]
+    lines += ["", "## Curation", ""]
+    if data["funnel"]:
+        from tutorlm.curate import FUNNEL
+
+        lines += ["| step | rationales |", "| --- | --- |"] + [f"| {key.replace('_', ' ')} | {data['funnel'][key]} |" for key in FUNNEL]
+        if "funnel" in figures:
+            lines += ["", f"![funnel]({figures['funnel'].name})"]
+    else:
+        lines.append("No curation recorded.")
+    lines += ["", "## Teacher cost", ""]
+    generate = data["generate"]
+    if generate:
+        lines += ["| calls made | cache hits | failures | prompt tokens | completion tokens | cost | wall time |",
+                  "| --- | --- | --- | --- | --- | --- | --- |",
+                  f"| {generate['calls_made']} | {generate['cache_hits']} | {generate['failures']} | {generate['prompt_tokens_total']} "
+                  f"| {generate['completion_tokens_total']} | {generate['cost'] if generate['cost'] is not None else '–'} "
+                  f"| {generate['wall_s']:.1f} s |", "",
+                  f"Teacher: {generate['backend']} `{generate['model']}`. Token counts cover every sample in the traces, "
+                  "cached ones included; calls made and cost count only calls paid for in this run."
+                  + (" The reference solver has no tokenizer: its counts are words." if generate["backend"] == "reference" else "")]
+    else:
+        lines.append("No generation recorded.")
+    lines += ["", "## Training", ""]
+    train = data["train"]
+    if train:
+        final = train["final_eval_loss"]
+        rates = [row["tokens_per_s"] for row in data["log"] if "tokens_per_s" in row]
+        throughput = f", {sum(rates) / len(rates):.0f} tokens/s while training" if rates else ""
+        lines.append(f"{train['steps']} optimizer steps on {train['examples']} examples ({train['held_out']} held out): "
+                     f"{train['tokens_seen']} tokens in {train['wall_s']:.0f} s including evaluations and checkpoints{throughput}, "
+                     f"precision {train['precision']}" + (f"; final held-out loss {final:.4f}." if final is not None else "."))
+        if "loss" in figures:
+            lines += ["", f"![loss]({figures['loss'].name})"]
+    else:
+        lines.append("No training recorded.")
+    if data["examples"]:
+        lines += ["", "## Examples: before and after", ""]
+        for number, example in enumerate(data["examples"], start=1):
+            lines += [f"**{number}. {example['question']}** (gold: `{example['answer']}`)", "",
+                      f"*Base student* ({'correct' if example['before_correct'] else 'wrong'}):", "", "```",
+                      example["before"].strip() or "(empty)", "```", "",
+                      f"*Distilled student* ({'correct' if example['after_correct'] else 'wrong'}):", "", "```",
+                      example["after"].strip() or "(empty)", "```", ""]
+    lines += ["", "## Stages", "", "| stage | status | seconds |", "| --- | --- | --- |"]
+    for name, record in data["stages"].items():
+        lines.append(f"| {name} | {record['status']} | {record.get('seconds', '–')} |")
+    return "\n".join(lines) + "\n"
+
+
+def to_html(markdown_text: str, figures: dict[str, Path]) -> str:
+    """A self-contained page: the markdown rendered by a small converter, images embedded as data URIs."""
+    images = {path.name: base64.b64encode(path.read_bytes()).decode() for path in figures.values()}
+    body, in_code, in_table = [], False, False
+    for line in markdown_text.splitlines():
+        if line.startswith("```"):
+            body.append("</pre>" if in_code else "<pre>")
+            in_code = not in_code
+            continue
+        if in_code:
+            body.append(html.escape(line))
+            continue
+        if line.startswith("|"):
+            cells = [cell.strip() for cell in line.strip("|").split("|")]
+            if set("".join(cells)) <= {"-", " "}:
+                continue
+            tag = "th" if not in_table else "td"
+            body.append(("<table>" if not in_table else "") + "<tr>" + "".join(f"<{tag}>{_inline(c)}</{tag}>" for c in cells) + "</tr>")
+            in_table = True
+            continue
+        if in_table:
+            body.append("</table>")
+            in_table = False
+        if line.startswith("![") and "](" in line:
+            name = line.split("](")[1].rstrip(")")
+            body.append(f'<img alt="{html.escape(name)}" src="data:image/png;base64,{images[name]}">')
+        elif line.startswith("## "):
+            body.append(f"<h2>{html.escape(line[3:])}</h2>")
+        elif line.startswith("# "):
+            body.append(f"<h1>{html.escape(line[2:])}</h1>")
+        elif line.strip():
+            body.append(f"<p>{_inline(line)}</p>")
+    if in_table:
+        body.append("</table>")
+    style = ("body{font-family:system-ui,sans-serif;max-width:900px;margin:2em auto;padding:0 1em;color:#222}"
+             "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 10px;text-align:left}"
+             "th{background:#f3f5f7}pre{background:#f6f8fa;padding:10px;white-space:pre-wrap;border-radius:4px}"
+             "img{max-width:100%}h2{border-bottom:1px solid #eee;padding-bottom:4px}")
+    return f"<!doctype html><html><head><meta charset='utf-8'><title>tutorlm report</title><style>{style}</style></head><body>\n" \
+           + "\n".join(body) + "\n</body></html>\n"
+
+
+def _inline(text: str) -> str:
+    import re
+
+    text = html.escape(text)
+    text = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", text)
+    text = re.sub(r"`(.+?)`", r"<code>\1</code>", text)
+    return re.sub(r"(?<!\w)\*(.+?)\*(?!\w)", r"<i>\1</i>", text)
+
+
+def report(run_path: str | Path) -> Path:
+    """Write report.md, report.html and the figures; returns the HTML path."""
+    run = RunDir(run_path)
+    if not run.manifest_path.exists():
+        from tutorlm.tasks import DataError
+
+        raise DataError(f"{run.manifest_path}: no run here; run the pipeline first (`tutorlm run`)")
+    data = gather(run)
+    figures = plot(data, run.path)
+    text = markdown(data, figures)
+    atomic_write_text(run.path / "report.md", text)
+    atomic_write_text(run.path / "report.html", to_html(text, figures))
+    return run.path / "report.html"
