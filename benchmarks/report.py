@@ -36,7 +36,7 @@ def rows() -> list[str]:
                 f"| SFT batching, {result['model']} (batch {result['batch_size']}, {result['steps']} steps) | {result['machine']} "
                 f"| {result['date']} | packed: {result['packed']['real_tokens_per_s']} real tokens/s "
                 f"| length-grouped padding: {result['padded']['real_tokens_per_s']} real tokens/s | {result['ratio_packed_over_padded']}× "
-                f"| pads computed when padding: {result['padded']['pad_fraction']:.0%} |"
+                f"| pads computed when padding: {result['padded']['pad_fraction']:.1%} |"
             )
         elif name == "generate_hf":
             for prompt_set, label in (("task", "task prompts, short answers"), ("long", "open-ended prompts, decode-bound")):

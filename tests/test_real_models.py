@@ -90,3 +90,16 @@ def test_gguf_student_saves_and_reloads_in_plain_transformers(tmp_path):
     ids = torch.tensor([[1, 2, 3, 4, 5]])
     with torch.no_grad():
         assert torch.allclose(model(ids).logits, reloaded(ids).logits, atol=1e-5)
+
+
+@needs_smollm2
+def test_default_recipe_for_real(tmp_path):
+    """`tutorlm run` exactly as the README says: the distilled student gains at least 40 points."""
+    env = {**os.environ, "TUTORLM_CACHE_DIR": str(tmp_path / "cache"), "COLUMNS": "200"}
+    result = subprocess.run([sys.executable, "-m", "tutorlm", "run"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                            timeout=1800)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((tmp_path / "runs" / "default" / "eval" / "summary.json").read_text())
+    assert summary["student"]["accuracy"] - summary["base"]["accuracy"] >= 0.40
+    assert (tmp_path / "runs" / "default" / "report.html").exists()
+    assert "report: runs/default/report.html" in result.stderr

@@ -194,7 +194,11 @@ class TrainConfig:
     max_grad_norm: float = option(1.0, "gradient clipping")
     max_length: int = option(1024, "tokens per example (prompt + completion)")
     overlength: Literal["truncate", "drop"] = option("truncate", "examples longer than max_length: truncate the completion, or drop")
-    packing: bool = option(True, "padding-free packing of each batch into one row (no cross-example attention), else padding")
+    packing: bool = option(
+        False, "padding-free packing of each batch into one row (no cross-example attention); else length-grouped padding. "
+        "Packing pays with varlen flash-attention on GPUs; on CPU/SDPA its block-diagonal mask costs more than the "
+        "padding it saves (benchmarks/packing.py measured 0.66x)",
+    )
     gradient_checkpointing: bool = option(False, "recompute activations in backward: less memory, ~30% more compute")
     precision: Literal["auto", "fp32", "bf16"] = option("auto", "auto: bf16 mixed precision on CUDA with bf16, else fp32")
     eval_fraction: float = option(0.05, "share of curated questions held out for eval loss (by question, never split)")
