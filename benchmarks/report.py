@@ -38,6 +38,32 @@ def rows() -> list[str]:
                 f"| length-grouped padding: {result['padded']['real_tokens_per_s']} real tokens/s | {result['ratio_packed_over_padded']}× "
                 f"| pads computed when padding: {result['padded']['pad_fraction']:.1%} |"
             )
+        elif name == "sft_vs_trl":
+            ours, trl = result["sides"]["tutorlm"], result["sides"][result["best_trl"]]
+            other = "trl-packed" if result["best_trl"] == "trl-padded" else "trl-padded"
+            lines.append(
+                f"| SFT, {result['model']} {result['dtype']} on {result['device']} (batch {result['batch_size']}, {result['steps']} steps) "
+                f"| {result['machine']} | {result['date']} | {ours['real_tokens_per_s']} real tokens/s, {ours['peak_rss_mb']} MB peak "
+                f"| TRL {result['trl_version']} SFTTrainer ({result['best_trl']}): {trl['real_tokens_per_s']} real tokens/s, "
+                f"{trl['peak_rss_mb']} MB peak | {result['ratio_tokens_per_s']}× | {other}: {result['sides'][other]['real_tokens_per_s']} "
+                f"tokens/s; mean loss of the last 5 steps: tutorlm {ours['last_losses_mean']}, TRL {trl['last_losses_mean']} |"
+            )
+        elif name == "sft_mfu":
+            limit = result["limit"]["model_shapes_gflops"]
+            variants = ", ".join(f"{v}: {m['gflops']} GFLOP/s ({m['fraction_of_limit']:.0%})" for v, m in result["variants"].items())
+            base = result["variants"]["baseline"]
+            lines.append(
+                f"| SFT model FLOPs utilization, {result['model']} fp32 (batch {result['batch_size']}) | {result['machine']} | {result['date']} "
+                f"| {base['gflops']} GFLOP/s | fp32 matmul at the model's shapes: {limit} GFLOP/s | {base['fraction_of_limit']}× "
+                f"| {variants} |"
+            )
+        elif name == "eval_vs_lmeval":
+            lines.append(
+                f"| eval, {result['model']} on {result['questions']} {result['task']} questions ({result['max_tokens']} max tokens, batch "
+                f"{result['batch_size']}) | {result['machine']} | {result['date']} | {result['tutorlm_tokens_per_s']} tokens/s, accuracy "
+                f"{result['tutorlm_accuracy']:.0%} | lm-eval {result['lm_eval_version']} hf: {result['lmeval_tokens_per_s']} tokens/s, accuracy "
+                f"{result['lmeval_accuracy']:.0%} | {result['ratio']}× | same verifier on both sides |"
+            )
         elif name == "generate_hf":
             for prompt_set, label in (("task", "task prompts, short answers"), ("long", "open-ended prompts, decode-bound")):
                 part = result[prompt_set]

@@ -19,7 +19,7 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from tutorlm.backends import Completion, Request, Sampling
 
@@ -86,3 +86,36 @@ class Cache:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def run_cached(
+    backend: Any, requests: list[Request], sampling: Sampling, cache: Cache | None,
+    on_result: Callable[[Request, Completion | Exception], None] | None = None,
+    on_start: Callable[[int], None] | None = None,
+) -> tuple[list[str], dict[str, Completion | Exception], set[str]]:
+    """Results for `requests`: cached ones read back, the rest made by `backend` and committed as each arrives.
+
+    Returns (one key per request, result by key, keys served from the cache). `on_result` is called for
+    each result made now and `on_start` with the number of cache hits before any call (both for progress
+    displays); requests with the same key are made once.
+    """
+    keys = [cache_key(backend.kind, backend.model_name, request, sampling) for request in requests]
+    results: dict[str, Completion | Exception] = dict(cache.get_many(keys)) if cache is not None else {}
+    hits = set(results)
+    pending = {key: request for key, request in zip(keys, requests) if key not in results}
+    if on_start is not None:
+        on_start(len(requests) - len(pending))
+
+    def done(request: Request, result: Completion | Exception) -> None:
+        key = cache_key(backend.kind, backend.model_name, request, sampling)
+        results[key] = result
+        if cache is not None and isinstance(result, Completion):
+            cache.put(key, backend.kind, backend.model_name, result)
+        if on_result is not None:
+            on_result(request, result)
+
+    try:
+        backend.run(list(pending.values()), sampling, done)
+    finally:
+        backend.close()
+    return keys, results, hits

@@ -34,7 +34,7 @@ from rich.table import Table
 
 from tutorlm import metrics, verify
 from tutorlm.backends import Completion, Request, Sampling, make_backend
-from tutorlm.cache import Cache, cache_key, default_cache_path
+from tutorlm.cache import Cache, default_cache_path, run_cached
 from tutorlm.config import Recipe, TeacherConfig, to_dict
 from tutorlm.run import RunDir, atomic_write_text
 from tutorlm.tasks import DataError, Example, Task, load_task
@@ -108,31 +108,16 @@ def evaluate_one(task: Task, examples: list[Example], label: str, config: Teache
     if backend.kind == "reference":
         backend.add_examples(examples)  # type: ignore[attr-defined]
     requests = [Request(task.prompt(example), index, example.id) for example in examples for index in range(settings.n)]
-    results: dict[tuple[str, int], Completion | Exception] = {}
     cache = Cache(recipe.generate.cache_path or default_cache_path()) if backend.kind == "openai" and recipe.generate.cache else None
-    pending = requests
-    if cache is not None:
-        keys = {id(r): cache_key(backend.kind, backend.model_name, r, sampling) for r in requests}
-        found = cache.get_many(list(keys.values()))
-        for request in requests:
-            if keys[id(request)] in found:
-                results[(request.example_id, request.sample_index)] = found[keys[id(request)]]
-        pending = [r for r in requests if (r.example_id, r.sample_index) not in results]
     with Progress(TextColumn(f"[bold]eval {label}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console) as progress:
-        bar = progress.add_task("eval", total=len(requests), completed=len(requests) - len(pending))
-
-        def on_result(request: Request, result: Completion | Exception) -> None:
-            results[(request.example_id, request.sample_index)] = result
-            if cache is not None and isinstance(result, Completion):
-                cache.put(cache_key(backend.kind, backend.model_name, request, sampling), backend.kind, backend.model_name, result)
-            progress.update(bar, advance=1)
-
+        bar = progress.add_task("eval", total=len(requests))
         try:
-            backend.run(pending, sampling, on_result)
+            keys, by_key, _ = run_cached(backend, requests, sampling, cache, lambda request, result: progress.update(bar, advance=1),
+                                         on_start=lambda hits: progress.update(bar, completed=hits))
         finally:
-            backend.close()
             if cache is not None:
                 cache.close()
+    results = {(request.example_id, request.sample_index): by_key[key] for key, request in zip(keys, requests)}
     failures = [result for result in results.values() if isinstance(result, Exception)]
     if failures:
         raise DataError(f"eval {label}: {len(failures)} of {len(requests)} generations failed (first: {failures[0]}); run again to retry")

@@ -30,7 +30,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from tutorlm.backends import Completion, FatalBackendError, Request, Sampling, make_backend
-from tutorlm.cache import Cache, cache_key, default_cache_path
+from tutorlm.cache import Cache, default_cache_path, run_cached
 from tutorlm.config import GenerateConfig, Recipe, to_dict
 from tutorlm.run import RunDir, atomic_write_text
 from tutorlm.tasks import DataError, Example, Task, build_prompt, format_question, load_task
@@ -143,48 +143,38 @@ def generate(recipe: Recipe, *, force: bool = False, console: Console | None = N
     if backend.kind == "reference":
         backend.add_examples(plan_.examples)  # type: ignore[attr-defined]
     cache = Cache(recipe.generate.cache_path or default_cache_path()) if recipe.generate.cache else None
-    keys = [cache_key(backend.kind, backend.model_name, request, sampling) for request in plan_.requests]
-    by_key = dict(zip(keys, plan_.requests))
-    results: dict[str, tuple[Completion, bool]] = {}
-    if cache is not None:
-        results = {key: (completion, True) for key, completion in cache.get_many(keys).items()}
-    pending = [by_key[key] for key in dict.fromkeys(keys) if key not in results]
-    failures: dict[str, str] = {}
-    counts = {"prompt_tokens": 0, "completion_tokens": 0}
-    hits = len(results)
+    counts = {"prompt_tokens": 0, "completion_tokens": 0, "made": 0, "failed": 0}
     started = time.perf_counter()
 
     with run.record("generate", stage_config, {}, resolved=to_dict(recipe)) as record, _progress(console) as progress:
-        bar = progress.add_task("generate", total=len(keys), completed=len(results), rate=0.0, tokens_rate=0.0,
-                                hits=len(results), retries=0, errors=0)
+        bar = progress.add_task("generate", total=len(plan_.requests), rate=0.0, tokens_rate=0.0, hits=0, retries=0, errors=0)
 
         def on_result(request: Request, result: Completion | Exception) -> None:
-            key = cache_key(backend.kind, backend.model_name, request, sampling)
             if isinstance(result, Exception):
-                failures[key] = f"{type(result).__name__}: {result}"
+                counts["failed"] += 1
             else:
-                if cache is not None:
-                    cache.put(key, backend.kind, backend.model_name, result)
-                results[key] = (result, False)
+                counts["made"] += 1
                 counts["prompt_tokens"] += result.prompt_tokens
                 counts["completion_tokens"] += result.completion_tokens
             elapsed = max(time.perf_counter() - started, 1e-9)
-            fresh = len(results) - hits
-            progress.update(bar, advance=1, rate=fresh / elapsed, tokens_rate=counts["completion_tokens"] / elapsed,
-                            retries=backend.counters.get("retries", 0), errors=len(failures))
+            progress.update(bar, advance=1, rate=counts["made"] / elapsed, tokens_rate=counts["completion_tokens"] / elapsed,
+                            retries=backend.counters.get("retries", 0), errors=counts["failed"])
 
         try:
-            backend.run(pending, sampling, on_result)
+            keys, results, cached = run_cached(backend, plan_.requests, sampling, cache, on_result,
+                                               on_start=lambda hits: progress.update(bar, completed=hits, hits=hits))
         finally:
-            backend.close()
             if cache is not None:
                 cache.close()
         wall = time.perf_counter() - started
+        by_key = dict(zip(keys, plan_.requests))
+        failures = {key: f"{type(result).__name__}: {result}" for key, result in results.items() if isinstance(result, Exception)}
+        completions = {key: result for key, result in results.items() if isinstance(result, Completion)}
 
         example_by_id = {example.id: example for example in plan_.examples}
         rows = [
-            _trace_row(example_by_id[request.example_id], request, results[key][0], plan_, backend, cached=results[key][1])
-            for key, request in zip(keys, plan_.requests) if key in results
+            _trace_row(example_by_id[request.example_id], request, completions[key], plan_, backend, cached=key in cached)
+            for key, request in zip(keys, plan_.requests) if key in completions
         ]
         traces_path = run.path / TRACES
         atomic_write_text(traces_path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
@@ -202,10 +192,10 @@ def generate(recipe: Recipe, *, force: bool = False, console: Console | None = N
         if teacher.price_input_per_million is not None or teacher.price_output_per_million is not None:
             cost = round(counts["prompt_tokens"] * (teacher.price_input_per_million or 0) / 1e6
                          + counts["completion_tokens"] * (teacher.price_output_per_million or 0) / 1e6, 6)
-        all_completions = [completion for completion, _ in results.values()]
+        all_completions = list(completions.values())
         stats = {
             "examples": len(plan_.examples), "samples_requested": len(keys), "samples_written": len(rows),
-            "cache_hits": hits, "calls_made": len(results) - hits, "failures": len(failures),
+            "cache_hits": len(cached), "calls_made": counts["made"], "failures": len(failures),
             "retries": backend.counters.get("retries", 0),
             "prompt_tokens": counts["prompt_tokens"], "completion_tokens": counts["completion_tokens"],
             "prompt_tokens_total": sum(c.prompt_tokens for c in all_completions),

