@@ -96,3 +96,13 @@ def test_hub_dataset_offline_fails_clearly():
     result = tutorlm("tasks", "show", "hf:nobody/nothing")
     assert result.returncode == 2
     assert "could not load hub dataset 'nobody/nothing'" in result.stderr and "save_to_disk" in result.stderr
+
+
+def test_eval_without_a_run_directory_gets_its_own(tmp_path):
+    result = subprocess.run([TUTORLM, "eval", "--model", "reference", "--task.source", "deduction", "--eval.limit", "3"],
+                            capture_output=True, text=True, timeout=120, cwd=tmp_path,
+                            env={"COLUMNS": "200", "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "TUTORLM_CACHE_DIR": str(tmp_path)})
+    assert result.returncode == 0, result.stderr
+    assert len((tmp_path / "runs" / "eval-deduction" / "eval" / "reference.jsonl").read_text().splitlines()) == 3
+    assert "100.0%" in result.stderr
+    assert not (tmp_path / "runs" / "default").exists()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from importlib import metadata, util
 from pathlib import Path
@@ -153,6 +154,10 @@ def cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
 def cmd_eval(args: argparse.Namespace, extra: list[str]) -> int:
     from tutorlm.evaluate import evaluate
 
+    if not args.out and not any(arg.startswith("--run.") for arg in extra):
+        # An evaluation with no run directory gets its own (runs/eval-<task>), never another run's eval/.
+        task_source = load_recipe(args.recipe, parse_override_args(extra)).task.source
+        extra = [*extra, f"--run.name=eval-{re.sub(r'[^A-Za-z0-9._-]+', '_', Path(task_source).stem)}"]
     recipe = _recipe_from(args, _apply_run_flags(args, extra), from_run=True)
     specs = args.model or recipe.eval.models
     if not specs:
