@@ -199,3 +199,13 @@ def test_train_errors(tmp_path, tokenizer):
     result = subprocess.run([sys.executable, "-m", "tutorlm", "train", "--out", str(tmp_path / "x"), "--train.batch_size", "0"],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and "batch_size must be at least 1" in result.stderr
+
+
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_gradient_checkpointing_trains_through_build_model(tmp_path, method):
+    model_dir = save_tiny_model(tmp_path / "tiny")
+    recipe = make_run(tmp_path, method=method, gradient_checkpointing=True, max_steps=3, lr=1e-2)
+    recipe.student = StudentConfig(model=str(model_dir))
+    stats = train(recipe, console=QUIET)
+    log = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
+    assert stats["steps"] == 3 and all(row["grad_norm"] > 0 for row in log if "loss" in row)
