@@ -50,11 +50,6 @@ class Cache:
             "completion TEXT NOT NULL, created REAL)"
         )
 
-    def get(self, key: str) -> Completion | None:
-        with self._lock:
-            row = self._db.execute("SELECT completion FROM completions WHERE key = ?", (key,)).fetchone()
-        return Completion.from_dict(json.loads(row[0])) if row else None
-
     def get_many(self, keys: list[str]) -> dict[str, Completion]:
         found: dict[str, Completion] = {}
         with self._lock:
@@ -72,10 +67,6 @@ class Cache:
                 "INSERT OR REPLACE INTO completions (key, backend, model, completion, created) VALUES (?, ?, ?, ?, ?)",
                 (key, backend_kind, model_name, data, time.time()),
             )
-
-    def count(self) -> int:
-        with self._lock:
-            return self._db.execute("SELECT COUNT(*) FROM completions").fetchone()[0]
 
     def close(self) -> None:
         with self._lock:

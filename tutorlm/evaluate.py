@@ -43,7 +43,7 @@ EVAL_DIR = "eval"
 SUMMARY = "summary.json"
 
 
-def resolve_model(spec: str, recipe: Recipe) -> tuple[str, TeacherConfig]:
+def resolve_spec(spec: str, recipe: Recipe) -> tuple[str, TeacherConfig]:
     """(label, backend config) for a model spec; see the module docstring for the syntax."""
     label = None
     if "=" in spec and not spec.startswith(("/", ".")):
@@ -149,7 +149,7 @@ def evaluate(recipe: Recipe, specs: list[str], *, force: bool = False, console: 
     summary_path = run.path / EVAL_DIR / SUMMARY
     summaries: dict[str, dict[str, Any]] = json.loads(summary_path.read_text()) if summary_path.exists() else {}
     for spec in specs:
-        label, config = resolve_model(spec, recipe)
+        label, config = resolve_spec(spec, recipe)
         inputs = {}
         if config.backend == "hf" and Path(config.model or "").is_dir():
             inputs = {name: Path(config.model) / name for name in ("model.safetensors", "adapter_model.safetensors")
@@ -167,7 +167,7 @@ def evaluate(recipe: Recipe, specs: list[str], *, force: bool = False, console: 
             atomic_write_text(summary_path, json.dumps(summaries, indent=2) + "\n")
             record["outputs"].append(out)
             record["stats"] = summary
-    print_table(console, {label: summaries[label] for label in [resolve_model(s, recipe)[0] for s in specs]})
+    print_table(console, {label: summaries[label] for label in [resolve_spec(s, recipe)[0] for s in specs]})
     return summaries
 
 

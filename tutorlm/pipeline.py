@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from importlib import resources
 from pathlib import Path
-from typing import Any
 
 from rich.console import Console
 from rich.table import Table
@@ -106,6 +105,3 @@ def dry_run(recipe: Recipe, *, console: Console | None = None) -> None:
     table.add_row("report", "run", f"{run.path / 'report.html'}")
     console.print(table)
 
-
-def describe(recipe: Recipe) -> dict[str, Any]:
-    return {"run": str(recipe.run.path), "task": recipe.task.source, "teacher": recipe.teacher.backend, "student": recipe.student.model}
