@@ -209,3 +209,16 @@ def test_gradient_checkpointing_trains_through_build_model(tmp_path, method):
     stats = train(recipe, console=QUIET)
     log = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
     assert stats["steps"] == 3 and all(row["grad_norm"] > 0 for row in log if "loss" in row)
+
+
+@pytest.mark.slow
+def test_compiled_forward_trains_and_saves(tmp_path, tokenizer):
+    recipe = make_run(tmp_path, compile=True, max_steps=3, lr=1e-2)
+    model = make_model(tokenizer)
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    stats = train(recipe, console=QUIET, model_and_tokenizer=(model, tokenizer))
+    assert stats["steps"] == 3
+    assert all(not torch.equal(before[name], p) for name, p in model.named_parameters())
+    from transformers import AutoModelForCausalLM
+
+    AutoModelForCausalLM.from_pretrained(tmp_path / "run" / STUDENT)

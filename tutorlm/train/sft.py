@@ -157,9 +157,13 @@ def train(recipe: Recipe, *, resume: bool = False, force: bool = False, console:
         # micro-batches inside one epoch, so groups stay aligned across epochs and across a resume.
         accelerator = Accelerator(mixed_precision="bf16" if precision == "bf16" else "no")
         trainable = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=config.weight_decay)
+        # Fused AdamW: one kernel per parameter instead of foreach's parameter-sized temporaries;
+        # benchmarks/sft_mfu.py measured it 17% faster on CPU, and it needs less memory.
+        optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=config.weight_decay, fused=True)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(int(config.warmup_ratio * total_steps), total_steps))
         model, optimizer = accelerator.prepare(model, optimizer)
+        # Only the training forward is compiled; evaluation, checkpoints and saving use the module itself.
+        forward_model = torch.compile(model) if config.compile else model
         accelerator.register_for_checkpointing(scheduler)
         if state["step"]:
             accelerator.load_state(str(found[-1]))
@@ -211,7 +215,7 @@ def train(recipe: Recipe, *, resume: bool = False, force: bool = False, console:
                     group_size = min(config.grad_accum, len(order) - group_start)
                     sync = batch_index + 1 == group_start + group_size
                     with contextlib.nullcontext() if sync else accelerator.no_sync(model):
-                        loss, _ = sft_loss(model, batch)
+                        loss, _ = sft_loss(forward_model, batch)
                         accelerator.backward(loss / group_size)
                     real_tokens = int(batch["attention_mask"].sum()) if "attention_mask" in batch else batch["input_ids"].numel()
                     window_tokens += real_tokens
