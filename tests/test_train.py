@@ -222,3 +222,31 @@ def test_compiled_forward_trains_and_saves(tmp_path, tokenizer):
     from transformers import AutoModelForCausalLM
 
     AutoModelForCausalLM.from_pretrained(tmp_path / "run" / STUDENT)
+
+
+def test_two_processes_share_the_batches(tmp_path):
+    """Data parallel on CPU (gloo): each process trains on half the batches; only the main one writes."""
+    model_dir = save_tiny_model(tmp_path / "tiny")
+    recipe = Recipe(run=RunConfig(name="run", output_dir=str(tmp_path)), task=TaskConfig(source="coin_flip"),
+                    generate=GenerateConfig(limit=48, cache=False))
+    generate(recipe, console=QUIET)
+    curate(recipe, console=QUIET)
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "tutorlm", "train",
+               "--out", str(tmp_path / "run"), "--student.model", str(model_dir), "--train.batch_size", "4",
+               "--train.epochs", "2", "--train.eval_fraction", "0", "--train.save_every", "4"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env={**os.environ, "ACCELERATE_USE_CPU": "true"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    log = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
+    batches_per_epoch = 48 // 4  # 48 curated rows, batch 4: 12 batches, 6 for each process
+    assert [row["step"] for row in log] == list(range(1, 2 * batches_per_epoch // 2 + 1))
+    # Together the two processes see every token of every example once per epoch.
+    from transformers import AutoTokenizer
+
+    student_tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "curated.jsonl").read_text().splitlines()]
+    assert log[-1]["tokens_seen"] == 2 * sum(len(tokenize(student_tokenizer, row).input_ids) for row in rows)
+    checkpoint = sorted((tmp_path / "run" / STUDENT / "checkpoints").iterdir())[-1]
+    assert (checkpoint / "random_states_0.pkl").exists() and (checkpoint / "random_states_1.pkl").exists()
+    from transformers import AutoModelForCausalLM
+
+    AutoModelForCausalLM.from_pretrained(tmp_path / "run" / STUDENT)

@@ -357,7 +357,8 @@ def build_parser() -> argparse.ArgumentParser:
         "train", help="fine-tune the student on curated rationales (full or LoRA)", formatter_class=formatter,
         description="Supervised fine-tuning of the student on RUN_DIR/curated.jsonl, loss on completion tokens only. "
         "Writes RUN_DIR/student/ (save_pretrained) and RUN_DIR/train_log.jsonl. Runs on one CPU as is; "
-        "`accelerate launch -m tutorlm train ...` spreads it over GPUs.",
+        "`accelerate launch --multi_gpu --num_processes N -m tutorlm train ...` trains data-parallel on GPUs, "
+        "`ACCELERATE_USE_CPU=true torchrun --nproc_per_node N -m tutorlm train ...` on CPUs.",
         epilog=_settings_epilog({"student": StudentConfig, "train": TrainConfig, "run": RunConfig}),
     )
     train.add_argument("recipe", nargs="?", help="a YAML recipe (optional; the run's manifest is used otherwise)")

@@ -1,7 +1,8 @@
 """Stage 3, train: supervised fine-tuning of the student on curated rationales (full or LoRA).
 
     tutorlm train --out runs/letters [--train.method lora] [--train.epochs 2] [--resume]
-    accelerate launch -m tutorlm train --out runs/letters      # DDP / FSDP / DeepSpeed, no code change
+    accelerate launch --multi_gpu --num_processes 8 -m tutorlm train --out runs/letters     # data parallel on GPUs
+    ACCELERATE_USE_CPU=true torchrun --nproc_per_node 2 -m tutorlm train --out runs/letters # data parallel on CPUs
 
 Method: Fine-tune-CoT (Ho et al. 2023): next-token cross-entropy on the teacher's rationale, with
 the loss on completion tokens only. Departures: padding-free packing by default (see data.py);
@@ -23,6 +24,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import shutil
 import time
 from pathlib import Path
@@ -81,6 +83,14 @@ def checkpoints(directory: Path) -> list[Path]:
     return sorted(p for p in directory.iterdir() if p.name.startswith("step-") and (p / "trainer_state.json").exists())
 
 
+def rank_share(order: list, accelerator: Any) -> list:
+    """This process's share of an epoch's batches: every n-th, the same count on every process."""
+    world = accelerator.num_processes
+    if world == 1:
+        return order
+    return order[accelerator.process_index :: world][: len(order) // world]
+
+
 def train_stage_config(recipe: Recipe) -> dict[str, Any]:
     return {"student": to_dict(recipe.student), "train": to_dict(recipe.train)}
 
@@ -115,8 +125,15 @@ def train(recipe: Recipe, *, resume: bool = False, force: bool = False, console:
     """
     from accelerate import Accelerator
 
-    console = console or Console(stderr=True)
     config = recipe.train
+    precision = config.precision
+    if precision == "auto":
+        precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
+    # Under `accelerate launch` every process runs this function: each trains on its own share of the
+    # batches, and only the main process writes logs, the manifest, checkpoint metadata and the student.
+    accelerator = Accelerator(mixed_precision="bf16" if precision == "bf16" else "no")
+    main = accelerator.is_main_process
+    console = (console or Console(stderr=True)) if main else Console(file=open(os.devnull, "w"))
     run = RunDir(recipe.run.path)
     curated = run.path / CURATED
     if not curated.exists():
@@ -135,9 +152,13 @@ def train(recipe: Recipe, *, resume: bool = False, force: bool = False, console:
         state = saved
     elif found:
         console.print(f"note: starting afresh; {len(found)} checkpoint(s) of an earlier run are replaced (--resume continues one)")
-        shutil.rmtree(checkpoint_dir)
+        if main:
+            shutil.rmtree(checkpoint_dir)
+    accelerator.wait_for_everyone()
 
-    with run.record("train", stage_config, {"curated": curated}, resolved=to_dict(recipe)) as record:
+    recording = run.record("train", stage_config, {"curated": curated}, resolved=to_dict(recipe)) if main else \
+        contextlib.nullcontext({"outputs": [], "stats": {}})
+    with recording as record:
         model, tokenizer = model_and_tokenizer or build_model(recipe)
         rows = read_jsonl(curated)
         train_rows, held_rows = split_held_out(rows, config.eval_fraction, config.max_eval_examples)
@@ -147,15 +168,11 @@ def train(recipe: Recipe, *, resume: bool = False, force: bool = False, console:
             f"train: {report['kept']} examples ({report['over_max_length']} over max_length {config.max_length}, "
             f"policy {config.overlength}), {len(held_out)} held out; pad token {report['pad_token']!r}; method {config.method}"
         )
-        micro_batches_per_epoch = math.ceil(len(examples) / config.batch_size)
-        steps_per_epoch = math.ceil(micro_batches_per_epoch / config.grad_accum)  # the last step may take fewer
-        total_steps = config.max_steps or config.epochs * steps_per_epoch
-        precision = config.precision
-        if precision == "auto":
-            precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
+        micro_batches_per_epoch = len(rank_share(list(range(math.ceil(len(examples) / config.batch_size))), accelerator))
         # Accumulation is counted here, per epoch, not by accelerate: a step is a group of up to grad_accum
         # micro-batches inside one epoch, so groups stay aligned across epochs and across a resume.
-        accelerator = Accelerator(mixed_precision="bf16" if precision == "bf16" else "no")
+        steps_per_epoch = math.ceil(micro_batches_per_epoch / config.grad_accum)  # the last step may take fewer
+        total_steps = config.max_steps or config.epochs * steps_per_epoch
         trainable = [p for p in model.parameters() if p.requires_grad]
         # Fused AdamW: one kernel per parameter instead of foreach's parameter-sized temporaries;
         # benchmarks/sft_mfu.py measured it 17% faster on CPU, and it needs less memory.
@@ -169,12 +186,12 @@ def train(recipe: Recipe, *, resume: bool = False, force: bool = False, console:
             accelerator.load_state(str(found[-1]))
             console.print(f"train: resumed from {found[-1].name} (epoch {state['epoch']}, batch {state['batch']})")
         log_path = run.path / LOG
-        if state["step"]:  # drop log lines written after the checkpoint we resume from
+        if main and state["step"]:  # drop log lines written after the checkpoint we resume from
             kept_lines = [l for l in log_path.read_text().splitlines() if json.loads(l)["step"] <= state["step"]] if log_path.exists() else []
             atomic_write_text(log_path, "".join(line + "\n" for line in kept_lines))
-        elif log_path.exists():
+        elif main and log_path.exists():
             log_path.unlink()
-        log = log_path.open("a", encoding="utf-8")
+        log = log_path.open("a", encoding="utf-8") if main else open(os.devnull, "w")
         pad_token_id = tokenizer.pad_token_id
 
         def write_log(entry: dict[str, Any]) -> None:
@@ -184,15 +201,20 @@ def train(recipe: Recipe, *, resume: bool = False, force: bool = False, console:
         def save_checkpoint() -> None:
             final = checkpoint_dir / f"step-{state['step']:06d}"
             temporary = checkpoint_dir / f".tmp-step-{state['step']:06d}"
-            shutil.rmtree(temporary, ignore_errors=True)
+            if main:
+                shutil.rmtree(temporary, ignore_errors=True)
+            accelerator.wait_for_everyone()
             # accelerate warns about tied embeddings at every save; tied weights are restored on load.
             logging.getLogger("accelerate.utils.other").setLevel(logging.ERROR)
-            accelerator.save_state(str(temporary))
-            (temporary / "trainer_state.json").write_text(json.dumps(state))
-            shutil.rmtree(final, ignore_errors=True)
-            temporary.rename(final)
-            for old in checkpoints(checkpoint_dir)[: -config.keep_checkpoints]:
-                shutil.rmtree(old)
+            accelerator.save_state(str(temporary))  # every process: each saves its own RNG state
+            accelerator.wait_for_everyone()
+            if main:
+                (temporary / "trainer_state.json").write_text(json.dumps(state))
+                shutil.rmtree(final, ignore_errors=True)
+                temporary.rename(final)
+                for old in checkpoints(checkpoint_dir)[: -config.keep_checkpoints]:
+                    shutil.rmtree(old)
+            accelerator.wait_for_everyone()
 
         model.train()
         started, window_tokens, window_start = time.perf_counter(), 0, time.perf_counter()
@@ -207,7 +229,8 @@ def train(recipe: Recipe, *, resume: bool = False, force: bool = False, console:
         with progress:
             bar = progress.add_task("train", total=total_steps, completed=state["step"], loss=float("nan"), tps=0.0, epoch=state["epoch"])
             while state["step"] < total_steps:
-                order = batch_order(examples, config.batch_size, config.seed, state["epoch"], group_by_length=not config.packing)
+                order = rank_share(batch_order(examples, config.batch_size, config.seed, state["epoch"], group_by_length=not config.packing),
+                                   accelerator)
                 for batch_index in range(state["batch"], len(order)):
                     batch = next(batches(examples, [order[batch_index]], config.packing, pad_token_id))
                     batch = {key: value.to(accelerator.device) for key, value in batch.items()}
@@ -218,6 +241,8 @@ def train(recipe: Recipe, *, resume: bool = False, force: bool = False, console:
                         loss, _ = sft_loss(forward_model, batch)
                         accelerator.backward(loss / group_size)
                     real_tokens = int(batch["attention_mask"].sum()) if "attention_mask" in batch else batch["input_ids"].numel()
+                    if accelerator.num_processes > 1:  # count every process's tokens
+                        real_tokens = int(accelerator.reduce(torch.tensor(real_tokens, device=accelerator.device), "sum"))
                     window_tokens += real_tokens
                     state["tokens_seen"] += real_tokens
                     losses_in_step.append(loss.item())
@@ -254,7 +279,10 @@ def train(recipe: Recipe, *, resume: bool = False, force: bool = False, console:
                 break
         log.close()
         elapsed = time.perf_counter() - started
-        student_dir = save_student(accelerator.unwrap_model(model), tokenizer, run.path / STUDENT, recipe)
+        accelerator.wait_for_everyone()
+        student_dir = run.path / STUDENT
+        if main:
+            save_student(accelerator.unwrap_model(model), tokenizer, student_dir, recipe)
         record["outputs"].append(student_dir / "tutorlm_config.json")
         record["stats"] = {
             "steps": state["step"], "epochs_started": state["epoch"] + 1, "examples": len(examples), "held_out": len(held_out),
