@@ -91,6 +91,7 @@ def run_cached(
     displays); requests with the same key are made once.
     """
     keys = [cache_key(backend.kind, backend.model_name, request, sampling) for request in requests]
+    key_of = {id(request): key for request, key in zip(requests, keys)}  # backends hand back the same Request objects
     results: dict[str, Completion | Exception] = dict(cache.get_many(keys)) if cache is not None else {}
     hits = set(results)
     pending = {key: request for key, request in zip(keys, requests) if key not in results}
@@ -98,7 +99,7 @@ def run_cached(
         on_start(len(requests) - len(pending))
 
     def done(request: Request, result: Completion | Exception) -> None:
-        key = cache_key(backend.kind, backend.model_name, request, sampling)
+        key = key_of[id(request)]
         results[key] = result
         if cache is not None and isinstance(result, Completion):
             cache.put(key, backend.kind, backend.model_name, result)

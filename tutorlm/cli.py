@@ -293,6 +293,13 @@ def _settings_epilog(sections: dict[str, type]) -> str:
     return "\n".join(lines)
 
 
+def _stage_arguments(parser: argparse.ArgumentParser, recipe_help: str, out_help: str) -> None:
+    """The arguments every stage command shares: an optional recipe, the run directory, --force."""
+    parser.add_argument("recipe", nargs="?", help=recipe_help)
+    parser.add_argument("--out", help=out_help)
+    parser.add_argument("--force", action="store_true", help="redo the stage even if the manifest says it is current")
+
+
 def build_parser() -> argparse.ArgumentParser:
     formatter = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(
@@ -331,10 +338,9 @@ def build_parser() -> argparse.ArgumentParser:
         "Settings come from an optional YAML recipe, then --SECTION.FIELD flags.",
         epilog=_settings_epilog({"task": TaskConfig, "teacher": TeacherConfig, "generate": GenerateConfig, "run": RunConfig}),
     )
-    generate.add_argument("recipe", nargs="?", help="a YAML recipe (optional)")
-    generate.add_argument("--out", help="run directory, e.g. runs/letters (same as --run.output_dir runs --run.name letters)")
+    _stage_arguments(generate, "a YAML recipe (optional)",
+                     "run directory, e.g. runs/letters (same as --run.output_dir runs --run.name letters)")
     generate.add_argument("--no-cache", action="store_true", help="neither read nor write the teacher cache")
-    generate.add_argument("--force", action="store_true", help="redo the stage even if the manifest says it is current")
     generate.set_defaults(handler=cmd_generate)
 
     from tutorlm.config import CurateConfig
@@ -345,10 +351,9 @@ def build_parser() -> argparse.ArgumentParser:
         "deduplicated, length-pruned, capped per question. Prints and records what each filter removed.",
         epilog=_settings_epilog({"curate": CurateConfig, "task": TaskConfig, "run": RunConfig}),
     )
-    curate.add_argument("recipe", nargs="?", help="a YAML recipe (optional; use the one given to generate)")
-    curate.add_argument("--out", help="run directory holding traces.jsonl, e.g. runs/letters")
+    _stage_arguments(curate, "a YAML recipe (optional; the run's manifest is used otherwise)",
+                     "run directory holding traces.jsonl, e.g. runs/letters")
     curate.add_argument("--export", choices=["parquet"], help="also write curated.parquet")
-    curate.add_argument("--force", action="store_true", help="redo the stage even if the manifest says it is current")
     curate.set_defaults(handler=cmd_curate)
 
     from tutorlm.config import StudentConfig, TrainConfig
@@ -361,10 +366,9 @@ def build_parser() -> argparse.ArgumentParser:
         "`ACCELERATE_USE_CPU=true torchrun --nproc_per_node N -m tutorlm train ...` on CPUs.",
         epilog=_settings_epilog({"student": StudentConfig, "train": TrainConfig, "run": RunConfig}),
     )
-    train.add_argument("recipe", nargs="?", help="a YAML recipe (optional; the run's manifest is used otherwise)")
-    train.add_argument("--out", help="run directory holding curated.jsonl, e.g. runs/letters")
+    _stage_arguments(train, "a YAML recipe (optional; the run's manifest is used otherwise)",
+                     "run directory holding curated.jsonl, e.g. runs/letters")
     train.add_argument("--resume", action="store_true", help="continue from the latest checkpoint of an interrupted run")
-    train.add_argument("--force", action="store_true", help="redo the stage even if the manifest says it is current")
     train.set_defaults(handler=cmd_train)
 
     from tutorlm.config import EvalConfig
@@ -375,10 +379,9 @@ def build_parser() -> argparse.ArgumentParser:
         description=eval_doc.split("Every model gets")[0],
         epilog=_settings_epilog({"eval": EvalConfig, "task": TaskConfig, "run": RunConfig}),
     )
-    evaluate.add_argument("recipe", nargs="?", help="a YAML recipe (optional; the run's manifest is used otherwise)")
+    _stage_arguments(evaluate, "a YAML recipe (optional; the run's manifest is used otherwise)",
+                     "run directory (results go to OUT/eval/; default runs/eval-<task>)")
     evaluate.add_argument("--model", action="append", help="a model spec; repeat for a comparison table")
-    evaluate.add_argument("--out", help="run directory (results go to OUT/eval/)")
-    evaluate.add_argument("--force", action="store_true", help="re-evaluate even if the manifest says it is current")
     evaluate.set_defaults(handler=cmd_eval)
 
     from tutorlm.pipeline import STAGES

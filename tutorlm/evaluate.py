@@ -148,8 +148,10 @@ def evaluate(recipe: Recipe, specs: list[str], *, force: bool = False, console: 
     examples = task.examples(recipe.eval.split, recipe.eval.limit)
     summary_path = run.path / EVAL_DIR / SUMMARY
     summaries: dict[str, dict[str, Any]] = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    labels = []
     for spec in specs:
         label, config = resolve_spec(spec, recipe)
+        labels.append(label)
         inputs = {}
         if config.backend == "hf" and Path(config.model or "").is_dir():
             inputs = {name: Path(config.model) / name for name in ("model.safetensors", "adapter_model.safetensors")
@@ -167,7 +169,7 @@ def evaluate(recipe: Recipe, specs: list[str], *, force: bool = False, console: 
             atomic_write_text(summary_path, json.dumps(summaries, indent=2) + "\n")
             record["outputs"].append(out)
             record["stats"] = summary
-    print_table(console, {label: summaries[label] for label in [resolve_spec(s, recipe)[0] for s in specs]})
+    print_table(console, {label: summaries[label] for label in labels})
     return summaries
 
 

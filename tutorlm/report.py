@@ -78,10 +78,7 @@ def plot(data: dict[str, Any], directory: Path) -> dict[str, Path]:
         axis.set_ylim(0, 110)
         axis.set_ylabel("accuracy (%) with 95% CI")
         axis.set_title("held-out accuracy")
-        written["accuracy"] = directory / FIGURES["accuracy"]
-        figure.tight_layout()
-        figure.savefig(written["accuracy"], dpi=110)
-        plt.close(figure)
+        written["accuracy"] = _save(figure, directory / FIGURES["accuracy"])
     if data["funnel"]:
         funnel = data["funnel"]
         steps = [("generated", funnel["generated"])]
@@ -95,10 +92,7 @@ def plot(data: dict[str, Any], directory: Path) -> dict[str, Path]:
         axis.bar_label(bars, padding=3)
         axis.set_xlabel("rationales")
         axis.set_title("curation funnel")
-        written["funnel"] = directory / FIGURES["funnel"]
-        figure.tight_layout()
-        figure.savefig(written["funnel"], dpi=110)
-        plt.close(figure)
+        written["funnel"] = _save(figure, directory / FIGURES["funnel"])
     train_points = [(row["step"], row["loss"]) for row in data["log"] if "loss" in row]
     eval_points = [(row["step"], row["eval_loss"]) for row in data["log"] if "eval_loss" in row]
     if train_points:
@@ -110,11 +104,17 @@ def plot(data: dict[str, Any], directory: Path) -> dict[str, Path]:
         axis.set_ylabel("loss (completion tokens)")
         axis.set_title("training loss")
         axis.legend()
-        written["loss"] = directory / FIGURES["loss"]
-        figure.tight_layout()
-        figure.savefig(written["loss"], dpi=110)
-        plt.close(figure)
+        written["loss"] = _save(figure, directory / FIGURES["loss"])
     return written
+
+
+def _save(figure: Any, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
 
 
 def _percent(value: float | None) -> str:
