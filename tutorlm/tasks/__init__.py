@@ -93,7 +93,10 @@ def load_task(config: TaskConfig) -> Task:
             hub_config=config.hub_config, hash_split=not config.splits,
         )
         if not examples:
-            raise DataError(f"{source}: no examples in split {split!r}")
+            how = "" if config.splits else (
+                "; a single file is split 80/10/10 (train/validation/test) by question hash, so a small file can leave a "
+                "split empty: give files per split with task.splits, e.g. --task.splits '{train: a.jsonl, test: b.jsonl}'")
+            raise DataError(f"{source}: no examples in split {split!r}{how}")
         return examples if n is None else examples[:n]
 
     return Task(name, config.answer_type, load_file, fallback=config.fallback, description=f"examples from {', '.join(sources)}")
