@@ -1,13 +1,16 @@
-"""Local transformers backend: batched generation with left padding and a KV cache.
+"""Local transformers backend: prompts formatted with the model's chat template, decoded in batches.
 
-Requests are sorted by prompt length so each batch pads little, formatted with the model's own chat
-template, and generated with `model.generate`. Sampling is seeded per batch (seed + batch index):
-reproducible for the same requests and batch size, though not per sample across batch sizes.
-Top-k log-probabilities come from the raw logits (before temperature / top-p), as KD needs.
+Models whose cache is plain full attention (most decoder-only LMs) decode with continuous batching
+(`batching.Engine`): `batch_size` rows at a time, each refilled with the next prompt the moment it
+finishes. Sampling is seeded per request (from the seed, messages and sample index), so a sampled
+completion is the same whatever else shares its batch. Other models (sliding-window or hybrid caches)
+use `model.generate` on length-sorted batches, seeded per batch. Top-k log-probabilities come from the
+raw logits (before temperature / top-p), as KD needs.
 """
 
 from __future__ import annotations
 
+import random
 import time
 from typing import Any
 
@@ -42,11 +45,53 @@ class HFBackend:
         self.counters: dict[str, int] = {"batches": 0}
 
     def run(self, requests: list[Request], sampling: Sampling, on_result: OnResult) -> None:
+        from tutorlm.backends import batching
+
+        if batching.supports(self.model):
+            self._run_engine(requests, sampling, on_result)
+        else:
+            self._run_generate(requests, sampling, on_result)
+
+    def _run_engine(self, requests: list[Request], sampling: Sampling, on_result: OnResult) -> None:
+        from tutorlm.backends import batching
+
+        prompts = self.tokenizer(self._texts(requests), add_special_tokens=False)["input_ids"]
+        stop_check = None
+        if sampling.stop:
+            def stop_check(tokens: list[int]) -> bool:
+                tail = self.tokenizer.decode(tokens[-32:], skip_special_tokens=True)
+                return any(stop in tail for stop in sampling.stop)
+
+        def finished(index: int, tokens: list[int], reason: str, logprobs: list, latency: float) -> None:
+            text = self.tokenizer.decode(tokens, skip_special_tokens=True)
+            for stop in sampling.stop:
+                if stop in text:
+                    text, reason = text[: text.index(stop)], "stop"
+            on_result(requests[index], Completion(
+                text=text, finish_reason=reason, prompt_tokens=len(prompts[index]), completion_tokens=len(tokens),
+                latency_s=latency, logprobs=[self._logprob_entry(token, *step) for token, step in zip(tokens, logprobs)] or None,
+            ))
+
+        engine = batching.Engine(self.model, slots=self.batch_size, pad_token_id=self.tokenizer.pad_token_id, stop_ids=self.stop_ids)
+        if sampling.seed is None:
+            seeds = [random.getrandbits(62) for _ in requests]
+        else:
+            seeds = [batching.request_seed(sampling.seed, r) for r in requests]
+        engine.run(prompts, max_tokens=sampling.max_tokens, temperature=sampling.temperature, top_p=sampling.top_p,
+                   top_logprobs=sampling.top_logprobs, seeds=seeds, stop_check=stop_check, finished=finished)
+        self.counters["batches"] += engine.counters["prefills"]
+
+    def _texts(self, requests: list[Request]) -> list[str]:
+        return [self.tokenizer.apply_chat_template(r.messages, add_generation_prompt=True, tokenize=False) for r in requests]
+
+    def _logprob_entry(self, token: int, top_ids: Any, top_values: Any, logprob: float) -> dict[str, Any]:
+        return {"token": self.tokenizer.decode([token]), "logprob": logprob,
+                "top": [[self.tokenizer.decode([int(i)]), float(v)] for v, i in zip(top_values, top_ids)]}
+
+    def _run_generate(self, requests: list[Request], sampling: Sampling, on_result: OnResult) -> None:
         import torch
 
-        prompts = [
-            self.tokenizer.apply_chat_template(r.messages, add_generation_prompt=True, tokenize=False) for r in requests
-        ]
+        prompts = self._texts(requests)
         lengths = [len(ids) for ids in self.tokenizer(prompts, add_special_tokens=False)["input_ids"]]
         order = sorted(range(len(requests)), key=lambda i: -lengths[i])
         device = next(self.model.parameters()).device
@@ -95,15 +140,12 @@ class HFBackend:
     def _top_logprobs(self, logits: tuple, row: int, count: int, tokens: list[int], k: int) -> list[dict[str, Any]]:
         import torch
 
-        result = []
+        entries = []
         for step in range(count):
             logprobs = torch.log_softmax(logits[step][row].float(), dim=-1)  # (V,)
             top = torch.topk(logprobs, k)
-            result.append({
-                "token": self.tokenizer.decode([tokens[step]]), "logprob": float(logprobs[tokens[step]]),
-                "top": [[self.tokenizer.decode([int(i)]), float(v)] for v, i in zip(top.values, top.indices)],
-            })
-        return result
+            entries.append(self._logprob_entry(tokens[step], top.indices, top.values, float(logprobs[tokens[step]])))
+        return entries
 
     def close(self) -> None:
         pass

@@ -1,0 +1,150 @@
+"""Continuous batching against HF generate on tiny models built in-process."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from tiny import make_model, make_tokenizer
+from tutorlm.backends import Request, Sampling
+from tutorlm.backends.batching import Engine, supports
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """A tiny Llama with large random weights, so its greedy continuations vary instead of repeating."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tokenizer = make_tokenizer()
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, initializer_range=0.5,
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    return tokenizer, LlamaForCausalLM(config).eval()
+
+
+def prompts_with_shared_prefix(vocab: int, count: int = 23, seed: int = 0) -> list[list[int]]:
+    rng = random.Random(seed)
+    shared = [rng.randrange(3, vocab) for _ in range(12)]
+    return [shared + [rng.randrange(3, vocab) for _ in range(rng.randint(1, 30))] for _ in range(count)]
+
+
+def generate_one(model, prompt: list[int], stop_ids: set[int], max_tokens: int) -> tuple[list[int], str]:
+    """Unbatched, unpadded HF greedy generation: the reference."""
+    output = model.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+                            max_new_tokens=max_tokens, do_sample=False, eos_token_id=sorted(stop_ids), pad_token_id=0)
+    tokens = output[0, len(prompt):].tolist()
+    for position, token in enumerate(tokens):
+        if token in stop_ids:
+            return tokens[:position], "stop"
+    return tokens, "length"
+
+
+def run_engine(model, prompts, slots, stop_ids, **options):
+    results = {}
+    engine = Engine(model, slots=slots, pad_token_id=0, stop_ids=stop_ids)
+    engine.run(prompts, finished=lambda index, tokens, reason, logprobs, latency: results.__setitem__(index, (tokens, reason, logprobs)),
+               **options)
+    return results, engine
+
+
+@pytest.mark.parametrize("slots", [1, 3, 8, 64])
+def test_greedy_matches_unbatched_generate(tiny, slots):
+    tokenizer, model = tiny
+    prompts = prompts_with_shared_prefix(len(tokenizer))
+    stop_ids = set(range(0, len(tokenizer), 11))  # rows stop at different lengths
+    expected = [generate_one(model, prompt, stop_ids, 20) for prompt in prompts]
+    assert {len(tokens) for tokens, _ in expected} >= {0, 20} and len({len(t) for t, _ in expected}) > 3
+    results, engine = run_engine(model, prompts, slots, stop_ids, max_tokens=20)
+    assert [results[i][:2] for i in range(len(prompts))] == expected
+    assert engine.prefix_tokens == 12
+    # Each prompt is prefilled once, and the shared prefix is not prefilled per prompt.
+    assert engine.counters["prefill_tokens"] == sum(len(p) - 12 for p in prompts)
+    # No step computes for a finished row while prompts wait: row-steps equal the tokens that needed a forward.
+    assert engine.counters["row_steps"] == sum(len(tokens) if reason == "stop" else len(tokens) - 1 for tokens, reason in expected)
+    if slots == 1:
+        assert engine.counters["compactions"] > 0  # the buffer wrapped around many times
+
+
+def test_sampling_does_not_depend_on_batch_composition(tiny):
+    tokenizer, model = tiny
+    prompts = prompts_with_shared_prefix(len(tokenizer), seed=1)
+    seeds = [1000 + i for i in range(len(prompts))]
+    runs = [run_engine(model, prompts, slots, {3, 4, 5, 6, 7}, max_tokens=16, temperature=1.0, top_p=0.9,
+                       seeds=seeds, top_logprobs=3)[0] for slots in (1, 5, 32)]
+    assert runs[0].keys() == runs[1].keys() == runs[2].keys()
+    for index in runs[0]:
+        first = runs[0][index]
+        for other in runs[1:]:
+            assert other[index][0] == first[0]
+            assert [step[2] for step in other[index][2]] == pytest.approx([step[2] for step in first[2]], abs=1e-4)
+    # Different seeds give different samples; top-k log-probs are sorted and contain the best token.
+    reseeded = run_engine(model, prompts, 8, {3, 4, 5, 6, 7}, max_tokens=16, temperature=1.0, seeds=[7 + s for s in seeds])[0]
+    assert any(reseeded[i][0] != runs[0][i][0] for i in runs[0])
+    for tokens, _, logprobs in runs[0].values():
+        assert len(logprobs) == len(tokens)
+        for top_ids, top_values, chosen in logprobs:
+            assert top_values.tolist() == sorted(top_values.tolist(), reverse=True) and chosen <= float(top_values[0]) + 1e-6
+
+
+def test_top_p_keeps_only_the_nucleus(tiny):
+    tokenizer, model = tiny
+    prompts = prompts_with_shared_prefix(len(tokenizer), count=6, seed=2)
+    greedy = run_engine(model, prompts, 4, set(), max_tokens=8)[0]
+    # A tiny nucleus leaves only the most likely token: sampling then equals greedy decoding.
+    narrow = run_engine(model, prompts, 4, set(), max_tokens=8, temperature=1.0, top_p=1e-6, seeds=list(range(6)))[0]
+    assert {i: r[0] for i, r in narrow.items()} == {i: r[0] for i, r in greedy.items()}
+
+
+def test_stop_check_ends_a_row(tiny):
+    tokenizer, model = tiny
+    prompts = prompts_with_shared_prefix(len(tokenizer), count=5, seed=3)
+    results = run_engine(model, prompts, 2, set(), max_tokens=12, stop_check=lambda tokens: len(tokens) == 4)[0]
+    assert all(len(tokens) == 4 and reason == "stop" for tokens, reason, _ in results.values())
+
+
+def test_sliding_window_models_fall_back_to_generate(tmp_path):
+    from transformers import MistralConfig, MistralForCausalLM
+
+    from tutorlm.backends.hf import HFBackend
+    from tutorlm.config import TeacherConfig
+
+    tokenizer = make_tokenizer()
+    model = MistralForCausalLM(MistralConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, sliding_window=8, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+    )).eval()
+    assert not supports(model) and supports(make_model(tokenizer))
+    backend = HFBackend(TeacherConfig(backend="hf", model="tiny-mistral", batch_size=2), model=model, tokenizer=tokenizer)
+    results = []
+    requests = [Request([{"role": "user", "content": f"What is {i} + {i}?"}]) for i in range(3)]
+    backend.run(requests, Sampling(max_tokens=5), lambda request, completion: results.append(completion))
+    assert len(results) == 3 and all(0 <= c.completion_tokens <= 5 for c in results)
+    assert backend.counters["batches"] == 2  # HF generate: two batches of at most two prompts
+
+
+def test_hf_backend_stop_strings_and_sampled_reproducibility(tiny):
+    from tutorlm.backends.hf import HFBackend
+    from tutorlm.config import TeacherConfig
+
+    tokenizer, model = tiny
+    requests = [Request([{"role": "user", "content": f"A coin is heads up. Question {i}."}], sample_index=s) for i in range(4) for s in range(2)]
+
+    def run(batch_size, sampling):
+        backend = HFBackend(TeacherConfig(backend="hf", model="tiny", batch_size=batch_size), model=model, tokenizer=tokenizer)
+        out = {}
+        backend.run(requests, sampling, lambda request, completion: out.__setitem__((request.messages[0]["content"], request.sample_index), completion))
+        return out
+
+    sampled = Sampling(temperature=1.0, max_tokens=10, seed=5)
+    one, many = run(1, sampled), run(8, sampled)
+    assert {k: c.text for k, c in one.items()} == {k: c.text for k, c in many.items()}
+    assert len({c.text for c in one.values()}) > 1  # samples differ across requests and sample indices
+    free = run(3, Sampling(max_tokens=10))
+    word = next(c.text for c in free.values() if len(c.text) > 3)[1:3]
+    stopped = run(3, Sampling(max_tokens=10, stop=(word,)))
+    for key, completion in stopped.items():
+        if word in free[key].text:
+            assert completion.text == free[key].text[: free[key].text.index(word)] and completion.finish_reason == "stop"

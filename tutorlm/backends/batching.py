@@ -1,0 +1,302 @@
+"""Continuous batching for local transformers models: a KV cache allocated once, refilled as rows finish.
+
+HF `generate` runs a batch until its longest row ends, so a row that stopped early keeps paying for
+every step after it, and its cache grows by concatenation, a full copy of the cache each step. Here
+a fixed number of rows ("slots") decode together; a row that stops is handed back at once and its
+slot takes the next prompt, prefilled apart and copied into the slot. No step computes for a
+finished row while prompts wait, and nothing is copied per step.
+
+Layout: per layer, keys and values live in buffers of shape [slots, kv_heads, capacity, head_dim].
+Every row's newest token sits at the same column (`width`, the shared write position), so one
+forward decodes all rows; rows are left-padded and a [slots, capacity] mask hides each row's unused
+columns. A new prompt is written to the columns just left of `width`. When the buffer is full, the
+columns no live row uses are dropped from the left (rarely: the capacity leaves slack).
+
+Used for decoder-only models whose cache is plain full attention (a `DynamicLayer` per layer:
+Llama, Qwen2/3, Mistral, SmolLM, Phi-3, ...); `supports(model)` says so, and other models go
+through HF `generate`. Sampling draws from a generator seeded per request, so a sampled completion
+does not depend on which other requests share its batch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
+
+
+MIN_PREFIX = 8  # shorter shared prefixes are prefilled with each prompt
+
+
+def supports(model: Any) -> bool:
+    """True when every layer of the model's cache is plain full attention (no sliding window, no state)."""
+    config = getattr(model, "config", None)
+    if config is None or getattr(config, "is_encoder_decoder", False):
+        return False
+    try:
+        layers = DynamicCache(config=config).layers
+    except Exception:  # noqa: BLE001 - an unusual config: fall back to generate
+        return False
+    return bool(layers) and all(type(layer) is DynamicLayer for layer in layers)
+
+
+class _SlotLayer(DynamicLayer):
+    """One layer's keys and values in preallocated buffers; `update` writes at the shared column."""
+
+    def __init__(self, state: "_State") -> None:
+        super().__init__()
+        self.state = state
+        self.key_buffer: torch.Tensor | None = None
+        self.value_buffer: torch.Tensor | None = None
+
+    def allocate(self, like: torch.Tensor, rows: int, capacity: int) -> None:
+        _, heads, _, dim = like.shape
+        self.key_buffer = like.new_zeros(rows, heads, capacity, dim)
+        self.value_buffer = like.new_zeros(rows, heads, capacity, dim)
+        self.dtype, self.device, self.is_initialized = like.dtype, like.device, True
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any):
+        start, end = self.state.width, self.state.width + key_states.shape[-2]
+        self.key_buffer[:, :, start:end] = key_states
+        self.value_buffer[:, :, start:end] = value_states
+        self.keys, self.values = self.key_buffer[:, :, :end], self.value_buffer[:, :, :end]
+        return self.keys, self.values
+
+    def get_seq_length(self) -> int:
+        return self.state.width
+
+
+@dataclass
+class _State:
+    width: int = 0  # the next column every row writes to
+
+
+@dataclass
+class _Row:
+    index: int  # position of the request in the caller's list
+    generator: torch.Generator | None
+    started: float
+    tokens: list[int] = field(default_factory=list)
+    logprobs: list[tuple[torch.Tensor, torch.Tensor, float]] = field(default_factory=list)
+
+
+Finished = Callable[[int, list[int], str, list[tuple[torch.Tensor, torch.Tensor, float]], float], None]
+
+
+def request_seed(seed: int, request: Any) -> int:
+    """A sampling seed for one request from its content and sample index, not its place in a batch."""
+    text = json.dumps([seed, request.messages, request.sample_index], sort_keys=True)
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:7], "big")
+
+
+class Engine:
+    """Decode many prompts with `slots` rows at a time, refilling a row the moment it finishes.
+
+    `run(prompts, ...)` takes token-id lists and calls `finished(index, tokens, reason, logprobs,
+    latency)` per prompt as soon as it ends, where `tokens` excludes the stop token, `reason` is
+    "stop" (a stop token or string) or "length", and `logprobs` holds, per token when asked for,
+    (top-k token ids, top-k log-probs, the chosen token's log-prob) from the raw logits.
+    """
+
+    def __init__(self, model: Any, *, slots: int, pad_token_id: int, stop_ids: set[int]) -> None:
+        self.model, self.slots, self.pad_token_id, self.stop_ids = model, slots, pad_token_id, stop_ids
+        self.device = next(model.parameters()).device
+        self.counters = {"prefills": 0, "prefill_tokens": 0, "decode_steps": 0, "row_steps": 0, "compactions": 0}
+
+    @torch.inference_mode()
+    def run(self, prompts: list[list[int]], *, max_tokens: int, temperature: float = 0.0, top_p: float = 1.0,
+            top_logprobs: int = 0, seeds: list[int] | None = None, stop_check: Callable[[list[int]], bool] | None = None,
+            finished: Finished) -> None:
+        if not prompts:
+            return
+        self.max_tokens, self.temperature, self.top_p, self.top_logprobs = max_tokens, temperature, top_p, top_logprobs
+        self.stop_check, self.finished, self.seeds = stop_check, finished, seeds
+        # Longest prompts first: the shared column only moves right, so later (shorter) prompts fit left of it.
+        pending = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+        longest = len(prompts[pending[0]])
+        rows = min(self.slots, len(prompts))
+        self.capacity = longest + max_tokens + max(32, max_tokens // 4)
+        self.state = _State()
+        self.layers: list[_SlotLayer] = []
+        self.cache = Cache(layers=self.layers)
+        self.mask = torch.zeros(rows, self.capacity, dtype=torch.long, device=self.device)
+        self.positions = torch.zeros(rows, dtype=torch.long, device=self.device)
+        self.last = torch.full((rows,), self.pad_token_id, dtype=torch.long, device=self.device)
+        self.rows: list[_Row | None] = [None] * rows
+        self.prompts = prompts
+        self._prefix(prompts)
+
+        while pending or any(row is not None for row in self.rows):
+            free = [slot for slot, row in enumerate(self.rows) if row is None]
+            if free and pending:
+                chosen, pending = pending[: len(free)], pending[len(free):]
+                self._insert(free[: len(chosen)], chosen)
+                continue  # a prompt can end on its first token; look again before decoding
+            if free and not pending:
+                self._drop_rows(free)
+                if not self.rows:
+                    break
+            self._decode()
+
+    # -- the three moves ---------------------------------------------------------------------
+
+    def _prefix(self, prompts: list[list[int]]) -> None:
+        """Prefill the tokens every prompt starts with (system prompt, instructions) once, not per prompt."""
+        shared = os.path.commonprefix(prompts) if len(prompts) > 1 else []
+        shared = shared[: min(len(p) for p in prompts) - 1]  # every prompt keeps a token of its own
+        self.prefix_tokens, self.prefix = len(shared), []
+        if len(shared) < MIN_PREFIX:
+            self.prefix_tokens = 0
+            return
+        cache = DynamicCache()
+        self.model(input_ids=torch.tensor([shared], device=self.device), past_key_values=cache, use_cache=True, logits_to_keep=1)
+        self.prefix = [(layer.keys, layer.values) for layer in cache.layers]
+
+    def _insert(self, slots: list[int], chosen: list[int]) -> None:
+        """Prefill `chosen` prompts together and copy their keys/values into `slots`, ending at `width`.
+
+        A row's columns hold the shared prefix, left padding, then the rest of its prompt; the mask
+        hides the padding, and positions count only real tokens.
+        """
+        shared = self.prefix_tokens
+        suffix = max(len(self.prompts[i]) - shared for i in chosen)
+        width = shared + suffix
+        ids = torch.full((len(chosen), suffix), self.pad_token_id, dtype=torch.long)
+        attention = torch.zeros((len(chosen), width), dtype=torch.long)
+        attention[:, :shared] = 1
+        for row, index in enumerate(chosen):
+            rest = self.prompts[index][shared:]
+            ids[row, suffix - len(rest):] = torch.tensor(rest)
+            attention[row, width - len(rest):] = 1
+        ids, attention = ids.to(self.device), attention.to(self.device)
+        positions = (attention.cumsum(-1) - 1).clamp(min=0)[:, shared:]
+        prefill = DynamicCache(ddp_cache_data=[
+            (keys.expand(len(chosen), -1, -1, -1), values.expand(len(chosen), -1, -1, -1)) for keys, values in self.prefix
+        ] or None)
+        output = self.model(input_ids=ids, attention_mask=attention, position_ids=positions,
+                            past_key_values=prefill, use_cache=True, logits_to_keep=1)
+        self.counters["prefills"] += 1
+        self.counters["prefill_tokens"] += int(attention[:, shared:].sum())
+        if not self.layers:
+            for layer in prefill.layers:
+                slot_layer = _SlotLayer(self.state)
+                slot_layer.allocate(layer.keys, len(self.rows), self.capacity)
+                self.layers.append(slot_layer)
+        if self.state.width < width:
+            self._shift(width - self.state.width)
+        end, index = self.state.width, torch.tensor(slots, device=self.device)
+        for slot_layer, layer in zip(self.layers, prefill.layers):
+            slot_layer.key_buffer[index, :, end - width:end] = layer.keys
+            slot_layer.value_buffer[index, :, end - width:end] = layer.values
+        self.mask[index] = 0
+        self.mask[index, end - width:end] = attention
+        self.positions[index] = attention.sum(-1)
+        now = time.perf_counter()
+        for slot, request_index in zip(slots, chosen):
+            generator = None
+            if self.temperature > 0:
+                generator = torch.Generator(device=self.device)
+                generator.manual_seed(self.seeds[request_index] if self.seeds else request_index)
+            self.rows[slot] = _Row(request_index, generator, now)
+        self._advance(slots, output.logits[:, -1])
+
+    def _decode(self) -> None:
+        """One token for every row."""
+        if self.state.width + 1 > self.capacity:
+            self._compact()
+        width = self.state.width
+        self.mask[:, width] = 1  # free rows attend to their own junk column, so no row is all-masked
+        output = self.model(input_ids=self.last[:, None], attention_mask=self.mask[:, : width + 1],
+                            position_ids=self.positions[:, None], past_key_values=self.cache, use_cache=True,
+                            logits_to_keep=1)
+        self.state.width += 1
+        self.positions += 1
+        self.counters["decode_steps"] += 1
+        self.counters["row_steps"] += len(self.rows)
+        self._advance(list(range(len(self.rows))), output.logits[:, -1])
+
+    def _advance(self, slots: list[int], logits: torch.Tensor) -> None:
+        """Choose each row's next token from its logits; hand back the rows that are done."""
+        logits = logits.float()
+        tokens = self._choose(slots, logits)
+        top = None
+        if self.top_logprobs:
+            logprobs = torch.log_softmax(logits, dim=-1)
+            top = torch.topk(logprobs, self.top_logprobs, dim=-1)
+            chosen_logprobs = logprobs.gather(1, tokens[:, None])[:, 0].tolist()
+        self.last[torch.tensor(slots, device=self.device)] = tokens
+        for position, (slot, token) in enumerate(zip(slots, tokens.tolist())):
+            row = self.rows[slot]
+            if row is None:
+                continue
+            if token in self.stop_ids:
+                self._finish(slot, "stop")
+                continue
+            row.tokens.append(token)
+            if top is not None:
+                row.logprobs.append((top.indices[position].cpu(), top.values[position].cpu(), chosen_logprobs[position]))
+            if self.stop_check is not None and self.stop_check(row.tokens):
+                self._finish(slot, "stop")
+            elif len(row.tokens) >= self.max_tokens:
+                self._finish(slot, "length")
+
+    def _choose(self, slots: list[int], logits: torch.Tensor) -> torch.Tensor:
+        if self.temperature <= 0:
+            return logits.argmax(dim=-1)
+        probs = torch.softmax(logits / self.temperature, dim=-1)
+        if self.top_p < 1.0:  # keep the smallest set of tokens whose mass reaches top_p
+            sorted_probs, order = probs.sort(dim=-1, descending=True)
+            sorted_probs[(sorted_probs.cumsum(-1) - sorted_probs) >= self.top_p] = 0
+            probs = torch.zeros_like(probs).scatter_(-1, order, sorted_probs)
+        tokens = [
+            int(torch.multinomial(probs[i], 1, generator=self.rows[slot].generator)) if self.rows[slot] else self.pad_token_id
+            for i, slot in enumerate(slots)
+        ]
+        return torch.tensor(tokens, device=logits.device)
+
+    def _finish(self, slot: int, reason: str) -> None:
+        row = self.rows[slot]
+        self.rows[slot] = None
+        self.finished(row.index, row.tokens, reason, row.logprobs, time.perf_counter() - row.started)
+
+    # -- buffer bookkeeping ------------------------------------------------------------------
+
+    def _columns(self, source: slice, target: slice) -> None:
+        for layer in self.layers:
+            layer.key_buffer[:, :, target] = layer.key_buffer[:, :, source].clone()
+            layer.value_buffer[:, :, target] = layer.value_buffer[:, :, source].clone()
+        self.mask[:, target] = self.mask[:, source].clone()
+
+    def _shift(self, by: int) -> None:
+        """Move every row right by `by` columns, so a longer prompt fits left of the shared column."""
+        width = self.state.width
+        if width:
+            self._columns(slice(0, width), slice(by, width + by))
+        self.mask[:, :by] = 0
+        self.state.width += by
+
+    def _compact(self) -> None:
+        """Drop the leftmost columns that no live row uses."""
+        live = [slot for slot, row in enumerate(self.rows) if row is not None]
+        used = self.mask[live, : self.state.width]
+        first = int(used.argmax(dim=-1).min()) if live else self.state.width
+        if first == 0:
+            raise RuntimeError("continuous batching: the KV buffer is full (a row outgrew its capacity)")
+        self._columns(slice(first, self.state.width), slice(0, self.state.width - first))
+        self.state.width -= first
+        self.counters["compactions"] += 1
+
+    def _drop_rows(self, free: list[int]) -> None:
+        """With no prompt left to start, stop computing for finished rows."""
+        keep = [slot for slot in range(len(self.rows)) if slot not in set(free)]
+        index = torch.tensor(keep, dtype=torch.long, device=self.device)
+        for layer in self.layers:
+            layer.key_buffer, layer.value_buffer = layer.key_buffer[index], layer.value_buffer[index]
+        self.mask, self.positions, self.last = self.mask[index], self.positions[index], self.last[index]
+        self.rows = [self.rows[slot] for slot in keep]
