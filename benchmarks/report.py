@@ -59,12 +59,15 @@ def rows() -> list[str]:
                 f"| {variants} |"
             )
         elif name == "eval_vs_lmeval":
-            lines.append(
-                f"| eval, {result['model']} on {result['questions']} {result['task']} questions ({result['max_tokens']} max tokens, batch "
-                f"{result['batch_size']}) | {result['machine']} | {result['date']} | {result['tutorlm_tokens_per_s']} tokens/s, accuracy "
-                f"{result['tutorlm_accuracy']:.0%} | lm-eval {result['lm_eval_version']} hf: {result['lmeval_tokens_per_s']} tokens/s, accuracy "
-                f"{result['lmeval_accuracy']:.0%} | {result['ratio']}× | same verifier on both sides |"
-            )
+            for run in result["runs"]:
+                lines.append(
+                    f"| eval, {run['model']} on {run['questions']} {result['task']} questions ({run['max_tokens']} max tokens, "
+                    f"batch {run['batch_size']}) | {result['machine']} | {result['date']} | {run['tutorlm_tokens_per_s']} tokens/s, "
+                    f"accuracy {run['tutorlm_accuracy']:.0%} | lm-eval {result['lm_eval_version']} hf: {run['lmeval_tokens_per_s']} "
+                    f"tokens/s, accuracy {run['lmeval_accuracy']:.0%} | {run['ratio']}× | identical generations: "
+                    f"{run['identical_generations']} of {run['questions']}; each side's best batch size: "
+                    f"{result['best_vs_best'][run['model']]}× |"
+                )
         elif name == "generate_hf":
             for prompt_set, label in (("task", "task prompts, short answers"), ("long", "open-ended prompts, decode-bound")):
                 part = result[prompt_set]

@@ -100,7 +100,7 @@ class TeacherConfig:
     gguf_file: str | None = option(None, "hf: GGUF file name inside the model directory")
     device: str = option("auto", "hf: cuda, mps, cpu, or auto")
     dtype: str = option("auto", "hf: float32, bfloat16, float16, or auto (bf16 on CUDA, else fp32)")
-    batch_size: int = option(16, "hf: prompts generated together")
+    batch_size: int = option(64, "hf: rows decoded together (continuous batching); the KV buffer holds batch_size x (longest prompt + max_tokens) tokens")
     trust_remote_code: bool = option(False, "hf: allow model code from the hub (off unless you trust the model)")
 
     def __post_init__(self) -> None:
@@ -238,7 +238,7 @@ class EvalConfig:
     top_p: float = option(1.0, "nucleus sampling")
     max_tokens: int = option(256, "completion length limit (longer completions count as truncated)")
     seed: int | None = option(0, "sampling seed")
-    batch_size: int = option(16, "prompts generated together by local models")
+    batch_size: int = option(64, "local models: rows decoded together (continuous batching)")
     models: list[str] = option([], "models `tutorlm eval` evaluates when no --model is given (specs as in `tutorlm eval --help`)")
 
     def __post_init__(self) -> None:
