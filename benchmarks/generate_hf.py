@@ -1,4 +1,4 @@
-"""hf backend (batched, length-sorted, left-padded) vs a plain one-prompt-at-a-time `generate` loop.
+"""hf backend (continuous batching, shared-prefix prefill) vs a plain one-prompt-at-a-time `generate` loop.
 
     python benchmarks/generate_hf.py [--prompts 16] [--max-tokens 48] [--batch-size 16]
 

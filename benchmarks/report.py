@@ -46,7 +46,9 @@ def rows() -> list[str]:
                 f"| {result['machine']} | {result['date']} | {ours['real_tokens_per_s']} real tokens/s, {ours['peak_rss_mb']} MB peak "
                 f"| TRL {result['trl_version']} SFTTrainer ({result['best_trl']}): {trl['real_tokens_per_s']} real tokens/s, "
                 f"{trl['peak_rss_mb']} MB peak | {result['ratio_tokens_per_s']}× | {other}: {result['sides'][other]['real_tokens_per_s']} "
-                f"tokens/s; mean loss of the last 5 steps: tutorlm {ours['last_losses_mean']}, TRL {trl['last_losses_mean']} |"
+                f"tokens/s; mean loss of the last 5 steps: tutorlm {ours['last_losses_mean']}, TRL {trl['last_losses_mean']}"
+                + (f"; live-tensor peak (large blocks mmapped): tutorlm {ours['peak_live_mb']} MB, TRL {trl['peak_live_mb']} MB "
+                   f"({result['ratio_peak_live']}×)" if "peak_live_mb" in ours else "") + " |"
             )
         elif name == "sft_mfu":
             limit = result["limit"]["model_shapes_gflops"]

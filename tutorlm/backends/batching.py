@@ -139,7 +139,7 @@ class Engine:
                 self._insert(free[: len(chosen)], chosen)
                 continue  # a prompt can end on its first token; look again before decoding
             if free and not pending:
-                self._drop_rows(free)
+                self._drop_rows()
                 if not self.rows:
                     break
             self._decode()
@@ -292,9 +292,9 @@ class Engine:
         self.state.width -= first
         self.counters["compactions"] += 1
 
-    def _drop_rows(self, free: list[int]) -> None:
+    def _drop_rows(self) -> None:
         """With no prompt left to start, stop computing for finished rows."""
-        keep = [slot for slot in range(len(self.rows)) if slot not in set(free)]
+        keep = [slot for slot, row in enumerate(self.rows) if row is not None]
         index = torch.tensor(keep, dtype=torch.long, device=self.device)
         for layer in self.layers:
             layer.key_buffer, layer.value_buffer = layer.key_buffer[index], layer.value_buffer[index]
