@@ -21,7 +21,9 @@ import torch
 
 from tutorlm.curate import read_jsonl
 from tutorlm.models import load_model, load_tokenizer
-from tutorlm.train.data import batch_order, batches, preflight, sft_loss
+from tutorlm.train.data import batch_order, preflight
+
+from _sft_steps import timed_steps
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -30,15 +32,8 @@ def measure(model, examples, packing: bool, args, pad_token_id: int) -> dict:
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
     order = batch_order(examples, args.batch_size, 0, 0, group_by_length=not packing)[: args.steps + 2]
     real, computed, elapsed = 0, 0, 0.0
-    for index, batch in enumerate(batches(examples, order, packing, pad_token_id)):
-        started = time.perf_counter()
-        loss, _ = sft_loss(model, batch)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        if index < 2:  # warm-up steps are not timed
-            continue
-        elapsed += time.perf_counter() - started
+    for batch, seconds in timed_steps(model, optimizer, examples, order, packing, pad_token_id):
+        elapsed += seconds
         real += int(batch["attention_mask"].sum()) if "attention_mask" in batch else batch["input_ids"].numel()
         computed += batch["input_ids"].numel()
     return {"real_tokens_per_s": round(real / elapsed, 1), "real_tokens": real, "computed_tokens": computed,

@@ -26,7 +26,9 @@ import torch
 
 from tutorlm.curate import read_jsonl
 from tutorlm.models import load_model, load_tokenizer
-from tutorlm.train.data import IGNORE, batch_order, batches, preflight, sft_loss
+from tutorlm.train.data import IGNORE, batch_order, batches, preflight
+
+from _sft_steps import timed_steps
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -87,16 +89,9 @@ def measure(model, examples, args, pad_token_id: int, *, fused: bool = False, co
     forward_model = torch.compile(model) if compiled else model
     order = batch_order(examples, args.batch_size, 0, 0, group_by_length=True)[: args.steps + 2]
     flops, seconds = 0.0, 0.0
-    for index, batch in enumerate(batches(examples, order, False, pad_token_id)):
-        started = time.perf_counter()
-        loss, _ = sft_loss(forward_model, batch)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        elapsed = time.perf_counter() - started
-        if index >= 2:  # warm-up (and compilation) steps are not timed
-            flops += step_flops(model.config, batch)
-            seconds += elapsed
+    for batch, elapsed in timed_steps(forward_model, optimizer, examples, order, False, pad_token_id):
+        flops += step_flops(model.config, batch)
+        seconds += elapsed
     return {"gflops": round(flops / seconds / 1e9, 1), "seconds": round(seconds, 2)}
 
 

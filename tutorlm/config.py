@@ -121,7 +121,7 @@ class GenerateConfig:
     top_p: float = option(1.0, "nucleus sampling")
     max_tokens: int = option(512, "completion length limit; longer ones end with finish reason 'length'")
     stop: list[str] = option([], "stop strings")
-    seed: int | None = option(0, "sampling seed (sample i uses seed + i); null for none")
+    seed: int | None = option(0, "sampling seed: servers get seed + sample index, local models a seed per request derived from it; null for none")
     top_logprobs: int = option(0, "store the top-k log-probabilities of each token (for logit distillation)")
     system_prompt: str | None = option(None, "system message for the teacher")
     few_shot: int = option(0, "worked examples (validation split, reference solutions) shown before each question")

@@ -43,11 +43,12 @@ class HFBackend:
         self.stop_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
         self.stop_ids.add(self.tokenizer.eos_token_id)
         self.counters: dict[str, int] = {"batches": 0}
-
-    def run(self, requests: list[Request], sampling: Sampling, on_result: OnResult) -> None:
         from tutorlm.backends import batching
 
-        if batching.supports(self.model):
+        self.continuous = batching.supports(self.model)
+
+    def run(self, requests: list[Request], sampling: Sampling, on_result: OnResult) -> None:
+        if self.continuous:
             self._run_engine(requests, sampling, on_result)
         else:
             self._run_generate(requests, sampling, on_result)
