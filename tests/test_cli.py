@@ -104,5 +104,5 @@ def test_eval_without_a_run_directory_gets_its_own(tmp_path):
                             env={"COLUMNS": "200", "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "TUTORLM_CACHE_DIR": str(tmp_path)})
     assert result.returncode == 0, result.stderr
     assert len((tmp_path / "runs" / "eval-deduction" / "eval" / "reference.jsonl").read_text().splitlines()) == 3
-    assert "100.0%" in result.stderr
+    assert "100.0%" in result.stderr and "evaluation: deduction, test split" in result.stderr  # the table names what was evaluated
     assert not (tmp_path / "runs" / "default").exists()

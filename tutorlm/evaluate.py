@@ -169,12 +169,12 @@ def evaluate(recipe: Recipe, specs: list[str], *, force: bool = False, console: 
             atomic_write_text(summary_path, json.dumps(summaries, indent=2) + "\n")
             record["outputs"].append(out)
             record["stats"] = summary
-    print_table(console, {label: summaries[label] for label in labels})
+    print_table(console, {label: summaries[label] for label in labels}, f"evaluation: {task.name}, {recipe.eval.split} split")
     return summaries
 
 
-def print_table(console: Console, summaries: dict[str, dict[str, Any]]) -> None:
-    table = Table(title="evaluation")
+def print_table(console: Console, summaries: dict[str, dict[str, Any]], title: str = "evaluation") -> None:
+    table = Table(title=title)
     for column in ("model", "accuracy", "95% CI", "extra", "tokens", "truncated", "no answer", "n"):
         table.add_column(column, justify="left" if column in ("model", "extra") else "right")
     for label, s in summaries.items():

@@ -59,7 +59,8 @@ def run_pipeline(recipe: Recipe, *, force: set[str] = frozenset(), console: Cons
     path = report(recipe.run.path)
     labels = [label for label in ("base", "student", "teacher") if label in summaries]
     console.rule("result")
-    print_table(console, {label: summaries[label] for label in labels})
+    print_table(console, {label: summaries[label] for label in labels},
+                f"evaluation: {recipe.task.source}, {recipe.eval.split} split")
     if "base" in summaries and "student" in summaries:
         gain = summaries["student"]["accuracy"] - summaries["base"]["accuracy"]
         console.print(f"student accuracy {summaries['base']['accuracy']:.1%} -> {summaries['student']['accuracy']:.1%} ({gain * 100:+.1f} points)")
