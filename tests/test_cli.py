@@ -76,11 +76,11 @@ def test_doctor_reports_torch_and_extras():
      (["tasks", "show", "coin_flip", "--task.options.people", "3"], "no setting 'people'"),
      (["tasks", "show", "coin_flip", "--task.sed", "3"], "did you mean --task.seed"),
      (["tasks", "export", "/no/such.jsonl", "--out", "x.jsonl"], "no such file"),
-     (["eval", "--model", "student=/no/such/student", "--eval.limit", "1", "--out", "/tmp/tutorlm-test-x"], "no such model directory"),
-     (["eval", "--model", "student=./missing", "--eval.limit", "1", "--out", "/tmp/tutorlm-test-x"], "no such model directory")],
+     (["eval", "--model", "student=/no/such/student", "--eval.limit", "1", "--out", "{tmp}/run"], "no such model directory"),
+     (["eval", "--model", "student=./missing", "--eval.limit", "1", "--out", "{tmp}/run"], "no such model directory")],
 )
-def test_bad_input_exits_2_with_one_clear_line(args, message):
-    result = tutorlm(*args)
+def test_bad_input_exits_2_with_one_clear_line(args, message, tmp_path):
+    result = tutorlm(*[arg.replace("{tmp}", str(tmp_path)) for arg in args])
     assert result.returncode == 2
     assert message in result.stderr and "Traceback" not in result.stderr
 
