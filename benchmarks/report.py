@@ -38,6 +38,24 @@ def rows() -> list[str]:
                 f"| length-grouped padding: {result['padded']['real_tokens_per_s']} real tokens/s | {result['ratio_packed_over_padded']}× "
                 f"| pads computed when padding: {result['padded']['pad_fraction']:.1%} |"
             )
+        elif name == "sft_vs_trl" and result["device"] == "cuda":
+            sides = result["sides"]
+            ours, trl = sides["tutorlm"], sides[result["best_trl"]]
+            square = result["gpu_limit"]["square_8192_gflops"] / 1e3
+            others = "; ".join(f"{side}: {m['real_tokens_per_s']:,.0f} tokens/s, {m['peak_gpu_mb']:,} MB, MFU {m['mfu_vs_measured_square']:.0%}"
+                               for side, m in sides.items() if side not in ("tutorlm", result["best_trl"]))
+            lines.append(
+                f"| SFT, {result['model']}, {result['dtype']} on {result['device']} (batch {result['batch_size']}, {result['steps']} "
+                f"steps) | {result['machine']} | {result['date']} | {ours['real_tokens_per_s']:,.0f} real tokens/s, "
+                f"{ours['peak_gpu_mb']:,} MB GPU peak, MFU {ours['mfu_vs_measured_square']:.0%} "
+                f"| TRL {result['trl_version']} SFTTrainer ({result['best_trl']}): {trl['real_tokens_per_s']:,.0f} real tokens/s, "
+                f"{trl['peak_gpu_mb']:,} MB GPU peak, MFU {trl['mfu_vs_measured_square']:.0%} "
+                f"| {result['ratio_tokens_per_s']}× (memory {result['ratio_peak_memory']}×) "
+                f"| MFU: useful FLOPs/s over the bf16 8192² matmul measured in the same run ({square:.0f} TFLOP/s; datasheet "
+                f"989); with gradient checkpointing on both sides (TRL's default): {result.get('ratio_tokens_per_s_gc', '–')}× speed, "
+                f"{result.get('ratio_peak_memory_gc', '–')}× memory; {others}; mean loss of the last 5 steps: tutorlm "
+                f"{ours['last_losses_mean']}, TRL {trl['last_losses_mean']} |"
+            )
         elif name == "sft_vs_trl":
             ours, trl = result["sides"]["tutorlm"], result["sides"][result["best_trl"]]
             other = "trl-packed" if result["best_trl"] == "trl-padded" else "trl-padded"

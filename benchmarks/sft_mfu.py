@@ -53,35 +53,45 @@ def step_flops(config, batch: dict) -> float:
     return 6 * layer_params * real + 6 * vocab_params * labelled + 3 * attention
 
 
-def matmul_limit(config, tokens: int, labelled: int, repeats: int = 5) -> dict:
-    """fp32 matmul FLOP/s at the model's shapes, weighted by each shape's share of a training step."""
+def matmul_limit(config, tokens: int, labelled: int, repeats: int = 5, device: str = "cpu",
+                 dtype: torch.dtype = torch.float32, square: int = 2048) -> dict:
+    """Matmul FLOP/s at the model's shapes, weighted by each shape's share of a training step, and on one square product."""
     hidden, inter = config.hidden_size, config.intermediate_size
     kv = config.num_key_value_heads * (hidden // config.num_attention_heads)
     shapes = [((tokens, hidden), (hidden, hidden), 2), ((tokens, hidden), (hidden, kv), 2), ((tokens, hidden), (hidden, inter), 2),
               ((tokens, inter), (inter, hidden), 1), ((labelled, hidden), (hidden, config.vocab_size), 1)]
+
+    def seconds_per(products) -> float:
+        for a, b in products:  # warm-up
+            a @ b
+        synchronize(device)
+        started = time.perf_counter()
+        for _ in range(repeats):
+            for a, b in products:
+                a @ b
+        synchronize(device)
+        return (time.perf_counter() - started) / repeats
+
+    def randn(*shape) -> torch.Tensor:
+        return torch.randn(*shape, device=device, dtype=dtype)
+
     total_flops, total_time = 0.0, 0.0
     per_shape = {}
     for (m, k), (_, n), count in shapes:
         # forward (m,k)@(k,n), and the two backward products of the same size
-        operands = [(torch.randn(m, k), torch.randn(k, n)), (torch.randn(m, n), torch.randn(n, k)), (torch.randn(k, m), torch.randn(m, n))]
-        for a, b in operands:
-            a @ b  # warm-up
-        started = time.perf_counter()
-        for _ in range(repeats):
-            for a, b in operands:
-                a @ b
-        seconds = (time.perf_counter() - started) / repeats
+        seconds = seconds_per([(randn(m, k), randn(k, n)), (randn(m, n), randn(n, k)), (randn(k, m), randn(m, n))])
         flops = 3 * 2 * m * k * n
         per_shape[f"{m}x{k}x{n}"] = round(flops / seconds / 1e9, 1)
         total_flops += flops * count
         total_time += seconds * count
-    square = torch.randn(2048, 2048)
-    square @ square
-    started = time.perf_counter()
-    for _ in range(repeats):
-        square @ square
+    seconds = seconds_per([(randn(square, square), randn(square, square))])
     return {"model_shapes_gflops": round(total_flops / total_time / 1e9, 1), "per_shape_gflops": per_shape,
-            "square_2048_gflops": round(2 * 2048**3 * repeats / (time.perf_counter() - started) / 1e9, 1)}
+            f"square_{square}_gflops": round(2 * square**3 / seconds / 1e9, 1)}
+
+
+def synchronize(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
 
 
 def measure(model, examples, args, pad_token_id: int, *, fused: bool = False, compiled: bool = False) -> dict:

@@ -141,7 +141,7 @@ def token_losses(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tens
     chosen_targets = targets[:, positions]  # (B, K)
     losses = F.cross_entropy(logits.float().flatten(0, 1), chosen_targets.flatten(), ignore_index=IGNORE, reduction="none")
     mask = chosen_targets.flatten() != IGNORE
-    rows = torch.arange(labels.shape[0]).repeat_interleave(positions.numel())
+    rows = torch.arange(labels.shape[0], device=labels.device).repeat_interleave(positions.numel())
     return losses[mask], torch.stack([rows[mask], positions.repeat(labels.shape[0])[mask]], dim=-1)
 
 

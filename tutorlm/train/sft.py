@@ -233,14 +233,15 @@ def train(recipe: Recipe, *, resume: bool = False, force: bool = False, console:
                                    accelerator)
                 for batch_index in range(state["batch"], len(order)):
                     batch = next(batches(examples, [order[batch_index]], config.packing, pad_token_id))
-                    batch = {key: value.to(accelerator.device) for key, value in batch.items()}
+                    # Counted before the batch moves: on a GPU, reading a device tensor would wait for the queued work.
+                    real_tokens = int(batch["attention_mask"].sum()) if "attention_mask" in batch else batch["input_ids"].numel()
+                    batch = {key: value.to(accelerator.device, non_blocking=True) for key, value in batch.items()}
                     group_start = batch_index - batch_index % config.grad_accum
                     group_size = min(config.grad_accum, len(order) - group_start)
                     sync = batch_index + 1 == group_start + group_size
                     with contextlib.nullcontext() if sync else accelerator.no_sync(model):
                         loss, _ = sft_loss(forward_model, batch)
                         accelerator.backward(loss / group_size)
-                    real_tokens = int(batch["attention_mask"].sum()) if "attention_mask" in batch else batch["input_ids"].numel()
                     if accelerator.num_processes > 1:  # count every process's tokens
                         real_tokens = int(accelerator.reduce(torch.tensor(real_tokens, device=accelerator.device), "sum"))
                     window_tokens += real_tokens

@@ -1,0 +1,64 @@
+"""Training and decoding on a CUDA device: skipped where torch sees none (CI); run them on a GPU machine.
+
+They exist because CPU-only tests cannot catch a tensor left on the CPU: the first GPU run of the
+training loop failed on one (the row index of the per-token losses).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from test_batching import prompts_with_shared_prefix
+from test_train import QUIET, make_run
+from tiny import make_model, make_tokenizer
+from tutorlm.backends.batching import Engine
+from tutorlm.train.sft import STUDENT, train
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+
+
+@pytest.mark.parametrize("packing", [False, True])
+def test_training_on_cuda_uses_bf16_and_learns(tmp_path, packing):
+    tokenizer = make_tokenizer()
+    recipe = make_run(tmp_path, epochs=2, packing=packing)
+    model = make_model(tokenizer)
+    stats = train(recipe, console=QUIET, model_and_tokenizer=(model, tokenizer))
+    assert stats["precision"] == "bf16"  # `precision: auto` on a GPU with bf16
+    assert next(model.parameters()).device.type == "cuda"
+    log = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
+    losses = [row["loss"] for row in log if "loss" in row]
+    evals = [row["eval_loss"] for row in log if "eval_loss" in row]
+    assert losses[-1] < losses[0] - 0.5 and evals[-1] < evals[0]
+    from transformers import AutoModelForCausalLM
+
+    saved = AutoModelForCausalLM.from_pretrained(tmp_path / "run" / STUDENT)  # loads on the CPU
+    trained = {name: p.detach().cpu() for name, p in model.named_parameters()}
+    assert all(torch.equal(trained[name], p) for name, p in saved.named_parameters())
+
+
+def test_engine_on_cuda_matches_generate():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tokenizer = make_tokenizer()
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, initializer_range=0.5,
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    model = LlamaForCausalLM(config).cuda().eval()
+    prompts = prompts_with_shared_prefix(len(tokenizer))
+    stop_ids = set(range(0, len(tokenizer), 11))
+    expected = []
+    for prompt in prompts:
+        output = model.generate(torch.tensor([prompt], device="cuda"), attention_mask=torch.ones(1, len(prompt), dtype=torch.long, device="cuda"),
+                                max_new_tokens=20, do_sample=False, eos_token_id=sorted(stop_ids), pad_token_id=0)
+        tokens = output[0, len(prompt):].tolist()
+        stop = next((position for position, token in enumerate(tokens) if token in stop_ids), None)
+        expected.append(tokens[:stop] if stop is not None else tokens)
+    results = {}
+    engine = Engine(model, slots=8, pad_token_id=0, stop_ids=stop_ids)
+    engine.run(prompts, finished=lambda index, tokens, reason, logprobs, latency: results.__setitem__(index, tokens), max_tokens=20)
+    assert [results[i] for i in range(len(prompts))] == expected
+    assert engine.layers[0].key_buffer.device.type == "cuda"
