@@ -57,16 +57,32 @@ def rows() -> list[str]:
                 f"{ours['last_losses_mean']}, TRL {trl['last_losses_mean']} |"
             )
         elif name == "sft_vs_trl":
-            ours, trl = result["sides"]["tutorlm"], result["sides"][result["best_trl"]]
+            sides = result["sides"]
+            ours, trl = sides["tutorlm"], sides[result["best_trl"]]
             other = "trl-packed" if result["best_trl"] == "trl-padded" else "trl-padded"
+            gc = ""
+            if "ratio_tokens_per_s_gc" in result:
+                gc = (f"; both with gradient checkpointing (TRL's default): tutorlm {sides['tutorlm-gc']['real_tokens_per_s']} "
+                      f"tokens/s, {sides['tutorlm-gc']['peak_rss_mb']} MB, TRL {sides['trl-padded-gc']['real_tokens_per_s']} tokens/s, "
+                      f"{sides['trl-padded-gc']['peak_rss_mb']} MB ({result['ratio_tokens_per_s_gc']}× speed, "
+                      f"{result['ratio_peak_memory_gc']}× memory)")
             lines.append(
                 f"| SFT, {result['model']} {result['dtype']} on {result['device']} (batch {result['batch_size']}, {result['steps']} steps) "
-                f"| {result['machine']} | {result['date']} | {ours['real_tokens_per_s']} real tokens/s, {ours['peak_rss_mb']} MB peak "
+                f"| {result['machine']} | {result['date']} | {ours['real_tokens_per_s']} real tokens/s, {ours['peak_rss_mb']} MB peak RSS "
                 f"| TRL {result['trl_version']} SFTTrainer ({result['best_trl']}): {trl['real_tokens_per_s']} real tokens/s, "
-                f"{trl['peak_rss_mb']} MB peak | {result['ratio_tokens_per_s']}× | {other}: {result['sides'][other]['real_tokens_per_s']} "
-                f"tokens/s; mean loss of the last 5 steps: tutorlm {ours['last_losses_mean']}, TRL {trl['last_losses_mean']}"
-                + (f"; live-tensor peak (large blocks mmapped): tutorlm {ours['peak_live_mb']} MB, TRL {trl['peak_live_mb']} MB "
-                   f"({result['ratio_peak_live']}×)" if "peak_live_mb" in ours else "") + " |"
+                f"{trl['peak_rss_mb']} MB peak RSS | {result['ratio_tokens_per_s']}× (memory {result['ratio_peak_memory']}×) "
+                f"| no gradient checkpointing on either side; {other}: {sides[other]['real_tokens_per_s']} tokens/s; live-tensor peaks "
+                f"(large blocks mmapped): tutorlm {ours['peak_live_mb']} MB, TRL {trl['peak_live_mb']} MB ({result['ratio_peak_live']}×){gc}; "
+                f"mean loss of the last 5 steps: tutorlm {ours['last_losses_mean']}, TRL {trl['last_losses_mean']} |"
+            )
+        elif name == "loss_memory":
+            plain, fused = result["variants"]["plain"], result["variants"]["fused"]
+            lines.append(
+                f"| SFT loss alone, {result['tokens']} labelled tokens x vocabulary {result['vocab']:,} x hidden {result['hidden']} "
+                f"({result['dtype']}, {result['device']}) | {result['machine']} | {result['date']} | chunked linear cross-entropy: "
+                f"{fused['peak_above_inputs_mb']} MB peak, {fused['ms']} ms | full logits + cross-entropy: "
+                f"{plain['peak_above_inputs_mb']} MB peak, {plain['ms']} ms | {result['ratio_memory']}× memory "
+                f"| {result['ratio_time']}× the time; loss and both gradients agree: {all(result['loss_and_gradients_agree'].values())} |"
             )
         elif name == "sft_mfu":
             limit = result["limit"]["model_shapes_gflops"]

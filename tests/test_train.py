@@ -70,6 +70,58 @@ def test_packed_and_padded_batches_give_the_same_per_example_loss(tokenizer):
         assert not torch.allclose(token_losses(model, leaky)[0], packed, atol=1e-3)
 
 
+@pytest.mark.parametrize("variant", ["tied", "untied", "chunked", "lora", "packed", "no_labels_in_row"])
+def test_fused_loss_matches_the_plain_loss_and_its_gradients(tokenizer, variant, monkeypatch):
+    """sft_loss (hidden states through the chunked linear cross-entropy) equals the mean of token_losses (full logits)."""
+    from tutorlm.train import data
+
+    items = [tokenize(tokenizer, row) for row in ROWS]
+    if variant == "no_labels_in_row":
+        items[0] = data.Tokenized(items[0].input_ids, [IGNORE] * len(items[0].labels))
+    batch = collate_packed(items) if variant == "packed" else collate_padded(items, tokenizer.pad_token_id)
+    if variant == "chunked":
+        monkeypatch.setattr(data, "LOGITS_PER_CHUNK", 3 * len(tokenizer))  # 3 rows per chunk
+    models = []
+    for _ in range(2):
+        model = make_model(tokenizer)
+        if variant == "untied":
+            model.config.tie_word_embeddings = False
+            model.lm_head.weight = torch.nn.Parameter(torch.randn_like(model.lm_head.weight) * 0.02)
+        if variant == "lora":
+            from peft import LoraConfig, get_peft_model
+
+            torch.manual_seed(1)
+            model = get_peft_model(model, LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False))
+        models.append(model)
+    models[1].load_state_dict(models[0].state_dict())
+    plain = token_losses(models[0], batch)[0].mean()
+    plain.backward()
+    fused, count = data.sft_loss(models[1], batch)
+    fused.backward()
+    assert count == sum(label != IGNORE for item in items for label in item.labels[1:])
+    assert torch.allclose(fused, plain, atol=1e-6)
+    for (name, p1), (_, p2) in zip(models[0].named_parameters(), models[1].named_parameters()):
+        assert (p1.grad is None) == (p2.grad is None), name
+        if p1.grad is not None:
+            assert torch.allclose(p1.grad, p2.grad, atol=1e-6), name
+    assert isinstance(models[1].get_output_embeddings(), torch.nn.Linear)  # the real head is back
+
+
+def test_fused_loss_under_bf16_autocast(tokenizer):
+    model = make_model(tokenizer)
+    batch = collate_padded([tokenize(tokenizer, row) for row in ROWS], tokenizer.pad_token_id)
+    from tutorlm.train.data import sft_loss
+
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        plain = token_losses(model, batch)[0].mean()
+        fused, _ = sft_loss(model, batch)
+    plain_grads = torch.autograd.grad(plain, list(model.parameters()))
+    fused_grads = torch.autograd.grad(fused, list(model.parameters()))
+    assert abs(fused.item() - plain.item()) < 0.02
+    for a, b in zip(plain_grads, fused_grads):
+        assert b.dtype == torch.float32 and torch.allclose(a, b, atol=2e-3, rtol=0.05)
+
+
 def test_overlength_policy(tokenizer):
     rows = ROWS + [{"id": "long", "example_id": "long", "prompt": [{"role": "user", "content": "q"}],
                     "completion": [{"role": "assistant", "content": "word " * 200}]}]

@@ -12,13 +12,20 @@ Batching, two ways (`packing`):
 - padded: examples grouped by length (a seeded shuffle of length-sorted chunks, like HF's
   group_by_length), right-padded to the longest in the batch, with an attention mask.
 
-Loss. `sft_loss` asks the model for logits only at positions whose next token is a label
-(`logits_to_keep` with an index tensor), so the vocabulary projection, the largest matmul of a small
-model, is never computed for prompt or pad tokens. The loss is the mean over completion tokens.
+Loss. `sft_loss` is the mean cross-entropy over completion tokens, and never holds the logits: the
+model runs with its output projection swapped for an identity (`logits_to_keep` with an index tensor
+keeps only positions some row has a label for), so it returns final hidden states; the hidden states
+of labelled tokens then go through `linear_cross_entropy`, which projects them onto the vocabulary in
+row chunks and computes the gradients in the same pass (the loss is the last operation, so its
+gradient is known up to the incoming scale). The vocabulary projection, the largest matmul of a
+small model, is computed once per labelled token and for nothing else, and at most one chunk of
+logits exists at a time. TRL's fused LM head and Liger's fused linear cross-entropy do the same.
+`token_losses` is the plain version, with per-token losses.
 """
 
 from __future__ import annotations
 
+import contextlib
 import random
 from dataclasses import dataclass
 from typing import Any, Iterator
@@ -146,6 +153,112 @@ def token_losses(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tens
 
 
 def sft_loss(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
-    """(mean cross-entropy over completion tokens, number of completion tokens)."""
-    losses, _ = token_losses(model, batch)
-    return losses.mean(), losses.numel()
+    """(mean cross-entropy over completion tokens, number of completion tokens), without materializing logits."""
+    head = _plain_output_head(model)
+    if head is None:  # scaled or soft-capped logits, or a biased head: the plain path
+        losses, _ = token_losses(model, batch)
+        return losses.mean(), losses.numel()
+    targets = batch["labels"][:, 1:]  # (B, T-1): position t predicts token t+1
+    positions = torch.nonzero((targets != IGNORE).any(dim=0)).squeeze(-1)  # (K,)
+    inputs = {key: value for key, value in batch.items() if key != "labels"}
+    with _identity_head(model, head):
+        hidden = model(**inputs, logits_to_keep=positions, use_cache=False).logits  # (B, K, H)
+    chosen = targets[:, positions]  # (B, K)
+    wanted = chosen != IGNORE
+    return linear_cross_entropy(hidden[wanted], head.weight, chosen[wanted]), int(wanted.sum())
+
+
+def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of `hidden @ weight.T` against `targets`; (N, H), (V, H), (N,) -> scalar.
+
+    Under autocast the projection runs in the autocast dtype (softmax in float32), as the model's own head would.
+    """
+    device = hidden.device.type
+    dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else weight.dtype
+    if hidden.shape[0] == 0:
+        return hidden.sum() * 0.0
+    return _LinearCrossEntropy.apply(hidden, weight, targets, dtype)
+
+
+LOGITS_PER_CHUNK = 2**26  # elements of one chunk's float32 logits (256 MB)
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    """Chunked projection + cross-entropy with the gradients formed in the forward pass.
+
+    Per chunk of rows: logits = h W^T, loss = logsumexp - logit[target], and d(mean loss)/d(logits) =
+    (softmax - onehot) / N, from which grad_h = g W and grad_W += g^T h. Backward only scales them by
+    the incoming gradient, so the chunk's logits are never recomputed or kept.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, dtype):
+        need_hidden, need_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        rows = hidden.shape[0]
+        chunk = max(1, LOGITS_PER_CHUNK // weight.shape[0])
+        with torch.autocast(hidden.device.type, enabled=False):
+            projection = weight.to(dtype)
+            total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+            grad_hidden = torch.empty_like(hidden) if need_hidden else None
+            grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_weight else None
+            for start in range(0, rows, chunk):
+                h = hidden[start:start + chunk].to(dtype)
+                t = targets[start:start + chunk]
+                logits = (h @ projection.T).float()  # (c, V)
+                log_norm = torch.logsumexp(logits, dim=-1)
+                total += (log_norm - logits.gather(1, t[:, None]).squeeze(1)).sum()
+                if not (need_hidden or need_weight):
+                    continue
+                gradient = logits.sub_(log_norm[:, None]).exp_()  # softmax, in place
+                gradient[torch.arange(t.shape[0], device=t.device), t] -= 1.0
+                gradient = gradient.div_(rows).to(dtype)
+                if need_hidden:
+                    grad_hidden[start:start + chunk] = gradient @ projection
+                if need_weight:
+                    grad_weight += gradient.T @ h
+        ctx.save_for_backward(grad_hidden, grad_weight)
+        return total / rows
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        grad_hidden, grad_weight = ctx.saved_tensors
+        return (
+            grad_hidden * grad_output.to(grad_hidden.dtype) if grad_hidden is not None else None,
+            grad_weight * grad_output if grad_weight is not None else None,
+            None,
+            None,
+        )
+
+
+def _plain_output_head(model: Any) -> torch.nn.Linear | None:
+    """The model's vocabulary projection, if its logits are exactly `hidden @ weight.T`; else None."""
+    model = _unwrap(model)
+    config = getattr(model, "config", None)
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if not isinstance(head, torch.nn.Linear) or head.bias is not None or config is None:
+        return None
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    if getattr(text, "final_logit_softcapping", None) or getattr(text, "logit_scale", 1.0) not in (None, 1.0):
+        return None
+    return head
+
+
+def _unwrap(model: Any) -> Any:
+    """The module inside data-parallel wrappers (which do not pass attribute lookups through)."""
+    while isinstance(model, (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel)):
+        model = model.module
+    return model
+
+
+_IDENTITY = torch.nn.Identity()  # one instance: a compiled forward's guards see the same module every step
+
+
+@contextlib.contextmanager
+def _identity_head(model: Any, head: torch.nn.Linear):
+    """While inside, the model returns final hidden states as its `logits`."""
+    model = _unwrap(model)
+    model.set_output_embeddings(_IDENTITY)
+    try:
+        yield
+    finally:
+        model.set_output_embeddings(head)

@@ -1,0 +1,122 @@
+"""The SFT loss alone: full logits + cross-entropy vs tutorlm's chunked linear cross-entropy.
+
+    python benchmarks/loss_memory.py                       # Qwen2.5-0.5B's vocabulary and width, CPU
+    python benchmarks/loss_memory.py --device cuda --tokens 5760 --dtype bf16
+
+For N labelled tokens with hidden states (N, H) and a vocabulary projection (V, H), forward and
+backward of the mean cross-entropy:
+- plain: logits = h W^T materialized, upcast to float32, `F.cross_entropy` (what a model's own
+  labels loss does; tutorlm's loss before the chunked version);
+- fused: `tutorlm.train.data.linear_cross_entropy` (chunks of rows, gradients formed in the forward).
+Each variant runs in its own subprocess. Peak memory above the inputs is peak RSS with large blocks
+mmapped (so RSS follows live tensors) on CPU, `torch.cuda.max_memory_allocated` on CUDA. The two
+losses and gradients are compared, so a fast wrong answer cannot pass.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def inputs(args: argparse.Namespace):
+    generator = torch.Generator().manual_seed(0)
+    hidden = torch.randn(args.tokens, args.hidden, generator=generator).to(args.device).requires_grad_()
+    weight = (torch.randn(args.vocab, args.hidden, generator=generator) * 0.02).to(args.device).requires_grad_()
+    targets = torch.randint(0, args.vocab, (args.tokens,), generator=generator).to(args.device)
+    return hidden, weight, targets
+
+
+def loss_of(variant: str, hidden, weight, targets):
+    from tutorlm.train.data import linear_cross_entropy
+
+    if variant == "fused":
+        return linear_cross_entropy(hidden, weight, targets)
+    return F.cross_entropy((hidden @ weight.T).float(), targets)
+
+
+def side(args: argparse.Namespace) -> None:
+    cuda = args.device == "cuda"
+    hidden, weight, targets = inputs(args)
+    autocast = torch.autocast(args.device, dtype=torch.bfloat16, enabled=args.dtype == "bf16")
+    if cuda:
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+    else:
+        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    times = []
+    for _ in range(args.repeats + 1):  # the first is warm-up
+        hidden.grad = weight.grad = None
+        started = time.perf_counter()
+        with autocast:
+            loss = loss_of(args.side, hidden, weight, targets)
+        loss.backward()
+        if cuda:
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - started)
+    peak = torch.cuda.max_memory_allocated() if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    torch.save({"loss": loss.detach().cpu(), "hidden": hidden.grad.cpu(), "weight": weight.grad.cpu()}, args.save)
+    print("RESULT " + json.dumps({"ms": round(min(times[1:]) * 1e3, 1), "peak_above_inputs_mb": round((peak - base) / 2**20)}))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--vocab", type=int, default=151936)
+    parser.add_argument("--hidden", type=int, default=896)
+    parser.add_argument("--tokens", type=int, default=1440, help="labelled tokens (a batch of 16 with 90 each)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32", help="bf16: under autocast")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "loss_memory.json"))
+    parser.add_argument("--side", choices=("plain", "fused"), help=argparse.SUPPRESS)
+    parser.add_argument("--save", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.side:
+        side(args)
+        return
+    results, saved = {}, {}
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}
+    for variant in ("plain", "fused"):
+        save = Path(args.out).with_suffix(f".{variant}.pt")
+        command = [sys.executable, __file__, "--side", variant, "--save", str(save)] + [
+            f"--{name}={getattr(args, name)}" for name in ("vocab", "hidden", "tokens", "device", "dtype", "repeats")]
+        output = subprocess.run(command, capture_output=True, text=True, env=env)
+        line = next((l for l in output.stdout.splitlines() if l.startswith("RESULT ")), None)
+        if output.returncode != 0 or line is None:
+            raise SystemExit(f"{variant} failed:\n{output.stdout[-2000:]}{output.stderr[-2000:]}")
+        results[variant] = json.loads(line[len("RESULT "):])
+        saved[variant] = torch.load(save)
+        save.unlink()
+        print(variant, results[variant], flush=True)
+    tolerance = 1e-4 if args.dtype == "fp32" else 2e-2
+    agree = {key: bool(torch.allclose(saved["plain"][key], saved["fused"][key], rtol=tolerance, atol=tolerance * 1e-2))
+             for key in ("loss", "hidden", "weight")}
+    output = {
+        "benchmark": "loss_memory", "date": time.strftime("%Y-%m-%d"),
+        "machine": torch.cuda.get_device_name() if args.device == "cuda" else f"{platform.machine()}, {os.cpu_count()} CPUs",
+        "device": args.device, "dtype": args.dtype, "vocab": args.vocab, "hidden": args.hidden, "tokens": args.tokens,
+        "variants": results, "loss_and_gradients_agree": agree,
+        "ratio_memory": round(results["fused"]["peak_above_inputs_mb"] / max(results["plain"]["peak_above_inputs_mb"], 1), 3),
+        "ratio_time": round(results["fused"]["ms"] / results["plain"]["ms"], 3),
+    }
+    print(json.dumps(output, indent=2))
+    if not all(agree.values()):
+        raise SystemExit(f"the fused loss disagrees with the plain one: {agree}")
+    Path(args.out).write_text(json.dumps(output, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
