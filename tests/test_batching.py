@@ -12,17 +12,21 @@ from tutorlm.backends import Request, Sampling
 from tutorlm.backends.batching import Engine, supports
 
 
-@pytest.fixture(scope="module")
-def tiny():
+def varied_model(tokenizer):
     """A tiny Llama with large random weights, so its greedy continuations vary instead of repeating."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    tokenizer = make_tokenizer()
     torch.manual_seed(0)
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, initializer_range=0.5,
                          eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
-    return tokenizer, LlamaForCausalLM(config).eval()
+    return LlamaForCausalLM(config).eval()
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    tokenizer = make_tokenizer()
+    return tokenizer, varied_model(tokenizer)
 
 
 def prompts_with_shared_prefix(vocab: int, count: int = 23, seed: int = 0) -> list[list[int]]:
@@ -33,7 +37,8 @@ def prompts_with_shared_prefix(vocab: int, count: int = 23, seed: int = 0) -> li
 
 def generate_one(model, prompt: list[int], stop_ids: set[int], max_tokens: int) -> tuple[list[int], str]:
     """Unbatched, unpadded HF greedy generation: the reference."""
-    output = model.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+    output = model.generate(torch.tensor([prompt], device=model.device),
+                            attention_mask=torch.ones(1, len(prompt), dtype=torch.long, device=model.device),
                             max_new_tokens=max_tokens, do_sample=False, eos_token_id=sorted(stop_ids), pad_token_id=0)
     tokens = output[0, len(prompt):].tolist()
     for position, token in enumerate(tokens):

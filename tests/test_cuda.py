@@ -11,7 +11,7 @@ import json
 import pytest
 import torch
 
-from test_batching import prompts_with_shared_prefix
+from test_batching import generate_one, prompts_with_shared_prefix, varied_model
 from test_train import QUIET, make_run
 from tiny import make_model, make_tokenizer
 from tutorlm.backends.batching import Engine
@@ -40,23 +40,11 @@ def test_training_on_cuda_uses_bf16_and_learns(tmp_path, packing):
 
 
 def test_engine_on_cuda_matches_generate():
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     tokenizer = make_tokenizer()
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, initializer_range=0.5,
-                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
-    model = LlamaForCausalLM(config).cuda().eval()
+    model = varied_model(tokenizer).cuda()
     prompts = prompts_with_shared_prefix(len(tokenizer))
     stop_ids = set(range(0, len(tokenizer), 11))
-    expected = []
-    for prompt in prompts:
-        output = model.generate(torch.tensor([prompt], device="cuda"), attention_mask=torch.ones(1, len(prompt), dtype=torch.long, device="cuda"),
-                                max_new_tokens=20, do_sample=False, eos_token_id=sorted(stop_ids), pad_token_id=0)
-        tokens = output[0, len(prompt):].tolist()
-        stop = next((position for position, token in enumerate(tokens) if token in stop_ids), None)
-        expected.append(tokens[:stop] if stop is not None else tokens)
+    expected = [generate_one(model, prompt, stop_ids, 20)[0] for prompt in prompts]
     results = {}
     engine = Engine(model, slots=8, pad_token_id=0, stop_ids=stop_ids)
     engine.run(prompts, finished=lambda index, tokens, reason, logprobs, latency: results.__setitem__(index, tokens), max_tokens=20)
