@@ -58,8 +58,10 @@ def matmul_limit(config, tokens: int, labelled: int, repeats: int = 5, device: s
     """Matmul FLOP/s at the model's shapes, weighted by each shape's share of a training step, and on one square product."""
     hidden, inter = config.hidden_size, config.intermediate_size
     kv = config.num_key_value_heads * (hidden // config.num_attention_heads)
-    shapes = [((tokens, hidden), (hidden, hidden), 2), ((tokens, hidden), (hidden, kv), 2), ((tokens, hidden), (hidden, inter), 2),
-              ((tokens, inter), (inter, hidden), 1), ((labelled, hidden), (hidden, config.vocab_size), 1)]
+    layers = config.num_hidden_layers  # each layer's shapes occur once per layer, the vocabulary projection once
+    shapes = [((tokens, hidden), (hidden, hidden), 2 * layers), ((tokens, hidden), (hidden, kv), 2 * layers),
+              ((tokens, hidden), (hidden, inter), 2 * layers), ((tokens, inter), (inter, hidden), layers),
+              ((labelled, hidden), (hidden, config.vocab_size), 1)]
 
     def seconds_per(products) -> float:
         for a, b in products:  # warm-up

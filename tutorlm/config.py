@@ -201,8 +201,8 @@ class TrainConfig:
     )
     gradient_checkpointing: bool = option(False, "recompute activations in backward: less memory, ~30% more compute")
     compile: bool = option(
-        False, "torch.compile the forward pass: 0.94 of matmul peak instead of 0.78 on a 2-core CPU (benchmarks/sft_mfu.py), "
-        "but compiling took minutes there, so it pays on long runs only",
+        False, "torch.compile the forward pass: 0.94 of matmul peak instead of 0.81 on a 2-core CPU (benchmarks/sft_mfu.py), "
+        "but compiling took minutes there, so it pays on long runs only; on GPUs it recompiles per batch shape",
     )
     precision: Literal["auto", "fp32", "bf16"] = option("auto", "auto: bf16 mixed precision on CUDA with bf16, else fp32")
     eval_fraction: float = option(0.05, "share of curated questions held out for eval loss (by question, never split)")
