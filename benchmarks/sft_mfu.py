@@ -42,15 +42,18 @@ def matmul_params(config) -> tuple[int, int]:
     return per_layer * config.num_hidden_layers, config.vocab_size * hidden
 
 
-def step_flops(config, batch: dict) -> float:
+def training_flops(config, lengths: list[int], labelled: int) -> float:
+    """Useful FLOPs of one training pass over sequences of these real lengths with `labelled` label tokens."""
     layer_params, vocab_params = matmul_params(config)
-    input_ids = batch["input_ids"]
-    real = int(batch["attention_mask"].sum()) if "attention_mask" in batch else input_ids.numel()
-    labelled = int((batch["labels"][:, 1:] != IGNORE).sum())
-    lengths = batch["attention_mask"].sum(dim=1).tolist() if "attention_mask" in batch else [input_ids.shape[1]]
     # Causal attention: token t attends to t+1 keys; QK^T and AV are 2 * 2 * keys * hidden each forward.
     attention = sum(2 * 2 * (length * (length + 1) / 2) * config.hidden_size for length in lengths) * config.num_hidden_layers
-    return 6 * layer_params * real + 6 * vocab_params * labelled + 3 * attention
+    return 6 * layer_params * sum(lengths) + 6 * vocab_params * labelled + 3 * attention
+
+
+def step_flops(config, batch: dict) -> float:
+    input_ids = batch["input_ids"]
+    lengths = batch["attention_mask"].sum(dim=1).tolist() if "attention_mask" in batch else [input_ids.shape[1]]
+    return training_flops(config, lengths, int((batch["labels"][:, 1:] != IGNORE).sum()))
 
 
 def matmul_limit(config, tokens: int, labelled: int, repeats: int = 5, device: str = "cpu",

@@ -78,25 +78,14 @@ def build_random_model(name: str, tokenizer_source: str, directory: Path) -> Pat
     return directory
 
 
-def flops_per_real_token(model: str, data: Path) -> float:
-    """Useful training FLOPs per real token over the whole data set (the formula of sft_mfu.step_flops)."""
-    from transformers import AutoConfig
+def flops_per_real_token(config, examples) -> float:
+    """Useful training FLOPs per real token over the whole data set (sft_mfu's formula)."""
+    from tutorlm.train.data import IGNORE
 
-    from tutorlm.models import load_tokenizer
-    from tutorlm.train.data import IGNORE, preflight
+    from sft_mfu import training_flops
 
-    from sft_mfu import matmul_params
-
-    config = AutoConfig.from_pretrained(model)
-    examples, _ = preflight(load_tokenizer(model), [json.loads(line) for line in data.read_text().splitlines()], 1024, "truncate")
-    layer_params, vocab_params = matmul_params(config)
-    total, tokens = 0.0, 0
-    for example in examples:
-        length, labelled = len(example.input_ids), sum(label != IGNORE for label in example.labels)
-        attention = 2 * 2 * (length * (length + 1) / 2) * config.hidden_size * config.num_hidden_layers
-        total += 6 * layer_params * length + 6 * vocab_params * labelled + 3 * attention
-        tokens += length
-    return total / tokens
+    total = sum(training_flops(config, [len(e.input_ids)], sum(label != IGNORE for label in e.labels[1:])) for e in examples)
+    return total / sum(len(e.input_ids) for e in examples)
 
 
 def run_tutorlm(args: argparse.Namespace, data: Path, workdir: Path, compiled: bool = False, checkpointing: bool = False) -> dict:
@@ -207,14 +196,11 @@ def summarize(result: dict, max_rss_kb: int, warmup: int) -> dict:
     return summary
 
 
-def gpu_limits(model: str, batch_tokens: int, labelled: int) -> dict:
+def gpu_limits(config, batch_tokens: int, labelled: int) -> dict:
     """bf16 matmul rates on this GPU, measured now: an 8192-square product and the model's shapes."""
-    from transformers import AutoConfig
-
     from sft_mfu import matmul_limit
 
-    limit = matmul_limit(AutoConfig.from_pretrained(model), batch_tokens, labelled, repeats=20, device="cuda",
-                         dtype=torch.bfloat16, square=8192)
+    limit = matmul_limit(config, batch_tokens, labelled, repeats=20, device="cuda", dtype=torch.bfloat16, square=8192)
     torch.cuda.empty_cache()
     return limit
 
@@ -271,14 +257,17 @@ def main() -> None:
             print(side, results[side], flush=True)
             out.with_suffix(".partial.json").write_text(json.dumps(results, indent=2) + "\n")  # kept if a later side fails
         if cuda:
-            per_token = flops_per_real_token(model, data)
+            from transformers import AutoConfig
+
             from tutorlm.models import load_tokenizer
             from tutorlm.train.data import IGNORE, preflight
 
-            examples, _ = preflight(load_tokenizer(model), rows[: args.batch_size], 1024, "truncate")
-            batch_tokens = sum(len(e.input_ids) for e in examples)
-            labelled = sum(sum(label != IGNORE for label in e.labels) for e in examples)
-            limit = gpu_limits(model, batch_tokens, labelled)
+            config = AutoConfig.from_pretrained(model)
+            examples, _ = preflight(load_tokenizer(model), rows, 1024, "truncate")
+            per_token = flops_per_real_token(config, examples)
+            first = examples[: args.batch_size]  # the limit's shapes: one batch's tokens and labels
+            limit = gpu_limits(config, sum(len(e.input_ids) for e in first),
+                               sum(label != IGNORE for e in first for label in e.labels[1:]))
             for side, measured in results.items():
                 tflops = measured["real_tokens_per_s"] * per_token / 1e12
                 measured["model_tflops"] = round(tflops, 1)

@@ -137,33 +137,35 @@ def batches(examples: list[Tokenized], order: list[list[int]], packing: bool, pa
         yield collate_packed(items) if packing else collate_padded(items, pad_token_id)
 
 
+def _labelled_positions(batch: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+    """(model inputs, the K positions some row has a label at, the (B, K) targets there)."""
+    targets = batch["labels"][:, 1:]  # (B, T-1): position t predicts token t+1
+    positions = torch.nonzero((targets != IGNORE).any(dim=0)).squeeze(-1)  # (K,)
+    inputs = {key: value for key, value in batch.items() if key != "labels"}
+    return inputs, positions, targets[:, positions]
+
+
 def token_losses(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """(per-token loss at every labelled position, the (row, position) of each), logits only where needed."""
-    labels = batch["labels"]  # (B, T)
-    targets = labels[:, 1:]  # (B, T-1): position t predicts token t+1
-    wanted = targets != IGNORE  # (B, T-1)
-    positions = torch.nonzero(wanted.any(dim=0)).squeeze(-1)  # (K,) positions needed in any row
-    inputs = {key: value for key, value in batch.items() if key != "labels"}
+    inputs, positions, chosen_targets = _labelled_positions(batch)
     logits = model(**inputs, logits_to_keep=positions, use_cache=False).logits  # (B, K, V)
-    chosen_targets = targets[:, positions]  # (B, K)
     losses = F.cross_entropy(logits.float().flatten(0, 1), chosen_targets.flatten(), ignore_index=IGNORE, reduction="none")
     mask = chosen_targets.flatten() != IGNORE
-    rows = torch.arange(labels.shape[0], device=labels.device).repeat_interleave(positions.numel())
-    return losses[mask], torch.stack([rows[mask], positions.repeat(labels.shape[0])[mask]], dim=-1)
+    rows = chosen_targets.shape[0]
+    row_index = torch.arange(rows, device=positions.device).repeat_interleave(positions.numel())
+    return losses[mask], torch.stack([row_index[mask], positions.repeat(rows)[mask]], dim=-1)
 
 
 def sft_loss(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
     """(mean cross-entropy over completion tokens, number of completion tokens), without materializing logits."""
-    head = _plain_output_head(model)
+    inner = _unwrap(model)
+    head = _plain_output_head(inner)
     if head is None:  # scaled or soft-capped logits, or a biased head: the plain path
         losses, _ = token_losses(model, batch)
         return losses.mean(), losses.numel()
-    targets = batch["labels"][:, 1:]  # (B, T-1): position t predicts token t+1
-    positions = torch.nonzero((targets != IGNORE).any(dim=0)).squeeze(-1)  # (K,)
-    inputs = {key: value for key, value in batch.items() if key != "labels"}
-    with _identity_head(model, head):
+    inputs, positions, chosen = _labelled_positions(batch)
+    with _identity_head(inner, head):
         hidden = model(**inputs, logits_to_keep=positions, use_cache=False).logits  # (B, K, H)
-    chosen = targets[:, positions]  # (B, K)
     wanted = chosen != IGNORE
     return linear_cross_entropy(hidden[wanted], head.weight, chosen[wanted]), int(wanted.sum())
 
@@ -232,7 +234,6 @@ class _LinearCrossEntropy(torch.autograd.Function):
 
 def _plain_output_head(model: Any) -> torch.nn.Linear | None:
     """The model's vocabulary projection, if its logits are exactly `hidden @ weight.T`; else None."""
-    model = _unwrap(model)
     config = getattr(model, "config", None)
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     if not isinstance(head, torch.nn.Linear) or head.bias is not None or config is None:
@@ -255,8 +256,7 @@ _IDENTITY = torch.nn.Identity()  # one instance: a compiled forward's guards see
 
 @contextlib.contextmanager
 def _identity_head(model: Any, head: torch.nn.Linear):
-    """While inside, the model returns final hidden states as its `logits`."""
-    model = _unwrap(model)
+    """While inside, the model (unwrapped) returns final hidden states as its `logits`."""
     model.set_output_embeddings(_IDENTITY)
     try:
         yield

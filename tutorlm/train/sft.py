@@ -235,7 +235,7 @@ def train(recipe: Recipe, *, resume: bool = False, force: bool = False, console:
                     batch = next(batches(examples, [order[batch_index]], config.packing, pad_token_id))
                     # Counted before the batch moves: on a GPU, reading a device tensor would wait for the queued work.
                     real_tokens = int(batch["attention_mask"].sum()) if "attention_mask" in batch else batch["input_ids"].numel()
-                    batch = {key: value.to(accelerator.device, non_blocking=True) for key, value in batch.items()}
+                    batch = {key: value.to(accelerator.device) for key, value in batch.items()}
                     group_start = batch_index - batch_index % config.grad_accum
                     group_size = min(config.grad_accum, len(order) - group_start)
                     sync = batch_index + 1 == group_start + group_size
