@@ -87,6 +87,10 @@ def main() -> None:
     if args.side:
         side(args)
         return
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: torch sees no CUDA device")
+    if min(args.vocab, args.hidden, args.tokens, args.repeats) < 1:
+        parser.error("--vocab, --hidden, --tokens and --repeats must be at least 1")
     results, saved = {}, {}
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}
     for variant in ("plain", "fused"):
