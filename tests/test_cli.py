@@ -77,7 +77,10 @@ def test_doctor_reports_torch_and_extras():
      (["tasks", "show", "coin_flip", "--task.sed", "3"], "did you mean --task.seed"),
      (["tasks", "export", "/no/such.jsonl", "--out", "x.jsonl"], "no such file"),
      (["eval", "--model", "student=/no/such/student", "--eval.limit", "1", "--out", "{tmp}/run"], "no such model directory"),
-     (["eval", "--model", "student=./missing", "--eval.limit", "1", "--out", "{tmp}/run"], "no such model directory")],
+     (["eval", "--model", "student=./missing", "--eval.limit", "1", "--out", "{tmp}/run"], "no such model directory"),
+     (["generate", "--teacher.backend", "hf", "--generate.limit", "1", "--out", "{tmp}/run"], "set teacher.model"),
+     (["generate", "--teacher.backend", "openai", "--teacher.model", "m", "--generate.limit", "1", "--out", "{tmp}/run"],
+      "set teacher.base_url")],
 )
 def test_bad_input_exits_2_with_one_clear_line(args, message, tmp_path):
     result = tutorlm(*[arg.replace("{tmp}", str(tmp_path)) for arg in args])

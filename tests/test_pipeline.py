@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -67,7 +68,11 @@ def test_second_run_skips_every_stage(tiny_run):
     recipe, run, _ = tiny_run
     before = json.loads((run / "manifest.json").read_text())["stages"]
     weights = (run / "student" / "model.safetensors").stat().st_mtime_ns
-    run_pipeline(recipe, console=QUIET)
+    console = Console(file=io.StringIO(), width=200)
+    run_pipeline(recipe, console=console)
+    printed = console.file.getvalue()
+    assert printed.count("evaluation: coin_flip, test split") == 1  # the results table once, under "result"
+    assert printed.index("result") < printed.index("evaluation: coin_flip")
     after = json.loads((run / "manifest.json").read_text())["stages"]
     assert {name: record["started"] for name, record in after.items()} == {name: record["started"] for name, record in before.items()}
     assert (run / "student" / "model.safetensors").stat().st_mtime_ns == weights

@@ -140,8 +140,12 @@ def evaluate_one(task: Task, examples: list[Example], label: str, config: Teache
     return rows, summary
 
 
-def evaluate(recipe: Recipe, specs: list[str], *, force: bool = False, console: Console | None = None) -> dict[str, dict[str, Any]]:
-    """Evaluate each model spec on the recipe's task and eval split; returns summaries by label."""
+def evaluate(recipe: Recipe, specs: list[str], *, force: bool = False, console: Console | None = None,
+             table: bool = True) -> dict[str, dict[str, Any]]:
+    """Evaluate each model spec on the recipe's task and eval split; returns summaries by label.
+
+    `table=False` leaves the results table to the caller (`tutorlm run` prints it under its result).
+    """
     console = console or Console(stderr=True)
     run = RunDir(recipe.run.path)
     task = load_task(recipe.task)
@@ -169,7 +173,8 @@ def evaluate(recipe: Recipe, specs: list[str], *, force: bool = False, console: 
             atomic_write_text(summary_path, json.dumps(summaries, indent=2) + "\n")
             record["outputs"].append(out)
             record["stats"] = summary
-    print_table(console, {label: summaries[label] for label in labels}, f"evaluation: {task.name}, {recipe.eval.split} split")
+    if table:
+        print_table(console, {label: summaries[label] for label in labels}, f"evaluation: {task.name}, {recipe.eval.split} split")
     return summaries
 
 

@@ -55,7 +55,7 @@ def run_pipeline(recipe: Recipe, *, force: set[str] = frozenset(), console: Cons
     generate(recipe, force="generate" in forced, console=console)
     curate(recipe, force="curate" in forced, console=console)
     train(recipe, resume=True, force="train" in forced, console=console)
-    summaries = evaluate(recipe, eval_models(recipe), force="eval" in forced, console=console)
+    summaries = evaluate(recipe, eval_models(recipe), force="eval" in forced, console=console, table=False)
     path = report(recipe.run.path)
     labels = [label for label in ("base", "student", "teacher") if label in summaries]
     console.rule("result")

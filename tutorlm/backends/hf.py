@@ -15,6 +15,7 @@ import time
 from typing import Any
 
 from tutorlm.backends import Completion, FatalBackendError, OnResult, Request, Sampling
+from tutorlm.config import ConfigError
 
 
 class HFBackend:
@@ -25,7 +26,7 @@ class HFBackend:
         from tutorlm.models import load_model, load_tokenizer
 
         if model is None and not config.model:
-            raise FatalBackendError("the hf backend needs a model: set teacher.model to a hub id, directory or .gguf file")
+            raise ConfigError("the hf backend needs a model: set teacher.model to a hub id, directory or .gguf file")
         self.model_name = str(config.model or type(model).__name__)
         self.model = model if model is not None else load_model(
             config.model, config.gguf_file, device=config.device, dtype=config.dtype, trust_remote_code=config.trust_remote_code

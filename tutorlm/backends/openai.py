@@ -26,6 +26,7 @@ from typing import Any
 import httpx
 
 from tutorlm.backends import Completion, FatalBackendError, OnResult, Request, RequestFailed, Sampling
+from tutorlm.config import ConfigError
 
 _RETRY_STATUSES = {408, 409, 425, 429, 500, 502, 503, 504, 520, 522, 524, 529}
 _MAX_RETRY_AFTER_S = 300.0
@@ -88,9 +89,9 @@ class OpenAIBackend:
 
     def __init__(self, config: Any) -> None:
         if not config.model:
-            raise FatalBackendError("the openai backend needs a model name: set teacher.model")
+            raise ConfigError("the openai backend needs a model name: set teacher.model")
         if not config.base_url:
-            raise FatalBackendError("the openai backend needs a server address: set teacher.base_url (e.g. http://127.0.0.1:8000/v1)")
+            raise ConfigError("the openai backend needs a server address: set teacher.base_url (e.g. http://127.0.0.1:8000/v1)")
         self.model_name = config.model
         self.base_urls = [config.base_url] if isinstance(config.base_url, str) else list(config.base_url)
         self.api_key_env = config.api_key_env
