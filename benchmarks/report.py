@@ -99,10 +99,13 @@ def rows() -> list[str]:
                 lines.append(
                     f"| eval, {run['model']} on {run['questions']} {result['task']} questions ({run['max_tokens']} max tokens, "
                     f"batch {run['batch_size']}) | {result['machine']} | {result['date']} | {run['tutorlm_tokens_per_s']} tokens/s, "
-                    f"accuracy {run['tutorlm_accuracy']:.0%} | lm-eval {result['lm_eval_version']} hf: {run['lmeval_tokens_per_s']} "
-                    f"tokens/s, accuracy {run['lmeval_accuracy']:.0%} | {run['ratio']}× | identical generations: "
-                    f"{run['identical_generations']} of {run['questions']}; each side's best batch size: "
-                    f"{result['best_vs_best'][run['model']]}× |"
+                    f"accuracy {run['tutorlm_accuracy']:.0%} | lm-eval {result['lm_eval_version']} hf: "
+                    f"{run['lmeval_generate_tokens_per_s']} tokens/s generating, accuracy {run['lmeval_accuracy']:.0%} "
+                    f"| {run['ratio_generation']}× | identical generations: {run['identical_generations']} of {run['questions']}; "
+                    f"with lm-eval's task set-up and grading: {run['ratio']}×; share of the fp32 matmul limit "
+                    f"({run['limit_gflops']} GFLOP/s): tutorlm {run['tutorlm_fraction_of_limit']:.0%}, lm-eval "
+                    f"{run['lmeval_fraction_of_limit']:.0%}, so no engine beats lm-eval here by more than {run['ratio_ceiling']}×; "
+                    f"each side's best batch size: {result['best_vs_best_generation'][run['model']]}× |"
                 )
         elif name == "generate_hf":
             for prompt_set, label in (("task", "task prompts, short answers"), ("long", "open-ended prompts, decode-bound")):

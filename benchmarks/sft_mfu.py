@@ -57,8 +57,11 @@ def step_flops(config, batch: dict) -> float:
 
 
 def matmul_limit(config, tokens: int, labelled: int, repeats: int = 5, device: str = "cpu",
-                 dtype: torch.dtype = torch.float32, square: int = 2048) -> dict:
-    """Matmul FLOP/s at the model's shapes, weighted by each shape's share of a training step, and on one square product."""
+                 dtype: torch.dtype = torch.float32, square: int = 2048, backward: bool = True) -> dict:
+    """Matmul FLOP/s at the model's shapes, weighted by each shape's share of a training step, and on one square product.
+
+    `backward=False`: the forward products alone (the shapes of inference).
+    """
     hidden, inter = config.hidden_size, config.intermediate_size
     kv = config.num_key_value_heads * (hidden // config.num_attention_heads)
     layers = config.num_hidden_layers  # each layer's shapes occur once per layer, the vocabulary projection once
@@ -84,8 +87,9 @@ def matmul_limit(config, tokens: int, labelled: int, repeats: int = 5, device: s
     per_shape = {}
     for (m, k), (_, n), count in shapes:
         # forward (m,k)@(k,n), and the two backward products of the same size
-        seconds = seconds_per([(randn(m, k), randn(k, n)), (randn(m, n), randn(n, k)), (randn(k, m), randn(m, n))])
-        flops = 3 * 2 * m * k * n
+        products = [(randn(m, k), randn(k, n))] + ([(randn(m, n), randn(n, k)), (randn(k, m), randn(m, n))] if backward else [])
+        seconds = seconds_per(products)
+        flops = len(products) * 2 * m * k * n
         per_shape[f"{m}x{k}x{n}"] = round(flops / seconds / 1e9, 1)
         total_flops += flops * count
         total_time += seconds * count
