@@ -50,6 +50,15 @@ def test_wilson_interval_hand_computed():
     assert wilson_interval(0, 0) == (0.0, 1.0)
 
 
+def test_wilson_interval_always_holds_the_observed_rate():
+    # The report draws p - low and high - p as error bars, which must not be negative.
+    for total in range(1, 300):
+        for successes in range(total + 1):
+            low, high = wilson_interval(successes, total)
+            assert 0.0 <= low <= successes / total <= high <= 1.0, (successes, total)
+    assert wilson_interval(4, 4)[1] == 1.0 and wilson_interval(0, 4)[0] == 0.0
+
+
 def test_accuracy_recovered_and_k_values():
     assert accuracy_recovered(0.1, 0.5, 0.9) == pytest.approx(0.5)
     assert accuracy_recovered(0.5, 0.6, 0.5) is None

@@ -45,7 +45,8 @@ def wilson_interval(successes: int, total: int, z: float = 1.959964) -> tuple[fl
     denominator = 1 + z * z / total
     centre = (p + z * z / (2 * total)) / denominator
     half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / denominator
-    return max(0.0, centre - half), min(1.0, centre + half)
+    # At p = 0 or 1 a bound meets p only up to rounding (10/10 gave 0.99999...): it must never pass p.
+    return max(0.0, min(p, centre - half)), min(1.0, max(p, centre + half))
 
 
 def accuracy_recovered(before: float, after: float, teacher: float) -> float | None:
