@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -108,3 +109,49 @@ def test_run_command_dry_run_and_bad_force(tmp_path, tiny_run):
     assert not (tmp_path / "fresh").exists()  # a dry run writes nothing
     bad = subprocess.run([sys.executable, "-m", "tutorlm", "run", "nope"], capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "not a shipped recipe (default, hf-teacher-gpu, lora, openai-teacher, tiny)" in bad.stderr
+
+
+def test_run_under_a_launcher_trains_on_every_process_and_does_the_rest_once(tmp_path):
+    """`torchrun -m tutorlm run`: both processes train (data parallel); generate, curate, eval and report run once."""
+    model_dir = save_tiny_model(tmp_path / "tiny-model")
+    recipe_file = tmp_path / "recipe.yaml"
+    recipe_file.write_text(textwrap.dedent(f"""\
+        run: {{name: run, output_dir: {tmp_path}}}
+        task: {{source: coin_flip, options: {{num_people: 2}}}}
+        teacher: {{backend: reference}}
+        generate: {{limit: 16, cache: false}}
+        student: {{model: {model_dir}}}
+        train: {{batch_size: 4, epochs: 1, eval_fraction: 0, lr: 0.001}}
+        eval: {{limit: 4, max_tokens: 8, batch_size: 4}}
+        """))
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "tutorlm", "run", str(recipe_file)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "ACCELERATE_USE_CPU": "true", "COLUMNS": "200"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    printed = result.stdout + result.stderr
+    assert printed.count("evaluation: coin_flip, test split") == 1 and printed.count("student accuracy") == 1
+    assert "2 processes" in printed
+    run = tmp_path / "run"
+    assert len((run / "traces.jsonl").read_text().splitlines()) == 16  # generated once, not once per process
+    log = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in log] == [1, 2]  # 16 rows in batches of 4: two for each process
+    stages = json.loads((run / "manifest.json").read_text())["stages"]
+    assert {"generate", "curate", "train", "eval:base", "eval:student", "eval:teacher"} <= set(stages)
+    assert all(record["status"] == "done" for record in stages.values())
+    assert (run / "report.html").exists()
+
+
+@pytest.mark.parametrize("stage", ["generate", "curate"])
+def test_stages_other_than_train_run_once_under_a_launcher(tmp_path, stage):
+    run = tmp_path / "run"
+    if stage == "curate":
+        subprocess.run([sys.executable, "-m", "tutorlm", "generate", "--out", str(run), "--generate.limit", "8",
+                        "--generate.cache", "false"], check=True, capture_output=True, timeout=120)
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "tutorlm", stage,
+               "--out", str(run), "--generate.limit", "8", "--generate.cache", "false"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120, env={**os.environ, "COLUMNS": "200"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stderr.count(f"{stage}: runs on the main process only (of 2)") == 1
+    output = run / ("traces.jsonl" if stage == "generate" else "curated.jsonl")
+    assert len(output.read_text().splitlines()) == 8
+    assert json.loads((run / "manifest.json").read_text())["stages"][stage]["status"] == "done"

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 from importlib import metadata, util
@@ -127,9 +128,23 @@ def _apply_run_flags(args: argparse.Namespace, settings: list[str]) -> list[str]
     return settings
 
 
+def _other_process(stage: str) -> bool:
+    """True in a launcher's non-main process (torchrun, `accelerate launch`), which leaves `stage` to the main one.
+
+    Training is the data-parallel stage; the others would only do the same work N times over the same files.
+    """
+    if int(os.environ.get("RANK", "0")) != 0:
+        return True
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        error_console.print(f"{stage}: runs on the main process only (of {os.environ['WORLD_SIZE']}); training is the data-parallel stage")
+    return False
+
+
 def cmd_generate(args: argparse.Namespace, extra: list[str]) -> int:
     from tutorlm.generate import generate
 
+    if _other_process("generate"):
+        return 0
     recipe = _recipe_from(args, _apply_run_flags(args, extra))
     generate(recipe, force=args.force, console=error_console)
     return 0
@@ -138,6 +153,8 @@ def cmd_generate(args: argparse.Namespace, extra: list[str]) -> int:
 def cmd_curate(args: argparse.Namespace, extra: list[str]) -> int:
     from tutorlm.curate import curate
 
+    if _other_process("curate"):
+        return 0
     recipe = _recipe_from(args, _apply_run_flags(args, extra), from_run=True)
     curate(recipe, force=args.force, export=args.export, console=error_console)
     return 0
@@ -154,6 +171,8 @@ def cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
 def cmd_eval(args: argparse.Namespace, extra: list[str]) -> int:
     from tutorlm.evaluate import evaluate
 
+    if _other_process("eval"):
+        return 0
     if not args.out and not any(arg.startswith("--run.") for arg in extra):
         # An evaluation with no run directory gets its own (runs/eval-<task>), never another run's eval/.
         task_source = load_recipe(args.recipe, parse_override_args(extra)).task.source
@@ -169,6 +188,8 @@ def cmd_eval(args: argparse.Namespace, extra: list[str]) -> int:
 def cmd_report(args: argparse.Namespace, extra: list[str]) -> int:
     from tutorlm.report import report
 
+    if _other_process("report"):
+        return 0
     recipe = _recipe_from(args, _apply_run_flags(args, extra), from_run=True)
     path = report(recipe.run.path)
     console.print(f"report: {path} (and report.md)")

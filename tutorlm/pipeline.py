@@ -8,6 +8,10 @@
 Each stage records itself in the run's manifest and is skipped when its config and inputs are
 unchanged, so a rerun is nearly free and an interrupted run continues where it stopped (training
 resumes from its last checkpoint).
+
+Under `accelerate launch` or torchrun every process runs the pipeline: all of them train, each on
+its share of the batches, while generate, curate, eval and report run once, on the main process
+(the others wait for the curated data before training and stop after it).
 """
 
 from __future__ import annotations
@@ -42,7 +46,10 @@ def eval_models(recipe: Recipe) -> list[str]:
 
 def run_pipeline(recipe: Recipe, *, force: set[str] = frozenset(), console: Console | None = None) -> Path:
     """Run every stage that is not current; returns the report's path."""
-    from tutorlm.train.sft import train  # imports torch: only when training is near
+    from accelerate import PartialState  # imports torch: only when training is near
+    from accelerate.utils import parse_flag_from_env
+
+    from tutorlm.train.sft import train
 
     console = console or Console(stderr=True)
     unknown = set(force) - set(STAGES) - {"all"}
@@ -51,9 +58,19 @@ def run_pipeline(recipe: Recipe, *, force: set[str] = frozenset(), console: Cons
     # Forcing a stage redoes every stage after it: their inputs change anyway.
     first = min((STAGES.index(stage) for stage in force if stage in STAGES), default=0 if "all" in force else len(STAGES))
     forced = set(STAGES[first:])
+    # One process, or each of a launcher's; on the CPU flag the training Accelerator will read, so both agree.
+    processes = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+    if not processes.is_main_process:
+        processes.wait_for_everyone()  # until the main process has the curated data
+        train(recipe, resume=True, force="train" in forced, console=console)
+        return recipe.run.path / "report.html"
     console.rule(f"tutorlm run: {recipe.run.path}")
+    if processes.num_processes > 1:
+        console.print(f"{processes.num_processes} processes: each trains on its share of the batches; "
+                      "generate, curate, eval and report run on this, the main one")
     generate(recipe, force="generate" in forced, console=console)
     curate(recipe, force="curate" in forced, console=console)
+    processes.wait_for_everyone()
     train(recipe, resume=True, force="train" in forced, console=console)
     summaries = evaluate(recipe, eval_models(recipe), force="eval" in forced, console=console, table=False)
     path = report(recipe.run.path)
