@@ -274,6 +274,9 @@ def test_latex_subset_parser_rejects_what_it_does_not_know():
     import sympy
 
     assert parse_latex_subset("2\\sqrt{2}") == 2 * sympy.sqrt(2)
+    # Brace-less arguments take one character each, as LaTeX does (MATH's golds write \frac12).
+    assert parse_latex_subset("\\frac12") == sympy.Rational(1, 2) and parse_latex_subset("\\dfrac123") == sympy.Rational(3, 2)
+    assert parse_latex_subset("\\frac{3}4") == sympy.Rational(3, 4) and parse_latex_subset("\\sqrt12") == 2
     for text in ("\\int x dx", "__import__('os')", "x;y", "(1+2"):
         with pytest.raises(ValueError):
             parse_latex_subset(text)

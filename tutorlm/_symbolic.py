@@ -230,6 +230,8 @@ def parse_latex_subset(text: str) -> Any:
             take("}")
             return value
         token = take()  # \frac12 and \sqrt2: a single digit or letter
+        if token[0].isdigit() and len(token) > 1:  # "12" of \frac12 is two arguments: keep the rest for the next
+            tokens.insert(position, token[1:])
         return sympy.Rational(token[0]) if token[0].isdigit() else sympy.Symbol(token[0])
 
     result = expression()
