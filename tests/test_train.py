@@ -253,6 +253,24 @@ def test_train_errors(tmp_path, tokenizer):
     assert result.returncode == 2 and "batch_size must be at least 1" in result.stderr
 
 
+def test_command_line_works_from_a_source_checkout(tmp_path):
+    """With tutorlm on PYTHONPATH but not installed (no distribution metadata), errors are still one line, exit 2."""
+    hide = (
+        "import importlib.metadata as m, sys\n"
+        "version = m.version\n"
+        "def only_installed(name):\n"
+        "    if name == 'tutorlm':\n"
+        "        raise m.PackageNotFoundError(name)\n"
+        "    return version(name)\n"
+        "m.version = only_installed\n"
+        "from tutorlm.cli import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", hide, "train", "--out", str(tmp_path / "x"), "--train.batch_size", "0"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "batch_size must be at least 1" in result.stderr, result.stderr[-2000:]
+
+
 @pytest.mark.parametrize("method", ["full", "lora"])
 def test_gradient_checkpointing_trains_through_build_model(tmp_path, method):
     model_dir = save_tiny_model(tmp_path / "tiny")

@@ -25,6 +25,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from tutorlm import __version__
 from tutorlm.config import ConfigError, TaskConfig, describe_fields, load_recipe, parse_override_args
 from tutorlm.run import atomic_write_text
 
@@ -327,7 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="tutorlm", description="Teach small language models to reason by learning from larger ones.",
         formatter_class=formatter, epilog="Run `tutorlm COMMAND --help` for a command's options.",
     )
-    parser.add_argument("--version", action="version", version=f"tutorlm {metadata.version('tutorlm')}")
+    parser.add_argument("--version", action="version", version=f"tutorlm {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     tasks = commands.add_parser("tasks", help="list, show and export reasoning tasks", formatter_class=formatter)
