@@ -54,7 +54,7 @@ def rows() -> list[str]:
                 f"| MFU: useful FLOPs/s over the bf16 8192² matmul measured in the same run ({square:.0f} TFLOP/s; datasheet "
                 f"989); with gradient checkpointing on both sides (TRL's default): {result.get('ratio_tokens_per_s_gc', '–')}× speed, "
                 f"{result.get('ratio_peak_memory_gc', '–')}× memory; {others}; mean loss of the last 5 steps: tutorlm "
-                f"{ours['last_losses_mean']}, TRL {trl['last_losses_mean']} |"
+                f"{ours['last_losses_mean']}, TRL {trl['last_losses_mean']}" + (f"; code: {result['code']}" if "code" in result else "") + " |"
             )
         elif name == "sft_vs_trl":
             sides = result["sides"]
