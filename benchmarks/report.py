@@ -107,6 +107,17 @@ def rows() -> list[str]:
                     f"{run['lmeval_fraction_of_limit']:.0%}, so no engine beats lm-eval here by more than {run['ratio_ceiling']}×; "
                     f"each side's best batch size: {result['best_vs_best_generation'][run['model']]}× |"
                 )
+        elif name == "kv_memory":
+            for run in result["runs"]:
+                before, after = run["preallocated"], run["grown"]
+                lines.append(
+                    f"| hf backend KV buffer, {result['model']} on {result['questions']} {result['task']} questions (batch "
+                    f"{result['batch_size']}, {run['max_tokens']} max tokens) | {result['machine']} | {result['date']} "
+                    f"| grown as rows need: {after['kv_peak_mb']:,} MB KV, {after['rss_peak_mb']:,} MB peak RSS, {after['tokens_per_s']} tokens/s "
+                    f"| allocated for max_tokens up front: {before['kv_peak_mb']:,} MB KV, {before['rss_peak_mb']:,} MB peak RSS, "
+                    f"{before['tokens_per_s']} tokens/s | {run['ratio_kv']}× KV memory | {run['ratio_time']}× the time; "
+                    f"identical completions: {run['identical_completions']} |"
+                )
         elif name == "generate_hf":
             for prompt_set, label in (("task", "task prompts, short answers"), ("long", "open-ended prompts, decode-bound")):
                 part = result[prompt_set]

@@ -73,6 +73,36 @@ def test_greedy_matches_unbatched_generate(tiny, slots):
         assert engine.counters["compactions"] > 0  # the buffer wrapped around many times
 
 
+@pytest.mark.parametrize("slots", [1, 4, 64])
+def test_kv_buffer_grows_only_as_rows_need(tiny, slots, monkeypatch):
+    from tutorlm.backends import batching
+
+    tokenizer, model = tiny
+    prompts = prompts_with_shared_prefix(len(tokenizer))
+    stop_ids = set(range(0, len(tokenizer), 11))
+    expected = [generate_one(model, prompt, stop_ids, 40) for prompt in prompts]
+    monkeypatch.setattr(batching, "INITIAL_NEW_TOKENS", 2)  # room for 2 generated tokens (+32 slack) at first
+    results, engine = run_engine(model, prompts, slots, stop_ids, max_tokens=40)
+    assert [results[i][:2] for i in range(len(prompts))] == expected
+    if slots >= len(prompts):  # every row starts at once, so no column frees up: the buffer must grow
+        assert engine.counters["growths"] > 0 and engine.counters["compactions"] == 0
+    else:  # rows refill as others finish: dropping unused columns makes room
+        assert engine.counters["compactions"] > 0
+    assert engine.capacity <= engine.most
+
+
+def test_a_long_max_tokens_costs_no_memory_until_used(tiny):
+    tokenizer, model = tiny
+    prompts = prompts_with_shared_prefix(len(tokenizer), count=8)
+    expected = [generate_one(model, prompt, set(), 6)[0] for prompt in prompts]
+    results, engine = run_engine(model, prompts, 8, set(), max_tokens=1_000_000, stop_check=lambda tokens: len(tokens) >= 6)
+    assert [results[i][0] for i in range(len(prompts))] == expected
+    longest = max(len(p) for p in prompts)
+    assert engine.capacity == longest + 256 + 64 and engine.counters["growths"] == 0  # not longest + 1,000,000 + slack
+    assert engine.layers[0].key_buffer.shape[2] == engine.capacity
+    assert engine.counters["kv_bytes_peak"] == sum(layer.key_buffer.nbytes + layer.value_buffer.nbytes for layer in engine.layers)
+
+
 def test_sampling_does_not_depend_on_batch_composition(tiny):
     tokenizer, model = tiny
     prompts = prompts_with_shared_prefix(len(tokenizer), seed=1)

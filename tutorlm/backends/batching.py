@@ -10,7 +10,9 @@ Layout: per layer, keys and values live in buffers of shape [slots, kv_heads, ca
 Every row's newest token sits at the same column (`width`, the shared write position), so one
 forward decodes all rows; rows are left-padded and a [slots, capacity] mask hides each row's unused
 columns. A new prompt is written to the columns just left of `width`. When the buffer is full, the
-columns no live row uses are dropped from the left (rarely: the capacity leaves slack).
+columns no live row uses are dropped from the left; when that frees too little, the buffer grows
+(doubling, up to the most a row can need: longest prompt + max_tokens + slack). It starts with room
+for INITIAL_NEW_TOKENS generated tokens, so a long `max_tokens` costs memory only when rows use it.
 
 Used for decoder-only models whose cache is plain full attention (a `DynamicLayer` per layer:
 Llama, Qwen2/3, Mistral, SmolLM, Phi-3, ...); `supports(model)` says so, and other models go
@@ -32,6 +34,7 @@ from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
 
 
 MIN_PREFIX = 8  # shorter shared prefixes are prefilled with each prompt
+INITIAL_NEW_TOKENS = 256  # columns for generated tokens that the KV buffer starts with (it grows as rows need)
 
 
 def supports(model: Any) -> bool:
@@ -107,7 +110,7 @@ class Engine:
     def __init__(self, model: Any, *, slots: int, pad_token_id: int, stop_ids: set[int]) -> None:
         self.model, self.slots, self.pad_token_id, self.stop_ids = model, slots, pad_token_id, stop_ids
         self.device = next(model.parameters()).device
-        self.counters = {"prefills": 0, "prefill_tokens": 0, "decode_steps": 0, "row_steps": 0, "compactions": 0}
+        self.counters = {"prefills": 0, "prefill_tokens": 0, "decode_steps": 0, "row_steps": 0, "compactions": 0, "growths": 0, "kv_bytes_peak": 0}
 
     @torch.inference_mode()
     def run(self, prompts: list[list[int]], *, max_tokens: int, temperature: float = 0.0, top_p: float = 1.0,
@@ -121,7 +124,8 @@ class Engine:
         pending = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
         longest = len(prompts[pending[0]])
         rows = min(self.slots, len(prompts))
-        self.capacity = longest + max_tokens + max(32, max_tokens // 4)
+        self.most = longest + max_tokens + max(32, max_tokens // 4)  # a live row never spans more columns
+        self.capacity = min(self.most, longest + INITIAL_NEW_TOKENS + max(32, INITIAL_NEW_TOKENS // 4))
         self.state = _State()
         self.layers: list[_SlotLayer] = []
         self.cache = Cache(layers=self.layers)
@@ -188,6 +192,7 @@ class Engine:
                 slot_layer = _SlotLayer(self.state)
                 slot_layer.allocate(layer.keys, len(self.rows), self.capacity)
                 self.layers.append(slot_layer)
+            self._count_kv_bytes()
         if self.state.width < width:
             self._shift(width - self.state.width)
         end, index = self.state.width, torch.tensor(slots, device=self.device)
@@ -209,7 +214,7 @@ class Engine:
     def _decode(self) -> None:
         """One token for every row."""
         if self.state.width + 1 > self.capacity:
-            self._compact()
+            self._make_room()
         width = self.state.width
         self.mask[:, width] = 1  # free rows attend to their own junk column, so no row is all-masked
         output = self.model(input_ids=self.last[:, None], attention_mask=self.mask[:, : width + 1],
@@ -281,16 +286,44 @@ class Engine:
         self.mask[:, :by] = 0
         self.state.width += by
 
+    def _make_room(self) -> None:
+        """The buffer is full: drop the columns no live row uses, and grow it if that frees under a quarter."""
+        self._compact()
+        free = self.capacity - self.state.width
+        if free < self.capacity // 4 and self.capacity < self.most:
+            self._grow(min(self.most, 2 * self.capacity))
+        elif free < 1:
+            raise RuntimeError("continuous batching: the KV buffer is full (a row outgrew its capacity)")
+
     def _compact(self) -> None:
         """Drop the leftmost columns that no live row uses."""
         live = [slot for slot, row in enumerate(self.rows) if row is not None]
         used = self.mask[live, : self.state.width]
         first = int(used.argmax(dim=-1).min()) if live else self.state.width
         if first == 0:
-            raise RuntimeError("continuous batching: the KV buffer is full (a row outgrew its capacity)")
+            return
         self._columns(slice(first, self.state.width), slice(0, self.state.width - first))
         self.state.width -= first
         self.counters["compactions"] += 1
+
+    def _grow(self, capacity: int) -> None:
+        """Reallocate every buffer with `capacity` columns, keeping the columns in use."""
+        width = self.state.width
+        for layer in self.layers:
+            for name in ("key_buffer", "value_buffer"):
+                old = getattr(layer, name)
+                new = old.new_zeros(*old.shape[:2], capacity, old.shape[3])
+                new[:, :, :width] = old[:, :, :width]
+                setattr(layer, name, new)
+        mask = self.mask.new_zeros(self.mask.shape[0], capacity)
+        mask[:, :width] = self.mask[:, :width]
+        self.mask, self.capacity = mask, capacity
+        self.counters["growths"] += 1
+        self._count_kv_bytes()
+
+    def _count_kv_bytes(self) -> None:
+        size = sum(buffer.nbytes for layer in self.layers for buffer in (layer.key_buffer, layer.value_buffer))
+        self.counters["kv_bytes_peak"] = max(self.counters["kv_bytes_peak"], size)
 
     def _drop_rows(self) -> None:
         """With no prompt left to start, stop computing for finished rows."""
