@@ -100,7 +100,8 @@ class TeacherConfig:
     gguf_file: str | None = option(None, "hf: GGUF file name inside the model directory")
     device: str = option("auto", "hf: cuda, mps, cpu, or auto")
     dtype: str = option("auto", "hf: float32, bfloat16, float16, or auto (bf16 on CUDA, else fp32)")
-    batch_size: int = option(64, "hf: rows decoded together (continuous batching); the KV buffer holds batch_size x (longest prompt + the tokens rows have generated so far), up to max_tokens")
+    batch_size: int = option(64, "hf: rows decoded together (continuous batching); the KV buffer holds batch_size x "
+                                 "(longest prompt + the tokens rows have generated so far, up to max_tokens)")
     trust_remote_code: bool = option(False, "hf: allow model code from the hub (off unless you trust the model)")
 
     def __post_init__(self) -> None:

@@ -110,7 +110,8 @@ class Engine:
     def __init__(self, model: Any, *, slots: int, pad_token_id: int, stop_ids: set[int]) -> None:
         self.model, self.slots, self.pad_token_id, self.stop_ids = model, slots, pad_token_id, stop_ids
         self.device = next(model.parameters()).device
-        self.counters = {"prefills": 0, "prefill_tokens": 0, "decode_steps": 0, "row_steps": 0, "compactions": 0, "growths": 0, "kv_bytes_peak": 0}
+        self.counters = {"prefills": 0, "prefill_tokens": 0, "decode_steps": 0, "row_steps": 0, "compactions": 0, "growths": 0,
+                         "kv_bytes_peak": 0}
 
     @torch.inference_mode()
     def run(self, prompts: list[list[int]], *, max_tokens: int, temperature: float = 0.0, top_p: float = 1.0,
