@@ -147,6 +147,7 @@ def test_full_fine_tuning_lowers_loss_and_changes_every_parameter(tmp_path, toke
     model = make_model(tokenizer)
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
     stats = train(recipe, console=QUIET, model_and_tokenizer=(model, tokenizer))
+    model.cpu()  # where a GPU is present, training moved it there
     log = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
     losses = [row["loss"] for row in log if "loss" in row]
     evals = [row["eval_loss"] for row in log if "eval_loss" in row]
@@ -177,6 +178,7 @@ def test_lora_changes_only_adapters_and_merge_matches(tmp_path, tokenizer):
     model = get_peft_model(base, LoraConfig(r=4, lora_alpha=32, target_modules="all-linear", lora_dropout=0.0, task_type="CAUSAL_LM"))
     adapters_before = {n: p.detach().clone() for n, p in model.named_parameters() if "lora_B" in n}
     train(recipe, console=QUIET, model_and_tokenizer=(model, tokenizer))
+    model.cpu()  # where a GPU is present, training moved it there
     for name, p in model.named_parameters():
         if "lora_" not in name:
             original = name.replace("base_model.model.", "").replace("base_layer.", "")
@@ -287,6 +289,7 @@ def test_compiled_forward_trains_and_saves(tmp_path, tokenizer):
     model = make_model(tokenizer)
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
     stats = train(recipe, console=QUIET, model_and_tokenizer=(model, tokenizer))
+    model.cpu()  # where a GPU is present, training moved it there
     assert stats["steps"] == 3
     assert all(not torch.equal(before[name], p) for name, p in model.named_parameters())
     from transformers import AutoModelForCausalLM
