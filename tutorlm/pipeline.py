@@ -60,18 +60,17 @@ def run_pipeline(recipe: Recipe, *, force: set[str] = frozenset(), console: Cons
     forced = set(STAGES[first:])
     # One process, or each of a launcher's; on the CPU flag the training Accelerator will read, so both agree.
     processes = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
-    if not processes.is_main_process:
-        processes.wait_for_everyone()  # until the main process has the curated data
-        train(recipe, resume=True, force="train" in forced, console=console)
-        return recipe.run.path / "report.html"
-    console.rule(f"tutorlm run: {recipe.run.path}")
-    if processes.num_processes > 1:
-        console.print(f"{processes.num_processes} processes: each trains on its share of the batches; "
-                      "generate, curate, eval and report run on this, the main one")
-    generate(recipe, force="generate" in forced, console=console)
-    curate(recipe, force="curate" in forced, console=console)
-    processes.wait_for_everyone()
+    if processes.is_main_process:
+        console.rule(f"tutorlm run: {recipe.run.path}")
+        if processes.num_processes > 1:
+            console.print(f"{processes.num_processes} processes: each trains on its share of the batches; "
+                          "generate, curate, eval and report run on this, the main one")
+        generate(recipe, force="generate" in forced, console=console)
+        curate(recipe, force="curate" in forced, console=console)
+    processes.wait_for_everyone()  # the others wait here for the curated data
     train(recipe, resume=True, force="train" in forced, console=console)
+    if not processes.is_main_process:
+        return recipe.run.path / "report.html"
     summaries = evaluate(recipe, eval_models(recipe), force="eval" in forced, console=console, table=False)
     path = report(recipe.run.path)
     labels = [label for label in ("base", "student", "teacher") if label in summaries]

@@ -32,6 +32,7 @@ from typing import Any, Iterator
 
 import torch
 import torch.nn.functional as F
+from accelerate.utils import extract_model_from_parallel
 
 IGNORE = -100
 
@@ -158,7 +159,8 @@ def token_losses(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tens
 
 def sft_loss(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
     """(mean cross-entropy over completion tokens, number of completion tokens), without materializing logits."""
-    inner = _unwrap(model)
+    # The module inside data-parallel and torch.compile wrappers (which do not pass attribute lookups through).
+    inner = extract_model_from_parallel(model, keep_torch_compile=False)
     head = _plain_output_head(inner)
     if head is None:  # scaled or soft-capped logits, or a biased head: the plain path
         losses, _ = token_losses(model, batch)
@@ -242,13 +244,6 @@ def _plain_output_head(model: Any) -> torch.nn.Linear | None:
     if getattr(text, "final_logit_softcapping", None) or getattr(text, "logit_scale", 1.0) not in (None, 1.0):
         return None
     return head
-
-
-def _unwrap(model: Any) -> Any:
-    """The module inside data-parallel wrappers (which do not pass attribute lookups through)."""
-    while isinstance(model, (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel)):
-        model = model.module
-    return model
 
 
 _IDENTITY = torch.nn.Identity()  # one instance: a compiled forward's guards see the same module every step
