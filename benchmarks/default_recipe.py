@@ -11,12 +11,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from _common import machine
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -39,7 +40,7 @@ def main() -> None:
         summary = json.loads((run / "eval" / "summary.json").read_text())
     stages = {name: record["seconds"] for name, record in manifest["stages"].items()}
     output = {
-        "benchmark": "default_recipe", "date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
+        "benchmark": "default_recipe", "date": time.strftime("%Y-%m-%d"), "machine": machine(),
         "recipe": args.recipe, "wall_s": round(wall, 1), "stage_seconds": stages,
         "accuracy": {label: round(s["accuracy"], 4) for label, s in summary.items()},
         "accuracy_ci95": {label: [round(v, 4) for v in s["accuracy_ci95"]] for label, s in summary.items()},

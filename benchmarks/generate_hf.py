@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import time
 from pathlib import Path
 
@@ -25,6 +23,8 @@ from tutorlm.backends.hf import HFBackend
 from tutorlm.config import TaskConfig, TeacherConfig
 from tutorlm.models import packaged_gguf
 from tutorlm.tasks import load_task
+
+from _common import machine
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -82,7 +82,7 @@ def main() -> None:
                  for example in examples for word in example.meta["words"][:1]],
     }
     result = {
-        "benchmark": "generate_hf", "date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
+        "benchmark": "generate_hf", "date": time.strftime("%Y-%m-%d"), "machine": machine(),
         "model": label, "dtype": "float32", "device": "cpu", "prompts": args.prompts, "max_tokens": args.max_tokens,
         "batch_size": args.batch_size, "torch_threads": torch.get_num_threads(),
     }

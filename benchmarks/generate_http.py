@@ -15,7 +15,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -24,6 +23,8 @@ from pathlib import Path
 
 import httpx
 from rich.console import Console
+
+from _common import machine
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
@@ -91,7 +92,7 @@ def main() -> None:
             server.wait()
 
     result = {
-        "benchmark": "generate_http", "date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
+        "benchmark": "generate_http", "date": time.strftime("%Y-%m-%d"), "machine": machine(),
         "server": args.url or f"fake OpenAI server, {args.delay_s * 1000:.0f} ms per reply", "requests": args.requests,
         "concurrency": args.concurrency,
         "bare_client_completions_per_s": round(args.requests / bare_s, 1),

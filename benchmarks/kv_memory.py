@@ -16,12 +16,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
-import subprocess
 import sys
 import time
 from pathlib import Path
+
+from _common import machine, report_side, run_side
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -56,12 +56,12 @@ def side(args: argparse.Namespace) -> None:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     tokens = sum(c.completion_tokens for c in completions.values())
     counters = engines[0].counters
-    print("RESULT " + json.dumps({
+    report_side({
         "seconds": round(seconds, 1), "tokens": tokens, "tokens_per_s": round(tokens / seconds, 1),
         "kv_peak_mb": round(counters["kv_bytes_peak"] / 2**20), "kv_growths": counters["growths"],
         "rss_peak_mb": round(peak / 2**20), "rss_above_model_mb": round((peak - before) / 2**20),
         "texts": [completions[e.id].text for e in examples],
-    }))
+    })
 
 
 def main() -> None:
@@ -93,11 +93,7 @@ def main() -> None:
         for way in ("preallocated", "grown"):
             command = [sys.executable, __file__, "--side", way, "--model", args.model, "--task", args.task,
                        "--questions", str(args.questions), "--batch-size", str(args.batch_size), "--max-tokens", str(max_tokens)]
-            output = subprocess.run(command, capture_output=True, text=True, env=env)
-            line = next((l for l in output.stdout.splitlines() if l.startswith("RESULT ")), None)
-            if output.returncode != 0 or line is None:
-                raise SystemExit(f"{way} failed:\n{output.stdout[-2000:]}{output.stderr[-2000:]}")
-            measured[way] = json.loads(line[len("RESULT "):])
+            measured[way], _ = run_side(way, command, env)
         texts = [measured[way].pop("texts") for way in ("preallocated", "grown")]
         row = {"max_tokens": max_tokens, **measured, "identical_completions": texts[0] == texts[1],
                "ratio_kv": round(measured["grown"]["kv_peak_mb"] / max(measured["preallocated"]["kv_peak_mb"], 1), 3),
@@ -109,7 +105,7 @@ def main() -> None:
         if not row["identical_completions"]:
             raise SystemExit(f"max_tokens {max_tokens}: the two ways generated different completions")
     result = {
-        "benchmark": "kv_memory", "date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
+        "benchmark": "kv_memory", "date": time.strftime("%Y-%m-%d"), "machine": machine(),
         "model": args.model, "task": args.task, "questions": args.questions, "batch_size": args.batch_size, "runs": runs,
     }
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")

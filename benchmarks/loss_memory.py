@@ -18,15 +18,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+from _common import machine, report_side, run_side
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -69,7 +69,7 @@ def side(args: argparse.Namespace) -> None:
         times.append(time.perf_counter() - started)
     peak = torch.cuda.max_memory_allocated() if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     torch.save({"loss": loss.detach().cpu(), "hidden": hidden.grad.cpu(), "weight": weight.grad.cpu()}, args.save)
-    print("RESULT " + json.dumps({"ms": round(min(times[1:]) * 1e3, 1), "peak_above_inputs_mb": round((peak - base) / 2**20)}))
+    report_side({"ms": round(min(times[1:]) * 1e3, 1), "peak_above_inputs_mb": round((peak - base) / 2**20)})
 
 
 def main() -> None:
@@ -97,11 +97,7 @@ def main() -> None:
         save = Path(args.out).with_suffix(f".{variant}.pt")
         command = [sys.executable, __file__, "--side", variant, "--save", str(save)] + [
             f"--{name}={getattr(args, name)}" for name in ("vocab", "hidden", "tokens", "device", "dtype", "repeats")]
-        output = subprocess.run(command, capture_output=True, text=True, env=env)
-        line = next((l for l in output.stdout.splitlines() if l.startswith("RESULT ")), None)
-        if output.returncode != 0 or line is None:
-            raise SystemExit(f"{variant} failed:\n{output.stdout[-2000:]}{output.stderr[-2000:]}")
-        results[variant] = json.loads(line[len("RESULT "):])
+        results[variant], _ = run_side(variant, command, env)
         saved[variant] = torch.load(save)
         save.unlink()
         print(variant, results[variant], flush=True)
@@ -110,7 +106,7 @@ def main() -> None:
              for key in ("loss", "hidden", "weight")}
     output = {
         "benchmark": "loss_memory", "date": time.strftime("%Y-%m-%d"),
-        "machine": torch.cuda.get_device_name() if args.device == "cuda" else f"{platform.machine()}, {os.cpu_count()} CPUs",
+        "machine": machine(args.device),
         "device": args.device, "dtype": args.dtype, "vocab": args.vocab, "hidden": args.hidden, "tokens": args.tokens,
         "variants": results, "loss_and_gradients_agree": agree,
         "ratio_memory": round(results["fused"]["peak_above_inputs_mb"] / max(results["plain"]["peak_above_inputs_mb"], 1), 3),

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import time
 from pathlib import Path
 
@@ -23,6 +21,7 @@ from tutorlm.curate import read_jsonl
 from tutorlm.models import load_model, load_tokenizer
 from tutorlm.train.data import batch_order, preflight
 
+from _common import machine
 from _sft_steps import timed_steps
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -50,7 +49,7 @@ def main() -> None:
     args = parser.parse_args()
     tokenizer = load_tokenizer(args.model)
     examples, _ = preflight(tokenizer, read_jsonl(Path(args.curated)), 1024, "truncate")
-    result = {"benchmark": "packing", "date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
+    result = {"benchmark": "packing", "date": time.strftime("%Y-%m-%d"), "machine": machine(),
               "model": args.model, "batch_size": args.batch_size, "steps": args.steps, "examples": len(examples),
               "torch_threads": torch.get_num_threads()}
     for packing in (True, False):

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import time
 from pathlib import Path
 
@@ -28,6 +26,7 @@ from tutorlm.curate import read_jsonl
 from tutorlm.models import load_model, load_tokenizer
 from tutorlm.train.data import IGNORE, batch_order, batches, preflight
 
+from _common import machine
 from _sft_steps import timed_steps
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -132,7 +131,7 @@ def main() -> None:
     tokens = int(first["attention_mask"].sum())
     labelled = int((first["labels"][:, 1:] != IGNORE).sum())
     limit = matmul_limit(model.config, tokens, labelled)
-    result = {"benchmark": "sft_mfu", "date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
+    result = {"benchmark": "sft_mfu", "date": time.strftime("%Y-%m-%d"), "machine": machine(),
               "model": args.model, "batch_size": args.batch_size, "steps": args.steps, "limit": limit, "variants": {}}
     threads = torch.get_num_threads()
     for variant in args.variants.split(","):

@@ -39,14 +39,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+
+from _common import machine, report_side, run_side
 
 ROOT = Path(__file__).resolve().parent.parent
 # "-gc": gradient checkpointing on (TRL's SFTConfig default); the others recompute nothing (the fastest setting).
@@ -171,17 +171,7 @@ def side_main(args: argparse.Namespace) -> None:
             result = run_trl(args, data, Path(tmp), packed=args.side == "trl-packed", checkpointing=checkpointing)
     if torch.cuda.is_available():
         result["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated() / 2**20)
-    print("RESULT " + json.dumps(result))
-
-
-def run_side(side: str, command: list[str], env) -> tuple[dict, int]:
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-    output = process.stdout.read()
-    _, status, usage = os.wait4(process.pid, 0)
-    line = next((l for l in output.splitlines() if l.startswith("RESULT ")), None)
-    if status != 0 or line is None:
-        raise SystemExit(f"{side} failed (status {status}):\n{output[-2000:]}")
-    return json.loads(line[len("RESULT "):]), usage.ru_maxrss
+    report_side(result)
 
 
 def summarize(result: dict, max_rss_kb: int, warmup: int) -> dict:
@@ -307,12 +297,6 @@ def main() -> None:
     print(json.dumps(output, indent=2))
     out.write_text(json.dumps(output, indent=2) + "\n")
     out.with_suffix(".partial.json").unlink()
-
-
-def machine(device: str) -> str:
-    if device == "cuda":
-        return f"{torch.cuda.get_device_name()}, {os.cpu_count()} CPUs"
-    return f"{platform.machine()}, {os.cpu_count()} CPUs"
 
 
 if __name__ == "__main__":
