@@ -169,7 +169,8 @@ def sft_loss(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, 
     with _identity_head(inner, head):
         hidden = model(**inputs, logits_to_keep=positions, use_cache=False).logits  # (B, K, H)
     wanted = chosen != IGNORE
-    return linear_cross_entropy(hidden[wanted], head.weight, chosen[wanted]), int(wanted.sum())
+    targets = chosen[wanted]  # its length is known once the mask is applied: no second read of the device
+    return linear_cross_entropy(hidden[wanted], head.weight, targets), targets.numel()
 
 
 def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
