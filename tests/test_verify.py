@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import multiprocessing
+import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -60,6 +61,22 @@ CASES = [
     ("The answer is $42$.", "42", "number", None, True),
     ("The answer is 42. Let me double check: 40 + 2 = 42.", "42", "number", None, True),
     ("The answer is 3.5.", "3.5", "number", None, True),
+    # the last answer statement wins, also when two share a line
+    ("First I thought the answer is 5. Actually, the answer is 6.", "6", "number", None, True),
+    ("The answer is 6. Hmm, no: the answer is 5.", "6", "number", None, False),
+    # a statement that hedges or negates states no answer
+    ("The answer is not 6.", "6", "number", None, False),
+    ("The answer is between 5 and 6.", "6", "number", None, False),
+    ("The answer is 5 or 6.", "6", "number", None, False),
+    ("The answer is approximately 6.", "6", "number", None, False),
+    ("3+4 = 7, then 7*", "7", "number", None, False),  # cut off mid-expression: no fallback number
+    ("3+4 = 7, so 7 * 2 =", "14", "number", None, False),
+    ("3+4 = 7, so the total is 7", "7", "number", None, True),
+    # numbers in words (BIG-bench object counting writes its golds so)
+    ("The answer is 9.", "nine", "auto", None, True),
+    ("The answer is nine.", "9", "number", None, True),
+    ("The answer is twenty-one.", "21", "number", None, True),
+    ("The answer is 8.", "nine", "auto", None, False),
     ("The answer is 3.5", "3", "number", None, False),
     ("The answer is .5", "0.5", "number", None, True),
     ("The answer is 007.", "7", "number", None, True),
@@ -139,6 +156,10 @@ CASES = [
     ("So the coin is heads up: yes", "Yes", "boolean", None, True),  # fallback: last yes/no word
     ("So the statement is false", "False", "boolean", None, True),
     ("It is hard to tell", "True", "boolean", None, False),
+    ("The answer is yes and no.", "yes", "boolean", None, False),
+    ("The answer is n/a.", "no", "boolean", None, False),
+    ("The answer is n.", "no", "boolean", None, True),
+    ("The answer is no.", "n/a", "auto", None, False),
     # --- multiple choice ---------------------------------------------------------------------------
     ("The answer is (B).", "B", "choice", MC, True),
     ("The answer is B.", "B", "choice", MC, True),
@@ -163,6 +184,14 @@ CASES = [
     ("it must be the third one", "C", "choice", MC, False),
     ("The answer is a red ball.", "A", "choice", MC, True),
     ("The answer is a.", "A", "choice", MC, True),
+    # a bare letter or the option's own text as the final line, when the choices are known
+    ("Counting the swaps, the red ball ends with Bob.\nB", "B", "choice", MC, True),
+    ("Counting the swaps, the red ball ends with Bob.\n**B**", "B", "choice", MC, True),
+    ("Counting the swaps, the red ball ends with Bob.\n\nblue ball", "B", "choice", MC, True),
+    ("Counting the swaps, the red ball ends with Bob.\nC", "B", "choice", MC, False),
+    ("A ball is passed around.\nA swap happens", "A", "choice", MC, False),  # "A swap" is not the letter A
+    ("The answer is B or C.", "B", "choice", MC, False),
+    ("The answer is (B) and (C).", "B", "choice", MC, False),
     # --- LaTeX and symbolic ------------------------------------------------------------------------
     ("The answer is \\boxed{\\frac{1}{2}}.", "\\frac12", "math", None, True),
     ("\\boxed{\\dfrac{\\pi}{2}}", "\\frac{\\pi}{2}", "math", None, True),
@@ -256,6 +285,11 @@ def test_infer_answer_type(gold, choices, expected):
     assert verify.infer_answer_type(gold, choices) == expected
 
 
+@pytest.mark.parametrize(("gold", "expected"), [("n/a", "text"), ("N/A", "text"), ("nine", "number"), ("y", "boolean")])
+def test_infer_answer_type_of_words(gold, expected):
+    assert verify.infer_answer_type(gold) == expected
+
+
 @pytest.mark.parametrize("backend", ["sympy", pytest.param("math-verify", marks=pytest.mark.skipif(
     importlib.util.find_spec("math_verify") is None, reason='math-verify is optional: pip install "tutorlm[math]"'))])
 def test_symbolic_backends(backend):
@@ -335,3 +369,63 @@ def test_fuzz_extract_any_unicode(text):
 def test_any_integer_written_with_separators_matches(value):
     assert verify.grade(f"The answer is {value:,}.", str(value)).correct
     assert not verify.grade(f"The answer is {value + 1}.", str(value)).correct
+
+
+# The regex implementations that the linear ones replaced (quadratic on repeated unclosed tags), as references.
+_OLD_CLOSED_BLOCK = re.compile(r"<(think|thinking|reasoning|reflection)>.*?</\1>", re.S | re.I)
+_OLD_OPEN = re.compile(r"<(think|thinking|reasoning|reflection)>", re.I)
+_OLD_CLOSE = re.compile(r"</(think|thinking|reasoning|reflection)>", re.I)
+
+
+def _old_strip_reasoning(completion):
+    closes, opens = list(_OLD_CLOSE.finditer(completion)), list(_OLD_OPEN.finditer(completion))
+    if closes and (not opens or opens[0].start() > closes[0].start()):
+        completion = completion[closes[0].end():]
+    text = _OLD_CLOSED_BLOCK.sub(" ", completion)
+    return None if _OLD_OPEN.search(text) else _OLD_CLOSE.sub(" ", text)
+
+
+def _old_last_boxed(text):
+    found = None
+    for match in re.finditer(r"\\(?:boxed|fbox)\s*\{", text):
+        depth, start = 1, match.end()
+        for position in range(start, len(text)):
+            depth += {"{": 1, "}": -1}.get(text[position], 0)
+            if depth == 0:
+                found = text[start:position]
+                break
+    return found
+
+
+TAG_TOKENS = ["<think>", "</think>", "<reasoning>", "</reasoning>", "<THINK>", "a", " ", "\\boxed{", "\\fbox {", "{", "}", "5"]
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.sampled_from(TAG_TOKENS), max_size=30).map("".join))
+def test_linear_extraction_agrees_with_the_plain_regex_version(text):
+    old = _old_strip_reasoning(text)
+    new = verify.strip_reasoning(text)
+    assert (old is None) == (new is None)
+    if old is not None:
+        assert " ".join(old.split()) == " ".join(new.split())
+    assert verify.last_boxed(text) == _old_last_boxed(text)
+
+
+@pytest.mark.parametrize("text", [
+    "Let me think. " + "\\boxed{" * 100_000,
+    "<think>" * 150_000,
+    "<think>a</think>" * 60_000,
+    "The answer is " * 70_000 + "5",
+    "The answer is " + "$" * 1_000_000 + "x",
+    "{" * 1_000_000,
+    "9" * 1_000_000,
+    "(A) " * 250_000,
+    "wait, " * 170_000 + "7 *",
+], ids=["boxed", "open-think", "closed-think", "answer-is", "dollars", "braces", "digits", "letters", "unfinished"])
+def test_a_megabyte_of_degenerate_output_grades_in_linear_time(text):
+    # Before the linear rewrite the first two took over 30 s; now each takes well under one second
+    # here. The bound is loose on purpose: it catches quadratic behaviour, not a slow machine.
+    started = time.monotonic()
+    for gold, choices in (("5", None), ("yes", None), ("B", ["x", "y"]), ("rtne", None)):
+        verify.grade(text, gold, choices=choices, timeout=1.0)
+    assert time.monotonic() - started < 8.0

@@ -12,16 +12,22 @@ Extraction (`extract_answer`) works on the text after reasoning blocks are remov
 2. `\\boxed{X}` / `\\fbox{X}`             last occurrence, braces balanced
 3. "#### X"                              last occurrence (GSM8K)
 4. "Answer: X" / "Final answer: X"       last occurrence, at a line start
-5. fallback, unless the task switches it off (`fallback=False`): for multiple choice the last "(X)"
-   letter, for yes/no answers the last yes/no/true/false word, otherwise the last number in the text.
+5. fallback, unless the task switches it off (`fallback=False`): for multiple choice a final line that
+   is only a letter or only an option's text, else the last "(X)" letter; for yes/no answers the last
+   yes/no/true/false word; otherwise the last number, unless the text ends mid-expression ("7 *").
 
-The first rule that matches wins; the captured text is cleaned ($…$, \\text{}, **bold**, a final period).
+The first rule that matches wins, and within a rule the last statement (also when two share a line);
+the captured text is cleaned ($…$, \\text{}, **bold**, a final period). A statement that hedges or
+negates ("not 6", "between 5 and 6", "yes and no", "B or C") states no answer. Extraction is linear
+in the length of the text: a megabyte of repeated unclosed `\\boxed{` or `<think>` grades in well
+under a second.
 
 Equivalence (`answers_match`) depends on the answer type, which a task states or `infer_answer_type`
 reads off the gold answer:
 
 - number:  exact rational comparison after removing thousands separators, currency and % signs,
-           unicode minus; decimals, fractions (a/b, \\frac{a}{b}) and scientific notation all parse.
+           unicode minus; decimals, fractions (a/b, \\frac{a}{b}), scientific notation and numbers in
+           words ("nine", "twenty-one") all parse.
 - choice:  letters in their common shapes ("(B)", "B)", "option B"), or the choice's own text.
 - boolean: yes/true and no/false.
 - text:    case, unicode form, punctuation, spacing, quotes, and articles (optional) are ignored.
@@ -68,51 +74,97 @@ class Verdict:
 # ---------------------------------------------------------------------------------------------------
 
 _THINK_TAGS = ("think", "thinking", "reasoning", "reflection")
-_CLOSED_BLOCK = re.compile(r"<(%s)>.*?</\1>" % "|".join(_THINK_TAGS), re.S | re.I)
-_OPEN_TAG = re.compile(r"<(%s)>" % "|".join(_THINK_TAGS), re.I)
-_CLOSE_TAG = re.compile(r"</(%s)>" % "|".join(_THINK_TAGS), re.I)
+_TAG = re.compile(r"<(/?)(%s)>" % "|".join(_THINK_TAGS), re.I)
 
-_ANSWER_IS = re.compile(r"the\s+(?:final\s+|correct\s+)?answer\s+(?:is|would\s+be|will\s+be)\s*:?[ \t]*([^\n]*)", re.I)
+# "The answer is" without what follows: the statement is the rest of the line after the last match.
+_ANSWER_IS = re.compile(r"the\s+(?:final\s+|correct\s+)?answer\s+(?:is|would\s+be|will\s+be)\s*:?[ \t]*", re.I)
 _BOXED = re.compile(r"\\(?:boxed|fbox)\s*\{")
 _HASHES = re.compile(r"####[ \t]*([^\n]*)")
 _ANSWER_COLON = re.compile(r"^[ \t>*#_]*(?:final[ \t]+)?answer[ \t]*[*_]*:[*_]*[ \t]*([^\n]*)", re.I | re.M)
 _NUMBER = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?|-?\d+(?:\.\d+)?(?:/\d+)?|-?\.\d+")
 _CHOICE_FALLBACK = re.compile(r"\(([A-Z])\)")
+_BARE_LETTER = re.compile(r"[\(\[]?([A-Z])[\)\]]?")
 _BOOLEAN_WORD = re.compile(r"\b(yes|no|true|false)\b", re.I)
+# A statement that does not commit to one answer ("not 6", "between 5 and 6", "yes and no") states none.
+_HEDGE = re.compile(
+    r"^(?:not|never|neither|either|between|unclear|unknown|uncertain|undetermined|indeterminate|maybe|perhaps|"
+    r"possibly|probably|likely|unlikely|approximately|about|around|roughly|nearly|almost|at\s+least|at\s+most|"
+    r"more\s+than|less\s+than|cannot|can't|can\s+not)\b", re.I)
+_TWO_ANSWERS = re.compile(r"\b(?:and|or)\b", re.I)
+_TWO_LETTERS = re.compile(r"\b[A-Z]\)?\s*(?:,|/|\band\b|\bor\b)\s*\(?[A-Z]\b")
+# A completion cut off mid-expression ("... 7 * 3 =", "then 7*"): its last number is not its answer.
+_UNFINISHED = re.compile(r"(?:[-+*/×÷^=(,]|\\times|\\cdot|\\div)\s*$")
+# Captured answer text is cut to this many characters before cleaning: cleaning stays linear, and no
+# answer is this long (numbers and formulas over MAX_ANSWER_CHARS are not parsed anyway).
+_MAX_CAPTURE_CHARS = 2000
 
 
 def strip_reasoning(completion: str) -> str | None:
-    """The completion without its reasoning blocks, or None when it ends inside an unclosed one."""
-    closes = list(_CLOSE_TAG.finditer(completion))
-    opens = list(_OPEN_TAG.finditer(completion))
-    if closes and (not opens or opens[0].start() > closes[0].start()):
+    """The completion without its reasoning blocks, or None when it ends inside an unclosed one.
+
+    One pass over the tags, so the time is linear in the text (model output can repeat an opening tag
+    thousands of times). A block runs from an opening tag to the next closing tag of the same name.
+    """
+    tags = list(_TAG.finditer(completion))
+    if tags and tags[0].group(1):
         # The template opened the block in the prompt: the answer part follows the first close tag.
-        completion = completion[closes[0].end() :]
-    text = _CLOSED_BLOCK.sub(" ", completion)
-    if _OPEN_TAG.search(text):
+        offset = tags[0].end()
+        completion = completion[offset:]
+        tags = [tag for tag in _TAG.finditer(completion)]
+    pieces, position, inside = [], 0, None
+    for tag in tags:
+        closing, name = bool(tag.group(1)), tag.group(2).lower()
+        if inside is None:
+            pieces.append(completion[position : tag.start()])
+            pieces.append(" ")
+            position = tag.end()
+            if not closing:
+                inside = name
+        elif closing and name == inside:
+            inside, position = None, tag.end()
+    if inside is not None:
         return None
-    return _CLOSE_TAG.sub(" ", text)
+    pieces.append(completion[position:])
+    return "".join(pieces)
 
 
 def last_boxed(text: str) -> str | None:
-    """Content of the last \\boxed{...}, with nested braces balanced; None when absent or unbalanced."""
-    found = None
-    for match in _BOXED.finditer(text):
-        depth, start = 1, match.end()
-        for position in range(start, len(text)):
-            if text[position] == "{":
-                depth += 1
-            elif text[position] == "}":
-                depth -= 1
-                if depth == 0:
-                    found = text[start:position]
-                    break
+    """Content of the last \\boxed{...} whose braces balance (nested braces allowed); None when there is none.
+
+    One pass with a stack of open braces, so the time is linear in the text even for thousands of
+    unclosed \\boxed{ (where scanning to the end from each one would be quadratic).
+    """
+    boxed_starts = {match.end() - 1 for match in _BOXED.finditer(text)}  # positions of the boxes' "{"
+    if not boxed_starts:
+        return None
+    stack: list[int] = []
+    found_start, found = -1, None
+    for position, char in enumerate(text):
+        if char == "{":
+            stack.append(position)
+        elif char == "}" and stack:
+            start = stack.pop()
+            if start in boxed_starts and start > found_start:
+                found_start, found = start, text[start + 1 : position]
     return found
+
+
+def _states_one_answer(answer: str, answer_type: str, choices: Sequence[str] | None) -> bool:
+    """False for an answer statement that hedges, negates, or names two answers where one is expected."""
+    if _HEDGE.match(answer):
+        return False
+    if answer_type in ("number", "boolean") and _TWO_ANSWERS.search(answer):
+        return False
+    if answer_type == "choice" or choices:
+        if choices and any(normalize_text(answer) == normalize_text(choice) for choice in choices):
+            return True
+        return not _TWO_LETTERS.search(answer)
+    return True
 
 
 def clean_answer(text: str) -> str:
     """Remove the wrapping a model puts around a final answer: \\boxed{}, $…$, **bold**, a last period."""
-    text = text.strip()
+    text = text[:_MAX_CAPTURE_CHARS].strip()
     boxed = last_boxed(text)
     if boxed is not None:
         text = boxed
@@ -128,6 +180,31 @@ def clean_answer(text: str) -> str:
     return text.strip().strip('"“”\'‘’').strip()
 
 
+def _last_statement(text: str) -> str | None:
+    """What follows the last "the answer is" up to the end of its line (None when absent or empty)."""
+    last = None
+    for last in _ANSWER_IS.finditer(text):
+        pass
+    if last is None:
+        return None
+    end = text.find("\n", last.end())
+    rest = text[last.end() : end if end >= 0 else len(text)]
+    return rest if rest.strip() else None
+
+
+def _last_line_choice(text: str, choices: Sequence[str]) -> str | None:
+    """A final line that is only a choice's letter ("B", "**B**", "(B)") or only a choice's text."""
+    lines = [line for line in text[-_MAX_CAPTURE_CHARS:].splitlines() if line.strip()]
+    if not lines:
+        return None
+    line = clean_answer(lines[-1])
+    letter = _BARE_LETTER.fullmatch(line)
+    if letter and LETTERS.index(letter.group(1)) < len(choices):
+        return letter.group(1)
+    wanted = normalize_text(line)
+    return line if wanted and any(normalize_text(choice) == wanted for choice in choices) else None
+
+
 def extract_answer(
     completion: str,
     *,
@@ -135,14 +212,16 @@ def extract_answer(
     choices: Sequence[str] | None = None,
     fallback: bool = True,
 ) -> str | None:
-    """The final answer stated in a completion, following the documented rule order; None if there is none."""
+    """The final answer stated in a completion, following the documented rule order; None if there is none.
+
+    Within a rule the last statement wins, also when two share a line ("I thought the answer is 5.
+    Actually, the answer is 6."). A statement that hedges or negates ("not 6", "between 5 and 6",
+    "yes and no") states no answer.
+    """
     text = strip_reasoning(completion)
     if text is None:
         return None
-    found: str | None = None
-    answer_is = _ANSWER_IS.findall(text)
-    if answer_is and answer_is[-1].strip():
-        found = answer_is[-1]
+    found = _last_statement(text)
     if found is None:
         found = last_boxed(text)
     if found is None:
@@ -155,16 +234,24 @@ def extract_answer(
             found = colon[-1]
     if found is not None:
         cleaned = clean_answer(found)
-        return cleaned or None
+        if not cleaned or not _states_one_answer(cleaned, answer_type, choices):
+            return None
+        return cleaned
     if not fallback:
         return None
     if answer_type == "choice" or (answer_type == "auto" and choices):
+        if choices:
+            line = _last_line_choice(text, choices)
+            if line is not None:
+                return line
         letters = [letter for letter in _CHOICE_FALLBACK.findall(text) if not choices or LETTERS.index(letter) < len(choices)]
         return letters[-1] if letters else None
     if answer_type == "boolean":
         words = _BOOLEAN_WORD.findall(text)
         return words[-1].lower() if words else None
     if answer_type in ("number", "math", "auto"):
+        if _UNFINISHED.search(text):
+            return None
         numbers = _NUMBER.findall(text)
         return numbers[-1] if numbers else None
     return None
@@ -178,6 +265,35 @@ _DECIMAL = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
 _THOUSANDS = re.compile(r"[+-]?\d{1,3}(?:,\d{3})+(?:\.\d*)?")
 _FRAC = re.compile(r"^(-?)\\[dt]?frac\{([^{}]+)\}\{([^{}]+)\}$")
 _TIMES_TEN = re.compile(r"^(.+?)\s*(?:\\times|\\cdot|×|\*|x)\s*10\s*\^\s*\{?\s*([+-]?\d+)\s*\}?$")
+
+
+_UNITS = ("zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
+          "seventeen eighteen nineteen").split()
+_TENS = "twenty thirty forty fifty sixty seventy eighty ninety".split()
+_NUMBER_WORDS = {word: value for value, word in enumerate(_UNITS)} | {word: 20 + 10 * i for i, word in enumerate(_TENS)}
+_SCALES = {"hundred": 100, "thousand": 1000, "million": 10**6, "billion": 10**9}
+
+
+def _number_word_value(text: str) -> int | None:
+    """The value of a number written in English words ("nine", "twenty-one", "two hundred and five"), else None."""
+    words = re.sub(r"[-,]", " ", text.strip().lower().rstrip(".")).split()
+    if not words or len(words) > 12 or not all(w in _NUMBER_WORDS or w in _SCALES or w in ("and", "a", "minus") for w in words):
+        return None
+    sign = -1 if words[0] == "minus" else 1
+    words = words[1:] if sign < 0 else words
+    if not words or words[0] == "and" or not any(w in _NUMBER_WORDS for w in words):
+        return None  # "hundred", "a" and "and" alone are not numbers
+    total, current = 0, 0
+    for word in words:
+        if word in _NUMBER_WORDS:
+            current += _NUMBER_WORDS[word]
+        elif word == "a":
+            current += 1
+        elif word == "hundred":
+            current = max(current, 1) * 100
+        elif word in _SCALES:
+            total, current = total + max(current, 1) * _SCALES[word], 0
+    return sign * (total + current)
 
 
 def _strip_number_decorations(text: str) -> str:
@@ -194,10 +310,14 @@ def _strip_number_decorations(text: str) -> str:
 def parse_number(text: str) -> Fraction | None:
     """The exact rational value of a written number, or None when the text is not just a number.
 
-    Accepts "1,234.50", "$5", "12%", "−3", "1e-3", "3/4", "\\frac{3}{4}", "-\\dfrac{1}{2}", "2.5 \\times 10^{3}".
+    Accepts "1,234.50", "$5", "12%", "−3", "1e-3", "3/4", "\\frac{3}{4}", "-\\dfrac{1}{2}", "2.5 \\times 10^{3}",
+    and numbers in words ("nine", "twenty-one"), as BIG-bench writes some golds.
     """
     if len(text) > MAX_ANSWER_CHARS:
         return None
+    word_value = _number_word_value(text)
+    if word_value is not None:
+        return Fraction(word_value)
     text = _strip_number_decorations(text)
     if not text:
         return None
@@ -252,9 +372,10 @@ def normalize_boolean(text: str) -> str | None:
     words = normalize_text(text, drop_articles=False).split()
     if not words:
         return None
-    if words[0] in ("yes", "true", "correct", "y"):
+    # A lone "y" or "n" is an answer; "n/a" (read as "n a") is not "no".
+    if words[0] in ("yes", "true", "correct") or words == ["y"]:
         return "true"
-    if words[0] in ("no", "false", "incorrect", "n"):
+    if words[0] in ("no", "false", "incorrect") or words == ["n"]:
         return "false"
     return None
 
