@@ -7,6 +7,7 @@ import json
 import pytest
 
 from tutorlm.config import TaskConfig
+from tutorlm.errors import TutorlmError
 from tutorlm.run import RunDir, atomic_write_text
 
 
@@ -61,5 +62,5 @@ def test_atomic_write_leaves_no_temporary_files(tmp_path):
 def test_corrupt_manifest_is_a_clear_error(tmp_path):
     run = RunDir(tmp_path)
     run.manifest_path.write_text("{not json")
-    with pytest.raises(ValueError, match="manifest.json: not valid JSON"):
+    with pytest.raises(TutorlmError, match="manifest.json: not valid JSON"):
         run.manifest()

@@ -27,6 +27,7 @@ from rich.table import Table
 
 from tutorlm import __version__
 from tutorlm.config import ConfigError, TaskConfig, describe_fields, load_recipe, parse_override_args
+from tutorlm.errors import TutorlmError
 from tutorlm.run import atomic_write_text
 
 console = Console()
@@ -221,12 +222,7 @@ def cmd_run(args: argparse.Namespace, extra: list[str]) -> int:
     if args.dry_run:
         dry_run(recipe, console=console)
         return 0
-    try:
-        run_pipeline(recipe, force=set(args.force or []), console=error_console)
-    except ValueError as error:
-        if "--force" in str(error):
-            raise ConfigError(f"command line: {error}") from None
-        raise
+    run_pipeline(recipe, force=set(args.force or []), console=error_console)
     return 0
 
 
@@ -464,21 +460,16 @@ def split_settings(argv: list[str]) -> tuple[list[str], list[str]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from tutorlm.backends import FatalBackendError
-    from tutorlm.generate import GenerationIncomplete
-    from tutorlm.models import ModelError
-    from tutorlm.tasks import DataError
-
     plain, settings = split_settings(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(plain)
     try:
         return args.handler(args, settings)
-    except (ConfigError, DataError, ModelError, FileNotFoundError) as error:
+    except TutorlmError as error:
+        error_console.print(f"[red]error:[/red] {error}", highlight=False, soft_wrap=True)
+        return error.exit_code
+    except FileNotFoundError as error:
         error_console.print(f"[red]error:[/red] {error}", highlight=False, soft_wrap=True)
         return 2
-    except (FatalBackendError, GenerationIncomplete) as error:
-        error_console.print(f"[red]error:[/red] {error}", highlight=False, soft_wrap=True)
-        return 1
     except KeyboardInterrupt:
         error_console.print("interrupted")
         return 130

@@ -31,9 +31,9 @@ from typing import Any, Literal
 
 import yaml
 
+from tutorlm.errors import ConfigError
 
-class ConfigError(ValueError):
-    """A recipe or flag that does not fit the config; the message names the key and its source."""
+__all__ = ["ConfigError"]  # re-exported: callers import it from here too
 
 
 def option(default: Any, help: str) -> Any:

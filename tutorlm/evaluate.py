@@ -36,6 +36,7 @@ from tutorlm import metrics, verify
 from tutorlm.backends import Completion, Request, Sampling, make_backend
 from tutorlm.cache import Cache, default_cache_path, run_cached
 from tutorlm.config import Recipe, TeacherConfig, to_dict
+from tutorlm.errors import GenerationIncomplete
 from tutorlm.run import RunDir, atomic_write_text
 from tutorlm.tasks import DataError, Example, Task, load_task
 
@@ -120,7 +121,7 @@ def evaluate_one(task: Task, examples: list[Example], label: str, config: Teache
     results = {(request.example_id, request.sample_index): by_key[key] for key, request in zip(keys, requests)}
     failures = [result for result in results.values() if isinstance(result, Exception)]
     if failures:
-        raise DataError(f"eval {label}: {len(failures)} of {len(requests)} generations failed (first: {failures[0]}); run again to retry")
+        raise GenerationIncomplete(f"eval {label}: {len(failures)} of {len(requests)} generations failed (first: {failures[0]}); run again to retry")
     rows = []
     for example in examples:
         answer_type = task.answer_type_of(example)

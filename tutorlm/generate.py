@@ -32,15 +32,12 @@ from rich.table import Table
 from tutorlm.backends import Completion, FatalBackendError, Request, Sampling, make_backend
 from tutorlm.cache import Cache, default_cache_path, run_cached
 from tutorlm.config import GenerateConfig, Recipe, to_dict
+from tutorlm.errors import GenerationIncomplete
 from tutorlm.run import RunDir, atomic_write_text
 from tutorlm.tasks import DataError, Example, Task, build_prompt, format_question, load_task
 
 TRACES = "traces.jsonl"
 FAILURES = "generate_failures.jsonl"
-
-
-class GenerationIncomplete(RuntimeError):
-    """Some calls failed after all retries; they are listed in generate_failures.jsonl."""
 
 
 @dataclass

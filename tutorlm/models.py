@@ -14,9 +14,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-
-class ModelError(ValueError):
-    """A model spec that cannot be loaded; the message says why and what to do."""
+from tutorlm.errors import ModelError
 
 
 def packaged_gguf(distribution: str) -> Path | None:

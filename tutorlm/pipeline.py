@@ -23,7 +23,7 @@ from rich.console import Console
 from rich.table import Table
 
 from tutorlm.cache import Cache, cache_key, default_cache_path
-from tutorlm.config import Recipe
+from tutorlm.config import ConfigError, Recipe
 from tutorlm.curate import CURATED, curate, curate_stage_config
 from tutorlm.evaluate import evaluate, print_table
 from tutorlm.generate import TRACES, generate, generate_stage_config, plan, sampling_of
@@ -54,7 +54,7 @@ def run_pipeline(recipe: Recipe, *, force: set[str] = frozenset(), console: Cons
     console = console or Console(stderr=True)
     unknown = set(force) - set(STAGES) - {"all"}
     if unknown:
-        raise ValueError(f"--force takes stage names ({', '.join(STAGES)} or all), not {', '.join(sorted(unknown))}")
+        raise ConfigError(f"command line: --force takes stage names ({', '.join(STAGES)} or all), not {', '.join(sorted(unknown))}")
     # Forcing a stage redoes every stage after it: their inputs change anyway.
     first = min((STAGES.index(stage) for stage in force if stage in STAGES), default=0 if "all" in force else len(STAGES))
     forced = set(STAGES[first:])

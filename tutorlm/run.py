@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from tutorlm.config import config_hash, to_dict
+from tutorlm.errors import RunDirError
 
 MANIFEST = "manifest.json"
 _PACKAGES = ("tutorlm", "torch", "transformers", "tokenizers", "peft", "accelerate", "math-verify", "datasets")
@@ -89,7 +90,7 @@ class RunDir:
         try:
             return json.loads(self.manifest_path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as error:
-            raise ValueError(f"{self.manifest_path}: not valid JSON ({error}); move it away to start the run afresh") from None
+            raise RunDirError(f"{self.manifest_path}: not valid JSON ({error}); move it away to start the run afresh") from None
 
     def _write_manifest(self, manifest: dict[str, Any]) -> None:
         atomic_write_text(self.manifest_path, json.dumps(manifest, indent=2, sort_keys=True) + "\n")

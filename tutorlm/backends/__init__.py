@@ -17,9 +17,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
+from tutorlm.errors import ConfigError, FatalBackendError
 
-class FatalBackendError(RuntimeError):
-    """An error no retry can fix (authentication, unknown model): the run stops at once."""
+__all__ = ["FatalBackendError"]  # re-exported for the backends
 
 
 class RequestFailed(RuntimeError):
@@ -95,6 +95,8 @@ def make_backend(config: Any, task: Any = None) -> Backend:
         from tutorlm.backends.hf import HFBackend
 
         return HFBackend(config)
-    from tutorlm.backends.reference import ReferenceBackend
+    if config.backend == "reference":
+        from tutorlm.backends.reference import ReferenceBackend
 
-    return ReferenceBackend(task)
+        return ReferenceBackend(task)
+    raise ConfigError(f"unknown backend {config.backend!r}: choose openai, hf or reference")

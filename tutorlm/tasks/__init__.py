@@ -65,7 +65,7 @@ def load_task(config: TaskConfig) -> Task:
 
         def load_generated(split: str, n: int | None, seed: int) -> list[Example]:
             if n is None:
-                raise ValueError(f"built-in task {name!r} generates examples on demand: say how many (n)")
+                raise DataError(f"built-in task {name!r} generates examples on demand: say how many (n)")
             return sample_split(name, generator.draw, split=split, n=n, seed=config.seed + seed)
 
         return Task(name, generator.answer_type, load_generated, fallback=config.fallback,

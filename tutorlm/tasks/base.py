@@ -14,16 +14,13 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Sequence
 
 from tutorlm import verify
+from tutorlm.errors import ConfigError, DataError
 
 SPLITS = ("train", "validation", "test")
 # Buckets out of 100, by hash of the question: test 0-9, validation 10-19, train 20-99.
 _SPLIT_BUCKETS = {"test": range(0, 10), "validation": range(10, 20), "train": range(20, 100)}
 
 ANSWER_LINE = "The answer is"
-
-
-class DataError(ValueError):
-    """Bad task data or settings; the message names the file, line or key."""
 
 
 @dataclass
@@ -137,7 +134,7 @@ def build_prompt(
         messages.append({"role": "system", "content": system_prompt})
     for shot in few_shot:
         if not shot.rationale:
-            raise ValueError(f"few-shot example {shot.id} has no rationale to show")
+            raise DataError(f"few-shot example {shot.id} has no rationale to show")
         messages.append({"role": "user", "content": f"{format_question(shot)}\n\n{instruction}"})
         messages.append({"role": "assistant", "content": shot.rationale})
     messages.append({"role": "user", "content": f"{format_question(example)}\n\n{instruction}"})
@@ -169,7 +166,7 @@ class Task:
         description: str = "",
     ) -> None:
         if answer_type not in verify.ANSWER_TYPES:
-            raise ValueError(f"unknown answer type {answer_type!r}; choose one of {', '.join(verify.ANSWER_TYPES)}")
+            raise ConfigError(f"unknown answer type {answer_type!r}; choose one of {', '.join(verify.ANSWER_TYPES)}")
         self.name = name
         self.answer_type = answer_type
         self.fallback = fallback

@@ -34,11 +34,9 @@ import torch
 import torch.nn.functional as F
 from accelerate.utils import extract_model_from_parallel
 
+from tutorlm.errors import PreflightError
+
 IGNORE = -100
-
-
-class PreflightError(ValueError):
-    """A student/data combination that cannot be trained as configured; the message says what to change."""
 
 
 @dataclass
