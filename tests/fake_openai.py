@@ -39,7 +39,9 @@ class FakeOpenAI:
         slow_s: float = 1.5,
         fault_for: Callable[[str, int], str | None] = lambda key, attempt: None,
         reply: Callable[[list[dict]], str] = default_reply,
+        html_models: bool = False,
     ) -> None:
+        self.html_models = html_models  # GET /models answers with a web page, as a web UI at that address would
         self.model, self.api_key, self.delay_s, self.slow_s = model, api_key, delay_s, slow_s
         self.fault_for, self.reply = fault_for, reply
         self.attempts: Counter[str] = Counter()
@@ -92,8 +94,18 @@ class FakeOpenAI:
                 self._send(401, b'{"error": {"message": "invalid api key"}}')
                 return False
 
+            def _send_html(self) -> None:
+                body = b"<!DOCTYPE html><html><head><title>Sign in</title></head><body>web UI</body></html>"
+                self.send_response(200)
+                self.send_header("Content-Type", "text/html; charset=utf-8")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
             def do_GET(self) -> None:
-                if self._authorized():
+                if fake.html_models:
+                    self._send_html()
+                elif self._authorized():
                     self._send(200, json.dumps({"object": "list", "data": [{"id": fake.model}]}).encode())
 
             def do_POST(self) -> None:
@@ -124,6 +136,14 @@ class FakeOpenAI:
                     return
                 if fault == "malformed":
                     self._send(200, b'{"choices": [ {"message": ')
+                    return
+                if fault == "html":
+                    self._send_html()
+                    return
+                if fault in ("empty", "null"):
+                    message = {"role": "assistant", "content": "" if fault == "empty" else None}
+                    self._send(200, json.dumps({"choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
+                                                "usage": {"prompt_tokens": 5, "completion_tokens": 0}}).encode())
                     return
                 if fault == "400":
                     self._send(400, b'{"error": {"message": "prompt too long"}}')

@@ -97,3 +97,46 @@ def test_scientific_notation_for_number_fields(tmp_path):
     assert recipe.train.lr == 1e-4 and recipe.teacher.timeout_s == 30.0
     with pytest.raises(ConfigError, match=r"train\.lr must be a number or null, got 'fast'"):
         load_recipe(None, parse_override_args(["--train.lr", "fast"]))
+
+
+@pytest.mark.parametrize(
+    ("args", "field", "expected"),
+    [(["--eval.models", "[base, student]"], "eval.models", ["base", "student"]),
+     (["--eval.models", "base"], "eval.models", ["base"]),
+     (["--eval.models", "base,student"], "eval.models", ["base", "student"]),
+     (["--generate.stop", '["\\n\\n", "Question:"]'], "generate.stop", ["\n\n", "Question:"]),
+     (["--train.lora_target_modules", "[q_proj, v_proj]"], "train.lora_target_modules", ["q_proj", "v_proj"]),
+     (["--train.lora_target_modules", "all-linear"], "train.lora_target_modules", "all-linear"),
+     (["--teacher.base_url", "[http://a:8000/v1, http://b:8000/v1]"], "teacher.base_url", ["http://a:8000/v1", "http://b:8000/v1"]),
+     (["--teacher.base_url", "http://a:8000/v1"], "teacher.base_url", "http://a:8000/v1"),
+     (["--teacher.model", "null"], "teacher.model", None),
+     (["--task.splits", "{test: t.jsonl}"], "task.splits", {"test": "t.jsonl"})],
+)
+def test_every_field_type_reads_from_the_command_line(args, field, expected):
+    section, name = field.split(".")
+    recipe = load_recipe(None, parse_override_args(args))
+    assert getattr(getattr(recipe, section), name) == expected
+
+
+def test_a_new_task_source_drops_the_old_tasks_options(tmp_path):
+    path = write(tmp_path, "task:\n  source: coin_flip\n  options: {num_people: 4}\n")
+    recipe = load_recipe(path, parse_override_args(["--task.source", "last_letters"]))
+    assert recipe.task.source == "last_letters" and recipe.task.options == {}
+    recipe = load_recipe(path, parse_override_args(["--task.source", "last_letters", "--task.options.num_words", "3"]))
+    assert recipe.task.options == {"num_words": 3}
+    recipe = load_recipe(path, parse_override_args(["--task.source", "coin_flip"]))  # the same task keeps them
+    assert recipe.task.options == {"num_people": 4}
+    # and the README's own example builds its task
+    from tutorlm.pipeline import default_recipe_path
+    from tutorlm.tasks import load_task
+
+    task = load_task(load_recipe(default_recipe_path(), parse_override_args(["--task.source", "last_letters"])).task)
+    assert task.name == "last_letters" and task.examples("test", 2)
+
+
+def test_a_mistyped_task_name_says_unknown_task():
+    from tutorlm.tasks import DataError, load_task
+
+    recipe = load_recipe(None, parse_override_args(["--task.source", "coinflip", "--task.options.num_people", "3"]))
+    with pytest.raises(DataError, match=r"unknown task 'coinflip' \(did you mean coin_flip\?\)"):
+        load_task(recipe.task)

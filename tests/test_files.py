@@ -34,7 +34,7 @@ def test_jsonl_rows_are_split_by_question_hash(tmp_path):
     assert task.grade(example, f"The answer is {example.answer}.").correct
 
 
-@pytest.mark.parametrize("kind", ["json", "json_wrapped", "csv", "parquet", "saved_dataset"])
+@pytest.mark.parametrize("kind", ["json", "json_wrapped", "csv", "excel_csv", "parquet", "saved_dataset"])
 def test_other_formats_give_the_same_examples(tmp_path, kind):
     if kind == "json":
         path = tmp_path / "d.json"
@@ -42,9 +42,10 @@ def test_other_formats_give_the_same_examples(tmp_path, kind):
     elif kind == "json_wrapped":
         path = tmp_path / "d.json"
         path.write_text(json.dumps({"version": 1, "data": ROWS}))
-    elif kind == "csv":
+    elif kind in ("csv", "excel_csv"):
+        # Excel's "CSV UTF-8" starts the file with a byte-order mark
         path = tmp_path / "d.csv"
-        with path.open("w", newline="") as handle:
+        with path.open("w", newline="", encoding="utf-8-sig" if kind == "excel_csv" else "utf-8") as handle:
             writer = csv.DictWriter(handle, fieldnames=["question", "answer"])
             writer.writeheader()
             writer.writerows(ROWS)

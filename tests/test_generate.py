@@ -168,6 +168,58 @@ def test_fatal_errors_stop_at_once(tmp_path, monkeypatch, change, message):
     assert manifest["stages"]["generate"]["status"] == "failed"
 
 
+@pytest.mark.parametrize("where", ["models", "completions"])
+def test_a_web_page_instead_of_json_stops_the_run_at_once(tmp_path, where):
+    # A wrong base_url behind a proxy or a web UI answers 200 with HTML: no retry can fix that.
+    fault = (lambda key, attempt: "html") if where == "completions" else (lambda key, attempt: None)
+    with FakeOpenAI(api_key=SECRET, fault_for=fault, html_models=where == "models") as server:
+        started = time.monotonic()
+        with pytest.raises(FatalBackendError, match=r"127\.0\.0\.1:\d+/v1/(models|chat/completions) answered HTTP 200 "
+                                                    r"with something that is not JSON \(text/html"):
+            generate(make_recipe(tmp_path, server.url, limit=16), console=QUIET)
+        assert time.monotonic() - started < 5
+        assert sum(server.attempts.values()) <= 4  # at most the requests already in flight, none retried
+    assert not (tmp_path / "cache.sqlite").exists() or not sqlite3.connect(tmp_path / "cache.sqlite").execute(
+        "SELECT count(*) FROM completions").fetchone()[0]
+
+
+@pytest.mark.parametrize("empty", ["empty", "null"])
+def test_an_empty_completion_is_retried_and_never_cached(tmp_path, empty):
+    with FakeOpenAI(api_key=SECRET, fault_for=lambda key, attempt: empty if attempt == 0 else None) as server:
+        stats = generate(make_recipe(tmp_path, server.url, limit=4), console=QUIET)
+    assert stats["calls_made"] == 4 and stats["retries"] >= 4
+    assert all(row["completion"][0]["content"].strip() for row in read_traces(tmp_path))
+    # Always empty: the calls fail, are reported, and nothing is cached, so a rerun asks again.
+    recipe = make_recipe(tmp_path, "", limit=3, seed=7)
+    with FakeOpenAI(api_key=SECRET, fault_for=lambda key, attempt: empty) as server:
+        recipe.teacher.base_url = server.url
+        with pytest.raises(GenerationIncomplete, match="empty completion"):
+            generate(recipe, console=QUIET)
+    cached = sqlite3.connect(tmp_path / "cache.sqlite").execute("SELECT count(*) FROM completions").fetchone()[0]
+    assert cached == 4  # the first run's four, none of the second's
+    failures = (tmp_path / "run" / FAILURES).read_text().splitlines()
+    assert len(failures) == 3 and "empty completion" in failures[0]
+
+
+def test_a_second_generate_on_the_same_run_directory_is_refused(tmp_path):
+    import threading
+
+    from tutorlm.errors import RunDirError
+
+    with FakeOpenAI(api_key=SECRET, delay_s=0.3) as server:
+        recipe = make_recipe(tmp_path, server.url, limit=8)
+        first = threading.Thread(target=generate, args=(recipe,), kwargs={"console": QUIET})
+        first.start()
+        while not server.bodies:  # the first run is paying for calls
+            time.sleep(0.01)
+        with pytest.raises(RunDirError, match=r"tutorlm generate \(pid \d+\) is working in this run directory"):
+            generate(recipe, console=QUIET)
+        first.join()
+        assert server.total_served == 8  # every call paid for once
+        stats = generate(recipe, console=QUIET)  # once the first is done, the directory is free again
+    assert stats == json.loads((tmp_path / "run" / "manifest.json").read_text())["stages"]["generate"]["stats"]
+
+
 def test_api_key_never_reaches_disk(tmp_path):
     with FakeOpenAI(api_key=SECRET) as server:
         generate(make_recipe(tmp_path, server.url, top_logprobs=2), console=QUIET)

@@ -77,13 +77,20 @@ def cmd_tasks_list(args: argparse.Namespace, extra: list[str]) -> int:
     return 0
 
 
+def _task_recipe(args: argparse.Namespace, extra: list[str]) -> Any:
+    """The recipe for `tasks show/export`: the task named as an argument, or by --task.source, or by --recipe."""
+    if args.name is None and args.recipe is None and not any(arg.split("=", 1)[0] == "--task.source" for arg in extra):
+        raise ConfigError("command line: name a task (tutorlm tasks show last_letters), or give --task.source or --recipe")
+    return _recipe_from(args, extra, args.name)
+
+
 def cmd_tasks_show(args: argparse.Namespace, extra: list[str]) -> int:
     from rich.markup import escape
     from rich.panel import Panel
 
     from tutorlm.tasks import format_question, load_task
 
-    recipe = _recipe_from(args, extra, args.name)
+    recipe = _task_recipe(args, extra)
     task = load_task(recipe.task)
     examples = task.examples(args.split, args.n, args.seed)
     for example in examples:
@@ -99,7 +106,7 @@ def cmd_tasks_show(args: argparse.Namespace, extra: list[str]) -> int:
 def cmd_tasks_export(args: argparse.Namespace, extra: list[str]) -> int:
     from tutorlm.tasks import load_task
 
-    recipe = _recipe_from(args, extra, args.name)
+    recipe = _task_recipe(args, extra)
     task = load_task(recipe.task)
     examples = task.examples(args.split, args.n, args.seed)
     out = Path(args.out)
@@ -147,7 +154,7 @@ def cmd_generate(args: argparse.Namespace, extra: list[str]) -> int:
 
     if _other_process("generate"):
         return 0
-    recipe = _recipe_from(args, _apply_run_flags(args, extra))
+    recipe = _recipe_from(args, _apply_run_flags(args, extra), from_run=True)
     generate(recipe, force=args.force, console=error_console)
     return 0
 
@@ -338,7 +345,8 @@ def build_parser() -> argparse.ArgumentParser:
         ("export", cmd_tasks_export, "write examples of a split to a JSONL file"),
     ):
         sub = task_commands.add_parser(action, help=help_text, description=help_text, epilog=epilog, formatter_class=formatter)
-        sub.add_argument("name", help="built-in task name, or a data file / dataset directory / hf:ORG/NAME")
+        sub.add_argument("name", nargs="?", help="built-in task name, or a data file / dataset directory / hf:ORG/NAME "
+                                                 "(or give --task.source)")
         sub.add_argument("--split", default="test", choices=["train", "validation", "test"], help="which split (default: test)")
         sub.add_argument("--n", type=int, default=3 if action == "show" else None, help="how many examples")
         sub.add_argument("--seed", type=int, default=0, help="extra seed added to task.seed (default: 0)")

@@ -401,11 +401,15 @@ def _read_text_value(text: str, expected: Any) -> Any:
     """A command-line string read as the field's type would be written in YAML."""
     if expected is str or (typing.get_origin(expected) is Literal and all(isinstance(a, str) for a in typing.get_args(expected))):
         return text
-    args = [arg for arg in typing.get_args(expected) if arg is not type(None)]
-    if type(None) in typing.get_args(expected) and text.lower() in ("none", "null", "~"):
-        return None
-    if len(args) == 1 and args[0] is str:
-        return text
+    if typing.get_origin(expected) in (typing.Union, types.UnionType):  # `str | None`: text unless it says null
+        args = [arg for arg in typing.get_args(expected) if arg is not type(None)]
+        if type(None) in typing.get_args(expected) and text.lower() in ("none", "null", "~"):
+            return None
+        if args == [str]:
+            return text
+    if typing.get_origin(expected) is list and not text.lstrip().startswith("["):
+        # `--eval.models base` or `--eval.models base,student`: a bare word or a comma list is a list
+        return [item.strip() for item in text.split(",") if item.strip()]
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError:
@@ -443,6 +447,18 @@ def apply_overrides(data: dict[str, Any], overrides: list[tuple[str, str]], cls:
     return data
 
 
+def _drop_options_of_another_task(data: dict[str, Any], overrides: list[tuple[str, str]]) -> None:
+    """A command line that names another task.source drops the recipe's task.options: they belong to the old task.
+
+    `tutorlm run --task.source last_letters` on the default recipe (coin_flip, {num_people: 4}) must not
+    hand num_people to last_letters. Options given on the command line are applied after this.
+    """
+    task = data.get("task")
+    sources = [value for key, value in overrides if key == "task.source"]
+    if isinstance(task, dict) and sources and sources[-1] != task.get("source"):
+        task.pop("options", None)
+
+
 def load_recipe(
     path: str | Path | None = None, overrides: list[tuple[str, str]] = (), cls: type = Recipe,
     base: dict[str, Any] | None = None, base_name: str = "",
@@ -462,6 +478,7 @@ def load_recipe(
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: a recipe must be a mapping of stage sections, got {type(data).__name__}")
     if overrides:
+        _drop_options_of_another_task(data, overrides)
         data = apply_overrides(data, list(overrides), cls)
         where = f"{where} + command line" if path is not None else where
     return from_dict(cls, data, where)

@@ -35,7 +35,7 @@ from rich.table import Table
 from tutorlm import metrics, verify
 from tutorlm.backends import Completion, Request, Sampling, make_backend
 from tutorlm.cache import Cache, default_cache_path, run_cached
-from tutorlm.config import Recipe, TeacherConfig, to_dict
+from tutorlm.config import ConfigError, Recipe, TeacherConfig, to_dict
 from tutorlm.errors import GenerationIncomplete
 from tutorlm.run import RunDir, atomic_write_text
 from tutorlm.tasks import DataError, Example, Task, load_task
@@ -68,6 +68,28 @@ def resolve_spec(spec: str, recipe: Recipe) -> tuple[str, TeacherConfig]:
     if label is None:
         label = spec if spec in ("base", "student", "teacher", "reference") else Path(spec.split(":", 1)[-1]).name or spec
     return re.sub(r"[^A-Za-z0-9._-]+", "_", label), config
+
+
+def resolve_specs(specs: list[str], recipe: Recipe) -> list[tuple[str, str, TeacherConfig]]:
+    """(spec, label, config) for each spec, with unique labels: two local paths that end alike ("runs/a/student",
+    "runs/b/student") are labelled by more of their path ("a_student", "b_student"); a clash that remains is an
+    error asking for LABEL=SPEC, since one model's results would overwrite the other's."""
+    resolved = [(spec, *resolve_spec(spec, recipe)) for spec in specs]
+    derived = [label for _, label, _ in resolved]
+    labels = list(derived)
+    for index, (spec, label, config) in enumerate(resolved):
+        explicit = "=" in spec and not spec.startswith(("/", "."))
+        if derived.count(label) > 1 and not explicit and config.backend == "hf" and spec == config.model:
+            parts = Path(spec).parts[-2:]
+            labels[index] = re.sub(r"[^A-Za-z0-9._-]+", "_", "_".join(part.strip("./") or "_" for part in parts))
+    for label in labels:
+        if labels.count(label) > 1:
+            clashing = [spec for spec, other in zip(specs, labels) if other == label]
+            raise ConfigError(
+                f"command line: models {', '.join(clashing)} would share the label {label!r} and overwrite each "
+                f"other's results; name them with LABEL=SPEC (e.g. --model a={clashing[0]})"
+            )
+    return [(spec, label, config) for (spec, _, config), label in zip(resolved, labels)]
 
 
 def summarize(rows: list[dict[str, Any]], n: int) -> dict[str, Any]:
@@ -146,16 +168,21 @@ def evaluate(recipe: Recipe, specs: list[str], *, force: bool = False, console: 
     """Evaluate each model spec on the recipe's task and eval split; returns summaries by label.
 
     `table=False` leaves the results table to the caller (`tutorlm run` prints it under its result).
+    A second process on the same run directory is refused while this one runs (`RunDir.lock`).
     """
-    console = console or Console(stderr=True)
     run = RunDir(recipe.run.path)
+    with run.lock("eval"):
+        return _evaluate(recipe, specs, run, force, console or Console(stderr=True), table)
+
+
+def _evaluate(recipe: Recipe, specs: list[str], run: RunDir, force: bool, console: Console,
+              table: bool) -> dict[str, dict[str, Any]]:
     task = load_task(recipe.task)
     examples = task.examples(recipe.eval.split, recipe.eval.limit)
     summary_path = run.path / EVAL_DIR / SUMMARY
     summaries: dict[str, dict[str, Any]] = json.loads(summary_path.read_text()) if summary_path.exists() else {}
     labels = []
-    for spec in specs:
-        label, config = resolve_spec(spec, recipe)
+    for spec, label, config in resolve_specs(specs, recipe):
         labels.append(label)
         inputs = {}
         if config.backend == "hf" and Path(config.model or "").is_dir():

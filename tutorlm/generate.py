@@ -118,9 +118,16 @@ def _trace_row(example: Example, request: Request, completion: Completion, plan_
 
 
 def generate(recipe: Recipe, *, force: bool = False, console: Console | None = None) -> dict[str, Any]:
-    """Run the generate stage for a recipe; returns the stats recorded in the manifest."""
-    console = console or Console(stderr=True)
+    """Run the generate stage for a recipe; returns the stats recorded in the manifest.
+
+    A second process on the same run directory is refused while this one runs (`RunDir.lock`).
+    """
     run = RunDir(recipe.run.path)
+    with run.lock("generate"):
+        return _generate(recipe, run, force, console or Console(stderr=True))
+
+
+def _generate(recipe: Recipe, run: RunDir, force: bool, console: Console) -> dict[str, Any]:
     stage_config = generate_stage_config(recipe)
     if not force and run.is_current("generate", stage_config, {}):
         stats = run.stage("generate")["stats"]  # type: ignore[index]

@@ -11,6 +11,7 @@ Every write goes through a temporary file and `os.replace`, so a crash never lea
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import hashlib
 import json
@@ -141,6 +142,31 @@ class RunDir:
             outputs={str(Path(p).relative_to(self.path)): file_hash(Path(p)) for p in result["outputs"]},
         )
         self._update(name, record)
+
+    @contextmanager
+    def lock(self, what: str) -> Iterator[None]:
+        """Hold the run directory for a stage that pays for calls (generate, eval): a second process that tries
+        while the first holds it is refused at once, so no call is paid for twice. The lock is the kernel's
+        (flock), so it is released when the holder exits, even after kill -9."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        handle = (self.path / ".lock").open("a+")
+        try:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.seek(0)
+                holder = handle.read().strip() or "another process"
+                raise RunDirError(
+                    f"{self.path}: {holder} is working in this run directory; wait for it to finish (or stop it) "
+                    f"before running {what} here"
+                ) from None
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"tutorlm {what} (pid {os.getpid()})")
+            handle.flush()
+            yield
+        finally:
+            handle.close()
 
     def _update(self, name: str, record: dict[str, Any]) -> None:
         manifest = self.manifest()

@@ -2,9 +2,10 @@
 
 - Async (httpx) with at most `max_concurrency` requests in flight per endpoint; several endpoints
   serving one model share the load (each request goes to the endpoint with the fewest in flight).
-- Retries with exponential backoff and jitter on 429, 408, 5xx, timeouts, dropped connections and
-  malformed replies, honouring `Retry-After`. 401/403 and "model not found" stop the run at once.
-  Other 4xx replies (e.g. a prompt longer than the context) fail that request only.
+- Retries with exponential backoff and jitter on 429, 408, 5xx, timeouts, dropped connections,
+  malformed replies and empty completions (never cached), honouring `Retry-After`. 401/403, "model
+  not found" and a successful reply that is not JSON at all (an HTML page: a wrong address behind a
+  proxy) stop the run at once. Other 4xx replies (e.g. a prompt too long) fail that request only.
 - The API key is read from the environment variable that `api_key_env` names, and exists only in
   the request headers: never in config, manifest, cache, traces or logs.
 - Servers that split reasoning into `reasoning_content` (vLLM and SGLang reasoning parsers,
@@ -145,6 +146,8 @@ class OpenAIBackend:
                 continue  # slow or odd /models: the real requests will tell
             if response.status_code in (401, 403):
                 raise self._fatal_for(response, endpoint)  # type: ignore[misc]
+            if response.status_code == 200:
+                _json_or_fatal(response, f"{endpoint.base_url}/models")
 
     async def _attempt(self, client: httpx.AsyncClient, endpoint: _Endpoint, request: Request, sampling: Sampling) -> Completion:
         started = time.perf_counter()
@@ -158,10 +161,15 @@ class OpenAIBackend:
             raise _Retryable(f"HTTP {response.status_code}", _retry_after_seconds(response.headers.get("retry-after")))
         if response.status_code >= 400:
             raise RequestFailed(f"HTTP {response.status_code} from {endpoint.base_url}: {response.text[:300]}")
+        data = _json_or_fatal(response, f"{endpoint.base_url}/chat/completions")
         try:
-            return parse_chat_completion(response.json(), time.perf_counter() - started)
+            completion = parse_chat_completion(data, time.perf_counter() - started)
         except (ValueError, KeyError, TypeError, IndexError):
             raise _Retryable(f"malformed reply: {response.text[:100]!r}", None) from None
+        if not completion.text.strip():
+            # A passing glitch must not become a permanent cached sample: retried, never cached.
+            raise _Retryable(f"empty completion (finish reason {completion.finish_reason!r})", None)
+        return completion
 
     async def _request(self, client: httpx.AsyncClient, endpoints: list[_Endpoint], request: Request, sampling: Sampling) -> Completion:
         last_error = "no attempt"
@@ -222,6 +230,21 @@ class OpenAIBackend:
 
     def close(self) -> None:
         pass
+
+
+def _json_or_fatal(response: httpx.Response, url: str) -> Any:
+    """The JSON body of a successful reply. A page instead of JSON (HTML from a proxy or a web UI at a wrong
+    address) stops the run at once, since retrying would only wait; JSON cut short is retried."""
+    try:
+        return response.json()
+    except ValueError:
+        kind = response.headers.get("content-type", "no content type")
+        if "json" in kind and not response.text.lstrip().startswith("<"):
+            raise _Retryable(f"malformed reply: {response.text[:100]!r}", None) from None
+        raise FatalBackendError(
+            f"{url} answered HTTP {response.status_code} with something that is not JSON ({kind}): "
+            f"{response.text[:120]!r}. Is teacher.base_url an OpenAI-compatible API (it usually ends in /v1)?"
+        ) from None
 
 
 class _Retryable(Exception):

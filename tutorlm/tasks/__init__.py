@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import typing
 from pathlib import Path
 from typing import Any
@@ -70,15 +71,17 @@ def load_task(config: TaskConfig) -> Task:
 
         return Task(name, generator.answer_type, load_generated, fallback=config.fallback,
                     description=(type(generator).__doc__ or "").strip())
-    if config.options:
-        raise DataError(f"task.options only apply to built-in tasks; {config.source!r} is not one of {', '.join(GENERATORS)}")
     sources = list(config.splits.values()) or [config.source]
     looks_like_data = all(s.startswith("hf:") or Path(s).suffix or Path(s).exists() for s in sources)
     if not looks_like_data:
+        close = difflib.get_close_matches(config.source, list(GENERATORS), n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
         raise DataError(
-            f"unknown task {config.source!r}: not a built-in task ({', '.join(GENERATORS)}), "
+            f"unknown task {config.source!r}{hint}: not a built-in task ({', '.join(GENERATORS)}), "
             "a data file, a saved dataset directory, or hf:ORG/NAME"
         )
+    if config.options:
+        raise DataError(f"task.options only apply to built-in tasks; {config.source!r} is not one of {', '.join(GENERATORS)}")
     first = sources[0]
     name = config.name or (first[3:].replace("/", "_") if first.startswith("hf:") else Path(first).stem)
 

@@ -1,0 +1,78 @@
+"""Command-line behaviours that users hit: task selection, model labels, run settings, errors. In-process."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from tiny import save_tiny_model
+
+from tutorlm.cli import main
+
+
+def test_tasks_show_and_export_take_task_source_like_every_other_command(tmp_path, capsys):
+    data = tmp_path / "my_questions.jsonl"
+    data.write_text("".join(json.dumps({"question": f"What is {i} + {i}?", "answer": str(2 * i)}) + "\n" for i in range(40)))
+    assert main(["tasks", "show", "--task.source", str(data), "--split", "train", "--n", "2"]) == 0
+    assert "What is" in capsys.readouterr().out
+    out = tmp_path / "out.jsonl"
+    assert main(["tasks", "export", "--task.source", "coin_flip", "--n", "3", "--out", str(out)]) == 0
+    assert len(out.read_text().splitlines()) == 3
+    assert main(["tasks", "show"]) == 2
+    assert "name a task" in capsys.readouterr().err
+
+
+def test_run_with_another_task_source_uses_that_tasks_own_settings(tmp_path, capsys):
+    # The README's example: the default recipe (coin_flip, num_people 4) on last_letters.
+    assert main(["run", "--task.source", "last_letters", "--dry-run", "--out", str(tmp_path / "letters")]) == 0
+    assert "plan for" in capsys.readouterr().out
+    assert main(["run", "--task.source", "coinflip", "--dry-run", "--out", str(tmp_path / "x")]) == 2
+    assert "unknown task 'coinflip' (did you mean coin_flip?)" in capsys.readouterr().err
+
+
+def test_eval_of_two_models_with_the_same_directory_name_keeps_both(tmp_path, capsys):
+    for name in ("a", "b"):
+        save_tiny_model(tmp_path / name / "student", seed=ord(name))
+    common = ["--task.source", "coin_flip", "--eval.limit", "3", "--eval.max_tokens", "4", "--out", str(tmp_path / "ev")]
+    assert main(["eval", "--model", str(tmp_path / "a" / "student"), "--model", str(tmp_path / "b" / "student"), *common]) == 0
+    summary = json.loads((tmp_path / "ev" / "eval" / "summary.json").read_text())
+    assert set(summary) == {"a_student", "b_student"}
+    assert summary["a_student"]["model"] != summary["b_student"]["model"]
+    capsys.readouterr()
+    assert main(["eval", "--model", str(tmp_path / "a" / "student"), "--model", str(tmp_path / "a" / "student"), *common]) == 2
+    assert "would share the label" in capsys.readouterr().err
+
+
+def test_eval_models_list_from_the_command_line(tmp_path):
+    save_tiny_model(tmp_path / "m")
+    args = ["eval", "--eval.models", f"[x={tmp_path / 'm'}, y={tmp_path / 'm'}]", "--task.source", "coin_flip",
+            "--eval.limit", "2", "--eval.max_tokens", "4", "--out", str(tmp_path / "ev")]
+    assert main(args) == 0
+    assert set(json.loads((tmp_path / "ev" / "eval" / "summary.json").read_text())) == {"x", "y"}
+
+
+def test_generate_on_an_existing_run_reads_the_runs_settings(tmp_path):
+    run = tmp_path / "run"
+    cache = str(tmp_path / "c.sqlite")
+    assert main(["generate", "--task.source", "arithmetic", "--task.options.digits", "2", "--generate.limit", "4",
+                 "--generate.cache_path", cache, "--out", str(run)]) == 0
+    first = json.loads((run / "manifest.json").read_text())["stages"]["generate"]
+    # Without repeating the settings: the recorded task, teacher and limit, not the package defaults.
+    assert main(["generate", "--out", str(run)]) == 0
+    second = json.loads((run / "manifest.json").read_text())["stages"]["generate"]
+    assert second["config"]["task"] == first["config"]["task"] and second["config"]["generate"]["limit"] == 4
+    assert second["started"] == first["started"]  # nothing changed, so the stage was skipped
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [(["run", "--force", "generate", "--teacher.backend", "nope", "--dry-run"], "teacher.backend must be one of"),
+     (["generate", "--task.source", "deduction", "--task.options.hops", "99"], "task 'deduction': hops must be between"),
+     (["curate", "--out", "{tmp}/never-ran"], "traces.jsonl"),
+     (["train", "--out", "{tmp}/never-ran"], "curated.jsonl")],
+)
+def test_user_mistakes_are_one_line_with_exit_2(tmp_path, capsys, args, message):
+    args = [arg.replace("{tmp}", str(tmp_path)) for arg in args]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and err.startswith("error:")
