@@ -136,11 +136,21 @@ def default_run() -> list[str]:
     if not path.exists():
         return ["(run `python benchmarks/default_recipe.py` to measure)"]
     result = json.loads(path.read_text())
+    budget = result.get("max_tokens")
     lines = [f"Measured on {result['date']} ({result['machine']}): {result['wall_s'] / 60:.1f} minutes from an empty run directory.", "",
-             "| model | accuracy on {} held-out questions | 95% CI |".format(result["questions"]), "| --- | --- | --- |"]
+             "| model | accuracy on {} held-out questions | 95% CI | answers cut off{} |".format(
+                 result["questions"], f" at {budget} tokens" if budget else ""),
+             "| --- | --- | --- | --- |"]
+    truncation = result.get("truncation_rate", {})
     for label, value in result["accuracy"].items():
         low, high = result["accuracy_ci95"][label]
-        lines.append(f"| {label} | {value:.0%} | {low:.0%}–{high:.0%} |")
+        cut = f"{truncation[label]:.0%}" if label in truncation else "–"
+        lines.append(f"| {label} | {value:.0%} | {low:.0%}–{high:.0%} | {cut} |")
+    generous = result.get("base_generous_budget")
+    if generous:
+        low, high = generous["accuracy_ci95"]
+        lines.append(f"| base, {generous['max_tokens']} tokens | {generous['accuracy']:.0%} | {low:.0%}–{high:.0%} "
+                     f"| {generous['truncation_rate']:.0%} |")
     return lines
 
 

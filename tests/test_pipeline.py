@@ -98,6 +98,20 @@ def test_report_has_every_section(tiny_run):
     assert "| base |" in text and "| student |" in text and "| teacher |" in text
     page = (run / "report.html").read_text()
     assert page.count("data:image/png;base64,") == 3 and "<table>" in page and "<h2>Curation</h2>" in page
+    # A model whose answers were mostly cut off is flagged, each by name; the others are not.
+    summaries = json.loads((run / "eval" / "summary.json").read_text())
+    for label, summary in summaries.items():
+        flagged = f"**Warning:** {label}: " in text
+        assert flagged == (summary["truncation_rate"] > 0.2), label
+
+
+def test_truncation_warnings_name_each_model_over_the_threshold():
+    from tutorlm.report import truncation_warnings
+
+    summaries = {"base": {"truncation_rate": 0.85, "max_tokens": 128}, "student": {"truncation_rate": 0.0},
+                 "teacher": {"truncation_rate": 0.2}}
+    warnings = truncation_warnings(summaries)
+    assert len(warnings) == 1 and warnings[0].startswith("base: 85.0% of its answers hit the token limit (128 tokens)")
 
 
 def test_run_command_dry_run_and_bad_force(tmp_path, tiny_run):

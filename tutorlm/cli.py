@@ -1,5 +1,7 @@
 """The `tutorlm` command.
 
+    tutorlm run [RECIPE]                                 the whole pipeline (default recipe: offline, CPU)
+    tutorlm generate | curate | train | eval | report    one stage, with --out RUN_DIR
     tutorlm tasks list                                   built-in tasks and their settings
     tutorlm tasks show last_letters --n 3 --split test   examples with their reference solutions
     tutorlm tasks export arithmetic --split test --n 500 --out test.jsonl
@@ -7,8 +9,8 @@
     tutorlm doctor                                       python, torch, devices, optional extras
 
 Stage settings use one scheme everywhere: `--SECTION.FIELD VALUE`, the same keys as a YAML recipe
-(`--task.options.num_words 5`). Errors in user input print one line naming the file, line or key
-and exit with status 2.
+(`--task.options.num_words 5`). Every `TutorlmError` prints one line naming the file, line or key:
+exit status 2 for bad input, 1 for a teacher or backend failure (see tutorlm/errors.py).
 """
 
 from __future__ import annotations

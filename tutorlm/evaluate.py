@@ -37,6 +37,7 @@ from tutorlm.backends import Completion, Request, Sampling, make_backend
 from tutorlm.cache import Cache, default_cache_path, run_cached
 from tutorlm.config import ConfigError, Recipe, TeacherConfig, to_dict
 from tutorlm.errors import GenerationIncomplete
+from tutorlm.report import truncation_warnings
 from tutorlm.run import RunDir, atomic_write_text
 from tutorlm.tasks import DataError, Example, Task, load_task
 
@@ -159,7 +160,7 @@ def evaluate_one(task: Task, examples: list[Example], label: str, config: Teache
                 "finish_reason": completion.finish_reason, "model": backend.model_name,
             })
     summary = summarize(rows, settings.n)
-    summary.update(label=label, backend=config.backend, model=backend.model_name)
+    summary.update(label=label, backend=config.backend, model=backend.model_name, max_tokens=settings.max_tokens)
     return rows, summary
 
 
@@ -216,3 +217,5 @@ def print_table(console: Console, summaries: dict[str, dict[str, Any]], title: s
                       f"{s['mean_completion_tokens']:.0f}", f"{s['truncation_rate']:.1%}", f"{s['no_answer_rate']:.1%}",
                       str(s["examples"]))
     console.print(table)
+    for warning in truncation_warnings(summaries):
+        console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)

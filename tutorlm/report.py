@@ -121,6 +121,20 @@ def _percent(value: float | None) -> str:
     return "–" if value is None else f"{value:.1%}"
 
 
+TRUNCATION_WARNING = 0.2
+
+
+def truncation_warnings(summaries: dict[str, dict[str, Any]]) -> list[str]:
+    """A sentence for each model whose answers were cut off often enough that its accuracy says more about the
+    token budget than about the model (a fair comparison gives every model the budget it needs)."""
+    return [
+        f"{label}: {_percent(s['truncation_rate'])} of its answers hit the token limit "
+        f"({s.get('max_tokens', 'eval.max_tokens')} tokens); its accuracy is a lower bound. Evaluate it with a "
+        f"larger --eval.max_tokens, or look at eval/{label}.jsonl: a model that repeats itself will not finish at any budget."
+        for label, s in summaries.items() if s["truncation_rate"] > TRUNCATION_WARNING
+    ]
+
+
 def markdown(data: dict[str, Any], figures: dict[str, Path]) -> str:
     config = data["config"]
     task = config.get("task", {})
@@ -137,6 +151,8 @@ def markdown(data: dict[str, Any], figures: dict[str, Path]) -> str:
             lines.append(f"| {label} | {_percent(s['accuracy'])} | {_percent(s['accuracy_ci95'][0])}–{_percent(s['accuracy_ci95'][1])} "
                          f"| {s['mean_completion_tokens']:.0f} | {_percent(s['truncation_rate'])} | {_percent(s['no_answer_rate'])} "
                          f"| {s['examples']} |")
+        for warning in truncation_warnings(data["summaries"]):
+            lines += ["", f"**Warning:** {warning}"]
         if data["base"] and data["student"]:
             gain = data["student"]["accuracy"] - data["base"]["accuracy"]
             lines += ["", f"Distillation moved the student from {_percent(data['base']['accuracy'])} to "

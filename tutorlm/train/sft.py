@@ -5,8 +5,9 @@
     ACCELERATE_USE_CPU=true torchrun --nproc_per_node 2 -m tutorlm train --out runs/letters # data parallel on CPUs
 
 Method: Fine-tune-CoT (Ho et al. 2023): next-token cross-entropy on the teacher's rationale, with
-the loss on completion tokens only. Departures: padding-free packing by default (see data.py);
-the loss of a step with gradient accumulation is the mean of the micro-batch means.
+the loss on completion tokens only. Batches group examples of similar length (padding-free packing
+with `--train.packing true`, see data.py); the loss of a step with gradient accumulation is the mean
+of the micro-batch means.
 
 The loop is written out below: AdamW, linear warmup then cosine decay, gradient accumulation and
 clipping through `accelerate`, a held-out loss every `eval_every` steps, a checkpoint every
