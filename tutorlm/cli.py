@@ -279,6 +279,13 @@ def cmd_doctor(args: argparse.Namespace, extra: list[str]) -> int:
             devices.append("mps")
         table.add_row("torch", f"{torch.__version__}, {torch.get_num_threads()} CPU threads")
         table.add_row("devices", ", ".join(devices))
+        from tutorlm.precision import cpu_bf16
+
+        measured = cpu_bf16(refresh=True)  # measured afresh here; the cached verdict is updated with it
+        verdict = "[green]fast: auto precision uses bf16[/green]" if measured.fast else "[yellow]slow: auto precision uses fp32[/yellow]"
+        table.add_row("bf16 on CPU", f"{verdict}; {measured.describe()}, CPU {measured.cpu}")
+        if torch.cuda.is_available():
+            table.add_row("bf16 on CUDA", "supported" if torch.cuda.is_bf16_supported() else "not supported")
     except ImportError:
         table.add_row("torch", "[red]not installed[/red]: pip install torch (the CPU wheel: see README)")
     for package, purpose in (

@@ -99,7 +99,8 @@ class TeacherConfig:
     price_output_per_million: float | None = option(None, "price per million completion tokens")
     gguf_file: str | None = option(None, "hf: GGUF file name inside the model directory")
     device: str = option("auto", "hf: cuda, mps, cpu, or auto")
-    dtype: str = option("auto", "hf: float32, bfloat16, float16, or auto (bf16 on CUDA, else fp32)")
+    dtype: str = option("auto", "hf: float32, bfloat16, float16, or auto (bf16 where the hardware has a fast bf16 path: "
+                                "CUDA with bf16, or a CPU measured to run bf16 matmuls faster; else fp32)")
     batch_size: int = option(64, "hf: rows decoded together (continuous batching); the KV buffer holds batch_size x "
                                  "(longest prompt + the tokens rows have generated so far, up to max_tokens)")
     trust_remote_code: bool = option(False, "hf: allow model code from the hub (off unless you trust the model)")
@@ -205,7 +206,9 @@ class TrainConfig:
         False, "torch.compile the forward pass: 0.94 of matmul peak instead of 0.81 on a 2-core CPU (benchmarks/sft_mfu.py), "
         "but compiling took minutes there, so it pays on long runs only; on GPUs it recompiles per batch shape",
     )
-    precision: Literal["auto", "fp32", "bf16"] = option("auto", "auto: bf16 mixed precision on CUDA with bf16, else fp32")
+    precision: Literal["auto", "fp32", "bf16"] = option(
+        "auto", "auto: bf16 autocast (fp32 master weights and optimizer) where the hardware has a fast bf16 path: CUDA with "
+        "bf16, or a CPU measured to run bf16 matmuls faster than fp32 (see `tutorlm doctor`); else fp32")
     eval_fraction: float = option(0.05, "share of curated questions held out for eval loss (by question, never split)")
     max_eval_examples: int = option(64, "cap on held-out examples")
     eval_every: int = option(50, "optimizer steps between held-out evaluations (and one at the end)")

@@ -160,7 +160,8 @@ def evaluate_one(task: Task, examples: list[Example], label: str, config: Teache
                 "finish_reason": completion.finish_reason, "model": backend.model_name,
             })
     summary = summarize(rows, settings.n)
-    summary.update(label=label, backend=config.backend, model=backend.model_name, max_tokens=settings.max_tokens)
+    summary.update(label=label, backend=config.backend, model=backend.model_name, max_tokens=settings.max_tokens,
+                   precision=backend.precision)
     return rows, summary
 
 

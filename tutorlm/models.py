@@ -68,16 +68,21 @@ def pick_device(device: str = "auto") -> Any:
     return torch.device("cpu")
 
 
-def pick_dtype(dtype: str, device: Any) -> Any:
-    """bf16 where the hardware has it (CUDA with bf16), else fp32: CPUs have no fast bf16 path."""
+def pick_dtype(dtype: str, device: Any) -> tuple[Any, str]:
+    """(torch dtype, why) for a dtype setting on `device`: auto is bf16 where the hardware has a fast bf16 path
+    (CUDA with bf16, or a CPU measured to run bf16 matmuls faster: tutorlm/precision.py), else fp32."""
     import torch
 
-    if dtype != "auto":
-        return {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-                "float16": torch.float16, "fp16": torch.float16}[dtype]
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return torch.float32
+    from tutorlm.precision import resolve_precision
+
+    names = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+             "float16": torch.float16, "fp16": torch.float16}
+    if dtype not in names and dtype != "auto":
+        raise ModelError(f"unknown dtype {dtype!r}: choose auto, float32, bfloat16 or float16")
+    if dtype in ("float16", "fp16"):
+        return torch.float16, "float16 requested"
+    choice = resolve_precision(dtype, device)
+    return names[choice.precision], choice.reason
 
 
 def load_tokenizer(spec: str, gguf_file: str | None = None, *, trust_remote_code: bool = False) -> Any:
@@ -93,15 +98,18 @@ def load_tokenizer(spec: str, gguf_file: str | None = None, *, trust_remote_code
     return tokenizer
 
 
-def load_model(spec: str, gguf_file: str | None = None, *, device: str = "auto", dtype: str = "auto",
+def load_model(spec: str, gguf_file: str | None = None, *, device: str = "auto", dtype: Any = "auto",
                trust_remote_code: bool = False) -> Any:
+    """A model in eval mode on `device`; `dtype` is a setting (auto, float32, ...) or a torch dtype."""
+    import torch
     from transformers import AutoModelForCausalLM
 
     source, gguf = resolve_model(spec, gguf_file)
     target = pick_device(device)
+    torch_dtype = dtype if isinstance(dtype, torch.dtype) else pick_dtype(dtype, target)[0]
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            source, gguf_file=gguf, dtype=pick_dtype(dtype, target), trust_remote_code=trust_remote_code
+            source, gguf_file=gguf, dtype=torch_dtype, trust_remote_code=trust_remote_code
         )
     except OSError as error:
         raise ModelError(f"could not load model {spec!r}{_not_local(spec)}: {error}") from None

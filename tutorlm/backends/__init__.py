@@ -78,6 +78,7 @@ OnResult = Callable[[Request, "Completion | Exception"], None]
 class Backend(Protocol):
     kind: str
     model_name: str  # what traces and the cache record as the model
+    precision: str | None  # local models: the dtype they compute in and why ("bfloat16 (cpu: bf16 matmul 4.3x ...)")
     counters: dict[str, int]  # e.g. {"retries": 3}: shown in the progress display
 
     def run(self, requests: list[Request], sampling: Sampling, on_result: OnResult) -> None: ...

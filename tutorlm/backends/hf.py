@@ -23,14 +23,19 @@ class HFBackend:
 
     def __init__(self, config: Any, *, model: Any = None, tokenizer: Any = None) -> None:
         """Load `config.model`, or use an already-loaded model and tokenizer (tests, evaluation)."""
-        from tutorlm.models import load_model, load_tokenizer
+        from tutorlm.models import load_model, load_tokenizer, pick_device, pick_dtype
 
         if model is None and not config.model:
             raise ConfigError("the hf backend needs a model: set teacher.model to a hub id, directory or .gguf file")
         self.model_name = str(config.model or type(model).__name__)
-        self.model = model if model is not None else load_model(
-            config.model, config.gguf_file, device=config.device, dtype=config.dtype, trust_remote_code=config.trust_remote_code
-        )
+        if model is None:
+            dtype, why = pick_dtype(config.dtype, pick_device(config.device))
+            model = load_model(config.model, config.gguf_file, device=config.device, dtype=dtype,
+                               trust_remote_code=config.trust_remote_code)
+            self.precision = f"{str(dtype).removeprefix('torch.')} ({why})"
+        else:
+            self.precision = str(next(model.parameters()).dtype).removeprefix("torch.")
+        self.model = model
         self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(
             config.model, config.gguf_file, trust_remote_code=config.trust_remote_code
         )

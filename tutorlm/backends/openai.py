@@ -87,6 +87,7 @@ def parse_chat_completion(data: dict[str, Any], latency_s: float) -> Completion:
 
 class OpenAIBackend:
     kind = "openai"
+    precision = None  # the server's business
 
     def __init__(self, config: Any) -> None:
         if not config.model:

@@ -14,6 +14,7 @@ from tutorlm.backends import Completion, OnResult, Request, RequestFailed, Sampl
 
 class ReferenceBackend:
     kind = "reference"
+    precision = None  # no model
 
     def __init__(self, task: Any) -> None:
         self.task = task

@@ -126,10 +126,15 @@ def train(recipe: Recipe, *, resume: bool = False, force: bool = False, console:
     """
     from accelerate import Accelerator
 
+    from accelerate.utils import parse_flag_from_env
+
+    from tutorlm.precision import resolve_precision
+
     config = recipe.train
-    precision = config.precision
-    if precision == "auto":
-        precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
+    # bf16 autocast over fp32 weights and optimizer state where the hardware has a fast bf16 path (measured on CPUs).
+    device = "cuda" if torch.cuda.is_available() and not parse_flag_from_env("ACCELERATE_USE_CPU") else "cpu"
+    choice = resolve_precision(config.precision, device)
+    precision, precision_reason = choice.precision, choice.reason
     # Under `accelerate launch` every process runs this function: each trains on its own share of the
     # batches, and only the main process writes logs, the manifest, checkpoint metadata and the student.
     accelerator = Accelerator(mixed_precision="bf16" if precision == "bf16" else "no")
@@ -289,7 +294,7 @@ def train(recipe: Recipe, *, resume: bool = False, force: bool = False, console:
         record["stats"] = {
             "steps": state["step"], "epochs_started": state["epoch"] + 1, "examples": len(examples), "held_out": len(held_out),
             "final_eval_loss": last_eval, "tokens_seen": state["tokens_seen"], "wall_s": round(elapsed, 2),
-            "preflight": report, "method": config.method, "precision": precision,
+            "preflight": report, "method": config.method, "precision": precision, "precision_reason": precision_reason,
         }
     console.print(f"student: {student_dir}" + (f" (held-out loss {last_eval:.4f})" if last_eval is not None else ""))
     return record["stats"]

@@ -1,0 +1,121 @@
+"""Precision: auto picks bf16 only where the hardware runs it fast (measured on CPUs, cached per machine);
+both paths train and generate; forcing bf16 where it is slow says how much slower."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+from rich.console import Console
+from tiny import make_model, make_tokenizer
+
+from tutorlm import precision
+from tutorlm.config import TeacherConfig
+from tutorlm.precision import CpuBf16, resolve_precision
+
+QUIET = Console(file=open(os.devnull, "w"))
+FAST = CpuBf16(True, 200.0, 880.0, ("avx512_bf16",), "test CPU")
+SLOW = CpuBf16(False, 120.0, 0.4, (), "test CPU")
+
+
+@pytest.fixture
+def cpu_is(monkeypatch):
+    def set_to(measured: CpuBf16) -> None:
+        monkeypatch.setattr(precision, "cpu_bf16", lambda refresh=False: measured)
+    return set_to
+
+
+def test_auto_follows_the_measurement_and_explicit_settings_win(cpu_is):
+    cpu_is(FAST)
+    choice = resolve_precision("auto", "cpu")
+    assert choice.precision == "bf16" and "880 vs fp32 200 GFLOP/s" in choice.reason and "avx512_bf16" in choice.reason
+    assert resolve_precision("fp32", "cpu").precision == "fp32"
+    cpu_is(SLOW)
+    assert resolve_precision("auto", "cpu").precision == "fp32"
+    assert resolve_precision("float32", "cpu").precision == "fp32"
+
+
+def test_forcing_bf16_on_a_slow_cpu_warns_with_the_measured_slowdown(cpu_is):
+    cpu_is(SLOW)
+    warnings: list[str] = []
+    assert resolve_precision("bf16", "cpu", warn=warnings.append).precision == "bf16"
+    assert len(warnings) == 1 and "300x slower than fp32" in warnings[0] and "no fast bf16 path" in warnings[0]
+    cpu_is(FAST)
+    resolve_precision("bf16", "cpu", warn=warnings.append)
+    assert len(warnings) == 1
+
+
+def test_the_measurement_is_cached_per_cpu(tmp_path, monkeypatch):
+    monkeypatch.setenv("TUTORLM_CACHE_DIR", str(tmp_path))
+    calls: list[torch.dtype] = []
+
+    def fake_measure(dtype, size=512, min_seconds=0.25):
+        calls.append(dtype)
+        return 100.0 if dtype == torch.float32 else 450.0
+
+    monkeypatch.setattr(precision, "measure_matmul_gflops", fake_measure)
+    monkeypatch.setattr(precision, "cpu_flags", lambda: ("avx2", "avx512_bf16"))
+    first = precision.cpu_bf16()
+    assert first.fast and first.flags == ("avx512_bf16",) and calls
+    measured = len(calls)
+    assert precision.cpu_bf16() == first and len(calls) == measured  # read from the cache
+    assert json.loads((tmp_path / "precision.json").read_text())
+    # The same model name with other flags (a CPU without AVX512-BF16) is measured anew.
+    monkeypatch.setattr(precision, "cpu_flags", lambda: ("avx2",))
+    precision.cpu_bf16()
+    assert len(calls) > measured
+
+
+def test_the_real_measurement_runs_here(tmp_path, monkeypatch):
+    monkeypatch.setenv("TUTORLM_CACHE_DIR", str(tmp_path))
+    measured = precision.cpu_bf16()
+    assert measured.fp32_gflops > 0 and measured.bf16_gflops > 0
+    assert measured.fast == (measured.bf16_gflops >= precision.FAST_ENOUGH * measured.fp32_gflops)
+
+
+@pytest.fixture
+def fresh_accelerator_state():
+    """The mixed-precision setting is process-wide in accelerate: each case sets its own, and leaves none behind."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state()
+    yield
+    AcceleratorState._reset_state()
+
+
+@pytest.mark.usefixtures("fresh_accelerator_state")
+@pytest.mark.parametrize("setting", ["bf16", "fp32"])
+def test_training_in_each_precision_learns_and_keeps_fp32_master_weights(tmp_path, setting, cpu_is):
+    from test_train import make_run
+
+    from tutorlm.train.sft import train
+
+    cpu_is(FAST if setting == "bf16" else SLOW)  # auto must pick `setting`
+    tokenizer = make_tokenizer()
+    recipe = make_run(tmp_path, max_steps=8, precision="auto")
+    model = make_model(tokenizer)
+    stats = train(recipe, console=QUIET, model_and_tokenizer=(model, tokenizer))
+    assert stats["precision"] == setting and stats["precision_reason"].startswith("cpu: bf16 matmul")
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # autocast computes in bf16, weights stay fp32
+    log = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
+    losses = [row["loss"] for row in log if "loss" in row]
+    assert all(torch.isfinite(torch.tensor(losses))) and losses[-1] < losses[0]
+
+
+@pytest.mark.parametrize(("setting", "dtype"), [("bfloat16", torch.bfloat16), ("float32", torch.float32), ("auto", torch.float32)])
+def test_local_models_generate_in_the_chosen_dtype(tmp_path, setting, dtype, cpu_is):
+    from tiny import save_tiny_model
+
+    from tutorlm.backends import Request, Sampling
+    from tutorlm.backends.hf import HFBackend
+
+    cpu_is(SLOW)
+    path = save_tiny_model(tmp_path / "m")
+    backend = HFBackend(TeacherConfig(backend="hf", model=str(path), dtype=setting, device="cpu", batch_size=4))
+    assert next(backend.model.parameters()).dtype == dtype
+    assert backend.precision.startswith(str(dtype).removeprefix("torch."))
+    results = []
+    backend.run([Request([{"role": "user", "content": "What is 12 + 30?"}])], Sampling(max_tokens=5), lambda r, c: results.append(c))
+    assert len(results) == 1 and results[0].completion_tokens > 0
