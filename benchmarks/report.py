@@ -31,6 +31,17 @@ def rows() -> list[str]:
                 f"| `tutorlm run` ({result['recipe']} recipe) | {result['machine']} | {result['date']} | {result['wall_s'] / 60:.1f} min wall, "
                 f"student {result['accuracy']['base']:.0%} -> {result['accuracy']['student']:.0%} | – | – | {stages} |"
             )
+        elif name == "precision":
+            train_shape = next(iter(result["shapes"].values()))
+            sft = result.get("sft", {})
+            outcome = (f"SFT bf16 autocast {sft['bf16_autocast']['real_tokens_per_s']} vs fp32 {sft['fp32']['real_tokens_per_s']} "
+                       f"real tokens/s ({sft['speedup']}×)" if "speedup" in sft else sft.get("skipped", "SFT not compared"))
+            lines.append(
+                f"| precision, {result['model']} shapes ({result['cpu']}, {result['threads']} threads) | {result['machine']} "
+                f"| {result['date']} | bf16 matmul {train_shape['bf16_gflops']} GFLOP/s (training shape) | fp32: "
+                f"{train_shape['fp32_gflops']} GFLOP/s | {train_shape['bf16_over_fp32']}× | auto chooses "
+                f"{result['auto_chooses']}; bf16 CPU flags: {', '.join(result['bf16_flags']) or 'none'}; {outcome} |"
+            )
         elif name == "packing":
             lines.append(
                 f"| SFT batching, {result['model']} (batch {result['batch_size']}, {result['steps']} steps) | {result['machine']} "
