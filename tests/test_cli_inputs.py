@@ -76,3 +76,25 @@ def test_user_mistakes_are_one_line_with_exit_2(tmp_path, capsys, args, message)
     assert main(args) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err and err.startswith("error:")
+
+
+def test_a_training_preflight_failure_is_one_line_with_exit_2(tmp_path, capsys):
+    # Every curated example is longer than max_length and the policy is to drop them: nothing to train on.
+    run = tmp_path / "run"
+    assert main(["generate", "--task.source", "coin_flip", "--generate.limit", "8", "--generate.cache", "false",
+                 "--student.model", str(save_tiny_model(tmp_path / "m")), "--out", str(run)]) == 0
+    assert main(["curate", "--out", str(run)]) == 0
+    capsys.readouterr()
+    assert main(["train", "--out", str(run), "--train.max_length", "8", "--train.overlength", "drop"]) == 2
+    err = capsys.readouterr().err
+    assert "\nerror: no example fits max_length=8" in err and "Traceback" not in err
+
+
+def test_an_unknown_backend_kind_is_an_error_not_the_reference_solver():
+    from types import SimpleNamespace
+
+    from tutorlm.backends import make_backend
+    from tutorlm.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="unknown backend 'vllm'"):
+        make_backend(SimpleNamespace(backend="vllm"))
