@@ -80,7 +80,7 @@ def test_fused_loss_matches_the_plain_loss_and_its_gradients(tokenizer, variant,
         items[0] = data.Tokenized(items[0].input_ids, [IGNORE] * len(items[0].labels))
     batch = collate_packed(items) if variant == "packed" else collate_padded(items, tokenizer.pad_token_id)
     if variant == "chunked":
-        monkeypatch.setattr(data, "LOGITS_PER_CHUNK", 3 * len(tokenizer))  # 3 rows per chunk
+        monkeypatch.setattr(losses, "LOGITS_PER_CHUNK", 3 * len(tokenizer))  # 3 rows per chunk
     models = []
     for _ in range(2):
         model = make_model(tokenizer)

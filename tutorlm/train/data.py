@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from accelerate.utils import extract_model_from_parallel
 
 from tutorlm.errors import PreflightError
+from tutorlm.train.losses import linear_cross_entropy
 
 IGNORE = -100
 
@@ -169,68 +170,6 @@ def sft_loss(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, 
     wanted = chosen != IGNORE
     targets = chosen[wanted]  # its length is known once the mask is applied: no second read of the device
     return linear_cross_entropy(hidden[wanted], head.weight, targets), targets.numel()
-
-
-def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy of `hidden @ weight.T` against `targets`; (N, H), (V, H), (N,) -> scalar.
-
-    Under autocast the projection runs in the autocast dtype (softmax in float32), as the model's own head would.
-    """
-    device = hidden.device.type
-    dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else weight.dtype
-    if hidden.shape[0] == 0:
-        return hidden.sum() * 0.0
-    return _LinearCrossEntropy.apply(hidden, weight, targets, dtype)
-
-
-LOGITS_PER_CHUNK = 2**26  # elements of one chunk's float32 logits (256 MB)
-
-
-class _LinearCrossEntropy(torch.autograd.Function):
-    """Chunked projection + cross-entropy with the gradients formed in the forward pass.
-
-    Per chunk of rows: logits = h W^T, loss = logsumexp - logit[target], and d(mean loss)/d(logits) =
-    (softmax - onehot) / N, from which grad_h = g W and grad_W += g^T h. Backward only scales them by
-    the incoming gradient, so the chunk's logits are never recomputed or kept.
-    """
-
-    @staticmethod
-    def forward(ctx, hidden, weight, targets, dtype):
-        need_hidden, need_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        rows = hidden.shape[0]
-        chunk = max(1, LOGITS_PER_CHUNK // weight.shape[0])
-        with torch.autocast(hidden.device.type, enabled=False):
-            projection = weight.to(dtype)
-            total = torch.zeros((), dtype=torch.float32, device=hidden.device)
-            grad_hidden = torch.empty_like(hidden) if need_hidden else None
-            grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_weight else None
-            for start in range(0, rows, chunk):
-                h = hidden[start:start + chunk].to(dtype)
-                t = targets[start:start + chunk]
-                logits = (h @ projection.T).float()  # (c, V)
-                log_norm = torch.logsumexp(logits, dim=-1)
-                total += (log_norm - logits.gather(1, t[:, None]).squeeze(1)).sum()
-                if not (need_hidden or need_weight):
-                    continue
-                gradient = logits.sub_(log_norm[:, None]).exp_()  # softmax, in place
-                gradient[torch.arange(t.shape[0], device=t.device), t] -= 1.0
-                gradient = gradient.div_(rows).to(dtype)
-                if need_hidden:
-                    grad_hidden[start:start + chunk] = gradient @ projection
-                if need_weight:
-                    grad_weight += gradient.T @ h
-        ctx.save_for_backward(grad_hidden, grad_weight)
-        return total / rows
-
-    @staticmethod
-    def backward(ctx, grad_output):
-        grad_hidden, grad_weight = ctx.saved_tensors
-        return (
-            grad_hidden * grad_output.to(grad_hidden.dtype) if grad_hidden is not None else None,
-            grad_weight * grad_output if grad_weight is not None else None,
-            None,
-            None,
-        )
 
 
 def _plain_output_head(model: Any) -> torch.nn.Linear | None:

@@ -1,0 +1,122 @@
+"""KD losses against plain implementations in probability space (values and gradients), on random tensors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch.distributions import Categorical, kl_divergence
+
+from tutorlm.train.losses import DIVERGENCES, divergence, linear_kd_loss, topk_divergence, with_tail
+
+
+def plain(student_logits: torch.Tensor, teacher_logits: torch.Tensor, kind: str, beta: float) -> torch.Tensor:
+    """The same divergences written with probabilities and torch.distributions, row by row."""
+    p, q = teacher_logits.softmax(-1).detach(), student_logits.softmax(-1)
+
+    def kl(a, b):
+        return kl_divergence(Categorical(probs=a), Categorical(probs=b))
+
+    if kind == "forward_kl" or (kind in ("jsd", "skew_kl") and beta == 0):
+        return kl(p, q)
+    if kind == "reverse_kl" or (kind == "jsd" and beta == 1) or (kind == "skew_reverse_kl" and beta == 0):
+        return kl(q, p)
+    if kind == "jsd":
+        m = beta * p + (1 - beta) * q
+        return beta * kl(p, m) + (1 - beta) * kl(q, m)
+    if kind == "skew_kl":
+        return kl(p, beta * p + (1 - beta) * q)
+    return kl(q, beta * q + (1 - beta) * p)
+
+
+CASES = [(kind, beta) for kind in DIVERGENCES for beta in (0.0, 0.1, 0.5, 0.9, 1.0)
+         if not (kind in ("skew_kl", "skew_reverse_kl") and beta == 1.0)]
+
+
+@pytest.mark.parametrize(("kind", "beta"), CASES)
+def test_each_divergence_matches_the_plain_one_in_value_and_gradient(kind, beta):
+    torch.manual_seed(0)
+    student = (torch.randn(6, 11) * 3).requires_grad_()
+    teacher = torch.randn(6, 11) * 3
+    ours = divergence(F.log_softmax(student, -1), F.log_softmax(teacher, -1), kind, beta)
+    reference = plain(student, teacher, kind, beta)
+    assert torch.allclose(ours, reference, atol=1e-5), (ours, reference)
+    (grad_ours,) = torch.autograd.grad(ours.sum(), student)
+    (grad_reference,) = torch.autograd.grad(plain(student, teacher, kind, beta).sum(), student)
+    assert torch.allclose(grad_ours, grad_reference, atol=1e-5)
+    assert (ours >= -1e-6).all()
+
+
+@pytest.mark.parametrize(("kind", "beta"), CASES)
+def test_teacher_equal_to_student_gives_zero_loss_and_zero_gradient(kind, beta):
+    logits = torch.randn(5, 17, requires_grad=True)
+    loss = divergence(F.log_softmax(logits, -1), F.log_softmax(logits, -1).detach(), kind, beta).sum()
+    (grad,) = torch.autograd.grad(loss, logits)
+    assert abs(loss.item()) < 1e-6 and grad.abs().max() < 1e-6
+
+
+def test_the_teacher_side_gets_no_gradient_and_bad_settings_are_refused():
+    student, teacher = torch.randn(2, 5, requires_grad=True), torch.randn(2, 5, requires_grad=True)
+    divergence(F.log_softmax(student, -1), F.log_softmax(teacher, -1), "jsd", 0.5).sum().backward()
+    assert teacher.grad is None and student.grad is not None
+    with pytest.raises(ValueError, match="beta must be in"):
+        divergence(student, teacher, "jsd", 1.5)
+    with pytest.raises(ValueError, match="unknown divergence"):
+        divergence(student, teacher, "kl", 0.5)
+
+
+def test_topk_with_every_id_is_the_full_divergence():
+    torch.manual_seed(1)
+    student, teacher = torch.randn(4, 9), torch.randn(4, 9)
+    teacher_logprobs = F.log_softmax(teacher, -1)
+    ids = teacher_logprobs.argsort(-1, descending=True)
+    full = divergence(F.log_softmax(student, -1), teacher_logprobs, "forward_kl")
+    topk = topk_divergence(F.log_softmax(student, -1), ids, teacher_logprobs.gather(-1, ids), "forward_kl")
+    assert torch.allclose(full, topk, atol=1e-5)
+
+
+@settings(max_examples=60, deadline=None)
+@given(k=st.integers(1, 12), seed=st.integers(0, 10_000), kind=st.sampled_from(DIVERGENCES))
+def test_topk_with_a_tail_bucket_never_exceeds_the_full_divergence(k, seed, kind):
+    # Merging outcomes cannot increase an f-divergence (data processing): the tail bucket is a merge.
+    generator = torch.Generator().manual_seed(seed)
+    student, teacher = torch.randn(3, 12, generator=generator) * 2, torch.randn(3, 12, generator=generator) * 2
+    student_logprobs, teacher_logprobs = F.log_softmax(student, -1), F.log_softmax(teacher, -1)
+    ids = teacher_logprobs.topk(k, -1).indices
+    topk = topk_divergence(student_logprobs, ids, teacher_logprobs.gather(-1, ids), kind, 0.5)
+    full = divergence(student_logprobs, teacher_logprobs, kind, 0.5)
+    assert (topk <= full + 1e-5).all()
+
+
+def test_the_tail_bucket_holds_the_missing_mass_and_the_student_is_not_renormalised():
+    logprobs = torch.log(torch.tensor([[0.5, 0.2]]))
+    assert torch.allclose(with_tail(logprobs).exp(), torch.tensor([[0.5, 0.2, 0.3]]), atol=1e-6)
+    # A student that puts all its top-k mass in the same proportions as the teacher, but less of it, still
+    # differs: its probabilities are over the full vocabulary.
+    student = torch.log(torch.tensor([[0.25, 0.1, 0.65]]))
+    teacher_ids, teacher = torch.tensor([[0, 1]]), torch.log(torch.tensor([[0.5, 0.2]]))
+    assert topk_divergence(student, teacher_ids, teacher).item() > 0.05
+
+
+@pytest.mark.parametrize(("kind", "temperature"), [("forward_kl", 1.0), ("reverse_kl", 2.0), ("jsd", 1.0), ("skew_kl", 0.5)])
+def test_chunked_kd_from_hidden_states_equals_the_unchunked_loss(kind, temperature):
+    torch.manual_seed(2)
+    hidden = torch.randn(10, 8, requires_grad=True)
+    weight = torch.randn(31, 8, requires_grad=True)
+    teacher_logits = torch.randn(10, 31)
+
+    def teacher_logprobs(start, end):
+        return F.log_softmax(teacher_logits[start:end] / temperature, -1)
+
+    full_logits = hidden @ weight.T / temperature
+    reference = divergence(F.log_softmax(full_logits, -1), teacher_logprobs(0, 10), kind, 0.5).mean() * temperature**2
+    grads_reference = torch.autograd.grad(reference, (hidden, weight))
+    for chunk_rows in (1, 3, 10, 64):
+        loss = linear_kd_loss(hidden, weight, teacher_logprobs, kind=kind, beta=0.5, temperature=temperature,
+                              chunk_rows=chunk_rows)
+        assert torch.allclose(loss, reference, atol=1e-5)
+        grads = torch.autograd.grad(loss, (hidden, weight))
+        for ours, theirs in zip(grads, grads_reference):
+            assert torch.allclose(ours, theirs, atol=1e-5)

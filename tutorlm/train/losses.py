@@ -1,0 +1,212 @@
+"""Losses: pure functions of tensors, with their shapes. Every one is tested against a plain implementation.
+
+    linear_cross_entropy(hidden, weight, targets)                      SFT: mean CE of hidden @ weight.T
+    divergence(student_logprobs, teacher_logprobs, kind, beta)         per-token KD divergences, (N, V) -> (N,)
+    topk_divergence(student_logprobs, teacher_ids, teacher_logprobs)   the same against a stored top-k + tail
+    linear_kd_loss(student_hidden, student_weight, teacher_logprobs_fn, ...)   chunked KD from hidden states
+
+Divergences (p = teacher, q = student, both over the vocabulary at one position):
+- `forward_kl`  KL(p || q) = Σ p (log p − log q): mean-seeking; Hinton's distillation loss.
+- `reverse_kl`  KL(q || p): mode-seeking (MiniLLM; the on-policy per-token signal).
+- `jsd`         generalized JSD(β) = β KL(p || m) + (1 − β) KL(q || m), m = β p + (1 − β) q (GKD; Agarwal
+                et al. 2024); β = 0.5 is the Jensen-Shannon divergence. The interior tends to 0 at both
+                ends, so β = 0 and β = 1 are defined as forward and reverse KL, as TRL's GKD trainer does.
+- `skew_kl`     skew KL(α) = KL(p || α p + (1 − α) q) (DistiLLM; Ko et al. 2024), with α = β; α = 0 is
+                forward KL.
+- `skew_reverse_kl`  KL(q || α q + (1 − α) p); α = 0 is reverse KL.
+
+Temperature T divides both sides' logits before the softmax, and the divergence is multiplied by T²
+so its gradient keeps the scale of T = 1 (Hinton et al. 2015).
+
+A stored top-k (what an API returns) is handled with an explicit tail bucket: the teacher's k
+probabilities plus 1 − Σ of them as one more outcome, and the student's probabilities of the same k
+ids (normalised over its full vocabulary, never renormalised over the k) plus the rest of its mass.
+The divergence is then exact between these two (k + 1)-outcome distributions, which lower-bounds the
+full-vocabulary divergence (the data-processing inequality) and equals it when the tail is empty.
+
+Chunking: `linear_kd_loss` projects hidden states onto the vocabulary a chunk of rows at a time under
+activation checkpointing, so at most one chunk of (rows x vocabulary) logits of each model exists in the
+forward and in the backward pass; the result equals the unchunked loss.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Literal
+
+import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+Divergence = Literal["forward_kl", "reverse_kl", "jsd", "skew_kl", "skew_reverse_kl"]
+DIVERGENCES: tuple[str, ...] = ("forward_kl", "reverse_kl", "jsd", "skew_kl", "skew_reverse_kl")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Cross-entropy (SFT)
+# ---------------------------------------------------------------------------------------------------
+
+
+def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of `hidden @ weight.T` against `targets`; (N, H), (V, H), (N,) -> scalar.
+
+    Under autocast the projection runs in the autocast dtype (softmax in float32), as the model's own head would.
+    """
+    device = hidden.device.type
+    dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else weight.dtype
+    if hidden.shape[0] == 0:
+        return hidden.sum() * 0.0
+    return _LinearCrossEntropy.apply(hidden, weight, targets, dtype)
+
+
+LOGITS_PER_CHUNK = 2**26  # elements of one chunk's float32 logits (256 MB)
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    """Chunked projection + cross-entropy with the gradients formed in the forward pass.
+
+    Per chunk of rows: logits = h W^T, loss = logsumexp - logit[target], and d(mean loss)/d(logits) =
+    (softmax - onehot) / N, from which grad_h = g W and grad_W += g^T h. Backward only scales them by
+    the incoming gradient, so the chunk's logits are never recomputed or kept.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, dtype):
+        need_hidden, need_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        rows = hidden.shape[0]
+        chunk = max(1, LOGITS_PER_CHUNK // weight.shape[0])
+        with torch.autocast(hidden.device.type, enabled=False):
+            projection = weight.to(dtype)
+            total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+            grad_hidden = torch.empty_like(hidden) if need_hidden else None
+            grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_weight else None
+            for start in range(0, rows, chunk):
+                h = hidden[start:start + chunk].to(dtype)
+                t = targets[start:start + chunk]
+                logits = (h @ projection.T).float()  # (c, V)
+                log_norm = torch.logsumexp(logits, dim=-1)
+                total += (log_norm - logits.gather(1, t[:, None]).squeeze(1)).sum()
+                if not (need_hidden or need_weight):
+                    continue
+                gradient = logits.sub_(log_norm[:, None]).exp_()  # softmax, in place
+                gradient[torch.arange(t.shape[0], device=t.device), t] -= 1.0
+                gradient = gradient.div_(rows).to(dtype)
+                if need_hidden:
+                    grad_hidden[start:start + chunk] = gradient @ projection
+                if need_weight:
+                    grad_weight += gradient.T @ h
+        ctx.save_for_backward(grad_hidden, grad_weight)
+        return total / rows
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        grad_hidden, grad_weight = ctx.saved_tensors
+        return (
+            grad_hidden * grad_output.to(grad_hidden.dtype) if grad_hidden is not None else None,
+            grad_weight * grad_output if grad_weight is not None else None,
+            None,
+            None,
+        )
+
+
+# ---------------------------------------------------------------------------------------------------
+# Divergences between next-token distributions
+# ---------------------------------------------------------------------------------------------------
+
+
+def _kl(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
+    """KL(p || q) per row over the last dimension; (N, V), (N, V) -> (N,). Terms with p = 0 count 0."""
+    p = log_p.exp()
+    return (p * (log_p - log_q)).masked_fill(p == 0, 0.0).sum(-1)
+
+
+def _mix(log_a: torch.Tensor, log_b: torch.Tensor, weight_a: float) -> torch.Tensor:
+    """log(w a + (1 − w) b), stably; 0 < w < 1."""
+    return torch.logaddexp(log_a + math.log(weight_a), log_b + math.log1p(-weight_a))
+
+
+def divergence(student_logprobs: torch.Tensor, teacher_logprobs: torch.Tensor, kind: Divergence = "forward_kl",
+               beta: float = 0.5) -> torch.Tensor:
+    """Per-position divergence of the student from the teacher; (N, V) log-probs each -> (N,).
+
+    `beta` is GKD's β for `jsd` and DistiLLM's skew α for the skew divergences (see the module docstring).
+    The teacher side carries no gradient.
+    """
+    student, teacher = student_logprobs.float(), teacher_logprobs.detach().float()
+    if not 0.0 <= beta <= 1.0:
+        raise ValueError(f"beta must be in [0, 1], got {beta}")
+    if kind == "forward_kl" or (kind in ("jsd", "skew_kl") and beta == 0.0):
+        return _kl(teacher, student)
+    if kind == "reverse_kl" or (kind == "jsd" and beta == 1.0) or (kind == "skew_reverse_kl" and beta == 0.0):
+        return _kl(student, teacher)
+    if kind == "jsd":
+        mixture = _mix(teacher, student, beta)  # m = β p + (1 − β) q
+        return beta * _kl(teacher, mixture) + (1 - beta) * _kl(student, mixture)
+    if kind == "skew_kl":
+        return _kl(teacher, _mix(teacher, student, beta)) if beta < 1.0 else torch.zeros_like(student[..., 0])
+    if kind == "skew_reverse_kl":
+        return _kl(student, _mix(student, teacher, beta)) if beta < 1.0 else torch.zeros_like(student[..., 0])
+    raise ValueError(f"unknown divergence {kind!r}; choose one of {', '.join(DIVERGENCES)}")
+
+
+def with_tail(logprobs: torch.Tensor) -> torch.Tensor:
+    """(N, k) log-probs of k outcomes whose mass is at most 1 -> (N, k + 1) with the missing mass as the last one."""
+    mass = logprobs.exp().sum(-1, keepdim=True).clamp(max=1.0)  # (N, 1)
+    tail = torch.log1p(-mass.clamp(max=1.0 - 1e-7))  # (N, 1); a tail of (numerically) 0 stays finite
+    return torch.cat([logprobs, tail], dim=-1)
+
+
+def topk_divergence(student_logprobs: torch.Tensor, teacher_ids: torch.Tensor, teacher_logprobs: torch.Tensor,
+                    kind: Divergence = "forward_kl", beta: float = 0.5) -> torch.Tensor:
+    """Divergence against a teacher known only by its top-k; (N, V) student log-probs (over the full vocabulary),
+    (N, k) teacher token ids and log-probs -> (N,). Both sides get the tail bucket (module docstring)."""
+    student_topk = student_logprobs.float().gather(-1, teacher_ids)  # (N, k)
+    return divergence(with_tail(student_topk), with_tail(teacher_logprobs.float()), kind, beta)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Chunked KD from hidden states
+# ---------------------------------------------------------------------------------------------------
+
+
+TeacherLogprobs = Callable[[int, int], torch.Tensor]  # (start, end) -> the teacher's (end - start, V) log-probs
+
+
+def linear_kd_loss(
+    student_hidden: torch.Tensor,
+    student_weight: torch.Tensor,
+    teacher_logprobs: TeacherLogprobs,
+    *,
+    kind: Divergence = "forward_kl",
+    beta: float = 0.5,
+    temperature: float = 1.0,
+    chunk_rows: int | None = None,
+) -> torch.Tensor:
+    """Mean KD divergence over N positions, with the student's logits `student_hidden @ student_weight.T`.
+
+    (N, H) student hidden states, (V, H) its output projection; `teacher_logprobs(start, end)` returns the
+    teacher's log-probs for rows start:end at the same temperature (computed under no_grad, e.g. from the
+    teacher's own hidden states a chunk at a time). Each chunk runs under activation checkpointing, so
+    its logits are recomputed in the backward pass rather than kept: peak memory is one chunk of logits.
+    """
+    rows = student_hidden.shape[0]
+    if rows == 0:
+        return student_hidden.sum() * 0.0
+    chunk = chunk_rows or max(1, LOGITS_PER_CHUNK // student_weight.shape[0])
+    device = student_hidden.device.type
+    dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else student_weight.dtype
+
+    def chunk_loss(hidden: torch.Tensor, weight: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+        logits = (hidden.to(dtype) @ weight.to(dtype).T).float() / temperature  # (c, V)
+        return divergence(F.log_softmax(logits, dim=-1), teacher, kind, beta).sum()
+
+    total = student_hidden.new_zeros((), dtype=torch.float32)
+    for start in range(0, rows, chunk):
+        end = min(start + chunk, rows)
+        with torch.no_grad():
+            teacher = teacher_logprobs(start, end)  # (c, V)
+        if student_hidden.requires_grad or student_weight.requires_grad:
+            total = total + checkpoint(chunk_loss, student_hidden[start:end], student_weight, teacher, use_reentrant=False)
+        else:
+            total = total + chunk_loss(student_hidden[start:end], student_weight, teacher)
+    return total * temperature**2 / rows
