@@ -180,6 +180,14 @@ class StudentConfig:
 class TrainConfig:
     """Supervised fine-tuning of the student on curated rationales (Fine-tune-CoT; Ho et al. 2023)."""
 
+    objective: Literal["sft", "kd"] = option(
+        "sft", "sft: cross-entropy on the teacher's rationales (Fine-tune-CoT); kd: match the teacher's next-token "
+        "distributions on them (Hinton et al. 2015; needs a local teacher with the student's tokenizer: teacher.backend hf)")
+    kd_divergence: Literal["forward_kl", "reverse_kl", "jsd", "skew_kl", "skew_reverse_kl"] = option(
+        "forward_kl", "kd: forward KL (Hinton), reverse KL (MiniLLM), generalized JSD(beta) (GKD), or skew KL (DistiLLM)")
+    kd_beta: float = option(0.5, "kd: GKD's beta for jsd, DistiLLM's skew alpha for skew_kl and skew_reverse_kl")
+    kd_temperature: float = option(1.0, "kd: softmax temperature of both models; the loss is scaled by T^2")
+    kd_ce_weight: float = option(0.0, "kd: loss = (1 - w) * divergence + w * cross-entropy on the rationale's tokens")
     method: Literal["full", "lora"] = option("full", "full fine-tuning, or LoRA adapters (Hu et al. 2021) through peft")
     lora_r: int = option(16, "LoRA rank")
     lora_alpha: int = option(32, "LoRA scaling numerator (scale = alpha / r)")
@@ -225,6 +233,8 @@ class TrainConfig:
             raise ValueError(f"eval_fraction must be in [0, 1), got {self.eval_fraction}")
         if self.lr is not None and self.lr <= 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
+        if not 0 <= self.kd_beta <= 1 or not 0 <= self.kd_ce_weight <= 1 or self.kd_temperature <= 0:
+            raise ValueError("kd_beta and kd_ce_weight must be in [0, 1] and kd_temperature positive")
 
     @property
     def learning_rate(self) -> float:

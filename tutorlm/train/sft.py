@@ -93,7 +93,11 @@ def rank_share(order: list, accelerator: Any) -> list:
 
 
 def train_stage_config(recipe: Recipe) -> dict[str, Any]:
-    return {"student": to_dict(recipe.student), "train": to_dict(recipe.train)}
+    config = {"student": to_dict(recipe.student), "train": to_dict(recipe.train)}
+    if recipe.train.objective == "kd":  # the teacher decides the targets: another teacher is another run
+        teacher = to_dict(recipe.teacher)
+        config["teacher"] = {key: teacher[key] for key in ("backend", "model", "gguf_file", "dtype")}
+    return config
 
 
 def build_model(recipe: Recipe) -> tuple[Any, Any]:
@@ -172,8 +176,17 @@ def train(recipe: Recipe, *, resume: bool = False, force: bool = False, console:
         held_out = preflight(tokenizer, held_rows, config.max_length, config.overlength)[0] if held_rows else []
         console.print(
             f"train: {report['kept']} examples ({report['over_max_length']} over max_length {config.max_length}, "
-            f"policy {config.overlength}), {len(held_out)} held out; pad token {report['pad_token']!r}; method {config.method}"
+            f"policy {config.overlength}), {len(held_out)} held out; pad token {report['pad_token']!r}; method {config.method}; "
+            f"objective {config.objective}; precision {precision} ({precision_reason})"
         )
+        teacher = None
+        if config.objective == "kd":
+            from tutorlm.train.kd import describe, kd_loss, load_teacher
+
+            teacher, comparison = load_teacher(recipe, tokenizer, model, accelerator.device)
+            report["tokenizers"] = comparison
+            console.print(f"kd: teacher {recipe.teacher.model}: {describe(comparison)}; {config.kd_divergence}"
+                          f" (beta {config.kd_beta}, temperature {config.kd_temperature}, CE weight {config.kd_ce_weight})")
         micro_batches_per_epoch = len(rank_share(list(range(math.ceil(len(examples) / config.batch_size))), accelerator))
         # Accumulation is counted here, per epoch, not by accelerate: a step is a group of up to grad_accum
         # micro-batches inside one epoch, so groups stay aligned across epochs and across a resume.
@@ -246,7 +259,10 @@ def train(recipe: Recipe, *, resume: bool = False, force: bool = False, console:
                     group_size = min(config.grad_accum, len(order) - group_start)
                     sync = batch_index + 1 == group_start + group_size
                     with contextlib.nullcontext() if sync else accelerator.no_sync(model):
-                        loss, _ = sft_loss(forward_model, batch)
+                        if teacher is None:
+                            loss, _ = sft_loss(forward_model, batch)
+                        else:
+                            loss, _ = kd_loss(forward_model, teacher, batch, config)
                         accelerator.backward(loss / group_size)
                     if accelerator.num_processes > 1:  # count every process's tokens
                         real_tokens = int(accelerator.reduce(torch.tensor(real_tokens, device=accelerator.device), "sum"))
@@ -294,7 +310,8 @@ def train(recipe: Recipe, *, resume: bool = False, force: bool = False, console:
         record["stats"] = {
             "steps": state["step"], "epochs_started": state["epoch"] + 1, "examples": len(examples), "held_out": len(held_out),
             "final_eval_loss": last_eval, "tokens_seen": state["tokens_seen"], "wall_s": round(elapsed, 2),
-            "preflight": report, "method": config.method, "precision": precision, "precision_reason": precision_reason,
+            "preflight": report, "method": config.method, "objective": config.objective,
+            "precision": precision, "precision_reason": precision_reason,
         }
     console.print(f"student: {student_dir}" + (f" (held-out loss {last_eval:.4f})" if last_eval is not None else ""))
     return record["stats"]
