@@ -1,13 +1,17 @@
-"""The SFT loss alone: full logits + cross-entropy vs tutorlm's chunked linear cross-entropy.
+"""A training loss alone, plain (full logits) vs tutorlm's chunked version: peak memory, time, agreement.
 
-    python benchmarks/loss_memory.py                       # Qwen2.5-0.5B's vocabulary and width, CPU
+    python benchmarks/loss_memory.py                       # SFT cross-entropy, Qwen2.5-0.5B's vocabulary and width, CPU
+    python benchmarks/loss_memory.py --loss kd             # logit KD (forward KL to a teacher of the same width)
     python benchmarks/loss_memory.py --device cuda --tokens 5760 --dtype bf16
 
 For N labelled tokens with hidden states (N, H) and a vocabulary projection (V, H), forward and
-backward of the mean cross-entropy:
-- plain: logits = h W^T materialized, upcast to float32, `F.cross_entropy` (what a model's own
-  labels loss does; tutorlm's loss before the chunked version);
-- fused: `tutorlm.train.data.linear_cross_entropy` (chunks of rows, gradients formed in the forward).
+backward of the mean loss:
+- `--loss ce`, plain: logits = h W^T materialized, upcast to float32, `F.cross_entropy` (what a
+  model's own labels loss does); fused: `tutorlm.train.losses.linear_cross_entropy` (chunks of rows,
+  gradients formed in the forward).
+- `--loss kd`, plain: the student's and the teacher's full logits, log-softmax, forward KL (what
+  TRL's GKD trainer computes); fused: `tutorlm.train.losses.linear_kd_loss` (chunks of rows under
+  activation checkpointing, the teacher's logits formed a chunk at a time from its hidden states).
 Each variant runs in its own subprocess. Peak memory above the inputs is peak RSS with large blocks
 mmapped (so RSS follows live tensors) on CPU, `torch.cuda.max_memory_allocated` on CUDA. The two
 losses and gradients are compared, so a fast wrong answer cannot pass.
@@ -36,20 +40,32 @@ def inputs(args: argparse.Namespace):
     hidden = torch.randn(args.tokens, args.hidden, generator=generator).to(args.device).requires_grad_()
     weight = (torch.randn(args.vocab, args.hidden, generator=generator) * 0.02).to(args.device).requires_grad_()
     targets = torch.randint(0, args.vocab, (args.tokens,), generator=generator).to(args.device)
-    return hidden, weight, targets
+    # The teacher's final hidden states and projection (for --loss kd): no gradient.
+    teacher_hidden = torch.randn(args.tokens, args.hidden, generator=generator).to(args.device)
+    teacher_weight = (torch.randn(args.vocab, args.hidden, generator=generator) * 0.02).to(args.device)
+    return hidden, weight, targets, teacher_hidden, teacher_weight
 
 
-def loss_of(variant: str, hidden, weight, targets):
-    from tutorlm.train.data import linear_cross_entropy
+def loss_of(loss: str, variant: str, hidden, weight, targets, teacher_hidden, teacher_weight):
+    from tutorlm.train.losses import divergence, linear_cross_entropy, linear_kd_loss
 
+    if loss == "ce":
+        if variant == "fused":
+            return linear_cross_entropy(hidden, weight, targets)
+        return F.cross_entropy((hidden @ weight.T).float(), targets)
     if variant == "fused":
-        return linear_cross_entropy(hidden, weight, targets)
-    return F.cross_entropy((hidden @ weight.T).float(), targets)
+        def teacher_logprobs(start, end):
+            return F.log_softmax((teacher_hidden[start:end] @ teacher_weight.T).float(), dim=-1)
+
+        return linear_kd_loss(hidden, weight, teacher_logprobs, kind="forward_kl")
+    with torch.no_grad():
+        teacher = F.log_softmax((teacher_hidden @ teacher_weight.T).float(), dim=-1)
+    return divergence(F.log_softmax((hidden @ weight.T).float(), dim=-1), teacher, "forward_kl").mean()
 
 
 def side(args: argparse.Namespace) -> None:
     cuda = args.device == "cuda"
-    hidden, weight, targets = inputs(args)
+    hidden, weight, targets, teacher_hidden, teacher_weight = inputs(args)
     autocast = torch.autocast(args.device, dtype=torch.bfloat16, enabled=args.dtype == "bf16")
     if cuda:
         torch.cuda.synchronize()
@@ -62,7 +78,7 @@ def side(args: argparse.Namespace) -> None:
         hidden.grad = weight.grad = None
         started = time.perf_counter()
         with autocast:
-            loss = loss_of(args.side, hidden, weight, targets)
+            loss = loss_of(args.loss, args.side, hidden, weight, targets, teacher_hidden, teacher_weight)
         loss.backward()
         if cuda:
             torch.cuda.synchronize()
@@ -80,13 +96,15 @@ def main() -> None:
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32", help="bf16: under autocast")
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "loss_memory.json"))
+    parser.add_argument("--loss", choices=("ce", "kd"), default="ce", help="ce: SFT cross-entropy; kd: forward KL to a teacher")
+    parser.add_argument("--out", help="result file (default: benchmarks/results/loss_memory.json, or kd_loss.json for --loss kd)")
     parser.add_argument("--side", choices=("plain", "fused"), help=argparse.SUPPRESS)
     parser.add_argument("--save", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.side:
         side(args)
         return
+    args.out = args.out or str(ROOT / "benchmarks" / "results" / ("kd_loss.json" if args.loss == "kd" else "loss_memory.json"))
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: torch sees no CUDA device")
     if min(args.vocab, args.hidden, args.tokens, args.repeats) < 1:
@@ -96,7 +114,7 @@ def main() -> None:
     for variant in ("plain", "fused"):
         save = Path(args.out).with_suffix(f".{variant}.pt")
         command = [sys.executable, __file__, "--side", variant, "--save", str(save)] + [
-            f"--{name}={getattr(args, name)}" for name in ("vocab", "hidden", "tokens", "device", "dtype", "repeats")]
+            f"--{name}={getattr(args, name)}" for name in ("vocab", "hidden", "tokens", "device", "dtype", "repeats", "loss")]
         results[variant], _ = run_side(variant, command, env)
         saved[variant] = torch.load(save)
         save.unlink()
@@ -105,7 +123,7 @@ def main() -> None:
     agree = {key: bool(torch.allclose(saved["plain"][key], saved["fused"][key], rtol=tolerance, atol=tolerance * 1e-2))
              for key in ("loss", "hidden", "weight")}
     output = {
-        "benchmark": "loss_memory", "date": time.strftime("%Y-%m-%d"),
+        "benchmark": "loss_memory", "loss": args.loss, "date": time.strftime("%Y-%m-%d"),
         "machine": machine(args.device),
         "device": args.device, "dtype": args.dtype, "vocab": args.vocab, "hidden": args.hidden, "tokens": args.tokens,
         "variants": results, "loss_and_gradients_agree": agree,

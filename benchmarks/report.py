@@ -88,10 +88,13 @@ def rows() -> list[str]:
             )
         elif name == "loss_memory":
             plain, fused = result["variants"]["plain"], result["variants"]["fused"]
+            kd = result.get("loss") == "kd"
+            what = ("KD loss alone (forward KL)", "chunked KD from hidden states", "both models' full logits + KL") if kd else \
+                ("SFT loss alone", "chunked linear cross-entropy", "full logits + cross-entropy")
             lines.append(
-                f"| SFT loss alone, {result['tokens']} labelled tokens x vocabulary {result['vocab']:,} x hidden {result['hidden']} "
-                f"({result['dtype']}, {result['device']}) | {result['machine']} | {result['date']} | chunked linear cross-entropy: "
-                f"{fused['peak_above_inputs_mb']} MB peak, {fused['ms']} ms | full logits + cross-entropy: "
+                f"| {what[0]}, {result['tokens']} labelled tokens x vocabulary {result['vocab']:,} x hidden {result['hidden']} "
+                f"({result['dtype']}, {result['device']}) | {result['machine']} | {result['date']} | {what[1]}: "
+                f"{fused['peak_above_inputs_mb']} MB peak, {fused['ms']} ms | {what[2]}: "
                 f"{plain['peak_above_inputs_mb']} MB peak, {plain['ms']} ms | {result['ratio_memory']}× memory "
                 f"| {result['ratio_time']}× the time; loss and both gradients agree: {all(result['loss_and_gradients_agree'].values())} |"
             )

@@ -98,3 +98,20 @@ def test_an_unknown_backend_kind_is_an_error_not_the_reference_solver():
 
     with pytest.raises(ConfigError, match="unknown backend 'vllm'"):
         make_backend(SimpleNamespace(backend="vllm"))
+
+
+def test_doctor_compares_a_teacher_and_a_student_tokenizer(tmp_path, capsys):
+    from test_kd import different_tokenizer
+
+    from tiny import make_model
+
+    save_tiny_model(tmp_path / "a", seed=1)
+    save_tiny_model(tmp_path / "b", seed=2)
+    assert main(["doctor", "--teacher", str(tmp_path / "a"), "--student", str(tmp_path / "b")]) == 0
+    assert "same vocabulary" in capsys.readouterr().out
+    other = different_tokenizer()
+    make_model(other).save_pretrained(tmp_path / "c")
+    other.save_pretrained(tmp_path / "c")
+    assert main(["doctor", "--teacher", str(tmp_path / "c"), "--student", str(tmp_path / "b")]) == 1
+    assert "different vocabularies: vocabulary size" in capsys.readouterr().out
+    assert main(["doctor", "--teacher", str(tmp_path / "c")]) == 2
