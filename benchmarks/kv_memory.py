@@ -27,7 +27,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def side(args: argparse.Namespace) -> None:
-    from tutorlm.backends import Request, Sampling, batching
+    from tutorlm import engine as batching
+    from tutorlm.backends import Request, Sampling
     from tutorlm.backends.hf import HFBackend
     from tutorlm.config import TaskConfig, TeacherConfig
     from tutorlm.models import load_model, load_tokenizer

@@ -9,7 +9,7 @@ import torch
 
 from tiny import make_model, make_tokenizer
 from tutorlm.backends import Request, Sampling
-from tutorlm.backends.batching import Engine, supports
+from tutorlm.engine import Engine, supports
 
 
 def varied_model(tokenizer):
@@ -75,7 +75,7 @@ def test_greedy_matches_unbatched_generate(tiny, slots):
 
 @pytest.mark.parametrize("slots", [1, 4, 64])
 def test_kv_buffer_grows_only_as_rows_need(tiny, slots, monkeypatch):
-    from tutorlm.backends import batching
+    from tutorlm import engine as batching
 
     tokenizer, model = tiny
     prompts = prompts_with_shared_prefix(len(tokenizer))

@@ -114,6 +114,9 @@ def _trace_row(example: Example, request: Request, completion: Completion, plan_
         row["teacher_prompt"] = request.messages
     if completion.logprobs is not None:
         row["logprobs"] = completion.logprobs
+    if completion.token_ids is not None:  # local teachers: the ids, in the vocabulary of the tokenizer named here
+        row["completion_token_ids"] = completion.token_ids
+        row["tokenizer"] = backend.model_name
     return row
 
 

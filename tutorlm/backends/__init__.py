@@ -57,19 +57,22 @@ class Completion:
     prompt_tokens: int
     completion_tokens: int
     latency_s: float = 0.0
-    # One entry per generated token: {"token": str, "logprob": float, "top": [[token, logprob], ...]}
+    # One entry per generated token: {"token": str, "logprob": float, "top": [[token, logprob], ...]}; local models
+    # add the ids ({"id": int, "top_ids": [int, ...]}), which servers' text tokens cannot give back exactly.
     logprobs: list[dict[str, Any]] | None = None
+    token_ids: list[int] | None = None  # the generated tokens' ids in the model's vocabulary (local models)
     meta: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {"text": self.text, "finish_reason": self.finish_reason, "prompt_tokens": self.prompt_tokens,
-                "completion_tokens": self.completion_tokens, "latency_s": self.latency_s, "logprobs": self.logprobs}
+                "completion_tokens": self.completion_tokens, "latency_s": self.latency_s, "logprobs": self.logprobs,
+                "token_ids": self.token_ids}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Completion":
         return cls(text=data["text"], finish_reason=data["finish_reason"], prompt_tokens=data["prompt_tokens"],
                    completion_tokens=data["completion_tokens"], latency_s=data.get("latency_s", 0.0),
-                   logprobs=data.get("logprobs"))
+                   logprobs=data.get("logprobs"), token_ids=data.get("token_ids"))
 
 
 OnResult = Callable[[Request, "Completion | Exception"], None]

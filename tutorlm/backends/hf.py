@@ -1,7 +1,7 @@
 """Local transformers backend: prompts formatted with the model's chat template, decoded in batches.
 
 Models whose cache is plain full attention (most decoder-only LMs) decode with continuous batching
-(`batching.Engine`): `batch_size` rows at a time, each refilled with the next prompt the moment it
+(`tutorlm.engine.Engine`): `batch_size` rows at a time, each refilled with the next prompt the moment it
 finishes. Sampling is seeded per request (from the seed, messages and sample index), so a sampled
 completion is the same whatever else shares its batch. Other models (sliding-window or hybrid caches)
 use `model.generate` on length-sorted batches, seeded per batch. Top-k log-probabilities come from the
@@ -16,6 +16,7 @@ from typing import Any
 
 from tutorlm.backends import Completion, FatalBackendError, OnResult, Request, Sampling
 from tutorlm.config import ConfigError
+from tutorlm.engine import Engine, request_seed, supports
 
 
 class HFBackend:
@@ -49,9 +50,7 @@ class HFBackend:
         self.stop_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
         self.stop_ids.add(self.tokenizer.eos_token_id)
         self.counters: dict[str, int] = {"batches": 0}
-        from tutorlm.backends import batching
-
-        self.continuous = batching.supports(self.model)
+        self.continuous = supports(self.model)
 
     def run(self, requests: list[Request], sampling: Sampling, on_result: OnResult) -> None:
         if self.continuous:
@@ -60,8 +59,6 @@ class HFBackend:
             self._run_generate(requests, sampling, on_result)
 
     def _run_engine(self, requests: list[Request], sampling: Sampling, on_result: OnResult) -> None:
-        from tutorlm.backends import batching
-
         prompts = self.tokenizer(self._texts(requests), add_special_tokens=False)["input_ids"]
         stop_check = None
         if sampling.stop:
@@ -77,13 +74,14 @@ class HFBackend:
             on_result(requests[index], Completion(
                 text=text, finish_reason=reason, prompt_tokens=len(prompts[index]), completion_tokens=len(tokens),
                 latency_s=latency, logprobs=[self._logprob_entry(token, *step) for token, step in zip(tokens, logprobs)] or None,
+                token_ids=list(tokens),
             ))
 
-        engine = batching.Engine(self.model, slots=self.batch_size, pad_token_id=self.tokenizer.pad_token_id, stop_ids=self.stop_ids)
+        engine = Engine(self.model, slots=self.batch_size, pad_token_id=self.tokenizer.pad_token_id, stop_ids=self.stop_ids)
         if sampling.seed is None:
             seeds = [random.getrandbits(62) for _ in requests]
         else:
-            seeds = [batching.request_seed(sampling.seed, r) for r in requests]
+            seeds = [request_seed(sampling.seed, r) for r in requests]
         engine.run(prompts, max_tokens=sampling.max_tokens, temperature=sampling.temperature, top_p=sampling.top_p,
                    top_logprobs=sampling.top_logprobs, seeds=seeds, stop_check=stop_check, finished=finished)
         self.counters["batches"] += engine.counters["prefills"]
@@ -92,8 +90,10 @@ class HFBackend:
         return [self.tokenizer.apply_chat_template(r.messages, add_generation_prompt=True, tokenize=False) for r in requests]
 
     def _logprob_entry(self, token: int, top_ids: Any, top_values: Any, logprob: float) -> dict[str, Any]:
-        return {"token": self.tokenizer.decode([token]), "logprob": logprob,
-                "top": [[self.tokenizer.decode([int(i)]), float(v)] for v, i in zip(top_values, top_ids)]}
+        """One token's entry: its text and id, its log-prob, and the top-k as [text, log-prob] with their ids."""
+        return {"token": self.tokenizer.decode([token]), "id": int(token), "logprob": logprob,
+                "top": [[self.tokenizer.decode([int(i)]), float(v)] for v, i in zip(top_values, top_ids)],
+                "top_ids": [int(i) for i in top_ids]}
 
     def _run_generate(self, requests: list[Request], sampling: Sampling, on_result: OnResult) -> None:
         import torch
@@ -141,7 +141,7 @@ class HFBackend:
                 logprobs = self._top_logprobs(output.logits, row, len(tokens), tokens, sampling.top_logprobs) if sampling.top_logprobs else None
                 on_result(requests[request_index], Completion(
                     text=text, finish_reason=finish, prompt_tokens=lengths[request_index],
-                    completion_tokens=len(tokens), latency_s=latency, logprobs=logprobs,
+                    completion_tokens=len(tokens), latency_s=latency, logprobs=logprobs, token_ids=tokens,
                 ))
 
     def _top_logprobs(self, logits: tuple, row: int, count: int, tokens: list[int], k: int) -> list[dict[str, Any]]:
