@@ -5,7 +5,8 @@
     ACCELERATE_USE_CPU=true torchrun --nproc_per_node 2 -m tutorlm train --out runs/letters # data parallel on CPUs
 
 Method: Fine-tune-CoT (Ho et al. 2023): next-token cross-entropy on the teacher's rationale, with
-the loss on completion tokens only. Batches group examples of similar length (padding-free packing
+the loss on completion tokens only; `train.objective kd` swaps the loss for logit distillation from a
+local teacher (train/kd.py) and keeps the rest of the loop. Batches group examples of similar length (padding-free packing
 with `--train.packing true`, see data.py); the loss of a step with gradient accumulation is the mean
 of the micro-batch means.
 
