@@ -115,3 +115,20 @@ def test_doctor_compares_a_teacher_and_a_student_tokenizer(tmp_path, capsys):
     assert main(["doctor", "--teacher", str(tmp_path / "c"), "--student", str(tmp_path / "b")]) == 1
     assert "different vocabularies: vocabulary size" in capsys.readouterr().out
     assert main(["doctor", "--teacher", str(tmp_path / "c")]) == 2
+
+
+def test_evaluated_models_never_inherit_the_teachers_device_dtype_or_remote_code(tmp_path):
+    from tutorlm.config import Recipe, RunConfig, StudentConfig, TeacherConfig
+    from tutorlm.evaluate import resolve_spec
+
+    save_tiny_model(tmp_path / "run" / "student")
+    recipe = Recipe(run=RunConfig(name="run", output_dir=str(tmp_path)),
+                    teacher=TeacherConfig(backend="hf", model="big", dtype="bfloat16", device="cuda", trust_remote_code=True),
+                    student=StudentConfig(model="small", dtype="float32", device="cpu"))
+    for spec in ("base", "student"):
+        _, config = resolve_spec(spec, recipe)
+        assert (config.dtype, config.device, config.trust_remote_code) == ("float32", "cpu", False), spec
+    _, other = resolve_spec(str(tmp_path / "elsewhere"), recipe)
+    assert (other.dtype, other.device, other.trust_remote_code) == ("auto", "auto", False)
+    _, teacher = resolve_spec("teacher", recipe)
+    assert (teacher.dtype, teacher.device, teacher.trust_remote_code) == ("bfloat16", "cuda", True)

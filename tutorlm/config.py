@@ -174,6 +174,8 @@ class StudentConfig:
     )
     gguf_file: str | None = option(None, "GGUF file name inside the model directory")
     trust_remote_code: bool = option(False, "allow model code from the hub (off unless you trust the model)")
+    device: str = option("auto", "where the student is evaluated (base and student in `tutorlm eval`): cuda, mps, cpu, or auto")
+    dtype: str = option("auto", "the dtype the student is evaluated in: float32, bfloat16, float16, or auto (bf16 where fast)")
 
 
 @dataclass

@@ -50,7 +50,11 @@ def resolve_spec(spec: str, recipe: Recipe) -> tuple[str, TeacherConfig]:
     label = None
     if "=" in spec and not spec.startswith(("/", ".")):
         label, spec = spec.split("=", 1)
-    hf = replace(recipe.teacher, backend="hf", batch_size=recipe.eval.batch_size, gguf_file=None)
+    # Models other than the teacher get their own settings, never the teacher's device, dtype or trust_remote_code:
+    # the recipe's student ones for base and student, the defaults for any other local model.
+    student = recipe.student
+    hf = TeacherConfig(backend="hf", batch_size=recipe.eval.batch_size)
+    own = replace(hf, device=student.device, dtype=student.dtype, trust_remote_code=student.trust_remote_code)
     if spec == "teacher":
         config = replace(recipe.teacher, batch_size=recipe.eval.batch_size)
     elif spec == "reference":
@@ -58,12 +62,12 @@ def resolve_spec(spec: str, recipe: Recipe) -> tuple[str, TeacherConfig]:
     elif spec.startswith("openai:"):
         config = replace(recipe.teacher, backend="openai", model=spec[len("openai:"):])
     elif spec == "base":
-        config = replace(hf, model=recipe.student.model, gguf_file=recipe.student.gguf_file)
+        config = replace(own, model=student.model, gguf_file=student.gguf_file)
     elif spec == "student":
-        student = recipe.run.path / "student"
-        if not (student / "config.json").exists() and not (student / "adapter_config.json").exists():
-            raise DataError(f"{student}: no trained student; run `tutorlm train` for this run directory first")
-        config = replace(hf, model=str(student))
+        trained = recipe.run.path / "student"
+        if not (trained / "config.json").exists() and not (trained / "adapter_config.json").exists():
+            raise DataError(f"{trained}: no trained student; run `tutorlm train` for this run directory first")
+        config = replace(own, model=str(trained))
     else:
         config = replace(hf, model=spec)
     if label is None:

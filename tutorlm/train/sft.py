@@ -94,7 +94,8 @@ def rank_share(order: list, accelerator: Any) -> list:
 
 
 def train_stage_config(recipe: Recipe) -> dict[str, Any]:
-    config = {"student": to_dict(recipe.student), "train": to_dict(recipe.train)}
+    student = {key: value for key, value in to_dict(recipe.student).items() if key not in ("device", "dtype")}  # eval-only
+    config = {"student": student, "train": to_dict(recipe.train)}
     if recipe.train.objective == "kd":  # the teacher decides the targets: another teacher is another run
         teacher = to_dict(recipe.teacher)
         config["teacher"] = {key: teacher[key] for key in ("backend", "model", "gguf_file", "dtype")}
