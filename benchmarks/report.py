@@ -31,6 +31,19 @@ def rows() -> list[str]:
                 f"| `tutorlm run` ({result['recipe']} recipe) | {result['machine']} | {result['date']} | {result['wall_s'] / 60:.1f} min wall, "
                 f"student {result['accuracy']['base']:.0%} -> {result['accuracy']['student']:.0%} | – | – | {stages} |"
             )
+        elif name == "distill_methods":
+            sides = result["sides"]
+
+            def acc(label: str) -> str:
+                low, high = sides[label]["accuracy_ci95"]
+                return f"{sides[label]['accuracy']:.0%} ({low:.0%}–{high:.0%})"
+            lines.append(
+                f"| distillation methods, {result['task']['source']} ({result['train_examples']} rationales, "
+                f"{result['questions']} test questions), teacher {result['teacher']} | {result['machine']} | {result['date']} "
+                f"| logit KD ({result['kd_settings']['kd_divergence']}, CE weight {result['kd_settings']['kd_ce_weight']}): "
+                f"{acc('kd')}, train {sides['kd']['train_seconds']:.0f} s | SFT: {acc('sft')}, train {sides['sft']['train_seconds']:.0f} s "
+                f"| {sides['kd']['accuracy'] - sides['sft']['accuracy']:+.0%} points | base {acc('base')}, teacher {acc('teacher')} |"
+            )
         elif name == "precision":
             train_shape = next(iter(result["shapes"].values()))
             sft = result.get("sft", {})
