@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import socket
 import threading
 import time
@@ -22,6 +23,11 @@ class _Server(ThreadingHTTPServer):
 
 
 FAULTS = ("429", "500", "503", "slow", "drop", "malformed")
+
+
+def fake_logprob(token: str) -> float:
+    """The log-probability the fake server gives a token: a fixed function of its text, so tests can check it."""
+    return -0.1 * len(token.strip())
 
 
 def default_reply(messages: list[dict]) -> str:
@@ -40,7 +46,9 @@ class FakeOpenAI:
         fault_for: Callable[[str, int], str | None] = lambda key, attempt: None,
         reply: Callable[[list[dict]], str] = default_reply,
         html_models: bool = False,
+        echo: bool = True,
     ) -> None:
+        self.echo = echo  # False: /v1/completions refuses echo, as llama.cpp's server does
         self.html_models = html_models  # GET /models answers with a web page, as a web UI at that address would
         self.model, self.api_key, self.delay_s, self.slow_s = model, api_key, delay_s, slow_s
         self.fault_for, self.reply = fault_for, reply
@@ -94,6 +102,35 @@ class FakeOpenAI:
                 self._send(401, b'{"error": {"message": "invalid api key"}}')
                 return False
 
+            def _completions(self, body: dict) -> None:
+                """Legacy /v1/completions with echo + logprobs, as vLLM serves it (llama.cpp's server refuses echo)."""
+                key = hashlib.sha256(json.dumps(["completions", body["prompt"]]).encode()).hexdigest()
+                with fake.lock:
+                    attempt = fake.attempts[key]
+                    fake.attempts[key] += 1
+                    fake.bodies.append(body)
+                fault = fake.fault_for(key, attempt)
+                if fault in ("429", "500", "503"):
+                    self._send(int(fault), b'{"error": {"message": "try again"}}')
+                    return
+                if body.get("echo") and not fake.echo:
+                    self._send(400, b'{"error": {"message": "Only no echo is supported", "type": "invalid_request_error"}}')
+                    return
+                tokens = re.findall(r"\s*\S+", body["prompt"]) if body.get("echo") else []
+                tokens.append(" .")  # the one generated token (max_tokens 1)
+                offsets = [0]
+                for token in tokens[:-1]:
+                    offsets.append(offsets[-1] + len(token))
+                values = [None] + [fake_logprob(token) for token in tokens[1:]]
+                top = [None] + [{token: fake_logprob(token), " else": -5.0} for token in tokens[1:]]
+                reply = {"choices": [{"index": 0, "text": body["prompt"] + " .", "finish_reason": "length",
+                                      "logprobs": {"tokens": tokens, "token_logprobs": values, "text_offset": offsets,
+                                                   "top_logprobs": top}}],
+                         "usage": {"prompt_tokens": len(tokens) - 1, "completion_tokens": 1}}
+                self._send(200, json.dumps(reply).encode())
+                with fake.lock:
+                    fake.served[key] += 1
+
             def _send_html(self) -> None:
                 body = b"<!DOCTYPE html><html><head><title>Sign in</title></head><body>web UI</body></html>"
                 self.send_response(200)
@@ -111,6 +148,9 @@ class FakeOpenAI:
             def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 if not self._authorized():
+                    return
+                if not self.path.endswith("/chat/completions"):
+                    self._completions(body)
                     return
                 if body["model"] != fake.model:
                     self._send(404, json.dumps({"error": {"message": f"The model `{body['model']}` does not exist"}}).encode())

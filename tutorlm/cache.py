@@ -51,17 +51,24 @@ class Cache:
         )
 
     def get_many(self, keys: list[str]) -> dict[str, Completion]:
-        found: dict[str, Completion] = {}
+        return {key: Completion.from_dict(data) for key, data in self.get_many_json(keys).items()}
+
+    def get_many_json(self, keys: list[str]) -> dict[str, Any]:
+        """The stored JSON of each key found (completions, and other paid-for results such as scores)."""
+        found: dict[str, Any] = {}
         with self._lock:
             for start in range(0, len(keys), 500):
                 chunk = keys[start : start + 500]
                 marks = ",".join("?" * len(chunk))
                 for key, data in self._db.execute(f"SELECT key, completion FROM completions WHERE key IN ({marks})", chunk):
-                    found[key] = Completion.from_dict(json.loads(data))
+                    found[key] = json.loads(data)
         return found
 
     def put(self, key: str, backend_kind: str, model_name: str, completion: Completion) -> None:
-        data = json.dumps(completion.to_dict(), ensure_ascii=False)
+        self.put_json(key, backend_kind, model_name, completion.to_dict())
+
+    def put_json(self, key: str, backend_kind: str, model_name: str, value: Any) -> None:
+        data = json.dumps(value, ensure_ascii=False)
         with self._lock:
             self._db.execute(
                 "INSERT OR REPLACE INTO completions (key, backend, model, completion, created) VALUES (?, ?, ?, ?, ?)",

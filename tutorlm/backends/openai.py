@@ -22,7 +22,8 @@ import os
 import random
 import sys
 import time
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import httpx
 
@@ -124,7 +125,7 @@ class OpenAIBackend:
             body["top_logprobs"] = sampling.top_logprobs
         return body
 
-    def _fatal_for(self, response: httpx.Response, endpoint: _Endpoint) -> FatalBackendError | None:
+    def _fatal_for(self, response: httpx.Response, endpoint: _Endpoint, path: str = "/chat/completions") -> FatalBackendError | None:
         if response.status_code in (401, 403):
             where = f"environment variable {self.api_key_env}" if self.api_key_env else "teacher.api_key_env"
             return FatalBackendError(
@@ -133,7 +134,7 @@ class OpenAIBackend:
         if response.status_code == 404:
             if "model" in response.text.lower():
                 return FatalBackendError(f"{endpoint.base_url}: model {self.model_name!r} not found (HTTP 404): {response.text[:300]}")
-            return FatalBackendError(f"{endpoint.base_url}/chat/completions not found (HTTP 404): check teacher.base_url (it usually ends in /v1)")
+            return FatalBackendError(f"{endpoint.base_url}{path} not found (HTTP 404): check teacher.base_url (it usually ends in /v1)")
         return None
 
     async def _preflight(self, client: httpx.AsyncClient, endpoints: list[_Endpoint]) -> None:
@@ -150,29 +151,35 @@ class OpenAIBackend:
             if response.status_code == 200:
                 _json_or_fatal(response, f"{endpoint.base_url}/models")
 
-    async def _attempt(self, client: httpx.AsyncClient, endpoint: _Endpoint, request: Request, sampling: Sampling) -> Completion:
+    async def _attempt(self, client: httpx.AsyncClient, endpoint: _Endpoint, call: "_Call") -> Any:
         started = time.perf_counter()
-        response = await client.post(
-            f"{endpoint.base_url}/chat/completions", headers=self._headers(), content=json.dumps(self._body(request, sampling))
-        )
-        fatal = self._fatal_for(response, endpoint)
+        response = await client.post(f"{endpoint.base_url}{call.path}", headers=self._headers(), content=json.dumps(call.body))
+        fatal = self._fatal_for(response, endpoint, call.path)
         if fatal:
             raise fatal
         if response.status_code in _RETRY_STATUSES:
             raise _Retryable(f"HTTP {response.status_code}", _retry_after_seconds(response.headers.get("retry-after")))
         if response.status_code >= 400:
+            if call.refused is not None:
+                call.refused(response, endpoint.base_url)
             raise RequestFailed(f"HTTP {response.status_code} from {endpoint.base_url}: {response.text[:300]}")
-        data = _json_or_fatal(response, f"{endpoint.base_url}/chat/completions")
+        data = _json_or_fatal(response, f"{endpoint.base_url}{call.path}")
         try:
-            completion = parse_chat_completion(data, time.perf_counter() - started)
+            return call.parse(data, time.perf_counter() - started, endpoint.base_url)
         except (ValueError, KeyError, TypeError, IndexError):
             raise _Retryable(f"malformed reply: {response.text[:100]!r}", None) from None
-        if not completion.text.strip():
-            # A passing glitch must not become a permanent cached sample: retried, never cached.
-            raise _Retryable(f"empty completion (finish reason {completion.finish_reason!r})", None)
-        return completion
 
-    async def _request(self, client: httpx.AsyncClient, endpoints: list[_Endpoint], request: Request, sampling: Sampling) -> Completion:
+    def _chat_call(self, request: Request, sampling: Sampling) -> "_Call":
+        def parse(data: Any, latency: float, url: str) -> Completion:
+            completion = parse_chat_completion(data, latency)
+            if not completion.text.strip():
+                # A passing glitch must not become a permanent cached sample: retried, never cached.
+                raise _Retryable(f"empty completion (finish reason {completion.finish_reason!r})", None)
+            return completion
+
+        return _Call("/chat/completions", self._body(request, sampling), parse)
+
+    async def _request(self, client: httpx.AsyncClient, endpoints: list[_Endpoint], call: "_Call") -> Any:
         last_error = "no attempt"
         for attempt in range(self.max_retries + 1):
             endpoint = min(endpoints, key=lambda e: (e.in_flight, random.random()))
@@ -181,7 +188,7 @@ class OpenAIBackend:
                 endpoint.in_flight += 1
                 self.counters["requests"] += 1
                 try:
-                    return await self._attempt(client, endpoint, request, sampling)
+                    return await self._attempt(client, endpoint, call)
                 except _Retryable as error:
                     last_error, retry_after = str(error), error.retry_after
                 except (httpx.TimeoutException, httpx.TransportError) as error:
@@ -195,7 +202,7 @@ class OpenAIBackend:
             await asyncio.sleep(retry_after if retry_after is not None else backoff)
         raise RequestFailed(f"failed after {self.max_retries + 1} attempts: {last_error}")
 
-    async def _run(self, requests: list[Request], sampling: Sampling, on_result: OnResult) -> None:
+    async def _run(self, requests: list[Any], call_of: Callable[[Any], "_Call"], on_result: Callable[[Any, Any], None]) -> None:
         endpoints = [_Endpoint(url, self.max_concurrency) for url in self.base_urls]
         limits = httpx.Limits(max_connections=self.max_concurrency * len(endpoints), max_keepalive_connections=self.max_concurrency * len(endpoints))
         async with httpx.AsyncClient(timeout=httpx.Timeout(self.timeout_s), limits=limits) as client:
@@ -208,7 +215,7 @@ class OpenAIBackend:
                 while not queue.empty():
                     request = queue.get_nowait()
                     try:
-                        result: Completion | Exception = await self._request(client, endpoints, request, sampling)
+                        result: Any = await self._request(client, endpoints, call_of(request))
                     except RequestFailed as error:
                         result = error
                     on_result(request, result)
@@ -227,7 +234,26 @@ class OpenAIBackend:
         if self.api_key_env and not os.environ.get(self.api_key_env):
             print(f"note: environment variable {self.api_key_env} is not set; sending requests without an API key",
                   file=sys.stderr)
-        asyncio.run(self._run(requests, sampling, on_result))
+        asyncio.run(self._run(requests, lambda request: self._chat_call(request, sampling), on_result))
+
+    def score(self, items: list[Any], top_k: int, on_result: Callable[[Any, Any], None]) -> None:
+        """Log-probabilities of each item's `completion` text after its `prompt` text (both already rendered with the
+        served model's chat template), with OpenAI's legacy `echo` + `logprobs` on /v1/completions, which vLLM serves.
+        `on_result(item, ScoredText or RequestFailed)` as each arrives. A server that cannot echo prompt log-probabilities
+        (llama.cpp's server refuses `echo`) stops the run at once, naming the endpoint and its reply."""
+        from tutorlm.score import parse_echo_logprobs
+
+        def call_of(item: Any) -> _Call:
+            body = {"model": self.model_name, "prompt": item.prompt + item.completion, "max_tokens": 1, "temperature": 0.0,
+                    "echo": True, "logprobs": max(top_k, 1)}
+
+            def parse(data: Any, latency: float, url: str) -> Any:
+                return parse_echo_logprobs(data, item.prompt, item.completion, top_k, f"{url}/completions")
+
+            return _Call("/completions", body, parse, refused=_echo_refused)
+
+        if items:
+            asyncio.run(self._run(items, call_of, on_result))
 
     def close(self) -> None:
         pass
@@ -246,6 +272,25 @@ def _json_or_fatal(response: httpx.Response, url: str) -> Any:
             f"{url} answered HTTP {response.status_code} with something that is not JSON ({kind}): "
             f"{response.text[:120]!r}. Is teacher.base_url an OpenAI-compatible API (it usually ends in /v1)?"
         ) from None
+
+
+def _echo_refused(response: httpx.Response, url: str) -> None:
+    """A 4xx reply to an echo request that names echo or logprobs: this server cannot score prompts; no retry helps."""
+    if response.status_code < 500 and any(word in response.text.lower() for word in ("echo", "logprob")):
+        raise FatalBackendError(
+            f"{url}/completions cannot return prompt log-probabilities (HTTP {response.status_code}: {response.text[:200]}); "
+            "scoring needs a server that supports echo with logprobs on /v1/completions, such as vLLM"
+        )
+
+
+@dataclass
+class _Call:
+    """One HTTP call: where to post, what, and how to read the reply (raise _Retryable for a bad one)."""
+
+    path: str
+    body: dict[str, Any]
+    parse: Callable[[Any, float, str], Any]
+    refused: Callable[[httpx.Response, str], None] | None = None  # may raise FatalBackendError for a 4xx reply
 
 
 class _Retryable(Exception):
