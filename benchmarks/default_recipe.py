@@ -43,7 +43,7 @@ def main() -> None:
         summary = json.loads((run / "eval" / "summary.json").read_text())
         generous = None
         if args.base_max_tokens:
-            label = f"base@{args.base_max_tokens}"
+            label = f"base-{args.base_max_tokens}"  # labels keep letters, digits, dot, dash and underscore
             started = time.perf_counter()
             subprocess.run([sys.executable, "-m", "tutorlm", "eval", "--out", str(run), "--model", f"{label}=base",
                             "--eval.max_tokens", str(args.base_max_tokens)], cwd=tmp, env=env, check=True,
