@@ -68,6 +68,8 @@ CASES = [
     ("The answer is not 6.", "6", "number", None, False),
     ("The answer is between 5 and 6.", "6", "number", None, False),
     ("The answer is 5 or 6.", "6", "number", None, False),
+    ("The answer is 6, since 4 and 2 make 6.", "6", "number", None, True),
+    ("The answer is 12 apples and 3 pears.", "3", "number", None, False),
     ("The answer is approximately 6.", "6", "number", None, False),
     ("3+4 = 7, then 7*", "7", "number", None, False),  # cut off mid-expression: no fallback number
     ("3+4 = 7, so 7 * 2 =", "14", "number", None, False),
@@ -157,6 +159,8 @@ CASES = [
     ("So the statement is false", "False", "boolean", None, True),
     ("It is hard to tell", "True", "boolean", None, False),
     ("The answer is yes and no.", "yes", "boolean", None, False),
+    ("The answer is true or false.", "true", "boolean", None, False),
+    ("The answer is yes, since Alice and Bob both flipped it.", "yes", "boolean", None, True),
     ("The answer is n/a.", "no", "boolean", None, False),
     ("The answer is n.", "no", "boolean", None, True),
     ("The answer is no.", "n/a", "auto", None, False),

@@ -90,7 +90,10 @@ _HEDGE = re.compile(
     r"^(?:not|never|neither|either|between|unclear|unknown|uncertain|undetermined|indeterminate|maybe|perhaps|"
     r"possibly|probably|likely|unlikely|approximately|about|around|roughly|nearly|almost|at\s+least|at\s+most|"
     r"more\s+than|less\s+than|cannot|can't|can\s+not)\b", re.I)
-_TWO_ANSWERS = re.compile(r"\b(?:and|or)\b", re.I)
+# Two numbers joined by and/or in the statement's first clause ("5 or 6", "12 apples and 3 pears"); a reason after
+# a comma or "since" may name other numbers ("6, since 4 and 2 make 6").
+_TWO_NUMBERS = re.compile(r"\d[^\d\n]{0,20}?\b(?:and|or)\b\s*\$?-?\.?\d", re.I)
+_REASON = re.compile(r",|;|\b(?:since|because|as|so|which)\b", re.I)
 _TWO_LETTERS = re.compile(r"\b[A-Z]\)?\s*(?:,|/|\band\b|\bor\b)\s*\(?[A-Z]\b")
 # A completion cut off mid-expression ("... 7 * 3 =", "then 7*"): its last number is not its answer.
 _UNFINISHED = re.compile(r"(?:[-+*/×÷^=(,]|\\times|\\cdot|\\div)\s*$")
@@ -108,9 +111,8 @@ def strip_reasoning(completion: str) -> str | None:
     tags = list(_TAG.finditer(completion))
     if tags and tags[0].group(1):
         # The template opened the block in the prompt: the answer part follows the first close tag.
-        offset = tags[0].end()
-        completion = completion[offset:]
-        tags = [tag for tag in _TAG.finditer(completion)]
+        completion = completion[tags[0].end() :]
+        tags = list(_TAG.finditer(completion))
     pieces, position, inside = [], 0, None
     for tag in tags:
         closing, name = bool(tag.group(1)), tag.group(2).lower()
@@ -153,8 +155,11 @@ def _states_one_answer(answer: str, answer_type: str, choices: Sequence[str] | N
     """False for an answer statement that hedges, negates, or names two answers where one is expected."""
     if _HEDGE.match(answer):
         return False
-    if answer_type in ("number", "boolean") and _TWO_ANSWERS.search(answer):
+    if answer_type == "number" and _TWO_NUMBERS.search(_REASON.split(answer, maxsplit=1)[0]):
         return False
+    if answer_type == "boolean":  # "yes and no", "true or false"; "yes, since ... and ..." still says yes
+        values = {normalize_boolean(word) for word in _BOOLEAN_WORD.findall(answer)}
+        return len(values) < 2
     if answer_type == "choice" or choices:
         if choices and any(normalize_text(answer) == normalize_text(choice) for choice in choices):
             return True
