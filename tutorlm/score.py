@@ -26,7 +26,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from tutorlm.train.data import IGNORE, Tokenized, _identity_head, _labelled_positions, _plain_output_head, collate_padded, tokenize
+from tutorlm.train.data import IGNORE, Tokenized, collate_padded, identity_head, labelled_positions, plain_output_head, tokenize
 
 ROWS_PER_CHUNK = 256  # positions projected onto the vocabulary at once
 
@@ -65,7 +65,7 @@ def score_rows(model: Any, tokenizer: Any, rows: list[dict[str, Any]], *, top_k:
 @torch.no_grad()
 def _score(model: Any, items: list[Tokenized], top_k: int, batch_size: int, pad_token_id: int) -> list[Scored]:
     device = next(model.parameters()).device
-    head = _plain_output_head(model)
+    head = plain_output_head(model)
     results: list[Scored] = []
     was_training = model.training
     model.eval()
@@ -73,11 +73,11 @@ def _score(model: Any, items: list[Tokenized], top_k: int, batch_size: int, pad_
         for start in range(0, len(items), batch_size):
             chunk_items = items[start:start + batch_size]
             batch = {key: value.to(device) for key, value in collate_padded(chunk_items, pad_token_id).items()}
-            inputs, positions, targets = _labelled_positions(batch)  # (K,), (B, K)
+            inputs, positions, targets = labelled_positions(batch)  # (K,), (B, K)
             if head is None:  # soft-capped or biased heads: the model's own logits at the kept positions
                 hidden, weight = model(**inputs, logits_to_keep=positions, use_cache=False).logits, None  # (B, K, V)
             else:
-                with _identity_head(model, head):
+                with identity_head(model, head):
                     hidden, weight = model(**inputs, logits_to_keep=positions, use_cache=False).logits, head.weight  # (B, K, H)
             for row in range(len(chunk_items)):
                 wanted = targets[row] != IGNORE  # (K,)

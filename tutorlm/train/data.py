@@ -137,7 +137,7 @@ def batches(examples: list[Tokenized], order: list[list[int]], packing: bool, pa
         yield collate_packed(items) if packing else collate_padded(items, pad_token_id)
 
 
-def _labelled_positions(batch: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+def labelled_positions(batch: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
     """(model inputs, the K positions some row has a label at, the (B, K) targets there)."""
     targets = batch["labels"][:, 1:]  # (B, T-1): position t predicts token t+1
     positions = torch.nonzero((targets != IGNORE).any(dim=0)).squeeze(-1)  # (K,)
@@ -147,7 +147,7 @@ def _labelled_positions(batch: dict[str, torch.Tensor]) -> tuple[dict[str, torch
 
 def token_losses(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """(per-token loss at every labelled position, the (row, position) of each), logits only where needed."""
-    inputs, positions, chosen_targets = _labelled_positions(batch)
+    inputs, positions, chosen_targets = labelled_positions(batch)
     logits = model(**inputs, logits_to_keep=positions, use_cache=False).logits  # (B, K, V)
     losses = F.cross_entropy(logits.float().flatten(0, 1), chosen_targets.flatten(), ignore_index=IGNORE, reduction="none")
     mask = chosen_targets.flatten() != IGNORE
@@ -160,19 +160,19 @@ def sft_loss(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, 
     """(mean cross-entropy over completion tokens, number of completion tokens), without materializing logits."""
     # The module inside data-parallel and torch.compile wrappers (which do not pass attribute lookups through).
     inner = extract_model_from_parallel(model, keep_torch_compile=False)
-    head = _plain_output_head(inner)
+    head = plain_output_head(inner)
     if head is None:  # scaled or soft-capped logits, or a biased head: the plain path
         losses, _ = token_losses(model, batch)
         return losses.mean(), losses.numel()
-    inputs, positions, chosen = _labelled_positions(batch)
-    with _identity_head(inner, head):
+    inputs, positions, chosen = labelled_positions(batch)
+    with identity_head(inner, head):
         hidden = model(**inputs, logits_to_keep=positions, use_cache=False).logits  # (B, K, H)
     wanted = chosen != IGNORE
     targets = chosen[wanted]  # its length is known once the mask is applied: no second read of the device
     return linear_cross_entropy(hidden[wanted], head.weight, targets), targets.numel()
 
 
-def _plain_output_head(model: Any) -> torch.nn.Linear | None:
+def plain_output_head(model: Any) -> torch.nn.Linear | None:
     """The model's vocabulary projection, if its logits are exactly `hidden @ weight.T`; else None."""
     config = getattr(model, "config", None)
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
@@ -188,7 +188,7 @@ _IDENTITY = torch.nn.Identity()  # one instance: a compiled forward's guards see
 
 
 @contextlib.contextmanager
-def _identity_head(model: Any, head: torch.nn.Linear):
+def identity_head(model: Any, head: torch.nn.Linear):
     """While inside, the model (unwrapped) returns final hidden states as its `logits`."""
     model.set_output_embeddings(_IDENTITY)
     try:

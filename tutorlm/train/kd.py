@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from accelerate.utils import extract_model_from_parallel
 
 from tutorlm.errors import PreflightError
-from tutorlm.train.data import IGNORE, _identity_head, _labelled_positions, _plain_output_head
+from tutorlm.train.data import IGNORE, identity_head, labelled_positions, plain_output_head
 from tutorlm.train.losses import linear_cross_entropy, linear_kd_loss
 
 SAMPLE_TEXTS = ("The answer is 42.", "Alice flips the coin. Is it still heads up?", " 12 + 30 = 42\n", "ü→λ 🙂")
@@ -98,21 +98,21 @@ def load_teacher(recipe: Any, student_tokenizer: Any, student_model: Any, device
 
 
 def _rows(model: Any) -> int | None:
-    head = _plain_output_head(extract_model_from_parallel(model, keep_torch_compile=False))
+    head = plain_output_head(extract_model_from_parallel(model, keep_torch_compile=False))
     return None if head is None else head.weight.shape[0]
 
 
 def kd_loss(student: Any, teacher: Any, batch: dict[str, torch.Tensor], config: Any) -> tuple[torch.Tensor, int]:
     """(the KD objective over the batch's completion tokens, their count); neither model's full logits exist."""
     inner = extract_model_from_parallel(student, keep_torch_compile=False)
-    student_head, teacher_head = _plain_output_head(inner), _plain_output_head(teacher)
+    student_head, teacher_head = plain_output_head(inner), plain_output_head(teacher)
     if student_head is None or teacher_head is None:
         raise PreflightError("train.objective kd needs models whose logits are hidden @ weight.T (no soft-capping or bias)")
-    inputs, positions, chosen = _labelled_positions(batch)
+    inputs, positions, chosen = labelled_positions(batch)
     wanted = chosen != IGNORE  # (B, K)
-    with _identity_head(inner, student_head):
+    with identity_head(inner, student_head):
         student_hidden = student(**inputs, logits_to_keep=positions, use_cache=False).logits[wanted]  # (N, H)
-    with torch.no_grad(), _identity_head(teacher, teacher_head):
+    with torch.no_grad(), identity_head(teacher, teacher_head):
         teacher_hidden = teacher(**inputs, logits_to_keep=positions, use_cache=False).logits[wanted]  # (N, H_t)
     # Rows past the shorter projection are embedding padding (no token has those ids): both sides drop them.
     rows = min(student_head.weight.shape[0], teacher_head.weight.shape[0])
