@@ -73,7 +73,7 @@ def test_packed_and_padded_batches_give_the_same_per_example_loss(tokenizer):
 @pytest.mark.parametrize("variant", ["tied", "untied", "chunked", "lora", "packed", "no_labels_in_row"])
 def test_fused_loss_matches_the_plain_loss_and_its_gradients(tokenizer, variant, monkeypatch):
     """sft_loss (hidden states through the chunked linear cross-entropy) equals the mean of token_losses (full logits)."""
-    from tutorlm.train import data
+    from tutorlm.train import data, losses
 
     items = [tokenize(tokenizer, row) for row in ROWS]
     if variant == "no_labels_in_row":
