@@ -54,8 +54,8 @@ def main() -> None:
     recipe_file = sft / "recipe.json"  # the kd run's resolved recipe, as YAML (JSON is YAML)
     recipe_file.write_text(json.dumps({**recipe, "run": {"name": sft.name, "output_dir": str(sft.parent)}}))
     started = time.perf_counter()
-    tutorlm("train", str(recipe_file), "--train.objective", "sft")
-    tutorlm("eval", str(recipe_file), "--model", "student")
+    tutorlm("train", str(recipe_file), "--out", str(sft), "--train.objective", "sft")
+    tutorlm("eval", str(recipe_file), "--out", str(sft), "--model", "student")
     wall = time.perf_counter() - started
     sft_manifest = json.loads((sft / "manifest.json").read_text())
     sft_summary = json.loads((sft / "eval" / "summary.json").read_text())["student"]
