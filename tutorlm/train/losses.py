@@ -132,7 +132,9 @@ def divergence(student_logprobs: torch.Tensor, teacher_logprobs: torch.Tensor, k
     `beta` is GKD's β for `jsd` and DistiLLM's skew α for the skew divergences (see the module docstring).
     The teacher side carries no gradient.
     """
-    student, teacher = student_logprobs.float(), teacher_logprobs.detach().float()
+    # float32 at least (bf16/fp16 upcast); float64 inputs keep their precision
+    student = student_logprobs.to(torch.promote_types(student_logprobs.dtype, torch.float32))
+    teacher = teacher_logprobs.detach().to(torch.promote_types(teacher_logprobs.dtype, torch.float32))
     if not 0.0 <= beta <= 1.0:
         raise ValueError(f"beta must be in [0, 1], got {beta}")
     if kind == "forward_kl" or (kind in ("jsd", "skew_kl") and beta == 0.0):
@@ -150,9 +152,12 @@ def divergence(student_logprobs: torch.Tensor, teacher_logprobs: torch.Tensor, k
 
 
 def with_tail(logprobs: torch.Tensor) -> torch.Tensor:
-    """(N, k) log-probs of k outcomes whose mass is at most 1 -> (N, k + 1) with the missing mass as the last one."""
-    mass = logprobs.exp().sum(-1, keepdim=True).clamp(max=1.0)  # (N, 1)
-    tail = torch.log1p(-mass.clamp(max=1.0 - 1e-7))  # (N, 1); a tail of (numerically) 0 stays finite
+    """(N, k) log-probs of k outcomes whose mass is at most 1 -> (N, k + 1) with the missing mass as the last one.
+
+    The missing mass is 1 − Σ, computed in float64; where it is tiny it is only as exact as the k log-probs given.
+    """
+    mass = logprobs.double().exp().sum(-1, keepdim=True)  # (N, 1)
+    tail = torch.log1p(-mass.clamp(max=1.0 - 1e-12)).to(logprobs.dtype)  # (N, 1); a tail of (numerically) 0 stays finite
     return torch.cat([logprobs, tail], dim=-1)
 
 
@@ -160,8 +165,14 @@ def topk_divergence(student_logprobs: torch.Tensor, teacher_ids: torch.Tensor, t
                     kind: Divergence = "forward_kl", beta: float = 0.5) -> torch.Tensor:
     """Divergence against a teacher known only by its top-k; (N, V) student log-probs (over the full vocabulary),
     (N, k) teacher token ids and log-probs -> (N,). Both sides get the tail bucket (module docstring)."""
-    student_topk = student_logprobs.float().gather(-1, teacher_ids)  # (N, k)
-    return divergence(with_tail(student_topk), with_tail(teacher_logprobs.float()), kind, beta)
+    student = student_logprobs.to(torch.promote_types(student_logprobs.dtype, torch.float32))
+    student_topk = student.gather(-1, teacher_ids)  # (N, k)
+    # The student's own tail is known exactly: the log-sum-exp of every id outside the teacher's k.
+    outside = student.scatter(-1, teacher_ids, float("-inf"))  # (N, V)
+    # (N, 1); floored at 1e-30 so that a teacher top-k covering every id (an empty tail) still compares finitely
+    student_tail = torch.logsumexp(outside, dim=-1, keepdim=True).clamp(min=math.log(1e-30))
+    teacher = teacher_logprobs.to(student.dtype)
+    return divergence(torch.cat([student_topk, student_tail], dim=-1), with_tail(teacher), kind, beta)
 
 
 # ---------------------------------------------------------------------------------------------------
