@@ -25,17 +25,7 @@ from _common import machine
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tutorlm.precision import cpu_bf16  # noqa: E402
-
-
-def matmul_rate(rows: int, inner: int, cols: int, dtype: torch.dtype, min_seconds: float = 0.3) -> float:
-    a, b = torch.randn(rows, inner).to(dtype), torch.randn(inner, cols).to(dtype)
-    a @ b
-    runs, started = 0, time.perf_counter()
-    while time.perf_counter() - started < min_seconds or runs == 0:
-        a @ b
-        runs += 1
-    return round(2 * rows * inner * cols * runs / (time.perf_counter() - started) / 1e9, 2)
+from tutorlm.precision import cpu_bf16, measure_matmul_gflops  # noqa: E402
 
 
 def sft_side(model, examples, order, pad_token_id: int, bf16: bool) -> dict:
@@ -78,9 +68,10 @@ def main() -> None:
     shapes = {"train: MLP up (2048 rows)": (2048, hidden, intermediate), "decode: MLP up (64 rows)": (64, hidden, intermediate),
               "decode: vocabulary (64 rows)": (64, hidden, vocab), "square 512": (512, 512, 512)}
     for name, (rows, inner, cols) in shapes.items():
-        fp32 = matmul_rate(rows, inner, cols, torch.float32)
+        fp32 = round(measure_matmul_gflops(torch.float32, min_seconds=0.3, shape=(rows, inner, cols)), 2)
         # Where bf16 is emulated one call of the big shapes takes seconds: time a single call.
-        bf16 = matmul_rate(rows, inner, cols, torch.bfloat16, min_seconds=0.3 if measured.fast else 0.0)
+        bf16 = round(measure_matmul_gflops(torch.bfloat16, min_seconds=0.3 if measured.fast else 0.0,
+                                           shape=(rows, inner, cols)), 2)
         result["shapes"][name] = {"fp32_gflops": fp32, "bf16_gflops": bf16, "bf16_over_fp32": round(bf16 / fp32, 3)}
         print(name, result["shapes"][name], flush=True)
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import platform
 import time
 from dataclasses import dataclass
@@ -81,12 +80,15 @@ def cpu_bf16_flags() -> tuple[str, ...]:
     return tuple(flag for flag in cpu_flags() if "bf16" in flag)
 
 
-def measure_matmul_gflops(dtype: Any, size: int = _MATMUL_SIZE, min_seconds: float = 0.25) -> float:
-    """GFLOP/s of a size x size matmul in `dtype` on the CPU, at torch's current thread count."""
+def measure_matmul_gflops(dtype: Any, size: int = _MATMUL_SIZE, min_seconds: float = 0.25,
+                          shape: tuple[int, int, int] | None = None) -> float:
+    """GFLOP/s of a (rows x inner) @ (inner x cols) matmul in `dtype` on the CPU (square `size` unless `shape` is
+    given), at torch's current thread count."""
     import torch
 
-    a = torch.randn(size, size).to(dtype)
-    b = torch.randn(size, size).to(dtype)
+    rows, inner, cols = shape or (size, size, size)
+    a = torch.randn(rows, inner).to(dtype)
+    b = torch.randn(inner, cols).to(dtype)
     a @ b  # warm-up: the first call picks kernels
     runs, started = 0, time.perf_counter()
     while True:
@@ -95,12 +97,7 @@ def measure_matmul_gflops(dtype: Any, size: int = _MATMUL_SIZE, min_seconds: flo
         elapsed = time.perf_counter() - started
         # A slow path (scalar bf16) takes seconds per call: one timed call is enough to know.
         if elapsed >= min_seconds:
-            return 2 * size**3 * runs / elapsed / 1e9
-
-
-def _cache_path() -> Path:
-    base = os.environ.get("TUTORLM_CACHE_DIR") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tutorlm"
-    return Path(base) / "precision.json"
+            return 2 * rows * inner * cols * runs / elapsed / 1e9
 
 
 def cpu_bf16(*, refresh: bool = False) -> CpuBf16:
@@ -111,7 +108,9 @@ def cpu_bf16(*, refresh: bool = False) -> CpuBf16:
     # go into the key, so a verdict measured on one never answers for the other.
     flags_digest = hashlib.sha256(" ".join(cpu_flags()).encode()).hexdigest()[:12]
     key = f"{cpu_name()} | flags {flags_digest} | {torch.get_num_threads()} threads | torch {torch.__version__}"
-    path = _cache_path()
+    from tutorlm.cache import default_cache_path
+
+    path = default_cache_path().parent / "precision.json"  # next to the teacher cache
     try:
         cached = json.loads(path.read_text()) if path.exists() else {}
     except (OSError, json.JSONDecodeError):

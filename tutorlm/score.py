@@ -19,6 +19,7 @@ tokens come back as text with their offsets, so the scores are of the server mod
 from __future__ import annotations
 
 import hashlib
+import math
 import json
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -46,7 +47,7 @@ class Scored:
 
     def share_below(self, probability: float) -> float:
         """The share of tokens the model gives less than `probability` (the student-fit floor of RSD)."""
-        floor = torch.log(torch.tensor(probability)).item()
+        floor = math.log(probability)
         return sum(lp < floor for lp in self.logprobs) / len(self.logprobs) if self.logprobs else 0.0
 
 
