@@ -92,7 +92,7 @@ def run_tutorlm(args: argparse.Namespace, data: Path, workdir: Path, compiled: b
     from rich.console import Console
 
     from tutorlm.config import Recipe, RunConfig, StudentConfig, TrainConfig
-    from tutorlm.train.sft import train
+    from tutorlm.train.loop import train
 
     run = workdir / "run"
     run.mkdir()

@@ -285,6 +285,8 @@ def test_reference_teacher_end_to_end(tmp_path):
 def test_hf_backend_on_a_tiny_model(tmp_path):
     from tiny import save_tiny_model
 
+    from tutorlm import topk
+
     model_dir = save_tiny_model(tmp_path / "tiny")
     recipe = Recipe(
         run=RunConfig(name="run", output_dir=str(tmp_path)), task=TaskConfig(source="coin_flip"),
@@ -298,8 +300,12 @@ def test_hf_backend_on_a_tiny_model(tmp_path):
     for row in rows:
         assert row["finish_reason"] in ("stop", "length") and 0 <= row["usage"]["completion_tokens"] <= 12
         assert row["usage"]["prompt_tokens"] > 20 and row["backend"] == "hf"
-        assert len(row["logprobs"]) == row["usage"]["completion_tokens"]
-        assert all(len(step["top"]) == 2 and step["top"][0][1] >= step["top"][1][1] for step in row["logprobs"])
+        # A local teacher's top-k is stored compactly, by token id (tutorlm/topk.py).
+        ids, logprobs, chosen = topk.unpack(row["teacher_topk"])
+        assert "logprobs" not in row and row["tokenizer"] == str(model_dir)
+        assert ids.shape == logprobs.shape == (row["usage"]["completion_tokens"], 2) == (len(row["completion_token_ids"]), 2)
+        assert bool((logprobs[:, 0] >= logprobs[:, 1]).all()) and bool((chosen <= logprobs[:, 0] + 1e-2).all())
+    assert stats["topk_k"] == 2 and 0 < stats["topk_bytes_per_token"] <= 8 * 2 + 3
     # Greedy decoding is deterministic and independent of batch composition.
     greedy = Recipe(run=RunConfig(name="greedy", output_dir=str(tmp_path)), task=recipe.task, teacher=recipe.teacher,
                     generate=GenerateConfig(limit=5, max_tokens=12, cache=False))

@@ -14,7 +14,7 @@ from tutorlm.config import TeacherConfig, TrainConfig
 from tutorlm.errors import DataError, PreflightError
 from tutorlm.train.data import batch_order, batches, preflight
 from tutorlm.train.kd import compare_tokenizers, kd_loss
-from tutorlm.train.sft import train
+from tutorlm.train.loop import train
 
 QUIET = Console(file=open(os.devnull, "w"))
 
@@ -65,7 +65,7 @@ def test_kd_training_pulls_the_student_towards_the_teacher(tmp_path, tokenizer):
     student.cpu().eval()
     with torch.no_grad():
         after = kd_loss(student, teacher, batch, config)[0].item()
-    assert stats["objective"] == "kd" and stats["preflight"]["tokenizers"]["same_vocabulary"]
+    assert stats["objective"] == "kd" and stats["kd"]["source"] == "teacher" and stats["kd"]["tokenizers"]["same_vocabulary"]
     assert after < 0.5 * before, (before, after)
     log = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
     losses = [row["loss"] for row in log if "loss" in row]
@@ -84,17 +84,20 @@ def test_kd_training_pulls_the_student_towards_the_teacher(tmp_path, tokenizer):
         train(recipe, console=QUIET, resume=True, model_and_tokenizer=(make_model(tokenizer), tokenizer))
 
 
-def different_tokenizer():
+def different_tokenizer(upper: bool = True, vocab_size: int = 330):
+    """A second byte-level BPE: trained on the upper-cased corpus (few shared merges) or on the same one with a
+    smaller vocabulary (most words cut differently, digits, spaces and punctuation alike)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     raw = Tokenizer(models.BPE())
     raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     raw.decoder = decoders.ByteLevel()
-    raw.train_from_iterator([text.upper() for text in CORPUS], trainers.BpeTrainer(
-        vocab_size=330, special_tokens=["<|pad|>", "<|im_start|>", "<|im_end|>"],
+    raw.train_from_iterator([text.upper() if upper else text for text in CORPUS], trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=["<|endoftext|>", "<|im_end|>", "<|im_start|>"],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    wrapped = PreTrainedTokenizerFast(tokenizer_object=raw, pad_token="<|pad|>", eos_token="<|im_end|>", bos_token="<|im_start|>")
+    wrapped = PreTrainedTokenizerFast(tokenizer_object=raw, pad_token="<|endoftext|>", eos_token="<|im_end|>",
+                                      bos_token="<|im_start|>")
     wrapped.chat_template = make_tokenizer().chat_template
     return wrapped
 
@@ -106,18 +109,119 @@ def test_tokenizer_comparison_says_what_differs(tokenizer):
     assert not other["same_vocabulary"] and "vocabulary size" in other["differences"][0]
 
 
-def test_kd_refuses_a_teacher_with_another_vocabulary_and_a_teacher_without_distributions(tmp_path, tokenizer):
+def save_model_with(tokenizer, path, seed=0):
+    model = make_model(tokenizer, seed)
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def test_a_teacher_with_another_vocabulary_is_distilled_on_aligned_tokens(tmp_path, tokenizer):
     from test_train import make_run
 
-    teacher_dir = tmp_path / "teacher"
-    other = different_tokenizer()
-    model = make_model(other)
-    model.save_pretrained(teacher_dir)
-    other.save_pretrained(teacher_dir)
-    recipe = make_run(tmp_path, objective="kd", max_steps=2)
-    recipe.teacher = TeacherConfig(backend="hf", model=str(teacher_dir), device="cpu")
-    with pytest.raises(PreflightError, match="cannot be distilled token by token: different vocabularies: vocabulary size"):
+    from tutorlm.curate import read_jsonl
+
+    teacher_dir = save_model_with(different_tokenizer(upper=False, vocab_size=300), tmp_path / "teacher", seed=5)
+    recipe = make_run(tmp_path, objective="kd", max_steps=10, lr=5e-3, kd_ce_weight=0.0, kd_top_k=6)
+    recipe.teacher = TeacherConfig(backend="hf", model=str(teacher_dir), device="cpu", dtype="float32")
+    student = make_model(tokenizer, seed=0)
+    stats = train(recipe, console=QUIET, model_and_tokenizer=(student, tokenizer))
+    kd = stats["kd"]
+    assert kd["source"] == "teacher" and kd["path"].startswith("cross-tokenizer")
+    assert not kd["tokenizers"]["same_vocabulary"] and 0.2 < kd["aligned_token_share"] < 1
+    assert 0 < kd["mapped_mass_share"] <= 1
+    losses = [row["loss"] for row in map(json.loads, (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()) if "loss" in row]
+    assert losses[-1] < losses[0]
+    # A temperature cannot be applied to a top-k: refused before any training.
+    recipe.train.kd_temperature = 2.0
+    with pytest.raises(PreflightError, match="temperature 1"):
+        train(recipe, console=QUIET, force=True, model_and_tokenizer=(make_model(tokenizer), tokenizer))
+    assert len(read_jsonl(tmp_path / "run" / "curated.jsonl")) > 0
+
+
+def stored_run(tmp_path, teacher_dir, k=6):
+    """A run whose traces a local teacher wrote with its top-k; every rationale is kept (a random tiny teacher's
+    rationales never verify, so the curated file is the traces' rows, with the fields curate carries)."""
+    from tutorlm.config import GenerateConfig, Recipe, RunConfig, TaskConfig
+    from tutorlm.curate import read_jsonl
+    from tutorlm.generate import generate
+
+    recipe = Recipe(run=RunConfig(name="run", output_dir=str(tmp_path)), task=TaskConfig(source="coin_flip"),
+                    teacher=TeacherConfig(backend="hf", model=str(teacher_dir), device="cpu", dtype="float32", batch_size=8),
+                    generate=GenerateConfig(limit=16, max_tokens=40, top_logprobs=k, cache=False),
+                    train=TrainConfig(objective="kd", batch_size=4, lr=5e-3, max_steps=10, eval_fraction=0.0, kd_ce_weight=0.0))
+    generate(recipe, console=QUIET)
+    traces = read_jsonl(tmp_path / "run" / "traces.jsonl")
+    keep = ("id", "example_id", "prompt", "completion", "answer", "finish_reason", "completion_token_ids", "tokenizer", "teacher_topk")
+    (tmp_path / "run" / "curated.jsonl").write_text("".join(json.dumps({key: row[key] for key in keep}) + "\n" for row in traces))
+    return recipe
+
+
+def unaligned(example):
+    """Indices of an example's completion tokens without a teacher target."""
+    return [i for i, label in enumerate(example.labels) if label != -100 and not bool((example.teacher_ids[i] >= 0).any())]
+
+
+def test_kd_from_a_stored_topk_needs_only_the_student(tmp_path, tokenizer):
+    from test_batching import varied_model
+    from transformers import AutoModelForCausalLM
+
+    from tutorlm.curate import read_jsonl
+    from tutorlm.train.kd import KD, topk_kd_loss
+
+    teacher_dir = tmp_path / "teacher"  # large random weights: a peaked teacher, whose greedy text varies
+    varied_model(tokenizer).save_pretrained(teacher_dir)
+    tokenizer.save_pretrained(teacher_dir)
+    recipe = stored_run(tmp_path, teacher_dir)
+    teacher = AutoModelForCausalLM.from_pretrained(teacher_dir).eval()
+    rows = read_jsonl(tmp_path / "run" / "curated.jsonl")
+    examples, _ = preflight(tokenizer, rows, 256, "truncate")
+    stats = KD(recipe).prepare(recipe, teacher, tokenizer, rows, examples, "cpu", QUIET)["kd"]
+    # One vocabulary: the student trains on the teacher's own tokens, every one with its target, even where
+    # re-tokenizing the text would cut it otherwise; where the teacher stopped, the student's end of turn follows.
+    assert stats["source"] == "stored" and stats["path"].startswith("same vocabulary (the teacher's own token ids)")
+    assert stats["aligned_token_share"] > 0.95
+    by_id = {str(row["id"]): row for row in rows}
+    for example in examples:
+        prompt_length, row = example.labels.count(-100), by_id[example.example_id]
+        end = prompt_length + len(row["completion_token_ids"])
+        assert example.input_ids[prompt_length:end] == row["completion_token_ids"]
+        assert unaligned(example) == list(range(end, len(example.input_ids)))
+        assert tokenizer.decode(example.input_ids[end:]) == ("<|im_end|>\n" if row["finish_reason"] == "stop" else "")
+    assert any(tokenizer(row["completion"][0]["content"], add_special_tokens=False)["input_ids"] != row["completion_token_ids"]
+               for row in rows), "this teacher should write some token sequences that re-tokenize differently"
+    student = make_model(tokenizer, seed=0)
+    console = Console(file=open(os.devnull, "w"), record=True)
+    recipe.train.max_steps = 40
+    stats = train(recipe, console=console, model_and_tokenizer=(student, tokenizer))
+    assert stats["kd"]["source"] == "stored" and "kd: stored top-k" in console.export_text()
+    # The teacher sits at (nearly) zero divergence from its own stored top-k (float16 log-probs); the trained
+    # student moved towards it.
+    batch = next(batches(examples, [list(range(4))], False, tokenizer.pad_token_id))
+    with torch.no_grad():
+        at_teacher = topk_kd_loss(teacher, batch, recipe.train)[0].item()
+        trained = topk_kd_loss(student.cpu(), batch, recipe.train)[0].item()
+        untrained = topk_kd_loss(make_model(tokenizer, seed=0), batch, recipe.train)[0].item()
+    assert at_teacher < 1e-3 and trained < 0.8 * untrained, (at_teacher, trained, untrained)
+
+
+def test_kd_without_teacher_distributions_says_which_flag_to_add(tmp_path, tokenizer):
+    from test_train import make_run
+
+    recipe = make_run(tmp_path, objective="kd", max_steps=2)  # the reference teacher: text only
+    with pytest.raises(PreflightError, match="generate --generate.top_logprobs 20"):
         train(recipe, console=QUIET, model_and_tokenizer=(make_model(tokenizer), tokenizer))
-    recipe.teacher = TeacherConfig(backend="reference")
-    with pytest.raises(PreflightError, match="needs the teacher's next-token distributions: set teacher.backend hf"):
+    recipe.train.kd_source = "teacher"
+    with pytest.raises(PreflightError, match="set teacher.backend hf"):
+        train(recipe, console=QUIET, model_and_tokenizer=(make_model(tokenizer), tokenizer))
+    # A server's log-probabilities (token text, no ids) are named as such.
+    from tutorlm.curate import read_jsonl
+
+    curated = tmp_path / "run" / "curated.jsonl"
+    rows = read_jsonl(curated)
+    curated.write_text("".join(json.dumps({**row, "logprobs": [{"token": "a", "logprob": -0.1, "top": []}]}) + "\n" for row in rows))
+    recipe.train.kd_source = "auto"
+    with pytest.raises(PreflightError, match="name tokens by text only"):
         train(recipe, console=QUIET, model_and_tokenizer=(make_model(tokenizer), tokenizer))

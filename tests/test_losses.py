@@ -122,3 +122,55 @@ def test_chunked_kd_from_hidden_states_equals_the_unchunked_loss(kind, temperatu
         grads = torch.autograd.grad(loss, (hidden, weight))
         for ours, theirs in zip(grads, grads_reference):
             assert torch.allclose(ours, theirs, atol=1e-5)
+
+
+def plain_topk(student_logprobs, ids, teacher_logprobs, kind):
+    """The (k + 1)-outcome divergence written out row by row: empty slots dropped, their mass in the teacher's tail."""
+    rows = []
+    for row in range(ids.shape[0]):
+        keep = [slot for slot in range(ids.shape[1]) if ids[row, slot] >= 0]
+        chosen = ids[row, keep]
+        teacher = teacher_logprobs[row, keep]
+        student = student_logprobs[row, chosen]
+        outside = torch.ones(student_logprobs.shape[1], dtype=torch.bool)
+        outside[chosen] = False
+        student_tail = torch.logsumexp(student_logprobs[row, outside], -1, keepdim=True)
+        teacher_tail = torch.log1p(-teacher.exp().sum()).reshape(1)
+        rows.append(divergence(torch.cat([student, student_tail])[None], torch.cat([teacher, teacher_tail])[None], kind, 0.5))
+    return torch.cat(rows)
+
+
+@pytest.mark.parametrize("kind", DIVERGENCES)
+def test_empty_topk_slots_count_on_neither_side_with_finite_gradients(kind):
+    torch.manual_seed(3)
+    student = torch.randn(4, 15, requires_grad=True)
+    teacher = F.log_softmax(torch.randn(4, 15) * 2, -1)
+    ids = teacher.topk(6, -1).indices.clone()
+    values = teacher.gather(-1, ids)
+    ids[0, 2], ids[1, 0], ids[1, 5], ids[3, :] = -1, -1, -1, torch.tensor([-1, -1, -1, 4, -1, -1])
+    values = values.masked_fill(ids < 0, float("-inf"))  # as align() leaves them
+    ours = topk_divergence(F.log_softmax(student, -1), ids, values, kind, 0.5)
+    reference = plain_topk(F.log_softmax(student, -1), ids, values, kind)
+    assert torch.allclose(ours, reference, atol=1e-5)
+    grad = torch.autograd.grad(ours.sum(), student)[0]
+    assert torch.isfinite(grad).all()
+    assert torch.allclose(grad, torch.autograd.grad(reference.sum(), student)[0], atol=1e-5)
+
+
+def test_chunked_kd_from_a_topk_equals_the_plain_one():
+    torch.manual_seed(4)
+    hidden = torch.randn(9, 8, requires_grad=True)
+    weight = torch.randn(23, 8, requires_grad=True)
+    teacher = F.log_softmax(torch.randn(9, 23), -1)
+    ids = teacher.topk(5, -1).indices.clone()
+    ids[2, 1] = -1
+    values = teacher.gather(-1, ids.clamp(min=0)).masked_fill(ids < 0, float("-inf"))
+    reference = plain_topk(F.log_softmax(hidden @ weight.T, -1), ids, values, "forward_kl").mean()
+    expected = torch.autograd.grad(reference, (hidden, weight))
+    for chunk_rows in (1, 4, 64):
+        loss = linear_kd_loss(hidden, weight, (ids, values), chunk_rows=chunk_rows)
+        assert torch.allclose(loss, reference, atol=1e-5)
+        for ours, theirs in zip(torch.autograd.grad(loss, (hidden, weight)), expected):
+            assert torch.allclose(ours, theirs, atol=1e-5)
+    with pytest.raises(ValueError, match="temperature 1"):
+        linear_kd_loss(hidden, weight, (ids, values), temperature=2.0)

@@ -90,7 +90,7 @@ def fresh_accelerator_state():
 def test_training_in_each_precision_learns_and_keeps_fp32_master_weights(tmp_path, setting, cpu_is):
     from test_train import make_run
 
-    from tutorlm.train.sft import train
+    from tutorlm.train.loop import train
 
     cpu_is(FAST if setting == "bf16" else SLOW)  # auto must pick `setting`
     tokenizer = make_tokenizer()

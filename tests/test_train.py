@@ -19,7 +19,7 @@ from tutorlm.config import GenerateConfig, Recipe, RunConfig, StudentConfig, Tas
 from tutorlm.curate import curate
 from tutorlm.generate import generate
 from tutorlm.train.data import IGNORE, collate_packed, collate_padded, preflight, token_losses, tokenize
-from tutorlm.train.sft import STUDENT, train
+from tutorlm.train.loop import STUDENT, train
 
 QUIET = Console(file=open(os.devnull, "w"))
 
@@ -169,7 +169,7 @@ def test_lora_changes_only_adapters_and_merge_matches(tmp_path, tokenizer):
     from peft import LoraConfig, PeftModel, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from tutorlm.train.sft import save_student
+    from tutorlm.train.loop import save_student
 
     recipe = make_run(tmp_path, method="lora", lora_r=4, max_steps=6, lr=1e-2)
     base = make_model(tokenizer, seed=0)

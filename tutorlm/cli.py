@@ -172,7 +172,7 @@ def cmd_curate(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
-    from tutorlm.train.sft import train
+    from tutorlm.train.loop import train
 
     recipe = _recipe_from(args, _apply_run_flags(args, extra), from_run=True)
     train(recipe, resume=args.resume, force=args.force, console=error_console)

@@ -184,7 +184,11 @@ class TrainConfig:
 
     objective: Literal["sft", "kd"] = option(
         "sft", "sft: cross-entropy on the teacher's rationales (Fine-tune-CoT); kd: match the teacher's next-token "
-        "distributions on them (Hinton et al. 2015; needs a local teacher with the student's tokenizer: teacher.backend hf)")
+        "distributions on them (Hinton et al. 2015), from a stored top-k or a local teacher (see kd_source)")
+    kd_source: Literal["auto", "stored", "teacher"] = option(
+        "auto", "kd: stored = the top-k that `generate --generate.top_logprobs K` wrote; teacher = a local teacher "
+        "(teacher.backend hf) re-scores the rationales; auto = stored when the traces have it")
+    kd_top_k: int = option(20, "kd: candidates kept per token when a teacher with another vocabulary re-scores the rationales")
     kd_divergence: Literal["forward_kl", "reverse_kl", "jsd", "skew_kl", "skew_reverse_kl"] = option(
         "forward_kl", "kd: forward KL (Hinton), reverse KL (MiniLLM), generalized JSD(beta) (GKD), or skew KL (DistiLLM)")
     kd_beta: float = option(0.5, "kd: GKD's beta for jsd, DistiLLM's skew alpha for skew_kl and skew_reverse_kl")
@@ -235,8 +239,8 @@ class TrainConfig:
             raise ValueError(f"eval_fraction must be in [0, 1), got {self.eval_fraction}")
         if self.lr is not None and self.lr <= 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
-        if not 0 <= self.kd_beta <= 1 or not 0 <= self.kd_ce_weight <= 1 or self.kd_temperature <= 0:
-            raise ValueError("kd_beta and kd_ce_weight must be in [0, 1] and kd_temperature positive")
+        if not 0 <= self.kd_beta <= 1 or not 0 <= self.kd_ce_weight <= 1 or self.kd_temperature <= 0 or self.kd_top_k < 1:
+            raise ValueError("kd_beta and kd_ce_weight must be in [0, 1], kd_temperature positive and kd_top_k at least 1")
 
     @property
     def learning_rate(self) -> float:

@@ -122,7 +122,8 @@ def curate_rows(rows: list[dict[str, Any]], task: Any, config: Any) -> tuple[lis
                 "answer": row["answer"], "extracted": row["extracted"],
                 "completion_tokens": row["usage"]["completion_tokens"], "teacher_pass_rate": round(pass_rate, 4),
                 "difficulty": difficulty_of(pass_rate), "backend": row.get("backend"), "model": row.get("model"),
-                **({"logprobs": row["logprobs"]} if "logprobs" in row else {}),
+                # the teacher's tokens and distributions, for logit distillation (train/kd.py)
+                **{key: row[key] for key in ("finish_reason", "completion_token_ids", "tokenizer", "teacher_topk", "logprobs") if key in row},
             })
     counts["kept"] = len(kept)
     return kept, {step: counts[step] for step in FUNNEL}

@@ -29,6 +29,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from tutorlm import topk
 from tutorlm.backends import Completion, FatalBackendError, Request, Sampling, make_backend
 from tutorlm.cache import Cache, default_cache_path, run_cached
 from tutorlm.config import GenerateConfig, Recipe, to_dict
@@ -112,12 +113,19 @@ def _trace_row(example: Example, request: Request, completion: Completion, plan_
     }
     if request.messages is not plan_.training_prompts[example.id]:
         row["teacher_prompt"] = request.messages
-    if completion.logprobs is not None:
-        row["logprobs"] = completion.logprobs
-    if completion.token_ids is not None:  # local teachers: the ids, in the vocabulary of the tokenizer named here
+    if completion.token_ids is not None:  # the ids, in the vocabulary of the tokenizer named here
         row["completion_token_ids"] = completion.token_ids
         row["tokenizer"] = backend.model_name
+    if completion.logprobs is not None:
+        if request_top_k(completion) and all("top_ids" in entry for entry in completion.logprobs):
+            row[topk.FIELD] = topk.pack(completion.logprobs, request_top_k(completion))  # compact, by id (topk.py)
+        else:  # a server that names tokens only by text: kept as it came
+            row["logprobs"] = completion.logprobs
     return row
+
+
+def request_top_k(completion: Completion) -> int:
+    return max((len(entry.get("top_ids") or ()) for entry in completion.logprobs or ()), default=0)
 
 
 def generate(recipe: Recipe, *, force: bool = False, console: Console | None = None) -> dict[str, Any]:
@@ -210,6 +218,10 @@ def _generate(recipe: Recipe, run: RunDir, force: bool, console: Console) -> dic
             "truncated": sum(1 for c in all_completions if c.finish_reason == "length"),
             "cost": cost, "wall_s": round(wall, 3), "backend": backend.kind, "model": backend.model_name,
         }
+        packed = [row[topk.FIELD] for row in rows if topk.FIELD in row]
+        if packed:  # what the stored distributions cost on disk (the goal: <= 300 bytes per token at k = 20)
+            stats["topk_k"] = packed[0]["k"]
+            stats["topk_bytes_per_token"] = round(sum(topk.bytes_per_token(p) for p in packed) / len(packed), 1)
         record["stats"] = stats
         record["outputs"].append(traces_path)
         if failures:
@@ -229,7 +241,8 @@ def _print_summary(console: Console, stats: dict[str, Any], traces_path: Path) -
     for label, key in (("questions", "examples"), ("samples written", "samples_written"), ("from cache", "cache_hits"),
                        ("new teacher calls", "calls_made"), ("failed", "failures"), ("retries", "retries"),
                        ("new prompt tokens", "prompt_tokens"), ("new completion tokens", "completion_tokens"),
-                       ("truncated (length)", "truncated"), ("cost", "cost"), ("wall time (s)", "wall_s")):
+                       ("truncated (length)", "truncated"), ("top-k bytes per token", "topk_bytes_per_token"),
+                       ("cost", "cost"), ("wall time (s)", "wall_s")):
         if stats.get(key) is not None:
             table.add_row(label, str(stats[key]))
     console.print(table)

@@ -49,7 +49,7 @@ def run_pipeline(recipe: Recipe, *, force: set[str] = frozenset(), console: Cons
     from accelerate import PartialState  # imports torch: only when training is near
     from accelerate.utils import parse_flag_from_env
 
-    from tutorlm.train.sft import train
+    from tutorlm.train.loop import train
 
     console = console or Console(stderr=True)
     unknown = set(force) - set(STAGES) - {"all"}
@@ -86,7 +86,7 @@ def run_pipeline(recipe: Recipe, *, force: set[str] = frozenset(), console: Cons
 
 def dry_run(recipe: Recipe, *, console: Console | None = None) -> None:
     """Print the plan without running anything or calling any teacher."""
-    from tutorlm.train.sft import checkpoints, train_stage_config
+    from tutorlm.train.loop import checkpoints, train_stage_config
 
     console = console or Console()
     run = RunDir(recipe.run.path)

@@ -45,6 +45,10 @@ class Tokenized:
     input_ids: list[int]
     labels: list[int]  # IGNORE on prompt tokens
     example_id: str = ""
+    # KD from a top-k (train/kd.py): the teacher's distribution over the token at each index, in the student's
+    # vocabulary; (T, k) ids (-1: none) and log-probs, or None
+    teacher_ids: torch.Tensor | None = None
+    teacher_logprobs: torch.Tensor | None = None
 
 
 def render(tokenizer: Any, prompt: list[dict[str, str]], completion: list[dict[str, str]]) -> tuple[str, str]:
@@ -112,11 +116,31 @@ def collate_packed(items: list[Tokenized]) -> dict[str, torch.Tensor]:
         # it is a prompt token (IGNORE) anyway, but make it explicit for prompts of length 0.
         labels += [IGNORE] + item.labels[1:]
     position_ids = [position for item in items for position in range(len(item.input_ids))]
-    return {
+    batch = {
         "input_ids": torch.tensor([input_ids]),  # (1, T)
         "labels": torch.tensor([labels]),  # (1, T)
         "position_ids": torch.tensor([position_ids]),  # (1, T)
     }
+    k = _top_k(items)
+    if k:
+        ids, logprobs = zip(*(_teacher_of(item, k) for item in items))
+        batch["teacher_ids"] = torch.cat(ids)[None]  # (1, T, k)
+        batch["teacher_logprobs"] = torch.cat(logprobs)[None]  # (1, T, k)
+    return batch
+
+
+def _top_k(items: list[Tokenized]) -> int:
+    return max((item.teacher_ids.shape[1] for item in items if item.teacher_ids is not None), default=0)
+
+
+def _teacher_of(item: Tokenized, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(T, k) teacher ids and log-probs of an example; -1 / -inf where it has none."""
+    length = len(item.input_ids)
+    ids, logprobs = torch.full((length, k), -1, dtype=torch.long), torch.full((length, k), float("-inf"))
+    if item.teacher_ids is not None:
+        ids[:, : item.teacher_ids.shape[1]] = item.teacher_ids[:length]
+        logprobs[:, : item.teacher_ids.shape[1]] = item.teacher_logprobs[:length]
+    return ids, logprobs
 
 
 def collate_padded(items: list[Tokenized], pad_token_id: int) -> dict[str, torch.Tensor]:
@@ -128,7 +152,14 @@ def collate_padded(items: list[Tokenized], pad_token_id: int) -> dict[str, torch
         input_ids[row, : len(item.input_ids)] = torch.tensor(item.input_ids)
         labels[row, : len(item.labels)] = torch.tensor(item.labels)
         attention_mask[row, : len(item.input_ids)] = 1
-    return {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
+    batch = {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
+    k = _top_k(items)
+    if k:
+        batch["teacher_ids"] = torch.full((len(items), width, k), -1, dtype=torch.long)  # (B, T, k)
+        batch["teacher_logprobs"] = torch.full((len(items), width, k), float("-inf"))  # (B, T, k)
+        for row, item in enumerate(items):
+            batch["teacher_ids"][row, : len(item.input_ids)], batch["teacher_logprobs"][row, : len(item.input_ids)] = _teacher_of(item, k)
+    return batch
 
 
 def batches(examples: list[Tokenized], order: list[list[int]], packing: bool, pad_token_id: int) -> Iterator[dict[str, torch.Tensor]]:
@@ -141,7 +172,7 @@ def labelled_positions(batch: dict[str, torch.Tensor]) -> tuple[dict[str, torch.
     """(model inputs, the K positions some row has a label at, the (B, K) targets there)."""
     targets = batch["labels"][:, 1:]  # (B, T-1): position t predicts token t+1
     positions = torch.nonzero((targets != IGNORE).any(dim=0)).squeeze(-1)  # (K,)
-    inputs = {key: value for key, value in batch.items() if key != "labels"}
+    inputs = {key: value for key, value in batch.items() if key != "labels" and not key.startswith("teacher_")}
     return inputs, positions, targets[:, positions]
 
 

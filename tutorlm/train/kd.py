@@ -1,18 +1,27 @@
-"""Logit distillation (`train.objective: kd`): the student matches the teacher's next-token distributions.
+"""`train.objective: kd` — the student matches the teacher's next-token distributions on the rationales.
 
-    tutorlm train --out runs/x --train.objective kd --teacher.backend hf --teacher.model TEACHER_DIR \\
-        [--train.kd_divergence forward_kl|reverse_kl|jsd|skew_kl|skew_reverse_kl] [--train.kd_beta 0.5] \\
-        [--train.kd_temperature 1.0] [--train.kd_ce_weight 0.0]
+    tutorlm generate --out runs/x --generate.top_logprobs 20          # a local teacher stores its top-20 by token id
+    tutorlm train --out runs/x --train.objective kd [--train.kd_divergence forward_kl|reverse_kl|jsd|skew_kl|skew_reverse_kl]
+        [--train.kd_beta 0.5] [--train.kd_temperature 1.0] [--train.kd_ce_weight 0.0] [--train.kd_source auto|stored|teacher]
 
 Method: Hinton et al. (2015) on sequences (word-level KD, Kim & Rush 2016): at every completion token
 of a curated rationale the student's distribution is pulled towards the teacher's, by the divergence
-of `train/losses.py`, optionally mixed with the cross-entropy on the rationale's own tokens:
-loss = (1 − w) · divergence + w · CE. The teacher here is a local model that re-scores the curated
-rationales in the training step (one no-grad forward per batch, its vocabulary projection only at
-the completion positions, a chunk at a time); nothing is sampled. Departures: distilling from the
-top-k log-probabilities stored by `generate --generate.top_logprobs K` is not wired in yet (those
-are stored as token strings, not ids), and teacher and student must share a vocabulary: the
-pre-flight check below compares the two tokenizers and refuses anything else with what differs.
+of `train/losses.py`, mixed with the cross-entropy on the rationale's own token:
+loss = (1 − w) · divergence + w · CE. The teacher's distributions come from one of three places:
+
+- **stored**: the top-k that `generate --generate.top_logprobs K` wrote to the traces (by token id, with
+  the teacher's tokenizer named in each row). Nothing runs but the student.
+- **teacher, one vocabulary**: a local teacher (`teacher.backend hf`) with the student's tokenizer
+  re-scores each batch's rationales in the training step (one no-grad forward, its vocabulary projection
+  only at completion positions, a chunk at a time): the exact full distribution, at any temperature.
+- **teacher, another vocabulary**: the local teacher scores every rationale once, before training, under
+  its own tokenizer and chat template, keeping its top `train.kd_top_k`; then as stored.
+
+A top-k is compared with a tail bucket (losses.topk_divergence) and put on the student's tokens by
+train/align.py: with one tokenizer every token has its target; with two, tokens cut at the same
+character offsets are distilled (the teacher's candidates mapped to the student's vocabulary by text)
+and the others are trained on cross-entropy alone. The pre-flight check compares the two tokenizers,
+says which path applies, and the train stats record the share of tokens and probability mass aligned.
 """
 
 from __future__ import annotations
@@ -23,9 +32,11 @@ import torch
 import torch.nn.functional as F
 from accelerate.utils import extract_model_from_parallel
 
+from tutorlm import topk
 from tutorlm.errors import PreflightError
-from tutorlm.train.data import IGNORE, identity_head, labelled_positions, plain_output_head
-from tutorlm.train.losses import linear_cross_entropy, linear_kd_loss
+from tutorlm.train.align import Aligned, TeacherTokens, VocabularyMap, align
+from tutorlm.train.data import IGNORE, Tokenized, identity_head, labelled_positions, plain_output_head
+from tutorlm.train.losses import NO_TOKEN, linear_cross_entropy, linear_kd_loss
 
 SAMPLE_TEXTS = ("The answer is 42.", "Alice flips the coin. Is it still heads up?", " 12 + 30 = 42\n", "ü→λ 🙂")
 
@@ -73,28 +84,176 @@ def describe(comparison: dict[str, Any]) -> str:
     return "different vocabularies: " + "; ".join(comparison["differences"])
 
 
-def load_teacher(recipe: Any, student_tokenizer: Any, student_model: Any, device: Any) -> tuple[Any, dict[str, Any]]:
-    """The local teacher for KD, frozen on `device`, after the tokenizer pre-flight; (model, comparison)."""
+class KD:
+    """The objective: `prepare` finds the teacher's distributions (module docstring), `loss` distills a batch."""
+
+    def __init__(self, recipe: Any) -> None:
+        self.config = recipe.train
+        self.teacher: Any = None  # a local teacher with the student's vocabulary, run in every step
+        self.kind = ""
+
+    def prepare(self, recipe: Any, model: Any, tokenizer: Any, rows: list[dict[str, Any]], examples: list[Tokenized],
+                device: Any, console: Any) -> dict[str, Any]:
+        config = self.config
+        source = config.kd_source
+        stored = [row for row in rows if topk.FIELD in row]
+        if source == "auto":
+            local = recipe.teacher.backend == "hf" and recipe.teacher.model
+            if not stored and not local:
+                raise PreflightError(_no_stored_message(rows, recipe))
+            source = "stored" if stored else "teacher"
+        if source == "stored":
+            if not stored:
+                raise PreflightError(_no_stored_message(rows, recipe))
+            if config.kd_temperature != 1.0:
+                raise PreflightError("train.kd_temperature: a stored top-k takes temperature 1 (it cannot be re-tempered "
+                                     "without the rest of the distribution); use a local teacher (kd_source teacher)")
+            names = sorted({str(row.get("tokenizer")) for row in stored})
+            if len(names) > 1:
+                raise PreflightError(f"the curated rows' top-k come from {len(names)} tokenizers ({', '.join(names)}); "
+                                     "distil from one teacher's traces at a time")
+            teacher_tokenizer = _load_teacher_tokenizer(recipe, names[0])
+            comparison = compare_tokenizers(tokenizer, teacher_tokenizer, _rows(model), None)
+            teacher_tokens = {str(row["id"]): _stored_tokens(row) for row in stored}
+        else:
+            teacher_model, teacher_tokenizer = _load_teacher(recipe, device)
+            comparison = compare_tokenizers(tokenizer, teacher_tokenizer, _rows(model), _rows(teacher_model))
+            if comparison["same_vocabulary"]:
+                self.teacher, self.kind = teacher_model, "teacher"
+                console.print(f"kd: teacher {recipe.teacher.model} re-scores every batch: {describe(comparison)}; {self._settings()}")
+                return {"kd": {"source": "teacher", "path": "same vocabulary", "tokenizers": comparison}}
+            if config.kd_temperature != 1.0:
+                raise PreflightError("train.kd_temperature: with another vocabulary the teacher is known by its top-k, "
+                                     "which takes temperature 1")
+            from tutorlm.score import score_rows
+
+            console.print(f"kd: teacher {recipe.teacher.model} has another vocabulary; scoring {len(rows)} rationales "
+                          f"once (top {config.kd_top_k}) before training")
+            scored = score_rows(teacher_model, teacher_tokenizer, rows, top_k=config.kd_top_k, batch_size=config.batch_size)
+            teacher_tokens = {str(row["id"]): TeacherTokens(item.token_ids, torch.tensor(item.top_ids),
+                                                            torch.tensor(item.top_logprobs)) for row, item in zip(rows, scored)}
+            del teacher_model
+        self.kind = "topk"
+        exact = source == "stored" and comparison["same_vocabulary"]
+        vocabulary = VocabularyMap(tokenizer, None if comparison["same_vocabulary"] else teacher_tokenizer)
+        path = ("same vocabulary (the teacher's own token ids)" if exact else "same vocabulary" if comparison["same_vocabulary"]
+                else "cross-tokenizer (aligned by character offsets)")
+        totals = {"tokens": 0, "aligned": 0, "mapped_mass": 0.0, "total_mass": 0.0, "rows_without_targets": 0}
+        rows_by_id = {str(row["id"]): row for row in rows}
+        for index, example in enumerate(examples):
+            teacher = teacher_tokens.get(example.example_id)
+            if teacher is not None and exact:
+                # One vocabulary: train on the exact tokens the teacher wrote, where its distributions were taken
+                # (re-tokenizing the text can cut it otherwise, and then the contexts differ).
+                example = examples[index] = _teacher_tokens_example(example, rows_by_id[example.example_id], teacher.token_ids,
+                                                                    tokenizer, config.max_length)
+            prompt_length = sum(1 for label in example.labels if label == IGNORE)
+            completion = example.input_ids[prompt_length:]
+            totals["tokens"] += len(completion)
+            if teacher is None:
+                totals["rows_without_targets"] += 1
+                continue
+            aligned = _own_tokens(teacher, len(completion)) if exact else align(tokenizer, completion, teacher_tokenizer, teacher, vocabulary)
+            k = aligned.ids.shape[1]
+            example.teacher_ids = torch.cat([torch.full((prompt_length, k), -1, dtype=torch.long), aligned.ids])
+            example.teacher_logprobs = torch.cat([torch.full((prompt_length, k), float("-inf")), aligned.logprobs])
+            totals["aligned"] += aligned.aligned
+            totals["mapped_mass"] += aligned.mapped_mass
+            totals["total_mass"] += aligned.total_mass
+        if not totals["aligned"]:
+            raise PreflightError(f"no completion token of the student lines up with a teacher token ({path}); "
+                                 "check that the traces were written by this teacher")
+        stats = {"source": source, "path": path, "tokenizers": comparison,
+                 "aligned_token_share": round(totals["aligned"] / max(totals["tokens"], 1), 4),
+                 "mapped_mass_share": round(totals["mapped_mass"] / max(totals["total_mass"], 1e-12), 4),
+                 "rows_without_targets": totals["rows_without_targets"]}
+        console.print(f"kd: {source} top-k from {recipe.teacher.model if source == 'teacher' else names[0]}: {path}; "
+                      f"{stats['aligned_token_share']:.0%} of the student's completion tokens have a teacher target "
+                      f"({stats['mapped_mass_share']:.0%} of its top-k mass maps), the rest learn by cross-entropy; "
+                      f"{self._settings()}")
+        return {"kd": stats}
+
+    def _settings(self) -> str:
+        c = self.config
+        return f"{c.kd_divergence} (beta {c.kd_beta}, temperature {c.kd_temperature}, CE weight {c.kd_ce_weight})"
+
+    def loss(self, model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
+        if self.kind == "teacher":
+            return kd_loss(model, self.teacher, batch, self.config)
+        return topk_kd_loss(model, batch, self.config)
+
+
+def _teacher_tokens_example(example: Tokenized, row: dict[str, Any], teacher_ids: list[int], tokenizer: Any,
+                            max_length: int) -> Tokenized:
+    """The student's prompt, then the teacher's completion tokens, then (when the teacher stopped) the student
+    template's end of turn, which has no teacher target and is learnt by cross-entropy."""
+    from tutorlm.train.data import render
+
+    prompt_length = sum(1 for label in example.labels if label == IGNORE)
+    _, completion_text = render(tokenizer, row["prompt"], row["completion"])
+    content = row["completion"][-1]["content"]
+    suffix: list[int] = []
+    if row.get("finish_reason", "stop") == "stop" and completion_text.startswith(content):
+        suffix = tokenizer(completion_text[len(content):], add_special_tokens=False)["input_ids"]
+    completion = list(teacher_ids) + suffix
+    input_ids = (example.input_ids[:prompt_length] + completion)[:max_length]
+    labels = ([IGNORE] * prompt_length + completion)[:max_length]
+    return Tokenized(input_ids, labels, example.example_id)
+
+
+def _own_tokens(teacher: TeacherTokens, length: int) -> Aligned:
+    """The targets of a completion that starts with the teacher's own tokens: its top-k as it is, none after it."""
+    count = min(length, len(teacher.token_ids))
+    k = teacher.top_ids.shape[1]
+    ids = torch.cat([teacher.top_ids[:count], torch.full((length - count, k), NO_TOKEN, dtype=torch.long)])
+    logprobs = torch.cat([teacher.top_logprobs[:count].float(), torch.full((length - count, k), float("-inf"))])
+    mass = float(teacher.top_logprobs[:count].float().exp().sum())
+    return Aligned(ids, logprobs, count, mass, mass)
+
+
+def _no_stored_message(rows: list[dict[str, Any]], recipe: Any) -> str:
+    if any("logprobs" in row for row in rows):
+        return ("train.objective kd: the traces' log-probabilities name tokens by text only (a server teacher), and "
+                "distillation needs token ids: regenerate with a local teacher (teacher.backend hf) and "
+                "--generate.top_logprobs 20, or set train.kd_source teacher with a local teacher to re-score")
+    return ("train.objective kd: the curated rationales carry no teacher log-probabilities; regenerate them with "
+            "`tutorlm generate --generate.top_logprobs 20` (a local teacher, teacher.backend hf), or set "
+            "train.kd_source teacher with teacher.backend hf to re-score them")
+
+
+def _load_teacher_tokenizer(recipe: Any, name: str) -> Any:
+    from tutorlm.models import load_tokenizer
+
+    teacher = recipe.teacher
+    if teacher.model and str(teacher.model) == name:
+        return load_tokenizer(teacher.model, teacher.gguf_file, trust_remote_code=teacher.trust_remote_code)
+    return load_tokenizer(name, trust_remote_code=teacher.trust_remote_code)
+
+
+def _stored_tokens(row: dict[str, Any]) -> TeacherTokens:
+    ids, logprobs, _ = topk.unpack(row[topk.FIELD])
+    token_ids = row.get("completion_token_ids")
+    if token_ids is None or len(token_ids) != ids.shape[0]:
+        raise PreflightError(f"curated row {row.get('id')}: its {topk.FIELD} has {ids.shape[0]} positions but "
+                             f"completion_token_ids has {len(token_ids or [])}; regenerate the traces")
+    return TeacherTokens(list(token_ids), ids, logprobs)
+
+
+def _load_teacher(recipe: Any, device: Any) -> tuple[Any, Any]:
+    """The local teacher, frozen on `device`, and its tokenizer."""
     from tutorlm.models import load_model, load_tokenizer
 
     teacher = recipe.teacher
     if teacher.backend != "hf" or not teacher.model:
         raise PreflightError(
-            "train.objective kd needs the teacher's next-token distributions: set teacher.backend hf and teacher.model to a "
-            "local model that shares the student's tokenizer (it re-scores the curated rationales). Distilling from the "
-            "top-k log-probabilities stored by `tutorlm generate --generate.top_logprobs K` is not supported yet"
+            "train.kd_source teacher needs a local teacher to re-score the rationales: set teacher.backend hf and "
+            "teacher.model; or distil from a stored top-k (`tutorlm generate --generate.top_logprobs 20`)"
         )
     tokenizer = load_tokenizer(teacher.model, teacher.gguf_file, trust_remote_code=teacher.trust_remote_code)
     model = load_model(teacher.model, teacher.gguf_file, device=str(device), dtype=teacher.dtype,
                        trust_remote_code=teacher.trust_remote_code)
-    comparison = compare_tokenizers(student_tokenizer, tokenizer, _rows(student_model), _rows(model))
-    if not comparison["same_vocabulary"]:
-        raise PreflightError(
-            f"teacher {teacher.model} and student cannot be distilled token by token: {describe(comparison)}. "
-            "Use a teacher with the student's tokenizer, or train.objective sft on its rationales"
-        )
     model.requires_grad_(False)
-    return model.eval(), comparison
+    return model.eval(), tokenizer
 
 
 def _rows(model: Any) -> int | None:
@@ -102,11 +261,43 @@ def _rows(model: Any) -> int | None:
     return None if head is None else head.weight.shape[0]
 
 
+def _heads(student: Any) -> tuple[Any, torch.nn.Linear]:
+    inner = extract_model_from_parallel(student, keep_torch_compile=False)
+    head = plain_output_head(inner)
+    if head is None:
+        raise PreflightError("train.objective kd needs models whose logits are hidden @ weight.T (no soft-capping or bias)")
+    return inner, head
+
+
+def topk_kd_loss(student: Any, batch: dict[str, torch.Tensor], config: Any) -> tuple[torch.Tensor, int]:
+    """KD against the batch's teacher top-k (`teacher_ids`, `teacher_logprobs`, (B, T, k)); tokens without a
+    target are trained on cross-entropy alone. Returns (the mean over completion tokens, their count)."""
+    inner, head = _heads(student)
+    inputs, positions, chosen = labelled_positions(batch)
+    wanted = chosen != IGNORE  # (B, K)
+    ids = batch["teacher_ids"][:, 1:][:, positions][wanted]  # (N, k): the target of the token at t + 1
+    logprobs = batch["teacher_logprobs"][:, 1:][:, positions][wanted]  # (N, k)
+    with identity_head(inner, head):
+        hidden = student(**inputs, logits_to_keep=positions, use_cache=False).logits[wanted]  # (N, H)
+    targets = chosen[wanted]
+    count = targets.numel()
+    aligned = (ids != NO_TOKEN).any(-1)  # (N,)
+    n_aligned = int(aligned.sum())
+    divergence = linear_kd_loss(hidden[aligned], head.weight, (ids[aligned], logprobs[aligned]),
+                                kind=config.kd_divergence, beta=config.kd_beta)
+    cross_entropy_aligned = linear_cross_entropy(hidden[aligned], head.weight, targets[aligned])
+    cross_entropy_rest = linear_cross_entropy(hidden[~aligned], head.weight, targets[~aligned])
+    weight = config.kd_ce_weight
+    loss = (n_aligned * ((1 - weight) * divergence + weight * cross_entropy_aligned)
+            + (count - n_aligned) * cross_entropy_rest) / max(count, 1)
+    return loss, count
+
+
 def kd_loss(student: Any, teacher: Any, batch: dict[str, torch.Tensor], config: Any) -> tuple[torch.Tensor, int]:
     """(the KD objective over the batch's completion tokens, their count); neither model's full logits exist."""
-    inner = extract_model_from_parallel(student, keep_torch_compile=False)
-    student_head, teacher_head = plain_output_head(inner), plain_output_head(teacher)
-    if student_head is None or teacher_head is None:
+    inner, student_head = _heads(student)
+    teacher_head = plain_output_head(teacher)
+    if teacher_head is None:
         raise PreflightError("train.objective kd needs models whose logits are hidden @ weight.T (no soft-capping or bias)")
     inputs, positions, chosen = labelled_positions(batch)
     wanted = chosen != IGNORE  # (B, K)

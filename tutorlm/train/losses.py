@@ -3,7 +3,7 @@
     linear_cross_entropy(hidden, weight, targets)                      SFT: mean CE of hidden @ weight.T
     divergence(student_logprobs, teacher_logprobs, kind, beta)         per-token KD divergences, (N, V) -> (N,)
     topk_divergence(student_logprobs, teacher_ids, teacher_logprobs)   the same against a stored top-k + tail
-    linear_kd_loss(student_hidden, student_weight, teacher_logprobs_fn, ...)   chunked KD from hidden states
+    linear_kd_loss(student_hidden, student_weight, teacher, ...)       chunked KD from hidden states (full or top-k teacher)
 
 Divergences (p = teacher, q = student, both over the vocabulary at one position):
 - `forward_kl`  KL(p || q) = Σ p (log p − log q): mean-seeking; Hinton's distillation loss.
@@ -161,17 +161,28 @@ def with_tail(logprobs: torch.Tensor) -> torch.Tensor:
     return torch.cat([logprobs, tail], dim=-1)
 
 
+NO_TOKEN = -1  # a top-k slot with no token (fewer than k candidates, or a teacher token with no student token)
+FLOOR = -1e4  # the log-probability such slots get on both sides: exp() is exactly 0, and every gradient stays finite
+
+
 def topk_divergence(student_logprobs: torch.Tensor, teacher_ids: torch.Tensor, teacher_logprobs: torch.Tensor,
                     kind: Divergence = "forward_kl", beta: float = 0.5) -> torch.Tensor:
     """Divergence against a teacher known only by its top-k; (N, V) student log-probs (over the full vocabulary),
-    (N, k) teacher token ids and log-probs -> (N,). Both sides get the tail bucket (module docstring)."""
+    (N, k) teacher token ids and log-probs -> (N,). Both sides get the tail bucket (module docstring).
+
+    Ids of NO_TOKEN (-1) are empty slots: they count on neither side, and the teacher's probability there (a
+    token the student's vocabulary lacks) is part of the teacher's tail. Ids must not repeat within a row.
+    """
     student = student_logprobs.to(torch.promote_types(student_logprobs.dtype, torch.float32))
-    student_topk = student.gather(-1, teacher_ids)  # (N, k)
+    valid = teacher_ids != NO_TOKEN  # (N, k)
+    safe = teacher_ids.clamp(min=0)
+    student_topk = student.gather(-1, safe).masked_fill(~valid, FLOOR)  # (N, k)
     # The student's own tail is known exactly: the log-sum-exp of every id outside the teacher's k.
-    outside = student.scatter(-1, teacher_ids, float("-inf"))  # (N, V)
+    taken = torch.zeros_like(student).scatter_add(-1, safe, valid.to(student.dtype)) > 0  # (N, V)
+    outside = student.masked_fill(taken, float("-inf"))
     # (N, 1); floored at 1e-30 so that a teacher top-k covering every id (an empty tail) still compares finitely
     student_tail = torch.logsumexp(outside, dim=-1, keepdim=True).clamp(min=math.log(1e-30))
-    teacher = teacher_logprobs.to(student.dtype)
+    teacher = teacher_logprobs.to(student.dtype).clamp(min=FLOOR).masked_fill(~valid, FLOOR)
     return divergence(torch.cat([student_topk, student_tail], dim=-1), with_tail(teacher), kind, beta)
 
 
@@ -186,7 +197,7 @@ TeacherLogprobs = Callable[[int, int], torch.Tensor]  # (start, end) -> the teac
 def linear_kd_loss(
     student_hidden: torch.Tensor,
     student_weight: torch.Tensor,
-    teacher_logprobs: TeacherLogprobs,
+    teacher_logprobs: TeacherLogprobs | tuple[torch.Tensor, torch.Tensor],
     *,
     kind: Divergence = "forward_kl",
     beta: float = 0.5,
@@ -195,29 +206,39 @@ def linear_kd_loss(
 ) -> torch.Tensor:
     """Mean KD divergence over N positions, with the student's logits `student_hidden @ student_weight.T`.
 
-    (N, H) student hidden states, (V, H) its output projection; `teacher_logprobs(start, end)` returns the
-    teacher's log-probs for rows start:end at the same temperature (computed under no_grad, e.g. from the
-    teacher's own hidden states a chunk at a time). Each chunk runs under activation checkpointing, so
+    (N, H) student hidden states, (V, H) its output projection. The teacher is either a function
+    `teacher_logprobs(start, end)` that returns its (end - start, V) log-probs at the same temperature
+    (computed under no_grad, e.g. from the teacher's own hidden states a chunk at a time), or a top-k as
+    ((N, k) ids, (N, k) log-probs), compared by `topk_divergence` (temperature 1 only: a top-k cannot be
+    re-tempered without the rest of the distribution). Each chunk runs under activation checkpointing, so
     its logits are recomputed in the backward pass rather than kept: peak memory is one chunk of logits.
     """
     rows = student_hidden.shape[0]
     if rows == 0:
         return student_hidden.sum() * 0.0
+    topk = isinstance(teacher_logprobs, tuple)
+    if topk and temperature != 1.0:
+        raise ValueError("a teacher known by its top-k takes temperature 1 (a top-k cannot be re-tempered)")
     chunk = chunk_rows or max(1, LOGITS_PER_CHUNK // student_weight.shape[0])
     device = student_hidden.device.type
     dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else student_weight.dtype
 
-    def chunk_loss(hidden: torch.Tensor, weight: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    def chunk_loss(hidden: torch.Tensor, weight: torch.Tensor, *teacher: torch.Tensor) -> torch.Tensor:
         logits = (hidden.to(dtype) @ weight.to(dtype).T).float() / temperature  # (c, V)
-        return divergence(F.log_softmax(logits, dim=-1), teacher, kind, beta).sum()
+        if topk:
+            return topk_divergence(F.log_softmax(logits, dim=-1), teacher[0], teacher[1], kind, beta).sum()
+        return divergence(F.log_softmax(logits, dim=-1), teacher[0], kind, beta).sum()
 
     total = student_hidden.new_zeros((), dtype=torch.float32)
     for start in range(0, rows, chunk):
         end = min(start + chunk, rows)
-        with torch.no_grad():
-            teacher = teacher_logprobs(start, end)  # (c, V)
-        if student_hidden.requires_grad or student_weight.requires_grad:
-            total = total + checkpoint(chunk_loss, student_hidden[start:end], student_weight, teacher, use_reentrant=False)
+        if topk:
+            teacher = (teacher_logprobs[0][start:end], teacher_logprobs[1][start:end])  # (c, k) each
         else:
-            total = total + chunk_loss(student_hidden[start:end], student_weight, teacher)
+            with torch.no_grad():
+                teacher = (teacher_logprobs(start, end),)  # (c, V)
+        if student_hidden.requires_grad or student_weight.requires_grad:
+            total = total + checkpoint(chunk_loss, student_hidden[start:end], student_weight, *teacher, use_reentrant=False)
+        else:
+            total = total + chunk_loss(student_hidden[start:end], student_weight, *teacher)
     return total * temperature**2 / rows
