@@ -2,6 +2,7 @@
 
     python benchmarks/loss_memory.py                       # SFT cross-entropy, Qwen2.5-0.5B's vocabulary and width, CPU
     python benchmarks/loss_memory.py --loss kd             # logit KD (forward KL to a teacher of the same width)
+    python benchmarks/loss_memory.py --loss kd-topk        # logit KD against a stored top-20 (with its tail bucket)
     python benchmarks/loss_memory.py --device cuda --tokens 5760 --dtype bf16
 
 For N labelled tokens with hidden states (N, H) and a vocabulary projection (V, H), forward and
@@ -12,6 +13,8 @@ backward of the mean loss:
 - `--loss kd`, plain: the student's and the teacher's full logits, log-softmax, forward KL (what
   TRL's GKD trainer computes); fused: `tutorlm.train.losses.linear_kd_loss` (chunks of rows under
   activation checkpointing, the teacher's logits formed a chunk at a time from its hidden states).
+- `--loss kd-topk`, plain: the student's full logits, log-softmax, `topk_divergence` against the
+  teacher's top 20 ids and log-probs; fused: `linear_kd_loss` given the same top-k (chunked, checkpointed).
 Each variant runs in its own subprocess. Peak memory above the inputs is peak RSS with large blocks
 mmapped (so RSS follows live tensors) on CPU, `torch.cuda.max_memory_allocated` on CUDA. The two
 losses and gradients are compared, so a fast wrong answer cannot pass.
@@ -43,16 +46,24 @@ def inputs(args: argparse.Namespace):
     # The teacher's final hidden states and projection (for --loss kd): no gradient.
     teacher_hidden = torch.randn(args.tokens, args.hidden, generator=generator).to(args.device)
     teacher_weight = (torch.randn(args.vocab, args.hidden, generator=generator) * 0.02).to(args.device)
+    if args.loss == "kd-topk":  # what a trace stores: the teacher's top 20 at each token, not its logits
+        with torch.no_grad():
+            top = F.log_softmax((teacher_hidden @ teacher_weight.T).float(), dim=-1).topk(20, dim=-1)
+        teacher_hidden, teacher_weight = top.indices, top.values
     return hidden, weight, targets, teacher_hidden, teacher_weight
 
 
 def loss_of(loss: str, variant: str, hidden, weight, targets, teacher_hidden, teacher_weight):
-    from tutorlm.train.losses import divergence, linear_cross_entropy, linear_kd_loss
+    from tutorlm.train.losses import divergence, linear_cross_entropy, linear_kd_loss, topk_divergence
 
     if loss == "ce":
         if variant == "fused":
             return linear_cross_entropy(hidden, weight, targets)
         return F.cross_entropy((hidden @ weight.T).float(), targets)
+    if loss == "kd-topk":  # teacher_hidden, teacher_weight: the top-k ids and log-probs
+        if variant == "fused":
+            return linear_kd_loss(hidden, weight, (teacher_hidden, teacher_weight), kind="forward_kl")
+        return topk_divergence(F.log_softmax((hidden @ weight.T).float(), dim=-1), teacher_hidden, teacher_weight).mean()
     if variant == "fused":
         def teacher_logprobs(start, end):
             return F.log_softmax((teacher_hidden[start:end] @ teacher_weight.T).float(), dim=-1)
@@ -96,7 +107,8 @@ def main() -> None:
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32", help="bf16: under autocast")
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--loss", choices=("ce", "kd"), default="ce", help="ce: SFT cross-entropy; kd: forward KL to a teacher")
+    parser.add_argument("--loss", choices=("ce", "kd", "kd-topk"), default="ce",
+                        help="ce: SFT cross-entropy; kd: forward KL to a teacher; kd-topk: to a teacher's stored top-20")
     parser.add_argument("--out", help="result file (default: benchmarks/results/loss_memory.json, or kd_loss.json for --loss kd)")
     parser.add_argument("--side", choices=("plain", "fused"), help=argparse.SUPPRESS)
     parser.add_argument("--save", help=argparse.SUPPRESS)
@@ -104,7 +116,8 @@ def main() -> None:
     if args.side:
         side(args)
         return
-    args.out = args.out or str(ROOT / "benchmarks" / "results" / ("kd_loss.json" if args.loss == "kd" else "loss_memory.json"))
+    args.out = args.out or str(ROOT / "benchmarks" / "results" / {"ce": "loss_memory.json", "kd": "kd_loss.json",
+                                                                   "kd-topk": "kd_topk_loss.json"}[args.loss])
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: torch sees no CUDA device")
     if min(args.vocab, args.hidden, args.tokens, args.repeats) < 1:

@@ -124,8 +124,8 @@ def test_a_teacher_with_another_vocabulary_is_distilled_on_aligned_tokens(tmp_pa
     from tutorlm.curate import read_jsonl
 
     teacher_dir = save_model_with(different_tokenizer(upper=False, vocab_size=300), tmp_path / "teacher", seed=5)
-    recipe = make_run(tmp_path, objective="kd", max_steps=10, lr=5e-3, kd_ce_weight=0.0, kd_top_k=6)
-    recipe.teacher = TeacherConfig(backend="hf", model=str(teacher_dir), device="cpu", dtype="float32")
+    # the rationales are the reference solver's; the distributions a local model's (train.kd_teacher)
+    recipe = make_run(tmp_path, objective="kd", max_steps=10, lr=5e-3, kd_ce_weight=0.0, kd_top_k=6, kd_teacher=str(teacher_dir))
     student = make_model(tokenizer, seed=0)
     stats = train(recipe, console=QUIET, model_and_tokenizer=(student, tokenizer))
     kd = stats["kd"]
@@ -214,7 +214,7 @@ def test_kd_without_teacher_distributions_says_which_flag_to_add(tmp_path, token
     with pytest.raises(PreflightError, match="generate --generate.top_logprobs 20"):
         train(recipe, console=QUIET, model_and_tokenizer=(make_model(tokenizer), tokenizer))
     recipe.train.kd_source = "teacher"
-    with pytest.raises(PreflightError, match="set teacher.backend hf"):
+    with pytest.raises(PreflightError, match="set train.kd_teacher"):
         train(recipe, console=QUIET, model_and_tokenizer=(make_model(tokenizer), tokenizer))
     # A server's log-probabilities (token text, no ids) are named as such.
     from tutorlm.curate import read_jsonl

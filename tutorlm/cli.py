@@ -279,8 +279,17 @@ def cmd_tokenizers(teacher: str, student: str) -> int:
     console.print(f"teacher {teacher}: {len(tokenizers[1])} tokens, {rows[1]} embedding rows")
     console.print(describe(comparison), markup=False)
     if not comparison["same_vocabulary"]:
-        console.print("train.objective kd needs one vocabulary; train.objective sft works with any teacher's rationales")
-    return 0 if comparison["same_vocabulary"] else 1
+        from tutorlm.tasks import load_task
+        from tutorlm.config import TaskConfig
+        from tutorlm.train.align import preview
+
+        texts = [example.rationale for task in ("multistep_arithmetic", "coin_flip", "last_letters")
+                 for example in load_task(TaskConfig(source=task)).examples("validation", 5) if example.rationale]
+        seen = preview(tokenizers[0], tokenizers[1], texts)
+        console.print(f"on {len(texts)} reference rationales: {seen['aligned_token_share']:.0%} of the student's tokens line up "
+                      f"with a teacher token (they get the teacher's distribution; the rest learn by cross-entropy), and "
+                      f"{seen['mapped_token_share']:.0%} of the teacher's tokens are single student tokens", markup=False)
+    return 0
 
 
 def cmd_doctor(args: argparse.Namespace, extra: list[str]) -> int:

@@ -188,6 +188,10 @@ class TrainConfig:
     kd_source: Literal["auto", "stored", "teacher"] = option(
         "auto", "kd: stored = the top-k that `generate --generate.top_logprobs K` wrote; teacher = a local teacher "
         "(teacher.backend hf) re-scores the rationales; auto = stored when the traces have it")
+    kd_teacher: str | None = option(
+        None, "kd: the model whose distributions the student learns (a directory, .gguf file or hub id), when it is not "
+        "the teacher that wrote the rationales (e.g. rationales from the reference solver or a server, distributions "
+        "from a local model); default: the recipe's teacher (teacher.backend hf)")
     kd_top_k: int = option(20, "kd: candidates kept per token when a teacher with another vocabulary re-scores the rationales")
     kd_divergence: Literal["forward_kl", "reverse_kl", "jsd", "skew_kl", "skew_reverse_kl"] = option(
         "forward_kl", "kd: forward KL (Hinton), reverse KL (MiniLLM), generalized JSD(beta) (GKD), or skew KL (DistiLLM)")

@@ -22,7 +22,7 @@ import hashlib
 import math
 import json
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -58,13 +58,16 @@ def score_ids(model: Any, items: list[tuple[list[int], list[int]]], *, top_k: in
     return _score(model, tokenized, top_k, batch_size, pad_token_id)
 
 
-def score_rows(model: Any, tokenizer: Any, rows: list[dict[str, Any]], *, top_k: int = 0, batch_size: int = 8) -> list[Scored]:
-    """Scores of conversational rows ({"prompt": messages, "completion": messages}) under the model's chat template."""
-    return _score(model, [tokenize(tokenizer, row) for row in rows], top_k, batch_size, tokenizer.pad_token_id)
+def score_rows(model: Any, tokenizer: Any, rows: list[dict[str, Any]], *, top_k: int = 0, batch_size: int = 8,
+               on_batch: Callable[[int], None] | None = None) -> list[Scored]:
+    """Scores of conversational rows ({"prompt": messages, "completion": messages}) under the model's chat template;
+    `on_batch(rows_done)` is called after each batch (a progress bar)."""
+    return _score(model, [tokenize(tokenizer, row) for row in rows], top_k, batch_size, tokenizer.pad_token_id, on_batch)
 
 
 @torch.no_grad()
-def _score(model: Any, items: list[Tokenized], top_k: int, batch_size: int, pad_token_id: int) -> list[Scored]:
+def _score(model: Any, items: list[Tokenized], top_k: int, batch_size: int, pad_token_id: int,
+           on_batch: Callable[[int], None] | None = None) -> list[Scored]:
     device = next(model.parameters()).device
     head = plain_output_head(model)
     results: list[Scored] = []
@@ -83,6 +86,8 @@ def _score(model: Any, items: list[Tokenized], top_k: int, batch_size: int, pad_
             for row in range(len(chunk_items)):
                 wanted = targets[row] != IGNORE  # (K,)
                 results.append(_score_row(hidden[row][wanted], weight, targets[row][wanted], top_k))
+            if on_batch is not None:
+                on_batch(len(results))
     finally:
         model.train(was_training)
     return results

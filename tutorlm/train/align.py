@@ -179,3 +179,19 @@ def _merge_repeats(ids: torch.Tensor, logprobs: torch.Tensor) -> None:
                 ids[row, slot] = -1
             else:
                 seen[token] = slot
+
+
+def preview(student: Any, teacher: Any, texts: Sequence[str]) -> dict[str, float]:
+    """How much the cross-tokenizer path would see on `texts`: the share of the student's tokens with a teacher
+    token of the same span, and the share of the teacher's tokens there whose text is one student token."""
+    vocabulary = VocabularyMap(student, teacher)
+    aligned = student_tokens = mapped = teacher_tokens = 0
+    for text in texts:
+        student_ids = student(text, add_special_tokens=False)["input_ids"]
+        teacher_ids = teacher(text, add_special_tokens=False)["input_ids"]
+        spans = set(span for span in token_spans(teacher, teacher_ids)[1] if span[0] < span[1])
+        aligned += sum(span in spans for span in token_spans(student, student_ids)[1])
+        student_tokens += len(student_ids)
+        mapped += int((vocabulary(torch.tensor(teacher_ids)) >= 0).sum())
+        teacher_tokens += len(teacher_ids)
+    return {"aligned_token_share": aligned / max(student_tokens, 1), "mapped_token_share": mapped / max(teacher_tokens, 1)}

@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from accelerate.utils import extract_model_from_parallel
 
 from tutorlm import topk
@@ -81,7 +82,8 @@ def describe(comparison: dict[str, Any]) -> str:
     if comparison["same_vocabulary"]:
         notes = f"; note: {'; '.join(comparison['differences'])}" if comparison["differences"] else ""
         return f"same vocabulary ({comparison['vocabulary']} tokens): token-level KD applies{notes}"
-    return "different vocabularies: " + "; ".join(comparison["differences"])
+    return ("different vocabularies (" + "; ".join(comparison["differences"]) + "): cross-tokenizer KD applies, on the "
+            "tokens cut at the same character offsets, with the teacher's candidates mapped to the student's tokens by text")
 
 
 class KD:
@@ -90,6 +92,7 @@ class KD:
     def __init__(self, recipe: Any) -> None:
         self.config = recipe.train
         self.teacher: Any = None  # a local teacher with the student's vocabulary, run in every step
+        self.scoring_s: float | None = None  # the time a teacher with another vocabulary took to score the rationales
         self.kind = ""
 
     def prepare(self, recipe: Any, model: Any, tokenizer: Any, rows: list[dict[str, Any]], examples: list[Tokenized],
@@ -98,7 +101,7 @@ class KD:
         source = config.kd_source
         stored = [row for row in rows if topk.FIELD in row]
         if source == "auto":
-            local = recipe.teacher.backend == "hf" and recipe.teacher.model
+            local = config.kd_teacher or (recipe.teacher.backend == "hf" and recipe.teacher.model)
             if not stored and not local:
                 raise PreflightError(_no_stored_message(rows, recipe))
             source = "stored" if stored else "teacher"
@@ -120,16 +123,23 @@ class KD:
             comparison = compare_tokenizers(tokenizer, teacher_tokenizer, _rows(model), _rows(teacher_model))
             if comparison["same_vocabulary"]:
                 self.teacher, self.kind = teacher_model, "teacher"
-                console.print(f"kd: teacher {recipe.teacher.model} re-scores every batch: {describe(comparison)}; {self._settings()}")
+                console.print(f"kd: teacher {config.kd_teacher or recipe.teacher.model} re-scores every batch: {describe(comparison)}; {self._settings()}")
                 return {"kd": {"source": "teacher", "path": "same vocabulary", "tokenizers": comparison}}
             if config.kd_temperature != 1.0:
                 raise PreflightError("train.kd_temperature: with another vocabulary the teacher is known by its top-k, "
                                      "which takes temperature 1")
             from tutorlm.score import score_rows
 
-            console.print(f"kd: teacher {recipe.teacher.model} has another vocabulary; scoring {len(rows)} rationales "
+            console.print(f"kd: teacher {config.kd_teacher or recipe.teacher.model} has another vocabulary; scoring {len(rows)} rationales "
                           f"once (top {config.kd_top_k}) before training")
-            scored = score_rows(teacher_model, teacher_tokenizer, rows, top_k=config.kd_top_k, batch_size=config.batch_size)
+            progress = Progress(TextColumn("[bold]kd: teacher scores"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                                console=console)
+            with progress:
+                bar = progress.add_task("score", total=len(rows))
+                scored = score_rows(teacher_model, teacher_tokenizer, rows, top_k=config.kd_top_k, batch_size=config.batch_size,
+                                    on_batch=lambda done: progress.update(bar, completed=done))
+            self.scoring_s = round(progress.tasks[0].elapsed or 0.0, 1)
+            console.print(f"kd: scored in {self.scoring_s:.0f} s")
             teacher_tokens = {str(row["id"]): TeacherTokens(item.token_ids, torch.tensor(item.top_ids),
                                                             torch.tensor(item.top_logprobs)) for row, item in zip(rows, scored)}
             del teacher_model
@@ -166,8 +176,8 @@ class KD:
         stats = {"source": source, "path": path, "tokenizers": comparison,
                  "aligned_token_share": round(totals["aligned"] / max(totals["tokens"], 1), 4),
                  "mapped_mass_share": round(totals["mapped_mass"] / max(totals["total_mass"], 1e-12), 4),
-                 "rows_without_targets": totals["rows_without_targets"]}
-        console.print(f"kd: {source} top-k from {recipe.teacher.model if source == 'teacher' else names[0]}: {path}; "
+                 "rows_without_targets": totals["rows_without_targets"], "teacher_scoring_s": self.scoring_s}
+        console.print(f"kd: {source} top-k from {(config.kd_teacher or recipe.teacher.model) if source == 'teacher' else names[0]}: {path}; "
                       f"{stats['aligned_token_share']:.0%} of the student's completion tokens have a teacher target "
                       f"({stats['mapped_mass_share']:.0%} of its top-k mass maps), the rest learn by cross-entropy; "
                       f"{self._settings()}")
@@ -215,10 +225,10 @@ def _no_stored_message(rows: list[dict[str, Any]], recipe: Any) -> str:
     if any("logprobs" in row for row in rows):
         return ("train.objective kd: the traces' log-probabilities name tokens by text only (a server teacher), and "
                 "distillation needs token ids: regenerate with a local teacher (teacher.backend hf) and "
-                "--generate.top_logprobs 20, or set train.kd_source teacher with a local teacher to re-score")
+                "--generate.top_logprobs 20, or name a local model to re-score them: train.kd_teacher PATH")
     return ("train.objective kd: the curated rationales carry no teacher log-probabilities; regenerate them with "
-            "`tutorlm generate --generate.top_logprobs 20` (a local teacher, teacher.backend hf), or set "
-            "train.kd_source teacher with teacher.backend hf to re-score them")
+            "`tutorlm generate --generate.top_logprobs 20` (a local teacher, teacher.backend hf), or name a local model "
+            "to re-score them: train.kd_teacher PATH (or teacher.backend hf)")
 
 
 def _load_teacher_tokenizer(recipe: Any, name: str) -> Any:
@@ -240,18 +250,21 @@ def _stored_tokens(row: dict[str, Any]) -> TeacherTokens:
 
 
 def _load_teacher(recipe: Any, device: Any) -> tuple[Any, Any]:
-    """The local teacher, frozen on `device`, and its tokenizer."""
+    """The local teacher (train.kd_teacher, else the recipe's hf teacher), frozen on `device`, and its tokenizer."""
     from tutorlm.models import load_model, load_tokenizer
 
     teacher = recipe.teacher
-    if teacher.backend != "hf" or not teacher.model:
+    if recipe.train.kd_teacher:
+        spec, gguf_file, dtype, remote_code = recipe.train.kd_teacher, None, "auto", False
+    elif teacher.backend == "hf" and teacher.model:
+        spec, gguf_file, dtype, remote_code = teacher.model, teacher.gguf_file, teacher.dtype, teacher.trust_remote_code
+    else:
         raise PreflightError(
-            "train.kd_source teacher needs a local teacher to re-score the rationales: set teacher.backend hf and "
-            "teacher.model; or distil from a stored top-k (`tutorlm generate --generate.top_logprobs 20`)"
+            "train.kd_source teacher needs a local teacher to re-score the rationales: set train.kd_teacher (or "
+            "teacher.backend hf and teacher.model); or distil from a stored top-k (`tutorlm generate --generate.top_logprobs 20`)"
         )
-    tokenizer = load_tokenizer(teacher.model, teacher.gguf_file, trust_remote_code=teacher.trust_remote_code)
-    model = load_model(teacher.model, teacher.gguf_file, device=str(device), dtype=teacher.dtype,
-                       trust_remote_code=teacher.trust_remote_code)
+    tokenizer = load_tokenizer(spec, gguf_file, trust_remote_code=remote_code)
+    model = load_model(spec, gguf_file, device=str(device), dtype=dtype, trust_remote_code=remote_code)
     model.requires_grad_(False)
     return model.eval(), tokenizer
 
