@@ -30,6 +30,11 @@ def fake_logprob(token: str) -> float:
     return -0.1 * len(token.strip())
 
 
+def fake_token_id(word: str) -> int:
+    """The id the fake server gives a word's token (its alternatives get the next ids)."""
+    return sum(map(ord, word)) % 10_000
+
+
 def default_reply(messages: list[dict]) -> str:
     question = messages[-1]["content"]
     return f"Let me think step by step about: {question[:40]}\nThe answer is {len(question) % 7}."
@@ -193,8 +198,12 @@ class FakeOpenAI:
                 choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
                 if body.get("logprobs"):
                     k = body.get("top_logprobs", 1)
+                    # vLLM's return_tokens_as_token_ids names each token "token_id:N"
+                    name = (lambda w, i: f"token_id:{fake_token_id(w) + i}") if body.get("return_tokens_as_token_ids") else \
+                        (lambda w, i: w if i == 0 else f"{w}~{i}")
                     choice["logprobs"] = {"content": [
-                        {"token": word, "logprob": -0.1, "top_logprobs": [{"token": word, "logprob": -0.1}] * k}
+                        {"token": name(word, 0), "logprob": -0.1,
+                         "top_logprobs": [{"token": name(word, i), "logprob": -0.1 - i} for i in range(k)]}
                         for word in words
                     ]}
                 reply = {

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from fake_openai import FAULTS, FakeOpenAI
 from rich.console import Console
 
@@ -236,7 +237,28 @@ def test_top_logprobs_are_requested_and_stored(tmp_path):
         generate(make_recipe(tmp_path, server.url, limit=2, top_logprobs=3), console=QUIET)
         assert all(body["logprobs"] is True and body["top_logprobs"] == 3 for body in server.bodies)
     row = read_traces(tmp_path)[0]
-    assert len(row["logprobs"][0]["top"]) == 3
+    assert len(row["logprobs"][0]["top"]) == 3 and "teacher_topk" not in row  # tokens by text: kept as they came
+    assert all("return_tokens_as_token_ids" not in body for body in server.bodies)
+
+
+def test_a_servers_token_ids_are_stored_compactly_when_asked(tmp_path):
+    from fake_openai import fake_token_id
+
+    from tutorlm import topk
+
+    with FakeOpenAI(api_key=SECRET) as server:
+        recipe = make_recipe(tmp_path, server.url, limit=2, top_logprobs=3)
+        assert generate(recipe, console=QUIET)["calls_made"] == 2
+        recipe.generate.token_ids = True
+        stats = generate(recipe, console=QUIET)
+        assert stats["calls_made"] == 2  # another request than without ids: not served from the cache
+        assert [body.get("return_tokens_as_token_ids") for body in server.bodies] == [None, None, True, True]
+    row = read_traces(tmp_path)[0]
+    words = row["completion"][0]["content"].split()
+    ids, logprobs, chosen = topk.unpack(row["teacher_topk"])
+    assert row["completion_token_ids"] == [fake_token_id(word) for word in words] and "logprobs" not in row
+    assert ids.tolist() == [[fake_token_id(word) + i for i in range(3)] for word in words]
+    assert torch.allclose(logprobs[0], torch.tensor([-0.1, -1.1, -2.1]), atol=1e-2) and stats["topk_k"] == 3
 
 
 def test_several_endpoints_share_the_load(tmp_path):

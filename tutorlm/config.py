@@ -125,6 +125,9 @@ class GenerateConfig:
     stop: list[str] = option([], "stop strings")
     seed: int | None = option(0, "sampling seed: servers get seed + sample index, local models a seed per request derived from it; null for none")
     top_logprobs: int = option(0, "store the top-k log-probabilities of each token (for logit distillation)")
+    token_ids: bool = option(
+        False, "openai: ask the server for tokens as ids with the log-probabilities (vLLM's return_tokens_as_token_ids), "
+        "so that a server teacher's top-k can drive logit distillation; other servers may refuse it")
     system_prompt: str | None = option(None, "system message for the teacher")
     few_shot: int = option(0, "worked examples (validation split, reference solutions) shown before each question")
     rationalize: bool = option(

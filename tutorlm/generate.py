@@ -52,7 +52,8 @@ class Plan:
 
 def sampling_of(config: GenerateConfig) -> Sampling:
     return Sampling(temperature=config.temperature, top_p=config.top_p, max_tokens=config.max_tokens,
-                    stop=tuple(config.stop), seed=config.seed, top_logprobs=config.top_logprobs)
+                    stop=tuple(config.stop), seed=config.seed, top_logprobs=config.top_logprobs,
+                    token_ids=config.token_ids and config.top_logprobs > 0)
 
 
 def rationalization_prompt(task: Task, example: Example, system_prompt: str | None) -> list[dict[str, str]]:

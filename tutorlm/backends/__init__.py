@@ -36,11 +36,15 @@ class Sampling:
     stop: tuple[str, ...] = ()
     seed: int | None = 0
     top_logprobs: int = 0  # > 0: return the top-k log-probabilities of every generated token
+    token_ids: bool = False  # servers: ask for tokens as ids (vLLM's return_tokens_as_token_ids); local models always give them
 
     def key(self) -> dict[str, Any]:
         """What identifies a sampling setup in the cache."""
-        return {"temperature": self.temperature, "top_p": self.top_p, "max_tokens": self.max_tokens,
-                "stop": list(self.stop), "seed": self.seed, "top_logprobs": self.top_logprobs}
+        key = {"temperature": self.temperature, "top_p": self.top_p, "max_tokens": self.max_tokens,
+               "stop": list(self.stop), "seed": self.seed, "top_logprobs": self.top_logprobs}
+        if self.token_ids:  # only when set, so that keys written before it existed still match
+            key["token_ids"] = True
+        return key
 
 
 @dataclass

@@ -20,6 +20,7 @@ import email.utils
 import json
 import os
 import random
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -56,15 +57,25 @@ def _retry_after_seconds(value: str | None) -> float | None:
     return max(0.0, min(when.timestamp() - time.time(), _MAX_RETRY_AFTER_S))
 
 
+_TOKEN_ID = re.compile(r"token_id:(-?\d+)")
+
+
 def _parse_logprobs(choice: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """Per-token entries {"token", "logprob", "top": [[token, logprob], ...]}; where the server names tokens as
+    `token_id:N` (vLLM's return_tokens_as_token_ids) they also carry "id" and "top_ids"."""
     content = (choice.get("logprobs") or {}).get("content")
     if not content:
         return None
-    return [
-        {"token": item["token"], "logprob": item["logprob"],
-         "top": [[top["token"], top["logprob"]] for top in item.get("top_logprobs") or []]}
-        for item in content
-    ]
+    entries = []
+    for item in content:
+        entry = {"token": item["token"], "logprob": item["logprob"],
+                 "top": [[top["token"], top["logprob"]] for top in item.get("top_logprobs") or []]}
+        chosen = _TOKEN_ID.fullmatch(str(item["token"]))
+        top_ids = [_TOKEN_ID.fullmatch(str(token)) for token, _ in entry["top"]]
+        if chosen and all(top_ids):
+            entry["id"], entry["top_ids"] = int(chosen.group(1)), [int(match.group(1)) for match in top_ids]  # type: ignore[union-attr]
+        entries.append(entry)
+    return entries
 
 
 def parse_chat_completion(data: dict[str, Any], latency_s: float) -> Completion:
@@ -76,13 +87,15 @@ def parse_chat_completion(data: dict[str, Any], latency_s: float) -> Completion:
     if reasoning:
         text = f"<think>{reasoning}</think>\n{text}"
     usage = data.get("usage") or {}
+    logprobs = _parse_logprobs(choice)
     return Completion(
         text=text,
         finish_reason=choice.get("finish_reason") or "stop",
         prompt_tokens=int(usage.get("prompt_tokens") or 0),
         completion_tokens=int(usage.get("completion_tokens") or 0),
         latency_s=latency_s,
-        logprobs=_parse_logprobs(choice),
+        logprobs=logprobs,
+        token_ids=[entry["id"] for entry in logprobs] if logprobs and all("id" in entry for entry in logprobs) else None,
     )
 
 
@@ -123,6 +136,8 @@ class OpenAIBackend:
         if sampling.top_logprobs:
             body["logprobs"] = True
             body["top_logprobs"] = sampling.top_logprobs
+            if sampling.token_ids:
+                body["return_tokens_as_token_ids"] = True
         return body
 
     def _fatal_for(self, response: httpx.Response, endpoint: _Endpoint, path: str = "/chat/completions") -> FatalBackendError | None:

@@ -224,18 +224,23 @@ def _own_tokens(teacher: TeacherTokens, length: int) -> Aligned:
 def _no_stored_message(rows: list[dict[str, Any]], recipe: Any) -> str:
     if any("logprobs" in row for row in rows):
         return ("train.objective kd: the traces' log-probabilities name tokens by text only (a server teacher), and "
-                "distillation needs token ids: regenerate with a local teacher (teacher.backend hf) and "
-                "--generate.top_logprobs 20, or name a local model to re-score them: train.kd_teacher PATH")
+                "distillation needs token ids: regenerate with --generate.token_ids true (a vLLM server) or a local "
+                "teacher (teacher.backend hf) and --generate.top_logprobs 20, or name a local model to re-score them: "
+                "train.kd_teacher PATH")
     return ("train.objective kd: the curated rationales carry no teacher log-probabilities; regenerate them with "
             "`tutorlm generate --generate.top_logprobs 20` (a local teacher, teacher.backend hf), or name a local model "
             "to re-score them: train.kd_teacher PATH (or teacher.backend hf)")
 
 
 def _load_teacher_tokenizer(recipe: Any, name: str) -> Any:
+    """The tokenizer a stored top-k's ids index: train.kd_teacher (e.g. a local copy of a served model), the recipe's
+    teacher when the traces name it, else the name the traces record."""
     from tutorlm.models import load_tokenizer
 
     teacher = recipe.teacher
-    if teacher.model and str(teacher.model) == name:
+    if recipe.train.kd_teacher:
+        return load_tokenizer(recipe.train.kd_teacher)
+    if teacher.model and str(teacher.model) == name and teacher.backend == "hf":
         return load_tokenizer(teacher.model, teacher.gguf_file, trust_remote_code=teacher.trust_remote_code)
     return load_tokenizer(name, trust_remote_code=teacher.trust_remote_code)
 
