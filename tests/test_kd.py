@@ -154,6 +154,15 @@ def stored_run(tmp_path, teacher_dir, k=6):
                     train=TrainConfig(objective="kd", batch_size=4, lr=5e-3, max_steps=10, eval_fraction=0.0, kd_ce_weight=0.0))
     generate(recipe, console=QUIET)
     traces = read_jsonl(tmp_path / "run" / "traces.jsonl")
+    # curate carries the teacher's tokens and top-k of a rationale it keeps (one is made correct here)
+    from tutorlm.curate import curate
+
+    first = {**traces[0], "finish_reason": "stop", "completion": [{"role": "assistant", "content": f"The answer is {traces[0]['answer']}."}]}
+    (tmp_path / "run" / "traces.jsonl").write_text("".join(json.dumps(row) + "\n" for row in [first] + traces[1:]))
+    curate(recipe, console=QUIET)
+    kept = {row["id"]: row for row in read_jsonl(tmp_path / "run" / "curated.jsonl")}
+    assert kept[first["id"]]["teacher_topk"] == first["teacher_topk"]
+    assert kept[first["id"]]["completion_token_ids"] == first["completion_token_ids"] and kept[first["id"]]["tokenizer"]
     keep = ("id", "example_id", "prompt", "completion", "answer", "finish_reason", "completion_token_ids", "tokenizer", "teacher_topk")
     (tmp_path / "run" / "curated.jsonl").write_text("".join(json.dumps({key: row[key] for key in keep}) + "\n" for row in traces))
     return recipe
