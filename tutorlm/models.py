@@ -118,3 +118,12 @@ def load_model(spec: str, gguf_file: str | None = None, *, device: str = "auto",
         # quantizer marker left on the model would only stop save_pretrained, and a trained student must be saved.
         model.hf_quantizer.remove_quantization_config(model)
     return model.to(target).eval()
+
+
+def load(config: Any, *, device: str | None = None, dtype: Any = None) -> tuple[Any, Any]:
+    """(model, tokenizer) of a ModelConfig (student, local teacher, evaluated model); `device` and `dtype`
+    override the config's own (training loads the student on the CPU in float32 and lets accelerate place it)."""
+    tokenizer = load_tokenizer(config.model, config.gguf_file, trust_remote_code=config.trust_remote_code)
+    model = load_model(config.model, config.gguf_file, device=device or config.device, dtype=dtype or config.dtype,
+                       trust_remote_code=config.trust_remote_code)
+    return model, tokenizer

@@ -256,20 +256,20 @@ def _stored_tokens(row: dict[str, Any]) -> TeacherTokens:
 
 def _load_teacher(recipe: Any, device: Any) -> tuple[Any, Any]:
     """The local teacher (train.kd_teacher, else the recipe's hf teacher), frozen on `device`, and its tokenizer."""
-    from tutorlm.models import load_model, load_tokenizer
+    from tutorlm.config import ModelConfig
+    from tutorlm.models import load
 
     teacher = recipe.teacher
     if recipe.train.kd_teacher:
-        spec, gguf_file, dtype, remote_code = recipe.train.kd_teacher, None, "auto", False
+        config = ModelConfig(model=recipe.train.kd_teacher)
     elif teacher.backend == "hf" and teacher.model:
-        spec, gguf_file, dtype, remote_code = teacher.model, teacher.gguf_file, teacher.dtype, teacher.trust_remote_code
+        config = teacher
     else:
         raise PreflightError(
             "train.kd_source teacher needs a local teacher to re-score the rationales: set train.kd_teacher (or "
             "teacher.backend hf and teacher.model); or distil from a stored top-k (`tutorlm generate --generate.top_logprobs 20`)"
         )
-    tokenizer = load_tokenizer(spec, gguf_file, trust_remote_code=remote_code)
-    model = load_model(spec, gguf_file, device=str(device), dtype=dtype, trust_remote_code=remote_code)
+    model, tokenizer = load(config, device=str(device))
     model.requires_grad_(False)
     return model.eval(), tokenizer
 

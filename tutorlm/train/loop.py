@@ -128,11 +128,10 @@ def train_stage_config(recipe: Recipe) -> dict[str, Any]:
 
 
 def build_model(recipe: Recipe) -> tuple[Any, Any]:
-    from tutorlm.models import load_model, load_tokenizer
+    from tutorlm.models import load
 
-    student, config = recipe.student, recipe.train
-    tokenizer = load_tokenizer(student.model, student.gguf_file, trust_remote_code=student.trust_remote_code)
-    model = load_model(student.model, student.gguf_file, device="cpu", dtype="float32", trust_remote_code=student.trust_remote_code)
+    config = recipe.train
+    model, tokenizer = load(recipe.student, device="cpu", dtype="float32")  # accelerate places it; autocast sets precision
     if config.method == "lora":
         from peft import LoraConfig, get_peft_model
 
