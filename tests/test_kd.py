@@ -109,21 +109,12 @@ def test_tokenizer_comparison_says_what_differs(tokenizer):
     assert not other["same_vocabulary"] and "vocabulary size" in other["differences"][0]
 
 
-def save_model_with(tokenizer, path, seed=0):
-    model = make_model(tokenizer, seed)
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
-
-
 def test_a_teacher_with_another_vocabulary_is_distilled_on_aligned_tokens(tmp_path, tokenizer):
     from test_train import make_run
 
     from tutorlm.curate import read_jsonl
 
-    teacher_dir = save_model_with(different_tokenizer(upper=False, vocab_size=300), tmp_path / "teacher", seed=5)
+    teacher_dir = save_tiny_model(tmp_path / "teacher", seed=5, tokenizer=different_tokenizer(upper=False, vocab_size=300))
     # the rationales are the reference solver's; the distributions a local model's (train.kd_teacher)
     recipe = make_run(tmp_path, objective="kd", max_steps=10, lr=5e-3, kd_ce_weight=0.0, kd_top_k=6, kd_teacher=str(teacher_dir))
     student = make_model(tokenizer, seed=0)
@@ -134,6 +125,16 @@ def test_a_teacher_with_another_vocabulary_is_distilled_on_aligned_tokens(tmp_pa
     assert 0 < kd["mapped_mass_share"] <= 1
     losses = [row["loss"] for row in map(json.loads, (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()) if "loss" in row]
     assert losses[-1] < losses[0]
+    assert kd["teacher_scoring_s"] is not None and (tmp_path / "run" / "kd_teacher_topk.jsonl").exists()
+    # The teacher's scores are kept: training again (or resuming) with the same teacher and rows reuses them.
+    console = Console(file=open(os.devnull, "w"), record=True, width=200)
+    again = train(recipe, console=console, force=True, model_and_tokenizer=(make_model(tokenizer, seed=0), tokenizer))["kd"]
+    assert "not scoring again" in console.export_text() and again["teacher_scoring_s"] is None
+    assert again["aligned_token_share"] == kd["aligned_token_share"] and again["mapped_mass_share"] == pytest.approx(kd["mapped_mass_share"], abs=1e-3)
+    recipe.train.kd_top_k = 4  # another top-k is another scoring
+    console = Console(file=open(os.devnull, "w"), record=True, width=200)
+    train(recipe, console=console, force=True, model_and_tokenizer=(make_model(tokenizer, seed=0), tokenizer))
+    assert "not scoring again" not in console.export_text()
     # A temperature cannot be applied to a top-k: refused before any training.
     recipe.train.kd_temperature = 2.0
     with pytest.raises(PreflightError, match="temperature 1"):

@@ -49,9 +49,10 @@ def make_model(tokenizer, seed: int = 0):
     return LlamaForCausalLM(config)
 
 
-def save_tiny_model(path: Path, seed: int = 0) -> Path:
-    """A tiny model and tokenizer saved with save_pretrained, loadable as any local model directory."""
-    tokenizer = make_tokenizer()
+def save_tiny_model(path: Path, seed: int = 0, tokenizer=None) -> Path:
+    """A tiny model and tokenizer (this module's, or the one given) saved with save_pretrained, loadable as any
+    local model directory."""
+    tokenizer = tokenizer if tokenizer is not None else make_tokenizer()
     model = make_model(tokenizer, seed)
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id

@@ -38,6 +38,15 @@ def pack(entries: Sequence[dict[str, Any]], k: int) -> dict[str, Any]:
             "chosen": _b64(struct.pack(f"<{len(chosen)}e", *chosen))}
 
 
+def pack_tensors(ids: Any, logprobs: Any) -> dict[str, Any]:
+    """(n, k) ids and log-probs (torch tensors, e.g. a scorer's top-k) -> the compact form, without `chosen`."""
+    import torch
+
+    k = int(ids.shape[1])
+    return {"k": k, "ids": _b64(ids.to(torch.int32).contiguous().numpy().tobytes()),
+            "logprobs": _b64(logprobs.to(torch.float16).contiguous().numpy().tobytes())}
+
+
 def unpack(packed: dict[str, Any]) -> tuple[Any, Any, Any]:
     """The compact form -> (ids (n, k) int64, log-probs (n, k) float32, chosen (n,) float32) as torch tensors."""
     import torch

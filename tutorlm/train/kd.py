@@ -26,12 +26,13 @@ says which path applies, and the train stats record the share of tokens and prob
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from accelerate.utils import extract_model_from_parallel
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from tutorlm import topk
 from tutorlm.errors import PreflightError
@@ -39,6 +40,7 @@ from tutorlm.train.align import Aligned, TeacherTokens, VocabularyMap, align
 from tutorlm.train.data import IGNORE, Tokenized, identity_head, labelled_positions, plain_output_head
 from tutorlm.train.losses import NO_TOKEN, linear_cross_entropy, linear_kd_loss
 
+SCORES = "kd_teacher_topk.jsonl"  # a teacher with another vocabulary: its top-k on the curated rationales
 SAMPLE_TEXTS = ("The answer is 42.", "Alice flips the coin. Is it still heads up?", " 12 + 30 = 42\n", "ü→λ 🙂")
 
 
@@ -128,20 +130,7 @@ class KD:
             if config.kd_temperature != 1.0:
                 raise PreflightError("train.kd_temperature: with another vocabulary the teacher is known by its top-k, "
                                      "which takes temperature 1")
-            from tutorlm.score import score_rows
-
-            console.print(f"kd: teacher {config.kd_teacher or recipe.teacher.model} has another vocabulary; scoring {len(rows)} rationales "
-                          f"once (top {config.kd_top_k}) before training")
-            progress = Progress(TextColumn("[bold]kd: teacher scores"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                                console=console)
-            with progress:
-                bar = progress.add_task("score", total=len(rows))
-                scored = score_rows(teacher_model, teacher_tokenizer, rows, top_k=config.kd_top_k, batch_size=config.batch_size,
-                                    on_batch=lambda done: progress.update(bar, completed=done))
-            self.scoring_s = round(progress.tasks[0].elapsed or 0.0, 1)
-            console.print(f"kd: scored in {self.scoring_s:.0f} s")
-            teacher_tokens = {str(row["id"]): TeacherTokens(item.token_ids, torch.tensor(item.top_ids),
-                                                            torch.tensor(item.top_logprobs)) for row, item in zip(rows, scored)}
+            teacher_tokens = self._scores(recipe, teacher_model, teacher_tokenizer, rows, console)
             del teacher_model
         self.kind = "topk"
         exact = source == "stored" and comparison["same_vocabulary"]
@@ -182,6 +171,43 @@ class KD:
                       f"({stats['mapped_mass_share']:.0%} of its top-k mass maps), the rest learn by cross-entropy; "
                       f"{self._settings()}")
         return {"kd": stats}
+
+    def _scores(self, recipe: Any, model: Any, tokenizer: Any, rows: list[dict[str, Any]], console: Any) -> dict[str, TeacherTokens]:
+        """The teacher's top-k on every rationale, under its own tokenizer: scored once, kept in the run directory
+        (RUN_DIR/kd_teacher_topk.jsonl) so that a resumed or repeated run with the same teacher and rows does not
+        pay for it again."""
+        from tutorlm.config import config_hash
+        from tutorlm.run import atomic_write_text
+        from tutorlm.score import score_rows
+
+        config = self.config
+        name = config.kd_teacher or recipe.teacher.model
+        path = recipe.run.path / SCORES
+        key = config_hash({"teacher": name, "gguf_file": None if config.kd_teacher else recipe.teacher.gguf_file,
+                           "top_k": config.kd_top_k, "rows": [[row["id"], row["prompt"], row["completion"]] for row in rows]})
+        if path.exists():
+            lines = path.read_text().splitlines()
+            if lines and json.loads(lines[0]).get("key") == key:
+                console.print(f"kd: the teacher's top-{config.kd_top_k} on these {len(rows)} rationales is in {path}; not scoring again")
+                return {item["id"]: TeacherTokens(item["token_ids"], *topk.unpack(item[topk.FIELD])[:2])
+                        for item in map(json.loads, lines[1:])}
+        console.print(f"kd: teacher {name} has another vocabulary; scoring {len(rows)} rationales once "
+                      f"(top {config.kd_top_k}) before training")
+        progress = Progress(TextColumn("[bold]kd: teacher scores"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                            console=console)
+        with progress:
+            bar = progress.add_task("score", total=len(rows))
+            scored = score_rows(model, tokenizer, rows, top_k=config.kd_top_k, batch_size=config.batch_size,
+                                on_batch=lambda done: progress.update(bar, completed=done))
+        self.scoring_s = round(progress.tasks[0].elapsed or 0.0, 1)
+        console.print(f"kd: scored in {self.scoring_s:.0f} s")
+        tokens = {str(row["id"]): TeacherTokens(item.token_ids, torch.tensor(item.top_ids), torch.tensor(item.top_logprobs))
+                  for row, item in zip(rows, scored)}
+        lines = [json.dumps({"key": key, "teacher": name, "top_k": config.kd_top_k})]
+        lines += [json.dumps({"id": id_, "token_ids": item.token_ids, topk.FIELD: topk.pack_tensors(item.top_ids, item.top_logprobs)})
+                  for id_, item in tokens.items()]
+        atomic_write_text(path, "".join(line + "\n" for line in lines))
+        return tokens
 
     def _settings(self) -> str:
         c = self.config
