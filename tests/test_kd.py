@@ -235,3 +235,25 @@ def test_kd_without_teacher_distributions_says_which_flag_to_add(tmp_path, token
     recipe.train.kd_source = "auto"
     with pytest.raises(PreflightError, match="name tokens by text only"):
         train(recipe, console=QUIET, model_and_tokenizer=(make_model(tokenizer), tokenizer))
+
+
+def test_topk_kd_loss_is_the_same_packed_and_padded(tokenizer):
+    from tutorlm.train.data import Tokenized
+    from tutorlm.train.kd import topk_kd_loss
+
+    torch.manual_seed(0)
+    student = make_model(tokenizer, seed=1)
+    examples = []
+    for length, prompt in ((9, 4), (14, 6), (6, 2)):
+        ids = torch.randint(3, len(tokenizer), (length,)).tolist()
+        teacher_ids = torch.stack([torch.randperm(len(tokenizer))[:5] for _ in range(length)])
+        teacher_ids[: prompt] = -1
+        teacher_ids[prompt + 1, 2:] = -1  # empty slots
+        teacher_ids[prompt + 2] = -1  # a token without a target: cross-entropy
+        logprobs = torch.log_softmax(torch.randn(length, 5), -1) - 0.3
+        examples.append(Tokenized(ids, [-100] * prompt + ids[prompt:], "x", teacher_ids, logprobs.masked_fill(teacher_ids < 0, float("-inf"))))
+    config = TrainConfig(objective="kd", kd_ce_weight=0.3, kd_divergence="jsd")
+    packed = topk_kd_loss(student, next(batches(examples, [[0, 1, 2]], True, tokenizer.pad_token_id)), config)
+    padded = topk_kd_loss(student, next(batches(examples, [[0, 1, 2]], False, tokenizer.pad_token_id)), config)
+    assert packed[1] == padded[1] == sum(len(e.input_ids) - e.labels.count(-100) for e in examples)
+    assert torch.allclose(packed[0], padded[0], atol=1e-5) and packed[0].item() > 0
