@@ -100,32 +100,23 @@ class KD:
     def prepare(self, recipe: Any, model: Any, tokenizer: Any, rows: list[dict[str, Any]], examples: list[Tokenized],
                 device: Any, console: Any) -> dict[str, Any]:
         config = self.config
-        source = config.kd_source
-        stored = [row for row in rows if topk.FIELD in row]
-        if source == "auto":
-            local = config.kd_teacher or (recipe.teacher.backend == "hf" and recipe.teacher.model)
-            if not stored and not local:
-                raise PreflightError(_no_stored_message(rows, recipe))
-            source = "stored" if stored else "teacher"
+        source = self._source(recipe, rows)
         if source == "stored":
-            if not stored:
-                raise PreflightError(_no_stored_message(rows, recipe))
-            if config.kd_temperature != 1.0:
-                raise PreflightError("train.kd_temperature: a stored top-k takes temperature 1 (it cannot be re-tempered "
-                                     "without the rest of the distribution); use a local teacher (kd_source teacher)")
+            stored = [row for row in rows if topk.FIELD in row]
             names = sorted({str(row.get("tokenizer")) for row in stored})
             if len(names) > 1:
                 raise PreflightError(f"the curated rows' top-k come from {len(names)} tokenizers ({', '.join(names)}); "
                                      "distil from one teacher's traces at a time")
-            teacher_tokenizer = _load_teacher_tokenizer(recipe, names[0])
+            teacher_name, teacher_tokenizer = names[0], _load_teacher_tokenizer(recipe, names[0])
             comparison = compare_tokenizers(tokenizer, teacher_tokenizer, _rows(model), None)
             teacher_tokens = {str(row["id"]): _stored_tokens(row) for row in stored}
         else:
+            teacher_name = config.kd_teacher or recipe.teacher.model
             teacher_model, teacher_tokenizer = _load_teacher(recipe, device)
             comparison = compare_tokenizers(tokenizer, teacher_tokenizer, _rows(model), _rows(teacher_model))
-            if comparison["same_vocabulary"]:
+            if comparison["same_vocabulary"]:  # the exact distribution, computed in every step
                 self.teacher, self.kind = teacher_model, "teacher"
-                console.print(f"kd: teacher {config.kd_teacher or recipe.teacher.model} re-scores every batch: {describe(comparison)}; {self._settings()}")
+                console.print(f"kd: teacher {teacher_name} re-scores every batch: {describe(comparison)}; {self._settings()}")
                 return {"kd": {"source": "teacher", "path": "same vocabulary", "tokenizers": comparison}}
             if config.kd_temperature != 1.0:
                 raise PreflightError("train.kd_temperature: with another vocabulary the teacher is known by its top-k, "
@@ -133,6 +124,34 @@ class KD:
             teacher_tokens = self._scores(recipe, teacher_model, teacher_tokenizer, rows, console)
             del teacher_model
         self.kind = "topk"
+        stats = self._attach(source, comparison, teacher_tokens, teacher_tokenizer, tokenizer, rows, examples)
+        console.print(f"kd: {source} top-k from {teacher_name}: {stats['path']}; "
+                      f"{stats['aligned_token_share']:.0%} of the student's completion tokens have a teacher target "
+                      f"({stats['mapped_mass_share']:.0%} of its top-k mass maps), the rest learn by cross-entropy; "
+                      f"{self._settings()}")
+        return {"kd": stats}
+
+    def _source(self, recipe: Any, rows: list[dict[str, Any]]) -> str:
+        """stored or teacher, from train.kd_source and what the rows and the recipe offer."""
+        config = self.config
+        stored = any(topk.FIELD in row for row in rows)
+        local = config.kd_teacher or (recipe.teacher.backend == "hf" and recipe.teacher.model)
+        source = config.kd_source
+        if source == "auto":
+            if not stored and not local:
+                raise PreflightError(_no_stored_message(rows))
+            source = "stored" if stored else "teacher"
+        if source == "stored":
+            if not stored:
+                raise PreflightError(_no_stored_message(rows))
+            if config.kd_temperature != 1.0:
+                raise PreflightError("train.kd_temperature: a stored top-k takes temperature 1 (it cannot be re-tempered "
+                                     "without the rest of the distribution); use a local teacher (kd_source teacher)")
+        return source
+
+    def _attach(self, source: str, comparison: dict[str, Any], teacher_tokens: dict[str, TeacherTokens], teacher_tokenizer: Any,
+                tokenizer: Any, rows: list[dict[str, Any]], examples: list[Tokenized]) -> dict[str, Any]:
+        """Put the teacher's top-k on each example's completion tokens (in place); the shares that found a target."""
         exact = source == "stored" and comparison["same_vocabulary"]
         vocabulary = VocabularyMap(tokenizer, None if comparison["same_vocabulary"] else teacher_tokenizer)
         path = ("same vocabulary (the teacher's own token ids)" if exact else "same vocabulary" if comparison["same_vocabulary"]
@@ -145,8 +164,8 @@ class KD:
                 # One vocabulary: train on the exact tokens the teacher wrote, where its distributions were taken
                 # (re-tokenizing the text can cut it otherwise, and then the contexts differ).
                 example = examples[index] = _teacher_tokens_example(example, rows_by_id[example.example_id], teacher.token_ids,
-                                                                    tokenizer, config.max_length)
-            prompt_length = sum(1 for label in example.labels if label == IGNORE)
+                                                                    tokenizer, self.config.max_length)
+            prompt_length = example.labels.count(IGNORE)
             completion = example.input_ids[prompt_length:]
             totals["tokens"] += len(completion)
             if teacher is None:
@@ -154,7 +173,7 @@ class KD:
                 continue
             aligned = _own_tokens(teacher, len(completion)) if exact else align(tokenizer, completion, teacher_tokenizer, teacher, vocabulary)
             k = aligned.ids.shape[1]
-            example.teacher_ids = torch.cat([torch.full((prompt_length, k), -1, dtype=torch.long), aligned.ids])
+            example.teacher_ids = torch.cat([torch.full((prompt_length, k), NO_TOKEN, dtype=torch.long), aligned.ids])
             example.teacher_logprobs = torch.cat([torch.full((prompt_length, k), float("-inf")), aligned.logprobs])
             totals["aligned"] += aligned.aligned
             totals["mapped_mass"] += aligned.mapped_mass
@@ -162,15 +181,10 @@ class KD:
         if not totals["aligned"]:
             raise PreflightError(f"no completion token of the student lines up with a teacher token ({path}); "
                                  "check that the traces were written by this teacher")
-        stats = {"source": source, "path": path, "tokenizers": comparison,
-                 "aligned_token_share": round(totals["aligned"] / max(totals["tokens"], 1), 4),
-                 "mapped_mass_share": round(totals["mapped_mass"] / max(totals["total_mass"], 1e-12), 4),
-                 "rows_without_targets": totals["rows_without_targets"], "teacher_scoring_s": self.scoring_s}
-        console.print(f"kd: {source} top-k from {(config.kd_teacher or recipe.teacher.model) if source == 'teacher' else names[0]}: {path}; "
-                      f"{stats['aligned_token_share']:.0%} of the student's completion tokens have a teacher target "
-                      f"({stats['mapped_mass_share']:.0%} of its top-k mass maps), the rest learn by cross-entropy; "
-                      f"{self._settings()}")
-        return {"kd": stats}
+        return {"source": source, "path": path, "tokenizers": comparison,
+                "aligned_token_share": round(totals["aligned"] / max(totals["tokens"], 1), 4),
+                "mapped_mass_share": round(totals["mapped_mass"] / max(totals["total_mass"], 1e-12), 4),
+                "rows_without_targets": totals["rows_without_targets"], "teacher_scoring_s": self.scoring_s}
 
     def _scores(self, recipe: Any, model: Any, tokenizer: Any, rows: list[dict[str, Any]], console: Any) -> dict[str, TeacherTokens]:
         """The teacher's top-k on every rationale, under its own tokenizer: scored once, kept in the run directory
@@ -225,7 +239,7 @@ def _teacher_tokens_example(example: Tokenized, row: dict[str, Any], teacher_ids
     template's end of turn, which has no teacher target and is learnt by cross-entropy."""
     from tutorlm.train.data import render
 
-    prompt_length = sum(1 for label in example.labels if label == IGNORE)
+    prompt_length = example.labels.count(IGNORE)
     _, completion_text = render(tokenizer, row["prompt"], row["completion"])
     content = row["completion"][-1]["content"]
     suffix: list[int] = []
@@ -247,7 +261,7 @@ def _own_tokens(teacher: TeacherTokens, length: int) -> Aligned:
     return Aligned(ids, logprobs, count, mass, mass)
 
 
-def _no_stored_message(rows: list[dict[str, Any]], recipe: Any) -> str:
+def _no_stored_message(rows: list[dict[str, Any]]) -> str:
     if any("logprobs" in row for row in rows):
         return ("train.objective kd: the traces' log-probabilities name tokens by text only (a server teacher), and "
                 "distillation needs token ids: regenerate with --generate.token_ids true (a vLLM server) or a local "
