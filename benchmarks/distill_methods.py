@@ -2,6 +2,7 @@
 
     tutorlm run kd                                            # first: a run whose objective is kd (the kd recipe)
     python benchmarks/distill_methods.py --run runs/kd        # then: the same student trained with SFT, compared
+    tutorlm run kd-qwen && python benchmarks/distill_methods.py --run runs/kd-qwen     # Qwen -> SmolLM2, across tokenizers
 
 The KD side is the run itself (its train stage and evaluations). The SFT side trains the same student
 on the same curated.jsonl with the same settings except `train.objective sft`, in RUN-sft/, and is
@@ -35,9 +36,12 @@ def tutorlm(*args: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", required=True, help="a finished run directory trained with train.objective kd")
-    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "distill_methods.json"))
+    parser.add_argument("--out", help="result file (default: results/distill_methods.json for runs/kd, "
+                                      "results/distill_methods_NAME.json for another run)")
     args = parser.parse_args()
     run = Path(args.run)
+    args.out = args.out or str(ROOT / "benchmarks" / "results" / ("distill_methods.json" if run.name == "kd" else
+                                                                  f"distill_methods_{run.name}.json"))
     manifest_path = run / "manifest.json"
     if not manifest_path.exists():
         parser.error(f"{run}: no manifest.json; run `tutorlm run kd` first")
@@ -66,15 +70,18 @@ def main() -> None:
 
     result = {
         "benchmark": "distill_methods", "date": time.strftime("%Y-%m-%d"), "machine": machine(),
-        "task": recipe["task"], "teacher": recipe["teacher"]["model"], "student": recipe["student"]["model"],
+        "task": recipe["task"], "rationales_from": recipe["teacher"]["model"] or recipe["teacher"]["backend"],
+        "kd_teacher": recipe["train"].get("kd_teacher") or recipe["teacher"]["model"], "student": recipe["student"]["model"],
         "questions": summary["student"]["examples"], "max_tokens": summary["student"].get("max_tokens"),
         "train_examples": train["stats"]["examples"], "epochs": recipe["train"]["epochs"],
-        "kd_settings": {key: recipe["train"][key] for key in ("kd_divergence", "kd_beta", "kd_temperature", "kd_ce_weight")},
+        "kd_settings": {key: recipe["train"].get(key) for key in ("kd_source", "kd_divergence", "kd_beta", "kd_temperature",
+                                                                   "kd_ce_weight", "kd_top_k")},
+        "kd_stats": {key: value for key, value in train["stats"].get("kd", {}).items() if key != "tokenizers"},
         "sides": {
             "base": side(summary["base"], None),
             "sft": side(sft_summary, sft_manifest["stages"]["train"]["seconds"]),
             "kd": side(summary["student"], train["seconds"]),
-            "teacher": side(summary["teacher"], None),
+            **({"teacher": side(summary["teacher"], None)} if "teacher" in summary else {}),
         },
         "sft_side_wall_s": round(wall, 1),
     }
