@@ -195,9 +195,14 @@ class StudentConfig(ModelConfig):
 class TrainConfig:
     """Supervised fine-tuning of the student on curated rationales (Fine-tune-CoT; Ho et al. 2023)."""
 
-    objective: Literal["sft", "kd"] = option(
+    objective: Literal["sft", "kd", "on_policy"] = option(
         "sft", "sft: cross-entropy on the teacher's rationales (Fine-tune-CoT); kd: match the teacher's next-token "
-        "distributions on them (Hinton et al. 2015), from a stored top-k or a local teacher (see kd_source)")
+        "distributions on them (Hinton et al. 2015), from a stored top-k or a local teacher (see kd_source); on_policy: "
+        "the student samples, a local teacher grades every token (GKD; kd_divergence, kd_teacher and on_policy_*)")
+    on_policy_lambda: float = option(1.0, "on_policy: share of micro-batches on the student's own samples (GKD's lambda); "
+                                          "the rest use the curated rationales (offline KD)")
+    on_policy_max_tokens: int = option(128, "on_policy: the longest completion the student samples")
+    on_policy_temperature: float = option(1.0, "on_policy: the student's sampling temperature")
     kd_source: Literal["auto", "stored", "teacher"] = option(
         "auto", "kd: stored = the top-k that `generate --generate.top_logprobs K` wrote; teacher = a local teacher "
         "(teacher.backend hf) re-scores the rationales; auto = stored when the traces have it")
@@ -258,6 +263,8 @@ class TrainConfig:
             raise ValueError(f"lr must be positive, got {self.lr}")
         if not 0 <= self.kd_beta <= 1 or not 0 <= self.kd_ce_weight <= 1 or self.kd_temperature <= 0 or self.kd_top_k < 1:
             raise ValueError("kd_beta and kd_ce_weight must be in [0, 1], kd_temperature positive and kd_top_k at least 1")
+        if not 0 <= self.on_policy_lambda <= 1 or self.on_policy_max_tokens < 1 or self.on_policy_temperature < 0:
+            raise ValueError("on_policy_lambda must be in [0, 1], on_policy_max_tokens at least 1 and on_policy_temperature >= 0")
 
     @property
     def learning_rate(self) -> float:

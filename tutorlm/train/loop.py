@@ -1,11 +1,11 @@
-"""Stage 3, train: the training loop every objective shares (`train.objective: sft | kd`).
+"""Stage 3, train: the training loop every objective shares (`train.objective: sft | kd | on_policy`).
 
     tutorlm train --out runs/letters [--train.objective kd] [--train.method lora] [--train.epochs 2] [--resume]
     accelerate launch --multi_gpu --num_processes 8 -m tutorlm train --out runs/letters     # data parallel on GPUs
     ACCELERATE_USE_CPU=true torchrun --nproc_per_node 2 -m tutorlm train --out runs/letters # data parallel on CPUs
 
 This file is the plumbing; what a step computes lives in one file per objective (train/sft.py,
-train/kd.py), behind the small `Objective` interface below: `prepare` once, before the loop (load a
+train/kd.py, train/on_policy.py), behind the small `Objective` interface below: `prepare` once, before the loop (load a
 teacher, attach targets to the examples, return what the manifest should record), then `loss` on
 each micro-batch. Everything else is here and is the same for every objective:
 
@@ -60,12 +60,18 @@ class Objective(Protocol):
         """(the mean loss of one micro-batch, the number of tokens it averages over)."""
         ...
 
+    # Optional: `log() -> dict`, what the objective adds to each optimizer step's line in train_log.jsonl.
+
 
 def objective_for(recipe: Recipe) -> Objective:
     if recipe.train.objective == "kd":
         from tutorlm.train.kd import KD
 
         return KD(recipe)
+    if recipe.train.objective == "on_policy":
+        from tutorlm.train.on_policy import OnPolicy
+
+        return OnPolicy(recipe)
     from tutorlm.train.sft import SFT
 
     return SFT()
@@ -121,7 +127,7 @@ def rank_share(order: list, accelerator: Any) -> list:
 def train_stage_config(recipe: Recipe) -> dict[str, Any]:
     student = {key: value for key, value in to_dict(recipe.student).items() if key not in ("device", "dtype")}  # eval-only
     config = {"student": student, "train": to_dict(recipe.train)}
-    if recipe.train.objective == "kd":  # the teacher decides the targets: another teacher is another run
+    if recipe.train.objective in ("kd", "on_policy"):  # the teacher decides the targets: another teacher is another run
         teacher = to_dict(recipe.teacher)
         config["teacher"] = {key: teacher[key] for key in ("backend", "model", "gguf_file", "dtype")}
     return config
@@ -302,7 +308,7 @@ def train(recipe: Recipe, *, resume: bool = False, force: bool = False, console:
                         write_log({"step": state["step"], "epoch": state["epoch"], "loss": round(step_loss, 5),
                                    "lr": scheduler.get_last_lr()[0], "grad_norm": round(float(grad_norm), 5),
                                    "tokens_per_s": round(tokens_per_s, 1), "tokens_seen": state["tokens_seen"],
-                                   "elapsed_s": round(now - started, 2)})
+                                   "elapsed_s": round(now - started, 2), **(objective.log() if hasattr(objective, "log") else {})})
                     if held_out and (state["step"] % config.eval_every == 0 or state["step"] == total_steps):
                         last_eval = evaluate_loss(model, held_out, config.batch_size, config.packing, pad_token_id, accelerator.device)
                         write_log({"step": state["step"], "eval_loss": round(last_eval, 5)})
