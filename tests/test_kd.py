@@ -257,3 +257,15 @@ def test_topk_kd_loss_is_the_same_packed_and_padded(tokenizer):
     padded = topk_kd_loss(student, next(batches(examples, [[0, 1, 2]], False, tokenizer.pad_token_id)), config)
     assert packed[1] == padded[1] == sum(len(e.input_ids) - e.labels.count(-100) for e in examples)
     assert torch.allclose(packed[0], padded[0], atol=1e-5) and packed[0].item() > 0
+
+
+def test_a_missing_kd_teacher_stops_the_run_before_any_stage(tmp_path):
+    from tutorlm.config import ConfigError, Recipe, RunConfig, StudentConfig, TaskConfig
+    from tutorlm.pipeline import run_pipeline
+
+    recipe = Recipe(run=RunConfig(name="run", output_dir=str(tmp_path / "runs")), task=TaskConfig(source="coin_flip"),
+                    student=StudentConfig(model=str(save_tiny_model(tmp_path / "student"))),
+                    train=TrainConfig(objective="kd", kd_teacher=str(tmp_path / "models" / "teacher.gguf")))
+    with pytest.raises(ConfigError, match=r"train.kd_teacher: .*teacher.gguf: no such GGUF file"):
+        run_pipeline(recipe, console=QUIET)
+    assert not (tmp_path / "runs").exists()

@@ -24,6 +24,7 @@ from rich.table import Table
 
 from tutorlm.cache import Cache, cache_key, default_cache_path
 from tutorlm.config import ConfigError, Recipe
+from tutorlm.errors import ModelError
 from tutorlm.curate import CURATED, curate, curate_stage_config
 from tutorlm.evaluate import evaluate, print_table
 from tutorlm.generate import TRACES, generate, generate_stage_config, plan, sampling_of
@@ -52,6 +53,7 @@ def run_pipeline(recipe: Recipe, *, force: set[str] = frozenset(), console: Cons
     from tutorlm.train.loop import train
 
     console = console or Console(stderr=True)
+    check_models(recipe)
     unknown = set(force) - set(STAGES) - {"all"}
     if unknown:
         raise ConfigError(f"command line: --force takes stage names ({', '.join(STAGES)} or all), not {', '.join(sorted(unknown))}")
@@ -82,6 +84,20 @@ def run_pipeline(recipe: Recipe, *, force: set[str] = frozenset(), console: Cons
         console.print(f"student accuracy {summaries['base']['accuracy']:.1%} -> {summaries['student']['accuracy']:.1%} ({gain * 100:+.1f} points)")
     console.print(f"report: {path}")
     return path
+
+
+def check_models(recipe: Recipe) -> None:
+    """Local models the run will need later (the student, a KD teacher) exist, before any stage spends time."""
+    from tutorlm.models import resolve_model
+
+    specs = [("student.model", recipe.student.model, recipe.student.gguf_file)]
+    if recipe.train.objective != "sft" and recipe.train.kd_teacher:
+        specs.append(("train.kd_teacher", recipe.train.kd_teacher, None))
+    for key, spec, gguf_file in specs:
+        try:
+            resolve_model(spec, gguf_file)
+        except ModelError as error:
+            raise ConfigError(f"{key}: {error}") from None
 
 
 def dry_run(recipe: Recipe, *, console: Console | None = None) -> None:
@@ -117,7 +133,12 @@ def dry_run(recipe: Recipe, *, console: Console | None = None) -> None:
     table.add_row("curate", "skip (current)" if states["curate"] else "run", "verify, dedupe, prune -> curated.jsonl")
     resumable = checkpoints(run.path / "student" / "checkpoints")
     train_status = "skip (current)" if states["train"] else f"resume from {resumable[-1].name}" if resumable else "run"
-    table.add_row("train", train_status, f"{recipe.train.method} fine-tuning of {recipe.student.model}, {recipe.train.epochs} epoch(s)")
+    objective = recipe.train.objective
+    what = f"{recipe.train.method} fine-tuning of {recipe.student.model}, {recipe.train.epochs} epoch(s), objective {objective}"
+    if objective != "sft":
+        kd_teacher = recipe.train.kd_teacher or (teacher.model if teacher.backend == "hf" else None)
+        what += f" ({'teacher ' + kd_teacher if kd_teacher else 'the top-k stored by generate'})"
+    table.add_row("train", train_status, what)
     table.add_row("eval", "run (skips current models)", f"{', '.join(eval_models(recipe))} on {recipe.eval.limit} {recipe.eval.split} questions")
     table.add_row("report", "run", f"{run.path / 'report.html'}")
     console.print(table)
