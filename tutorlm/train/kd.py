@@ -69,7 +69,8 @@ def compare_tokenizers(student: Any, teacher: Any, student_rows: int | None = No
             differences.append(f"ids of {text!r}: student {student_ids[:8]}, teacher {teacher_ids[:8]}")
             break
     if student.chat_template != teacher.chat_template:
-        differences.append("chat templates differ (the teacher scores the student's rendering of each conversation)")
+        differences.append("chat templates differ (with one vocabulary the teacher scores the student's rendering of each "
+                           "conversation; with two, each model renders it with its own)")
     needed = len(student_vocab)
     for who, rows in (("student", student_rows), ("teacher", teacher_rows)):
         if rows is not None and rows < needed:
