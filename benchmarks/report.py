@@ -37,12 +37,17 @@ def rows() -> list[str]:
             def acc(label: str) -> str:
                 low, high = sides[label]["accuracy_ci95"]
                 return f"{sides[label]['accuracy']:.0%} ({low:.0%}–{high:.0%})"
+            teacher = result.get("kd_teacher") or result.get("teacher")
+            kd_stats = result.get("kd_stats") or {}
+            path = f", {kd_stats['path']}, {kd_stats['aligned_token_share']:.0%} of tokens aligned" if "aligned_token_share" in kd_stats else ""
             lines.append(
-                f"| distillation methods, {result['task']['source']} ({result['train_examples']} rationales, "
-                f"{result['questions']} test questions), teacher {result['teacher']} | {result['machine']} | {result['date']} "
-                f"| logit KD ({result['kd_settings']['kd_divergence']}, CE weight {result['kd_settings']['kd_ce_weight']}): "
-                f"{acc('kd')}, train {sides['kd']['train_seconds']:.0f} s | SFT: {acc('sft')}, train {sides['sft']['train_seconds']:.0f} s "
-                f"| {sides['kd']['accuracy'] - sides['sft']['accuracy']:+.0%} points | base {acc('base')}, teacher {acc('teacher')} |"
+                f"| distillation methods, {result['task']['source']} ({result['train_examples']} rationales"
+                f"{' from ' + result['rationales_from'] if result.get('rationales_from') else ''}, "
+                f"{result['questions']} test questions), KD teacher {teacher} | {result['machine']} | {result['date']} "
+                f"| logit KD ({result['kd_settings']['kd_divergence']}, CE weight {result['kd_settings']['kd_ce_weight']}{path}): "
+                f"{acc('kd')}, train stage {sides['kd']['train_seconds']:.0f} s | SFT: {acc('sft')}, train {sides['sft']['train_seconds']:.0f} s "
+                f"| {(sides['kd']['accuracy'] - sides['sft']['accuracy']) * 100:+.0f} points | base {acc('base')}"
+                f"{', teacher ' + acc('teacher') if 'teacher' in sides else ''} |"
             )
         elif name == "precision":
             train_shape = next(iter(result["shapes"].values()))
@@ -99,18 +104,10 @@ def rows() -> list[str]:
                 f"(large blocks mmapped): tutorlm {ours['peak_live_mb']} MB, TRL {trl['peak_live_mb']} MB ({result['ratio_peak_live']}×){gc}; "
                 f"mean loss of the last 5 steps: tutorlm {ours['last_losses_mean']}, TRL {trl['last_losses_mean']} |"
             )
+        elif name == "kd_loss":
+            lines += [loss_row(result["full_teacher"]), loss_row(result["topk_teacher"])]
         elif name == "loss_memory":
-            plain, fused = result["variants"]["plain"], result["variants"]["fused"]
-            kd = result.get("loss") == "kd"
-            what = ("KD loss alone (forward KL)", "chunked KD from hidden states", "both models' full logits + KL") if kd else \
-                ("SFT loss alone", "chunked linear cross-entropy", "full logits + cross-entropy")
-            lines.append(
-                f"| {what[0]}, {result['tokens']} labelled tokens x vocabulary {result['vocab']:,} x hidden {result['hidden']} "
-                f"({result['dtype']}, {result['device']}) | {result['machine']} | {result['date']} | {what[1]}: "
-                f"{fused['peak_above_inputs_mb']} MB peak, {fused['ms']} ms | {what[2]}: "
-                f"{plain['peak_above_inputs_mb']} MB peak, {plain['ms']} ms | {result['ratio_memory']}× memory "
-                f"| {result['ratio_time']}× the time; loss and both gradients agree: {all(result['loss_and_gradients_agree'].values())} |"
-            )
+            lines.append(loss_row(result))
         elif name == "sft_mfu":
             limit = result["limit"]["model_shapes_gflops"]
             variants = ", ".join(f"{v}: {m['gflops']} GFLOP/s ({m['fraction_of_limit']:.0%})" for v, m in result["variants"].items())
@@ -155,6 +152,19 @@ def rows() -> list[str]:
                     f"| {part['ratio']}× | batch {result['batch_size']} |"
                 )
     return lines
+
+
+def loss_row(result: dict) -> str:
+    """A row for one loss_memory.py result: the SFT loss, the KD loss, or the KD loss against a top-k."""
+    plain, fused = result["variants"]["plain"], result["variants"]["fused"]
+    what = {"kd": ("KD loss alone (forward KL)", "chunked KD from hidden states", "both models' full logits + KL"),
+            "kd-topk": ("KD loss against a stored top-20", "chunked top-k KD", "the student's full logits + top-k KL"),
+            }.get(result.get("loss"), ("SFT loss alone", "chunked linear cross-entropy", "full logits + cross-entropy"))
+    return (f"| {what[0]}, {result['tokens']} labelled tokens x vocabulary {result['vocab']:,} x hidden {result['hidden']} "
+            f"({result['dtype']}, {result['device']}) | {result['machine']} | {result['date']} | {what[1]}: "
+            f"{fused['peak_above_inputs_mb']} MB peak, {fused['ms']} ms | {what[2]}: "
+            f"{plain['peak_above_inputs_mb']} MB peak, {plain['ms']} ms | {result['ratio_memory']}× memory "
+            f"| {result['ratio_time']}× the time; loss and both gradients agree: {all(result['loss_and_gradients_agree'].values())} |")
 
 
 def default_run() -> list[str]:
