@@ -23,6 +23,7 @@ does not depend on which other requests share its batch.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import os
 import time
@@ -109,6 +110,8 @@ class Engine:
 
     def __init__(self, model: Any, *, slots: int, pad_token_id: int, stop_ids: set[int]) -> None:
         self.model, self.slots, self.pad_token_id, self.stop_ids = model, slots, pad_token_id, stop_ids
+        # transformers 5.24 renamed forward's past_key_values to cache (the old name warns, and goes in 5.40)
+        self.cache_argument = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
         self.device = next(model.parameters()).device
         self.counters = {"prefills": 0, "prefill_tokens": 0, "decode_steps": 0, "row_steps": 0, "compactions": 0, "growths": 0,
                          "kv_bytes_peak": 0}
@@ -160,7 +163,7 @@ class Engine:
             self.prefix_tokens = 0
             return
         cache = DynamicCache()
-        self.model(input_ids=torch.tensor([shared], device=self.device), past_key_values=cache, use_cache=True, logits_to_keep=1)
+        self.model(input_ids=torch.tensor([shared], device=self.device), **{self.cache_argument: cache}, use_cache=True, logits_to_keep=1)
         self.prefix = [(layer.keys, layer.values) for layer in cache.layers]
 
     def _insert(self, slots: list[int], chosen: list[int]) -> None:
@@ -185,7 +188,7 @@ class Engine:
             (keys.expand(len(chosen), -1, -1, -1), values.expand(len(chosen), -1, -1, -1)) for keys, values in self.prefix
         ] or None)
         output = self.model(input_ids=ids, attention_mask=attention, position_ids=positions,
-                            past_key_values=prefill, use_cache=True, logits_to_keep=1)
+                            **{self.cache_argument: prefill}, use_cache=True, logits_to_keep=1)
         self.counters["prefills"] += 1
         self.counters["prefill_tokens"] += int(attention[:, shared:].sum())
         if not self.layers:
@@ -219,7 +222,7 @@ class Engine:
         width = self.state.width
         self.mask[:, width] = 1  # free rows attend to their own junk column, so no row is all-masked
         output = self.model(input_ids=self.last[:, None], attention_mask=self.mask[:, : width + 1],
-                            position_ids=self.positions[:, None], past_key_values=self.cache, use_cache=True,
+                            position_ids=self.positions[:, None], **{self.cache_argument: self.cache}, use_cache=True,
                             logits_to_keep=1)
         self.state.width += 1
         self.positions += 1
