@@ -47,9 +47,13 @@ def inputs(args: argparse.Namespace):
     teacher_hidden = torch.randn(args.tokens, args.hidden, generator=generator).to(args.device)
     teacher_weight = (torch.randn(args.vocab, args.hidden, generator=generator) * 0.02).to(args.device)
     if args.loss == "kd-topk":  # what a trace stores: the teacher's top 20 at each token, not its logits
-        with torch.no_grad():
-            top = F.log_softmax((teacher_hidden @ teacher_weight.T).float(), dim=-1).topk(20, dim=-1)
-        teacher_hidden, teacher_weight = top.indices, top.values
+        ids, values = [], []
+        with torch.no_grad():  # a few rows at a time, so that making the inputs does not set the peak measured
+            for start in range(0, args.tokens, 64):
+                top = F.log_softmax((teacher_hidden[start:start + 64] @ teacher_weight.T).float(), dim=-1).topk(20, dim=-1)
+                ids.append(top.indices)
+                values.append(top.values)
+        teacher_hidden, teacher_weight = torch.cat(ids), torch.cat(values)
     return hidden, weight, targets, teacher_hidden, teacher_weight
 
 
