@@ -118,15 +118,12 @@ def _trace_row(example: Example, request: Request, completion: Completion, plan_
         row["completion_token_ids"] = completion.token_ids
         row["tokenizer"] = backend.model_name
     if completion.logprobs is not None:
-        if request_top_k(completion) and all("top_ids" in entry for entry in completion.logprobs):
-            row[topk.FIELD] = topk.pack(completion.logprobs, request_top_k(completion))  # compact, by id (topk.py)
+        k = max((len(entry.get("top_ids") or ()) for entry in completion.logprobs), default=0)
+        if k and all("top_ids" in entry for entry in completion.logprobs):
+            row[topk.FIELD] = topk.pack(completion.logprobs, k)  # compact, by id (topk.py)
         else:  # a server that names tokens only by text: kept as it came
             row["logprobs"] = completion.logprobs
     return row
-
-
-def request_top_k(completion: Completion) -> int:
-    return max((len(entry.get("top_ids") or ()) for entry in completion.logprobs or ()), default=0)
 
 
 def generate(recipe: Recipe, *, force: bool = False, console: Console | None = None) -> dict[str, Any]:

@@ -127,3 +127,11 @@ def load(config: Any, *, device: str | None = None, dtype: Any = None) -> tuple[
     model = load_model(config.model, config.gguf_file, device=device or config.device, dtype=dtype or config.dtype,
                        trust_remote_code=config.trust_remote_code)
     return model, tokenizer
+
+
+def stop_ids(model: Any, tokenizer: Any) -> set[int]:
+    """The ids that end a completion: the model's generation config's end tokens and the tokenizer's eos."""
+    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+    ids.add(tokenizer.eos_token_id)
+    return ids

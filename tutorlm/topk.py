@@ -15,7 +15,6 @@ from __future__ import annotations
 import base64
 import math
 import struct
-from array import array
 from typing import Any, Sequence
 
 FIELD = "teacher_topk"
@@ -23,18 +22,14 @@ FIELD = "teacher_topk"
 
 def pack(entries: Sequence[dict[str, Any]], k: int) -> dict[str, Any]:
     """Logprob entries of the engine ({"logprob", "top": [[text, logprob], ...], "top_ids": [...]}) -> the compact form."""
-    ids = array("i")
+    ids: list[int] = []
     values: list[float] = []
     for entry in entries:
         top_ids, top = list(entry["top_ids"])[:k], [pair[1] for pair in entry["top"]][:k]
         ids.extend(top_ids + [-1] * (k - len(top_ids)))
         values.extend(top + [-math.inf] * (k - len(top)))
-    if array("i").itemsize != 4:  # pragma: no cover - every platform tutorlm runs on has 4-byte ints
-        raise RuntimeError("array('i') is not 32-bit here")
-    if not _little_endian():  # pragma: no cover
-        ids.byteswap()
     chosen = [float(entry["logprob"]) for entry in entries]
-    return {"k": k, "ids": _b64(ids.tobytes()), "logprobs": _b64(struct.pack(f"<{len(values)}e", *values)),
+    return {"k": k, "ids": _b64(struct.pack(f"<{len(ids)}i", *ids)), "logprobs": _b64(struct.pack(f"<{len(values)}e", *values)),
             "chosen": _b64(struct.pack(f"<{len(chosen)}e", *chosen))}
 
 
@@ -72,9 +67,3 @@ def bytes_per_token(packed: dict[str, Any]) -> float:
 
 def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
-
-
-def _little_endian() -> bool:
-    import sys
-
-    return sys.byteorder == "little"

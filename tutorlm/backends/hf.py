@@ -24,7 +24,7 @@ class HFBackend:
 
     def __init__(self, config: Any, *, model: Any = None, tokenizer: Any = None) -> None:
         """Load `config.model`, or use an already-loaded model and tokenizer (tests, evaluation)."""
-        from tutorlm.models import load_model, load_tokenizer, pick_device, pick_dtype
+        from tutorlm.models import load_model, load_tokenizer, pick_device, pick_dtype, stop_ids
 
         if model is None and not config.model:
             raise ConfigError("the hf backend needs a model: set teacher.model to a hub id, directory or .gguf file")
@@ -46,9 +46,7 @@ class HFBackend:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.tokenizer.padding_side = "left"
         self.batch_size = config.batch_size
-        eos = self.model.generation_config.eos_token_id
-        self.stop_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
-        self.stop_ids.add(self.tokenizer.eos_token_id)
+        self.stop_ids = stop_ids(self.model, self.tokenizer)
         self.counters: dict[str, int] = {"batches": 0}
         self.continuous = supports(self.model)
 

@@ -342,9 +342,10 @@ def topk_kd_loss(student: Any, batch: dict[str, torch.Tensor], config: Any) -> t
     count = targets.numel()
     aligned = (ids != NO_TOKEN).any(-1)  # (N,)
     n_aligned = int(aligned.sum())
-    divergence = linear_kd_loss(hidden[aligned], head.weight, (ids[aligned], logprobs[aligned]),
+    aligned_hidden = hidden[aligned]  # (A, H)
+    divergence = linear_kd_loss(aligned_hidden, head.weight, (ids[aligned], logprobs[aligned]),
                                 kind=config.kd_divergence, beta=config.kd_beta)
-    cross_entropy_aligned = linear_cross_entropy(hidden[aligned], head.weight, targets[aligned])
+    cross_entropy_aligned = linear_cross_entropy(aligned_hidden, head.weight, targets[aligned])
     cross_entropy_rest = linear_cross_entropy(hidden[~aligned], head.weight, targets[~aligned])
     weight = config.kd_ce_weight
     loss = (n_aligned * ((1 - weight) * divergence + weight * cross_entropy_aligned)

@@ -32,6 +32,7 @@ from accelerate.utils import extract_model_from_parallel
 
 from tutorlm.engine import Engine
 from tutorlm.errors import PreflightError
+from tutorlm.models import stop_ids
 from tutorlm.train.data import IGNORE, Tokenized, collate_padded
 from tutorlm.train.kd import _load_teacher, _rows, compare_tokenizers, describe, kd_loss
 
@@ -55,9 +56,7 @@ class OnPolicy:
             raise PreflightError(f"train.objective on_policy needs a teacher with the student's vocabulary for now: "
                                  f"{describe(comparison)}. Use train.objective kd (it aligns two tokenizers) instead")
         self.pad_token_id, self.eos_token_id = tokenizer.pad_token_id, tokenizer.eos_token_id
-        self.stop_ids = {tokenizer.eos_token_id}
-        eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-        self.stop_ids |= set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+        self.stop_ids = stop_ids(model, tokenizer)
         console.print(f"on_policy: teacher {config.kd_teacher or recipe.teacher.model} ({describe(comparison)}); the student "
                       f"samples for a share {config.on_policy_lambda} of micro-batches, up to {config.on_policy_max_tokens} "
                       f"tokens at temperature {config.on_policy_temperature}; {config.kd_divergence} (beta {config.kd_beta})")
