@@ -121,7 +121,7 @@ class FakeOpenAI:
                 if body.get("echo") and not fake.echo:
                     self._send(400, b'{"error": {"message": "Only no echo is supported", "type": "invalid_request_error"}}')
                     return
-                tokens = re.findall(r"\s*\S+", body["prompt"]) if body.get("echo") else []
+                tokens = re.findall(r"\s*\S+|\s+$", body["prompt"]) if body.get("echo") else []
                 tokens.append(" .")  # the one generated token (max_tokens 1)
                 offsets = [0]
                 for token in tokens[:-1]:

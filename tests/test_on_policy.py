@@ -50,46 +50,88 @@ def test_prompts_are_the_same_from_packed_and_padded_batches(tmp_path, tokenizer
         assert padded == packed == expected
 
 
-@pytest.mark.parametrize("divergence", ["reverse_kl", "jsd", "forward_kl"])
-def test_a_teacher_equal_to_the_student_gives_zero_loss_and_zero_gradient_on_its_samples(tmp_path, tokenizer, divergence):
+@pytest.mark.parametrize("loss,divergence", [("sampled", "reverse_kl"), ("divergence", "reverse_kl"), ("divergence", "jsd"),
+                                             ("divergence", "forward_kl")])
+def test_a_teacher_equal_to_the_student_gives_zero_loss_and_zero_gradient_on_its_samples(tmp_path, tokenizer, loss, divergence):
     from test_train import make_run
 
     teacher_dir = save_tiny_model(tmp_path / "teacher", seed=3)
-    recipe = make_run(tmp_path, objective="on_policy", kd_teacher=str(teacher_dir), kd_divergence=divergence,
-                      on_policy_max_tokens=16)
+    recipe = make_run(tmp_path, objective="on_policy", kd_teacher=str(teacher_dir), on_policy_loss=loss,
+                      kd_divergence=divergence, on_policy_max_tokens=16)
     student = make_model(tokenizer, seed=3)
     objective, examples = objective_for(recipe, tokenizer, student)
     batch = next(batches(examples, [[0, 1, 2]], False, tokenizer.pad_token_id))
-    sampled = objective.sample(student, batch)
-    assert sampled["input_ids"].shape[0] == 3 and (sampled["labels"] != -100).any()
-    loss, tokens = kd_loss(student, objective.teacher, sampled, recipe.train)
-    loss.backward()
-    assert tokens > 0 and abs(loss.item()) < 1e-6
+    value, tokens = objective.loss(student, batch)
+    value.backward()
+    assert tokens > 0 and abs(value.item()) < 1e-6
     assert max(p.grad.abs().max().item() for p in student.parameters() if p.grad is not None) < 1e-6
     log = objective.log()
     assert log["sampled_share"] == 1.0 and 0 < log["sample_tokens"] <= 16 and log["sampling_s"] > 0
+    assert abs(log["reverse_kl"]) < 1e-5 and log["top1_agreement"] == 1.0 and 0 <= log["sample_accuracy"] <= 1
+
+
+def test_the_sampled_loss_is_the_policy_gradient_of_reverse_kl_plus_the_centred_reward(tmp_path, tokenizer):
+    """loss = (1/N) sum_t A_t CE_t with A_t = log p_teacher - log p_student (+ w (r - mean r)), against a plain forward."""
+    from test_train import make_run
+
+    from tutorlm.train.on_policy import Grades, _collate
+
+    recipe = make_run(tmp_path, objective="on_policy", kd_teacher=str(save_tiny_model(tmp_path / "t", seed=5)),
+                      on_policy_reward_weight=0.5)
+    student = make_model(tokenizer, seed=1)
+    objective, examples = objective_for(recipe, tokenizer, student)
+    prompts = [examples[0].input_ids[:5], examples[1].input_ids[:7]]
+    completions = [examples[0].input_ids[5:12], examples[1].input_ids[7:10]]
+    batch = _collate(prompts, completions, tokenizer.pad_token_id, "cpu")
+    grades = objective.grade(prompts, completions)
+    grades[0].logprobs[2] = float("nan")  # a token the teacher did not grade: no advantage from it
+    rewards = torch.tensor([1.0, 0.0])
+    loss, count = objective._graded_loss(student, batch, grades, rewards, sampled=True)
+    assert count == 10
+    with torch.no_grad():
+        expected, n = 0.0, 0
+        for row, (prompt, completion) in enumerate(zip(prompts, completions)):
+            logits = student(torch.tensor([prompt + completion])).logits[0, len(prompt) - 1:-1].float()
+            student_logprobs = logits.log_softmax(-1).gather(1, torch.tensor(completion)[:, None])[:, 0]
+            teacher_logprobs = grades[row].logprobs
+            advantage = torch.nan_to_num(teacher_logprobs - student_logprobs, nan=0.0) + 0.5 * (rewards[row] - 0.5)
+            expected += float((advantage * -student_logprobs).sum())
+            n += len(completion)
+    assert loss.item() == pytest.approx(expected / n, rel=1e-4, abs=1e-6)
 
 
 def test_lambda_zero_is_offline_kd_on_the_rationales(tmp_path, tokenizer):
     from test_train import make_run
 
     teacher_dir = save_tiny_model(tmp_path / "teacher", seed=7)
-    recipe = make_run(tmp_path, objective="on_policy", kd_teacher=str(teacher_dir), on_policy_lambda=0.0)
+    recipe = make_run(tmp_path, objective="on_policy", kd_teacher=str(teacher_dir), on_policy_lambda=0.0,
+                      on_policy_loss="divergence")
     student = make_model(tokenizer, seed=0)
     objective, examples = objective_for(recipe, tokenizer, student)
     batch = next(batches(examples, [[0, 1, 2, 3]], False, tokenizer.pad_token_id))
     on_policy = objective.loss(student, batch)
     offline = kd_loss(student, objective.teacher, batch, recipe.train)
     assert on_policy[1] == offline[1] and torch.equal(on_policy[0], offline[0])
-    assert objective.log() == {"sampled_share": 0.0}
+    log = objective.log()
+    assert log["sampled_share"] == 0.0 and "sample_tokens" not in log and 0 <= log["top1_agreement"] <= 1
 
 
-def test_on_policy_training_pulls_the_student_towards_the_teacher(tmp_path, tokenizer):
+def trained_teacher(tmp_path, tokenizer):
+    """A tiny model fine-tuned on the coin-flip rationales: a teacher far from a fresh student."""
     from test_train import make_run
 
-    teacher_dir = save_tiny_model(tmp_path / "teacher", seed=7)
+    recipe = make_run(tmp_path / "teacher-run", max_steps=40, lr=5e-3)
+    train(recipe, console=QUIET, model_and_tokenizer=(make_model(tokenizer, seed=7), tokenizer))
+    return recipe.run.path / "student"
+
+
+@pytest.mark.parametrize("loss", ["sampled", "divergence"])
+def test_on_policy_training_pulls_the_student_towards_the_teacher(tmp_path, tokenizer, loss):
+    from test_train import make_run
+
+    teacher_dir = trained_teacher(tmp_path, tokenizer)
     recipe = make_run(tmp_path, objective="on_policy", kd_teacher=str(teacher_dir), kd_divergence="reverse_kl",
-                      max_steps=12, lr=5e-3, on_policy_max_tokens=24)
+                      on_policy_loss=loss, max_steps=16, lr=2e-2 if loss == "sampled" else 5e-3, on_policy_max_tokens=24)
     student = make_model(tokenizer, seed=0)
     from transformers import AutoModelForCausalLM
 
@@ -107,18 +149,143 @@ def test_on_policy_training_pulls_the_student_towards_the_teacher(tmp_path, toke
     assert stats["objective"] == "on_policy" and after < 0.5 * before, (before, after)
     log = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
     steps = [row for row in log if "loss" in row]
-    assert len(steps) == 12 and all(row["sampled_share"] == 1.0 and row["sample_tokens"] > 0 for row in steps)
+    assert len(steps) == 16 and all(row["sampled_share"] == 1.0 and row["sample_tokens"] > 0 for row in steps)
+    assert all(row["step_s"] >= row["sampling_s"] > 0 for row in steps)
+    first, last = (sum(row["reverse_kl"] for row in part) / 4 for part in (steps[:4], steps[-4:]))
+    assert last < 0.5 * first, (first, last)
+    if loss == "sampled":  # graded through the cache: each sample once
+        assert all(row["teacher_calls"] == 4 and row["scoring_s"] > 0 for row in steps)
 
 
-def test_on_policy_refuses_a_missing_teacher_and_another_vocabulary(tmp_path, tokenizer):
+def test_a_teacher_with_another_tokenizer_grades_through_the_alignment(tmp_path, tokenizer):
     from test_kd import different_tokenizer
     from test_train import make_run
 
+    teacher_dir = save_tiny_model(tmp_path / "other", tokenizer=different_tokenizer())
+    recipe = make_run(tmp_path, objective="on_policy", kd_teacher=str(teacher_dir), max_steps=3, on_policy_max_tokens=16)
+    student = make_model(tokenizer, seed=0)
+    objective, examples = objective_for(recipe, tokenizer, student)
+    rationale = examples[0]
+    length = rationale.labels.index(next(label for label in rationale.labels if label != -100))
+    grades = objective.grade([rationale.input_ids[:length]], [rationale.input_ids[length:]])[0]
+    graded = ~torch.isnan(grades.logprobs)
+    assert 0.3 < graded.float().mean() < 1.0  # words cut at the same places align; the others get no advantage
+    assert (grades.top_ids[graded] >= -1).all() and (grades.logprobs[graded] <= 0).all()
+    stats = train(recipe, console=QUIET, model_and_tokenizer=(student, tokenizer))
+    assert stats["on_policy"]["tokenizers"]["same_vocabulary"] is False
+    steps = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
+    assert all(0 < row["graded_token_share"] < 1 for row in steps if "loss" in row)
+
+
+def test_on_policy_refuses_a_missing_teacher(tmp_path, tokenizer):
+    from test_train import make_run
+
     recipe = make_run(tmp_path, objective="on_policy", max_steps=2)
-    with pytest.raises(PreflightError, match="needs a local teacher"):
-        train(recipe, console=QUIET, model_and_tokenizer=(make_model(tokenizer), tokenizer))
-    recipe.train.kd_teacher = str(save_tiny_model(tmp_path / "other", tokenizer=different_tokenizer()))
-    with pytest.raises(PreflightError, match="student's vocabulary for now"):
+    with pytest.raises(PreflightError, match="needs a teacher to grade"):
         train(recipe, console=QUIET, model_and_tokenizer=(make_model(tokenizer), tokenizer))
     with pytest.raises(ValueError, match="on_policy_lambda"):
         TrainConfig(on_policy_lambda=1.5)
+    with pytest.raises(ValueError, match="set on_policy_loss sampled"):
+        TrainConfig(on_policy_reward_weight=1.0, on_policy_loss="divergence")
+
+
+# ---------------------------------------------------------------------------------------------------
+# A teacher behind a server (a real HTTP server on 127.0.0.1)
+# ---------------------------------------------------------------------------------------------------
+
+
+def served_teacher(url: str, **options):
+    from tutorlm.config import TeacherConfig
+
+    return TeacherConfig(**{"backend": "openai", "base_url": url, "model": "teacher-model", "api_key_env": None,
+                            "max_retries": 1, "backoff_base_s": 0.01, "timeout_s": 5.0, **options})
+
+
+def _train_on_server(tmp_path, url: str, *extra: str) -> list[str]:
+    import sys
+
+    return [sys.executable, "-m", "tutorlm", "train", "--out", str(tmp_path / "run"), "--student.model", str(tmp_path / "tiny"),
+            "--task.source", "coin_flip", "--teacher.backend", "openai", "--teacher.base_url", url,
+            "--teacher.model", "teacher-model", "--teacher.api_key_env", "NO_SUCH_KEY_VARIABLE",
+            "--train.objective", "on_policy", "--train.max_steps", "40", "--train.batch_size", "2",
+            "--train.save_every", "5", "--train.eval_fraction", "0", "--train.on_policy_max_tokens", "12", *extra]
+
+
+def test_kill_9_then_resume_pays_for_no_teacher_grade_twice(tmp_path):
+    import signal
+    import subprocess
+    import time
+
+    from fake_openai import FakeOpenAI
+    from test_train import make_run
+
+    make_run(tmp_path)
+    save_tiny_model(tmp_path / "tiny")
+    log_path = tmp_path / "run" / "train_log.jsonl"
+    with FakeOpenAI() as server:
+        process = subprocess.Popen(_train_on_server(tmp_path, server.url), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 120
+        # killed after a checkpoint (every 5 steps) and some steps past it, whose grades the resumed run needs again
+        while not (log_path.exists() and sum(1 for _ in log_path.open()) >= 8):
+            assert time.monotonic() < deadline and process.poll() is None, "the run ended before it could be killed"
+            time.sleep(0.01)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        killed_at = max(json.loads(line)["step"] for line in log_path.read_text().splitlines())
+        paid = server.total_served
+        assert 40 > killed_at > 5 and paid > 0 and not (tmp_path / "run" / "student" / "model.safetensors").exists()
+
+        other = subprocess.run(_train_on_server(tmp_path, server.url, "--resume", "--teacher.model", "other-model"),
+                               capture_output=True, text=True, timeout=120)
+        assert other.returncode != 0 and "teacher.model: 'teacher-model' then, 'other-model' now" in other.stderr
+
+        resumed = subprocess.run(_train_on_server(tmp_path, server.url, "--resume"), capture_output=True, text=True, timeout=300)
+        assert resumed.returncode == 0, resumed.stderr[-2000:]
+        assert "resumed from step-" in resumed.stderr
+        assert max(server.served.values()) == 1, "a completion was graded twice"
+        steps = [json.loads(line) for line in log_path.read_text().splitlines()]
+        assert [row["step"] for row in steps] == list(range(1, 41))
+        redone = [row for row in steps if killed_at - killed_at % 5 < row["step"] <= killed_at]
+        assert redone and all(row["teacher_cache_hits"] == 2 and row["teacher_calls"] == 0 for row in redone)
+        assert all(row["teacher_calls"] == 2 for row in steps if row["step"] > killed_at)
+
+
+def test_a_server_that_cannot_echo_is_refused_before_training(tmp_path, tokenizer):
+    from fake_openai import FakeOpenAI
+    from test_train import make_run
+
+    from tutorlm.errors import FatalBackendError
+
+    recipe = make_run(tmp_path, objective="on_policy", max_steps=3)
+    with FakeOpenAI(echo=False) as server:
+        recipe.teacher = served_teacher(server.url)
+        with pytest.raises(FatalBackendError, match=rf"{server.url}/completions .*Only no echo is supported"):
+            train(recipe, console=QUIET, model_and_tokenizer=(make_model(tokenizer), tokenizer))
+    assert not (tmp_path / "run" / "train_log.jsonl").exists() or "loss" not in (tmp_path / "run" / "train_log.jsonl").read_text()
+
+
+def test_a_server_failing_mid_run_stops_the_run_and_resume_finishes_it(tmp_path, tokenizer):
+    from fake_openai import FakeOpenAI
+    from test_train import make_run
+
+    from tutorlm.errors import GenerationIncomplete
+
+    recipe = make_run(tmp_path, objective="on_policy", max_steps=12, save_every=4, batch_size=2, on_policy_max_tokens=12,
+                      eval_fraction=0.0)
+    seen: set[str] = set()
+    state = {"failing": True}
+
+    def fault_for(key, attempt):  # the server goes down after it has graded 12 texts, until it is mended
+        seen.add(key)
+        return "500" if state["failing"] and len(seen) > 12 else None
+
+    with FakeOpenAI(fault_for=fault_for) as server:
+        recipe.teacher = served_teacher(server.url)
+        with pytest.raises(GenerationIncomplete, match="scoring calls failed"):
+            train(recipe, console=QUIET, model_and_tokenizer=(make_model(tokenizer), tokenizer))
+        assert not (tmp_path / "run" / "student" / "model.safetensors").exists()
+        steps = [json.loads(line)["step"] for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
+        assert steps and max(steps) < 12  # the step whose grades failed was not trained
+        state["failing"] = False
+        stats = train(recipe, resume=True, console=QUIET, model_and_tokenizer=(make_model(tokenizer), tokenizer))
+        assert stats["steps"] == 12

@@ -198,7 +198,16 @@ class TrainConfig:
     objective: Literal["sft", "kd", "on_policy"] = option(
         "sft", "sft: cross-entropy on the teacher's rationales (Fine-tune-CoT); kd: match the teacher's next-token "
         "distributions on them (Hinton et al. 2015), from a stored top-k or a local teacher (see kd_source); on_policy: "
-        "the student samples, a local teacher grades every token (GKD; kd_divergence, kd_teacher and on_policy_*)")
+        "the student samples and the teacher grades every token it wrote (GKD, MiniLLM; a local teacher, kd_teacher, "
+        "or the recipe's openai teacher on a server that echoes prompt log-probabilities; see on_policy_*)")
+    on_policy_loss: Literal["sampled", "divergence"] = option(
+        "sampled", "on_policy: sampled = reverse KL on the sampled tokens, each token's advantage -(log p_student - "
+        "log p_teacher) in a policy-gradient loss (MiniLLM, Thinking Machines; needs only the teacher's log-prob of each "
+        "sampled token); divergence = kd_divergence (e.g. jsd with kd_beta: GKD) against the teacher's full "
+        "distribution (a local teacher with the student's vocabulary) or its top kd_top_k")
+    on_policy_reward_weight: float = option(
+        0.0, "on_policy: add w * (reward - the micro-batch's mean reward) to every sampled token's advantage, reward 1 "
+        "when the sample's answer verifies against the gold answer (the verifier as a reward, as KDRL); sampled loss only")
     on_policy_lambda: float = option(1.0, "on_policy: share of micro-batches on the student's own samples (GKD's lambda); "
                                           "the rest use the curated rationales (offline KD)")
     on_policy_max_tokens: int = option(128, "on_policy: the longest completion the student samples")
@@ -210,7 +219,11 @@ class TrainConfig:
         None, "kd: the model whose distributions the student learns (a directory, .gguf file or hub id), when it is not "
         "the teacher that wrote the rationales (e.g. rationales from the reference solver or a server, distributions "
         "from a local model); default: the recipe's teacher (teacher.backend hf)")
-    kd_top_k: int = option(20, "kd: candidates kept per token when a teacher with another vocabulary re-scores the rationales")
+    kd_top_k: int = option(20, "kd: candidates kept per token when a teacher with another vocabulary re-scores the "
+                                 "rationales; on_policy: the top-k a teacher known only by its top-k gives")
+    kd_teacher_tokenizer: str | None = option(
+        None, "on_policy with a teacher on a server: the tokenizer whose chat template renders its prompts (a directory, "
+        ".gguf file, package or hub id); default: the student's")
     kd_divergence: Literal["forward_kl", "reverse_kl", "jsd", "skew_kl", "skew_reverse_kl"] = option(
         "forward_kl", "kd: forward KL (Hinton), reverse KL (MiniLLM), generalized JSD(beta) (GKD), or skew KL (DistiLLM)")
     kd_beta: float = option(0.5, "kd: GKD's beta for jsd, DistiLLM's skew alpha for skew_kl and skew_reverse_kl")
@@ -265,6 +278,10 @@ class TrainConfig:
             raise ValueError("kd_beta and kd_ce_weight must be in [0, 1], kd_temperature positive and kd_top_k at least 1")
         if not 0 <= self.on_policy_lambda <= 1 or self.on_policy_max_tokens < 1 or self.on_policy_temperature < 0:
             raise ValueError("on_policy_lambda must be in [0, 1], on_policy_max_tokens at least 1 and on_policy_temperature >= 0")
+        if self.on_policy_reward_weight < 0:
+            raise ValueError(f"on_policy_reward_weight must be >= 0, got {self.on_policy_reward_weight}")
+        if self.on_policy_reward_weight and self.on_policy_loss != "sampled":
+            raise ValueError("on_policy_reward_weight adds to the sampled loss's advantages; set on_policy_loss sampled")
 
     @property
     def learning_rate(self) -> float:

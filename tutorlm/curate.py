@@ -119,7 +119,8 @@ def curate_rows(rows: list[dict[str, Any]], task: Any, config: Any) -> tuple[lis
         for row in unique:
             kept.append({
                 "id": row["id"], "example_id": example_id, "prompt": row["prompt"], "completion": row["completion"],
-                "answer": row["answer"], "extracted": row["extracted"],
+                "question": row["question"], "answer": row["answer"], "extracted": row["extracted"],
+                **({"choices": row["choices"]} if row.get("choices") else {}),
                 "completion_tokens": row["usage"]["completion_tokens"], "teacher_pass_rate": round(pass_rate, 4),
                 "difficulty": difficulty_of(pass_rate), "backend": row.get("backend"), "model": row.get("model"),
                 # the teacher's tokens and distributions, for logit distillation (train/kd.py)

@@ -143,9 +143,9 @@ def parse_echo_logprobs(data: dict[str, Any], prompt: str, completion: str, top_
     logprobs = data["choices"][0].get("logprobs") or {}
     tokens, values, offsets = logprobs.get("tokens") or [], logprobs.get("token_logprobs") or [], logprobs.get("text_offset") or []
     end = len(prompt) + len(completion)
+    # Tokens that start in the completion; one that straddles the boundary belongs to neither side.
     wanted = [i for i, offset in enumerate(offsets) if len(prompt) <= offset < end]
-    covered = "".join(tokens[i] for i in wanted)
-    if not wanted or len(offsets) < 2 or covered != completion[offsets[wanted[0]] - len(prompt):]:
+    if len(offsets) < 2 or len(offsets) != len(tokens) or not "".join(tokens).startswith(prompt + completion):
         raise FatalBackendError(
             f"{url} did not return log-probabilities of the prompt's tokens ({len(tokens)} tokens came back for a text of "
             f"{end} characters): it does not echo with logprobs, which scoring needs (vLLM does)"

@@ -28,7 +28,7 @@ of aligned tokens and of teacher probability mass that maps is reported in the t
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import torch
@@ -79,6 +79,20 @@ def _common_prefix(a: str, b: str) -> int:
     return n
 
 
+def pieces(tokenizer: Any) -> dict[str, int]:
+    """Text -> the id of the (non-special) token that decodes to exactly that text; of several, the lowest id
+    (BPE merges: the common one). Texts with a partial character are left out."""
+    special = set(tokenizer.all_special_ids)
+    found: dict[str, int] = {}
+    for token, index in sorted(tokenizer.get_vocab().items(), key=lambda item: item[1]):
+        if index in special:
+            continue
+        text = tokenizer.decode([index], clean_up_tokenization_spaces=False)
+        if text and REPLACEMENT not in text:
+            found.setdefault(text, index)
+    return found
+
+
 class VocabularyMap:
     """Teacher token id -> the student token id with the same text (-1 where there is none), or the identity."""
 
@@ -88,18 +102,11 @@ class VocabularyMap:
         self.cache: dict[int, int] = {}
         if self.identity:
             return
-        self.pieces: dict[str, int] = {}
-        special = set(student.all_special_ids)
+        self.pieces = pieces(student)
         # Special tokens map by their own names (<|im_end|> to <|im_end|>), and end of sequence to end of sequence.
         self.specials = {token: index for token, index in zip(student.all_special_tokens, student.all_special_ids)}
         self.teacher_specials = set(teacher.all_special_ids)
         self.cache[teacher.eos_token_id] = student.eos_token_id if student.eos_token_id is not None else -1
-        for token, index in sorted(student.get_vocab().items(), key=lambda item: item[1]):
-            if index in special:
-                continue
-            text = student.decode([index], clean_up_tokenization_spaces=False)
-            if text and REPLACEMENT not in text:
-                self.pieces.setdefault(text, index)  # the lowest id of several with one text (BPE merges: the common one)
 
     def __call__(self, ids: torch.Tensor) -> torch.Tensor:
         """(..., k) teacher ids -> (..., k) student ids, -1 for none."""
@@ -133,6 +140,7 @@ class Aligned:
     aligned: int  # student tokens with a target
     mapped_mass: float  # summed teacher probability of the top-k entries that map to a student token
     total_mass: float  # summed teacher probability of the top-k entries at aligned tokens
+    pairs: list[tuple[int, int]] = field(default_factory=list)  # (student index, teacher index) of each aligned token
 
 
 def align(student_tokenizer: Any, student_ids: Sequence[int], teacher_tokenizer: Any, teacher: TeacherTokens,
@@ -163,7 +171,7 @@ def align(student_tokenizer: Any, student_ids: Sequence[int], teacher_tokenizer:
         probabilities = values.exp()
         total_mass = float(probabilities.sum())
         mapped_mass = float(probabilities[mapped >= 0].sum())
-    return Aligned(ids, logprobs, len(rows), mapped_mass, total_mass)
+    return Aligned(ids, logprobs, len(rows), mapped_mass, total_mass, rows)
 
 
 def _merge_repeats(ids: torch.Tensor, logprobs: torch.Tensor) -> None:

@@ -38,7 +38,7 @@ from tutorlm import topk
 from tutorlm.errors import PreflightError
 from tutorlm.train.align import Aligned, TeacherTokens, VocabularyMap, align
 from tutorlm.train.data import IGNORE, Tokenized, identity_head, labelled_positions, plain_output_head
-from tutorlm.train.losses import NO_TOKEN, linear_cross_entropy, linear_kd_loss
+from tutorlm.train.losses import NO_TOKEN, linear_cross_entropy, linear_kd_loss, linear_token_logprobs
 
 SCORES = "kd_teacher_topk.jsonl"  # a teacher with another vocabulary: its top-k on the curated rationales
 SAMPLE_TEXTS = ("The answer is 42.", "Alice flips the coin. Is it still heads up?", " 12 + 30 = 42\n", "ü→λ 🙂")
@@ -353,8 +353,13 @@ def topk_kd_loss(student: Any, batch: dict[str, torch.Tensor], config: Any) -> t
     return loss, count
 
 
-def kd_loss(student: Any, teacher: Any, batch: dict[str, torch.Tensor], config: Any) -> tuple[torch.Tensor, int]:
-    """(the KD objective over the batch's completion tokens, their count); neither model's full logits exist."""
+def kd_loss(student: Any, teacher: Any, batch: dict[str, torch.Tensor], config: Any,
+            metrics: dict[str, float] | None = None) -> tuple[torch.Tensor, int]:
+    """(the KD objective over the batch's completion tokens, their count); neither model's full logits exist.
+
+    `metrics`, when given, receives the summed log-ratio log q − log p of the batch's own tokens (`reverse_kl`, a
+    sample estimate of KL(q || p) when the student wrote them), and how often both models' top-1 agree (`agree`
+    of `top`), at one more projection of each model."""
     inner, student_head = _heads(student)
     teacher_head = plain_output_head(teacher)
     if teacher_head is None:
@@ -373,6 +378,13 @@ def kd_loss(student: Any, teacher: Any, batch: dict[str, torch.Tensor], config: 
         logits = (teacher_hidden[start:end] @ teacher_weight.to(teacher_hidden.dtype).T).float()  # (c, V)
         return F.log_softmax(logits / config.kd_temperature, dim=-1)
 
+    if metrics is not None:
+        targets = chosen[wanted]
+        student_chosen, student_best = linear_token_logprobs(student_hidden.detach(), student_weight, targets)
+        teacher_chosen, teacher_best = linear_token_logprobs(teacher_hidden, teacher_weight, targets)
+        count = targets.numel()
+        metrics.update(reverse_kl=float((student_chosen - teacher_chosen).sum()), scored=count, tokens_graded=count,
+                       agree=int((student_best == teacher_best).sum()), top=count)
     loss = linear_kd_loss(student_hidden, student_weight, teacher_logprobs, kind=config.kd_divergence,
                           beta=config.kd_beta, temperature=config.kd_temperature)
     if config.kd_ce_weight:

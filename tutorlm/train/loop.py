@@ -109,6 +109,14 @@ def evaluate_loss(model: Any, examples: list[Tokenized], batch_size: int, packin
     return total / max(count, 1)
 
 
+def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """The settings that differ between two nested dicts, as 'key: old then, new now'."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [line for key in sorted(set(old) | set(new), key=str)
+                for line in _differences(old.get(key), new.get(key), f"{prefix}{key}.")]
+    return [] if old == new else [f"{prefix.rstrip('.')}: {old!r} then, {new!r} now"]
+
+
 def checkpoints(directory: Path) -> list[Path]:
     """Complete checkpoints (those with trainer_state.json), oldest first."""
     if not directory.exists():
@@ -185,12 +193,15 @@ def train(recipe: Recipe, *, resume: bool = False, force: bool = False, console:
         console.print(f"train: up to date in {run.path} (--force redoes it)")
         return run.stage("train")["stats"]  # type: ignore[index]
     checkpoint_dir = run.path / STUDENT / "checkpoints"
-    state = {"step": 0, "epoch": 0, "batch": 0, "config_hash": config_hash(stage_config), "tokens_seen": 0}
+    state = {"step": 0, "epoch": 0, "batch": 0, "config_hash": config_hash(stage_config), "tokens_seen": 0,
+             "config": json.loads(json.dumps(stage_config))}
     found = checkpoints(checkpoint_dir)
     if resume and found:
         saved = json.loads((found[-1] / "trainer_state.json").read_text())
         if saved["config_hash"] != state["config_hash"]:
-            raise DataError(f"{found[-1]} was written with other student/train settings; drop --resume to start afresh")
+            changed = _differences(saved.get("config", {}), json.loads(json.dumps(stage_config)))
+            raise DataError(f"{found[-1]} was written with other settings ({'; '.join(changed[:4]) or 'student/train'}); "
+                            "drop --resume to start afresh")
         state = saved
     elif found:
         console.print(f"note: starting afresh; {len(found)} checkpoint(s) of an earlier run are replaced (--resume continues one)")
@@ -229,6 +240,8 @@ def train(recipe: Recipe, *, resume: bool = False, force: bool = False, console:
         accelerator.register_for_checkpointing(scheduler)
         if state["step"]:
             accelerator.load_state(str(found[-1]))
+            if hasattr(objective, "load_state_dict"):  # e.g. how many micro-batches on-policy sampling has drawn
+                objective.load_state_dict(state.get("objective", {}))
             console.print(f"train: resumed from {found[-1].name} (epoch {state['epoch']}, batch {state['batch']})")
         log_path = run.path / LOG
         if main and state["step"]:  # drop log lines written after the checkpoint we resume from
@@ -253,6 +266,8 @@ def train(recipe: Recipe, *, resume: bool = False, force: bool = False, console:
             logging.getLogger("accelerate.utils.other").setLevel(logging.ERROR)
             accelerator.save_state(str(temporary))  # every process: each saves its own RNG state
             accelerator.wait_for_everyone()
+            if hasattr(objective, "state_dict"):
+                state["objective"] = objective.state_dict()
             if main:
                 (temporary / "trainer_state.json").write_text(json.dumps(state))
                 shutil.rmtree(final, ignore_errors=True)
@@ -263,6 +278,7 @@ def train(recipe: Recipe, *, resume: bool = False, force: bool = False, console:
 
         model.train()
         started, window_tokens, window_start = time.perf_counter(), 0, time.perf_counter()
+        window_step_s = 0.0  # seconds in the micro-batches and optimizer steps since the last log line
         losses_in_step: list[float] = []
         last_eval = None
         progress = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
@@ -277,6 +293,7 @@ def train(recipe: Recipe, *, resume: bool = False, force: bool = False, console:
                 order = rank_share(batch_order(examples, config.batch_size, config.seed, state["epoch"], group_by_length=not config.packing),
                                    accelerator)
                 for batch_index in range(state["batch"], len(order)):
+                    micro_started = time.perf_counter()
                     batch = next(batches(examples, [order[batch_index]], config.packing, pad_token_id))
                     # Counted before the batch moves: on a GPU, reading a device tensor would wait for the queued work.
                     real_tokens = int(batch["attention_mask"].sum()) if "attention_mask" in batch else batch["input_ids"].numel()
@@ -294,11 +311,13 @@ def train(recipe: Recipe, *, resume: bool = False, force: bool = False, console:
                     losses_in_step.append(loss.item())
                     state["batch"] = batch_index + 1
                     if not sync:
+                        window_step_s += time.perf_counter() - micro_started
                         continue
                     grad_norm = accelerator.clip_grad_norm_(trainable, config.max_grad_norm)
                     optimizer.step()
                     optimizer.zero_grad(set_to_none=True)
                     scheduler.step()
+                    window_step_s += time.perf_counter() - micro_started
                     state["step"] += 1
                     step_loss = sum(losses_in_step) / len(losses_in_step)
                     losses_in_step = []
@@ -308,7 +327,9 @@ def train(recipe: Recipe, *, resume: bool = False, force: bool = False, console:
                         write_log({"step": state["step"], "epoch": state["epoch"], "loss": round(step_loss, 5),
                                    "lr": scheduler.get_last_lr()[0], "grad_norm": round(float(grad_norm), 5),
                                    "tokens_per_s": round(tokens_per_s, 1), "tokens_seen": state["tokens_seen"],
-                                   "elapsed_s": round(now - started, 2), **(objective.log() if hasattr(objective, "log") else {})})
+                                   "elapsed_s": round(now - started, 2), "step_s": round(window_step_s, 3),
+                                   **(objective.log() if hasattr(objective, "log") else {})})
+                        window_step_s = 0.0
                     if held_out and (state["step"] % config.eval_every == 0 or state["step"] == total_steps):
                         last_eval = evaluate_loss(model, held_out, config.batch_size, config.packing, pad_token_id, accelerator.device)
                         write_log({"step": state["step"], "eval_loss": round(last_eval, 5)})

@@ -1,6 +1,7 @@
 """Losses: pure functions of tensors, with their shapes. Every one is tested against a plain implementation.
 
-    linear_cross_entropy(hidden, weight, targets)                      SFT: mean CE of hidden @ weight.T
+    linear_cross_entropy(hidden, weight, targets[, row_weights])       SFT: mean CE of hidden @ weight.T (weighted: policy gradient)
+    linear_token_logprobs(hidden, weight, targets)                     log-probs of given tokens and the argmax, no gradient
     divergence(student_logprobs, teacher_logprobs, kind, beta)         per-token KD divergences, (N, V) -> (N,)
     topk_divergence(student_logprobs, teacher_ids, teacher_logprobs)   the same against a stored top-k + tail
     linear_kd_loss(student_hidden, student_weight, teacher, ...)       chunked KD from hidden states (full or top-k teacher)
@@ -47,16 +48,38 @@ DIVERGENCES: tuple[str, ...] = ("forward_kl", "reverse_kl", "jsd", "skew_kl", "s
 # ---------------------------------------------------------------------------------------------------
 
 
-def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+                         row_weights: torch.Tensor | None = None) -> torch.Tensor:
     """Mean cross-entropy of `hidden @ weight.T` against `targets`; (N, H), (V, H), (N,) -> scalar.
 
+    `row_weights` (N,), constants, make it Σ w_i CE_i / N: with w = a per-token advantage this is the
+    policy-gradient loss −(1/N) Σ A_i log q(x_i) of on-policy distillation and RL.
     Under autocast the projection runs in the autocast dtype (softmax in float32), as the model's own head would.
     """
     device = hidden.device.type
     dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else weight.dtype
     if hidden.shape[0] == 0:
         return hidden.sum() * 0.0
-    return _LinearCrossEntropy.apply(hidden, weight, targets, dtype)
+    return _LinearCrossEntropy.apply(hidden, weight, targets, dtype, None if row_weights is None else row_weights.detach().float())
+
+
+@torch.no_grad()
+def linear_token_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log-prob of each target, the most likely token) under `hidden @ weight.T`, a chunk of rows at a time, without
+    gradients; (N, H), (V, H), (N,) -> (N,) float32, (N,) long."""
+    device = hidden.device.type
+    dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else weight.dtype
+    chunk = max(1, LOGITS_PER_CHUNK // weight.shape[0])
+    logprobs, best = [], []
+    with torch.autocast(device, enabled=False):
+        for start in range(0, hidden.shape[0], chunk):
+            logits = (hidden[start:start + chunk].to(dtype) @ weight.to(dtype).T).float()  # (c, V)
+            target = targets[start:start + chunk, None]
+            logprobs.append((logits.gather(1, target)[:, 0] - torch.logsumexp(logits, dim=-1)))
+            best.append(logits.argmax(-1))
+    if not logprobs:
+        return hidden.new_zeros(0, dtype=torch.float32), targets.new_zeros(0)
+    return torch.cat(logprobs), torch.cat(best)
 
 
 LOGITS_PER_CHUNK = 2**26  # elements of one chunk's float32 logits (256 MB)
@@ -71,7 +94,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, hidden, weight, targets, dtype):
+    def forward(ctx, hidden, weight, targets, dtype, row_weights):
         need_hidden, need_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         rows = hidden.shape[0]
         chunk = max(1, LOGITS_PER_CHUNK // weight.shape[0])
@@ -85,11 +108,15 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 t = targets[start:start + chunk]
                 logits = (h @ projection.T).float()  # (c, V)
                 log_norm = torch.logsumexp(logits, dim=-1)
-                total += (log_norm - logits.gather(1, t[:, None]).squeeze(1)).sum()
+                losses = log_norm - logits.gather(1, t[:, None]).squeeze(1)  # (c,)
+                w = None if row_weights is None else row_weights[start:start + chunk]
+                total += (losses if w is None else losses * w).sum()
                 if not (need_hidden or need_weight):
                     continue
                 gradient = logits.sub_(log_norm[:, None]).exp_()  # softmax, in place
                 gradient[torch.arange(t.shape[0], device=t.device), t] -= 1.0
+                if w is not None:
+                    gradient.mul_(w[:, None])
                 gradient = gradient.div_(rows).to(dtype)
                 if need_hidden:
                     grad_hidden[start:start + chunk] = gradient @ projection
@@ -104,6 +131,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         return (
             grad_hidden * grad_output.to(grad_hidden.dtype) if grad_hidden is not None else None,
             grad_weight * grad_output if grad_weight is not None else None,
+            None,
             None,
             None,
         )

@@ -1,77 +1,277 @@
 """`train.objective: on_policy` — the student learns on its own samples, and the teacher grades every token.
 
-    tutorlm train --out runs/x --train.objective on_policy --train.kd_teacher TEACHER_DIR \\
-        [--train.kd_divergence reverse_kl|jsd|forward_kl] [--train.kd_beta 0.5] [--train.on_policy_lambda 1.0] \\
-        [--train.on_policy_max_tokens 128] [--train.on_policy_temperature 1.0]
+    tutorlm train --out runs/x --train.objective on_policy --train.kd_teacher TEACHER \\
+        [--train.on_policy_loss sampled|divergence] [--train.on_policy_lambda 1.0] [--train.on_policy_reward_weight 0] \\
+        [--train.on_policy_max_tokens 128] [--train.on_policy_temperature 1.0] [--train.kd_divergence jsd --train.kd_beta 0.5]
 
-Method: generalized knowledge distillation (GKD; Agarwal et al. 2024), the on-policy distillation of
-MiniLLM and of Thinking Machines' report. For each micro-batch of curated rows, with probability λ
-(`on_policy_lambda`) the student samples a completion for each of the batch's questions on its current
-weights (the continuous-batching engine, `on_policy_temperature`, at most `on_policy_max_tokens`);
-otherwise the batch's own rationales are used, and the step is offline KD. The teacher then scores
-every completion token and the student is pulled towards the teacher's full next-token distribution
-there by `kd_divergence` (reverse KL is the usual choice on-policy: it is mode-seeking, and on the
-student's own samples it penalises exactly the tokens the student would write that the teacher would
-not). λ = 0 is the offline KD of train/kd.py; the loss of a step is kd.kd_loss on whichever sequences it got.
+Method: on-policy distillation (GKD, Agarwal et al. 2024; MiniLLM, Gu et al. 2024; Thinking Machines'
+report). For each micro-batch of curated rows, with probability λ (`on_policy_lambda`) the student
+samples a completion for each of the batch's questions on its current weights (the continuous-batching
+engine, `on_policy_temperature`, at most `on_policy_max_tokens`) and the teacher grades every token it
+wrote; otherwise the batch's own rationales (the teacher's traces) are used, and the step is offline KD.
 
-The teacher is a local model with the student's tokenizer (`train.kd_teacher`, or the recipe's hf
-teacher), held in memory and run in each step. Not built yet (pre-flight says so): a teacher behind a
-server, a teacher with another tokenizer, a cache of teacher scores across `--resume`, and adding
-the verifier's reward. Each optimizer step logs the share of micro-batches that sampled, the samples'
-mean length and stop rate, and the time spent sampling.
+Losses (`on_policy_loss`):
+- `sampled` (default): reverse KL on the sampled tokens. Each token x_t gets the advantage
+  A_t = log p_teacher(x_t) − log p_student(x_t) (a constant), and the loss is −(1/N) Σ A_t log p_student(x_t):
+  its gradient is the per-token gradient of KL(student || teacher) on the student's own trajectory. Only
+  the teacher's log-probability of each sampled token is needed, so any teacher can grade: a local one,
+  one with another tokenizer (tokens cut at other places get no advantage), or one behind a server.
+  `on_policy_reward_weight` w adds w · (r − mean r) to the advantages of every token of a sample, r = 1
+  when its answer verifies against the gold answer (the verifier as a reward, as KDRL does).
+- `divergence`: `kd_divergence` (generalized JSD(β) is GKD's) against the teacher's full distribution
+  where it is in memory with the student's vocabulary, else against its top `kd_top_k` (tail bucket).
+Micro-batches on the teacher's traces (λ < 1) always use the divergence: the sampled estimator is only
+unbiased on the student's own samples. λ = 0 is the offline KD of train/kd.py.
+
+Teachers: a local model (`train.kd_teacher`, or the recipe's hf teacher); with the student's vocabulary
+it scores the student's token ids, with another the completion text is re-rendered under its chat
+template and its tokens are aligned by character span (train/align.py). Or the recipe's teacher with
+backend openai: a server that echoes prompt log-probabilities (vLLM); its prompts are rendered with
+`train.kd_teacher_tokenizer`'s chat template (default the student's), and the student never holds the
+teacher. A server that cannot echo is refused before training, naming the endpoint and its reply.
+
+Grades are cached in RUN_DIR/teacher_scores.sqlite by teacher, prompt and completion ids (not for the
+full-distribution path, which re-scores in the step). Sampling seeds come from (train.seed, the number
+of micro-batches drawn so far), and that count is saved with each checkpoint, so a resumed run samples
+exactly what the killed run sampled after its last checkpoint and pays for none of those grades again.
+A teacher server that still fails after the retries stops the run (nothing is trained on missing grades);
+`--resume` continues it.
+
+Each optimizer step logs: the share of micro-batches that sampled, the samples' mean length, stop rate
+and accuracy (the task's verifier), the per-token reverse KL on sampled tokens and the top-1 agreement of
+student and teacher, and the seconds spent sampling and grading (the loop logs the step's seconds).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import math
 import random
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from accelerate.utils import extract_model_from_parallel
 
+from tutorlm import topk
 from tutorlm.engine import Engine
 from tutorlm.errors import PreflightError
 from tutorlm.models import stop_ids
-from tutorlm.train.data import IGNORE, Tokenized, collate_padded
-from tutorlm.train.kd import _load_teacher, _rows, compare_tokenizers, describe, kd_loss
+from tutorlm.train.align import TeacherTokens, VocabularyMap, align, pieces, token_spans
+from tutorlm.train.data import IGNORE, Tokenized, collate_padded, identity_head, labelled_positions
+from tutorlm.train.kd import _heads, _load_teacher, _rows, compare_tokenizers, describe, kd_loss
+from tutorlm.train.losses import NO_TOKEN, linear_cross_entropy, linear_kd_loss, linear_token_logprobs
+
+SCORES = "teacher_scores.sqlite"  # the teacher's grades of completions, by teacher, prompt and completion ids
+
+
+@dataclass
+class Grades:
+    """The teacher on one completion of the student, on the student's tokens."""
+
+    logprobs: torch.Tensor  # (m,) float32: the teacher's log-prob of each completion token; nan where it has none
+    top_ids: torch.Tensor  # (m, k) student ids of the teacher's k most likely tokens there; -1 for none
+    top_logprobs: torch.Tensor  # (m, k) float32
+
+    def to_json(self) -> dict[str, Any]:
+        return {"logprobs": [None if math.isnan(value) else value for value in self.logprobs.tolist()],
+                "topk": topk.pack_tensors(self.top_ids, self.top_logprobs)}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "Grades":
+        ids, logprobs, _ = topk.unpack(data["topk"])
+        return cls(torch.tensor([math.nan if value is None else value for value in data["logprobs"]], dtype=torch.float32),
+                   ids, logprobs)
+
+
+Item = tuple[list[int], list[int], dict[str, Any] | None]  # (prompt ids, completion ids, the curated row asked)
+
+
+class LocalGrader:
+    """A teacher in memory: the student's token ids (one vocabulary), or the text under its own template, aligned."""
+
+    def __init__(self, teacher: Any, teacher_tokenizer: Any, tokenizer: Any, same_vocabulary: bool, name: str,
+                 batch_size: int) -> None:
+        self.teacher, self.teacher_tokenizer, self.tokenizer = teacher, teacher_tokenizer, tokenizer
+        self.same_vocabulary, self.batch_size = same_vocabulary, batch_size
+        self.vocabulary = None if same_vocabulary else VocabularyMap(tokenizer, teacher_tokenizer)
+        self.identity = {"local": name}
+
+    def grade(self, items: list[Item], k: int) -> list[Grades]:
+        from tutorlm.score import score_ids, score_rows
+
+        if self.same_vocabulary:
+            scored = score_ids(self.teacher, [(prompt, completion) for prompt, completion, _ in items], top_k=k,
+                               batch_size=self.batch_size, pad_token_id=self.tokenizer.pad_token_id)
+            return [Grades(torch.tensor(item.logprobs), torch.tensor(item.top_ids), torch.tensor(item.top_logprobs))
+                    for item in scored]
+        texts = [_text(self.tokenizer, completion) for _, completion, _ in items]
+        rows = [{"prompt": _row(row)["prompt"], "completion": [{"role": "assistant", "content": text}]}
+                for (_, _, row), text in zip(items, texts)]
+        scored = score_rows(self.teacher, self.teacher_tokenizer, rows, top_k=k, batch_size=self.batch_size)
+        grades = []
+        for (_, completion, _), item in zip(items, scored):
+            teacher = TeacherTokens(item.token_ids, torch.tensor(item.top_ids), torch.tensor(item.top_logprobs))
+            aligned = align(self.tokenizer, completion, self.teacher_tokenizer, teacher, self.vocabulary)
+            chosen = torch.full((len(completion),), math.nan)
+            for student_index, teacher_index in aligned.pairs:
+                chosen[student_index] = item.logprobs[teacher_index]
+            grades.append(Grades(chosen, aligned.ids, aligned.logprobs))
+        return grades
+
+
+class RemoteGrader:
+    """A teacher on an OpenAI-compatible server that echoes prompt log-probabilities; its tokens come back as text
+    with offsets and are aligned to the student's by character span."""
+
+    def __init__(self, teacher: Any, teacher_tokenizer: Any, tokenizer: Any, template: str) -> None:
+        self.teacher, self.teacher_tokenizer, self.tokenizer = teacher, teacher_tokenizer, tokenizer
+        self.pieces = pieces(tokenizer)
+        self.identity = {"openai": teacher.model, "template": template}
+
+    def grade(self, items: list[Item], k: int) -> list[Grades]:
+        from tutorlm.score import TextPair, score_remote
+
+        texts = [_text(self.tokenizer, completion) for _, completion, _ in items]
+        asked = [index for index, text in enumerate(texts) if text]  # a completion of only its end token has no text
+        pairs = [TextPair(self.teacher_tokenizer.apply_chat_template(_row(items[index][2])["prompt"], add_generation_prompt=True,
+                                                                    tokenize=False), texts[index]) for index in asked]
+        scores = dict(zip(asked, score_remote(self.teacher, pairs, top_k=k)))
+        grades = []
+        for index, (_, completion, _) in enumerate(items):
+            chosen = torch.full((len(completion),), math.nan)
+            ids, logprobs = torch.full((len(completion), k), NO_TOKEN, dtype=torch.long), torch.full((len(completion), k), -math.inf)
+            grades.append(Grades(chosen, ids, logprobs))
+            if index not in scores:
+                continue
+            scored = scores[index]
+            _, spans = token_spans(self.tokenizer, completion)
+            by_span = {(offset, offset + len(token)): position for position, (token, offset) in enumerate(zip(scored.tokens, scored.offsets))}
+            for student_index, span in enumerate(spans):
+                position = by_span.get(span) if span[0] < span[1] else None
+                if position is None:
+                    continue
+                chosen[student_index] = scored.logprobs[position]
+                top = sorted((scored.top[position] if scored.top else {}).items(), key=lambda entry: -entry[1])[:k]
+                for slot, (text, value) in enumerate(top):
+                    token = self.pieces.get(text, NO_TOKEN)
+                    ids[student_index, slot] = token
+                    logprobs[student_index, slot] = value if token != NO_TOKEN else -math.inf
+        return grades
+
+
+def _text(tokenizer: Any, completion: list[int]) -> str:
+    return token_spans(tokenizer, completion)[0]
+
+
+def _row(row: dict[str, Any] | None) -> dict[str, Any]:
+    if row is None:
+        raise PreflightError("on_policy: a prompt of the batch matches no curated row, so the teacher cannot be shown it")
+    return row
 
 
 class OnPolicy:
     def __init__(self, recipe: Any) -> None:
         self.config = recipe.train
-        self.teacher: Any = None
-        self.rng = random.Random(recipe.train.seed)
+        self.draws = 0  # micro-batches drawn so far: with train.seed, it decides each one's sampling
+        self.teacher: Any = None  # a local teacher with the student's vocabulary, for the full-distribution loss
+        self.grader: Any = None
+        self.cache: Any = None
         self.window: dict[str, float] = {}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"draws": self.draws}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.draws = int(state.get("draws", 0))
 
     def prepare(self, recipe: Any, model: Any, tokenizer: Any, rows: list[dict[str, Any]], examples: list[Tokenized],
                 device: Any, console: Any) -> dict[str, Any]:
-        config = self.config
-        if not (config.kd_teacher or (recipe.teacher.backend == "hf" and recipe.teacher.model)):
-            raise PreflightError("train.objective on_policy needs a local teacher to grade the student's samples: set "
-                                 "train.kd_teacher (or teacher.backend hf and teacher.model); a teacher behind a server is not supported yet")
-        self.teacher, teacher_tokenizer = _load_teacher(recipe, device)
-        comparison = compare_tokenizers(tokenizer, teacher_tokenizer, _rows(model), _rows(self.teacher))
-        if not comparison["same_vocabulary"]:
-            raise PreflightError(f"train.objective on_policy needs a teacher with the student's vocabulary for now: "
-                                 f"{describe(comparison)}. Use train.objective kd (it aligns two tokenizers) instead")
-        self.pad_token_id, self.eos_token_id = tokenizer.pad_token_id, tokenizer.eos_token_id
+        from tutorlm.cache import Cache
+        from tutorlm.tasks import load_task
+
+        config, teacher = self.config, recipe.teacher
+        self.tokenizer = tokenizer
+        self.task = load_task(recipe.task)
+        rows_by_id = {str(row["id"]): row for row in rows}
+        self.rows_by_prompt = {tuple(example.input_ids[:_prompt_length(example.labels)]): rows_by_id.get(example.example_id)
+                               for example in examples}
         self.stop_ids = stop_ids(model, tokenizer)
-        console.print(f"on_policy: teacher {config.kd_teacher or recipe.teacher.model} ({describe(comparison)}); the student "
-                      f"samples for a share {config.on_policy_lambda} of micro-batches, up to {config.on_policy_max_tokens} "
-                      f"tokens at temperature {config.on_policy_temperature}; {config.kd_divergence} (beta {config.kd_beta})")
-        return {"on_policy": {"tokenizers": comparison, "lambda": config.on_policy_lambda}}
+        stats: dict[str, Any] = {"lambda": config.on_policy_lambda, "loss": config.on_policy_loss}
+        if config.kd_teacher or (teacher.backend == "hf" and teacher.model):
+            local, teacher_tokenizer = _load_teacher(recipe, device)
+            comparison = compare_tokenizers(tokenizer, teacher_tokenizer, _rows(model), _rows(local))
+            name = config.kd_teacher or teacher.model
+            self.grader = LocalGrader(local, teacher_tokenizer, tokenizer, comparison["same_vocabulary"], name, config.batch_size)
+            if comparison["same_vocabulary"] and config.on_policy_loss == "divergence":
+                self.teacher = local
+            where = f"{name} ({describe(comparison)})"
+            stats["tokenizers"] = comparison
+        elif teacher.backend == "openai" and teacher.model:
+            from tutorlm.models import load_tokenizer
+
+            template = config.kd_teacher_tokenizer or "the student's"
+            teacher_tokenizer = load_tokenizer(config.kd_teacher_tokenizer) if config.kd_teacher_tokenizer else tokenizer
+            self.grader = RemoteGrader(teacher, teacher_tokenizer, tokenizer, template)
+            where = f"{teacher.model} on {teacher.base_url} (prompts rendered with {template} chat template)"
+        else:
+            raise PreflightError(
+                "train.objective on_policy needs a teacher to grade the student's samples: train.kd_teacher (a local "
+                "model), teacher.backend hf with teacher.model, or teacher.backend openai (a server that echoes prompt "
+                "log-probabilities, such as vLLM)")
+        if self.teacher is None and config.on_policy_loss == "divergence" and config.kd_temperature != 1.0:
+            raise PreflightError("train.kd_temperature must be 1 when the teacher is known by its top-k (a server or "
+                                 "another vocabulary): a top-k cannot be re-tempered")
+        self.k = config.kd_top_k if config.on_policy_loss == "divergence" else 1
+        self.cache = Cache(recipe.run.path / SCORES)
+        self.identity = {**self.grader.identity, "k": self.k, "student_tokenizer": [tokenizer.name_or_path, len(tokenizer)]}
+        if isinstance(self.grader, RemoteGrader) and examples:  # the server must echo prompt log-probabilities
+            example = examples[0]
+            length = _prompt_length(example.labels)
+            self.grade([example.input_ids[:length]], [example.input_ids[length:]])
+            self.window = {}
+        loss = ("reverse KL on the sampled tokens" + (f" + {config.on_policy_reward_weight} x the verifier's reward"
+                                                      if config.on_policy_reward_weight else "")
+                if config.on_policy_loss == "sampled" else
+                f"{config.kd_divergence} (beta {config.kd_beta}) against the teacher's "
+                + ("full distribution" if self.teacher is not None else f"top-{self.k}"))
+        console.print(f"on_policy: teacher {where}; the student samples for a share {config.on_policy_lambda} of "
+                      f"micro-batches, up to {config.on_policy_max_tokens} tokens at temperature "
+                      f"{config.on_policy_temperature}; loss: {loss}; grades cached in {recipe.run.path / SCORES}")
+        return {"on_policy": stats}
+
+    # -- one micro-batch ---------------------------------------------------------------------------
 
     def loss(self, model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
-        if self.rng.random() < self.config.on_policy_lambda:
-            batch = self.sample(model, batch)
+        rng = random.Random(f"{self.config.seed}:{self.draws}")
+        self.draws += 1
+        on_policy = rng.random() < self.config.on_policy_lambda
+        device = batch["input_ids"].device
+        rewards = None
+        if on_policy:
+            prompts, completions, finished = self.sample(model, batch, rng)
+            rewards = self._rewards(prompts, completions, finished)  # logged as the samples' accuracy
+            batch = _collate(prompts, completions, self.tokenizer.pad_token_id, device)
         else:
-            self._count(sampled=0)
-        return kd_loss(model, self.teacher, batch, self.config)
+            prompts, completions = pairs_of(batch)
+            self._count(micro_batches=1)
+        if self.teacher is not None:  # the full distribution, in the step
+            metrics: dict[str, float] = {}
+            result = kd_loss(model, self.teacher, batch, self.config, metrics=metrics)
+            self._count(**metrics)
+            return result
+        grades = self.grade(prompts, completions)
+        if not on_policy:
+            batch = _collate(prompts, completions, self.tokenizer.pad_token_id, device)
+        sampled = on_policy and self.config.on_policy_loss == "sampled"
+        return self._graded_loss(model, batch, grades, rewards, sampled=sampled)
 
-    def sample(self, model: Any, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """The batch's prompts, each followed by a completion the student samples now (with its end token when it
-        stopped), as a padded batch on the batch's device."""
+    def sample(self, model: Any, batch: dict[str, torch.Tensor], rng: random.Random
+               ) -> tuple[list[list[int]], list[list[int]], list[bool]]:
+        """(the batch's prompts, a completion the student samples for each now (with its end token when it stopped),
+        whether each stopped)."""
         started = time.perf_counter()
         prompts = prompts_of(batch)
         inner = extract_model_from_parallel(model, keep_torch_compile=False)
@@ -79,55 +279,142 @@ class OnPolicy:
         inner.eval()
         completions: dict[int, tuple[list[int], str]] = {}
         try:
-            engine = Engine(inner, slots=len(prompts), pad_token_id=self.pad_token_id, stop_ids=self.stop_ids)
-            seeds = [self.rng.getrandbits(62) for _ in prompts]
+            engine = Engine(inner, slots=len(prompts), pad_token_id=self.tokenizer.pad_token_id, stop_ids=self.stop_ids)
+            seeds = [rng.getrandbits(62) for _ in prompts]
             engine.run(prompts, max_tokens=self.config.on_policy_max_tokens, temperature=self.config.on_policy_temperature,
                        seeds=seeds, finished=lambda index, tokens, reason, logprobs, latency:
                        completions.__setitem__(index, (list(tokens), reason)))
         finally:
             inner.train(was_training)
-        items = []
-        for index, prompt in enumerate(prompts):
-            tokens, reason = completions[index]
-            if reason == "stop":  # the end token is part of what the student learns to write
-                tokens = tokens + [self.eos_token_id]
-            items.append(Tokenized(prompt + tokens, [IGNORE] * len(prompt) + tokens))
-        self._count(sampled=1, tokens=sum(len(completions[i][0]) for i in completions),
-                    stopped=sum(reason == "stop" for _, reason in completions.values()), rows=len(prompts),
-                    seconds=time.perf_counter() - started)
-        device = batch["input_ids"].device
-        return {key: value.to(device) for key, value in collate_padded(items, self.pad_token_id).items()}
+        finished = [completions[index][1] == "stop" for index in range(len(prompts))]
+        # the end token is part of what the student learns to write
+        tokens = [completions[index][0] + ([self.tokenizer.eos_token_id] if done else []) for index, done in enumerate(finished)]
+        self._count(micro_batches=1, sampled=1, rows=len(prompts), tokens=sum(len(completions[i][0]) for i in completions),
+                    stopped=sum(finished), sampling_s=time.perf_counter() - started)
+        return prompts, tokens, finished
+
+    def grade(self, prompts: list[list[int]], completions: list[list[int]]) -> list[Grades]:
+        """The teacher's grades of each completion, from the cache or the teacher (then cached)."""
+        started = time.perf_counter()
+        keys = [hashlib.sha256(json.dumps({**self.identity, "prompt": prompt, "completion": completion}).encode()).hexdigest()
+                for prompt, completion in zip(prompts, completions)]
+        found = self.cache.get_many_json(keys)
+        missing = [index for index, key in enumerate(keys) if key not in found]
+        if missing:
+            items = [(prompts[i], completions[i], self.rows_by_prompt.get(tuple(prompts[i]))) for i in missing]
+            for index, grades in zip(missing, self.grader.grade(items, self.k)):
+                found[keys[index]] = grades.to_json()
+                self.cache.put_json(keys[index], "on-policy-grade", json.dumps(self.grader.identity), found[keys[index]])
+        self._count(graded=len(missing), cache_hits=len(keys) - len(missing), scoring_s=time.perf_counter() - started)
+        # Always from the stored form: a resumed run learns from exactly the numbers the first run did.
+        return [Grades.from_json(found[key]) for key in keys]
+
+    def _rewards(self, prompts: list[list[int]], completions: list[list[int]], finished: list[bool]) -> torch.Tensor:
+        """1 for each sample whose answer verifies (and that ended), else 0."""
+        from tutorlm.tasks import Example
+
+        rewards = []
+        for prompt, completion, done in zip(prompts, completions, finished):
+            row = self.rows_by_prompt.get(tuple(prompt))
+            correct = False
+            if row is not None and done:
+                example = Example(id=row["example_id"], question=row.get("question", ""), answer=row["answer"],
+                                  choices=row.get("choices"))
+                correct = self.task.grade(example, _text(self.tokenizer, completion)).correct
+            rewards.append(float(correct))
+        self._count(correct=sum(rewards), verified=len(rewards))
+        return torch.tensor(rewards)
+
+    def _graded_loss(self, model: Any, batch: dict[str, torch.Tensor], grades: list[Grades], rewards: torch.Tensor | None,
+                     sampled: bool) -> tuple[torch.Tensor, int]:
+        inner, head = _heads(model)
+        inputs, positions, chosen = labelled_positions(batch)
+        wanted = chosen != IGNORE  # (B, K); row-major, so the completions' tokens in order
+        with identity_head(inner, head):
+            hidden = model(**inputs, logits_to_keep=positions, use_cache=False).logits[wanted]  # (N, H)
+        targets = chosen[wanted]  # (N,)
+        device = hidden.device
+        teacher_logprobs = torch.cat([g.logprobs for g in grades]).to(device)  # (N,)
+        top_ids = torch.cat([g.top_ids for g in grades]).to(device)  # (N, k)
+        top_logprobs = torch.cat([g.top_logprobs for g in grades]).to(device)
+        student_logprobs, student_best = linear_token_logprobs(hidden.detach(), head.weight, targets)
+        scored = ~torch.isnan(teacher_logprobs)
+        has_top = top_ids[:, 0] != NO_TOKEN
+        self._count(reverse_kl=float((student_logprobs - teacher_logprobs)[scored].sum()), scored=int(scored.sum()),
+                    tokens_graded=targets.numel(), agree=int((student_best == top_ids[:, 0])[has_top].sum()), top=int(has_top.sum()))
+        if sampled:
+            advantages = torch.where(scored, teacher_logprobs - student_logprobs, torch.zeros_like(student_logprobs))
+            if rewards is not None and self.config.on_policy_reward_weight:
+                lengths = torch.tensor([g.logprobs.shape[0] for g in grades])
+                centred = (rewards - rewards.mean()) * self.config.on_policy_reward_weight
+                advantages = advantages + centred.repeat_interleave(lengths).to(device)
+            return linear_cross_entropy(hidden, head.weight, targets, row_weights=advantages), targets.numel()
+        aligned = (top_ids != NO_TOKEN).any(-1)
+        loss = linear_kd_loss(hidden[aligned], head.weight, (top_ids[aligned], top_logprobs[aligned]),
+                              kind=self.config.kd_divergence, beta=self.config.kd_beta)
+        return loss, targets.numel()
+
+    # -- logging -----------------------------------------------------------------------------------
 
     def _count(self, **values: float) -> None:
-        self.window["micro_batches"] = self.window.get("micro_batches", 0) + 1
         for key, value in values.items():
             self.window[key] = self.window.get(key, 0) + value
 
     def log(self) -> dict[str, Any]:
         """What the loop adds to each optimizer step's log line; the window restarts."""
         window, self.window = self.window, {}
-        if not window:
+        if not window.get("micro_batches"):
             return {}
         entry: dict[str, Any] = {"sampled_share": round(window.get("sampled", 0) / window["micro_batches"], 3)}
         if window.get("rows"):
             entry.update(sample_tokens=round(window["tokens"] / window["rows"], 1),
                          sample_stop_rate=round(window["stopped"] / window["rows"], 3),
-                         sampling_s=round(window["seconds"], 3))
+                         sampling_s=round(window["sampling_s"], 3))
+        if window.get("verified"):
+            entry["sample_accuracy"] = round(window["correct"] / window["verified"], 3)
+        if window.get("scored"):
+            entry["reverse_kl"] = round(window["reverse_kl"] / window["scored"], 5)
+            entry["graded_token_share"] = round(window["scored"] / window["tokens_graded"], 3)
+        if window.get("top"):
+            entry["top1_agreement"] = round(window["agree"] / window["top"], 4)
+        if "graded" in window:
+            entry.update(scoring_s=round(window["scoring_s"], 3), teacher_calls=int(window["graded"]),
+                         teacher_cache_hits=int(window["cache_hits"]))
         return entry
 
 
-def prompts_of(batch: dict[str, torch.Tensor]) -> list[list[int]]:
-    """Each example's prompt ids (the tokens before its first label), from a padded or a packed batch."""
+def _prompt_length(labels: list[int]) -> int:
+    return next((i for i, label in enumerate(labels) if label != IGNORE and i > 0), len(labels))
+
+
+def _collate(prompts: list[list[int]], completions: list[list[int]], pad_token_id: int, device: Any) -> dict[str, torch.Tensor]:
+    items = [Tokenized(prompt + completion, [IGNORE] * len(prompt) + completion) for prompt, completion in zip(prompts, completions)]
+    return {key: value.to(device) for key, value in collate_padded(items, pad_token_id).items()}
+
+
+def _examples_of(batch: dict[str, torch.Tensor]) -> list[tuple[list[int], list[int]]]:
+    """Each example's (input ids, labels), from a padded or a packed batch (padding dropped)."""
     input_ids, labels = batch["input_ids"].tolist(), batch["labels"].tolist()
     if "position_ids" in batch and "attention_mask" not in batch:  # packed: one row, positions restart per example
         positions = batch["position_ids"][0].tolist()
         starts = [i for i, position in enumerate(positions) if position == 0] + [len(positions)]
-        rows = [(input_ids[0][a:b], labels[0][a:b]) for a, b in zip(starts, starts[1:])]
-        # collate_packed masks each example's first label; the prompt is every leading IGNORE
-    else:
-        rows = list(zip(input_ids, labels))
-    prompts = []
-    for ids, row_labels in rows:
-        first = next((i for i, label in enumerate(row_labels) if label != IGNORE and i > 0), len(row_labels))
-        prompts.append(ids[:first])
-    return prompts
+        return [(input_ids[0][a:b], labels[0][a:b]) for a, b in zip(starts, starts[1:])]
+    lengths = batch["attention_mask"].sum(-1).tolist()
+    return [(ids[:length], row[:length]) for ids, row, length in zip(input_ids, labels, lengths)]
+
+
+def prompts_of(batch: dict[str, torch.Tensor]) -> list[list[int]]:
+    """Each example's prompt ids (the tokens before its first label), from a padded or a packed batch."""
+    # collate_packed masks each example's first label; the prompt is every leading IGNORE
+    return [ids[:_prompt_length(labels)] for ids, labels in _examples_of(batch)]
+
+
+def pairs_of(batch: dict[str, torch.Tensor]) -> tuple[list[list[int]], list[list[int]]]:
+    """(prompts, completions): each example's ids before its first label, and its labelled ids after them."""
+    prompts, completions = [], []
+    for ids, labels in _examples_of(batch):
+        start = _prompt_length(labels)
+        end = max((i + 1 for i, label in enumerate(labels) if label != IGNORE), default=start)
+        prompts.append(ids[:start])
+        completions.append(ids[start:end])
+    return prompts, completions
