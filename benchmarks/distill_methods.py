@@ -3,6 +3,14 @@
     tutorlm run kd                                            # first: a run whose objective is kd (the kd recipe)
     python benchmarks/distill_methods.py --run runs/kd        # then: the same student trained with SFT, compared
     tutorlm run kd-qwen && python benchmarks/distill_methods.py --run runs/kd-qwen     # Qwen -> SmolLM2, across tokenizers
+    python benchmarks/distill_methods.py --compare runs/arith-sft runs/kd-qwen runs/on-policy runs/on-policy-scratch \
+        --name arith                                          # finished runs of one task, side by side
+
+`--compare` reads finished runs (any objective) evaluated on the same questions and writes one row per
+run: its objective, the student it started from, held-out accuracy with a 95% Wilson interval, the
+train stage's wall time, and the teacher's work: tokens the teacher scored (kd with a local teacher, and
+on-policy: the student's samples it graded) or wrote (rationales from a model teacher; the task's
+reference solver costs nothing).
 
 The KD side is the run itself (its train stage and evaluations). The SFT side trains the same student
 on the same curated.jsonl with the same settings except `train.objective sft`, in RUN-sft/, and is
@@ -33,12 +41,65 @@ def tutorlm(*args: str) -> None:
         raise SystemExit(f"tutorlm {' '.join(args)} failed:\n{result.stderr[-3000:]}")
 
 
+def teacher_work(run: Path, manifest: dict) -> dict:
+    """The tokens the teacher wrote (rationales) and scored (distributions, grades) for this run's student."""
+    train = manifest["stages"]["train"]
+    stats, recipe = train["stats"], train["config"]
+    written = 0
+    if (recipe.get("teacher") or {}).get("backend", "reference") != "reference" and (run / "curated.jsonl").exists():
+        written = sum(json.loads(line).get("completion_tokens", 0) for line in (run / "curated.jsonl").read_text().splitlines())
+    scored = 0
+    if stats.get("objective") == "kd":
+        scored = stats.get("kd", {}).get("teacher_tokens") or 0
+        if not scored and (run / "kd_teacher_topk.jsonl").exists():  # runs from before the count was recorded
+            scored = sum(len(json.loads(line).get("token_ids", [])) for line in (run / "kd_teacher_topk.jsonl").read_text().splitlines()[1:])
+    elif stats.get("objective") == "on_policy":
+        scored = stats.get("on_policy_totals", {}).get("teacher_tokens", 0)
+    return {"teacher_tokens_written": written, "teacher_tokens_scored": scored}
+
+
+def compare(runs: list[Path], out: Path) -> None:
+    rows = {}
+    for run in runs:
+        manifest = json.loads((run / "manifest.json").read_text())
+        train = manifest["stages"].get("train", {})
+        if train.get("status") != "done":
+            raise SystemExit(f"{run}: its train stage is not finished")
+        summary = json.loads((run / "eval" / "summary.json").read_text())
+        student = summary["student"]
+        recipe = train["config"]
+        rows[run.name] = {
+            "objective": recipe["train"]["objective"], "started_from": recipe["student"]["model"],
+            "teacher": recipe["train"].get("kd_teacher") or recipe["teacher"].get("model") or recipe["teacher"]["backend"],
+            "accuracy": round(student["accuracy"], 4), "accuracy_ci95": [round(v, 4) for v in student["accuracy_ci95"]],
+            "truncation_rate": student["truncation_rate"], "questions": student["examples"], "max_tokens": student.get("max_tokens"),
+            "train_seconds": train["seconds"], "steps": train["stats"]["steps"], **teacher_work(run, manifest),
+            **({"on_policy": train["stats"]["on_policy_totals"]} if "on_policy_totals" in train["stats"] else {}),
+        }
+    questions = {row["questions"] for row in rows.values()}
+    if len(questions) != 1:
+        raise SystemExit(f"the runs were evaluated on different numbers of questions: {sorted(questions)}")
+    result = {"benchmark": "distill_methods", "date": time.strftime("%Y-%m-%d"), "machine": machine(), "runs": rows}
+    print(json.dumps(result, indent=2))
+    out.write_text(json.dumps(result, indent=2) + "\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--run", required=True, help="a finished run directory trained with train.objective kd")
+    parser.add_argument("--run", help="a finished run directory trained with train.objective kd")
+    parser.add_argument("--compare", nargs="+", help="finished run directories of one task to put side by side")
+    parser.add_argument("--name", help="with --compare: results/distill_methods_NAME.json")
     parser.add_argument("--out", help="result file (default: results/distill_methods.json for runs/kd, "
                                       "results/distill_methods_NAME.json for another run)")
     args = parser.parse_args()
+    if args.compare:
+        if not args.name and not args.out:
+            parser.error("--compare needs --name (or --out)")
+        compare([Path(run) for run in args.compare],
+                Path(args.out or ROOT / "benchmarks" / "results" / f"distill_methods_{args.name}.json"))
+        return
+    if not args.run:
+        parser.error("give --run RUN (a kd run) or --compare RUN [RUN ...]")
     run = Path(args.run)
     args.out = args.out or str(ROOT / "benchmarks" / "results" / ("distill_methods.json" if run.name == "kd" else
                                                                   f"distill_methods_{run.name}.json"))

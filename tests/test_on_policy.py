@@ -155,6 +155,12 @@ def test_on_policy_training_pulls_the_student_towards_the_teacher(tmp_path, toke
     assert last < 0.5 * first, (first, last)
     if loss == "sampled":  # graded through the cache: each sample once
         assert all(row["teacher_calls"] == 4 and row["scoring_s"] > 0 for row in steps)
+        assert stats["on_policy_totals"]["teacher_calls"] == 64 and stats["on_policy_totals"]["samples"] == 64
+        from tutorlm.report import report
+
+        text = report(tmp_path / "run").read_text()
+        assert (tmp_path / "run" / "on_policy.png").stat().st_size > 0
+        assert "the student sampled 64 completions" in text and "on_policy.png" in text
 
 
 def test_a_teacher_with_another_tokenizer_grades_through_the_alignment(tmp_path, tokenizer):

@@ -22,6 +22,7 @@ does not depend on which other requests share its batch.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import inspect
 import json
@@ -113,6 +114,11 @@ class Engine:
         # transformers 5.24 renamed forward's past_key_values to cache (the old name warns, and goes in 5.40)
         self.cache_argument = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
         self.device = next(model.parameters()).device
+        # On a CPU, the vocabulary projection of a few rows is 1.4-3.4x faster as W @ h^T than as h @ W^T
+        # (measured for SmolLM2's and Qwen2.5's heads at 1-64 rows): the model returns hidden states, the engine projects.
+        from tutorlm.train.data import plain_output_head
+
+        self.head = plain_output_head(model) if self.device.type == "cpu" else None
         self.counters = {"prefills": 0, "prefill_tokens": 0, "decode_steps": 0, "row_steps": 0, "compactions": 0, "growths": 0,
                          "kv_bytes_peak": 0}
 
@@ -138,7 +144,15 @@ class Engine:
         self.last = torch.full((rows,), self.pad_token_id, dtype=torch.long, device=self.device)
         self.rows: list[_Row | None] = [None] * rows
         self.prompts = prompts
-        self._prefix(prompts)
+        with contextlib.ExitStack() as stack:
+            if self.head is not None:
+                from tutorlm.train.data import identity_head
+
+                stack.enter_context(identity_head(self.model, self.head))
+            self._loop(pending)
+
+    def _loop(self, pending: list[int]) -> None:
+        self._prefix(self.prompts)
 
         while pending or any(row is not None for row in self.rows):
             free = [slot for slot, row in enumerate(self.rows) if row is None]
@@ -213,7 +227,7 @@ class Engine:
                 generator = torch.Generator(device=self.device)
                 generator.manual_seed(self.seeds[request_index] if self.seeds else request_index)
             self.rows[slot] = _Row(request_index, generator, now)
-        self._advance(slots, output.logits[:, -1])
+        self._advance(slots, self._logits(output.logits[:, -1]))
 
     def _decode(self) -> None:
         """One token for every row."""
@@ -228,7 +242,11 @@ class Engine:
         self.positions += 1
         self.counters["decode_steps"] += 1
         self.counters["row_steps"] += len(self.rows)
-        self._advance(list(range(len(self.rows))), output.logits[:, -1])
+        self._advance(list(range(len(self.rows))), self._logits(output.logits[:, -1]))
+
+    def _logits(self, last: torch.Tensor) -> torch.Tensor:
+        """(rows, V) logits from the model's output at the last position (hidden states when the engine projects)."""
+        return last if self.head is None else (self.head.weight @ last.T).T
 
     def _advance(self, slots: list[int], logits: torch.Tensor) -> None:
         """Choose each row's next token from its logits; hand back the rows that are done."""

@@ -39,7 +39,10 @@ def resolve_model(spec: str, gguf_file: str | None = None) -> tuple[str, str | N
     if path.is_dir() or gguf_file:
         return str(path), gguf_file
     if spec.startswith(("/", "./", "../", "~")) or spec.count("/") > 1:  # a path, never a hub id (ORG/NAME)
-        raise ModelError(f"{spec}: no such model directory")
+        hint = ""
+        if path.name == "student" and len(path.parts) >= 2:  # another run's student: that run comes first
+            hint = f" (the student of run {path.parent.name}: run it first, e.g. `tutorlm run {path.parent.name}`)"
+        raise ModelError(f"{spec}: no such model directory{hint}")
     if "/" not in spec:
         found = packaged_gguf(spec)
         if found is not None:

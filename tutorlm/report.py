@@ -18,7 +18,7 @@ from typing import Any
 from tutorlm import metrics
 from tutorlm.run import RunDir, atomic_write_text
 
-FIGURES = {"accuracy": "accuracy.png", "funnel": "funnel.png", "loss": "loss.png"}
+FIGURES = {"accuracy": "accuracy.png", "funnel": "funnel.png", "loss": "loss.png", "on_policy": "on_policy.png"}
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -105,6 +105,24 @@ def plot(data: dict[str, Any], directory: Path) -> dict[str, Path]:
         axis.set_title("training loss")
         axis.legend()
         written["loss"] = _save(figure, directory / FIGURES["loss"])
+    on_policy = [row for row in data["log"] if "reverse_kl" in row]
+    if on_policy:  # on-policy distillation: how close the student's own samples came to the teacher
+        steps = [row["step"] for row in on_policy]
+        figure, (left, right) = plt.subplots(1, 2, figsize=(9, 3.2))
+        left.plot(steps, [row["reverse_kl"] for row in on_policy], color="#2f80ed")
+        left.set_xlabel("optimizer step")
+        left.set_ylabel("nats per graded token")
+        left.set_title("reverse KL to the teacher (on samples)")
+        for key, label, color in (("top1_agreement", "top-1 agreement", "#27ae60"), ("sample_accuracy", "sample accuracy", "#f2994a")):
+            points = [(row["step"], row[key] * 100) for row in on_policy if key in row]
+            if points:
+                right.plot(*zip(*points), label=label, color=color, marker=".")
+        right.set_ylim(0, 105)
+        right.set_xlabel("optimizer step")
+        right.set_ylabel("%")
+        right.set_title("student vs teacher, per step")
+        right.legend()
+        written["on_policy"] = _save(figure, directory / FIGURES["on_policy"])
     return written
 
 
@@ -196,6 +214,14 @@ def markdown(data: dict[str, Any], figures: dict[str, Path]) -> str:
                      f"precision {train['precision']}" + (f"; final held-out loss {final:.4f}." if final is not None else "."))
         if "loss" in figures:
             lines += ["", f"![loss]({figures['loss'].name})"]
+        totals = train.get("on_policy_totals")
+        if totals:
+            lines += ["", f"On-policy: the student sampled {totals['samples']} completions ({totals['sample_tokens']} tokens, "
+                          f"{totals['sampling_s']:.0f} s); the teacher graded {totals['teacher_calls']} of them "
+                          f"({totals['teacher_tokens']} tokens, {totals['scoring_s']:.0f} s) and "
+                          f"{totals['teacher_cache_hits']} came from the cache."]
+        if "on_policy" in figures:
+            lines += ["", f"![on-policy]({figures['on_policy'].name})"]
     else:
         lines.append("No training recorded.")
     if data["examples"]:

@@ -185,7 +185,8 @@ class KD:
         return {"source": source, "path": path, "tokenizers": comparison,
                 "aligned_token_share": round(totals["aligned"] / max(totals["tokens"], 1), 4),
                 "mapped_mass_share": round(totals["mapped_mass"] / max(totals["total_mass"], 1e-12), 4),
-                "rows_without_targets": totals["rows_without_targets"], "teacher_scoring_s": self.scoring_s}
+                "rows_without_targets": totals["rows_without_targets"], "teacher_scoring_s": self.scoring_s,
+                "teacher_tokens": sum(len(teacher.token_ids) for teacher in teacher_tokens.values())}
 
     def _scores(self, recipe: Any, model: Any, tokenizer: Any, rows: list[dict[str, Any]], console: Any) -> dict[str, TeacherTokens]:
         """The teacher's top-k on every rationale, under its own tokenizer: scored once, kept in the run directory

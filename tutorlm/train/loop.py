@@ -356,6 +356,7 @@ def train(recipe: Recipe, *, resume: bool = False, force: bool = False, console:
             "final_eval_loss": last_eval, "tokens_seen": state["tokens_seen"], "wall_s": round(elapsed, 2),
             "preflight": report, "method": config.method, "objective": config.objective,
             "precision": precision, "precision_reason": precision_reason, **objective_stats,
+            **(objective.summary() if hasattr(objective, "summary") else {}),
         }
     console.print(f"student: {student_dir}" + (f" (held-out loss {last_eval:.4f})" if last_eval is not None else ""))
     return record["stats"]

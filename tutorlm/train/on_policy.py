@@ -179,7 +179,8 @@ class OnPolicy:
         self.teacher: Any = None  # a local teacher with the student's vocabulary, for the full-distribution loss
         self.grader: Any = None
         self.cache: Any = None
-        self.window: dict[str, float] = {}
+        self.window: dict[str, float] = {}  # since the last log line
+        self.totals: dict[str, float] = {}  # since the start of this process
 
     def state_dict(self) -> dict[str, Any]:
         return {"draws": self.draws}
@@ -231,7 +232,7 @@ class OnPolicy:
             example = examples[0]
             length = _prompt_length(example.labels)
             self.grade([example.input_ids[:length]], [example.input_ids[length:]])
-            self.window = {}
+            self.window, self.totals = {}, {}
         loss = ("reverse KL on the sampled tokens" + (f" + {config.on_policy_reward_weight} x the verifier's reward"
                                                       if config.on_policy_reward_weight else "")
                 if config.on_policy_loss == "sampled" else
@@ -305,7 +306,8 @@ class OnPolicy:
             for index, grades in zip(missing, self.grader.grade(items, self.k)):
                 found[keys[index]] = grades.to_json()
                 self.cache.put_json(keys[index], "on-policy-grade", json.dumps(self.grader.identity), found[keys[index]])
-        self._count(graded=len(missing), cache_hits=len(keys) - len(missing), scoring_s=time.perf_counter() - started)
+        self._count(graded=len(missing), graded_tokens=sum(len(completions[i]) for i in missing),
+                    cache_hits=len(keys) - len(missing), scoring_s=time.perf_counter() - started)
         # Always from the stored form: a resumed run learns from exactly the numbers the first run did.
         return [Grades.from_json(found[key]) for key in keys]
 
@@ -359,6 +361,17 @@ class OnPolicy:
     def _count(self, **values: float) -> None:
         for key, value in values.items():
             self.window[key] = self.window.get(key, 0) + value
+            self.totals[key] = self.totals.get(key, 0) + value
+
+    def summary(self) -> dict[str, Any]:
+        """What the train stage's stats add at the end: the whole run's sampling and teacher work (this process's)."""
+        totals = self.totals
+        return {"on_policy_totals": {
+            "micro_batches": int(totals.get("micro_batches", 0)), "sampled": int(totals.get("sampled", 0)),
+            "samples": int(totals.get("rows", 0)), "sample_tokens": int(totals.get("tokens", 0)),
+            "teacher_calls": int(totals.get("graded", 0)), "teacher_tokens": int(totals.get("graded_tokens", 0)),
+            "teacher_cache_hits": int(totals.get("cache_hits", 0)),
+            "sampling_s": round(totals.get("sampling_s", 0.0), 1), "scoring_s": round(totals.get("scoring_s", 0.0), 1)}}
 
     def log(self) -> dict[str, Any]:
         """What the loop adds to each optimizer step's log line; the window restarts."""
