@@ -31,6 +31,40 @@ def rows() -> list[str]:
                 f"| `tutorlm run` ({result['recipe']} recipe) | {result['machine']} | {result['date']} | {result['wall_s'] / 60:.1f} min wall, "
                 f"student {result['accuracy']['base']:.0%} -> {result['accuracy']['student']:.0%} | – | – | {stages} |"
             )
+        elif name == "distill_methods" and "runs" in result:  # --compare: finished runs side by side
+            runs = result["runs"]
+            names = list(runs)
+            baseline = next((n for n in names if runs[n]["objective"] == "sft"), names[0])
+
+            def described(n: str) -> str:
+                run = runs[n]
+                low, high = run["accuracy_ci95"]
+                work = (f"; teacher scored {run['teacher_tokens_scored']:,} tokens" if run["teacher_tokens_scored"] else "") + \
+                    (f", wrote {run['teacher_tokens_written']:,}" if run["teacher_tokens_written"] else "")
+                return (f"{n} ({run['objective']}, from {run['started_from']}, {run['steps']} steps): {run['accuracy']:.0%} "
+                        f"({low:.0%}–{high:.0%}), train {run['train_seconds']:.0f} s{work}")
+            others = [n for n in names if n != baseline]
+            best = max(others, key=lambda n: runs[n]["accuracy"]) if others else baseline
+            lines.append(
+                f"| distillation methods, {runs[baseline]['questions']} test questions, {runs[best]['max_tokens']} max tokens "
+                f"| {result['machine']} | {result['date']} | {'; '.join(described(n) for n in others)} | {described(baseline)} "
+                f"| best {(runs[best]['accuracy'] - runs[baseline]['accuracy']) * 100:+.0f} points | teacher "
+                f"{runs[best]['teacher']} |"
+            )
+        elif name == "kd_vs_trl":
+            sides = result["sides"]
+            ours, best = sides["tutorlm"], sides[result["best_trl"]]
+            memory = result["memory_measure"]
+            other = [f"{side}: {values['step_s_median']} s, {values[memory]:,} MB" for side, values in sides.items()
+                     if side not in ("tutorlm", result["best_trl"])]
+            lines.append(
+                f"| on-policy distillation step, student {result['student']}, teacher {result['teacher']} ({result['dtype']}, "
+                f"batch {result['batch_size']}, {result['max_new_tokens']} sampled tokens, JSD beta {result['beta']}) "
+                f"| {result['machine']} | {result['date']} | {ours['step_s_median']} s per step, {ours[memory]:,} MB "
+                f"(sampling {ours['sampling_share']:.0%} of the step) | TRL {result['trl_version']} {result['best_trl']}: "
+                f"{best['step_s_median']} s, {best[memory]:,} MB | {result['speedup_vs_best_trl']}× (memory "
+                f"{result['memory_ratio_vs_best_trl']}×) | {'; '.join(other)} |"
+            )
         elif name == "distill_methods":
             sides = result["sides"]
 
