@@ -246,7 +246,7 @@ class Engine:
 
     def _logits(self, last: torch.Tensor) -> torch.Tensor:
         """(rows, V) logits from the model's output at the last position (hidden states when the engine projects)."""
-        return last if self.head is None else (self.head.weight @ last.T).T
+        return last if self.head is None else (self.head.weight @ last.to(self.head.weight.dtype).T).T
 
     def _advance(self, slots: list[int], logits: torch.Tensor) -> None:
         """Choose each row's next token from its logits; hand back the rows that are done."""
