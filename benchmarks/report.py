@@ -63,7 +63,7 @@ def rows() -> list[str]:
                 f"| {result['machine']} | {result['date']} | {ours['step_s_median']} s per step, {ours[memory]:,} MB "
                 f"(sampling {ours['sampling_share']:.0%} of the step) | TRL {result['trl_version']} {result['best_trl']}: "
                 f"{best['step_s_median']} s, {best[memory]:,} MB | {result['speedup_vs_best_trl']}× (memory "
-                f"{result['memory_ratio_vs_best_trl']}×) | {'; '.join(other)} |"
+                f"{result['memory_ratio_vs_best_trl']}×) | {'; '.join(other)}" + (f"; code: {result['code']}" if "code" in result else "") + " |"
             )
         elif name == "distill_methods":
             sides = result["sides"]

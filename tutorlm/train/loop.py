@@ -193,13 +193,13 @@ def train(recipe: Recipe, *, resume: bool = False, force: bool = False, console:
         console.print(f"train: up to date in {run.path} (--force redoes it)")
         return run.stage("train")["stats"]  # type: ignore[index]
     checkpoint_dir = run.path / STUDENT / "checkpoints"
-    state = {"step": 0, "epoch": 0, "batch": 0, "config_hash": config_hash(stage_config), "tokens_seen": 0,
-             "config": json.loads(json.dumps(stage_config))}
+    settings = json.loads(json.dumps(stage_config))  # as trainer_state.json will hold it
+    state = {"step": 0, "epoch": 0, "batch": 0, "config_hash": config_hash(stage_config), "tokens_seen": 0, "config": settings}
     found = checkpoints(checkpoint_dir)
     if resume and found:
         saved = json.loads((found[-1] / "trainer_state.json").read_text())
         if saved["config_hash"] != state["config_hash"]:
-            changed = _differences(saved.get("config", {}), json.loads(json.dumps(stage_config)))
+            changed = _differences(saved.get("config", {}), settings)
             raise DataError(f"{found[-1]} was written with other settings ({'; '.join(changed[:4]) or 'student/train'}); "
                             "drop --resume to start afresh")
         state = saved
