@@ -70,7 +70,8 @@ def compare(runs: list[Path], out: Path) -> None:
         recipe = train["config"]
         rows[run.name] = {
             "objective": recipe["train"]["objective"], "started_from": recipe["student"]["model"],
-            "teacher": recipe["train"].get("kd_teacher") or recipe["teacher"].get("model") or recipe["teacher"]["backend"],
+            "teacher": (recipe["train"].get("kd_teacher") if recipe["train"]["objective"] != "sft" else None)
+            or recipe["teacher"].get("model") or recipe["teacher"]["backend"],
             "accuracy": round(student["accuracy"], 4), "accuracy_ci95": [round(v, 4) for v in student["accuracy_ci95"]],
             "truncation_rate": student["truncation_rate"], "questions": student["examples"], "max_tokens": student.get("max_tokens"),
             "train_seconds": train["seconds"], "steps": train["stats"]["steps"], **teacher_work(run, manifest),
