@@ -136,7 +136,7 @@ class KD:
         """stored or teacher, from train.kd_source and what the rows and the recipe offer."""
         config = self.config
         stored = any(topk.FIELD in row for row in rows)
-        local = config.kd_teacher or (recipe.teacher.backend == "hf" and recipe.teacher.model)
+        local = local_teacher(recipe)
         source = config.kd_source
         if source == "auto":
             if not stored and not local:
@@ -294,6 +294,13 @@ def _stored_tokens(row: dict[str, Any]) -> TeacherTokens:
         raise PreflightError(f"curated row {row.get('id')}: its {topk.FIELD} has {ids.shape[0]} positions but "
                              f"completion_token_ids has {len(token_ids or [])}; regenerate the traces")
     return TeacherTokens(list(token_ids), ids, logprobs)
+
+
+def local_teacher(recipe: Any) -> str | None:
+    """The local model whose distributions the student learns: train.kd_teacher, else the recipe's hf teacher."""
+    if recipe.train.kd_teacher:
+        return recipe.train.kd_teacher
+    return recipe.teacher.model if recipe.teacher.backend == "hf" and recipe.teacher.model else None
 
 
 def _load_teacher(recipe: Any, device: Any) -> tuple[Any, Any]:

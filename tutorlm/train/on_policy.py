@@ -61,7 +61,7 @@ from tutorlm.errors import PreflightError
 from tutorlm.models import stop_ids
 from tutorlm.train.align import TeacherTokens, VocabularyMap, align, pieces, token_spans
 from tutorlm.train.data import IGNORE, Tokenized, collate_padded, identity_head, labelled_positions
-from tutorlm.train.kd import _heads, _load_teacher, _rows, compare_tokenizers, describe, kd_loss
+from tutorlm.train.kd import _heads, _load_teacher, _rows, compare_tokenizers, describe, kd_loss, local_teacher
 from tutorlm.train.losses import NO_TOKEN, linear_cross_entropy, linear_kd_loss, linear_token_logprobs
 
 SCORES = "teacher_scores.sqlite"  # the teacher's grades of completions, by teacher, prompt and completion ids
@@ -201,10 +201,10 @@ class OnPolicy:
                                for example in examples}
         self.stop_ids = stop_ids(model, tokenizer)
         stats: dict[str, Any] = {"lambda": config.on_policy_lambda, "loss": config.on_policy_loss}
-        if config.kd_teacher or (teacher.backend == "hf" and teacher.model):
+        name = local_teacher(recipe)
+        if name:
             local, teacher_tokenizer = _load_teacher(recipe, device)
             comparison = compare_tokenizers(tokenizer, teacher_tokenizer, _rows(model), _rows(local))
-            name = config.kd_teacher or teacher.model
             self.grader = LocalGrader(local, teacher_tokenizer, tokenizer, comparison["same_vocabulary"], name, config.batch_size)
             if comparison["same_vocabulary"] and config.on_policy_loss == "divergence":
                 self.teacher = local
