@@ -136,3 +136,64 @@ def test_evaluated_models_never_inherit_the_teachers_device_dtype_or_remote_code
     assert (other.dtype, other.device, other.trust_remote_code) == ("auto", "auto", False)
     _, teacher = resolve_spec("teacher", recipe)
     assert (teacher.dtype, teacher.device, teacher.trust_remote_code) == ("bfloat16", "cuda", True)
+
+
+def _count_loads(monkeypatch) -> list[str]:
+    import tutorlm.models
+
+    loads: list[str] = []
+    original = tutorlm.models.load_model
+
+    def counting(spec, *args, **kwargs):
+        loads.append(spec)
+        return original(spec, *args, **kwargs)
+
+    monkeypatch.setattr(tutorlm.models, "load_model", counting)
+    return loads
+
+
+def test_eval_answers_come_from_the_cache_without_loading_the_model_until_the_weights_change(tmp_path, monkeypatch):
+    model = save_tiny_model(tmp_path / "m", seed=1)
+    loads = _count_loads(monkeypatch)
+    args = ["eval", "--model", str(model), "--task.source", "coin_flip", "--eval.limit", "3", "--eval.max_tokens", "6"]
+    assert main([*args, "--out", str(tmp_path / "first")]) == 0
+    assert len(loads) == 1
+    # everything is cached: nothing to generate, so nothing is loaded (and nothing crashes on an empty batch)
+    assert main([*args, "--out", str(tmp_path / "second")]) == 0
+    assert len(loads) == 1
+    first, second = ((tmp_path / name / "eval" / "m.jsonl").read_text() for name in ("first", "second"))
+    assert first == second
+    # other weights at the same path (a retrained student, another quantization) are never served old answers
+    save_tiny_model(tmp_path / "m", seed=2)
+    assert main([*args, "--out", str(tmp_path / "third")]) == 0
+    assert len(loads) == 2
+    # the same weights and precision under another name are cached; another precision is another model
+    base = ["eval", "--model", "base", "--student.model", str(model), "--task.source", "coin_flip", "--eval.limit", "3",
+            "--eval.max_tokens", "6"]
+    assert main([*base, "--student.dtype", "float32", "--out", str(tmp_path / "fourth")]) == 0
+    assert len(loads) == 2
+    assert main([*base, "--student.dtype", "bfloat16", "--out", str(tmp_path / "fifth")]) == 0
+    assert len(loads) == 3
+
+
+def test_eval_on_several_tasks_loads_each_model_once(tmp_path, monkeypatch, capsys):
+    model = save_tiny_model(tmp_path / "m")
+    loads = _count_loads(monkeypatch)
+    args = ["eval", "--tasks", "coin_flip,last_letters,object_tracking", "--model", str(model), "--model", "reference",
+            "--task.options.num_people", "3", "--eval.limit", "2", "--eval.max_tokens", "4", "--out", str(tmp_path / "ev")]
+    assert main(args) == 0
+    assert loads == [str(model)]
+    for task in ("coin_flip", "last_letters", "object_tracking"):
+        assert len((tmp_path / "ev" / task / "eval" / "m.jsonl").read_text().splitlines()) == 2
+        summary = json.loads((tmp_path / "ev" / task / "eval" / "summary.json").read_text())
+        assert summary["reference"]["accuracy"] == 1.0
+    def options(task: str) -> dict:
+        manifest = json.loads((tmp_path / "ev" / task / "manifest.json").read_text())
+        return manifest["stages"]["eval:m"]["config"]["task"]["options"]
+
+    assert options("object_tracking") == {"num_people": 3} and options("coin_flip") == {"num_people": 3}
+    assert options("last_letters") == {}  # an option goes only to the tasks that have it
+    err = capsys.readouterr().err
+    assert "accuracy by task" in err and "object_tracking" in err
+    assert main(["eval", "--tasks", "coin_flip,coin_flip", "--model", "reference"]) == 2
+    assert "names a task twice" in capsys.readouterr().err

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -18,7 +19,7 @@ from rich.console import Console
 
 from tutorlm.backends import FatalBackendError
 from tutorlm.config import GenerateConfig, Recipe, RunConfig, TaskConfig, TeacherConfig
-from tutorlm.generate import FAILURES, TRACES, GenerationIncomplete, generate
+from tutorlm.generate import FAILURES, PARTIAL, TRACES, GenerationIncomplete, generate
 
 KEY_ENV = "TUTORLM_TEST_TEACHER_KEY"
 SECRET = "sk-test-5b1f0c9e7d2a4e6f8a0b1c2d3e4f5a6b"
@@ -109,10 +110,19 @@ def test_sigkill_then_rerun_makes_exactly_the_missing_calls(tmp_path):
         with sqlite3.connect(cache) as db:
             completed = db.execute("SELECT COUNT(*) FROM completions").fetchone()[0]
         assert completed >= 13  # committed as they arrived (at most the 2 in flight are lost)
+        # what was finished can be read while (or after) the run goes: one trace row per line, as it arrived
+        partial_lines = (tmp_path / "run" / PARTIAL).read_text().splitlines()
+        partial = [json.loads(line) for line in partial_lines if line.endswith("}")]
+        assert completed - 1 <= len(partial) <= completed
+        assert all(row["completion"][0]["content"] and row["example_id"] for row in partial)
         server.reset_counts()
         result = subprocess.run(command, capture_output=True, text=True, timeout=120)
         assert result.returncode == 0, result.stderr
         assert server.total_served == 60 - completed
+    # stderr is not a terminal: progress comes as plain lines with the count, rate and ETA
+    assert re.search(r"generate: \d+/60 already done", result.stderr)
+    assert re.search(r"generate 60/60 \(100%\) [\d.]+/s ETA done", result.stderr)
+    assert not (tmp_path / "run" / PARTIAL).exists()
     rows = read_traces(tmp_path)
     assert len(rows) == 60 and len({row["id"] for row in rows}) == 60
 

@@ -114,8 +114,8 @@ def test_local_models_generate_in_the_chosen_dtype(tmp_path, setting, dtype, cpu
     cpu_is(SLOW)
     path = save_tiny_model(tmp_path / "m")
     backend = HFBackend(TeacherConfig(backend="hf", model=str(path), dtype=setting, device="cpu", batch_size=4))
-    assert next(backend.model.parameters()).dtype == dtype
     assert backend.precision.startswith(str(dtype).removeprefix("torch."))
     results = []
     backend.run([Request([{"role": "user", "content": "What is 12 + 30?"}])], Sampling(max_tokens=5), lambda r, c: results.append(c))
+    assert next(backend.model.parameters()).dtype == dtype
     assert len(results) == 1 and results[0].completion_tokens > 0

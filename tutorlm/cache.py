@@ -2,7 +2,8 @@
 
 SQLite in WAL mode, one row per completed call, committed the moment the result arrives, so a
 killed run loses at most the calls that were in flight. The key is a hash of everything that
-determines the answer: backend kind, model, messages, sampling settings, sample index and seed. It
+determines the answer: backend kind, model, messages, sampling settings, sample index and seed; for a
+local model also a fingerprint of its weight files and the precision it computes in. It
 leaves out where the model is served (URL) and the API key, so moving to another server of the same
 model reuses the cache, and no secret is ever stored. `n` is not in the key either: raising n from 4
 to 8 reuses samples 0-3. Failed calls are not cached, so a rerun retries them.
@@ -29,9 +30,11 @@ def default_cache_path() -> Path:
     return Path(base) / "teacher.sqlite"
 
 
-def cache_key(backend_kind: str, model_name: str, request: Request, sampling: Sampling) -> str:
+def cache_key(backend_kind: str, model_name: str, request: Request, sampling: Sampling, identity: str | None = None) -> str:
     payload = {"backend": backend_kind, "model": model_name, "messages": request.messages,
                "sampling": sampling.key(), "sample_index": request.sample_index}
+    if identity is not None:  # local models: their weights' fingerprint and precision (`HFBackend.cache_identity`)
+        payload["identity"] = identity
     return hashlib.sha256(json.dumps(payload, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
 
 
@@ -97,7 +100,8 @@ def run_cached(
     each result made now and `on_start` with the number of cache hits before any call (both for progress
     displays); requests with the same key are made once.
     """
-    keys = [cache_key(backend.kind, backend.model_name, request, sampling) for request in requests]
+    identity = getattr(backend, "cache_identity", None)
+    keys = [cache_key(backend.kind, backend.model_name, request, sampling, identity) for request in requests]
     key_of = {id(request): key for request, key in zip(requests, keys)}  # backends hand back the same Request objects
     results: dict[str, Completion | Exception] = dict(cache.get_many(keys)) if cache is not None else {}
     hits = set(results)

@@ -184,6 +184,8 @@ def cmd_eval(args: argparse.Namespace, extra: list[str]) -> int:
 
     if _other_process("eval"):
         return 0
+    if args.tasks:
+        return _eval_tasks(args, extra)
     if not args.out and not any(arg.startswith("--run.") for arg in extra):
         # An evaluation with no run directory gets its own (runs/eval-<task>), never another run's eval/.
         task_source = load_recipe(args.recipe, parse_override_args(extra)).task.source
@@ -193,6 +195,41 @@ def cmd_eval(args: argparse.Namespace, extra: list[str]) -> int:
     if not specs:
         raise ConfigError("command line: name at least one model with --model (e.g. --model base --model student)")
     evaluate(recipe, specs, force=args.force, console=error_console)
+    return 0
+
+
+def _eval_tasks(args: argparse.Namespace, extra: list[str]) -> int:
+    """`--tasks a,b,c`: one recipe per task (results in runs/eval-<task>, or OUT/<task> with --out), each model
+    loaded once. A built-in task takes those of the given task.options it has (num_people goes to coin_flip and
+    object_tracking), and its defaults for the rest."""
+    from tutorlm.evaluate import evaluate_tasks
+    from tutorlm.tasks import GENERATORS, generator_settings
+
+    sources = [source.strip() for source in args.tasks.split(",") if source.strip()]
+    if len(set(sources)) != len(sources):
+        raise ConfigError(f"--tasks: {args.tasks!r} names a task twice")
+    if any(arg.startswith(("--run.", "--task.source")) for arg in extra):
+        raise ConfigError("--tasks: name the output with --out (results go to OUT/<task>), not --run.* or --task.source")
+    pairs = parse_override_args(extra)
+    base = load_recipe(args.recipe, pairs)
+    recipes = []
+    for source in sources:
+        stem = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(source).stem)
+        settings = [*pairs, ("task.source", source)]
+        if source in GENERATORS:  # a built-in task takes the options it has and its defaults for the others
+            own = set(generator_settings(source))
+            options = {key: value for key, value in base.task.options.items() if key in own}
+            settings = [pair for pair in settings if not pair[0].startswith("task.options")]
+            settings.append(("task.options", json.dumps(options)))
+        if args.out:
+            settings += [("run.output_dir", str(args.out)), ("run.name", stem)]
+        else:
+            settings += [("run.name", f"eval-{stem}")]
+        recipes.append(load_recipe(args.recipe, settings))
+    specs = args.model or base.eval.models
+    if not specs:
+        raise ConfigError("command line: name at least one model with --model (e.g. --model base --model student)")
+    evaluate_tasks(recipes, specs, force=args.force, console=error_console)
     return 0
 
 
@@ -451,6 +488,8 @@ def build_parser() -> argparse.ArgumentParser:
     _stage_arguments(evaluate, "a YAML recipe (optional; the run's manifest is used otherwise)",
                      "run directory (results go to OUT/eval/; default runs/eval-<task>)")
     evaluate.add_argument("--model", action="append", help="a model spec; repeat for a comparison table")
+    evaluate.add_argument("--tasks", metavar="A,B,...", help="evaluate on several tasks in one call, loading each model "
+                          "once (results in runs/eval-<task>, or OUT/<task> with --out)")
     evaluate.set_defaults(handler=cmd_eval)
 
     from tutorlm.pipeline import STAGES

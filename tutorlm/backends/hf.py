@@ -23,34 +23,53 @@ class HFBackend:
     kind = "hf"
 
     def __init__(self, config: Any, *, model: Any = None, tokenizer: Any = None) -> None:
-        """Load `config.model`, or use an already-loaded model and tokenizer (tests, evaluation)."""
-        from tutorlm.models import load_model, load_tokenizer, pick_device, pick_dtype, stop_ids
+        """A backend for `config.model`, loaded on the first call that has work to do (a run whose answers are all
+        cached never loads it), or one over an already-loaded model and tokenizer (tests, evaluation)."""
+        from tutorlm.models import model_fingerprint, pick_device, pick_dtype, resolve_model
 
         if model is None and not config.model:
             raise ConfigError("the hf backend needs a model: set teacher.model to a hub id, directory or .gguf file")
+        self.config = config
         self.model_name = str(config.model or type(model).__name__)
+        self.model, self.tokenizer = model, tokenizer
+        self.cache_identity: str | None = None
         if model is None:
-            dtype, why = pick_dtype(config.dtype, pick_device(config.device))
-            model = load_model(config.model, config.gguf_file, device=config.device, dtype=dtype,
-                               trust_remote_code=config.trust_remote_code)
-            self.precision = f"{str(dtype).removeprefix('torch.')} ({why})"
+            resolve_model(config.model, config.gguf_file)  # a missing file is an error now, not after the cache
+            self.dtype, why = pick_dtype(config.dtype, pick_device(config.device))
+            self.precision = f"{str(self.dtype).removeprefix('torch.')} ({why})"
+            # the same name with other weights or another precision gives other answers: neither may be served
+            # from the cache in its place
+            self.cache_identity = f"{model_fingerprint(config.model, config.gguf_file)}:{self.precision.split()[0]}"
         else:
             self.precision = str(next(model.parameters()).dtype).removeprefix("torch.")
-        self.model = model
-        self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(
-            config.model, config.gguf_file, trust_remote_code=config.trust_remote_code
-        )
+        self.batch_size = config.batch_size
+        self.counters: dict[str, int] = {"batches": 0}
+        self._ready = False
+
+    def _load(self) -> None:
+        from tutorlm.models import load_model, load_tokenizer, stop_ids
+
+        if self._ready:
+            return
+        config = self.config
+        if self.model is None:
+            self.model = load_model(config.model, config.gguf_file, device=config.device, dtype=self.dtype,
+                                    trust_remote_code=config.trust_remote_code)
+        if self.tokenizer is None:
+            self.tokenizer = load_tokenizer(config.model, config.gguf_file, trust_remote_code=config.trust_remote_code)
         if self.tokenizer.chat_template is None:
             raise FatalBackendError(f"model {self.model_name!r} has no chat template; use an instruct/chat model")
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.tokenizer.padding_side = "left"
-        self.batch_size = config.batch_size
         self.stop_ids = stop_ids(self.model, self.tokenizer)
-        self.counters: dict[str, int] = {"batches": 0}
         self.continuous = supports(self.model)
+        self._ready = True
 
     def run(self, requests: list[Request], sampling: Sampling, on_result: OnResult) -> None:
+        if not requests:
+            return
+        self._load()
         if self.continuous:
             self._run_engine(requests, sampling, on_result)
         else:

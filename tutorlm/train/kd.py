@@ -27,15 +27,16 @@ says which path applies, and the train stats record the share of tokens and prob
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from accelerate.utils import extract_model_from_parallel
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from tutorlm import topk
 from tutorlm.errors import PreflightError
+from tutorlm.progress import StageProgress
 from tutorlm.train.align import Aligned, TeacherTokens, VocabularyMap, align
 from tutorlm.train.data import IGNORE, Tokenized, identity_head, labelled_positions, plain_output_head
 from tutorlm.train.losses import NO_TOKEN, linear_cross_entropy, linear_kd_loss, linear_token_logprobs
@@ -209,13 +210,11 @@ class KD:
                         for item in map(json.loads, lines[1:])}
         console.print(f"kd: teacher {name} has another vocabulary; scoring {len(rows)} rationales once "
                       f"(top {config.kd_top_k}) before training")
-        progress = Progress(TextColumn("[bold]kd: teacher scores"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                            console=console)
-        with progress:
-            bar = progress.add_task("score", total=len(rows))
+        started = time.perf_counter()
+        with StageProgress(console, "kd: teacher scores", len(rows)) as progress:
             scored = score_rows(model, tokenizer, rows, top_k=config.kd_top_k, batch_size=config.batch_size,
-                                on_batch=lambda done: progress.update(bar, completed=done))
-        self.scoring_s = round(progress.tasks[0].elapsed or 0.0, 1)
+                                on_batch=lambda done: progress.advance(done - progress.completed))
+        self.scoring_s = round(time.perf_counter() - started, 1)
         console.print(f"kd: scored in {self.scoring_s:.0f} s")
         tokens = {str(row["id"]): TeacherTokens(item.token_ids, torch.tensor(item.top_ids), torch.tensor(item.top_logprobs))
                   for row, item in zip(rows, scored)}

@@ -35,9 +35,9 @@ from typing import Any, Protocol
 
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from tutorlm.config import Recipe, config_hash, to_dict
+from tutorlm.progress import StageProgress
 from tutorlm.curate import CURATED, read_jsonl
 from tutorlm.run import RunDir, atomic_write_text
 from tutorlm.tasks import DataError
@@ -281,14 +281,14 @@ def train(recipe: Recipe, *, resume: bool = False, force: bool = False, console:
         window_step_s = 0.0  # seconds in the micro-batches and optimizer steps since the last log line
         losses_in_step: list[float] = []
         last_eval = None
-        progress = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
-                            TextColumn("loss {task.fields[loss]:.4f} • {task.fields[tps]:.0f} tok/s • epoch {task.fields[epoch]}"),
-                            TimeRemainingColumn(), console=console)
+        progress = StageProgress(console, "train", total_steps, every=60.0,
+                                 detail="loss {task.fields[loss]:.4f} • {task.fields[tps]:.0f} tok/s • epoch {task.fields[epoch]}",
+                                 loss=float("nan"), tps=0.0, epoch=state["epoch"])
         if held_out and state["step"] == 0:  # where the student starts, for the loss curve
             last_eval = evaluate_loss(model, held_out, config.batch_size, config.packing, pad_token_id, accelerator.device)
             write_log({"step": 0, "eval_loss": round(last_eval, 5)})
         with progress:
-            bar = progress.add_task("train", total=total_steps, completed=state["step"], loss=float("nan"), tps=0.0, epoch=state["epoch"])
+            progress.start(state["step"])
             while state["step"] < total_steps:
                 order = rank_share(batch_order(examples, config.batch_size, config.seed, state["epoch"], group_by_length=not config.packing),
                                    accelerator)
@@ -335,7 +335,7 @@ def train(recipe: Recipe, *, resume: bool = False, force: bool = False, console:
                         write_log({"step": state["step"], "eval_loss": round(last_eval, 5)})
                     if state["step"] % config.save_every == 0 and state["step"] < total_steps:
                         save_checkpoint()
-                    progress.update(bar, completed=state["step"], loss=step_loss, tps=tokens_per_s, epoch=state["epoch"])
+                    progress.advance(state["step"] - progress.completed, loss=step_loss, tps=tokens_per_s, epoch=state["epoch"])
                     window_tokens, window_start = 0, time.perf_counter()  # eval and checkpoint time is not training time
                     if state["step"] >= total_steps:
                         break
