@@ -119,3 +119,30 @@ def test_local_models_generate_in_the_chosen_dtype(tmp_path, setting, dtype, cpu
     backend.run([Request([{"role": "user", "content": "What is 12 + 30?"}])], Sampling(max_tokens=5), lambda r, c: results.append(c))
     assert next(backend.model.parameters()).dtype == dtype
     assert len(results) == 1 and results[0].completion_tokens > 0
+
+
+def test_int8_quantizes_the_linear_layers_for_cpu_inference_and_is_another_model_to_the_cache(tmp_path):
+    from tiny import save_tiny_model
+
+    from tutorlm.backends import Request, Sampling
+    from tutorlm.backends.hf import HFBackend
+    from tutorlm.errors import ModelError
+    from tutorlm.models import pick_dtype
+
+    path = save_tiny_model(tmp_path / "m")
+    request = [Request([{"role": "user", "content": "What is 12 + 30?"}])]
+    texts = {}
+    backends = {}
+    for setting in ("float32", "int8"):
+        backend = backends[setting] = HFBackend(TeacherConfig(backend="hf", model=str(path), dtype=setting, device="cpu"))
+        results = []
+        backend.run(request, Sampling(max_tokens=8), lambda r, c: results.append(c))
+        texts[setting] = results[0]
+        assert results[0].completion_tokens > 0
+    modules = list(backends["int8"].model.modules())
+    assert not any(type(m) is torch.nn.Linear for m in modules)  # every linear layer was replaced
+    assert sum(type(m).__module__.startswith("torch.ao.nn.quantized.dynamic") for m in modules) >= 7
+    assert backends["int8"].precision.startswith("int8")
+    assert backends["int8"].cache_identity != backends["float32"].cache_identity
+    with pytest.raises(ModelError, match="CPU inference"):
+        pick_dtype("int8", torch.device("cuda"))

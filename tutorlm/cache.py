@@ -89,6 +89,12 @@ class Cache:
         self.close()
 
 
+def cache_keys(backend: Any, requests: list[Request], sampling: Sampling) -> list[str]:
+    """The cache key of each request to `backend` (which need not have loaded its model)."""
+    identity = getattr(backend, "cache_identity", None)
+    return [cache_key(backend.kind, backend.model_name, request, sampling, identity) for request in requests]
+
+
 def run_cached(
     backend: Any, requests: list[Request], sampling: Sampling, cache: Cache | None,
     on_result: Callable[[Request, Completion | Exception], None] | None = None,
@@ -100,8 +106,7 @@ def run_cached(
     each result made now and `on_start` with the number of cache hits before any call (both for progress
     displays); requests with the same key are made once.
     """
-    identity = getattr(backend, "cache_identity", None)
-    keys = [cache_key(backend.kind, backend.model_name, request, sampling, identity) for request in requests]
+    keys = cache_keys(backend, requests, sampling)
     key_of = {id(request): key for request, key in zip(requests, keys)}  # backends hand back the same Request objects
     results: dict[str, Completion | Exception] = dict(cache.get_many(keys)) if cache is not None else {}
     hits = set(results)

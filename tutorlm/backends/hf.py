@@ -36,12 +36,13 @@ class HFBackend:
         if model is None:
             resolve_model(config.model, config.gguf_file)  # a missing file is an error now, not after the cache
             self.dtype, why = pick_dtype(config.dtype, pick_device(config.device))
-            self.precision = f"{str(self.dtype).removeprefix('torch.')} ({why})"
+            self.precision = f"{str(self.dtype).removeprefix('torch.').replace('qint8', 'int8')} ({why})"
             # the same name with other weights or another precision gives other answers: neither may be served
             # from the cache in its place
             self.cache_identity = f"{model_fingerprint(config.model, config.gguf_file)}:{self.precision.split()[0]}"
         else:
-            self.precision = str(next(model.parameters()).dtype).removeprefix("torch.")
+            first = next(model.parameters(), None)
+            self.precision = str(first.dtype).removeprefix("torch.") if first is not None else "unknown"
         self.batch_size = config.batch_size
         self.counters: dict[str, int] = {"batches": 0}
         self._ready = False
