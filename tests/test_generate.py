@@ -120,7 +120,7 @@ def test_sigkill_then_rerun_makes_exactly_the_missing_calls(tmp_path):
         assert result.returncode == 0, result.stderr
         assert server.total_served == 60 - completed
     # stderr is not a terminal: progress comes as plain lines with the count, rate and ETA
-    assert re.search(r"generate: \d+/60 already done", result.stderr)
+    assert re.search(r"generate: \d+ of 60 to do; \d+ already done", result.stderr)
     assert re.search(r"generate 60/60 \(100%\) [\d.]+/s ETA done", result.stderr)
     assert not (tmp_path / "run" / PARTIAL).exists()
     rows = read_traces(tmp_path)
@@ -289,6 +289,17 @@ def test_rationalization_hides_the_hint_from_the_training_prompt(tmp_path):
         assert f"The correct answer is {row['answer']}" in row["teacher_prompt"][-1]["content"]
         assert "correct answer" not in row["prompt"][-1]["content"]
     assert all("The correct answer is" in content for content in sent)
+
+
+def test_style_goes_to_the_teacher_only(tmp_path):
+    style = "Be brief: one short line per step."
+    with FakeOpenAI(api_key=SECRET) as server:
+        generate(make_recipe(tmp_path, server.url, limit=3, style=style), console=QUIET)
+        sent = [body["messages"][-1]["content"] for body in server.bodies]
+    assert len(sent) == 3 and all(content.endswith("\n\n" + style) for content in sent)
+    for row in read_traces(tmp_path):
+        assert row["teacher_prompt"][-1]["content"].endswith(style)
+        assert style not in json.dumps(row["prompt"])  # the student trains on the question as evaluated
 
 
 def test_few_shot_demonstrations_come_from_the_validation_split(tmp_path):

@@ -19,7 +19,7 @@ def test_plain_lines_count_only_this_processes_work_for_the_rate_and_eta():
         progress.advance(1)
         progress.advance(5)
     lines = sink.getvalue().splitlines()
-    assert lines[0] == "generate: 4/10 already done (cache or checkpoint)"
+    assert re.fullmatch(r"\[\d\d:\d\d:\d\d\] generate: 6 of 10 to do; 4 already done \(cache or checkpoint\)", lines[0])
     assert re.fullmatch(r"\[\d\d:\d\d:\d\d\] generate 5/10 \(50%\) [\d.]+/s ETA \S+ elapsed \d+s \| 4 cached", lines[1])
     assert re.fullmatch(r"\[\d\d:\d\d:\d\d\] generate 10/10 \(100%\) [\d.]+/s ETA done elapsed \d+s \| 4 cached", lines[2])
     assert len(lines) == 4  # and once more at the end

@@ -143,6 +143,9 @@ class GenerateConfig:
         "so that a server teacher's top-k can drive logit distillation; other servers may refuse it")
     system_prompt: str | None = option(None, "system message for the teacher")
     few_shot: int = option(0, "worked examples (validation split, reference solutions) shown before each question")
+    style: str | None = option(
+        None, "how the teacher should write, added to its question only (e.g. \"Be brief: one short line per step, "
+        "plain text.\"); the student's training prompt never contains it")
     rationalize: bool = option(
         False, "STaR-style rationalization: show the teacher the gold answer and ask for the steps; "
         "the stored training prompt never contains the hint",

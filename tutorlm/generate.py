@@ -78,6 +78,8 @@ def plan(task: Task, config: GenerateConfig) -> Plan:
     for example in examples:
         training_prompt = build_prompt(example, task.answer_type_of(example), system_prompt=config.system_prompt, few_shot=shots)
         teacher_prompt = rationalization_prompt(task, example, config.system_prompt) if config.rationalize else training_prompt
+        if config.style:  # the teacher's copy only: the student learns from the plain question
+            teacher_prompt = [*teacher_prompt[:-1], {**teacher_prompt[-1], "content": f"{teacher_prompt[-1]['content']}\n\n{config.style}"}]
         result.training_prompts[example.id] = training_prompt
         result.requests += [Request(teacher_prompt, index, example.id) for index in range(config.n)]
     return result

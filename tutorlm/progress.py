@@ -32,7 +32,8 @@ class StageProgress:
     """Counts work done out of `total`; `detail` (a format string over the fields) follows the counts.
 
     The rate and ETA count only the work done by this process (`start(done_before)` marks what a cache
-    or a checkpoint already had), so a resumed run does not claim an absurd speed.
+    or a checkpoint already had), so a resumed run does not claim an absurd speed, and they are measured from
+    the first piece of work done, so loading a model first does not make the rate look slow.
     """
 
     def __init__(self, console: Console, label: str, total: int, *, detail: str = "", every: float = 30.0,
@@ -44,6 +45,7 @@ class StageProgress:
         self._baseline = 0
         self._started = time.perf_counter()
         self._last_line = self._started
+        self._first: tuple[float, int] | None = None  # (time, count) at the first advance
         self._progress: Progress | None = None
         self._bar: Any = None
 
@@ -70,23 +72,30 @@ class StageProgress:
         self.completed = self._baseline = done_before
         if self._progress is not None:
             self._progress.update(self._bar, completed=done_before, **self.fields)
-        elif done_before:
-            self.console.print(f"{self.label}: {done_before}/{self.total} already done (cache or checkpoint)",
-                               highlight=False)
+        else:
+            already = f"; {done_before} already done (cache or checkpoint)" if done_before else ""
+            self.console.print(f"[{time.strftime('%H:%M:%S')}] {self.label}: {self.total - done_before} of {self.total} "
+                               f"to do{already}", highlight=False, markup=False)
 
     def advance(self, count: int = 1, **fields: Any) -> None:
+        now = time.perf_counter()
         self.completed += count
         self.fields.update(fields)
+        if self._first is None:  # what came before it includes start-up (loading a model): not counted
+            self._first = (now, self.completed)
         if self._progress is not None:
             self._progress.update(self._bar, advance=count, **fields)
             return
-        now = time.perf_counter()
         if now - self._last_line >= self.every:
             self._line(now)
 
     def rate(self, now: float | None = None) -> float:
-        elapsed = max((now or time.perf_counter()) - self._started, 1e-9)
-        return (self.completed - self._baseline) / elapsed
+        """Work per second after the first piece of work was done (0 until there is more)."""
+        if self._first is None:
+            return 0.0
+        since, count = self._first
+        elapsed = (now or time.perf_counter()) - since
+        return (self.completed - count) / elapsed if elapsed > 0 else 0.0
 
     def _line(self, now: float | None = None) -> None:
         now = now or time.perf_counter()
