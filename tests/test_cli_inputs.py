@@ -197,3 +197,25 @@ def test_eval_on_several_tasks_loads_each_model_once(tmp_path, monkeypatch, caps
     assert "accuracy by task" in err and "object_tracking" in err
     assert main(["eval", "--tasks", "coin_flip,coin_flip", "--model", "reference"]) == 2
     assert "names a task twice" in capsys.readouterr().err
+
+
+def test_dry_run_estimates_time_from_speeds_measured_on_this_machine(tmp_path, capsys, monkeypatch):
+    import tutorlm.cli
+
+    monkeypatch.setattr(tutorlm.cli.console, "width", 400)  # the plan's cells on one line each
+    model = save_tiny_model(tmp_path / "m")
+    common = ["--task.source", "coin_flip", "--teacher.backend", "hf", "--teacher.model", str(model),
+              "--eval.limit", "4", "--eval.max_tokens", "6", "--generate.limit", "3", "--generate.max_tokens", "6",
+              "--out", str(tmp_path / "run")]
+    assert main(["run", "--dry-run", *common]) == 0
+    out = capsys.readouterr().out
+    assert "time unknown: no generate measurement" in out and "3 teacher calls (0 cached)" in out
+    assert main(["eval", "--model", "teacher", "--out", str(tmp_path / "ev"), *common[:-2]]) == 0
+    measured = json.loads((tmp_path / "tutorlm-cache" / "throughput.json").read_text())
+    (entry,) = [value for key, value in measured.items() if key.startswith(f"generate | {model} | float32")]
+    assert entry["tokens_per_s"] > 0 and entry["tokens"] > 0
+    capsys.readouterr()
+    assert main(["run", "--dry-run", *common]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"3 teacher calls \(0 cached\); ~\d+s \([\d,]+ tokens/s measured here", out), out
+    assert "teacher: 0 to generate" in out  # the eval above cached the teacher's answers

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tutorlm import verify
+from tutorlm import metrics, verify
 from tutorlm.metrics import accuracy_recovered, k_values, majority_vote, pass_at_k, wilson_interval
 
 
@@ -63,3 +63,27 @@ def test_accuracy_recovered_and_k_values():
     assert accuracy_recovered(0.1, 0.5, 0.9) == pytest.approx(0.5)
     assert accuracy_recovered(0.5, 0.6, 0.5) is None
     assert k_values(1) == [1] and k_values(8) == [1, 2, 4, 8] and k_values(6) == [1, 2, 4, 6]
+
+
+def test_paired_bootstrap_of_accuracy_recovered():
+    base = [0.0] * 50 + [1.0] * 10 + [0.0] * 40
+    teacher = [1.0] * 80 + [0.0] * 20
+    # a student that learned exactly the teacher's answers recovered all of the lead, in every resample
+    same = metrics.paired_bootstrap(base, teacher, teacher)
+    assert same["recovered"] == 1.0 and same["recovered_ci95"] == [1.0, 1.0]
+    assert same["student_over_teacher_ci95"] == [1.0, 1.0]
+    # one that learned nothing recovered none
+    nothing = metrics.paired_bootstrap(base, base, teacher)
+    assert nothing["recovered"] == 0.0 and nothing["recovered_ci95"] == [0.0, 0.0]
+    # half of the teacher's lead: (0.45 - 0.10) / (0.80 - 0.10) = 0.5, with an interval around it
+    half = [1.0] * 45 + [0.0] * 55
+    result = metrics.paired_bootstrap(base, half, teacher, seed=1)
+    assert result["recovered"] == pytest.approx(0.5)
+    low, high = result["recovered_ci95"]
+    assert 0.3 < low < 0.5 < high < 0.7
+    assert result["student_over_teacher"] == pytest.approx(0.45 / 0.8)
+    # a teacher that never leads: no ratio, and no interval
+    flat = metrics.paired_bootstrap(teacher, half, teacher)
+    assert flat["recovered"] is None and flat["recovered_ci95"] is None and flat["undefined_resamples"] == 2000
+    with pytest.raises(ValueError):
+        metrics.paired_bootstrap([1.0], [1.0, 0.0], [1.0])

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from tutorlm import metrics, verify
+from tutorlm import metrics, throughput, verify
 from tutorlm.backends import Completion, Request, Sampling, make_backend
 from tutorlm.cache import Cache, default_cache_path, run_cached
 from tutorlm.config import ConfigError, Recipe, TeacherConfig, to_dict
@@ -127,6 +128,12 @@ def summarize(rows: list[dict[str, Any]], n: int) -> dict[str, Any]:
     return summary
 
 
+def eval_requests(task: Task, examples: list[Example], settings: Any) -> tuple[Sampling, list[Request]]:
+    """The sampling settings and one request per (example, sample) of an evaluation."""
+    sampling = Sampling(temperature=settings.temperature, top_p=settings.top_p, max_tokens=settings.max_tokens, seed=settings.seed)
+    return sampling, [Request(task.prompt(example), index, example.id) for example in examples for index in range(settings.n)]
+
+
 def evaluate_one(task: Task, examples: list[Example], label: str, config: TeacherConfig, recipe: Recipe,
                  console: Console, backend: Any = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Generate and grade `n` samples per example with one model (`backend`, or one made from `config`).
@@ -136,20 +143,30 @@ def evaluate_one(task: Task, examples: list[Example], label: str, config: Teache
     evaluation of the same model on the same questions loads nothing and generates nothing.
     """
     settings = recipe.eval
-    sampling = Sampling(temperature=settings.temperature, top_p=settings.top_p, max_tokens=settings.max_tokens, seed=settings.seed)
+    sampling, requests = eval_requests(task, examples, settings)
     if backend is None:
         backend = make_backend(config, task)
     if backend.kind == "reference":
         backend.add_examples(examples)  # type: ignore[attr-defined]
-    requests = [Request(task.prompt(example), index, example.id) for example in examples for index in range(settings.n)]
     cache = Cache(recipe.generate.cache_path or default_cache_path()) if recipe.generate.cache else None
+    made = {"calls": 0, "tokens": 0}
+
+    def on_result(request: Request, result: Completion | Exception) -> None:
+        progress.advance(1)
+        if isinstance(result, Completion):
+            made["calls"] += 1
+            made["tokens"] += result.completion_tokens
+
+    started = time.perf_counter()
     with StageProgress(console, f"eval {label}", len(requests)) as progress:
         try:
-            keys, by_key, _ = run_cached(backend, requests, sampling, cache, lambda request, result: progress.advance(1),
-                                         on_start=progress.start)
+            keys, by_key, _ = run_cached(backend, requests, sampling, cache, on_result, on_start=progress.start)
         finally:
             if cache is not None:
                 cache.close()
+    if backend.kind != "reference" and made["calls"]:
+        throughput.record("generate", backend.model_name, backend.precision, tokens=made["tokens"],
+                          seconds=time.perf_counter() - started, items=made["calls"])
     results = {(request.example_id, request.sample_index): by_key[key] for key, request in zip(keys, requests)}
     failures = [result for result in results.values() if isinstance(result, Exception)]
     if failures:

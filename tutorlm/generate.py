@@ -29,7 +29,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from tutorlm import topk
+from tutorlm import throughput, topk
 from tutorlm.backends import Completion, FatalBackendError, Request, Sampling, make_backend
 from tutorlm.cache import Cache, default_cache_path, run_cached
 from tutorlm.config import GenerateConfig, Recipe, to_dict
@@ -189,6 +189,9 @@ def _generate(recipe: Recipe, run: RunDir, force: bool, console: Console) -> dic
             if cache is not None:
                 cache.close()
         wall = time.perf_counter() - started
+        if backend.kind != "reference" and counts["made"]:
+            throughput.record("generate", backend.model_name, backend.precision, tokens=counts["completion_tokens"],
+                              seconds=wall, items=counts["made"])
         by_key = dict(zip(keys, plan_.requests))
         failures = {key: f"{type(result).__name__}: {result}" for key, result in results.items() if isinstance(result, Exception)}
         completions = {key: result for key, result in results.items() if isinstance(result, Completion)}

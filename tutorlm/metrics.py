@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -54,6 +54,42 @@ def accuracy_recovered(before: float, after: float, teacher: float) -> float | N
     if teacher - before <= 0:
         return None
     return (after - before) / (teacher - before)
+
+
+def paired_bootstrap(base: Sequence[float], student: Sequence[float], teacher: Sequence[float], *,
+                     resamples: int = 2000, seed: int = 0) -> dict[str, Any]:
+    """95% percentile intervals for "accuracy recovered" and student / teacher, resampling questions (each list
+    holds one model's score per question, in the same question order: paired). A resample where the teacher does
+    not lead the base (or scores 0) has no ratio and is left out; how many were is reported."""
+    import random
+
+    if not (len(base) == len(student) == len(teacher)) or not base:
+        raise ValueError("paired_bootstrap needs three non-empty score lists of the same length")
+    rng = random.Random(seed)
+    n = len(base)
+    recovered: list[float] = []
+    ratio: list[float] = []
+    for _ in range(resamples):
+        picks = [rng.randrange(n) for _ in range(n)]
+        b, s, t = (sum(scores[i] for i in picks) / n for scores in (base, student, teacher))
+        if t - b > 0:
+            recovered.append((s - b) / (t - b))
+        if t > 0:
+            ratio.append(s / t)
+
+    def interval(values: list[float]) -> list[float] | None:
+        if len(values) < resamples // 2:  # too often undefined to say anything
+            return None
+        values = sorted(values)
+        return [values[int(0.025 * (len(values) - 1))], values[int(0.975 * (len(values) - 1))]]
+
+    b, s, t = (sum(scores) / n for scores in (base, student, teacher))
+    return {
+        "questions": n, "resamples": resamples,
+        "recovered": accuracy_recovered(b, s, t), "recovered_ci95": interval(recovered),
+        "student_over_teacher": s / t if t > 0 else None, "student_over_teacher_ci95": interval(ratio),
+        "undefined_resamples": resamples - len(recovered),
+    }
 
 
 def k_values(n: int) -> list[int]:

@@ -18,18 +18,21 @@ from __future__ import annotations
 
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
 from tutorlm.backends import make_backend
+from tutorlm import throughput
 from tutorlm.cache import Cache, cache_keys, default_cache_path
 from tutorlm.config import ConfigError, Recipe
 from tutorlm.errors import ModelError
 from tutorlm.curate import CURATED, curate, curate_stage_config
-from tutorlm.evaluate import evaluate, print_table
+from tutorlm.evaluate import eval_requests, evaluate, print_table, resolve_spec
 from tutorlm.generate import TRACES, generate, generate_stage_config, plan, sampling_of
-from tutorlm.report import report
+from tutorlm.report import paired_intervals, recovered_text, report
+from tutorlm.models import pick_device
 from tutorlm.run import RunDir
 from tutorlm.tasks import load_task
 
@@ -83,6 +86,9 @@ def run_pipeline(recipe: Recipe, *, force: set[str] = frozenset(), console: Cons
     if "base" in summaries and "student" in summaries:
         gain = summaries["student"]["accuracy"] - summaries["base"]["accuracy"]
         console.print(f"student accuracy {summaries['base']['accuracy']:.1%} -> {summaries['student']['accuracy']:.1%} ({gain * 100:+.1f} points)")
+        recovered = recovered_text(paired_intervals(recipe.run.path / "eval", "teacher" if "teacher" in summaries else "reference"))
+        if recovered:
+            console.print(recovered, highlight=False)
     console.print(f"report: {path}")
     return path
 
@@ -101,6 +107,25 @@ def check_models(recipe: Recipe) -> None:
             raise ConfigError(f"{key}: {error}") from None
 
 
+def _cached_count(recipe: Recipe, path: Path, backend: Any, requests: list, sampling: Any) -> int:
+    if not (recipe.generate.cache and path.exists()):
+        return 0
+    with Cache(path) as cache:
+        return len(cache.get_many_json(cache_keys(backend, requests, sampling)))
+
+
+def _estimate(backend: Any, calls: int) -> str:
+    if backend.kind == "reference":
+        return "seconds (a script)"
+    return throughput.estimate("generate", backend.model_name, backend.precision, calls)
+
+
+def _train_precision(recipe: Recipe) -> str:
+    from tutorlm.precision import resolve_precision
+
+    return resolve_precision(recipe.train.precision, pick_device(recipe.student.device)).precision
+
+
 def dry_run(recipe: Recipe, *, console: Console | None = None) -> None:
     """Print the plan without running anything or calling any teacher."""
     from tutorlm.train.loop import checkpoints, train_stage_config
@@ -109,12 +134,9 @@ def dry_run(recipe: Recipe, *, console: Console | None = None) -> None:
     run = RunDir(recipe.run.path)
     task = load_task(recipe.task)
     planned = plan(task, recipe.generate)
-    cached = 0
     path = Path(recipe.generate.cache_path or default_cache_path())
-    if recipe.generate.cache and path.exists():
-        backend = make_backend(recipe.teacher, task)  # loads nothing: local models load on their first call
-        with Cache(path) as cache:
-            cached = len(cache.get_many_json(cache_keys(backend, planned.requests, sampling_of(recipe.generate))))
+    teacher_backend = make_backend(recipe.teacher, task)  # loads nothing: local models load on their first call
+    cached = _cached_count(recipe, path, teacher_backend, planned.requests, sampling_of(recipe.generate))
     curated = run.path / CURATED
     states = {
         "generate": run.is_current("generate", generate_stage_config(recipe), {}),
@@ -128,7 +150,8 @@ def dry_run(recipe: Recipe, *, console: Console | None = None) -> None:
     table.add_row("generate", "skip (current)" if states["generate"] else "run",
                   f"{len(planned.examples)} {recipe.generate.split} questions x {recipe.generate.n} samples from "
                   f"{teacher.backend} {teacher.model or ''}: {len(planned.requests) - cached} teacher calls "
-                  f"({cached} cached)" if not states["generate"] else "traces.jsonl is current")
+                  f"({cached} cached); {_estimate(teacher_backend, len(planned.requests) - cached)}"
+                  if not states["generate"] else "traces.jsonl is current")
     table.add_row("curate", "skip (current)" if states["curate"] else "run", "verify, dedupe, prune -> curated.jsonl")
     resumable = checkpoints(run.path / "student" / "checkpoints")
     train_status = "skip (current)" if states["train"] else f"resume from {resumable[-1].name}" if resumable else "run"
@@ -138,8 +161,25 @@ def dry_run(recipe: Recipe, *, console: Console | None = None) -> None:
     if objective != "sft":
         kd_teacher = recipe.train.kd_teacher or (teacher.model if teacher.backend == "hf" else None)
         what += f" ({'teacher ' + kd_teacher if kd_teacher else 'the top-k stored by generate'})"
+    if not states["train"]:
+        rationales = len(planned.requests)  # at most: curation keeps fewer
+        what += "; " + throughput.estimate(f"train {objective}", recipe.student.model, _train_precision(recipe),
+                                           rationales * (recipe.train.epochs if not recipe.train.max_steps else 1),
+                                           device=pick_device(recipe.student.device).type)
     table.add_row("train", train_status, what)
-    table.add_row("eval", "run (skips current models)", f"{', '.join(eval_models(recipe))} on {recipe.eval.limit} {recipe.eval.split} questions")
+    examples = task.examples(recipe.eval.split, recipe.eval.limit)
+    sampling, requests = eval_requests(task, examples, recipe.eval)
+    estimates = []
+    for spec in eval_models(recipe):
+        if spec.split("=")[-1] == "student":  # trained by this run: its own weights, never cached yet
+            estimates.append("student: like base")
+            continue
+        label, config = resolve_spec(spec, recipe)
+        backend = make_backend(config, task)
+        todo = len(requests) - _cached_count(recipe, path, backend, requests, sampling)
+        estimates.append(f"{label}: {todo} to generate, {_estimate(backend, todo)}")
+    table.add_row("eval", "run (skips current models)", f"{', '.join(eval_models(recipe))} on {recipe.eval.limit} "
+                  f"{recipe.eval.split} questions; " + "; ".join(estimates))
     table.add_row("report", "run", f"{run.path / 'report.html'}")
     console.print(table)
 

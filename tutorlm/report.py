@@ -18,7 +18,8 @@ from typing import Any
 from tutorlm import metrics
 from tutorlm.run import RunDir, atomic_write_text
 
-FIGURES = {"accuracy": "accuracy.png", "funnel": "funnel.png", "loss": "loss.png", "on_policy": "on_policy.png"}
+FIGURES = {"accuracy": "accuracy.png", "funnel": "funnel.png", "loss": "loss.png", "on_policy": "on_policy.png",
+           "learning_curve": "learning_curve.png"}
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -38,13 +39,50 @@ def gather(run: RunDir) -> dict[str, Any]:
     recovered = None
     if before and after and teacher:
         recovered = metrics.accuracy_recovered(before["accuracy"], after["accuracy"], teacher["accuracy"])
+    curve_path = run.path / "learning_curve.json"
     return {
         "run": str(run.path), "config": config, "stages": stages, "summaries": summaries, "log": log,
         "base": before, "student": after, "teacher": teacher, "recovered": recovered,
+        "paired": paired_intervals(run.path / "eval", "teacher" if summaries.get("teacher") else "reference"),
+        "learning_curve": json.loads(curve_path.read_text()) if curve_path.exists() else None,
         "funnel": (stages.get("curate") or {}).get("stats", {}).get("funnel"),
         "generate": (stages.get("generate") or {}).get("stats"), "train": (stages.get("train") or {}).get("stats"),
         "examples": _examples(run, before is not None and after is not None),
     }
+
+
+def paired_intervals(eval_dir: Path, teacher_label: str = "teacher") -> dict[str, Any] | None:
+    """Bootstrap intervals (metrics.paired_bootstrap) for accuracy recovered and student / teacher, over the
+    questions that base, student and teacher all answered; None unless all three were evaluated."""
+    scores = {}
+    for label in ("base", "student", teacher_label):
+        rows = _read_jsonl(eval_dir / f"{label}.jsonl")
+        if not rows:
+            return None
+        by_example: dict[str, list[bool]] = {}
+        for row in rows:
+            by_example.setdefault(row["example_id"], []).append(bool(row["correct"]))
+        scores[label] = {key: sum(values) / len(values) for key, values in by_example.items()}
+    shared = sorted(set.intersection(*(set(values) for values in scores.values())))
+    if not shared:
+        return None
+    base, student, teacher = ([scores[label][key] for key in shared] for label in ("base", "student", teacher_label))
+    return metrics.paired_bootstrap(base, student, teacher)
+
+
+def recovered_text(paired: dict[str, Any] | None) -> str:
+    """'recovered 45% (30%–61%) of the teacher's lead; student / teacher 0.52 (0.38–0.66)' or ''."""
+    if not paired or paired["recovered"] is None:
+        return ""
+    parts = []
+    low_high = paired["recovered_ci95"]
+    parts.append(f"recovered {paired['recovered']:.0%}" + (f" ({low_high[0]:.0%}–{low_high[1]:.0%})" if low_high else "")
+                 + " of the teacher's lead over the base student")
+    if paired["student_over_teacher"] is not None:
+        low_high = paired["student_over_teacher_ci95"]
+        parts.append(f"student / teacher {paired['student_over_teacher']:.2f}"
+                     + (f" ({low_high[0]:.2f}–{low_high[1]:.2f})" if low_high else ""))
+    return "; ".join(parts) + f" (95% paired bootstrap over {paired['questions']} questions)"
 
 
 def _examples(run: RunDir, both: bool, count: int = 3) -> list[dict[str, Any]]:
@@ -123,6 +161,24 @@ def plot(data: dict[str, Any], directory: Path) -> dict[str, Path]:
         right.set_title("student vs teacher, per step")
         right.legend()
         written["on_policy"] = _save(figure, directory / FIGURES["on_policy"])
+    curve = (data.get("learning_curve") or {}).get("points")
+    if curve:  # benchmarks/learning_curve.py --into RUN: accuracy against training questions
+        figure, axis = plt.subplots(figsize=(6, 3.2))
+        sizes = [point["questions"] for point in curve]
+        values = [point["accuracy"] * 100 for point in curve]
+        errors = [[v - p["accuracy_ci95"][0] * 100 for v, p in zip(values, curve)],
+                  [p["accuracy_ci95"][1] * 100 - v for v, p in zip(values, curve)]]
+        axis.errorbar(sizes, values, yerr=errors, marker="o", capsize=4, color="#27ae60", label="student")
+        for label, color in (("teacher", "#f2994a"), ("base", "#9aa5b1")):
+            if data.get(label):
+                axis.axhline(data[label]["accuracy"] * 100, color=color, linestyle="--", label=label)
+        axis.set_xscale("log")
+        axis.set_xlabel("training questions")
+        axis.set_ylabel("held-out accuracy (%)")
+        axis.set_ylim(0, 105)
+        axis.set_title("learning curve")
+        axis.legend()
+        written["learning_curve"] = _save(figure, directory / FIGURES["learning_curve"])
     return written
 
 
@@ -177,6 +233,8 @@ def markdown(data: dict[str, Any], figures: dict[str, Path]) -> str:
                           f"{_percent(data['student']['accuracy'])} ({gain * 100:+.1f} points)"
                           + (f", recovering **{_percent(data['recovered'])}** of the teacher's lead "
                              f"(teacher: {_percent(data['teacher']['accuracy'])})." if data["recovered"] is not None else ".")]
+            if recovered_text(data.get("paired")):
+                lines += ["", recovered_text(data["paired"]).capitalize() + "."]
     else:
         lines.append("No evaluation yet: run `tutorlm eval`.")
     if "accuracy" in figures:
@@ -224,6 +282,17 @@ def markdown(data: dict[str, Any], figures: dict[str, Path]) -> str:
             lines += ["", f"![on-policy]({figures['on_policy'].name})"]
     else:
         lines.append("No training recorded.")
+    curve = data.get("learning_curve")
+    if curve and curve.get("points"):
+        lines += ["", "## Learning curve", "", f"The recipe retrained on the first N training questions "
+                  f"(`benchmarks/learning_curve.py`, {curve.get('date', '')}):", "",
+                  "| questions | rationales | accuracy | 95% CI | train s |", "| --- | --- | --- | --- | --- |"]
+        for point in curve["points"]:
+            low, high = point["accuracy_ci95"]
+            lines.append(f"| {point['questions']} | {point['curated']} | {_percent(point['accuracy'])} | "
+                         f"{_percent(low)}–{_percent(high)} | {point['train_s']} |")
+        if "learning_curve" in figures:
+            lines += ["", f"![learning curve]({figures['learning_curve'].name})"]
     if data["examples"]:
         lines += ["", "## Examples: before and after", ""]
         for number, example in enumerate(data["examples"], start=1):

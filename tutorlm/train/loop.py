@@ -36,9 +36,10 @@ from typing import Any, Protocol
 import torch
 from rich.console import Console
 
+from tutorlm import throughput
 from tutorlm.config import Recipe, config_hash, to_dict
-from tutorlm.progress import StageProgress
 from tutorlm.curate import CURATED, read_jsonl
+from tutorlm.progress import StageProgress
 from tutorlm.run import RunDir, atomic_write_text
 from tutorlm.tasks import DataError
 from tutorlm.train.data import Tokenized, batch_order, batches, preflight, sft_loss
@@ -278,6 +279,7 @@ def train(recipe: Recipe, *, resume: bool = False, force: bool = False, console:
 
         model.train()
         started, window_tokens, window_start = time.perf_counter(), 0, time.perf_counter()
+        tokens_before, steps_before = state["tokens_seen"], state["step"]  # a resumed run measures its own work
         window_step_s = 0.0  # seconds in the micro-batches and optimizer steps since the last log line
         losses_in_step: list[float] = []
         last_eval = None
@@ -350,6 +352,9 @@ def train(recipe: Recipe, *, resume: bool = False, force: bool = False, console:
         student_dir = run.path / STUDENT
         if main:
             save_student(accelerator.unwrap_model(model), tokenizer, student_dir, recipe)
+            throughput.record(f"train {config.objective}", recipe.student.model, precision,
+                              tokens=state["tokens_seen"] - tokens_before, seconds=elapsed,
+                              items=(state["step"] - steps_before) * config.batch_size, device=accelerator.device.type)
         record["outputs"].append(student_dir / "tutorlm_config.json")
         record["stats"] = {
             "steps": state["step"], "epochs_started": state["epoch"] + 1, "examples": len(examples), "held_out": len(held_out),
