@@ -497,7 +497,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser(
         "run", help="the whole pipeline: generate, curate, train, eval, report", formatter_class=formatter,
-        description=pipeline_doc, epilog="Shipped recipes: default, tiny, kd, kd-qwen, arith-sft, on-policy, openai-teacher, hf-teacher-gpu, lora. "
+        description=pipeline_doc, epilog="Shipped recipes: default, tiny, real-teacher, kd, kd-qwen, arith-sft, on-policy, openai-teacher, hf-teacher-gpu, lora. "
         "Any recipe setting can be changed with --SECTION.FIELD VALUE; `tutorlm generate --help`, "
         "`tutorlm train --help` and `tutorlm eval --help` list them.",
     )

@@ -75,7 +75,7 @@ class StageProgress:
         else:
             already = f"; {done_before} already done (cache or checkpoint)" if done_before else ""
             self.console.print(f"[{time.strftime('%H:%M:%S')}] {self.label}: {self.total - done_before} of {self.total} "
-                               f"to do{already}", highlight=False, markup=False)
+                               f"to do{already}", highlight=False, markup=False, soft_wrap=True)
 
     def advance(self, count: int = 1, **fields: Any) -> None:
         now = time.perf_counter()
@@ -113,7 +113,7 @@ class StageProgress:
         stamp = time.strftime("%H:%M:%S")
         self.console.print(f"[{stamp}] {self.label} {self.completed}/{self.total} ({share:.0%}) {rate:.2f}/s "
                            f"ETA {eta} elapsed {format_duration(now - self._started)}{extra}",
-                           highlight=False, markup=False)
+                           highlight=False, markup=False, soft_wrap=True)
 
 
 class _Fields:
