@@ -6,7 +6,7 @@
 Each point is the recipe run again with `generate.limit N` (the first N training questions, with the
 recipe's samples per question, curation and training settings) in runs/curve-<recipe>-<N>, evaluated on
 the recipe's held-out questions (student only; the base student and the teacher are the same at every
-point). Teacher calls go through the cache: the questions of a smaller point are the first ones of a larger
+point). With `--into RUN`, the point whose N is RUN's own generate.limit is RUN itself, not retrained. Teacher calls go through the cache: the questions of a smaller point are the first ones of a larger
 one, so a curve over a model teacher pays for its rationales once (and nothing at all after the recipe's
 own run), and a teacher whose answers are all cached is never loaded. Reported per point: curated
 rationales, held-out accuracy with a 95% Wilson interval, train time. `--into RUN` also writes the curve
@@ -28,26 +28,36 @@ from _common import machine
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def run_point(recipe: str, size: int, extra: list[str]) -> dict:
-    name = f"curve-{Path(recipe).stem}-{size}"
-    command = [sys.executable, "-m", "tutorlm", "run", recipe, "--run.name", name, "--generate.limit", str(size),
-               "--eval.models", "[student]", *extra]
+def run_point(recipe: str, size: int, extra: list[str], into: Path | None) -> dict:
     started = time.perf_counter()
-    result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "COLUMNS": "120"})
-    if result.returncode != 0:
-        raise SystemExit(f"{' '.join(command)} failed:\n{result.stderr[-3000:]}")
-    run = ROOT / "runs" / name
+    run = into.resolve() if into is not None else None
+    if run is None or _limit(run) != size or extra:
+        name = f"curve-{Path(recipe).stem}-{size}"
+        command = [sys.executable, "-m", "tutorlm", "run", recipe, "--run.name", name, "--generate.limit", str(size),
+                   "--eval.models", "[student]", *extra]
+        result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "COLUMNS": "120"})
+        if result.returncode != 0:
+            raise SystemExit(f"{' '.join(command)} failed:\n{result.stderr[-3000:]}")
+        run = ROOT / "runs" / name
+    # else: the recipe's own run is this point (same recipe, same number of questions): read, not redone
     manifest = json.loads((run / "manifest.json").read_text())
     summary = json.loads((run / "eval" / "summary.json").read_text())["student"]
     stages = manifest["stages"]
     return {
-        "questions": size, "run": str(run.relative_to(ROOT)),
+        "questions": size, "run": os.path.relpath(run, ROOT),
         "curated": stages["curate"]["stats"]["funnel"]["kept"],
         "accuracy": summary["accuracy"], "accuracy_ci95": summary["accuracy_ci95"],
         "no_answer_rate": summary["no_answer_rate"], "truncation_rate": summary["truncation_rate"],
         "train_s": stages["train"]["stats"].get("wall_s"), "wall_s": round(time.perf_counter() - started, 1),
         "teacher_calls": stages["generate"]["stats"]["calls_made"],
     }
+
+
+def _limit(run: Path) -> int | None:
+    manifest = run / "manifest.json"
+    if not manifest.exists():
+        return None
+    return json.loads(manifest.read_text())["stages"]["generate"]["config"]["generate"]["limit"]
 
 
 def main() -> None:
@@ -60,7 +70,7 @@ def main() -> None:
     sizes = [int(size) for size in args.sizes.split(",")]
     points = []
     for size in sizes:
-        point = run_point(args.recipe, size, [*args.settings, *extra])
+        point = run_point(args.recipe, size, [*args.settings, *extra], Path(args.into) if args.into else None)
         points.append(point)
         low, high = point["accuracy_ci95"]
         print(f"{size:>6} questions, {point['curated']:>5} rationales: {point['accuracy']:.0%} ({low:.0%}-{high:.0%}), "

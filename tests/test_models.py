@@ -1,0 +1,77 @@
+"""Model specs: GGUF files shipped in chunks across packages, assembled once; weight fingerprints."""
+
+from __future__ import annotations
+
+from importlib import metadata
+from pathlib import Path
+
+import pytest
+
+from tutorlm import models
+from tutorlm.errors import ModelError
+
+
+class _File:
+    def __init__(self, path: Path, relative: str) -> None:
+        self.path, self.relative = path, relative
+
+    def locate(self) -> Path:
+        return self.path
+
+    def __str__(self) -> str:
+        return self.relative
+
+
+class _Distribution:
+    def __init__(self, files: list[_File]) -> None:
+        self.files = files
+
+
+@pytest.fixture
+def chunked(tmp_path, monkeypatch):
+    """A model 'tiny-chunked' shipped as three packages tiny-part1..3, each with data/partNN.bin."""
+    chunks = {}
+    for index, payload in enumerate((b"GGUF" + b"a" * 100, b"b" * 50, b"c" * 7), start=1):
+        path = tmp_path / "site" / f"tiny_part{index}" / "data" / f"part{index:02d}.bin"
+        path.parent.mkdir(parents=True)
+        path.write_bytes(payload)
+        chunks[f"tiny-part{index}"] = _Distribution([_File(path, f"tiny_part{index}/data/part{index:02d}.bin")])
+    installed = dict(chunks)
+
+    def distribution(name):
+        if name not in installed:
+            raise metadata.PackageNotFoundError(name)
+        return installed[name]
+
+    monkeypatch.setattr(models.metadata, "distribution", distribution)
+    monkeypatch.setitem(models.CHUNKED, "tiny-chunked", ("tiny-part", 3, "tiny"))
+    return installed
+
+
+def test_a_chunked_model_is_assembled_once_in_order_and_found_afterwards(chunked, tmp_path):
+    source, name = models.resolve_model("tiny-chunked")
+    out = Path(source) / name
+    assert out == tmp_path / "tutorlm-cache" / "models" / "tiny-chunked.gguf"
+    assert out.read_bytes() == b"GGUF" + b"a" * 100 + b"b" * 50 + b"c" * 7
+    stamp = out.stat().st_mtime_ns
+    assert models.resolve_model("tiny-chunked") == (source, name) and out.stat().st_mtime_ns == stamp  # not rewritten
+    assert not list(out.parent.glob("*.partial"))
+    chunked.pop("tiny-part2")  # uninstalled after assembly: the assembled file still serves
+    assert models.resolve_model("tiny-chunked") == (source, name)
+
+
+def test_missing_packages_name_the_install_command(chunked):
+    chunked.pop("tiny-part3")
+    with pytest.raises(ModelError, match=r"1 of its 3 packages are not installed \(first: tiny-part3\).*\.\[tiny\]"):
+        models.resolve_model("tiny-chunked")
+
+
+def test_the_fingerprint_follows_the_weights_not_the_path(tmp_path):
+    weights = tmp_path / "m" / "model.gguf"
+    weights.parent.mkdir()
+    weights.write_bytes(b"x" * (3 << 20))
+    first = models.model_fingerprint(str(weights))
+    assert models.model_fingerprint(str(weights)) == first
+    weights.write_bytes(b"x" * (3 << 20) + b"y")  # one more byte at the end
+    assert models.model_fingerprint(str(weights)) != first
+    assert models.model_fingerprint("ORG/hub-model") == "ORG/hub-model"
