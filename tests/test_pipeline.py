@@ -169,3 +169,33 @@ def test_stages_other_than_train_run_once_under_a_launcher(tmp_path, stage):
     output = run / ("traces.jsonl" if stage == "generate" else "curated.jsonl")
     assert len(output.read_text().splitlines()) == 8
     assert json.loads((run / "manifest.json").read_text())["stages"][stage]["status"] == "done"
+
+
+def test_a_local_teacher_is_loaded_once_for_generating_and_evaluating(tmp_path, monkeypatch):
+    import tutorlm.models
+    from tutorlm.config import TeacherConfig
+    from tutorlm.tasks import DataError
+
+    teacher = save_tiny_model(tmp_path / "teacher", seed=3)
+    student = save_tiny_model(tmp_path / "student", seed=4)
+    loads: list[str] = []
+    original = tutorlm.models.load_model
+    monkeypatch.setattr(tutorlm.models, "load_model", lambda spec, *a, **k: loads.append(spec) or original(spec, *a, **k))
+    recipe = Recipe(
+        run=RunConfig(name="run", output_dir=str(tmp_path)), task=TaskConfig(source="coin_flip", options={"num_people": 2}),
+        teacher=TeacherConfig(backend="hf", model=str(teacher), batch_size=4),
+        generate=GenerateConfig(limit=4, max_tokens=8),
+        student=StudentConfig(model=str(student)),
+        train=TrainConfig(max_steps=1, batch_size=2, eval_fraction=0.0),
+        eval=EvalConfig(limit=3, max_tokens=8, batch_size=4),
+    )
+    # A random tiny teacher gets nothing right, so curation stops the run; by then the teacher has written its
+    # rationales and been evaluated, with one load between them.
+    with pytest.raises(DataError, match="curation kept no rationale"):
+        run_pipeline(recipe, console=QUIET)
+    assert loads.count(str(teacher)) == 1
+    summary = json.loads((tmp_path / "run" / "eval" / "summary.json").read_text())
+    assert set(summary) == {"teacher"} and summary["teacher"]["examples"] == 3
+    from tutorlm.backends import hf
+
+    assert hf._KEPT is None  # released once the block ended

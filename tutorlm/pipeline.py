@@ -71,7 +71,13 @@ def run_pipeline(recipe: Recipe, *, force: set[str] = frozenset(), console: Cons
         if processes.num_processes > 1:
             console.print(f"{processes.num_processes} processes: each trains on its share of the batches; "
                           "generate, curate, eval and report run on this, the main one")
-        generate(recipe, force="generate" in forced, console=console)
+        from tutorlm.backends.hf import keep_loaded
+
+        with keep_loaded():  # a local teacher is evaluated right after it wrote the rationales: loaded once
+            generate(recipe, force="generate" in forced, console=console)
+            teacher_specs = [spec for spec in eval_models(recipe) if spec.split("=")[-1] == "teacher"]
+            if teacher_specs and recipe.teacher.backend == "hf":
+                evaluate(recipe, teacher_specs, force="eval" in forced, console=console, table=False)
         curate(recipe, force="curate" in forced, console=console)
     processes.wait_for_everyone()  # the others wait here for the curated data
     train(recipe, resume=True, force="train" in forced, console=console)

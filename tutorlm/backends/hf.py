@@ -10,13 +10,32 @@ raw logits (before temperature / top-p), as KD needs.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import time
-from typing import Any
+from typing import Any, Iterator
 
 from tutorlm.backends import Completion, FatalBackendError, OnResult, Request, Sampling
 from tutorlm.config import ConfigError
 from tutorlm.engine import Engine, request_seed, supports
+
+
+_KEPT: dict[tuple[str, str | None, str, str], tuple[Any, Any]] | None = None  # set inside keep_loaded()
+
+
+@contextlib.contextmanager
+def keep_loaded() -> Iterator[None]:
+    """Inside the block, a local model loaded once is reused by every later backend for the same weights,
+    precision and device (`tutorlm run` generates with the teacher and then evaluates it: one load, not
+    two); all are released when the block ends, so nothing stays in memory by accident."""
+    global _KEPT
+    outer = _KEPT
+    _KEPT = {} if outer is None else outer
+    try:
+        yield
+    finally:
+        if outer is None:
+            _KEPT = None
 
 
 class HFBackend:
@@ -53,11 +72,16 @@ class HFBackend:
         if self._ready:
             return
         config = self.config
+        key = (self.model_name, self.cache_identity, str(config.device), str(config.gguf_file))
+        if self.model is None and _KEPT is not None and key in _KEPT:
+            self.model, self.tokenizer = _KEPT[key]
         if self.model is None:
             self.model = load_model(config.model, config.gguf_file, device=config.device, dtype=self.dtype,
                                     trust_remote_code=config.trust_remote_code)
         if self.tokenizer is None:
             self.tokenizer = load_tokenizer(config.model, config.gguf_file, trust_remote_code=config.trust_remote_code)
+        if _KEPT is not None and self.cache_identity is not None:
+            _KEPT[key] = (self.model, self.tokenizer)
         if self.tokenizer.chat_template is None:
             raise FatalBackendError(f"model {self.model_name!r} has no chat template; use an instruct/chat model")
         if self.tokenizer.pad_token is None:
