@@ -10,7 +10,8 @@ point). With `--into RUN`, the point whose N is RUN's own generate.limit is RUN 
 one, so a curve over a model teacher pays for its rationales once (and nothing at all after the recipe's
 own run), and a teacher whose answers are all cached is never loaded. Reported per point: curated
 rationales, held-out accuracy with a 95% Wilson interval, train time. `--into RUN` also writes the curve
-to RUN/learning_curve.json, which the run's report plots. Results: benchmarks/results/learning_curve_<recipe>.json.
+to RUN/learning_curve.json, which the run's report plots. Results: benchmarks/results/learning_curve_<recipe>.json
+(points of other sizes already there, measured with the same settings on the same machine, are kept).
 """
 
 from __future__ import annotations
@@ -75,9 +76,16 @@ def main() -> None:
         low, high = point["accuracy_ci95"]
         print(f"{size:>6} questions, {point['curated']:>5} rationales: {point['accuracy']:.0%} ({low:.0%}-{high:.0%}), "
               f"train {point['train_s']} s, teacher calls {point['teacher_calls']}", flush=True)
-    result = {"benchmark": "learning_curve", "recipe": args.recipe, "machine": machine(), "date": time.strftime("%Y-%m-%d"),
-              "settings": [*args.settings, *extra], "points": points}
     out = ROOT / "benchmarks" / "results" / f"learning_curve_{Path(args.recipe).stem}.json"
+    settings = [*args.settings, *extra]
+    if out.exists():  # points of other sizes measured earlier with the same settings stay in the curve
+        earlier = json.loads(out.read_text())
+        if earlier.get("settings") == settings and earlier.get("machine") == machine():
+            measured = {point["questions"] for point in points}
+            points = sorted([p for p in earlier["points"] if p["questions"] not in measured] + points,
+                            key=lambda point: point["questions"])
+    result = {"benchmark": "learning_curve", "recipe": args.recipe, "machine": machine(), "date": time.strftime("%Y-%m-%d"),
+              "settings": settings, "points": points}
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {out}")
     if args.into:

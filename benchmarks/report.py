@@ -11,6 +11,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 START, END = "<!-- benchmarks:start -->", "<!-- benchmarks:end -->"
 RUN_START, RUN_END = "<!-- default-run:start -->", "<!-- default-run:end -->"
+REAL_START, REAL_END = "<!-- real-teacher:start -->", "<!-- real-teacher:end -->"
 
 
 def rows() -> list[str]:
@@ -176,6 +177,20 @@ def rows() -> list[str]:
                     f"{before['tokens_per_s']} tokens/s | {run['ratio_kv']}× KV memory | {run['ratio_time']}× the time; "
                     f"identical completions: {run['identical_completions']} |"
                 )
+        elif name == "learning_curve":
+            points = ", ".join(f"{p['questions']} q ({p['curated']} rationales): {p['accuracy']:.0%} "
+                               f"({p['accuracy_ci95'][0]:.0%}–{p['accuracy_ci95'][1]:.0%})" for p in result["points"])
+            lines.append(f"| learning curve, `{result['recipe']}` recipe retrained on N training questions | {result['machine']} "
+                         f"| {result['date']} | {points} | – | – | held-out accuracy of the student; train seconds: "
+                         f"{', '.join(str(p['train_s']) for p in result['points'])} |")
+        elif name == "teacher_speed":
+            fp32, int8 = result["results"]["float32"], result["results"]["int8"]
+            lines.append(f"| local teacher decode, {result['model']} ({result['prompts']} multistep-arithmetic prompts, "
+                         f"{result['max_tokens']} max tokens, batch {result['batch_size']}) | {result['machine']} | {result['date']} "
+                         f"| int8: {int8['tokens_per_s']} tokens/s, {int8['peak_rss_mb']:,} MB peak RSS, accuracy {int8['accuracy']:.0%} "
+                         f"| fp32: {fp32['tokens_per_s']} tokens/s, {fp32['peak_rss_mb']:,} MB, accuracy {fp32['accuracy']:.0%} "
+                         f"| {result['int8_speedup']}× | load {int8['load_s']} s vs {fp32['load_s']} s; identical completions: "
+                         f"{result['identical_completions']:.0%} |")
         elif name == "generate_hf":
             for prompt_set, label in (("task", "task prompts, short answers"), ("long", "open-ended prompts, decode-bound")):
                 part = result[prompt_set]
@@ -201,11 +216,11 @@ def loss_row(result: dict) -> str:
             f"| {result['ratio_time']}× the time; loss and both gradients agree: {all(result['loss_and_gradients_agree'].values())} |")
 
 
-def default_run() -> list[str]:
-    """The quickstart's result table, from benchmarks/results/default_recipe.json."""
-    path = ROOT / "benchmarks" / "results" / "default_recipe.json"
+def default_run(name: str = "default_recipe.json") -> list[str]:
+    """A recipe's result table (the quickstart's, the real teacher's), from benchmarks/results/NAME."""
+    path = ROOT / "benchmarks" / "results" / name
     if not path.exists():
-        return ["(run `python benchmarks/default_recipe.py` to measure)"]
+        return [f"(run `python benchmarks/default_recipe.py` to measure: results/{name})"]
     result = json.loads(path.read_text())
     budget = result.get("max_tokens")
     lines = [f"Measured on {result['date']} ({result['machine']}): {result['wall_s'] / 60:.1f} minutes from an empty run directory.", "",
@@ -222,6 +237,15 @@ def default_run() -> list[str]:
         low, high = generous["accuracy_ci95"]
         lines.append(f"| base, {generous['max_tokens']} tokens | {generous['accuracy']:.0%} | {low:.0%}–{high:.0%} "
                      f"| {generous['truncation_rate']:.0%} |")
+    stages = result.get("stage_seconds") or {}
+    if stages:
+        lines += ["", "Stages: " + ", ".join(f"{stage} {seconds / 60:.1f} min" for stage, seconds in stages.items()
+                                         if seconds >= 6) + "."]
+    paired = result.get("paired")
+    if paired and paired.get("recovered") is not None and paired.get("recovered_ci95"):
+        low, high = paired["recovered_ci95"]
+        lines += ["", f"The student recovered **{paired['recovered']:.0%} ({low:.0%}–{high:.0%})** of the teacher's lead over "
+                      f"the base (95% paired bootstrap over {paired['questions']} questions)."]
     return lines
 
 
@@ -235,8 +259,9 @@ def main() -> None:
     readme = ROOT / "README.md"
     text = replace_block(readme.read_text(), START, END, rows())
     text = replace_block(text, RUN_START, RUN_END, default_run())
+    text = replace_block(text, REAL_START, REAL_END, default_run("real_teacher.json"))
     readme.write_text(text)
-    print("\n".join(rows() + [""] + default_run()))
+    print("\n".join(rows() + [""] + default_run() + [""] + default_run("real_teacher.json")))
 
 
 if __name__ == "__main__":
