@@ -105,6 +105,28 @@ def test_report_has_every_section(tiny_run):
         assert flagged == (summary["truncation_rate"] > 0.2), label
 
 
+def test_report_states_recovered_with_an_interval_and_draws_a_learning_curve(tiny_run, tmp_path):
+    import shutil
+
+    from tutorlm.report import paired_intervals, report
+
+    _, run, _ = tiny_run
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    paired = paired_intervals(copy / "eval")
+    assert paired is not None and paired["questions"] == 6  # base, student and the teacher answered the same 6
+    curve = {"benchmark": "learning_curve", "date": "2026-11-26", "points": [
+        {"questions": 10, "curated": 9, "accuracy": 0.1, "accuracy_ci95": [0.02, 0.4], "train_s": 3.0},
+        {"questions": 30, "curated": 27, "accuracy": 0.5, "accuracy_ci95": [0.3, 0.7], "train_s": 9.0}]}
+    (copy / "learning_curve.json").write_text(json.dumps(curve))
+    report(copy)
+    text = (copy / "report.md").read_text()
+    assert "## Learning curve" in text and "| 30 | 27 | 50.0% | 30.0%–70.0% | 9.0 |" in text
+    assert (copy / "learning_curve.png").stat().st_size > 1000
+    assert paired["recovered"] is not None  # the reference teacher (100%) leads the random tiny base
+    assert "95% paired bootstrap over 6 questions" in text
+
+
 def test_truncation_warnings_name_each_model_over_the_threshold():
     from tutorlm.report import truncation_warnings
 

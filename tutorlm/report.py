@@ -173,6 +173,8 @@ def plot(data: dict[str, Any], directory: Path) -> dict[str, Path]:
             if data.get(label):
                 axis.axhline(data[label]["accuracy"] * 100, color=color, linestyle="--", label=label)
         axis.set_xscale("log")
+        axis.set_xticks(sizes, [str(size) for size in sizes])
+        axis.minorticks_off()
         axis.set_xlabel("training questions")
         axis.set_ylabel("held-out accuracy (%)")
         axis.set_ylim(0, 105)
