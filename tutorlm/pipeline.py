@@ -23,16 +23,16 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from tutorlm.backends import make_backend
 from tutorlm import throughput
+from tutorlm.backends import make_backend
 from tutorlm.cache import Cache, cache_keys, default_cache_path
 from tutorlm.config import ConfigError, Recipe
-from tutorlm.errors import ModelError
 from tutorlm.curate import CURATED, curate, curate_stage_config
+from tutorlm.errors import ModelError
 from tutorlm.evaluate import eval_requests, evaluate, print_table, resolve_spec
 from tutorlm.generate import TRACES, generate, generate_stage_config, plan, sampling_of
-from tutorlm.report import paired_intervals, recovered_text, report
 from tutorlm.models import pick_device
+from tutorlm.report import paired_intervals, recovered_text, report
 from tutorlm.run import RunDir
 from tutorlm.tasks import load_task
 
