@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from tutorlm import __version__
@@ -87,7 +88,6 @@ def _task_recipe(args: argparse.Namespace, extra: list[str]) -> Any:
 
 
 def cmd_tasks_show(args: argparse.Namespace, extra: list[str]) -> int:
-    from rich.markup import escape
     from rich.panel import Panel
 
     from tutorlm.tasks import format_question, load_task
@@ -226,6 +226,10 @@ def _eval_tasks(args: argparse.Namespace, extra: list[str]) -> int:
         else:
             settings += [("run.name", f"eval-{stem}")]
         recipes.append(load_recipe(args.recipe, settings))
+    from tutorlm.tasks import load_task
+
+    for recipe in recipes:  # every task is checked before the first is evaluated
+        load_task(recipe.task)
     specs = args.model or base.eval.models
     if not specs:
         raise ConfigError("command line: name at least one model with --model (e.g. --model base --model student)")
@@ -561,10 +565,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.handler(args, settings)
     except TutorlmError as error:
-        error_console.print(f"[red]error:[/red] {error}", highlight=False, soft_wrap=True)
+        error_console.print(f"[red]error:[/red] {escape(str(error))}", highlight=False, soft_wrap=True)
         return error.exit_code
     except FileNotFoundError as error:
-        error_console.print(f"[red]error:[/red] {error}", highlight=False, soft_wrap=True)
+        error_console.print(f"[red]error:[/red] {escape(str(error))}", highlight=False, soft_wrap=True)
         return 2
     except KeyboardInterrupt:
         error_console.print("interrupted")

@@ -100,10 +100,13 @@ def run_pipeline(recipe: Recipe, *, force: set[str] = frozenset(), console: Cons
 
 
 def check_models(recipe: Recipe) -> None:
-    """Local models the run will need later (the student, a KD teacher) exist, before any stage spends time."""
+    """Local models the run will need (a local teacher, the student, a KD teacher) exist, before any stage spends
+    time or writes anything."""
     from tutorlm.models import resolve_model
 
     specs = [("student.model", recipe.student.model, recipe.student.gguf_file)]
+    if recipe.teacher.backend == "hf" and recipe.teacher.model:
+        specs.insert(0, ("teacher.model", recipe.teacher.model, recipe.teacher.gguf_file))
     if recipe.train.objective != "sft" and recipe.train.kd_teacher:
         specs.append(("train.kd_teacher", recipe.train.kd_teacher, None))
     for key, spec, gguf_file in specs:
