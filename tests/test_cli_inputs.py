@@ -219,3 +219,15 @@ def test_dry_run_estimates_time_from_speeds_measured_on_this_machine(tmp_path, c
     out = capsys.readouterr().out
     assert re.search(r"3 teacher calls \(0 cached\); ~\d+s \([\d,]+ tokens/s measured here", out), out
     assert "teacher: 0 to generate" in out  # the eval above cached the teacher's answers
+
+
+def test_a_missing_local_teacher_stops_the_run_before_anything_is_written(tmp_path, capsys, monkeypatch):
+    from tutorlm import models
+
+    monkeypatch.setitem(models.CHUNKED, "not-installed-teacher", ("no-such-package-part", 3, "no-such-extra"))
+    out = tmp_path / "run"
+    assert main(["run", "--teacher.backend", "hf", "--teacher.model", "not-installed-teacher", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "teacher.model: model 'not-installed-teacher': 3 of its 3 packages are not installed" in err
+    assert 'pip install -e ".[no-such-extra]"' in err  # brackets printed as written, not read as markup
+    assert not out.exists()
