@@ -224,10 +224,10 @@ def evaluate_tasks(recipes: list[Recipe], specs: list[str], *, force: bool = Fal
     table.add_column("model")
     for source in results:
         table.add_column(source, justify="right")
-    for index, label in enumerate(labels):
+    for label in labels:  # the same specs give the same labels on every task
         cells = []
         for by_label in results.values():
-            summary = list(by_label.values())[index]
+            summary = by_label[label]
             low, high = summary["accuracy_ci95"]
             cells.append(f"{summary['accuracy']:.0%} ({low:.0%}–{high:.0%})")
         table.add_row(label, *cells)

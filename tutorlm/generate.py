@@ -164,6 +164,7 @@ def _generate(recipe: Recipe, run: RunDir, force: bool, console: Console) -> dic
     started = time.perf_counter()
 
     example_by_id = {example.id: example for example in plan_.examples}
+    built: dict[int, dict[str, Any]] = {}  # rows of the calls made now, by request: built once, written twice
     partial_path = run.path / PARTIAL
     with run.record("generate", stage_config, {}, resolved=to_dict(recipe)) as record, \
             _progress(console, len(plan_.requests)) as progress, partial_path.open("a", encoding="utf-8") as partial:
@@ -173,7 +174,8 @@ def _generate(recipe: Recipe, run: RunDir, force: bool, console: Console) -> dic
                 counts["failed"] += 1
             else:
                 counts["made"] += 1
-                row = _trace_row(example_by_id[request.example_id], request, result, plan_, backend, cached=False)
+                row = built[id(request)] = _trace_row(example_by_id[request.example_id], request, result, plan_, backend,
+                                                      cached=False)
                 partial.write(json.dumps(row, ensure_ascii=False) + "\n")
                 partial.flush()
                 counts["prompt_tokens"] += result.prompt_tokens
@@ -184,7 +186,7 @@ def _generate(recipe: Recipe, run: RunDir, force: bool, console: Console) -> dic
 
         try:
             keys, results, cached = run_cached(backend, plan_.requests, sampling, cache, on_result,
-                                               on_start=lambda hits: (progress.fields.update(hits=hits), progress.start(hits)))
+                                               on_start=lambda hits: progress.start(hits, hits=hits))
         finally:
             if cache is not None:
                 cache.close()
@@ -197,7 +199,8 @@ def _generate(recipe: Recipe, run: RunDir, force: bool, console: Console) -> dic
         completions = {key: result for key, result in results.items() if isinstance(result, Completion)}
 
         rows = [
-            _trace_row(example_by_id[request.example_id], request, completions[key], plan_, backend, cached=key in cached)
+            built.get(id(request)) or _trace_row(example_by_id[request.example_id], request, completions[key], plan_, backend,
+                                                 cached=key in cached)
             for key, request in zip(keys, plan_.requests) if key in completions
         ]
         traces_path = run.path / TRACES

@@ -67,9 +67,10 @@ class StageProgress:
         elif self.total and self.completed > self._baseline:
             self._line()
 
-    def start(self, done_before: int) -> None:
-        """Work found done before this process started (cache hits, a checkpoint)."""
+    def start(self, done_before: int, **fields: Any) -> None:
+        """Work found done before this process started (cache hits, a checkpoint), and fields to show."""
         self.completed = self._baseline = done_before
+        self.fields.update(fields)
         if self._progress is not None:
             self._progress.update(self._bar, completed=done_before, **self.fields)
         else:
