@@ -38,6 +38,13 @@ def test_default_recipe_runs_offline_with_the_packaged_student():
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("pipeline")
+    with pytest.MonkeyPatch.context() as patch:  # module-scoped: conftest's per-test cache directory is not set yet
+        (root / "tutorlm-cache").mkdir()
+        patch.setenv("TUTORLM_CACHE_DIR", str(root / "tutorlm-cache"))
+        return _tiny_run(root)
+
+
+def _tiny_run(root):
     model_dir = save_tiny_model(root / "tiny-model")
     recipe = Recipe(
         run=RunConfig(name="run", output_dir=str(root)), task=TaskConfig(source="coin_flip", options={"num_people": 2}),
