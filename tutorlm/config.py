@@ -200,11 +200,37 @@ class StudentConfig(ModelConfig):
 class TrainConfig:
     """Supervised fine-tuning of the student on curated rationales (Fine-tune-CoT; Ho et al. 2023)."""
 
-    objective: Literal["sft", "kd", "on_policy"] = option(
+    objective: Literal["sft", "kd", "on_policy", "grpo"] = option(
         "sft", "sft: cross-entropy on the teacher's rationales (Fine-tune-CoT); kd: match the teacher's next-token "
         "distributions on them (Hinton et al. 2015), from a stored top-k or a local teacher (see kd_source); on_policy: "
         "the student samples and the teacher grades every token it wrote (GKD, MiniLLM; a local teacher, kd_teacher, "
-        "or the recipe's openai teacher on a server that echoes prompt log-probabilities; see on_policy_*)")
+        "or the recipe's openai teacher on a server that echoes prompt log-probabilities; see on_policy_*); grpo: "
+        "reinforcement learning from the verifier on the curated questions (GRPO, Shao et al. 2024; see grpo_*), with "
+        "an optional teacher term (KDRL, grpo_teacher_weight)")
+    grpo_group_size: int = option(8, "grpo: samples per question (G); advantages are relative to the group")
+    grpo_max_tokens: int = option(256, "grpo: the longest completion the student samples")
+    grpo_temperature: float = option(1.0, "grpo: the student's sampling temperature")
+    grpo_scale_rewards: Literal["group", "batch", "none"] = option(
+        "group", "grpo: divide advantages by the group's reward std (GRPO), the batch's, or not at all (Dr. GRPO)")
+    grpo_loss_aggregation: Literal["token", "sequence"] = option(
+        "token", "grpo: token = mean over every sampled token of the batch (DAPO); sequence = mean over each sample's "
+        "tokens, then over samples (the original GRPO: long samples weigh less per token)")
+    grpo_epsilon_low: float = option(0.2, "grpo: the ratio is clipped below at 1 - epsilon_low")
+    grpo_epsilon_high: float = option(0.2, "grpo: the ratio is clipped above at 1 + epsilon_high (DAPO's clip-higher: 0.28)")
+    grpo_iterations: int = option(1, "grpo: optimizer steps on each sampled batch (mu); > 1 uses importance ratios and "
+                                      "clipping, and needs grad_accum 1")
+    grpo_beta: float = option(0.0, "grpo: weight of the KL to the reference model (the starting student; k3 estimator); "
+                                    "0 keeps no reference model in memory")
+    grpo_skip_equal: bool = option(True, "grpo: leave out of the update the groups whose rewards are all equal (their "
+                                          "advantages are 0: they only cost compute)")
+    grpo_refill: int = option(0, "grpo: rounds of extra questions (drawn from the curated questions) sampled to replace "
+                                  "left-out groups (DAPO's dynamic sampling)")
+    grpo_format_reward: float = option(0.0, "grpo: reward added when the completion states a final answer (right or wrong)")
+    grpo_overlong_penalty: float = option(0.0, "grpo: reward subtracted when the completion hits grpo_max_tokens unfinished")
+    grpo_length_penalty: float = option(0.0, "grpo: reward subtracted per completion token / grpo_max_tokens")
+    grpo_teacher_weight: float = option(
+        0.0, "grpo: weight of the teacher term (KDRL): a reverse KL of the student's samples to the teacher, graded by "
+        "the teacher as on_policy's sampled loss does (train.kd_teacher or the recipe's hf/openai teacher)")
     on_policy_loss: Literal["sampled", "divergence"] = option(
         "sampled", "on_policy: sampled = reverse KL on the sampled tokens, each token's advantage -(log p_student - "
         "log p_teacher) in a policy-gradient loss (MiniLLM, Thinking Machines; needs only the teacher's log-prob of each "
@@ -287,6 +313,18 @@ class TrainConfig:
             raise ValueError(f"on_policy_reward_weight must be >= 0, got {self.on_policy_reward_weight}")
         if self.on_policy_reward_weight and self.on_policy_loss != "sampled":
             raise ValueError("on_policy_reward_weight adds to the sampled loss's advantages; set on_policy_loss sampled")
+        if self.grpo_group_size < 2:
+            raise ValueError(f"grpo_group_size must be at least 2 (advantages are relative to the group), got {self.grpo_group_size}")
+        if self.grpo_max_tokens < 1 or self.grpo_temperature <= 0 or self.grpo_iterations < 1 or self.grpo_refill < 0:
+            raise ValueError("grpo_max_tokens and grpo_iterations must be at least 1, grpo_temperature positive and "
+                             "grpo_refill >= 0")
+        if not (0 <= self.grpo_epsilon_low < 1 and self.grpo_epsilon_high >= 0):
+            raise ValueError("grpo_epsilon_low must be in [0, 1) and grpo_epsilon_high >= 0")
+        if min(self.grpo_beta, self.grpo_teacher_weight, self.grpo_format_reward, self.grpo_overlong_penalty,
+               self.grpo_length_penalty) < 0:
+            raise ValueError("grpo_beta, grpo_teacher_weight and the grpo reward terms must be >= 0")
+        if self.objective == "grpo" and self.grpo_iterations > 1 and self.grad_accum != 1:
+            raise ValueError("grpo_iterations > 1 reuses one sampled micro-batch for several optimizer steps: set grad_accum 1")
 
     @property
     def learning_rate(self) -> float:

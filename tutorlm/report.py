@@ -18,7 +18,7 @@ from typing import Any
 from tutorlm import metrics
 from tutorlm.run import RunDir, atomic_write_text
 
-FIGURES = {"accuracy": "accuracy.png", "funnel": "funnel.png", "loss": "loss.png", "on_policy": "on_policy.png",
+FIGURES = {"accuracy": "accuracy.png", "funnel": "funnel.png", "loss": "loss.png", "on_policy": "on_policy.png", "rl": "rl.png",
            "learning_curve": "learning_curve.png"}
 
 
@@ -161,6 +161,21 @@ def plot(data: dict[str, Any], directory: Path) -> dict[str, Path]:
         right.set_title("student vs teacher, per step")
         right.legend()
         written["on_policy"] = _save(figure, directory / FIGURES["on_policy"])
+    rl = [row for row in data["log"] if "reward_mean" in row]
+    if rl:  # GRPO: what the student's samples earned, per step
+        steps = [row["step"] for row in rl]
+        figure, axis = plt.subplots(figsize=(6, 3.2))
+        axis.plot(steps, [row["reward_mean"] for row in rl], color="#2f80ed", alpha=0.5, label="mean reward")
+        axis.plot(steps, [row["sample_accuracy"] for row in rl], color="#27ae60", alpha=0.5, label="sample accuracy")
+        window = max(1, len(rl) // 10)
+        if window > 1:
+            smooth = [sum(row["sample_accuracy"] for row in rl[max(0, i - window + 1):i + 1]) / len(rl[max(0, i - window + 1):i + 1])
+                      for i in range(len(rl))]
+            axis.plot(steps, smooth, color="#27ae60", linewidth=2, label=f"accuracy, mean of {window} steps")
+        axis.set_xlabel("optimizer step")
+        axis.set_title("GRPO: the student's samples")
+        axis.legend()
+        written["rl"] = _save(figure, directory / FIGURES["rl"])
     curve = (data.get("learning_curve") or {}).get("points")
     if curve:  # benchmarks/learning_curve.py --into RUN: accuracy against training questions
         figure, axis = plt.subplots(figsize=(6, 3.2))
@@ -282,6 +297,17 @@ def markdown(data: dict[str, Any], figures: dict[str, Path]) -> str:
                           f"{totals['teacher_cache_hits']} came from the cache."]
         if "on_policy" in figures:
             lines += ["", f"![on-policy]({figures['on_policy'].name})"]
+        totals = train.get("grpo_totals")
+        if totals:
+            accuracy = totals["sample_accuracy"]
+            lines += ["", f"GRPO: the student sampled {totals['samples']} completions in {totals['sampled_batches']} batches "
+                          f"({totals['sample_tokens']} tokens, {totals['sampling_s']:.0f} s), "
+                          f"{_percent(accuracy) if accuracy is not None else 'none'} of them right; "
+                          f"{totals['all_equal_groups']} of {totals['groups']} groups had all-equal rewards"
+                          + (f" and {totals['all_equal_batches']} batches made no update" if totals["all_equal_batches"] else "")
+                          + "."]
+        if "rl" in figures:
+            lines += ["", f"![grpo]({figures['rl'].name})"]
     else:
         lines.append("No training recorded.")
     curve = data.get("learning_curve")

@@ -1,11 +1,11 @@
-"""Stage 3, train: the training loop every objective shares (`train.objective: sft | kd | on_policy`).
+"""Stage 3, train: the training loop every objective shares (`train.objective: sft | kd | on_policy | grpo`).
 
     tutorlm train --out runs/letters [--train.objective kd] [--train.method lora] [--train.epochs 2] [--resume]
     accelerate launch --multi_gpu --num_processes 8 -m tutorlm train --out runs/letters     # data parallel on GPUs
     ACCELERATE_USE_CPU=true torchrun --nproc_per_node 2 -m tutorlm train --out runs/letters # data parallel on CPUs
 
 This file is the plumbing; what a step computes lives in one file per objective (train/sft.py,
-train/kd.py, train/on_policy.py), behind the small `Objective` interface below: `prepare` once, before the loop (load a
+train/kd.py, train/on_policy.py, train/grpo.py), behind the small `Objective` interface below: `prepare` once, before the loop (load a
 teacher, attach targets to the examples, return what the manifest should record), then `loss` on
 each micro-batch. Everything else is here and is the same for every objective:
 
@@ -73,9 +73,20 @@ def objective_for(recipe: Recipe) -> Objective:
         from tutorlm.train.on_policy import OnPolicy
 
         return OnPolicy(recipe)
+    if recipe.train.objective == "grpo":
+        from tutorlm.train.grpo import GRPO
+
+        return GRPO(recipe)
     from tutorlm.train.sft import SFT
 
     return SFT()
+
+
+def _with_update_s(entry: dict[str, Any], step_s: float) -> dict[str, Any]:
+    """An objective that samples or asks a teacher logs those seconds; the rest of the step is the update."""
+    if "sampling_s" in entry or "scoring_s" in entry:
+        entry["update_s"] = round(max(0.0, step_s - entry.get("sampling_s", 0.0) - entry.get("scoring_s", 0.0)), 3)
+    return entry
 
 
 def split_held_out(rows: list[dict[str, Any]], fraction: float, cap: int) -> tuple[list[dict], list[dict]]:
@@ -136,7 +147,8 @@ def rank_share(order: list, accelerator: Any) -> list:
 def train_stage_config(recipe: Recipe) -> dict[str, Any]:
     student = {key: value for key, value in to_dict(recipe.student).items() if key not in ("device", "dtype")}  # eval-only
     config = {"student": student, "train": to_dict(recipe.train)}
-    if recipe.train.objective in ("kd", "on_policy"):  # the teacher decides the targets: another teacher is another run
+    if recipe.train.objective in ("kd", "on_policy") or (recipe.train.objective == "grpo" and recipe.train.grpo_teacher_weight):
+        # the teacher decides the targets: another teacher is another run
         teacher = to_dict(recipe.teacher)
         config["teacher"] = {key: teacher[key] for key in ("backend", "model", "gguf_file", "dtype")}
     return config
@@ -330,7 +342,7 @@ def train(recipe: Recipe, *, resume: bool = False, force: bool = False, console:
                                    "lr": scheduler.get_last_lr()[0], "grad_norm": round(float(grad_norm), 5),
                                    "tokens_per_s": round(tokens_per_s, 1), "tokens_seen": state["tokens_seen"],
                                    "elapsed_s": round(now - started, 2), "step_s": round(window_step_s, 3),
-                                   **(objective.log() if hasattr(objective, "log") else {})})
+                                   **_with_update_s(objective.log() if hasattr(objective, "log") else {}, window_step_s)})
                         window_step_s = 0.0
                     if held_out and (state["step"] % config.eval_every == 0 or state["step"] == total_steps):
                         last_eval = evaluate_loss(model, held_out, config.batch_size, config.packing, pad_token_id, accelerator.device)

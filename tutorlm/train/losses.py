@@ -5,6 +5,9 @@
     divergence(student_logprobs, teacher_logprobs, kind, beta)         per-token KD divergences, (N, V) -> (N,)
     topk_divergence(student_logprobs, teacher_ids, teacher_logprobs)   the same against a stored top-k + tail
     linear_kd_loss(student_hidden, student_weight, teacher, ...)       chunked KD from hidden states (full or top-k teacher)
+    group_advantages(rewards, group_size, scale)                       GRPO: rewards relative to their group, (B*G,) -> (B*G,)
+    clipped_surrogate(logprobs, old_logprobs, advantages, eps_low, eps_high)  PPO/GRPO per-token loss and its gradient weight
+    k3_kl(logprobs, ref_logprobs)                                      per-token KL(policy || reference) estimate (Schulman's k3)
 
 Divergences (p = teacher, q = student, both over the vocabulary at one position):
 - `forward_kl`  KL(p || q) = Σ p (log p − log q): mean-seeking; Hinton's distillation loss.
@@ -64,22 +67,29 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: to
 
 
 @torch.no_grad()
-def linear_token_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(log-prob of each target, the most likely token) under `hidden @ weight.T`, a chunk of rows at a time, without
-    gradients; (N, H), (V, H), (N,) -> (N,) float32, (N,) long."""
+def linear_token_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, *, entropy: bool = False
+                          ) -> tuple[torch.Tensor, ...]:
+    """(log-prob of each target, the most likely token[, the entropy of the distribution]) under `hidden @ weight.T`,
+    a chunk of rows at a time, without gradients; (N, H), (V, H), (N,) -> (N,) float32, (N,) long[, (N,) float32]."""
     device = hidden.device.type
     dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else weight.dtype
     chunk = max(1, LOGITS_PER_CHUNK // weight.shape[0])
-    logprobs, best = [], []
+    logprobs, best, entropies = [], [], []
     with torch.autocast(device, enabled=False):
         for start in range(0, hidden.shape[0], chunk):
             logits = (hidden[start:start + chunk].to(dtype) @ weight.to(dtype).T).float()  # (c, V)
             target = targets[start:start + chunk, None]
-            logprobs.append((logits.gather(1, target)[:, 0] - torch.logsumexp(logits, dim=-1)))
+            log_norm = torch.logsumexp(logits, dim=-1)
+            logprobs.append((logits.gather(1, target)[:, 0] - log_norm))
             best.append(logits.argmax(-1))
+            if entropy:
+                log_p = logits.sub_(log_norm[:, None])
+                entropies.append(-(log_p.exp() * log_p).sum(-1))
     if not logprobs:
-        return hidden.new_zeros(0, dtype=torch.float32), targets.new_zeros(0)
-    return torch.cat(logprobs), torch.cat(best)
+        empty = (hidden.new_zeros(0, dtype=torch.float32), targets.new_zeros(0))
+        return (*empty, hidden.new_zeros(0, dtype=torch.float32)) if entropy else empty
+    result = (torch.cat(logprobs), torch.cat(best))
+    return (*result, torch.cat(entropies)) if entropy else result
 
 
 LOGITS_PER_CHUNK = 2**26  # elements of one chunk's float32 logits (256 MB)
@@ -270,3 +280,51 @@ def linear_kd_loss(
         else:
             total = total + chunk_loss(student_hidden[start:end], student_weight, *teacher)
     return total * temperature**2 / rows
+
+
+# ---------------------------------------------------------------------------------------------------
+# Policy gradient (GRPO)
+# ---------------------------------------------------------------------------------------------------
+
+
+def group_advantages(rewards: torch.Tensor, group_size: int, scale: Literal["group", "batch", "none"] = "group",
+                     eps: float = 1e-4) -> torch.Tensor:
+    """GRPO's advantages: each reward minus its group's mean; (B*G,) with each group's G samples adjacent -> (B*G,).
+
+    scale `group` divides by the group's standard deviation (+ eps; Shao et al. 2024), `batch` by the whole batch's
+    (Hu et al., REINFORCE++), `none` not at all (Dr. GRPO, Liu et al. 2025: the std division weights questions that are
+    nearly solved or nearly failed more). The standard deviation is the unbiased one, as TRL's. A group whose rewards are
+    all equal gets advantages 0 under every scale (no division by zero).
+    """
+    grouped = rewards.float().view(-1, group_size)  # (B, G)
+    centred = grouped - grouped.mean(dim=1, keepdim=True)
+    if scale == "group":
+        centred = centred / (grouped.std(dim=1, keepdim=True, unbiased=group_size > 1).nan_to_num(0.0) + eps)
+    elif scale == "batch":
+        centred = centred / (rewards.float().std(unbiased=rewards.numel() > 1).nan_to_num(0.0) + eps)
+    return centred.flatten()
+
+
+def clipped_surrogate(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor, eps_low: float = 0.2,
+                      eps_high: float = 0.2) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """PPO's clipped objective per token, with separate low/high clip ranges (DAPO's clip-higher); all (N,).
+
+    Returns (loss = −min(ρA, clip(ρ, 1−eps_low, 1+eps_high) A), the gradient weight, whether the token was clipped),
+    ρ = exp(logprobs − old_logprobs). The gradient of the loss with respect to log π(x_t) is −weight_t, weight =
+    A ρ where the unclipped term is the minimum and 0 where the clipped one is: `linear_cross_entropy` with these as
+    row weights has exactly the surrogate's gradient. Nothing here carries gradients.
+    """
+    ratio = torch.exp(logprobs.detach() - old_logprobs.detach())
+    unclipped = ratio * advantages
+    clipped_value = torch.clamp(ratio, 1.0 - eps_low, 1.0 + eps_high) * advantages
+    clipped = clipped_value < unclipped  # the clipped term is the smaller: no gradient through ρ
+    loss = -torch.minimum(unclipped, clipped_value)
+    return loss, torch.where(clipped, torch.zeros_like(unclipped), unclipped), clipped
+
+
+def k3_kl(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token estimate of KL(policy || reference) on the policy's samples, exp(r − l) − (r − l) − 1 ≥ 0 with
+    l, r the two log-probs of the sampled token (Schulman's k3, as GRPO uses); (N,), (N,) -> (value, gradient weight).
+    Its gradient with respect to l is 1 − exp(r − l) = −weight, weight = exp(r − l) − 1."""
+    difference = ref_logprobs.detach() - logprobs.detach()
+    return torch.exp(difference) - difference - 1.0, torch.exp(difference) - 1.0

@@ -190,6 +190,22 @@ class OnPolicy:
 
     def prepare(self, recipe: Any, model: Any, tokenizer: Any, rows: list[dict[str, Any]], examples: list[Tokenized],
                 device: Any, console: Any) -> dict[str, Any]:
+        config = self.config
+        where, stats = self.setup_grader(recipe, model, tokenizer, rows, examples, device, sampled=config.on_policy_loss == "sampled")
+        loss = ("reverse KL on the sampled tokens" + (f" + {config.on_policy_reward_weight} x the verifier's reward"
+                                                      if config.on_policy_reward_weight else "")
+                if config.on_policy_loss == "sampled" else
+                f"{config.kd_divergence} (beta {config.kd_beta}) against the teacher's "
+                + ("full distribution" if self.teacher is not None else f"top-{self.k}"))
+        console.print(f"on_policy: teacher {where}; the student samples for a share {config.on_policy_lambda} of "
+                      f"micro-batches, up to {config.on_policy_max_tokens} tokens at temperature "
+                      f"{config.on_policy_temperature}; loss: {loss}; grades cached in {recipe.run.path / SCORES}")
+        return {"on_policy": {"lambda": config.on_policy_lambda, "loss": config.on_policy_loss, **stats}}
+
+    def setup_grader(self, recipe: Any, model: Any, tokenizer: Any, rows: list[dict[str, Any]], examples: list[Tokenized],
+                     device: Any, sampled: bool) -> tuple[str, dict[str, Any]]:
+        """Load or connect the teacher that grades the student's samples; (where it is, what the manifest records).
+        `sampled`: only the teacher's log-prob of each sampled token is needed (no top-k, no full distribution)."""
         from tutorlm.cache import Cache
         from tutorlm.tasks import load_task
 
@@ -200,13 +216,13 @@ class OnPolicy:
         self.rows_by_prompt = {tuple(example.input_ids[:_prompt_length(example.labels)]): rows_by_id.get(example.example_id)
                                for example in examples}
         self.stop_ids = stop_ids(model, tokenizer)
-        stats: dict[str, Any] = {"lambda": config.on_policy_lambda, "loss": config.on_policy_loss}
+        stats: dict[str, Any] = {}
         name = local_teacher(recipe)
         if name:
             local, teacher_tokenizer = _load_teacher(recipe, device)
             comparison = compare_tokenizers(tokenizer, teacher_tokenizer, _rows(model), _rows(local))
             self.grader = LocalGrader(local, teacher_tokenizer, tokenizer, comparison["same_vocabulary"], name, config.batch_size)
-            if comparison["same_vocabulary"] and config.on_policy_loss == "divergence":
+            if comparison["same_vocabulary"] and not sampled:
                 self.teacher = local
             where = f"{name} ({describe(comparison)})"
             stats["tokenizers"] = comparison
@@ -219,13 +235,13 @@ class OnPolicy:
             where = f"{teacher.model} on {teacher.base_url} (prompts rendered with {template} chat template)"
         else:
             raise PreflightError(
-                "train.objective on_policy needs a teacher to grade the student's samples: train.kd_teacher (a local "
-                "model), teacher.backend hf with teacher.model, or teacher.backend openai (a server that echoes prompt "
-                "log-probabilities, such as vLLM)")
-        if self.teacher is None and config.on_policy_loss == "divergence" and config.kd_temperature != 1.0:
+                f"train.objective {config.objective} needs a teacher to grade the student's samples: train.kd_teacher "
+                "(a local model), teacher.backend hf with teacher.model, or teacher.backend openai (a server that echoes "
+                "prompt log-probabilities, such as vLLM)")
+        if self.teacher is None and not sampled and config.kd_temperature != 1.0:
             raise PreflightError("train.kd_temperature must be 1 when the teacher is known by its top-k (a server or "
                                  "another vocabulary): a top-k cannot be re-tempered")
-        self.k = config.kd_top_k if config.on_policy_loss == "divergence" else 1
+        self.k = 1 if sampled else config.kd_top_k
         self.cache = Cache(recipe.run.path / SCORES)
         self.identity = {**self.grader.identity, "k": self.k, "student_tokenizer": [tokenizer.name_or_path, len(tokenizer)]}
         if isinstance(self.grader, RemoteGrader) and examples:  # the server must echo prompt log-probabilities
@@ -233,15 +249,7 @@ class OnPolicy:
             length = _prompt_length(example.labels)
             self.grade([example.input_ids[:length]], [example.input_ids[length:]])
             self.window, self.totals = {}, {}
-        loss = ("reverse KL on the sampled tokens" + (f" + {config.on_policy_reward_weight} x the verifier's reward"
-                                                      if config.on_policy_reward_weight else "")
-                if config.on_policy_loss == "sampled" else
-                f"{config.kd_divergence} (beta {config.kd_beta}) against the teacher's "
-                + ("full distribution" if self.teacher is not None else f"top-{self.k}"))
-        console.print(f"on_policy: teacher {where}; the student samples for a share {config.on_policy_lambda} of "
-                      f"micro-batches, up to {config.on_policy_max_tokens} tokens at temperature "
-                      f"{config.on_policy_temperature}; loss: {loss}; grades cached in {recipe.run.path / SCORES}")
-        return {"on_policy": stats}
+        return where, stats
 
     # -- one micro-batch ---------------------------------------------------------------------------
 
