@@ -87,3 +87,16 @@ def test_paired_bootstrap_of_accuracy_recovered():
     assert flat["recovered"] is None and flat["recovered_ci95"] is None and flat["undefined_resamples"] == 2000
     with pytest.raises(ValueError):
         metrics.paired_bootstrap([1.0], [1.0, 0.0], [1.0])
+
+
+def test_paired_difference_of_two_models_on_the_same_questions():
+    first = [1, 0, 0, 1, 0, 0, 1, 0, 0, 0] * 10
+    second = [1, 1, 0, 1, 0, 1, 1, 0, 0, 0] * 10  # right wherever the first is, and on 20 more
+    result = metrics.paired_difference(first, second)
+    assert result["difference"] == pytest.approx(0.2) and result["questions"] == 100
+    low, high = result["difference_ci95"]
+    assert 0 < low < 0.2 < high < 0.4 and result["p_not_better"] == 0.0
+    same = metrics.paired_difference(first, first)
+    assert same["difference"] == 0 and same["difference_ci95"] == [0, 0] and same["p_not_better"] == 1.0
+    with pytest.raises(ValueError, match="same length"):
+        metrics.paired_difference([1, 0], [1])

@@ -167,7 +167,11 @@ def dry_run(recipe: Recipe, *, console: Console | None = None) -> None:
     objective = recipe.train.objective
     length = f"{recipe.train.max_steps} steps" if recipe.train.max_steps else f"{recipe.train.epochs} epoch(s)"
     what = f"{recipe.train.method} fine-tuning of {recipe.student.model}, {length}, objective {objective}"
-    if objective != "sft":
+    if objective == "grpo":
+        config = recipe.train
+        what += (f" ({config.grpo_group_size} samples per question, {config.batch_size} questions per step, rewards from "
+                 "the verifier" + (f", teacher term {config.grpo_teacher_weight}" if config.grpo_teacher_weight else "") + ")")
+    elif objective != "sft":
         kd_teacher = recipe.train.kd_teacher or (teacher.model if teacher.backend == "hf" else None)
         what += f" ({'teacher ' + kd_teacher if kd_teacher else 'the top-k stored by generate'})"
     if not states["train"]:
