@@ -183,6 +183,31 @@ def rows() -> list[str]:
             lines.append(f"| learning curve, `{result['recipe']}` recipe retrained on N training questions | {result['machine']} "
                          f"| {result['date']} | {points} | – | – | held-out accuracy of the student; train seconds: "
                          f"{', '.join(str(p['train_s']) for p in result['points'])} |")
+        elif name == "levers":
+            base = result["baseline"]
+            for variant in result["variants"]:
+                difference = variant["vs_baseline"]
+                low, high = difference["difference_ci95"]
+                lines.append(
+                    f"| lever `{variant['name']}` on the `{result['recipe']}` recipe ({' '.join(variant['settings'])}), "
+                    f"{difference['questions']} test questions | {result['machine']} | {result['date']} "
+                    f"| {variant['accuracy']:.0%} ({variant['accuracy_ci95'][0]:.0%}–{variant['accuracy_ci95'][1]:.0%}), "
+                    f"{variant['curated']} rationales, train {variant['train_s']:.0f} s | the recipe: {base['accuracy']:.0%} "
+                    f"({base['accuracy_ci95'][0]:.0%}–{base['accuracy_ci95'][1]:.0%}), train {base['train_s']:.0f} s "
+                    f"| {difference['difference'] * 100:+.0f} points ({low * 100:+.0f} to {high * 100:+.0f}) "
+                    f"| paired bootstrap; not better in {difference['p_not_better']:.0%} of resamples; teacher calls "
+                    f"{variant['teacher_calls']} |")
+        elif name == "grpo_vs_trl":
+            sides, memory = result["sides"], result["memory_measure"]
+            ours, peer = sides.get("tutorlm"), sides.get("trl-grpo")
+            if ours and peer:
+                lines.append(
+                    f"| GRPO step, student {result['student']} ({result['dtype']}, {result['questions']} questions x "
+                    f"{result['group_size']} samples, {result['max_new_tokens']} sampled tokens, {result['loss']}) "
+                    f"| {result['machine']} | {result['date']} | {ours['step_s_median']} s per step, {ours[memory]:,} MB "
+                    f"(sampling {ours['sampling_share']:.0%} of the step) | TRL {result['trl_version']} GRPOTrainer: "
+                    f"{peer['step_s_median']} s, {peer[memory]:,} MB | {result['speedup_vs_trl']}× "
+                    f"(memory {result['memory_ratio_vs_trl']}×) | median of {result['steps'] - result['warmup_steps']} steps |")
         elif name == "teacher_speed":
             fp32, int8 = result["results"]["float32"], result["results"]["int8"]
             lines.append(f"| local teacher decode, {result['model']} ({result['prompts']} multistep-arithmetic prompts, "

@@ -60,7 +60,7 @@ from tutorlm.curate import CURATED
 from tutorlm.engine import Engine
 from tutorlm.errors import PreflightError
 from tutorlm.models import stop_ids
-from tutorlm.train.data import IGNORE, Tokenized, identity_head, labelled_positions
+from tutorlm.train.data import IGNORE, Tokenized, identity_head, labelled_positions, sft_loss
 from tutorlm.train.kd import _heads
 from tutorlm.train.losses import clipped_surrogate, group_advantages, k3_kl, linear_cross_entropy, linear_token_logprobs
 from tutorlm.train.on_policy import OnPolicy, _collate, _prompt_length, _text, prompts_of
@@ -141,6 +141,9 @@ class GRPO:
                 self.console.print(f"grpo: all rewards of a sampled batch were equal ({self.all_equal_steps} batch(es) so "
                                    "far): no update from it (raise grpo_group_size or the temperature, or use harder "
                                    "questions)")
+            if torch.distributed.is_available() and torch.distributed.is_initialized():
+                # every process must run the model's forward and backward for DDP: a zero loss through the whole model
+                return sft_loss(model, batch)[0] * 0.0, 0
             parameter = next(p for p in model.parameters() if p.requires_grad)
             return (parameter.sum() * 0.0), 0
         device = batch["input_ids"].device
