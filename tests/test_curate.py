@@ -121,3 +121,39 @@ def test_missing_traces_and_bad_rows(tmp_path):
     recipe = _run(tmp_path, [{"example_id": "a"}])
     with pytest.raises(DataError, match=r"traces\.jsonl:1: missing question, answer"):
         curate(recipe, console=QUIET)
+
+
+def test_preference_pairs_pair_kept_rationales_with_wrong_ones(tmp_path):
+    from tutorlm.curate import PAIRS
+
+    recipe = _run(tmp_path, HAND_MADE)
+    recipe.curate = CurateConfig(pairs=2)
+    out = tmp_path / "out.txt"
+    stats = curate(recipe, console=Console(file=out.open("w"), width=300))
+    pairs = [json.loads(line) for line in (tmp_path / "run" / PAIRS).read_text().splitlines()]
+    # a: one wrong answer (a#4); b: no answer (b#1; the truncated b#0 is no lesson); c: nothing wrong
+    assert [(p["chosen_id"], p["rejected_id"]) for p in pairs] == [("a#0", "a#4"), ("b#2", "b#1")]
+    assert pairs[0]["rejected"][0]["content"] == "The answer is 41." and pairs[0]["rejected_extracted"] == "41"
+    assert pairs[1]["rejected_extracted"] is None and pairs[0]["prompt"] == HAND_MADE[0]["prompt"]
+    assert stats["pairs"] == {"pairs": 2, "questions_with_pairs": 2, "questions_without_wrong": 1, "questions_without_right": 0}
+    printed = out.read_text()
+    assert "2 preference pairs from 2 questions" in printed and "1 question(s) with a right rationale had no wrong one" in printed
+    # pairs off again: no stale pairs file
+    recipe.curate = CurateConfig()
+    curate(recipe, console=QUIET)
+    assert not (tmp_path / "run" / PAIRS).exists()
+
+
+def test_no_wrong_rationale_means_no_pairs_file_and_says_how_to_get_some(tmp_path):
+    from tutorlm.curate import PAIRS
+
+    recipe = _run(tmp_path, [trace("a", "42", "The answer is 42."), trace("b", "7", "The answer is 7.")])
+    recipe.curate = CurateConfig(pairs=1)
+    out = tmp_path / "out.txt"
+    stats = curate(recipe, console=Console(file=out.open("w"), width=300))
+    assert stats["pairs"]["pairs"] == 0 and not (tmp_path / "run" / PAIRS).exists()
+    printed = out.read_text()
+    assert "no pairs were written: 2 question(s) with a right rationale had no wrong one" in printed
+    assert "--generate.n 4 --generate.temperature 0.8" in printed
+    with pytest.raises(ValueError, match="pairs must be >= 0"):
+        CurateConfig(pairs=-1)

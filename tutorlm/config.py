@@ -174,9 +174,13 @@ class CurateConfig:
     max_completion_tokens: int | None = option(None, "drop rationales longer than this many completion tokens")
     shortest_k: int | None = option(None, "keep only the k shortest correct rationales per question (DAP/LiteCoT, DRP)")
     max_per_question: int | None = option(None, "cap on rationales per question (seeded random choice)")
-    seed: int = option(0, "seed of the per-question cap's choice")
+    seed: int = option(0, "seed of the per-question cap's choice (and of which wrong rationales make pairs)")
+    pairs: int = option(0, "also write pairs.jsonl: up to this many preference pairs per question, a kept rationale "
+                           "as chosen and a wrong one (wrong answer or none) as rejected, for DPO (0: no pairs)")
 
     def __post_init__(self) -> None:
+        if self.pairs < 0:
+            raise ValueError(f"pairs must be >= 0, got {self.pairs}")
         for name in ("max_completion_tokens", "shortest_k", "max_per_question"):
             value = getattr(self, name)
             if value is not None and value < 1:

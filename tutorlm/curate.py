@@ -15,6 +15,15 @@ removed (also printed as a table). Filters, in order:
 7. over cap:         beyond `max_per_question` rationales of a question (a seeded random choice), so
                      easy questions do not flood the data
 
+With `pairs` k > 0 it also writes RUN_DIR/pairs.jsonl: for each question with both, up to k preference
+pairs of a kept rationale (chosen) and a wrong one (rejected: a wrong answer, or no answer), in the
+conversational prompt/chosen/rejected shape that DPO trainers read (TRL's DPOTrainer among them). The
+rejected ones are a seeded choice, each used once; chosen ones are reused when there are fewer. Wrong
+rationales come from sampling: several samples per question at a temperature
+(`--generate.n 4 --generate.temperature 0.8`), or the student's own samples (generate with
+`--teacher.backend hf --teacher.model runs/NAME/student`). The stats say how many questions had no
+wrong rationale, and how many no right one.
+
 Each kept row records the teacher's pass rate over its samples of that question and a difficulty
 tag (easy >= 0.75 > medium >= 0.25 > hard). Rows keep the conversational prompt/completion shape that
 TRL's SFTTrainer and HF datasets read, with metadata columns beside it. Unlike DAP, pruning here is
@@ -39,6 +48,7 @@ from tutorlm.run import RunDir, atomic_write_text
 from tutorlm.tasks import DataError, load_task
 
 CURATED = "curated.jsonl"
+PAIRS = "pairs.jsonl"
 FUNNEL = ("generated", "truncated", "no_answer", "wrong", "duplicate", "too_long", "not_shortest", "over_cap", "kept")
 
 
@@ -69,10 +79,18 @@ def difficulty_of(pass_rate: float) -> str:
 
 def curate_rows(rows: list[dict[str, Any]], task: Any, config: Any) -> tuple[list[dict[str, Any]], dict[str, int]]:
     """(kept rows, counts per funnel step) for trace rows; pure apart from the seeded cap."""
+    kept, funnel, _, _ = _curate(rows, task, config)
+    return kept, funnel
+
+
+def _curate(rows: list[dict[str, Any]], task: Any, config: Any
+            ) -> tuple[list[dict[str, Any]], dict[str, int], dict[str, list[dict[str, Any]]], set[str]]:
+    """curate_rows, plus the finished wrong rationales of each question and every question's id."""
     counts: Counter[str] = Counter(generated=len(rows))
     by_question: dict[str, list[dict[str, Any]]] = defaultdict(list)
     correct_per_question: Counter[str] = Counter()
     samples_per_question: Counter[str] = Counter()
+    rejected: dict[str, list[dict[str, Any]]] = defaultdict(list)
     from tutorlm.tasks import Example
 
     for row in rows:
@@ -86,8 +104,10 @@ def curate_rows(rows: list[dict[str, Any]], task: Any, config: Any) -> tuple[lis
             counts["truncated"] += 1
         elif verdict.extracted is None:
             counts["no_answer"] += 1
+            rejected[row["example_id"]].append({**row, "extracted": None})
         elif not verdict.correct:
             counts["wrong"] += 1
+            rejected[row["example_id"]].append({**row, "extracted": verdict.extracted})
         else:
             by_question[row["example_id"]].append({**row, "extracted": verdict.extracted})
 
@@ -127,7 +147,34 @@ def curate_rows(rows: list[dict[str, Any]], task: Any, config: Any) -> tuple[lis
                 **{key: row[key] for key in ("finish_reason", "completion_token_ids", "tokenizer", "teacher_topk", "logprobs") if key in row},
             })
     counts["kept"] = len(kept)
-    return kept, {step: counts[step] for step in FUNNEL}
+    return kept, {step: counts[step] for step in FUNNEL}, rejected, set(samples_per_question)
+
+
+def preference_pairs(kept: list[dict[str, Any]], rejected: dict[str, list[dict[str, Any]]], config: Any,
+                     questions: set[str]) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """(pairs, stats): up to `config.pairs` (kept, wrong) pairs per question; each wrong rationale used once."""
+    rng = random.Random(f"pairs:{config.seed}")
+    chosen_by_question: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for row in kept:
+        chosen_by_question[row["example_id"]].append(row)
+    pairs = []
+    for example_id in sorted(questions):
+        chosen, wrong = chosen_by_question.get(example_id, []), list(rejected.get(example_id, []))
+        if not chosen or not wrong:
+            continue
+        wrong.sort(key=lambda row: row.get("sample_index", 0))
+        for index, bad in enumerate(rng.sample(wrong, min(config.pairs, len(wrong)))):
+            good = chosen[index % len(chosen)]
+            pairs.append({
+                "id": f"{example_id}#pair{index}", "example_id": example_id, "prompt": good["prompt"],
+                "chosen": good["completion"], "rejected": bad["completion"], "question": good["question"],
+                "answer": good["answer"], "chosen_id": good["id"], "rejected_id": bad["id"],
+                "rejected_extracted": bad["extracted"], "backend": bad.get("backend"), "model": bad.get("model"),
+            })
+    with_pairs = {pair["example_id"] for pair in pairs}
+    return pairs, {"pairs": len(pairs), "questions_with_pairs": len(with_pairs),
+                   "questions_without_wrong": sum(1 for q in questions if chosen_by_question.get(q) and not rejected.get(q)),
+                   "questions_without_right": sum(1 for q in questions if rejected.get(q) and not chosen_by_question.get(q))}
 
 
 def curate_stage_config(recipe: Recipe, export: str | None = None) -> dict[str, Any]:
@@ -152,20 +199,45 @@ def curate(recipe: Recipe, *, force: bool = False, export: str | None = None, co
         if missing:
             raise DataError(f"{traces}:{number}: missing {', '.join(missing)}; fields present: {', '.join(row)}")
     with run.record("curate", stage_config, {"traces": traces}, resolved=to_dict(recipe)) as record:
-        kept, funnel = curate_rows(rows, task, recipe.curate)
+        kept, funnel, rejected, questions = _curate(rows, task, recipe.curate)
+        paired = preference_pairs(kept, rejected, recipe.curate, questions) if recipe.curate.pairs else None
         out = run.path / CURATED
         if not kept:
             _print_funnel(console, funnel, None)
             raise DataError(f"curation kept no rationale out of {len(rows)}: see the table above for where they went")
         atomic_write_text(out, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in kept))
         record["outputs"].append(out)
+        pairs_path = run.path / PAIRS
+        pairs_path.unlink(missing_ok=True)  # never a stale file from other settings
+        if paired is not None:
+            pairs, pair_stats = paired
+            record["stats_pairs"] = pair_stats
+            if pairs:
+                atomic_write_text(pairs_path, "".join(json.dumps(pair, ensure_ascii=False) + "\n" for pair in pairs))
+                record["outputs"].append(pairs_path)
         if export == "parquet":
             record["outputs"].append(_write_parquet(kept, run.path / "curated.parquet"))
         difficulties = Counter(row["difficulty"] for row in kept)
         record["stats"] = {"funnel": funnel, "questions": len({r["example_id"] for r in rows}),
                            "questions_kept": len({r["example_id"] for r in kept}), "difficulty": dict(difficulties)}
+        if paired is not None:
+            record["stats"]["pairs"] = record.pop("stats_pairs")
     _print_funnel(console, funnel, out)
+    if paired is not None:
+        _print_pairs(console, record["stats"]["pairs"], pairs_path)
     return record["stats"]
+
+
+def _print_pairs(console: Console, stats: dict[str, int], path: Path) -> None:
+    if stats["pairs"]:
+        console.print(f"pairs: {path} ({stats['pairs']} preference pairs from {stats['questions_with_pairs']} questions)")
+    lacking = stats["questions_without_wrong"]
+    if lacking or not stats["pairs"]:
+        console.print(
+            f"pairs: {'no pairs were written: ' if not stats['pairs'] else ''}{lacking} question(s) with a right rationale "
+            "had no wrong one. Wrong rationales come from sampling: several samples per question at a temperature "
+            "(--generate.n 4 --generate.temperature 0.8), or the student's own samples (--teacher.backend hf "
+            "--teacher.model runs/NAME/student)")
 
 
 def _write_parquet(rows: list[dict[str, Any]], path: Path) -> Path:
