@@ -204,13 +204,18 @@ class StudentConfig(ModelConfig):
 class TrainConfig:
     """Supervised fine-tuning of the student on curated rationales (Fine-tune-CoT; Ho et al. 2023)."""
 
-    objective: Literal["sft", "kd", "on_policy", "grpo"] = option(
+    objective: Literal["sft", "kd", "on_policy", "grpo", "dpo"] = option(
         "sft", "sft: cross-entropy on the teacher's rationales (Fine-tune-CoT); kd: match the teacher's next-token "
         "distributions on them (Hinton et al. 2015), from a stored top-k or a local teacher (see kd_source); on_policy: "
         "the student samples and the teacher grades every token it wrote (GKD, MiniLLM; a local teacher, kd_teacher, "
         "or the recipe's openai teacher on a server that echoes prompt log-probabilities; see on_policy_*); grpo: "
         "reinforcement learning from the verifier on the curated questions (GRPO, Shao et al. 2024; see grpo_*), with "
-        "an optional teacher term (KDRL, grpo_teacher_weight)")
+        "an optional teacher term (KDRL, grpo_teacher_weight); dpo: preference pairs from `curate --curate.pairs K` "
+        "(DPO, Rafailov et al. 2023; see dpo_*)")
+    dpo_beta: float = option(0.1, "dpo: beta, how far the student may move from the reference (the starting student)")
+    dpo_loss: Literal["sigmoid", "ipo"] = option(
+        "sigmoid", "dpo: sigmoid = DPO's -log sigmoid(beta h) on summed log-probs; ipo = IPO's (h - 1/(2 beta))^2 on "
+        "log-probs averaged over tokens (robust when pairs are easy to tell apart)")
     grpo_group_size: int = option(8, "grpo: samples per question (G); advantages are relative to the group")
     grpo_max_tokens: int = option(256, "grpo: the longest completion the student samples")
     grpo_temperature: float = option(1.0, "grpo: the student's sampling temperature")
@@ -317,6 +322,8 @@ class TrainConfig:
             raise ValueError(f"on_policy_reward_weight must be >= 0, got {self.on_policy_reward_weight}")
         if self.on_policy_reward_weight and self.on_policy_loss != "sampled":
             raise ValueError("on_policy_reward_weight adds to the sampled loss's advantages; set on_policy_loss sampled")
+        if self.dpo_beta <= 0:
+            raise ValueError(f"dpo_beta must be positive, got {self.dpo_beta}")
         if self.grpo_group_size < 2:
             raise ValueError(f"grpo_group_size must be at least 2 (advantages are relative to the group), got {self.grpo_group_size}")
         if self.grpo_max_tokens < 1 or self.grpo_temperature <= 0 or self.grpo_iterations < 1 or self.grpo_refill < 0:

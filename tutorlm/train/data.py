@@ -49,6 +49,8 @@ class Tokenized:
     # vocabulary; (T, k) ids (-1: none) and log-probs, or None
     teacher_ids: torch.Tensor | None = None
     teacher_logprobs: torch.Tensor | None = None
+    # an objective's own index of the example (train/dpo.py: which preference pair), carried as batch["example_index"]
+    index: int | None = None
 
 
 def render(tokenizer: Any, prompt: list[dict[str, str]], completion: list[dict[str, str]]) -> tuple[str, str]:
@@ -126,6 +128,12 @@ def collate_packed(items: list[Tokenized]) -> dict[str, torch.Tensor]:
         ids, logprobs = zip(*(_teacher_of(item, k) for item in items))
         batch["teacher_ids"] = torch.cat(ids)[None]  # (1, T, k)
         batch["teacher_logprobs"] = torch.cat(logprobs)[None]  # (1, T, k)
+    return _with_index(batch, items)
+
+
+def _with_index(batch: dict[str, torch.Tensor], items: list[Tokenized]) -> dict[str, torch.Tensor]:
+    if items and all(item.index is not None for item in items):
+        batch["example_index"] = torch.tensor([item.index for item in items])  # (B,), never a model input
     return batch
 
 
@@ -159,7 +167,7 @@ def collate_padded(items: list[Tokenized], pad_token_id: int) -> dict[str, torch
         batch["teacher_logprobs"] = torch.full((len(items), width, k), float("-inf"))  # (B, T, k)
         for row, item in enumerate(items):
             batch["teacher_ids"][row, : len(item.input_ids)], batch["teacher_logprobs"][row, : len(item.input_ids)] = _teacher_of(item, k)
-    return batch
+    return _with_index(batch, items)
 
 
 def batches(examples: list[Tokenized], order: list[list[int]], packing: bool, pad_token_id: int) -> Iterator[dict[str, torch.Tensor]]:
@@ -172,7 +180,8 @@ def labelled_positions(batch: dict[str, torch.Tensor]) -> tuple[dict[str, torch.
     """(model inputs, the K positions some row has a label at, the (B, K) targets there)."""
     targets = batch["labels"][:, 1:]  # (B, T-1): position t predicts token t+1
     positions = torch.nonzero((targets != IGNORE).any(dim=0)).squeeze(-1)  # (K,)
-    inputs = {key: value for key, value in batch.items() if key != "labels" and not key.startswith("teacher_")}
+    inputs = {key: value for key, value in batch.items()
+              if key not in ("labels", "example_index") and not key.startswith("teacher_")}
     return inputs, positions, targets[:, positions]
 
 

@@ -1,11 +1,11 @@
-"""Stage 3, train: the training loop every objective shares (`train.objective: sft | kd | on_policy | grpo`).
+"""Stage 3, train: the training loop every objective shares (`train.objective: sft | kd | on_policy | grpo | dpo`).
 
     tutorlm train --out runs/letters [--train.objective kd] [--train.method lora] [--train.epochs 2] [--resume]
     accelerate launch --multi_gpu --num_processes 8 -m tutorlm train --out runs/letters     # data parallel on GPUs
     ACCELERATE_USE_CPU=true torchrun --nproc_per_node 2 -m tutorlm train --out runs/letters # data parallel on CPUs
 
 This file is the plumbing; what a step computes lives in one file per objective (train/sft.py,
-train/kd.py, train/on_policy.py, train/grpo.py), behind the small `Objective` interface below: `prepare` once, before the loop (load a
+train/kd.py, train/on_policy.py, train/grpo.py, train/dpo.py), behind the small `Objective` interface below: `prepare` once, before the loop (load a
 teacher, attach targets to the examples, return what the manifest should record), then `loss` on
 each micro-batch. Everything else is here and is the same for every objective:
 
@@ -38,7 +38,7 @@ from rich.console import Console
 
 from tutorlm import throughput
 from tutorlm.config import Recipe, config_hash, to_dict
-from tutorlm.curate import CURATED, read_jsonl
+from tutorlm.curate import CURATED, PAIRS, read_jsonl
 from tutorlm.progress import StageProgress
 from tutorlm.run import RunDir, atomic_write_text
 from tutorlm.tasks import DataError
@@ -77,6 +77,10 @@ def objective_for(recipe: Recipe) -> Objective:
         from tutorlm.train.grpo import GRPO
 
         return GRPO(recipe)
+    if recipe.train.objective == "dpo":
+        from tutorlm.train.dpo import DPO
+
+        return DPO(recipe)
     from tutorlm.train.sft import SFT
 
     return SFT()
@@ -202,7 +206,10 @@ def train(recipe: Recipe, *, resume: bool = False, force: bool = False, console:
     if not curated.exists():
         raise DataError(f"{curated}: no curated data; run `tutorlm curate` for this run directory first")
     stage_config = train_stage_config(recipe)
-    if not force and run.is_current("train", stage_config, {"curated": curated}):
+    inputs = {"curated": curated}
+    if config.objective == "dpo" and (run.path / PAIRS).exists():  # what DPO learns from
+        inputs["pairs"] = run.path / PAIRS
+    if not force and run.is_current("train", stage_config, inputs):
         console.print(f"train: up to date in {run.path} (--force redoes it)")
         return run.stage("train")["stats"]  # type: ignore[index]
     checkpoint_dir = run.path / STUDENT / "checkpoints"
@@ -222,7 +229,7 @@ def train(recipe: Recipe, *, resume: bool = False, force: bool = False, console:
             shutil.rmtree(checkpoint_dir)
     accelerator.wait_for_everyone()
 
-    recording = run.record("train", stage_config, {"curated": curated}, resolved=to_dict(recipe)) if main else \
+    recording = run.record("train", stage_config, inputs, resolved=to_dict(recipe)) if main else \
         contextlib.nullcontext({"outputs": [], "stats": {}})
     with recording as record:
         model, tokenizer = model_and_tokenizer or build_model(recipe)

@@ -8,6 +8,7 @@
     group_advantages(rewards, group_size, scale)                       GRPO: rewards relative to their group, (B*G,) -> (B*G,)
     clipped_surrogate(logprobs, old_logprobs, advantages, eps_low, eps_high)  PPO/GRPO per-token loss and its gradient weight
     k3_kl(logprobs, ref_logprobs)                                      per-token KL(policy || reference) estimate (Schulman's k3)
+    preference_loss(chosen, rejected, ref_chosen, ref_rejected, beta, kind)  DPO (sigmoid) or IPO per pair, and its gradients
 
 Divergences (p = teacher, q = student, both over the vocabulary at one position):
 - `forward_kl`  KL(p || q) = Σ p (log p − log q): mean-seeking; Hinton's distillation loss.
@@ -328,3 +329,27 @@ def k3_kl(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> tuple[torch.Ten
     Its gradient with respect to l is 1 − exp(r − l) = −weight, weight = exp(r − l) − 1."""
     difference = ref_logprobs.detach() - logprobs.detach()
     return torch.exp(difference) - difference - 1.0, torch.exp(difference) - 1.0
+
+
+# ---------------------------------------------------------------------------------------------------
+# Preferences (DPO)
+# ---------------------------------------------------------------------------------------------------
+
+
+def preference_loss(chosen: torch.Tensor, rejected: torch.Tensor, ref_chosen: torch.Tensor, ref_rejected: torch.Tensor,
+                    beta: float = 0.1, kind: Literal["sigmoid", "ipo"] = "sigmoid"
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per pair: (loss, d loss / d chosen, d loss / d rejected); all (P,), nothing carries gradients.
+
+    `chosen`, `rejected`: the policy's log-probability of each pair's two completions (sigmoid: summed over
+    tokens; ipo: averaged, as Azar et al. and TRL do); `ref_*` the reference model's. With
+    h = (chosen − ref_chosen) − (rejected − ref_rejected):
+    - sigmoid (DPO, Rafailov et al. 2023): −log σ(β h); d/d chosen = −β σ(−β h) = −d/d rejected.
+    - ipo (Azar et al. 2023): (h − 1/(2β))²; d/d chosen = 2 (h − 1/(2β)) = −d/d rejected.
+    """
+    h = (chosen.detach() - ref_chosen) - (rejected.detach() - ref_rejected)
+    if kind == "ipo":
+        gap = h - 1.0 / (2.0 * beta)
+        return gap**2, 2.0 * gap, -2.0 * gap
+    slope = -beta * torch.sigmoid(-beta * h)
+    return -F.logsigmoid(beta * h), slope, -slope
