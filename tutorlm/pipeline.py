@@ -171,6 +171,9 @@ def dry_run(recipe: Recipe, *, console: Console | None = None) -> None:
         config = recipe.train
         what += (f" ({config.grpo_group_size} samples per question, {config.batch_size} questions per step, rewards from "
                  "the verifier" + (f", teacher term {config.grpo_teacher_weight}" if config.grpo_teacher_weight else "") + ")")
+    elif objective == "dpo":
+        what += (f" (preference pairs from curate.pairs {recipe.curate.pairs}, beta {recipe.train.dpo_beta}, "
+                 f"{recipe.train.dpo_loss} loss)")
     elif objective != "sft":
         kd_teacher = recipe.train.kd_teacher or (teacher.model if teacher.backend == "hf" else None)
         what += f" ({'teacher ' + kd_teacher if kd_teacher else 'the top-k stored by generate'})"
