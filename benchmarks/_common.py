@@ -6,6 +6,7 @@ import json
 import os
 import platform
 import subprocess
+import time
 
 RESULT = "RESULT "  # a side's stdout line that carries its figures
 
@@ -32,3 +33,38 @@ def run_side(side: str, command: list[str], env) -> tuple[dict, int]:
     if status != 0 or line is None:
         raise SystemExit(f"{side} failed (status {status}):\n{output[-2000:]}")
     return json.loads(line[len(RESULT):]), usage.ru_maxrss
+
+
+def time_steps(trainer) -> list[float]:
+    """Train a transformers Trainer (TRL's among them); the seconds of each optimizer step it took."""
+    from transformers import TrainerCallback
+
+    marks: list[float] = []
+
+    class Timer(TrainerCallback):
+        def on_step_begin(self, *_, **__):
+            marks.append(time.perf_counter())
+
+        def on_step_end(self, *_, **__):
+            marks.append(time.perf_counter())
+
+    trainer.add_callback(Timer())
+    trainer.train()
+    return [marks[i + 1] - marks[i] for i in range(0, len(marks) - 1, 2)]
+
+
+def summarize_steps(result: dict, max_rss_kb: int, warmup: int) -> dict:
+    """A side's step times (median after `warmup`), peak memory, and tutorlm's sampling and scoring shares."""
+    import statistics
+
+    measured = result["step_s"][warmup:]
+    summary = {"step_s_median": round(statistics.median(measured), 3), "step_s": [round(s, 3) for s in result["step_s"]],
+               "peak_rss_mb": round(max_rss_kb / 1024)}
+    for key, share in (("sampling_s", "sampling_share"), ("scoring_s", "scoring_share")):
+        if key in result:
+            summary[share] = round(statistics.median(result[key][warmup:]) / summary["step_s_median"], 3)
+    if "completion_tokens" in result:
+        summary["completion_tokens_mean"] = round(statistics.mean(result["completion_tokens"]), 1)
+    if "peak_gpu_mb" in result:
+        summary["peak_gpu_mb"] = result["peak_gpu_mb"]
+    return summary

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -32,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from _common import machine, report_side, run_side
+from _common import machine, report_side, run_side, summarize_steps, time_steps
 from kd_vs_trl import CONFIGS, build
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -62,7 +61,7 @@ def run_tutorlm(args: argparse.Namespace, data: Path, workdir: Path) -> dict:
 
 def run_trl(args: argparse.Namespace, data: Path, workdir: Path) -> dict:
     import datasets
-    from transformers import AutoModelForCausalLM, TrainerCallback
+    from transformers import AutoModelForCausalLM
     from trl import GRPOConfig, GRPOTrainer
 
     from tutorlm.models import load_tokenizer
@@ -87,18 +86,7 @@ def run_trl(args: argparse.Namespace, data: Path, workdir: Path) -> dict:
                         max_completion_length=args.max_new_tokens, temperature=1.0, loss_type="dapo", scale_rewards="group",
                         beta=0.0, num_iterations=1, shuffle_dataset=False)
     trainer = GRPOTrainer(model=student, reward_funcs=verifier, args=config, train_dataset=dataset, processing_class=tokenizer)
-    marks: list[float] = []
-
-    class Timer(TrainerCallback):
-        def on_step_begin(self, *_, **__):
-            marks.append(time.perf_counter())
-
-        def on_step_end(self, *_, **__):
-            marks.append(time.perf_counter())
-
-    trainer.add_callback(Timer())
-    trainer.train()
-    return {"step_s": [marks[i + 1] - marks[i] for i in range(0, len(marks) - 1, 2)]}
+    return {"step_s": time_steps(trainer)}
 
 
 def side_main(args: argparse.Namespace) -> None:
@@ -108,18 +96,6 @@ def side_main(args: argparse.Namespace) -> None:
     if torch.cuda.is_available() and args.device == "cuda":
         result["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated() / 2**20)
     report_side(result)
-
-
-def summarize(result: dict, max_rss_kb: int, warmup: int) -> dict:
-    measured = result["step_s"][warmup:]
-    summary = {"step_s_median": round(statistics.median(measured), 3), "step_s": [round(s, 3) for s in result["step_s"]],
-               "peak_rss_mb": round(max_rss_kb / 1024)}
-    if "sampling_s" in result:
-        summary.update(sampling_share=round(statistics.median(result["sampling_s"][warmup:]) / summary["step_s_median"], 3),
-                       completion_tokens_mean=round(statistics.mean(result["completion_tokens"]), 1))
-    if "peak_gpu_mb" in result:
-        summary["peak_gpu_mb"] = result["peak_gpu_mb"]
-    return summary
 
 
 def main() -> None:
@@ -171,7 +147,7 @@ def main() -> None:
                        "--group-size", str(args.group_size), "--max-new-tokens", str(args.max_new_tokens),
                        "--warmup", str(args.warmup)]
             result, max_rss_kb = run_side(side, command, os.environ)
-            results[side] = summarize(result, max_rss_kb, args.warmup)
+            results[side] = summarize_steps(result, max_rss_kb, args.warmup)
             print(side, results[side], flush=True)
     import trl
 

@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -41,7 +40,7 @@ from pathlib import Path
 
 import torch
 
-from _common import machine, report_side, run_side
+from _common import machine, report_side, run_side, summarize_steps, time_steps
 
 ROOT = Path(__file__).resolve().parent.parent
 SIDES = ("tutorlm", "tutorlm-sampled", "trl-distillation", "trl-gkd")
@@ -104,7 +103,7 @@ def run_tutorlm(args: argparse.Namespace, data: Path, workdir: Path, loss: str) 
 
 def run_trl(args: argparse.Namespace, data: Path, workdir: Path, which: str) -> dict:
     import datasets
-    from transformers import AutoModelForCausalLM, TrainerCallback
+    from transformers import AutoModelForCausalLM
 
     from tutorlm.models import load_tokenizer
 
@@ -130,18 +129,7 @@ def run_trl(args: argparse.Namespace, data: Path, workdir: Path, which: str) -> 
         dataset = datasets.Dataset.from_list([{"messages": row["prompt"] + row["completion"]} for row in rows])
         config = GKDConfig(**common, lmbda=1.0, max_new_tokens=args.max_new_tokens, max_length=1024)
         trainer = GKDTrainer(model=student, teacher_model=teacher, args=config, train_dataset=dataset, processing_class=tokenizer)
-    marks: list[float] = []
-
-    class Timer(TrainerCallback):
-        def on_step_begin(self, *_, **__):
-            marks.append(time.perf_counter())
-
-        def on_step_end(self, *_, **__):
-            marks.append(time.perf_counter())
-
-    trainer.add_callback(Timer())
-    trainer.train()
-    return {"step_s": [marks[i + 1] - marks[i] for i in range(0, len(marks) - 1, 2)]}
+    return {"step_s": time_steps(trainer)}
 
 
 def side_main(args: argparse.Namespace) -> None:
@@ -154,21 +142,6 @@ def side_main(args: argparse.Namespace) -> None:
     if torch.cuda.is_available() and args.device == "cuda":
         result["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated() / 2**20)
     report_side(result)
-
-
-def summarize(result: dict, max_rss_kb: int, warmup: int) -> dict:
-    measured = result["step_s"][warmup:]
-    summary = {"step_s_median": round(statistics.median(measured), 3), "step_s": [round(s, 3) for s in result["step_s"]],
-               "peak_rss_mb": round(max_rss_kb / 1024)}
-    if "sampling_s" in result:
-        sampling = statistics.median(result["sampling_s"][warmup:])
-        scoring = statistics.median(result["scoring_s"][warmup:])
-        summary.update(sampling_share=round(sampling / summary["step_s_median"], 3),
-                       scoring_share=round(scoring / summary["step_s_median"], 3),
-                       completion_tokens_mean=round(statistics.mean(result["completion_tokens"]), 1))
-    if "peak_gpu_mb" in result:
-        summary["peak_gpu_mb"] = result["peak_gpu_mb"]
-    return summary
 
 
 def main() -> None:
@@ -224,7 +197,7 @@ def main() -> None:
                        "--batch-size", str(args.batch_size), "--max-new-tokens", str(args.max_new_tokens), "--beta", str(args.beta),
                        "--warmup", str(args.warmup)]
             result, max_rss_kb = run_side(side, command, os.environ)
-            results[side] = summarize(result, max_rss_kb, args.warmup)
+            results[side] = summarize_steps(result, max_rss_kb, args.warmup)
             print(side, results[side], flush=True)
             out.with_suffix(".partial.json").write_text(json.dumps(results, indent=2) + "\n")  # kept if a later side fails
     import trl

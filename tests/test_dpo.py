@@ -12,7 +12,6 @@ from rich.console import Console
 from tiny import make_model, make_tokenizer
 
 from tutorlm.errors import PreflightError
-from tutorlm.train.data import preflight
 from tutorlm.train.dpo import DPO
 from tutorlm.train.loop import train
 from tutorlm.train.losses import preference_loss
@@ -61,13 +60,9 @@ def make_pairs_run(tmp_path, **train_options):
 
 
 def objective_for(recipe, tokenizer, student):
-    from tutorlm.curate import read_jsonl
+    from test_train import prepared
 
-    rows = read_jsonl(recipe.run.path / "curated.jsonl")
-    examples, _ = preflight(tokenizer, rows, 256, "truncate")
-    objective = DPO(recipe)
-    objective.prepare(recipe, student, tokenizer, rows, examples, "cpu", QUIET)
-    return objective, examples
+    return prepared(DPO, recipe, tokenizer, student)
 
 
 @pytest.mark.parametrize("kind", ["sigmoid", "ipo"])

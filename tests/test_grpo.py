@@ -14,7 +14,6 @@ from tiny import make_model, make_tokenizer, save_tiny_model
 
 from tutorlm.config import TrainConfig
 from tutorlm.errors import PreflightError
-from tutorlm.train.data import preflight
 from tutorlm.train.grpo import GRPO
 from tutorlm.train.loop import train
 from tutorlm.train.losses import clipped_surrogate, group_advantages, k3_kl
@@ -81,13 +80,9 @@ def test_k3_kl_is_zero_at_the_reference_and_its_weight_is_the_gradient():
 
 
 def objective_for(recipe, tokenizer, student):
-    from tutorlm.curate import read_jsonl
+    from test_train import prepared
 
-    rows = read_jsonl(recipe.run.path / "curated.jsonl")
-    examples, _ = preflight(tokenizer, rows, 256, "truncate")
-    objective = GRPO(recipe)
-    objective.prepare(recipe, student, tokenizer, rows, examples, "cpu", QUIET)
-    return objective, examples
+    return prepared(GRPO, recipe, tokenizer, student)
 
 
 def fixed_batch(objective, examples, advantages):

@@ -26,13 +26,9 @@ def tokenizer():
 
 
 def objective_for(recipe, tokenizer, student):
-    from tutorlm.curate import read_jsonl
+    from test_train import prepared
 
-    rows = read_jsonl(recipe.run.path / "curated.jsonl")
-    examples, _ = preflight(tokenizer, rows, 256, "truncate")
-    objective = OnPolicy(recipe)
-    objective.prepare(recipe, student, tokenizer, rows, examples, "cpu", QUIET)
-    return objective, examples
+    return prepared(OnPolicy, recipe, tokenizer, student)
 
 
 def test_prompts_are_the_same_from_packed_and_padded_batches(tmp_path, tokenizer):

@@ -131,6 +131,17 @@ def test_overlength_policy(tokenizer):
     assert len(dropped) == 3 and report["kept"] == 3
 
 
+def prepared(objective_class, recipe: Recipe, tokenizer, student) -> tuple:
+    """(an objective of the class, prepared on the run's curated rows, and the examples it prepared)."""
+    from tutorlm.curate import read_jsonl
+
+    rows = read_jsonl(recipe.run.path / "curated.jsonl")
+    examples, _ = preflight(tokenizer, rows, 256, "truncate")
+    objective = objective_class(recipe)
+    objective.prepare(recipe, student, tokenizer, rows, examples, "cpu", QUIET)
+    return objective, examples
+
+
 def make_run(tmp_path: Path, **train_options) -> Recipe:
     recipe = Recipe(
         run=RunConfig(name="run", output_dir=str(tmp_path)), task=TaskConfig(source="coin_flip"),
