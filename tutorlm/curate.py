@@ -211,7 +211,6 @@ def curate(recipe: Recipe, *, force: bool = False, export: str | None = None, co
         pairs_path.unlink(missing_ok=True)  # never a stale file from other settings
         if paired is not None:
             pairs, pair_stats = paired
-            record["stats_pairs"] = pair_stats
             if pairs:
                 atomic_write_text(pairs_path, "".join(json.dumps(pair, ensure_ascii=False) + "\n" for pair in pairs))
                 record["outputs"].append(pairs_path)
@@ -221,7 +220,7 @@ def curate(recipe: Recipe, *, force: bool = False, export: str | None = None, co
         record["stats"] = {"funnel": funnel, "questions": len({r["example_id"] for r in rows}),
                            "questions_kept": len({r["example_id"] for r in kept}), "difficulty": dict(difficulties)}
         if paired is not None:
-            record["stats"]["pairs"] = record.pop("stats_pairs")
+            record["stats"]["pairs"] = pair_stats
     _print_funnel(console, funnel, out)
     if paired is not None:
         _print_pairs(console, record["stats"]["pairs"], pairs_path)

@@ -163,6 +163,8 @@ class GRPO:
         value, weights, clipped = clipped_surrogate(logprobs, old, advantages, config.grpo_epsilon_low, config.grpo_epsilon_high)
         counts = {"groups_updated": len(completions) // config.grpo_group_size, "tokens_updated": targets.numel(), "clipped": int(clipped.sum()), "entropy": float(entropy.sum())}
         if self.reference is not None:
+            if next(self.reference.parameters()).device != hidden.device:  # copied before accelerate placed the student
+                self.reference.to(hidden.device)
             reference_head = self.reference.get_output_embeddings()
             with torch.no_grad(), identity_head(self.reference, reference_head):
                 reference_hidden = self.reference(**inputs, logits_to_keep=positions, use_cache=False).logits[wanted]
