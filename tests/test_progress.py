@@ -22,7 +22,7 @@ def test_plain_lines_count_only_this_processes_work_for_the_rate_and_eta():
     assert re.fullmatch(r"\[\d\d:\d\d:\d\d\] generate: 6 of 10 to do; 4 already done \(cache or checkpoint\)", lines[0])
     assert re.fullmatch(r"\[\d\d:\d\d:\d\d\] generate 5/10 \(50%\) [\d.]+/s ETA \S+ elapsed \d+s \| 4 cached", lines[1])
     assert re.fullmatch(r"\[\d\d:\d\d:\d\d\] generate 10/10 \(100%\) [\d.]+/s ETA done elapsed \d+s \| 4 cached", lines[2])
-    assert len(lines) == 4  # and once more at the end
+    assert len(lines) == 3  # the closing line is not repeated when the last line already showed 10/10
 
 
 def test_lines_come_at_most_every_so_often_and_not_at_all_on_a_terminal():

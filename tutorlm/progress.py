@@ -45,6 +45,7 @@ class StageProgress:
         self._baseline = 0
         self._started = time.perf_counter()
         self._last_line = self._started
+        self._line_at: int | None = None  # the count the last plain line showed
         self._first: tuple[float, int] | None = None  # (time, count) at the first advance
         self._progress: Progress | None = None
         self._bar: Any = None
@@ -64,8 +65,8 @@ class StageProgress:
     def __exit__(self, *exc: Any) -> None:
         if self._progress is not None:
             self._progress.__exit__(*exc)
-        elif self.total and self.completed > self._baseline:
-            self._line()
+        elif self.total and self.completed > self._baseline and self._line_at != self.completed:
+            self._line()  # the final count, unless the last line already showed it
 
     def start(self, done_before: int, **fields: Any) -> None:
         """Work found done before this process started (cache hits, a checkpoint), and fields to show."""
@@ -100,7 +101,7 @@ class StageProgress:
 
     def _line(self, now: float | None = None) -> None:
         now = now or time.perf_counter()
-        self._last_line = now
+        self._last_line, self._line_at = now, self.completed
         rate = self.rate(now)
         share = self.completed / self.total if self.total else 1.0
         left = self.total - self.completed
