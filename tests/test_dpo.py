@@ -122,3 +122,15 @@ def test_dpo_without_pairs_says_how_to_make_them(tmp_path, tokenizer):
         from tutorlm.config import TrainConfig
 
         TrainConfig(dpo_beta=0)
+
+
+def test_a_pairs_file_missing_a_field_names_the_line(tmp_path, tokenizer):
+    recipe, _ = make_pairs_run(tmp_path, max_steps=1)
+    path = recipe.run.path / "pairs.jsonl"
+    lines = path.read_text().splitlines()
+    broken = json.loads(lines[2])
+    del broken["rejected"]
+    lines[2] = json.dumps(broken)
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(PreflightError, match=r"pairs.jsonl:3: missing rejected"):
+        train(recipe, console=QUIET, model_and_tokenizer=(make_model(tokenizer), tokenizer))

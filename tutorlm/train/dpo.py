@@ -58,18 +58,19 @@ class DPO:
                 f"{recipe.run.path} --curate.pairs 2` (it needs wrong rationales: several samples per question at a "
                 "temperature, or the student's own samples)")
         pairs = read_jsonl(path)
+        for number, pair in enumerate(pairs, start=1):
+            missing = [key for key in ("example_id", "prompt", "chosen", "rejected") if key not in pair]
+            if missing:
+                raise PreflightError(f"{path}:{number}: missing {', '.join(missing)}; fields present: {', '.join(pair)}")
         training = {row["example_id"] for row in rows}  # the questions held out for the eval loss stay out
-        pairs = [pair for pair in pairs if pair.get("example_id") in training]
+        pairs = [pair for pair in pairs if pair["example_id"] in training]
         if not pairs:
             raise PreflightError(f"{path}: no preference pair of a training question (held-out questions are left out)")
         self.pad_token_id = tokenizer.pad_token_id
         self.chosen: list[Tokenized] = []
         self.rejected: list[Tokenized] = []
         over = 0
-        for index, pair in enumerate(pairs):
-            missing = [key for key in ("prompt", "chosen", "rejected") if key not in pair]
-            if missing:
-                raise PreflightError(f"{path}:{index + 1}: missing {', '.join(missing)}")
+        for pair in pairs:
             chosen = tokenize(tokenizer, {"prompt": pair["prompt"], "completion": pair["chosen"], "id": pair.get("id")})
             rejected = tokenize(tokenizer, {"prompt": pair["prompt"], "completion": pair["rejected"], "id": pair.get("id")})
             if max(len(chosen.input_ids), len(rejected.input_ids)) > config.max_length:
