@@ -254,7 +254,9 @@ def test_rewards_all_equal_are_logged_and_make_no_update(tmp_path, tokenizer, ca
     assert all(not any(map(lambda v: isinstance(v, float) and v != v, row.values())) for row in log)  # no NaN
     assert all(torch.equal(before[name], p) for name, p in model.cpu().named_parameters())
     assert stats["grpo_totals"]["all_equal_batches"] == 2
-    assert "all rewards of a sampled batch were equal" in (tmp_path / "out.txt").read_text()
+    printed = (tmp_path / "out.txt").read_text()
+    assert "all rewards of a sampled batch were equal" in printed and "2 were all wrong and 0 all right" in printed
+    assert "easier questions" in printed
 
 
 def test_a_refill_replaces_groups_whose_rewards_were_equal(tmp_path, tokenizer):

@@ -138,9 +138,12 @@ class GRPO:
             self.all_equal_steps += 1
             self._count(all_equal=1)
             if self.all_equal_steps in (1, 10, 100) or self.all_equal_steps % 1000 == 0:
+                right, wrong = int(self.totals.get("all_right_groups", 0)), int(self.totals.get("all_wrong_groups", 0))
+                advice = ("most were all wrong: easier questions, a larger grpo_group_size, or a student distilled first"
+                          if wrong >= right else "most were all right: harder questions, or a larger grpo_group_size")
                 self.console.print(f"grpo: all rewards of a sampled batch were equal ({self.all_equal_steps} batch(es) so "
-                                   "far): no update from it (raise grpo_group_size or the temperature, or use harder "
-                                   "questions)")
+                                   f"far; of all groups with equal rewards, {wrong} were all wrong and {right} all right): "
+                                   f"no update from it ({advice})")
             if torch.distributed.is_available() and torch.distributed.is_initialized():
                 # every process must run the model's forward and backward for DDP: a zero loss through the whole model
                 return sft_loss(model, batch)[0] * 0.0, 0
@@ -231,19 +234,25 @@ class GRPO:
             inner.train(was_training)
         groups = []
         for start in range(0, len(asked), size):
-            group: dict[str, Any] = {"prompt": asked[start], "completions": [], "rewards": []}
+            group: dict[str, Any] = {"prompt": asked[start], "completions": [], "rewards": [], "correct": []}
             for index in range(start, start + size):
                 tokens, reason = results[index]
                 done = reason == "stop"
-                group["rewards"].append(self.reward(asked[index], tokens, done))
+                reward, correct = self.reward(asked[index], tokens, done)
+                group["rewards"].append(reward)
+                group["correct"].append(correct)
                 group["completions"].append(tokens + ([self.tokenizer.eos_token_id] if done else []))  # the end is learned too
             groups.append(group)
-        self._count(groups=len(groups), all_equal_groups=sum(len(set(group["rewards"])) == 1 for group in groups),
+        equal = [group for group in groups if len(set(group["rewards"])) == 1]
+        self._count(all_wrong_groups=sum(not any(group["correct"]) for group in equal),
+                    all_right_groups=sum(all(group["correct"]) for group in equal))
+        self._count(groups=len(groups), all_equal_groups=len(equal),
                     sampling_s=time.perf_counter() - started)
         return groups
 
-    def reward(self, prompt: list[int], completion: list[int], finished: bool) -> float:
-        """The verifier's 1 or 0 (an unfinished sample is not graded), plus the optional shaping terms."""
+    def reward(self, prompt: list[int], completion: list[int], finished: bool) -> tuple[float, bool]:
+        """(the verifier's 1 or 0 plus the optional shaping terms, whether the answer is right); an unfinished sample is
+        not graded."""
         from tutorlm.tasks import Example
 
         config = self.config
@@ -261,7 +270,7 @@ class GRPO:
             reward -= config.grpo_overlong_penalty
         reward -= config.grpo_length_penalty * len(completion) / config.grpo_max_tokens
         self._count(samples=1, correct=int(correct), reward=reward, sample_tokens=len(completion), stopped=int(finished))
-        return reward
+        return reward, correct
 
     # -- logging -----------------------------------------------------------------------------------
 
