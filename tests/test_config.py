@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tutorlm.config import ConfigError, Recipe, config_hash, load_recipe, parse_override_args, to_dict
+from tutorlm.config import ConfigError, Recipe, config_hash, to_dict
+from tutorlm.recipe_io import load_recipe, parse_override_args
 
 
 def write(tmp_path, text):
@@ -24,7 +25,7 @@ def test_defaults_without_a_recipe_and_round_trip():
     recipe = load_recipe()
     assert recipe == Recipe()
     assert load_recipe(None, [("task.seed", "4")]).task.seed == 4
-    from tutorlm.config import from_dict
+    from tutorlm.recipe_io import from_dict
 
     assert from_dict(Recipe, to_dict(recipe), "dict") == recipe
 

@@ -14,7 +14,8 @@ import pytest
 from rich.console import Console
 from tiny import save_tiny_model
 
-from tutorlm.config import EvalConfig, GenerateConfig, Recipe, RunConfig, StudentConfig, TaskConfig, TrainConfig, load_recipe
+from tutorlm.config import EvalConfig, GenerateConfig, Recipe, RunConfig, StudentConfig, TaskConfig, TrainConfig
+from tutorlm.recipe_io import load_recipe
 from tutorlm.pipeline import default_recipe_path, run_pipeline
 
 QUIET = Console(file=open(os.devnull, "w"))

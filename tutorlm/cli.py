@@ -29,7 +29,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from tutorlm import __version__
-from tutorlm.config import ConfigError, TaskConfig, describe_fields, load_recipe, parse_override_args
+from tutorlm.config import ConfigError, TaskConfig
+from tutorlm.recipe_io import describe_fields, load_recipe, parse_override_args
 from tutorlm.errors import TutorlmError
 from tutorlm.run import atomic_write_text
 

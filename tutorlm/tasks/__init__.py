@@ -15,7 +15,8 @@ import typing
 from pathlib import Path
 from typing import Any
 
-from tutorlm.config import ConfigError, TaskConfig, check_value
+from tutorlm.config import ConfigError, TaskConfig
+from tutorlm.recipe_io import check_value
 from tutorlm.tasks.arithmetic import Arithmetic, MultistepArithmetic
 from tutorlm.tasks.base import SPLITS, DataError, Example, Task, build_prompt, format_question, sample_split, split_of
 from tutorlm.tasks.files import load_file_examples
