@@ -68,3 +68,18 @@ def summarize_steps(result: dict, max_rss_kb: int, warmup: int) -> dict:
     if "peak_gpu_mb" in result:
         summary["peak_gpu_mb"] = result["peak_gpu_mb"]
     return summary
+
+
+def chosen_sides(parser, args, sides: tuple[str, ...]) -> list[str]:
+    """Check a comparison's --device, --warmup and --steps, and return its --sides (an unknown one is a usage error)."""
+    if args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            parser.error("--device cuda: torch sees no CUDA device")
+    if not 0 <= args.warmup < args.steps:
+        parser.error("--warmup must be at least 0 and less than --steps")
+    chosen = args.sides.split(",")
+    if unknown := set(chosen) - set(sides):
+        parser.error(f"--sides: unknown {', '.join(sorted(unknown))}; choose from {', '.join(sides)}")
+    return chosen

@@ -40,7 +40,7 @@ from pathlib import Path
 
 import torch
 
-from _common import machine, report_side, run_side, summarize_steps, time_steps
+from _common import chosen_sides, machine, report_side, run_side, summarize_steps, time_steps
 
 ROOT = Path(__file__).resolve().parent.parent
 SIDES = ("tutorlm", "tutorlm-sampled", "trl-distillation", "trl-gkd")
@@ -165,13 +165,7 @@ def main() -> None:
     if args.side:
         side_main(args)
         return
-    if args.device == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda: torch sees no CUDA device")
-    if not 0 <= args.warmup < args.steps:
-        parser.error("--warmup must be at least 0 and less than --steps")
-    sides = args.sides.split(",")
-    if unknown := set(sides) - set(SIDES):
-        parser.error(f"--sides: unknown {', '.join(sorted(unknown))}; choose from {', '.join(SIDES)}")
+    sides = chosen_sides(parser, args, SIDES)
     if "tutorlm" not in sides or not {"trl-distillation", "trl-gkd"} & set(sides):
         parser.error("--sides must include tutorlm and a TRL side (the comparison)")
     cuda = args.device == "cuda"
