@@ -31,6 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tutorlm.metrics import paired_difference  # noqa: E402
+from tutorlm.report import question_scores  # noqa: E402
 
 
 def run_variant(recipe: str, name: str, settings: list[str]) -> Path:
@@ -46,11 +47,7 @@ def run_variant(recipe: str, name: str, settings: list[str]) -> Path:
 
 def scores(run: Path) -> dict[str, float]:
     """Per held-out question: the share of the student's samples that were correct."""
-    by_question: dict[str, list[float]] = {}
-    for line in (run / "eval" / "student.jsonl").read_text().splitlines():
-        row = json.loads(line)
-        by_question.setdefault(row["example_id"], []).append(float(row["correct"]))
-    return {key: sum(values) / len(values) for key, values in by_question.items()}
+    return question_scores(run / "eval" / "student.jsonl")
 
 
 def describe(run: Path, name: str, settings: list[str], wall_s: float | None) -> dict:

@@ -51,18 +51,20 @@ def gather(run: RunDir) -> dict[str, Any]:
     }
 
 
+def question_scores(path: Path) -> dict[str, float]:
+    """Per question of an eval/<label>.jsonl: the share of its samples that were correct ({} without the file)."""
+    by_example: dict[str, list[bool]] = {}
+    for row in _read_jsonl(path):
+        by_example.setdefault(row["example_id"], []).append(bool(row["correct"]))
+    return {key: sum(values) / len(values) for key, values in by_example.items()}
+
+
 def paired_intervals(eval_dir: Path, teacher_label: str = "teacher") -> dict[str, Any] | None:
     """Bootstrap intervals (metrics.paired_bootstrap) for accuracy recovered and student / teacher, over the
     questions that base, student and teacher all answered; None unless all three were evaluated."""
-    scores = {}
-    for label in ("base", "student", teacher_label):
-        rows = _read_jsonl(eval_dir / f"{label}.jsonl")
-        if not rows:
-            return None
-        by_example: dict[str, list[bool]] = {}
-        for row in rows:
-            by_example.setdefault(row["example_id"], []).append(bool(row["correct"]))
-        scores[label] = {key: sum(values) / len(values) for key, values in by_example.items()}
+    scores = {label: question_scores(eval_dir / f"{label}.jsonl") for label in ("base", "student", teacher_label)}
+    if not all(scores.values()):
+        return None
     shared = sorted(set.intersection(*(set(values) for values in scores.values())))
     if not shared:
         return None
