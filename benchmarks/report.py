@@ -197,6 +197,21 @@ def rows() -> list[str]:
                     f"| {difference['difference'] * 100:+.0f} points ({low * 100:+.0f} to {high * 100:+.0f}) "
                     f"| paired bootstrap; not better in {difference['p_not_better']:.0%} of resamples; teacher calls "
                     f"{variant['teacher_calls']} |")
+        elif name == "rl_methods":
+            for point in result["methods"]:
+                difference = point["vs_start"]
+                low, high = difference["difference_ci95"]
+                extra = (f"{point['rl']['samples']} samples, {point['rl']['sample_accuracy']:.0%} right; "
+                         if "rl" in point else f"{point['pairs']} pairs; ")
+                lines.append(
+                    f"| after distillation: `{point['method']}` recipe from `{point['start']}`, {difference['questions']} test "
+                    f"questions | {result['machine']} | {result['date']} | {point['accuracy']:.0%} "
+                    f"({point['accuracy_ci95'][0]:.0%}–{point['accuracy_ci95'][1]:.0%}), {point['steps']} steps, "
+                    f"{point['method_s']:.0f} s | the start: {point['base_accuracy']:.0%} "
+                    f"({point['base_accuracy_ci95'][0]:.0%}–{point['base_accuracy_ci95'][1]:.0%}) "
+                    f"| {difference['difference'] * 100:+.0f} points ({low * 100:+.0f} to {high * 100:+.0f}) "
+                    f"| {extra}paired bootstrap, not better in {difference['p_not_better']:.0%} of resamples; time is training"
+                    f"{' and sampling the pairs' if 'pairs' in point else ''} |")
         elif name == "grpo_vs_trl":
             sides, memory = result["sides"], result["memory_measure"]
             ours, peer = sides.get("tutorlm"), sides.get("trl-grpo")

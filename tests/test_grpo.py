@@ -259,6 +259,22 @@ def test_rewards_all_equal_are_logged_and_make_no_update(tmp_path, tokenizer, ca
     assert "easier questions" in printed
 
 
+def test_with_a_teacher_term_groups_of_equal_rewards_still_learn_from_the_teacher(tmp_path, tokenizer):
+    from test_train import make_run
+
+    teacher = save_tiny_model(tmp_path / "teacher", seed=5)
+    recipe = make_run(tmp_path, objective="grpo", max_steps=1, batch_size=2, grpo_group_size=2, grpo_max_tokens=4,
+                      eval_fraction=0.0, kd_teacher=str(teacher), grpo_teacher_weight=1.0, grpo_refill=3)
+    model = make_model(tokenizer, seed=6)
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    stats = train(recipe, console=QUIET, model_and_tokenizer=(model, tokenizer))
+    (row,) = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
+    # a random tiny model's rewards are all 0: without the teacher term this step would make no update
+    assert row["all_equal_share"] == 1.0 and row["groups_updated"] == 2 and "all_equal" not in row
+    assert row["teacher_reverse_kl"] != 0 and stats["grpo_totals"]["refilled_groups"] == 0  # nothing to replace
+    assert any(not torch.equal(before[name], p) for name, p in model.cpu().named_parameters())
+
+
 def test_a_refill_replaces_groups_whose_rewards_were_equal(tmp_path, tokenizer):
     from test_train import make_run
 

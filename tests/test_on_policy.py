@@ -179,6 +179,23 @@ def test_a_teacher_with_another_tokenizer_grades_through_the_alignment(tmp_path,
     assert all(0 < row["graded_token_share"] < 1 for row in steps if "loss" in row)
 
 
+def test_grades_are_cached_under_the_teachers_weights_and_precision(tmp_path, tokenizer):
+    from test_train import make_run
+
+    teacher_dir = save_tiny_model(tmp_path / "teacher", seed=1)
+    identities = {}
+    for name, dtype, seed in (("fp32", "float32", 1), ("bf16", "bfloat16", 1), ("retrained", "float32", 2)):
+        if seed == 2:  # another model saved at the same path
+            save_tiny_model(teacher_dir, seed=2)
+        recipe = make_run(tmp_path / name, objective="on_policy", kd_teacher=str(teacher_dir), kd_teacher_dtype=dtype)
+        objective, _ = objective_for(recipe, tokenizer, make_model(tokenizer, seed=0))
+        identities[name] = objective.identity
+        assert next(objective.grader.teacher.parameters()).dtype == getattr(torch, dtype)
+    assert identities["fp32"]["dtype"] == "float32" and identities["bf16"]["dtype"] == "bfloat16"
+    assert identities["fp32"]["weights"] != identities["retrained"]["weights"]
+    assert len({json.dumps(identity, sort_keys=True) for identity in identities.values()}) == 3
+
+
 def test_on_policy_refuses_a_missing_teacher(tmp_path, tokenizer):
     from test_train import make_run
 

@@ -18,7 +18,8 @@ optional terms `grpo_format_reward` (a final answer is stated), −`grpo_overlon
 the limit) and −`grpo_length_penalty` × tokens / limit. Advantages are rewards minus the group's mean
 (divided by the group's or the batch's reward std, or not: `grpo_scale_rewards`). A group whose rewards
 are all equal has advantage 0 everywhere; with `grpo_skip_equal` it is left out of the update, and
-`grpo_refill` rounds of extra questions (from the curated ones, seeded) are sampled to replace it.
+`grpo_refill` rounds of extra questions (from the curated ones, seeded) are sampled to replace it. With a
+teacher term (below) no group is left out: the teacher's grades teach an all-wrong group too.
 
 Loss per sampled token t of sample i: PPO's clipped surrogate −min(ρ A_i, clip(ρ, 1−ε_low, 1+ε_high) A_i)
 with ρ = π(x_t)/π_old(x_t), plus β × the k3 estimate of KL(π || π_ref) to the starting student
@@ -200,8 +201,10 @@ class GRPO:
         self.draws += 1
         wanted = len(prompts)
         groups = self.sample_groups(model, prompts, rng)
-        kept = [group for group in groups if not config.grpo_skip_equal or len(set(group["rewards"])) > 1]
-        for _ in range(config.grpo_refill):
+        # With a teacher term a group of equal rewards still has something to learn: the teacher's grades.
+        skip = config.grpo_skip_equal and not config.grpo_teacher_weight
+        kept = [group for group in groups if not skip or len(set(group["rewards"])) > 1]
+        for _ in range(config.grpo_refill if skip else 0):
             if len(kept) >= wanted:
                 break
             extra = rng.sample(self.pool, min(wanted - len(kept), len(self.pool)))

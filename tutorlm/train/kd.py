@@ -194,14 +194,16 @@ class KD:
         (RUN_DIR/kd_teacher_topk.jsonl) so that a resumed or repeated run with the same teacher and rows does not
         pay for it again."""
         from tutorlm.config import config_hash
+        from tutorlm.models import model_fingerprint
         from tutorlm.run import atomic_write_text
         from tutorlm.score import score_rows
 
         config = self.config
         name = config.kd_teacher or recipe.teacher.model
         path = recipe.run.path / SCORES
-        key = config_hash({"teacher": name, "gguf_file": None if config.kd_teacher else recipe.teacher.gguf_file,
-                           "top_k": config.kd_top_k, "rows": [[row["id"], row["prompt"], row["completion"]] for row in rows]})
+        model_config = teacher_model_config(recipe)  # the weights and precision that scored, not only the name
+        key = config_hash({"teacher": model_fingerprint(model_config.model, model_config.gguf_file),
+                           "dtype": model_config.dtype, "top_k": config.kd_top_k, "rows": [[row["id"], row["prompt"], row["completion"]] for row in rows]})
         if path.exists():
             lines = path.read_text().splitlines()
             if lines and json.loads(lines[0]).get("key") == key:
@@ -302,22 +304,26 @@ def local_teacher(recipe: Any) -> str | None:
     return recipe.teacher.model if recipe.teacher.backend == "hf" and recipe.teacher.model else None
 
 
-def _load_teacher(recipe: Any, device: Any) -> tuple[Any, Any]:
-    """The local teacher (train.kd_teacher, else the recipe's hf teacher), frozen on `device`, and its tokenizer."""
+def teacher_model_config(recipe: Any) -> Any:
+    """The local teacher's model settings: train.kd_teacher (in train.kd_teacher_dtype), else the recipe's hf teacher."""
     from tutorlm.config import ModelConfig
-    from tutorlm.models import load
 
     teacher = recipe.teacher
     if recipe.train.kd_teacher:
-        config = ModelConfig(model=recipe.train.kd_teacher)
-    elif teacher.backend == "hf" and teacher.model:
-        config = teacher
-    else:
-        raise PreflightError(
-            "train.kd_source teacher needs a local teacher to re-score the rationales: set train.kd_teacher (or "
-            "teacher.backend hf and teacher.model); or distil from a stored top-k (`tutorlm generate --generate.top_logprobs 20`)"
-        )
-    model, tokenizer = load(config, device=str(device))
+        return ModelConfig(model=recipe.train.kd_teacher, dtype=recipe.train.kd_teacher_dtype)
+    if teacher.backend == "hf" and teacher.model:
+        return teacher
+    raise PreflightError(
+        "train.kd_source teacher needs a local teacher to re-score the rationales: set train.kd_teacher (or "
+        "teacher.backend hf and teacher.model); or distil from a stored top-k (`tutorlm generate --generate.top_logprobs 20`)"
+    )
+
+
+def _load_teacher(recipe: Any, device: Any) -> tuple[Any, Any]:
+    """The local teacher (train.kd_teacher, else the recipe's hf teacher), frozen on `device`, and its tokenizer."""
+    from tutorlm.models import load
+
+    model, tokenizer = load(teacher_model_config(recipe), device=str(device))
     model.requires_grad_(False)
     return model.eval(), tokenizer
 

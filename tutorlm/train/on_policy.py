@@ -58,10 +58,10 @@ from accelerate.utils import extract_model_from_parallel
 from tutorlm import topk
 from tutorlm.engine import Engine
 from tutorlm.errors import PreflightError
-from tutorlm.models import stop_ids
+from tutorlm.models import model_fingerprint, stop_ids
 from tutorlm.train.align import TeacherTokens, VocabularyMap, align, pieces, token_spans
 from tutorlm.train.data import IGNORE, Tokenized, collate_padded, identity_head, labelled_positions
-from tutorlm.train.kd import _heads, _load_teacher, _rows, compare_tokenizers, describe, kd_loss, local_teacher
+from tutorlm.train.kd import _heads, _load_teacher, _rows, compare_tokenizers, describe, kd_loss, local_teacher, teacher_model_config
 from tutorlm.train.losses import NO_TOKEN, linear_cross_entropy, linear_kd_loss, linear_token_logprobs
 
 SCORES = "teacher_scores.sqlite"  # the teacher's grades of completions, by teacher, prompt and completion ids
@@ -93,11 +93,13 @@ class LocalGrader:
     """A teacher in memory: the student's token ids (one vocabulary), or the text under its own template, aligned."""
 
     def __init__(self, teacher: Any, teacher_tokenizer: Any, tokenizer: Any, same_vocabulary: bool, name: str,
-                 batch_size: int) -> None:
+                 batch_size: int, weights: str = "", dtype: str = "auto") -> None:
         self.teacher, self.teacher_tokenizer, self.tokenizer = teacher, teacher_tokenizer, tokenizer
         self.same_vocabulary, self.batch_size = same_vocabulary, batch_size
         self.vocabulary = None if same_vocabulary else VocabularyMap(tokenizer, teacher_tokenizer)
-        self.identity = {"local": name}
+        # grades are cached under the teacher's weights and precision: another file at the same path, or int8
+        # instead of fp32, is not served the old grades
+        self.identity = {"local": name, "weights": weights, "dtype": dtype}
 
     def grade(self, items: list[Item], k: int) -> list[Grades]:
         from tutorlm.score import score_ids, score_rows
@@ -221,7 +223,9 @@ class OnPolicy:
         if name:
             local, teacher_tokenizer = _load_teacher(recipe, device)
             comparison = compare_tokenizers(tokenizer, teacher_tokenizer, _rows(model), _rows(local))
-            self.grader = LocalGrader(local, teacher_tokenizer, tokenizer, comparison["same_vocabulary"], name, config.batch_size)
+            model_config = teacher_model_config(recipe)
+            self.grader = LocalGrader(local, teacher_tokenizer, tokenizer, comparison["same_vocabulary"], name, config.batch_size,
+                                      model_fingerprint(model_config.model, model_config.gguf_file), model_config.dtype)
             if comparison["same_vocabulary"] and not sampled:
                 self.teacher = local
             where = f"{name} ({describe(comparison)})"
