@@ -167,6 +167,13 @@ class CurateConfig:
     )
     max_completion_tokens: int | None = option(None, "drop rationales longer than this many completion tokens")
     shortest_k: int | None = option(None, "keep only the k shortest correct rationales per question (DAP/LiteCoT, DRP)")
+    select: Literal["all", "student_fit"] = option(
+        "all", "all: keep every rationale the rules above keep; student_fit: keep the select_k the student finds most "
+        "likely (mean token log-probability under the student; In Their Own Words), after shortest_k if both are set")
+    select_k: int = option(1, "student_fit: rationales kept per question")
+    fit_model: str | None = option(None, "student_fit: the model whose fit is measured; default the recipe's student.model")
+    fit_floor: float = option(0.1, "student_fit: the probability below which a token counts as unlikely to the student "
+                                   "(the share of such tokens is reported)")
     max_per_question: int | None = option(None, "cap on rationales per question (seeded random choice)")
     seed: int = option(0, "seed of the per-question cap's choice (and of which wrong rationales make pairs)")
     pairs: int = option(0, "also write pairs.jsonl: up to this many preference pairs per question, a kept rationale "
@@ -175,6 +182,10 @@ class CurateConfig:
     def __post_init__(self) -> None:
         if self.pairs < 0:
             raise ValueError(f"pairs must be >= 0, got {self.pairs}")
+        if self.select_k < 1:
+            raise ValueError(f"select_k must be at least 1, got {self.select_k}")
+        if not 0 < self.fit_floor < 1:
+            raise ValueError(f"fit_floor must be a probability in (0, 1), got {self.fit_floor}")
         for name in ("max_completion_tokens", "shortest_k", "max_per_question"):
             value = getattr(self, name)
             if value is not None and value < 1:

@@ -1,6 +1,7 @@
 """Stage 2, curate: keep the teacher rationales worth learning from.
 
-    tutorlm curate --out runs/letters [--curate.shortest_k 2] [--curate.max_per_question 4] [--export parquet]
+    tutorlm curate --out runs/letters [--curate.shortest_k 2] [--curate.select student_fit --curate.select_k 1]
+        [--curate.max_per_question 4] [--export parquet]
 
 Reads RUN_DIR/traces.jsonl, writes RUN_DIR/curated.jsonl, and records how many rows each filter
 removed (also printed as a table). Filters, in order:
@@ -12,7 +13,9 @@ removed (also printed as a table). Filters, in order:
 5. too long:         more than `max_completion_tokens` completion tokens
 6. not shortest:     beyond the k shortest correct rationales of a question (`shortest_k`; in the
                      spirit of DAP/LiteCoT and DRP, which prefer concise rationales)
-7. over cap:         beyond `max_per_question` rationales of a question (a seeded random choice), so
+7. not student fit:  beyond the `select_k` rationales of a question the student finds most likely
+                     (`select student_fit`: mean token log-probability under the student; see fit.py)
+8. over cap:         beyond `max_per_question` rationales of a question (a seeded random choice), so
                      easy questions do not flood the data
 
 With `pairs` k > 0 it also writes RUN_DIR/pairs.jsonl: for each question with both, up to k preference
@@ -49,7 +52,8 @@ from tutorlm.tasks import DataError, load_task
 
 CURATED = "curated.jsonl"
 PAIRS = "pairs.jsonl"
-FUNNEL = ("generated", "truncated", "no_answer", "wrong", "duplicate", "too_long", "not_shortest", "over_cap", "kept")
+FUNNEL = ("generated", "truncated", "no_answer", "wrong", "duplicate", "too_long", "not_shortest", "not_student_fit",
+          "over_cap", "kept")
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -83,9 +87,10 @@ def curate_rows(rows: list[dict[str, Any]], task: Any, config: Any) -> tuple[lis
     return kept, funnel
 
 
-def _curate(rows: list[dict[str, Any]], task: Any, config: Any
+def _curate(rows: list[dict[str, Any]], task: Any, config: Any, fit: Any = None
             ) -> tuple[list[dict[str, Any]], dict[str, int], dict[str, list[dict[str, Any]]], set[str]]:
-    """curate_rows, plus the finished wrong rationales of each question and every question's id."""
+    """curate_rows, plus the finished wrong rationales of each question and every question's id. `fit(rows)` gives
+    the student-fit scores by row id of the rationales left after the length rules (select student_fit)."""
     counts: Counter[str] = Counter(generated=len(rows))
     by_question: dict[str, list[dict[str, Any]]] = defaultdict(list)
     correct_per_question: Counter[str] = Counter()
@@ -111,8 +116,7 @@ def _curate(rows: list[dict[str, Any]], task: Any, config: Any
         else:
             by_question[row["example_id"]].append({**row, "extracted": verdict.extracted})
 
-    rng = random.Random(config.seed)
-    kept: list[dict[str, Any]] = []
+    survivors: dict[str, list[dict[str, Any]]] = {}
     for example_id, candidates in by_question.items():
         seen: set[str] = set()
         unique = []
@@ -132,6 +136,17 @@ def _curate(rows: list[dict[str, Any]], task: Any, config: Any
             unique.sort(key=lambda r: (r["usage"]["completion_tokens"], r["sample_index"]))
             counts["not_shortest"] += max(0, len(unique) - config.shortest_k)
             unique = unique[: config.shortest_k]
+        survivors[example_id] = unique
+    fit_scores: dict[str, dict[str, float]] = {}
+    if fit is not None and config.select == "student_fit":
+        fit_scores = fit([row for unique in survivors.values() for row in unique])
+    rng = random.Random(config.seed)
+    kept: list[dict[str, Any]] = []
+    for example_id, unique in survivors.items():
+        if fit_scores:  # the select_k the student finds most likely
+            unique.sort(key=lambda r: (-fit_scores[str(r["id"])]["mean_logprob"], r["sample_index"]))
+            counts["not_student_fit"] += max(0, len(unique) - config.select_k)
+            unique = unique[: config.select_k]
         if config.max_per_question is not None and len(unique) > config.max_per_question:
             counts["over_cap"] += len(unique) - config.max_per_question
             unique = sorted(rng.sample(unique, config.max_per_question), key=lambda r: r["sample_index"])
@@ -143,6 +158,7 @@ def _curate(rows: list[dict[str, Any]], task: Any, config: Any
                 **({"choices": row["choices"]} if row.get("choices") else {}),
                 "completion_tokens": row["usage"]["completion_tokens"], "teacher_pass_rate": round(pass_rate, 4),
                 "difficulty": difficulty_of(pass_rate), "backend": row.get("backend"), "model": row.get("model"),
+                **({"student_fit": fit_scores[str(row["id"])]} if fit_scores else {}),
                 # the teacher's tokens and distributions, for logit distillation (train/kd.py)
                 **{key: row[key] for key in ("finish_reason", "completion_token_ids", "tokenizer", "teacher_topk", "logprobs") if key in row},
             })
@@ -178,7 +194,12 @@ def preference_pairs(kept: list[dict[str, Any]], rejected: dict[str, list[dict[s
 
 
 def curate_stage_config(recipe: Recipe, export: str | None = None) -> dict[str, Any]:
-    return {"task": to_dict(recipe.task), "curate": to_dict(recipe.curate), "export": export}
+    stage = {"task": to_dict(recipe.task), "curate": to_dict(recipe.curate), "export": export}
+    if recipe.curate.select == "student_fit":  # a retrained student at the same path selects afresh
+        from tutorlm.fit import fit_identity
+
+        stage["fit"] = fit_identity(recipe)
+    return stage
 
 
 def curate(recipe: Recipe, *, force: bool = False, export: str | None = None, console: Console | None = None) -> dict[str, Any]:
@@ -199,7 +220,16 @@ def curate(recipe: Recipe, *, force: bool = False, export: str | None = None, co
         if missing:
             raise DataError(f"{traces}:{number}: missing {', '.join(missing)}; fields present: {', '.join(row)}")
     with run.record("curate", stage_config, {"traces": traces}, resolved=to_dict(recipe)) as record:
-        kept, funnel, rejected, questions = _curate(rows, task, recipe.curate)
+        fit_stats: dict[str, Any] = {}
+
+        def fit(candidates: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+            from tutorlm.fit import score_fit
+
+            scores, stats = score_fit(recipe, candidates, console)
+            fit_stats.update(stats, all=scores)
+            return scores
+
+        kept, funnel, rejected, questions = _curate(rows, task, recipe.curate, fit)
         paired = preference_pairs(kept, rejected, recipe.curate, questions) if recipe.curate.pairs else None
         out = run.path / CURATED
         if not kept:
@@ -221,7 +251,18 @@ def curate(recipe: Recipe, *, force: bool = False, export: str | None = None, co
                            "questions_kept": len({r["example_id"] for r in kept}), "difficulty": dict(difficulties)}
         if paired is not None:
             record["stats"]["pairs"] = pair_stats
+        if fit_stats:
+            from tutorlm.fit import describe_scores
+
+            scores, kept_ids = fit_stats.pop("all"), {str(row["id"]) for row in kept}
+            record["stats"]["student_fit"] = {
+                **fit_stats, "kept": describe_scores([value for key, value in scores.items() if key in kept_ids]),
+                "dropped": describe_scores([value for key, value in scores.items() if key not in kept_ids])}
     _print_funnel(console, funnel, out)
+    if fit_stats:
+        from tutorlm.fit import fit_line
+
+        console.print(fit_line(record["stats"]["student_fit"]))
     if paired is not None:
         _print_pairs(console, record["stats"]["pairs"], pairs_path)
     return record["stats"]
@@ -257,9 +298,10 @@ def _print_funnel(console: Console, funnel: dict[str, int], out: Path | None) ->
     table.add_column("rows", justify="right")
     labels = {"generated": "generated", "truncated": "- truncated", "no_answer": "- no answer", "wrong": "- wrong answer",
               "duplicate": "- duplicate", "too_long": "- too long", "not_shortest": "- not among the k shortest",
+              "not_student_fit": "- not among the k the student fits best",
               "over_cap": "- over the per-question cap", "kept": "kept"}
     for step in FUNNEL:
-        table.add_row(labels[step], str(funnel[step]))
+        table.add_row(labels[step], str(funnel.get(step, 0)))
     console.print(table)
     if out is not None:
         console.print(f"curated: {out}")

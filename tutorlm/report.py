@@ -46,6 +46,7 @@ def gather(run: RunDir) -> dict[str, Any]:
         "paired": paired_intervals(run.path / "eval", "teacher" if summaries.get("teacher") else "reference"),
         "learning_curve": json.loads(curve_path.read_text()) if curve_path.exists() else None,
         "funnel": (stages.get("curate") or {}).get("stats", {}).get("funnel"),
+        "student_fit": (stages.get("curate") or {}).get("stats", {}).get("student_fit"),
         "generate": (stages.get("generate") or {}).get("stats"), "train": (stages.get("train") or {}).get("stats"),
         "examples": _examples(run, before is not None and after is not None),
     }
@@ -124,8 +125,9 @@ def plot(data: dict[str, Any], directory: Path) -> dict[str, Path]:
         steps = [("generated", funnel["generated"])]
         remaining = funnel["generated"]
         for key, label in (("truncated", "finished"), ("no_answer", "answered"), ("wrong", "correct"), ("duplicate", "deduped"),
-                           ("too_long", "length ok"), ("not_shortest", "shortest k"), ("over_cap", "capped")):
-            remaining -= funnel[key]
+                           ("too_long", "length ok"), ("not_shortest", "shortest k"), ("not_student_fit", "student fit"),
+                           ("over_cap", "capped")):
+            remaining -= funnel.get(key, 0)  # runs curated before a step existed lack its count
             steps.append((label, remaining))
         figure, axis = plt.subplots(figsize=(6, 3.2))
         bars = axis.barh([s[0] for s in steps][::-1], [s[1] for s in steps][::-1], color="#2f80ed")
@@ -262,9 +264,16 @@ def markdown(data: dict[str, Any], figures: dict[str, Path]) -> str:
     if data["funnel"]:
         from tutorlm.curate import FUNNEL
 
-        lines += ["| step | rationales |", "| --- | --- |"] + [f"| {key.replace('_', ' ')} | {data['funnel'][key]} |" for key in FUNNEL]
+        lines += ["| step | rationales |", "| --- | --- |"] + [f"| {key.replace('_', ' ')} | {data['funnel'].get(key, 0)} |"
+                                                                  for key in FUNNEL]
         if "funnel" in figures:
             lines += ["", f"![funnel]({figures['funnel'].name})"]
+        fit = data.get("student_fit")
+        if fit:
+            from tutorlm.fit import fit_line
+
+            lines += ["", fit_line(fit)[0].upper() + fit_line(fit)[1:] + f" ({fit['rows']} rationales scored; "
+                      "mean log-probability of each rationale's tokens under the student)."]
     else:
         lines.append("No curation recorded.")
     lines += ["", "## Teacher cost", ""]
