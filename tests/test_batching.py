@@ -183,3 +183,27 @@ def test_hf_backend_stop_strings_and_sampled_reproducibility(tiny):
     for key, completion in stopped.items():
         if word in free[key].text:
             assert completion.text == free[key].text[: free[key].text.index(word)] and completion.finish_reason == "stop"
+
+
+def test_draw_follows_the_probabilities_and_never_picks_an_impossible_token():
+    from tutorlm.engine import draw
+
+    probs = torch.tensor([[0.5, 0.0, 0.3, 0.2, 0.0], [0.0, 0.0, 0.0, 0.0, 1.0]])
+    generators = [torch.Generator().manual_seed(0), torch.Generator().manual_seed(1)]
+    counts = torch.zeros(5)
+    for _ in range(4000):
+        tokens = draw(probs, generators, pad_token_id=-1)
+        counts[tokens[0]] += 1
+        assert tokens[1] == 4
+    frequencies = counts / counts.sum()
+    assert counts[1] == 0 and counts[4] == 0
+    assert torch.allclose(frequencies, probs[0], atol=0.03)  # 4000 draws: standard error under 0.008
+
+
+def test_draw_of_a_row_depends_only_on_its_generator_and_a_free_row_gets_the_pad():
+    from tutorlm.engine import draw
+
+    probs = torch.softmax(torch.randn(3, 1000, generator=torch.Generator().manual_seed(2)), -1)
+    alone = draw(probs[:1], [torch.Generator().manual_seed(7)], pad_token_id=0)
+    together = draw(probs, [torch.Generator().manual_seed(7), torch.Generator().manual_seed(8), None], pad_token_id=-5)
+    assert together[0] == alone[0] and together[2] == -5

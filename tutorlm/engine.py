@@ -100,6 +100,24 @@ def request_seed(seed: int, request: Any) -> int:
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:7], "big")
 
 
+def draw(probs: torch.Tensor, generators: list[torch.Generator | None], pad_token_id: int) -> torch.Tensor:
+    """One token per row from (rows, V) probabilities, by inverting each row's CDF at a uniform number from the
+    row's own generator (a row without one gets `pad_token_id`).
+
+    torch.multinomial draws V exponentials per row; one uniform and a cumulative sum are 10-20x cheaper at a
+    49k-151k vocabulary (most of a sampling step's overhead on a CPU). The CDF is summed in float64, and a row's
+    draw depends only on its probabilities and its generator, never on the other rows.
+    """
+    cdf = probs.double().cumsum(-1)
+    uniforms = torch.tensor([float(torch.rand((), generator=g, dtype=torch.float64, device=g.device)) if g is not None else 0.0
+                             for g in generators], dtype=torch.float64, device=probs.device)
+    tokens = torch.searchsorted(cdf, (uniforms * cdf[:, -1])[:, None], right=True)[:, 0].clamp(max=probs.shape[-1] - 1)
+    possible = probs.gather(1, tokens[:, None])[:, 0] > 0  # rounding at the very top of the CDF: never a zero-probability token
+    tokens = torch.where(possible, tokens, probs.argmax(-1))
+    missing = torch.tensor([g is None for g in generators], device=probs.device)
+    return torch.where(missing, torch.full_like(tokens, pad_token_id), tokens)
+
+
 class Engine:
     """Decode many prompts with `slots` rows at a time, refilling a row the moment it finishes.
 
@@ -281,11 +299,7 @@ class Engine:
             sorted_probs, order = probs.sort(dim=-1, descending=True)
             sorted_probs[(sorted_probs.cumsum(-1) - sorted_probs) >= self.top_p] = 0
             probs = torch.zeros_like(probs).scatter_(-1, order, sorted_probs)
-        tokens = [
-            int(torch.multinomial(probs[i], 1, generator=self.rows[slot].generator)) if self.rows[slot] else self.pad_token_id
-            for i, slot in enumerate(slots)
-        ]
-        return torch.tensor(tokens, device=logits.device)
+        return draw(probs, [self.rows[slot].generator if self.rows[slot] else None for slot in slots], self.pad_token_id)
 
     def _finish(self, slot: int, reason: str) -> None:
         row = self.rows[slot]
