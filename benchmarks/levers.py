@@ -39,7 +39,7 @@ def run_variant(recipe: str, name: str, settings: list[str]) -> Path:
     run_name = f"lever-{Path(recipe).stem}-{slug}"
     command = [sys.executable, "-m", "tutorlm", "run", recipe, "--run.name", run_name, "--eval.models", "[student]",
                *settings]
-    result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "COLUMNS": "120"})
+    result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "COLUMNS": "120"}, cwd=ROOT)
     if result.returncode != 0:
         raise SystemExit(f"{' '.join(command)} failed:\n{result.stderr[-3000:]}")
     return ROOT / "runs" / run_name

@@ -42,7 +42,7 @@ METHODS = ("grpo", "kdrl", "dpo")
 def run_recipe(method: str) -> tuple[Path, float]:
     started = time.perf_counter()
     command = [sys.executable, "-m", "tutorlm", "run", method]
-    result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "COLUMNS": "120"})
+    result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "COLUMNS": "120"}, cwd=ROOT)
     if result.returncode != 0:
         raise SystemExit(f"{' '.join(command)} failed:\n{result.stderr[-3000:]}")
     return ROOT / "runs" / method, round(time.perf_counter() - started, 1)

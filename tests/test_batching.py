@@ -199,6 +199,14 @@ def test_draw_follows_the_probabilities_and_never_picks_an_impossible_token():
     assert counts[1] == 0 and counts[4] == 0
     assert torch.allclose(frequencies, probs[0], atol=0.03)  # 4000 draws: standard error under 0.008
 
+    # across the blocks the vocabulary is cut into, and in the last, partial one
+    wide = torch.zeros(1, 2500)
+    wide[0, [1023, 1024, 2499]] = torch.tensor([0.25, 0.25, 0.5])
+    generator = torch.Generator().manual_seed(3)
+    drawn = torch.tensor([int(draw(wide, [generator], pad_token_id=-1)) for _ in range(2000)])
+    assert set(drawn.tolist()) == {1023, 1024, 2499}
+    assert abs(float((drawn == 2499).float().mean()) - 0.5) < 0.05
+
 
 def test_draw_of_a_row_depends_only_on_its_generator_and_a_free_row_gets_the_pad():
     from tutorlm.engine import draw

