@@ -12,6 +12,7 @@ ROOT = Path(__file__).resolve().parent.parent
 START, END = "<!-- benchmarks:start -->", "<!-- benchmarks:end -->"
 RUN_START, RUN_END = "<!-- default-run:start -->", "<!-- default-run:end -->"
 REAL_START, REAL_END = "<!-- real-teacher:start -->", "<!-- real-teacher:end -->"
+WORDING_START, WORDING_END = "<!-- wording:start -->", "<!-- wording:end -->"
 
 
 def rows() -> list[str]:
@@ -289,6 +290,24 @@ def default_run(name: str = "default_recipe.json") -> list[str]:
     return lines
 
 
+def wording_table() -> list[str]:
+    """benchmarks/results/prompt_wording.json as a table: one row per task and wording."""
+    path = ROOT / "benchmarks" / "results" / "prompt_wording.json"
+    if not path.exists():
+        return []
+    result = json.loads(path.read_text())
+    lines = [f"| task | instruction ends | base accuracy (95% CI) | literal placeholder | no answer | truncated |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for point in result["points"]:
+        ending = point["instruction"].split("step by step", 1)[1].strip(" ,.")
+        lines.append(f"| {point['task']} | …{ending} | {point['accuracy']:.0%} ({point['accuracy_ci95'][0]:.0%}–"
+                     f"{point['accuracy_ci95'][1]:.0%}) | {point['placeholder_rate']:.0%} | {point['no_answer_rate']:.0%} "
+                     f"| {point['truncation_rate']:.0%} |")
+    lines += ["", f"({result['model']}, {result['limit']} test questions per task, greedy, {result['max_tokens']} tokens; "
+                  f"{result['machine']}, {result['date']}.)"]
+    return lines
+
+
 def replace_block(text: str, start: str, end: str, lines: list[str]) -> str:
     before, rest = text.split(start, 1)
     _, after = rest.split(end, 1)
@@ -300,6 +319,7 @@ def main() -> None:
     text = replace_block(readme.read_text(), START, END, rows())
     text = replace_block(text, RUN_START, RUN_END, default_run())
     text = replace_block(text, REAL_START, REAL_END, default_run("real_teacher.json"))
+    text = replace_block(text, WORDING_START, WORDING_END, wording_table())
     readme.write_text(text)
     print("\n".join(rows() + [""] + default_run() + [""] + default_run("real_teacher.json")))
 

@@ -158,7 +158,8 @@ def test_prompt_asks_for_the_answer_line_and_lists_choices():
     assert messages[0] == {"role": "system", "content": "Be careful."}
     assert messages[-1]["role"] == "user"
     assert "(A) " + example.choices[0] in messages[-1]["content"]
-    assert 'The answer is (X).' in messages[-1]["content"]
+    assert '"The answer is" followed by the letter of your choice in parentheses.' in messages[-1]["content"]
+    assert "X" not in messages[-1]["content"].split("\n")[-1]  # no placeholder for the model to copy
     shots = task.examples("train", 2)
     with_shots = task.prompt(example, few_shot=shots)
     assert [m["role"] for m in with_shots] == ["user", "assistant", "user", "assistant", "user"]

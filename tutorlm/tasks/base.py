@@ -109,11 +109,19 @@ def format_question(example: Example) -> str:
 
 
 def answer_instruction(answer_type: str) -> str:
+    """The instruction after every question: one answer line for all tasks, asked for without a placeholder.
+
+    Worded "finish with the line "The answer is X." where X is ...", SmolLM2-135M-Instruct wrote a literal
+    "X" as its answer in 65% of multistep-arithmetic answers; "followed by ..." took that to 0% and its
+    accuracy from 0% to 7% (benchmarks/prompt_wording.py).
+    """
     if answer_type == "choice":
-        return f'Think step by step, then finish with the line "{ANSWER_LINE} (X)." where X is the letter of your choice.'
-    if answer_type == "boolean":
-        return f'Think step by step, then finish with the line "{ANSWER_LINE} X." where X is Yes or No.'
-    return f'Think step by step, then finish with the line "{ANSWER_LINE} X." where X is your final answer.'
+        what = "the letter of your choice in parentheses"
+    elif answer_type == "boolean":
+        what = "Yes or No"
+    else:
+        what = "your final answer"
+    return f'Think step by step, then finish with a line that says "{ANSWER_LINE}" followed by {what}.'
 
 
 def build_prompt(
