@@ -56,6 +56,17 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
+def instruction(name: str, task: str) -> str:
+    """The wording's instruction for the task's answer type."""
+    sys.path.insert(0, str(ROOT))
+    from tutorlm.config import TaskConfig
+    from tutorlm.tasks import load_task
+
+    kind = load_task(TaskConfig(source=task)).answer_type
+    choice, boolean, other = WORDINGS[name]
+    return choice if kind == "choice" else boolean if kind == "boolean" else other
+
+
 def measure(name: str, task: str, args: argparse.Namespace) -> dict:
     out = ROOT / "runs" / f"wording-{name}-{task}"
     command = [sys.executable, "-c", PATCHED.format(wording=WORDINGS[name]), "eval", "--model", f"base={args.model}",
@@ -67,7 +78,7 @@ def measure(name: str, task: str, args: argparse.Namespace) -> dict:
         raise SystemExit(f"{name} on {task} failed:\n{result.stderr[-3000:]}")
     rows = [json.loads(line) for line in (out / "eval" / "base.jsonl").read_text().splitlines()]
     summary = json.loads((out / "eval" / "summary.json").read_text())["base"]
-    return {"wording": name, "task": task, "instruction": WORDINGS[name][2], "questions": len(rows),
+    return {"wording": name, "task": task, "instruction": instruction(name, task), "questions": len(rows),
             "accuracy": summary["accuracy"], "accuracy_ci95": summary["accuracy_ci95"],
             "placeholder_rate": sum(map(copies_placeholder, rows)) / len(rows),
             "no_answer_rate": summary["no_answer_rate"], "truncation_rate": summary["truncation_rate"],
