@@ -19,7 +19,7 @@ from rich.console import Console
 
 from tutorlm.backends import FatalBackendError
 from tutorlm.config import GenerateConfig, Recipe, RunConfig, TaskConfig, TeacherConfig
-from tutorlm.generate import FAILURES, PARTIAL, TRACES, GenerationIncomplete, generate
+from tutorlm.generate import FAILURES, PARTIAL, TRACES, GenerationIncomplete, generate, generate_stage_config
 
 KEY_ENV = "TUTORLM_TEST_TEACHER_KEY"
 SECRET = "sk-test-5b1f0c9e7d2a4e6f8a0b1c2d3e4f5a6b"
@@ -323,6 +323,20 @@ def test_reference_teacher_end_to_end(tmp_path):
     task = load_task(recipe.task)
     examples = {e.id: e for e in task.examples("train", 25)}
     assert all(task.grade(examples[row["example_id"]], row["completion"][0]["content"]).correct for row in rows)
+
+
+def test_a_reworded_instruction_makes_generated_traces_stale(tmp_path, monkeypatch):
+    from tutorlm.run import RunDir
+
+    recipe = Recipe(run=RunConfig(name="run", output_dir=str(tmp_path)), task=TaskConfig(source="last_letters"),
+                    generate=GenerateConfig(limit=3, cache_path=str(tmp_path / "cache.sqlite")))
+    generate(recipe, console=QUIET)
+    run = RunDir(recipe.run.path)
+    assert run.is_current("generate", generate_stage_config(recipe), {})
+    monkeypatch.setattr("tutorlm.tasks.base.answer_instruction", lambda kind: "Answer in one word.")
+    assert not run.is_current("generate", generate_stage_config(recipe), {})  # same config, other prompts
+    generate(recipe, console=QUIET)
+    assert all(row["prompt"][-1]["content"].endswith("Answer in one word.") for row in read_traces(tmp_path))
 
 
 def test_hf_backend_on_a_tiny_model(tmp_path):

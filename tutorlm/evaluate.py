@@ -40,7 +40,7 @@ from tutorlm.errors import GenerationIncomplete
 from tutorlm.progress import StageProgress
 from tutorlm.report import truncation_warnings
 from tutorlm.run import RunDir, atomic_write_text
-from tutorlm.tasks import DataError, Example, Task, load_task
+from tutorlm.tasks import DataError, Example, Task, load_task, prompt_instruction
 
 EVAL_DIR = "eval"
 SUMMARY = "summary.json"
@@ -249,7 +249,8 @@ def _evaluate(recipe: Recipe, specs: list[str], run: RunDir, force: bool, consol
         if config.backend == "hf" and Path(config.model or "").is_dir():
             inputs = {name: Path(config.model) / name for name in ("model.safetensors", "adapter_model.safetensors")
                       if (Path(config.model) / name).exists()}
-        stage_config = {"task": to_dict(recipe.task), "eval": to_dict(recipe.eval), "model": to_dict(config), "spec": spec}
+        stage_config = {"task": to_dict(recipe.task), "instruction": prompt_instruction(recipe.task), "eval": to_dict(recipe.eval),
+                        "model": to_dict(config), "spec": spec}
         stage = f"eval:{label}"
         if not force and label in summaries and run.is_current(stage, stage_config, inputs):
             console.print(f"eval {label}: up to date (--force redoes it)")

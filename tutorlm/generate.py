@@ -94,7 +94,10 @@ def generate_stage_config(recipe: Recipe) -> dict[str, Any]:
     generate = to_dict(recipe.generate)
     generate.pop("cache")
     generate.pop("cache_path")
-    return {"task": to_dict(recipe.task), "teacher": teacher, "generate": generate}
+    from tutorlm.tasks import prompt_instruction
+
+    return {"task": to_dict(recipe.task), "instruction": prompt_instruction(recipe.task), "teacher": teacher,
+            "generate": generate}
 
 
 def _progress(console: Console, total: int) -> StageProgress:

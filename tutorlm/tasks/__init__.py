@@ -59,6 +59,16 @@ def generator_settings(name: str) -> dict[str, Any]:
     return dataclasses.asdict(GENERATORS[name]())
 
 
+def prompt_instruction(config: TaskConfig) -> str:
+    """The instruction every prompt of the task ends with: part of what a generate or eval stage depends on, so
+    that rewording it makes their results stale (the config alone would not change)."""
+    from tutorlm.tasks.base import answer_instruction
+
+    if config.source in GENERATORS and not config.splits:
+        return answer_instruction(GENERATORS[config.source].answer_type)
+    return answer_instruction(config.answer_type)
+
+
 def load_task(config: TaskConfig) -> Task:
     """The task a config describes: a built-in generator, or examples read from files."""
     if config.source in GENERATORS and not config.splits:
