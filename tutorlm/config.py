@@ -328,6 +328,9 @@ class TrainConfig:
             raise ValueError("on_policy_lambda must be in [0, 1], on_policy_max_tokens at least 1 and on_policy_temperature >= 0")
         if self.on_policy_reward_weight < 0:
             raise ValueError(f"on_policy_reward_weight must be >= 0, got {self.on_policy_reward_weight}")
+        dtypes = ("auto", "float32", "fp32", "bfloat16", "bf16", "float16", "fp16", "int8")
+        if self.kd_teacher_dtype not in dtypes:
+            raise ValueError(f"kd_teacher_dtype must be one of {', '.join(dtypes)}, got {self.kd_teacher_dtype!r}")
         if self.on_policy_reward_weight and self.on_policy_loss != "sampled":
             raise ValueError("on_policy_reward_weight adds to the sampled loss's advantages; set on_policy_loss sampled")
         if self.dpo_beta <= 0:
