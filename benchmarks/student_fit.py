@@ -27,10 +27,7 @@ from levers import describe, run_variant, scores
 
 ROOT = Path(__file__).resolve().parent.parent
 
-import sys  # noqa: E402
-
-sys.path.insert(0, str(ROOT))
-from tutorlm.metrics import paired_difference  # noqa: E402
+from tutorlm.metrics import paired_difference  # noqa: E402  (levers put the repository on sys.path)
 
 
 def main() -> None:
