@@ -83,3 +83,16 @@ def chosen_sides(parser, args, sides: tuple[str, ...]) -> list[str]:
     if unknown := set(chosen) - set(sides):
         parser.error(f"--sides: unknown {', '.join(sorted(unknown))}; choose from {', '.join(sides)}")
     return chosen
+
+
+def tutorlm_run(*arguments: str) -> None:
+    """`tutorlm run ARGUMENTS` from the repository root, as a user would; a failure stops the benchmark with its
+    error output."""
+    import sys
+    from pathlib import Path
+
+    command = [sys.executable, "-m", "tutorlm", "run", *arguments]
+    result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "COLUMNS": "120"},
+                            cwd=Path(__file__).resolve().parent.parent)
+    if result.returncode != 0:
+        raise SystemExit(f"{' '.join(command)} failed:\n{result.stderr[-3000:]}")

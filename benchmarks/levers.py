@@ -20,12 +20,11 @@ import json
 import os
 import re
 import shlex
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-from _common import machine
+from _common import machine, tutorlm_run
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -37,11 +36,7 @@ from tutorlm.report import question_scores  # noqa: E402
 def run_variant(recipe: str, name: str, settings: list[str]) -> Path:
     slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
     run_name = f"lever-{Path(recipe).stem}-{slug}"
-    command = [sys.executable, "-m", "tutorlm", "run", recipe, "--run.name", run_name, "--eval.models", "[student]",
-               *settings]
-    result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "COLUMNS": "120"}, cwd=ROOT)
-    if result.returncode != 0:
-        raise SystemExit(f"{' '.join(command)} failed:\n{result.stderr[-3000:]}")
+    tutorlm_run(recipe, "--run.name", run_name, "--eval.models", "[student]", *settings)
     return ROOT / "runs" / run_name
 
 

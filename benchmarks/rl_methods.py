@@ -23,12 +23,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-from _common import machine
+from _common import machine, tutorlm_run
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -41,10 +40,7 @@ METHODS = ("grpo", "kdrl", "dpo")
 
 def run_recipe(method: str) -> tuple[Path, float]:
     started = time.perf_counter()
-    command = [sys.executable, "-m", "tutorlm", "run", method]
-    result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "COLUMNS": "120"}, cwd=ROOT)
-    if result.returncode != 0:
-        raise SystemExit(f"{' '.join(command)} failed:\n{result.stderr[-3000:]}")
+    tutorlm_run(method)
     return ROOT / "runs" / method, round(time.perf_counter() - started, 1)
 
 

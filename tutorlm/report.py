@@ -272,7 +272,8 @@ def markdown(data: dict[str, Any], figures: dict[str, Path]) -> str:
         if fit:
             from tutorlm.fit import fit_line
 
-            lines += ["", fit_line(fit)[0].upper() + fit_line(fit)[1:] + f" ({fit['rows']} rationales scored; "
+            line = fit_line(fit)
+            lines += ["", line[0].upper() + line[1:] + f" ({fit['rows']} rationales scored; "
                       "mean log-probability of each rationale's tokens under the student)."]
     else:
         lines.append("No curation recorded.")
