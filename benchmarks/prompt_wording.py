@@ -24,21 +24,22 @@ from _common import machine
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# name -> (choice, boolean, anything else): the instruction after the question
+# name -> the instruction per answer type ("other": numbers, text, math)
 WORDINGS = {
-    "placeholder": (
-        'Think step by step, then finish with the line "The answer is (X)." where X is the letter of your choice.',
-        'Think step by step, then finish with the line "The answer is X." where X is Yes or No.',
-        'Think step by step, then finish with the line "The answer is X." where X is your final answer.'),
-    "followed-by": (
-        'Think step by step, then finish with a line that says "The answer is" followed by the letter of your '
-        'choice in parentheses.',
-        'Think step by step, then finish with a line that says "The answer is" followed by Yes or No.',
-        'Think step by step, then finish with a line that says "The answer is" followed by your final answer.'),
-    "last-line": (
-        'Think step by step. On the last line, write "The answer is" and then the letter of your choice in parentheses.',
-        'Think step by step. On the last line, write "The answer is" and then Yes or No.',
-        'Think step by step. On the last line, write "The answer is" and then your final answer.'),
+    "placeholder": {
+        "choice": 'Think step by step, then finish with the line "The answer is (X)." where X is the letter of your choice.',
+        "boolean": 'Think step by step, then finish with the line "The answer is X." where X is Yes or No.',
+        "other": 'Think step by step, then finish with the line "The answer is X." where X is your final answer.'},
+    "followed-by": {
+        "choice": 'Think step by step, then finish with a line that says "The answer is" followed by the letter of your '
+                  'choice in parentheses.',
+        "boolean": 'Think step by step, then finish with a line that says "The answer is" followed by Yes or No.',
+        "other": 'Think step by step, then finish with a line that says "The answer is" followed by your final answer.'},
+    "last-line": {
+        "choice": 'Think step by step. On the last line, write "The answer is" and then the letter of your choice in '
+                  'parentheses.',
+        "boolean": 'Think step by step. On the last line, write "The answer is" and then Yes or No.',
+        "other": 'Think step by step. On the last line, write "The answer is" and then your final answer.'},
 }
 PLACEHOLDERS = {"x", "(x)", "your final answer", "yes or no", "the letter of your choice"}
 
@@ -49,8 +50,8 @@ def copies_placeholder(row: dict) -> bool:
 
 PATCHED = """
 import sys, tutorlm.tasks.base as base
-choice, boolean, other = {wording!r}
-base.answer_instruction = lambda kind: choice if kind == "choice" else boolean if kind == "boolean" else other
+wording = {wording!r}
+base.answer_instruction = lambda kind: wording.get(kind, wording["other"])
 from tutorlm.cli import main
 sys.exit(main(sys.argv[1:]))
 """
@@ -62,9 +63,8 @@ def instruction(name: str, task: str) -> str:
     from tutorlm.config import TaskConfig
     from tutorlm.tasks import load_task
 
-    kind = load_task(TaskConfig(source=task)).answer_type
-    choice, boolean, other = WORDINGS[name]
-    return choice if kind == "choice" else boolean if kind == "boolean" else other
+    wording = WORDINGS[name]
+    return wording.get(load_task(TaskConfig(source=task)).answer_type, wording["other"])
 
 
 def measure(name: str, task: str, args: argparse.Namespace) -> dict:

@@ -225,7 +225,7 @@ def curate(recipe: Recipe, *, force: bool = False, export: str | None = None, co
         def fit(candidates: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
             from tutorlm.fit import score_fit
 
-            scores, stats = score_fit(recipe, candidates, console)
+            scores, stats = score_fit(recipe, candidates, console, stage_config.get("fit"))  # fingerprinted once
             fit_stats.update(stats, all=scores)
             return scores
 

@@ -49,13 +49,15 @@ def _key(identity: dict[str, Any], row: dict[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def score_fit(recipe: Any, rows: list[dict[str, Any]], console: Console) -> tuple[dict[str, dict[str, float]], dict[str, Any]]:
-    """({row id: {"mean_logprob", "low_share"}}, stats) for `rows`; only rows not scored before load the model."""
+def score_fit(recipe: Any, rows: list[dict[str, Any]], console: Console, identity: dict[str, Any] | None = None
+              ) -> tuple[dict[str, dict[str, float]], dict[str, Any]]:
+    """({row id: {"mean_logprob", "low_share"}}, stats) for `rows`; only rows not scored before load the model.
+    `identity`: fit_identity(recipe) when the caller has it (it hashes the model's files)."""
     from tutorlm.cache import Cache
     from tutorlm.config import ModelConfig
     from tutorlm.progress import StageProgress
 
-    identity = fit_identity(recipe)
+    identity = identity or fit_identity(recipe)
     keys = [_key(identity, row) for row in rows]
     stats: dict[str, Any] = {"model": identity["model"], "floor": identity["floor"], "rows": len(rows)}
     with Cache(recipe.run.path / SCORES) as cache:
