@@ -215,3 +215,76 @@ def test_draw_of_a_row_depends_only_on_its_generator_and_a_free_row_gets_the_pad
     alone = draw(probs[:1], [torch.Generator().manual_seed(7)], pad_token_id=0)
     together = draw(probs, [torch.Generator().manual_seed(7), torch.Generator().manual_seed(8), None], pad_token_id=-5)
     assert together[0] == alone[0] and together[2] == -5
+
+
+def test_arrivals_while_running_match_unbatched_generate(tiny):
+    """A server's requests arrive while others decode: each still gets exactly what it would get alone,
+    including an arrival longer than any prompt the buffer was sized for, and more rows than the run began with."""
+    from tutorlm.engine import RowSettings
+
+    tokenizer, model = tiny
+    rng = random.Random(3)
+    vocab = len(tokenizer)
+    first = [[rng.randrange(3, vocab) for _ in range(rng.randint(2, 6))] for _ in range(2)]
+    later = [[rng.randrange(3, vocab) for _ in range(n)] for n in (40, 3, 9, 350, 5)]
+    stop_ids = {1}
+    limits = [12, 30, 7, 25, 16, 4, 20]
+    prompts = list(first)
+    settings = [RowSettings(max_tokens=limits[i]) for i in range(len(first))]
+    steps = {"calls": 0}
+
+    def incoming():
+        steps["calls"] += 1
+        if steps["calls"] in (3, 4, 9, 15, 22) and later:
+            prompts.append(later.pop(0))
+            settings.append(RowSettings(max_tokens=limits[len(prompts) - 1]))
+            return [len(prompts) - 1]
+        return []
+
+    results = {}
+    engine = Engine(model, slots=4, pad_token_id=0, stop_ids=stop_ids)
+    engine.run(prompts, settings=settings, incoming=incoming, room=420,
+               finished=lambda index, tokens, reason, logprobs, latency: results.__setitem__(index, (tokens, reason)))
+    assert len(prompts) == 7 and sorted(results) == list(range(7))
+    for index, prompt in enumerate(prompts):
+        assert results[index] == generate_one(model, prompt, stop_ids, limits[index]), index
+    assert engine.counters["growths"] > 0  # the 350-token arrival did not fit the first buffer
+
+
+def test_rows_keep_their_own_sampling_settings(tiny):
+    """Greedy and sampled requests share a batch: a greedy row is what generate gives, and a sampled row is
+    what it is when it runs alone with the same seed and temperature."""
+    from tutorlm.engine import RowSettings
+
+    tokenizer, model = tiny
+    prompts = prompts_with_shared_prefix(len(tokenizer), count=6, seed=5)
+    settings = [RowSettings(15, 0.0), RowSettings(15, 1.0, 1.0, 7), RowSettings(15, 0.7, 0.5, 8),
+                RowSettings(15, 0.0), RowSettings(15, 1.3, 0.9, 9), RowSettings(15, 1.0, 1.0, 10)]
+    together, _ = run_engine(model, prompts, 6, {1}, settings=settings)
+    for index, prompt in enumerate(prompts):
+        alone, _ = run_engine(model, [prompt], 1, {1}, settings=[settings[index]])
+        assert together[index][:2] == alone[0][:2], index
+        if settings[index].temperature == 0:
+            assert together[index][:2] == generate_one(model, prompt, {1}, 15)
+    sampled = [together[i][0] for i in (1, 5)]
+    greedy = generate_one(model, prompts[1], {1}, 15)[0]
+    assert sampled[0] != greedy  # temperature 1 over random weights: the sampled row did sample
+
+
+def test_on_token_streams_every_token_and_cancels(tiny):
+    tokenizer, model = tiny
+    prompts = prompts_with_shared_prefix(len(tokenizer), count=5, seed=6)
+    seen: dict[int, list[int]] = {}
+
+    def on_token(index, token):
+        seen.setdefault(index, []).append(token)
+        return not (index == 2 and len(seen[index]) == 3)  # the client of request 2 goes away after 3 tokens
+
+    results, _ = run_engine(model, prompts, 3, {1}, max_tokens=10, on_token=on_token)
+    for index in range(5):
+        tokens, reason, _ = results[index]
+        assert seen.get(index, []) == tokens
+        if index == 2:
+            assert (len(tokens), reason) == (3, "cancelled")
+        else:
+            assert (tokens, reason) == generate_one(model, prompts[index], {1}, 10)

@@ -83,16 +83,28 @@ class _State:
     width: int = 0  # the next column every row writes to
 
 
+@dataclass(frozen=True)
+class RowSettings:
+    """One request's own sampling settings (a server's requests differ; `run`'s keyword arguments set them for all)."""
+
+    max_tokens: int
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int = 0
+
+
 @dataclass
 class _Row:
     index: int  # position of the request in the caller's list
     generator: torch.Generator | None
     started: float
+    settings: RowSettings
     tokens: list[int] = field(default_factory=list)
     logprobs: list[tuple[torch.Tensor, torch.Tensor, float]] = field(default_factory=list)
 
 
 Finished = Callable[[int, list[int], str, list[tuple[torch.Tensor, torch.Tensor, float]], float], None]
+OnToken = Callable[[int, int], bool]  # (request index, token) -> keep going; False ends the row as "cancelled"
 
 
 def request_seed(seed: int, request: Any) -> int:
@@ -135,6 +147,12 @@ class Engine:
     latency)` per prompt as soon as it ends, where `tokens` excludes the stop token, `reason` is
     "stop" (a stop token or string) or "length", and `logprobs` holds, per token when asked for,
     (top-k token ids, top-k log-probs, the chosen token's log-prob) from the raw logits.
+
+    A server keeps one `run` going while requests arrive: `settings` gives each prompt its own
+    max_tokens / temperature / top_p / seed, `incoming()` is asked before every step for the indices
+    of prompts appended to `prompts` (and `settings`) since, `room` bounds the columns a row may
+    span (longest allowed prompt + max_tokens), and `on_token(index, token)` sees every generated
+    token as it is chosen (streaming); when it returns False the row ends as "cancelled".
     """
 
     def __init__(self, model: Any, *, slots: int, pad_token_id: int, stop_ids: set[int]) -> None:
@@ -151,18 +169,23 @@ class Engine:
                          "kv_bytes_peak": 0}
 
     @torch.inference_mode()
-    def run(self, prompts: list[list[int]], *, max_tokens: int, temperature: float = 0.0, top_p: float = 1.0,
+    def run(self, prompts: list[list[int]], *, max_tokens: int = 0, temperature: float = 0.0, top_p: float = 1.0,
             top_logprobs: int = 0, seeds: list[int] | None = None, stop_check: Callable[[list[int]], bool] | None = None,
-            finished: Finished) -> None:
+            finished: Finished, settings: list[RowSettings] | None = None, incoming: Callable[[], list[int]] | None = None,
+            on_token: OnToken | None = None, room: int | None = None) -> None:
         if not prompts:
             return
-        self.max_tokens, self.temperature, self.top_p, self.top_logprobs = max_tokens, temperature, top_p, top_logprobs
-        self.stop_check, self.finished, self.seeds = stop_check, finished, seeds
+        if settings is None:
+            settings = [RowSettings(max_tokens, temperature, top_p, seeds[i] if seeds else i) for i in range(len(prompts))]
+        self.settings, self.top_logprobs, self.incoming, self.on_token = settings, top_logprobs, incoming, on_token
+        self.stop_check, self.finished = stop_check, finished
         # Longest prompts first: the shared column only moves right, so later (shorter) prompts fit left of it.
         pending = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
         longest = len(prompts[pending[0]])
+        most_new = max(s.max_tokens for s in settings)
         rows = min(self.slots, len(prompts))
-        self.most = longest + max_tokens + max(32, max_tokens // 4)  # a live row never spans more columns
+        # a live row never spans more columns
+        self.most = room if room is not None else longest + most_new + max(32, most_new // 4)
         self.capacity = min(self.most, longest + INITIAL_NEW_TOKENS + max(32, INITIAL_NEW_TOKENS // 4))
         self.state = _State()
         self.layers: list[_SlotLayer] = []
@@ -180,10 +203,20 @@ class Engine:
             self._loop(pending)
 
     def _loop(self, pending: list[int]) -> None:
-        self._prefix(self.prompts)
+        if self.incoming is None:
+            self._prefix(self.prompts)  # arrivals need not share the first prompts' prefix
+        else:
+            self.prefix_tokens, self.prefix = 0, []
 
-        while pending or any(row is not None for row in self.rows):
+        while True:
+            if self.incoming is not None:
+                pending += self.incoming()
+            if not pending and not any(row is not None for row in self.rows):
+                break
             free = [slot for slot, row in enumerate(self.rows) if row is None]
+            if not free and pending and len(self.rows) < self.slots:
+                self._add_rows(min(self.slots - len(self.rows), len(pending)))
+                continue
             if free and pending:
                 chosen, pending = pending[: len(free)], pending[len(free):]
                 self._insert(free[: len(chosen)], chosen)
@@ -191,7 +224,7 @@ class Engine:
             if free and not pending:
                 self._drop_rows()
                 if not self.rows:
-                    break
+                    continue  # nothing live: a server's next arrival starts the rows again
             self._decode()
 
     # -- the three moves ---------------------------------------------------------------------
@@ -239,6 +272,8 @@ class Engine:
                 slot_layer.allocate(layer.keys, len(self.rows), self.capacity)
                 self.layers.append(slot_layer)
             self._count_kv_bytes()
+        if width + 1 > self.capacity:  # an arrival longer than the buffer was sized for
+            self._grow(min(self.most, max(2 * self.capacity, width + INITIAL_NEW_TOKENS)))
         if self.state.width < width:
             self._shift(width - self.state.width)
         end, index = self.state.width, torch.tensor(slots, device=self.device)
@@ -250,11 +285,11 @@ class Engine:
         self.positions[index] = attention.sum(-1)
         now = time.perf_counter()
         for slot, request_index in zip(slots, chosen):
-            generator = None
-            if self.temperature > 0:
+            settings, generator = self.settings[request_index], None
+            if settings.temperature > 0:
                 generator = torch.Generator(device=self.device)
-                generator.manual_seed(self.seeds[request_index] if self.seeds else request_index)
-            self.rows[slot] = _Row(request_index, generator, now)
+                generator.manual_seed(settings.seed)
+            self.rows[slot] = _Row(request_index, generator, now, settings)
         self._advance(slots, self._logits(output.logits[:, -1]))
 
     def _decode(self) -> None:
@@ -296,20 +331,31 @@ class Engine:
             row.tokens.append(token)
             if top is not None:
                 row.logprobs.append((top.indices[position].cpu(), top.values[position].cpu(), chosen_logprobs[position]))
-            if self.stop_check is not None and self.stop_check(row.tokens):
+            if self.on_token is not None and not self.on_token(row.index, token):
+                self._finish(slot, "cancelled")
+            elif self.stop_check is not None and self.stop_check(row.tokens):
                 self._finish(slot, "stop")
-            elif len(row.tokens) >= self.max_tokens:
+            elif len(row.tokens) >= row.settings.max_tokens:
                 self._finish(slot, "length")
 
     def _choose(self, slots: list[int], logits: torch.Tensor) -> torch.Tensor:
-        if self.temperature <= 0:
+        rows = [self.rows[slot] for slot in slots]
+        sampled = [row is not None and row.settings.temperature > 0 for row in rows]
+        if not any(sampled):
             return logits.argmax(dim=-1)
-        probs = torch.softmax(logits / self.temperature, dim=-1)
-        if self.top_p < 1.0:  # keep the smallest set of tokens whose mass reaches top_p
+        temperatures = torch.tensor([row.settings.temperature if hot else 1.0 for row, hot in zip(rows, sampled)],
+                                    device=logits.device)
+        probs = torch.softmax(logits / temperatures[:, None], dim=-1)
+        top_p = [row.settings.top_p if hot else 1.0 for row, hot in zip(rows, sampled)]
+        if min(top_p) < 1.0:  # keep the smallest set of tokens whose mass reaches top_p (a row at 1.0 keeps all)
+            limits = torch.tensor([p if p < 1.0 else float("inf") for p in top_p], device=logits.device)
             sorted_probs, order = probs.sort(dim=-1, descending=True)
-            sorted_probs[(sorted_probs.cumsum(-1) - sorted_probs) >= self.top_p] = 0
+            sorted_probs[(sorted_probs.cumsum(-1) - sorted_probs) >= limits[:, None]] = 0
             probs = torch.zeros_like(probs).scatter_(-1, order, sorted_probs)
-        return draw(probs, [self.rows[slot].generator if self.rows[slot] else None for slot in slots], self.pad_token_id)
+        drawn = draw(probs, [row.generator if hot else None for row, hot in zip(rows, sampled)], self.pad_token_id)
+        if all(sampled):
+            return drawn
+        return torch.where(torch.tensor(sampled, device=logits.device), drawn, logits.argmax(dim=-1))
 
     def _finish(self, slot: int, reason: str) -> None:
         row = self.rows[slot]
@@ -379,3 +425,14 @@ class Engine:
             layer.key_buffer, layer.value_buffer = layer.key_buffer[index], layer.value_buffer[index]
         self.mask, self.positions, self.last = self.mask[index], self.positions[index], self.last[index]
         self.rows = [self.rows[slot] for slot in keep]
+
+    def _add_rows(self, count: int) -> None:
+        """Arrivals and no free row: decode `count` more rows together (up to `slots`)."""
+        for layer in self.layers:
+            layer.key_buffer = torch.cat([layer.key_buffer, layer.key_buffer.new_zeros(count, *layer.key_buffer.shape[1:])])
+            layer.value_buffer = torch.cat([layer.value_buffer, layer.value_buffer.new_zeros(count, *layer.value_buffer.shape[1:])])
+        self.mask = torch.cat([self.mask, self.mask.new_zeros(count, self.mask.shape[1])])
+        self.positions = torch.cat([self.positions, self.positions.new_zeros(count)])
+        self.last = torch.cat([self.last, self.last.new_full((count,), self.pad_token_id)])
+        self.rows += [None] * count
+        self._count_kv_bytes()
