@@ -1,0 +1,285 @@
+"""tutorlm serve with the official openai client against tiny models served on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("fastapi")
+pytest.importorskip("uvicorn")
+openai = pytest.importorskip("openai")
+httpx = pytest.importorskip("httpx")
+
+from fake_openai import FakeOpenAI  # noqa: E402
+from test_batching import varied_model  # noqa: E402
+from tiny import make_model, make_tokenizer, save_tiny_model  # noqa: E402
+from tutorlm.serve import LocalModel, RemoteTeacher, ServeConfig, agreement  # noqa: E402
+from tutorlm.serve_app import build_app, held_back  # noqa: E402
+
+QUESTION = [{"role": "user", "content": "What is 2 + 3? Think step by step."}]
+ANSWER = "Add them. 2 + 3 = 5.\nThe answer is 5."
+
+
+def greedy(model, tokenizer, messages, max_tokens):
+    """HF generate, unbatched: what the student must answer."""
+    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
+    output = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_tokens, do_sample=False,
+                            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    return tokenizer.decode(output[0, ids.shape[1]:], skip_special_tokens=True)
+
+
+def memorizer(tokenizer):
+    """A tiny model trained to answer every question with ANSWER, so its samples agree."""
+    torch.manual_seed(0)
+    model = make_model(tokenizer, seed=1)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    questions = ["What is 2 + 3?", "Is the coin heads up?", "What is 12 + 30? Think step by step.", QUESTION[0]["content"]]
+    batch = []
+    for question in questions:
+        prompt = tokenizer.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True, tokenize=False)
+        prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        answer_ids = tokenizer(ANSWER, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        batch.append((prompt_ids, answer_ids))
+    for _ in range(150):
+        for prompt_ids, answer_ids in batch:
+            ids = torch.tensor([prompt_ids + answer_ids])
+            labels = torch.tensor([[-100] * len(prompt_ids) + answer_ids])
+            loss = model(input_ids=ids, labels=labels).loss
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    return model.eval()
+
+
+@contextmanager
+def serving(config: ServeConfig, student: LocalModel, teacher=None):
+    import uvicorn
+
+    app = build_app(config, student, teacher)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    for _ in range(200):
+        if server.started:
+            break
+        time.sleep(0.05)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}/v1", app
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    tokenizer = make_tokenizer()
+    return tokenizer, varied_model(tokenizer)
+
+
+def local(model, tokenizer, config, name="student"):
+    return LocalModel(model, tokenizer, slots=config.slots, room=config.max_prompt_tokens + config.max_tokens + 32, name=name)
+
+
+CONFIG = dict(max_prompt_tokens=200, max_tokens=64, slots=8, api_key_env="TUTORLM_TEST_KEY")
+
+
+def test_chat_streaming_and_completions_match_unbatched_generate(tiny):
+    tokenizer, model = tiny
+    config = ServeConfig(**CONFIG)
+    with serving(config, local(model, tokenizer, config)) as (url, _):
+        client = openai.OpenAI(base_url=url, api_key="unused")
+        expected = greedy(model, tokenizer, QUESTION, 20)
+        reply = client.chat.completions.create(model="student", messages=QUESTION, max_tokens=20, temperature=0)
+        assert reply.choices[0].message.content == expected
+        assert reply.choices[0].finish_reason in ("stop", "length")
+        assert reply.usage.completion_tokens == reply.usage.model_extra["student_tokens"] > 0
+        assert reply.usage.model_extra["teacher_tokens"] == 0
+        chunks = list(client.chat.completions.create(model="student", messages=QUESTION, max_tokens=20, temperature=0, stream=True,
+                                                     stream_options={"include_usage": True}))
+        assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == expected
+        assert sum(1 for c in chunks if c.choices and c.choices[0].delta.content) > 1  # token by token, not one piece
+        assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == [reply.choices[0].finish_reason]
+        assert chunks[-1].usage.completion_tokens == reply.usage.completion_tokens
+        # a raw text prompt through /v1/completions, and two sampled choices with a seed are reproducible
+        text = client.completions.create(model="student", prompt="The answer is", max_tokens=5, temperature=0)
+        assert text.choices[0].text and text.usage.completion_tokens <= 5
+        sampled = [client.chat.completions.create(model="student", messages=QUESTION, max_tokens=12, temperature=1.0, n=2, seed=7)
+                   for _ in range(2)]
+        assert [c.message.content for c in sampled[0].choices] == [c.message.content for c in sampled[1].choices]
+        assert [m.id for m in client.models.list().data] == ["student"]
+        health = httpx.get(url.removesuffix("/v1") + "/health").json()
+        assert health["status"] == "ok" and health["counts"]["student"] >= 4
+
+
+def test_concurrent_clients_decode_together_and_each_gets_its_own_answer(tiny):
+    tokenizer, model = tiny
+    config = ServeConfig(**CONFIG)
+    student = local(model, tokenizer, config)
+    questions = [[{"role": "user", "content": f"What is {i} + {i * 3}? Think."}] for i in range(8)]
+    expected = [greedy(model, tokenizer, q, 24) for q in questions]
+    with serving(config, student) as (url, _):
+        client = openai.OpenAI(base_url=url, api_key="unused")
+
+        def ask(messages):
+            return client.chat.completions.create(model="student", messages=messages, max_tokens=24, temperature=0).choices[0].message.content
+
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(ask, questions))
+    assert answers == expected
+    counters = student.engine.counters
+    assert counters["row_steps"] > counters["decode_steps"]  # some steps decoded several clients' rows at once
+
+
+def test_bad_requests_get_openai_errors_and_the_server_keeps_serving(tiny, monkeypatch):
+    tokenizer, model = tiny
+    monkeypatch.setenv("TUTORLM_TEST_KEY", "s3cret")
+    config = ServeConfig(**{**CONFIG, "max_body_bytes": 4096})
+    with serving(config, local(model, tokenizer, config)) as (url, _):
+        client = openai.OpenAI(base_url=url, api_key="s3cret", max_retries=0)
+        with pytest.raises(openai.AuthenticationError):
+            openai.OpenAI(base_url=url, api_key="wrong", max_retries=0).chat.completions.create(model="student", messages=QUESTION)
+        assert httpx.get(f"{url}/models").status_code == 401  # no key at all
+        with pytest.raises(openai.NotFoundError) as unknown:
+            client.chat.completions.create(model="gpt-4", messages=QUESTION)
+        assert unknown.value.code == "model_not_found"
+        with pytest.raises(openai.BadRequestError) as too_many:
+            client.chat.completions.create(model="student", messages=QUESTION, max_tokens=10_000)
+        assert "max_tokens" in str(too_many.value)
+        with pytest.raises(openai.BadRequestError) as long_prompt:
+            client.chat.completions.create(model="student", messages=[{"role": "user", "content": "heads " * 300}], max_tokens=5)
+        assert long_prompt.value.code == "context_length_exceeded"
+        headers = {"Authorization": "Bearer s3cret", "Content-Type": "application/json"}
+        malformed = httpx.post(f"{url}/chat/completions", content=b"{not json", headers=headers)
+        assert malformed.status_code == 400 and malformed.json()["error"]["code"] == "invalid_json"
+        big = httpx.post(f"{url}/chat/completions", content=b"{" + b" " * 5000 + b"}", headers=headers)
+        assert big.status_code == 413 and big.json()["error"]["code"] == "body_too_large"
+        for bad in ({"model": "student"}, {"model": "student", "messages": [{"role": "robot", "content": "x"}]},
+                    {"model": "student", "messages": QUESTION, "temperature": "hot"}, [1, 2]):
+            response = httpx.post(f"{url}/chat/completions", json=bad, headers=headers)
+            assert response.status_code == 400 and response.json()["error"]["type"] == "invalid_request_error", bad
+        assert httpx.get(f"{url}/nowhere", headers=headers).status_code == 404
+        with pytest.raises(openai.BadRequestError):  # more choices than --max-n
+            client.chat.completions.create(model="student", messages=QUESTION, n=99)
+        with pytest.raises(openai.NotFoundError):  # without a teacher, escalate is not a model here
+            client.chat.completions.create(model="escalate", messages=QUESTION)
+        reply = client.chat.completions.create(model="student", messages=QUESTION, max_tokens=5, temperature=0)
+        assert reply.choices[0].message.content == greedy(model, tokenizer, QUESTION, 5)
+
+
+def test_escalation_asks_the_teacher_only_when_the_student_disagrees(tiny):
+    tokenizer, random_model = tiny
+    confident = memorizer(tokenizer)
+    assert agreement([ANSWER, ANSWER, "no idea"]) == (pytest.approx(2 / 3), "5")
+    with FakeOpenAI() as teacher_server:
+        config = ServeConfig(**{**CONFIG, "teacher": "openai:teacher-model", "teacher_base_url": teacher_server.url,
+                                "escalate_samples": 4, "escalate_agreement": 0.75})
+        with serving(config, local(confident, tokenizer, config), RemoteTeacher(config)) as (url, _):
+            client = openai.OpenAI(base_url=url, api_key="unused")
+            reply = client.chat.completions.create(model="escalate", messages=QUESTION, max_tokens=40, temperature=0, seed=1)
+            assert teacher_server.total_served == 0
+            assert reply.choices[0].message.content == ANSWER
+            assert reply.usage.model_extra["teacher_tokens"] == 0
+            assert reply.usage.model_extra["student_tokens"] >= 4 * reply.usage.completion_tokens  # all 4 samples are paid for
+            assert reply.model_extra["tutorlm"][0]["answered_by"] == "student"
+            taught = client.chat.completions.create(model="teacher", messages=QUESTION, max_tokens=40)
+            assert teacher_server.total_served == 1 and taught.choices[0].message.content.startswith("Let me think")
+        teacher_server.reset_counts()
+        with serving(config, local(random_model, tokenizer, config), RemoteTeacher(config)) as (url, _):
+            client = openai.OpenAI(base_url=url, api_key="unused")
+            reply = client.chat.completions.create(model="escalate", messages=QUESTION, max_tokens=40, temperature=0, seed=1)
+            assert teacher_server.total_served == 1  # a random student states no answer: the teacher answers
+            assert reply.choices[0].message.content.startswith("Let me think step by step")
+            assert reply.usage.model_extra["teacher_tokens"] > 0 and reply.usage.model_extra["student_tokens"] > 0
+            with pytest.raises(openai.BadRequestError) as step:
+                client.chat.completions.create(model="step", messages=QUESTION, max_tokens=20)
+            assert step.value.code == "unsupported_mode"
+
+
+def test_step_mode_hands_hesitant_lines_to_a_local_teacher(tiny):
+    tokenizer, random_model = tiny
+    teacher_model = memorizer(tokenizer)
+    for floor, helped in ((-1e9, False), (0.0, True)):
+        config = ServeConfig(**{**CONFIG, "teacher": "local", "step_logprob": floor, "step_teacher_tokens": 30})
+        student, teacher = local(random_model, tokenizer, config), local(teacher_model, tokenizer, config, "teacher")
+        with serving(config, student, teacher) as (url, _):
+            client = openai.OpenAI(base_url=url, api_key="unused")
+            reply = client.chat.completions.create(model="step", messages=QUESTION, max_tokens=40, temperature=0)
+        used = reply.usage.model_extra["teacher_tokens"]
+        assert reply.usage.model_extra["student_tokens"] > 0
+        if helped:  # every line is below a floor of 0: the teacher writes until its 30-token budget is spent
+            assert 0 < used <= 30 and reply.model_extra["tutorlm"][0]["steps_helped"] >= 1
+            assert "2 + 3 = 5" in reply.choices[0].message.content
+        else:
+            assert used == 0 and reply.model_extra["tutorlm"][0]["steps_helped"] == 0
+
+
+def test_held_back_keeps_a_possible_stop_string_out_of_the_stream():
+    assert held_back("The answer is 5. Th", ("The end",)) == 2
+    assert held_back("abc", ("xyz",)) == 0
+    assert held_back("step\n", ("\n\n",)) == 1
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_cli_serves_a_saved_model_and_finishes_in_flight_requests_on_sigterm(tmp_path):
+    model_dir = save_tiny_model(tmp_path / "student")
+    port = free_port()
+    env = {**os.environ, "TUTORLM_API_KEY": ""}
+    process = subprocess.Popen([sys.executable, "-m", "tutorlm", "serve", "--model", str(model_dir), "--port", str(port),
+                                "--max-tokens", "400", "--max-prompt-tokens", "100"],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        for _ in range(300):
+            try:
+                if httpx.get(f"{url}/health").status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        result = {}
+
+        def long_request():
+            body = {"model": "student", "messages": QUESTION, "max_tokens": 400, "temperature": 0}
+            result["response"] = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=60)
+
+        thread = threading.Thread(target=long_request)
+        thread.start()
+        time.sleep(0.5)
+        process.send_signal(signal.SIGTERM)
+        thread.join(timeout=60)
+        assert process.wait(timeout=60) == 0
+        response = result["response"]
+        assert response.status_code == 200 and response.json()["choices"][0]["finish_reason"] in ("stop", "length")
+    finally:
+        if process.poll() is None:
+            process.kill()
+        output = process.stdout.read()
+    assert "s3cret" not in output and "on http://127.0.0.1" in output
+
+
+def test_cli_refuses_bad_settings_with_one_line(tmp_path):
+    bad = subprocess.run([sys.executable, "-m", "tutorlm", "serve", "--model", str(tmp_path / "nope")],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "nope" in bad.stderr
+    bad = subprocess.run([sys.executable, "-m", "tutorlm", "serve", "--teacher", "openai:x"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "--teacher-base-url" in bad.stderr
+    bad = subprocess.run([sys.executable, "-m", "tutorlm", "serve", "--escalate-agreement", "2"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "--escalate-agreement" in bad.stderr

@@ -1,0 +1,151 @@
+"""Who answers a request in `tutorlm serve`: the student, the teacher, or the student with the teacher's help.
+
+- query level (`escalate`, after RouteLLM-style routing by the student's own confidence): the student samples
+  k answers; their agreement (the share that state the most common final answer) is its confidence. At or
+  above the threshold the student's majority answer is returned; below it, or when no sample states an
+  answer, the teacher answers.
+- step level (`step`, after Speculative Thinking): the student writes one line at a time; a line that hesitates
+  (a reflection word, or a mean token log-probability below a floor) is thrown away and the teacher writes
+  that line instead, continuing the same answer, until the request's teacher-token budget is spent.
+  Continuing a half-written answer needs the teacher's chat template: a local teacher.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+from tutorlm.engine import RowSettings
+from tutorlm.serve import BadRequest, LocalModel, Params, RemoteTeacher, ServeConfig, agreement, final_answer, hesitates
+
+
+@dataclass
+class Answer:
+    text: str
+    finish_reason: str
+    prompt_tokens: int
+    student_tokens: int = 0
+    teacher_tokens: int = 0
+    completion_tokens: int = 0  # tokens of the returned text (the answering model's)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+class Router:
+    def __init__(self, config: ServeConfig, student: LocalModel, teacher: LocalModel | RemoteTeacher | None) -> None:
+        self.config, self.student, self.teacher = config, student, teacher
+        self.counts = {"student": 0, "teacher": 0, "escalated": 0, "escalate": 0, "step": 0, "steps_helped": 0}
+
+    def modes(self) -> tuple[str, ...]:
+        return ("student", "teacher", "escalate", "step") if self.teacher is not None else ("student",)
+
+    def settings(self, params: Params, index: int, max_tokens: int | None = None, temperature: float | None = None) -> RowSettings:
+        seed = params.seed + index if params.seed is not None else random.getrandbits(62)
+        return RowSettings(max_tokens if max_tokens is not None else params.max_tokens,
+                           params.temperature if temperature is None else temperature, params.top_p, seed)
+
+    def check_prompt(self, prompt: list[int]) -> None:
+        if len(prompt) > self.config.max_prompt_tokens:
+            raise BadRequest(400, f"the prompt has {len(prompt)} tokens; this server takes at most {self.config.max_prompt_tokens}",
+                             "context_length_exceeded", param="messages")
+
+    async def answer(self, messages: list[dict[str, str]], params: Params, index: int = 0) -> Answer:
+        if params.model == "student":
+            return await self._student(messages, params, index)
+        if params.model == "teacher":
+            return await self._teacher(messages, params, index)
+        if params.model == "escalate":
+            return await self._escalate(messages, params, index)
+        return await self._step(messages, params, index)
+
+    async def _student(self, messages: list[dict[str, str]], params: Params, index: int) -> Answer:
+        prompt = self.student.chat_prompt(messages)
+        self.check_prompt(prompt)
+        tokens, reason, _ = await self.student.complete(prompt, self.settings(params, index), stop=params.stop)
+        self.counts["student"] += 1
+        return Answer(self.student.text(tokens, params.stop), reason, len(prompt), len(tokens), 0, len(tokens))
+
+    async def _teacher(self, messages: list[dict[str, str]], params: Params, index: int, temperature: float | None = None) -> Answer:
+        self.counts["teacher"] += 1
+        temperature = params.temperature if temperature is None else temperature
+        if isinstance(self.teacher, LocalModel):
+            prompt = self.teacher.chat_prompt(messages)
+            self.check_prompt(prompt)
+            tokens, reason, _ = await self.teacher.complete(prompt, self.settings(params, index, temperature=temperature), stop=params.stop)
+            return Answer(self.teacher.text(tokens, params.stop), reason, len(prompt), 0, len(tokens), len(tokens))
+        seed = params.seed + index if params.seed is not None else None
+        text, reason, prompt_tokens, completion = await self.teacher.complete(
+            messages, max_tokens=params.max_tokens, temperature=temperature, top_p=params.top_p, stop=params.stop, seed=seed)
+        return Answer(text, reason, prompt_tokens, 0, completion, completion)
+
+    async def _escalate(self, messages: list[dict[str, str]], params: Params, index: int) -> Answer:
+        config = self.config
+        self.counts["escalate"] += 1
+        prompt = self.student.chat_prompt(messages)
+        self.check_prompt(prompt)
+        temperature = params.temperature if params.temperature > 0 else config.escalate_temperature
+        k = config.escalate_samples
+        samples = await asyncio.gather(*[
+            self.student.complete(prompt, self.settings(params, index * k + i, temperature=temperature), stop=params.stop)
+            for i in range(k)
+        ])
+        texts = [self.student.text(tokens, params.stop) for tokens, _, _ in samples]
+        spent = sum(len(tokens) for tokens, _, _ in samples)
+        share, majority = agreement(texts)
+        meta = {"agreement": share, "student_answer": majority}
+        if majority is not None and share >= config.escalate_agreement:
+            chosen = next(i for i, text in enumerate(texts) if final_answer(text) == majority)
+            tokens, reason, _ = samples[chosen]
+            return Answer(texts[chosen], reason, len(prompt), spent, 0, len(tokens), {**meta, "answered_by": "student"})
+        self.counts["escalated"] += 1
+        helped = await self._teacher(messages, params, index)
+        self.counts["teacher"] -= 1  # counted as an escalation, not a teacher request
+        return Answer(helped.text, helped.finish_reason, len(prompt), spent, helped.teacher_tokens, helped.completion_tokens,
+                      {**meta, "answered_by": "teacher"})
+
+    async def _step(self, messages: list[dict[str, str]], params: Params, index: int) -> Answer:
+        if not isinstance(self.teacher, LocalModel):
+            raise BadRequest(400, "the step mode needs a local teacher (it continues the student's half-written answer "
+                                  "with the teacher's chat template); serve --teacher with a local model or .gguf file",
+                             "unsupported_mode", param="model")
+        config = self.config
+        self.counts["step"] += 1
+        first = self.student.chat_prompt(messages)
+        self.check_prompt(first)
+        written, student_tokens, teacher_tokens, budget, helped, reason, line_index = "", 0, 0, config.step_teacher_tokens, 0, "stop", 0
+        while True:
+            left = params.max_tokens - student_tokens - teacher_tokens
+            if left <= 0:
+                reason = "length"
+                break
+            prompt = self.student.chat_prompt(messages, prefix=written)
+            tokens, end, logprobs = await self.student.complete(
+                prompt, self.settings(params, index * 1000 + line_index, max_tokens=left), stop=("\n",), logprobs=True)
+            line_index += 1
+            student_tokens += len(tokens)
+            raw = self.student.tokenizer.decode(tokens, skip_special_tokens=True)
+            line, ended = (raw[: raw.index("\n")], True) if "\n" in raw else (raw, False)
+            if budget > 0 and line.strip() and hesitates(line, logprobs, config.step_logprob):
+                teacher_prompt = self.teacher.chat_prompt(messages, prefix=written)
+                taught, end, _ = await self.teacher.complete(
+                    teacher_prompt, self.settings(params, index * 1000 + line_index, max_tokens=min(budget, left)), stop=("\n",))
+                teacher_tokens += len(taught)
+                budget -= len(taught)
+                helped += 1
+                raw = self.teacher.tokenizer.decode(taught, skip_special_tokens=True)
+                line, ended = (raw[: raw.index("\n")], True) if "\n" in raw else (raw, False)
+                if not ended and end == "length" and budget <= 0 < left - len(taught):
+                    written += line  # the budget ran out mid-line: the student finishes the line
+                    continue
+            written += line + ("\n" if ended else "")
+            if not ended:  # the answer ended (an end token) or hit max_tokens
+                reason = "length" if end == "length" else "stop"
+                break
+        self.counts["steps_helped"] += helped
+        for marker in params.stop:
+            if marker in written:
+                written, reason = written[: written.index(marker)], "stop"
+        returned = len(self.student.tokenizer(written, add_special_tokens=False)["input_ids"])
+        return Answer(written.rstrip("\n") if reason == "stop" else written, reason, len(first), student_tokens, teacher_tokens,
+                      returned, {"steps_helped": helped})
