@@ -283,3 +283,46 @@ def test_cli_refuses_bad_settings_with_one_line(tmp_path):
     assert bad.returncode == 2 and "--teacher-base-url" in bad.stderr
     bad = subprocess.run([sys.executable, "-m", "tutorlm", "serve", "--escalate-agreement", "2"], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "--escalate-agreement" in bad.stderr
+
+
+def test_calibration_curve_by_hand():
+    from tutorlm.calibrate import choose, curve, student_votes
+
+    def row(example, index, text, correct, tokens=10):
+        return {"example_id": example, "sample_index": index, "completion": text, "correct": correct, "completion_tokens": tokens}
+
+    rows = [row("a", i, "The answer is 5.", True) for i in range(4)]  # agree 4/4, right
+    rows += [row("b", i, f"The answer is {7 if i < 3 else 8}.", i < 3) for i in range(4)]  # 3/4, right
+    rows += [row("c", i, f"The answer is {i}.", i == 0) for i in range(4)]  # 1/4 each: the first stated wins, right
+    rows += [row("d", i, "no idea", False) for i in range(4)]  # states nothing
+    votes = student_votes(rows)
+    assert {k: v["agreement"] for k, v in votes.items()} == {"a": 1.0, "b": 0.75, "c": 0.25, "d": 0.0}
+    assert [votes[k]["correct"] for k in "abcd"] == [True, True, True, False]
+    teacher = {"a": {"correct": False, "completion_tokens": 20}, "b": {"correct": True, "completion_tokens": 20},
+               "c": {"correct": False, "completion_tokens": 20}, "d": {"correct": True, "completion_tokens": 20}}
+    points = curve(votes, teacher, 4)
+    by = {(p["mode"], p["agreement"]): p for p in points}
+    assert by[("student", None)]["accuracy"] == 0.75 and by[("teacher", None)]["accuracy"] == 0.5
+    assert (by[("escalate", 0.25)]["accuracy"], by[("escalate", 0.25)]["teacher_share"]) == (1.0, 0.25)  # only d
+    assert (by[("escalate", 0.5)]["accuracy"], by[("escalate", 0.5)]["teacher_share"]) == (0.75, 0.5)  # c, d
+    assert by[("escalate", 1.0)]["teacher_share"] == 0.75 and by[("escalate", 0.25)]["teacher_token_share"] == 20 / 180
+    assert choose(points, 0.3)["agreement"] == 0.25 and choose(points, 0.1) is None
+
+
+def test_serve_calibrate_on_a_run(tmp_path):
+    run = tmp_path / "run"
+    save_tiny_model(run / "student")
+    done = subprocess.run([sys.executable, "-m", "tutorlm", "serve", "calibrate", "--out", str(run), "--samples", "2", "--limit", "4",
+                           "--task.source", "arithmetic", "--teacher.backend", "reference", "--student.model", str(run / "student"),
+                           "--eval.max_tokens", "8", "--target-share", "0.5"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    result = json.loads((run / "eval" / "escalation.json").read_text())
+    assert result["questions"] == 4 and result["samples"] == 2
+    teacher = [p for p in result["points"] if p["mode"] == "teacher"][0]
+    assert teacher["accuracy"] == 1.0  # the reference solver
+    # a random tiny student states no answer, so every threshold sends every question to the teacher
+    assert all(p["teacher_share"] == 1.0 for p in result["points"] if p["mode"] == "escalate") and result["chosen"] is None
+    assert "no threshold sends at most 50%" in done.stderr
+    bad = subprocess.run([sys.executable, "-m", "tutorlm", "serve", "calibrate", "--out", str(run), "--temperature", "0"],
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "--temperature" in bad.stderr

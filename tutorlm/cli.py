@@ -361,6 +361,15 @@ def cmd_serve(args: argparse.Namespace, extra: list[str]) -> int:
     from tutorlm.serve import ServeConfig
     from tutorlm.serve_app import serve
 
+    if args.action == "calibrate":
+        from tutorlm.calibrate import calibrate
+
+        if not args.out:
+            raise ConfigError("command line: serve calibrate needs --out RUN (a run with a trained student and a teacher)")
+        recipe = _recipe_from(args, _apply_run_flags(args, extra), from_run=True)
+        calibrate(recipe, samples=args.samples, temperature=args.temperature, target_share=args.target_share,
+                  split=args.split, limit=args.limit, console=error_console)
+        return 0
     if extra:
         raise ConfigError(f"command line: serve takes no --SECTION.FIELD settings (got {extra[0]}); see tutorlm serve --help")
     fields = {f.name: getattr(args, f"serve_{f.name}") for f in dataclasses.fields(ServeConfig)}
@@ -583,8 +592,18 @@ def build_parser() -> argparse.ArgumentParser:
         "/health. The request's model picks who answers: student, teacher, escalate (the student's k samples must agree, "
         "else the teacher answers) or step (the teacher rewrites the lines where the student hesitates). Needs "
         "pip install -e \".[serve]\".",
-        epilog="example:\n  tutorlm serve --model runs/real-teacher/student --teacher qwen2.5-coder-1.5b-instruct --teacher-dtype int8",
+        epilog="examples:\n  tutorlm serve --model runs/real-teacher/student --teacher qwen2.5-coder-1.5b-instruct --teacher-dtype int8\n"
+        "  tutorlm serve calibrate --out runs/real-teacher --target-share 0.3   # pick --escalate-agreement on held-out questions",
         formatter_class=formatter)
+    serve.add_argument("action", nargs="?", choices=["calibrate"], help="calibrate: measure accuracy against the teacher's share "
+                       "for every escalation threshold on a run's validation questions, and pick one")
+    calibration = serve.add_argument_group("calibrate (with a run directory's student and teacher)")
+    calibration.add_argument("--out", help="the run directory")
+    calibration.add_argument("--target-share", type=float, default=0.3, help="most questions the teacher may answer (default: 0.3)")
+    calibration.add_argument("--samples", type=int, default=4, help="student samples per question (default: 4)")
+    calibration.add_argument("--temperature", type=float, default=0.7, help="the student's sampling temperature (default: 0.7)")
+    calibration.add_argument("--split", default="validation", choices=["train", "validation", "test"], help="(default: validation)")
+    calibration.add_argument("--limit", type=int, default=100, help="questions (default: 100)")
     for item in dataclasses.fields(ServeConfig):
         kind = {"int": int, "float": float}.get(str(item.type), str)
         serve.add_argument(f"--{item.name.replace('_', '-')}", dest=f"serve_{item.name}", type=kind, default=None,

@@ -325,8 +325,9 @@ def parse_messages(body: dict[str, Any]) -> list[dict[str, str]]:
 
 
 def final_answer(text: str) -> str | None:
-    """The answer a completion states, normalized so that two samples that agree compare equal."""
-    answer = extract_answer(text)
+    """The answer a completion states ("The answer is ...", a boxed answer; no last-number guess), normalized so
+    that two samples that agree compare equal."""
+    answer = extract_answer(text, fallback=False)
     return None if answer is None else normalize_text(answer)
 
 
