@@ -323,6 +323,11 @@ def test_serve_calibrate_on_a_run(tmp_path):
     # a random tiny student states no answer, so every threshold sends every question to the teacher
     assert all(p["teacher_share"] == 1.0 for p in result["points"] if p["mode"] == "escalate") and result["chosen"] is None
     assert "no threshold sends at most 50%" in done.stderr
+    report = subprocess.run([sys.executable, "-m", "tutorlm", "report", "--out", str(run)], capture_output=True, text=True, timeout=300)
+    assert report.returncode == 0, report.stderr
+    text = (run / "report.md").read_text()
+    assert "## Serving with the teacher's help" in text and "| teacher alone | 100.0% | 100.0% | 100.0% |" in text
+    assert (run / "escalation.png").stat().st_size > 1000
     bad = subprocess.run([sys.executable, "-m", "tutorlm", "serve", "calibrate", "--out", str(run), "--temperature", "0"],
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "--temperature" in bad.stderr

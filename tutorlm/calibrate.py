@@ -18,7 +18,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from tutorlm.config import Recipe
+from tutorlm.config import Recipe, to_dict
 from tutorlm.errors import ConfigError
 from tutorlm.evaluate import EVAL_DIR, evaluate_one, resolve_spec
 from tutorlm.run import RunDir, atomic_write_text
@@ -94,24 +94,41 @@ def calibrate(recipe: Recipe, *, samples: int, temperature: float, target_share:
     greedy = replace(recipe, eval=replace(recipe.eval, split=split, limit=limit, n=1, temperature=0.0))
     _, student_config = resolve_spec("student", recipe)
     _, teacher_config = resolve_spec("teacher", recipe)
-    with run.lock("eval"):
+    stage_config = {"task": to_dict(recipe.task), "split": split, "limit": limit, "samples": samples, "temperature": temperature,
+                    "target_share": target_share, "student": to_dict(student_config), "teacher": to_dict(teacher_config)}
+    with run.lock("eval"), run.record("serve-calibrate", stage_config, {}, resolved=to_dict(recipe)) as record:
         student_rows, student_summary = evaluate_one(task, examples, "student", student_config, sampled, console)
         teacher_rows, teacher_summary = evaluate_one(task, examples, "teacher", teacher_config, greedy, console)
+        result = _result(student_rows, student_summary, teacher_rows, teacher_summary, samples, temperature, target_share, split)
+        out = run.path / EVAL_DIR / ESCALATION
+        atomic_write_text(out, json.dumps(result, indent=2) + "\n")
+        record["outputs"].append(out)
+        record["stats"] = {"chosen": result["chosen"]}
+    _print(result, console)
+    return result
+
+
+def _result(student_rows: list[dict[str, Any]], student_summary: dict[str, Any], teacher_rows: list[dict[str, Any]],
+            teacher_summary: dict[str, Any], samples: int, temperature: float, target_share: float, split: str) -> dict[str, Any]:
     votes = student_votes(student_rows)
     teacher = {row["example_id"]: row for row in teacher_rows}
     points = curve(votes, teacher, samples)
     chosen = choose(points, target_share)
-    result = {"split": split, "questions": len(examples), "samples": samples, "temperature": temperature,
-              "target_share": target_share, "student_model": student_summary["model"], "teacher_model": teacher_summary["model"],
-              "points": points, "chosen": chosen}
-    atomic_write_text(run.path / EVAL_DIR / ESCALATION, json.dumps(result, indent=2) + "\n")
-    table = Table(title=f"escalation on {len(examples)} {split} questions ({samples} student samples at T={temperature})")
+    return {"split": split, "questions": len(votes), "samples": samples, "temperature": temperature,
+            "target_share": target_share, "student_model": student_summary["model"], "teacher_model": teacher_summary["model"],
+            "points": points, "chosen": chosen}
+
+
+def _print(result: dict[str, Any], console: Console) -> None:
+    points, chosen, samples = result["points"], result["chosen"], result["samples"]
+    temperature, target_share = result["temperature"], result["target_share"]
+    table = Table(title=f"escalation on {result['questions']} {result['split']} questions ({samples} student samples at T={temperature})")
     for column in ("who answers", "accuracy", "questions to the teacher", "teacher's share of tokens"):
         table.add_column(column, justify="right" if column != "who answers" else "left")
     for point in points:
         label = (f"escalate, agreement < {point['agreement']:.2f}" if point["mode"] == "escalate"
                  else f"{point['mode']} alone" + (" (majority of samples)" if point["mode"] == "student" else ""))
-        table.add_row(label + (" ←" if point is chosen else ""), f"{point['accuracy']:.0%}", f"{point['teacher_share']:.0%}",
+        table.add_row(label + (" ←" if point == chosen else ""), f"{point['accuracy']:.0%}", f"{point['teacher_share']:.0%}",
                       f"{point['teacher_token_share']:.0%}")
     console.print(table)
     if chosen is not None:
@@ -120,4 +137,3 @@ def calibrate(recipe: Recipe, *, samples: int, temperature: float, target_share:
     else:
         console.print(f"no threshold sends at most {target_share:.0%} of the questions to the teacher "
                       f"(the student's samples state no answer on more than that)", highlight=False)
-    return result

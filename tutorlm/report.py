@@ -19,7 +19,7 @@ from tutorlm import metrics
 from tutorlm.run import RunDir, atomic_write_text
 
 FIGURES = {"accuracy": "accuracy.png", "funnel": "funnel.png", "loss": "loss.png", "on_policy": "on_policy.png", "rl": "rl.png",
-           "learning_curve": "learning_curve.png"}
+           "learning_curve": "learning_curve.png", "escalation": "escalation.png"}
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -40,11 +40,13 @@ def gather(run: RunDir) -> dict[str, Any]:
     if before and after and teacher:
         recovered = metrics.accuracy_recovered(before["accuracy"], after["accuracy"], teacher["accuracy"])
     curve_path = run.path / "learning_curve.json"
+    escalation_path = run.path / "eval" / "escalation.json"
     return {
         "run": str(run.path), "config": config, "stages": stages, "summaries": summaries, "log": log,
         "base": before, "student": after, "teacher": teacher, "recovered": recovered,
         "paired": paired_intervals(run.path / "eval", "teacher" if summaries.get("teacher") else "reference"),
         "learning_curve": json.loads(curve_path.read_text()) if curve_path.exists() else None,
+        "escalation": json.loads(escalation_path.read_text()) if escalation_path.exists() else None,
         "funnel": (stages.get("curate") or {}).get("stats", {}).get("funnel"),
         "student_fit": (stages.get("curate") or {}).get("stats", {}).get("student_fit"),
         "generate": (stages.get("generate") or {}).get("stats"), "train": (stages.get("train") or {}).get("stats"),
@@ -200,6 +202,25 @@ def plot(data: dict[str, Any], directory: Path) -> dict[str, Path]:
         axis.set_title("learning curve")
         axis.legend()
         written["learning_curve"] = _save(figure, directory / FIGURES["learning_curve"])
+    escalation = (data.get("escalation") or {}).get("points")
+    if escalation:  # tutorlm serve calibrate: accuracy against the teacher's share of the questions
+        figure, axis = plt.subplots(figsize=(6, 3.2))
+        modes = [point for point in escalation if point["mode"] == "escalate"]
+        axis.plot([p["teacher_share"] * 100 for p in modes], [p["accuracy"] * 100 for p in modes], marker="o", color="#2d9cdb",
+                  label="escalate (student's agreement below a threshold)")
+        for point in modes:
+            axis.annotate(f"{point['agreement']:.2f}", (point["teacher_share"] * 100, point["accuracy"] * 100),
+                          textcoords="offset points", xytext=(4, -10), fontsize=7)
+        for mode, color in (("student", "#27ae60"), ("teacher", "#f2994a")):
+            alone = [p for p in escalation if p["mode"] == mode]
+            axis.scatter([p["teacher_share"] * 100 for p in alone], [p["accuracy"] * 100 for p in alone], s=60, color=color,
+                         zorder=3, label=f"{mode} alone")
+        axis.set_xlabel("questions answered by the teacher (%)")
+        axis.set_ylabel("accuracy (%)")
+        axis.set_ylim(0, 105)
+        axis.set_title("serving with the teacher's help")
+        axis.legend(fontsize=7)
+        written["escalation"] = _save(figure, directory / FIGURES["escalation"])
     return written
 
 
@@ -333,6 +354,18 @@ def markdown(data: dict[str, Any], figures: dict[str, Path]) -> str:
                          f"{_percent(low)}–{_percent(high)} | {point['train_s']} |")
         if "learning_curve" in figures:
             lines += ["", f"![learning curve]({figures['learning_curve'].name})"]
+    escalation = data.get("escalation")
+    if escalation and escalation.get("points"):
+        lines += ["", "## Serving with the teacher's help", "",
+                  f"`tutorlm serve calibrate` on {escalation['questions']} {escalation['split']} questions, "
+                  f"{escalation['samples']} student samples at temperature {escalation['temperature']}:", "",
+                  "| who answers | accuracy | questions to the teacher | teacher's share of tokens |", "| --- | --- | --- | --- |"]
+        for point in escalation["points"]:
+            who = f"escalate below agreement {point['agreement']:.2f}" if point["mode"] == "escalate" else f"{point['mode']} alone"
+            lines.append(f"| {who} | {_percent(point['accuracy'])} | {_percent(point['teacher_share'])} | "
+                         f"{_percent(point['teacher_token_share'])} |")
+        if "escalation" in figures:
+            lines += ["", f"![escalation]({figures['escalation'].name})"]
     if data["examples"]:
         lines += ["", "## Examples: before and after", ""]
         for number, example in enumerate(data["examples"], start=1):
