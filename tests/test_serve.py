@@ -331,3 +331,24 @@ def test_serve_calibrate_on_a_run(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "tutorlm", "serve", "calibrate", "--out", str(run), "--temperature", "0"],
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "--temperature" in bad.stderr
+
+
+def test_eval_through_the_server_records_the_teachers_share(tiny, tmp_path):
+    """`tutorlm eval` evaluates a served mode like any OpenAI-compatible model; escalate@T sets the threshold per
+    request, and the rows keep the student's and the teacher's tokens apart."""
+    from tutorlm.cli import main
+
+    tokenizer, random_model = tiny
+    with FakeOpenAI() as teacher_server:
+        config = ServeConfig(**{**CONFIG, "teacher": "openai:teacher-model", "teacher_base_url": teacher_server.url})
+        with serving(config, local(random_model, tokenizer, config), RemoteTeacher(config)) as (url, _):
+            status = main(["eval", "--model", "openai:escalate@0.5", "--teacher.base_url", url, "--teacher.api_key_env", "NONE_SET",
+                           "--task.source", "arithmetic", "--eval.limit", "3", "--eval.max_tokens", "16", "--out", str(tmp_path / "ev")])
+            assert status == 0
+            assert teacher_server.total_served == 3  # the random student never states an answer
+            with pytest.raises(openai.NotFoundError):
+                openai.OpenAI(base_url=url, api_key="x").chat.completions.create(model="escalate@2", messages=QUESTION)
+    rows = [json.loads(line) for line in (tmp_path / "ev" / "eval" / "escalate_0.5.jsonl").read_text().splitlines()]
+    assert all(row["teacher_tokens"] > 0 and row["student_tokens"] > 0 for row in rows)
+    summary = json.loads((tmp_path / "ev" / "eval" / "summary.json").read_text())["escalate_0.5"]
+    assert 0 < summary["teacher_token_share"] < 1

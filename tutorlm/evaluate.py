@@ -113,6 +113,9 @@ def summarize(rows: list[dict[str, Any]], n: int) -> dict[str, Any]:
         "truncation_rate": sum(r["finish_reason"] == "length" for r in rows) / max(len(rows), 1),
         "no_answer_rate": sum(r["extracted"] is None for r in rows) / max(len(rows), 1),
     }
+    if rows and all("teacher_tokens" in r for r in rows):  # tutorlm serve's modes: how much the teacher wrote
+        teacher = sum(r["teacher_tokens"] for r in rows)
+        summary["teacher_token_share"] = teacher / max(teacher + sum(r["student_tokens"] for r in rows), 1)
     for k in metrics.k_values(n) if n > 1 else []:
         summary[f"pass@{k}"] = sum(metrics.pass_at_k(len(s), c, k) for c, s in zip(correct_counts, by_example.values())) / examples
         majority_correct = 0
@@ -184,6 +187,7 @@ def evaluate_one(task: Task, examples: list[Example], label: str, config: Teache
                 "completion": completion.text, "extracted": verdict.extracted, "correct": verdict.correct,
                 "reason": verdict.reason, "completion_tokens": completion.completion_tokens,
                 "finish_reason": completion.finish_reason, "model": backend.model_name,
+                **completion.meta.get("usage", {}),  # student_tokens, teacher_tokens: a model served by tutorlm serve
             })
     summary = summarize(rows, settings.n)
     summary.update(label=label, backend=config.backend, model=backend.model_name, max_tokens=settings.max_tokens,

@@ -94,7 +94,8 @@ class Router:
         spent = sum(len(tokens) for tokens, _, _ in samples)
         share, majority = agreement(texts)
         meta = {"agreement": share, "student_answer": majority}
-        if majority is not None and share >= config.escalate_agreement:
+        needed = params.threshold if params.threshold is not None else config.escalate_agreement
+        if majority is not None and share >= needed:
             chosen = next(i for i, text in enumerate(texts) if final_answer(text) == majority)
             tokens, reason, _ = samples[chosen]
             return Answer(texts[chosen], reason, len(prompt), spent, 0, len(tokens), {**meta, "answered_by": "student"})
@@ -126,7 +127,8 @@ class Router:
             student_tokens += len(tokens)
             raw = self.student.tokenizer.decode(tokens, skip_special_tokens=True)
             line, ended = (raw[: raw.index("\n")], True) if "\n" in raw else (raw, False)
-            if budget > 0 and line.strip() and hesitates(line, logprobs, config.step_logprob):
+            floor = params.threshold if params.threshold is not None else config.step_logprob
+            if budget > 0 and line.strip() and hesitates(line, logprobs, floor):
                 teacher_prompt = self.teacher.chat_prompt(messages, prefix=written)
                 taught, end, _ = await self.teacher.complete(
                     teacher_prompt, self.settings(params, index * 1000 + line_index, max_tokens=min(budget, left)), stop=("\n",))

@@ -251,7 +251,9 @@ class RemoteTeacher:
 
 @dataclass
 class Params:
-    model: str
+    model: str  # the mode: student, teacher, escalate or step
+    threshold: float | None  # escalate@0.5 / step@-1.5: this request's agreement threshold or log-prob floor
+    name: str  # the model name as asked (echoed in responses)
     max_tokens: int
     temperature: float
     top_p: float
@@ -269,9 +271,18 @@ def parse_params(body: Any, config: ServeConfig, modes: tuple[str, ...]) -> Para
     model = body.get("model")
     if not isinstance(model, str):
         raise BadRequest(400, "'model' is required: one of " + ", ".join(modes), "missing_model", param="model")
-    if model not in modes:
-        raise BadRequest(404, f"the model {model!r} does not exist here; this server has {', '.join(modes)}",
-                         "model_not_found", param="model")
+    mode, _, setting = model.partition("@")
+    if mode not in modes or (setting and mode not in ("escalate", "step")):
+        raise BadRequest(404, f"the model {model!r} does not exist here; this server has {', '.join(modes)} "
+                              "(escalate@AGREEMENT and step@LOGPROB set the threshold per request)", "model_not_found", param="model")
+    threshold = None
+    if setting:
+        try:
+            threshold = float(setting)
+        except ValueError:
+            raise BadRequest(404, f"the model {model!r}: the part after @ must be a number", "model_not_found", param="model") from None
+        if mode == "escalate" and not 0 < threshold <= 1:
+            raise BadRequest(404, f"the model {model!r}: an agreement threshold is in (0, 1]", "model_not_found", param="model")
 
     def number(name: str, default: float, low: float, high: float, integer: bool = False) -> Any:
         value = body.get(name, default)
@@ -297,7 +308,7 @@ def parse_params(body: Any, config: ServeConfig, modes: tuple[str, ...]) -> Para
     if not isinstance(stream, bool):
         raise BadRequest(400, "'stream' must be true or false", "invalid_value", param="stream")
     options = body.get("stream_options") or {}
-    return Params(model=model, max_tokens=max_tokens, temperature=number("temperature", 1.0, 0.0, 2.0),
+    return Params(model=mode, threshold=threshold, name=model, max_tokens=max_tokens, temperature=number("temperature", 1.0, 0.0, 2.0),
                   top_p=number("top_p", 1.0, 1e-6, 1.0), n=number("n", 1, 1, config.max_n, integer=True), stream=stream,
                   stop=tuple(stop), seed=seed, include_usage=bool(isinstance(options, dict) and options.get("include_usage")),
                   logprobs=bool(body.get("logprobs")))

@@ -126,12 +126,12 @@ def build_app(config: ServeConfig, student: LocalModel, teacher: LocalModel | Re
         answers = list(await asyncio.gather(*[router.answer(messages, params, i) for i in range(params.n)]))
         if params.stream:
             return StreamingResponse(stream_answers(answers, params), media_type="text/event-stream")
-        return {"id": new_id("chatcmpl"), "object": "chat.completion", "created": now(), "model": params.model,
+        return {"id": new_id("chatcmpl"), "object": "chat.completion", "created": now(), "model": params.name,
                 "choices": [chat_choice(i, a) for i, a in enumerate(answers)], "usage": total_usage(answers),
                 "tutorlm": [a.meta for a in answers]}
 
     def chunk(chat_id: str, params: Params, delta: dict[str, Any], finish: str | None = None, index: int = 0) -> dict[str, Any]:
-        return {"id": chat_id, "object": "chat.completion.chunk", "created": now(), "model": params.model,
+        return {"id": chat_id, "object": "chat.completion.chunk", "created": now(), "model": params.name,
                 "choices": [{"index": index, "delta": delta, "finish_reason": finish, "logprobs": None}]}
 
     async def stream_student(prompt: list[int], params: Params) -> AsyncIterator[str]:
@@ -154,7 +154,7 @@ def build_app(config: ServeConfig, student: LocalModel, teacher: LocalModel | Re
                     yield sse(chunk(chat_id, params, {"content": text[len(sent):]}))
                 yield sse(chunk(chat_id, params, {}, event[2]))
                 if params.include_usage:
-                    yield sse({"id": chat_id, "object": "chat.completion.chunk", "created": now(), "model": params.model,
+                    yield sse({"id": chat_id, "object": "chat.completion.chunk", "created": now(), "model": params.name,
                                "choices": [], "usage": usage(len(prompt), len(event[1]), len(event[1]), 0)})
             else:
                 yield sse({"error": {"message": f"the student failed: {event[1]}", "type": "server_error", "code": "internal_error"}})
@@ -167,7 +167,7 @@ def build_app(config: ServeConfig, student: LocalModel, teacher: LocalModel | Re
             yield sse(chunk(chat_id, params, {"content": answer.text}, index=index))
             yield sse(chunk(chat_id, params, {}, answer.finish_reason, index=index))
         if params.include_usage:
-            yield sse({"id": chat_id, "object": "chat.completion.chunk", "created": now(), "model": params.model, "choices": [],
+            yield sse({"id": chat_id, "object": "chat.completion.chunk", "created": now(), "model": params.name, "choices": [],
                        "usage": total_usage(answers)})
         yield sse("[DONE]")
 
@@ -189,7 +189,7 @@ def build_app(config: ServeConfig, student: LocalModel, teacher: LocalModel | Re
                                          for i in range(params.n)])
         router.counts["student"] += params.n
         generated = sum(len(tokens) for tokens, _, _ in results)
-        return {"id": new_id("cmpl"), "object": "text_completion", "created": now(), "model": params.model,
+        return {"id": new_id("cmpl"), "object": "text_completion", "created": now(), "model": params.name,
                 "choices": [{"index": i, "text": student.text(tokens, params.stop), "finish_reason": reason, "logprobs": None}
                             for i, (tokens, reason, _) in enumerate(results)],
                 "usage": usage(len(prompt), generated, generated, 0)}

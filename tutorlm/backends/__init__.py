@@ -68,15 +68,19 @@ class Completion:
     meta: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"text": self.text, "finish_reason": self.finish_reason, "prompt_tokens": self.prompt_tokens,
+        data = {"text": self.text, "finish_reason": self.finish_reason, "prompt_tokens": self.prompt_tokens,
                 "completion_tokens": self.completion_tokens, "latency_s": self.latency_s, "logprobs": self.logprobs,
                 "token_ids": self.token_ids}
+        if "usage" in self.meta:  # only when a server split its usage (tutorlm serve), so older entries stay alike
+            data["usage"] = self.meta["usage"]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Completion":
         return cls(text=data["text"], finish_reason=data["finish_reason"], prompt_tokens=data["prompt_tokens"],
                    completion_tokens=data["completion_tokens"], latency_s=data.get("latency_s", 0.0),
-                   logprobs=data.get("logprobs"), token_ids=data.get("token_ids"))
+                   logprobs=data.get("logprobs"), token_ids=data.get("token_ids"),
+                   meta={"usage": data["usage"]} if "usage" in data else {})
 
 
 OnResult = Callable[[Request, "Completion | Exception"], None]

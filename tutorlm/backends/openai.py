@@ -96,6 +96,8 @@ def parse_chat_completion(data: dict[str, Any], latency_s: float) -> Completion:
         latency_s=latency_s,
         logprobs=logprobs,
         token_ids=[entry["id"] for entry in logprobs] if logprobs and all("id" in entry for entry in logprobs) else None,
+        # tutorlm serve counts the student's and the teacher's tokens apart (its escalate and step modes)
+        meta={"usage": {k: int(usage[k]) for k in ("student_tokens", "teacher_tokens")}} if "teacher_tokens" in usage else {},
     )
 
 
