@@ -352,3 +352,12 @@ def test_eval_through_the_server_records_the_teachers_share(tiny, tmp_path):
     assert all(row["teacher_tokens"] > 0 and row["student_tokens"] > 0 for row in rows)
     summary = json.loads((tmp_path / "ev" / "eval" / "summary.json").read_text())["escalate_0.5"]
     assert 0 < summary["teacher_token_share"] < 1
+
+
+def test_a_line_hesitates_on_a_reflection_word_or_one_unsure_token():
+    from tutorlm.serve import hesitates
+
+    assert hesitates("Wait, let me check that.", [-0.01, -0.02], -0.7)
+    assert hesitates("3 + 4 = 8", [-0.01, -0.05, -0.9, -0.01], -0.7)  # one token below p = 0.5
+    assert not hesitates("3 + 4 = 7", [-0.01, -0.05, -0.3, -0.01], -0.7)
+    assert not hesitates("3 + 4 = 7", [], -0.7)

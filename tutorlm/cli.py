@@ -349,7 +349,7 @@ SERVE_HELP = {
     "escalate_samples": "escalate: student samples per question",
     "escalate_agreement": "escalate: the student answers when at least this share of its samples agree",
     "escalate_temperature": "escalate: sampling temperature when the request asks for greedy",
-    "step_logprob": "step: a student line whose mean token log-prob is below this asks the teacher",
+    "step_logprob": "step: a student line with a token whose log-prob is below this asks the teacher",
     "step_teacher_tokens": "step: teacher tokens one request may use",
     "shutdown_timeout_s": "on SIGTERM, seconds in-flight requests get to finish",
 }

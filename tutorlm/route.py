@@ -5,7 +5,7 @@
   above the threshold the student's majority answer is returned; below it, or when no sample states an
   answer, the teacher answers.
 - step level (`step`, after Speculative Thinking): the student writes one line at a time; a line that hesitates
-  (a reflection word, or a mean token log-probability below a floor) is thrown away and the teacher writes
+  (a reflection word, or a token the student chose with a log-probability below a floor) is thrown away and the teacher writes
   that line instead, continuing the same answer, until the request's teacher-token budget is spent.
   Continuing a half-written answer needs the teacher's chat template: a local teacher.
 """

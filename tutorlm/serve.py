@@ -9,8 +9,8 @@ name of a request picks who answers:
 - `escalate`  query-level help: the student samples k answers; when fewer than `agreement` of them state
               the same final answer (or none states one), the teacher answers instead
 - `step`      step-level help (Speculative Thinking): the student writes line by line; a line that
-              hesitates ("wait", "hmm", ...) or that the student wrote with a low mean log-probability
-              is replaced by the teacher's next line, within a teacher-token budget per request
+              hesitates ("wait", "hmm", ...) or has a token the student chose with a log-probability
+              below a floor is replaced by the teacher's next line, within a teacher-token budget per request
 
 `usage` in every response counts `student_tokens` and `teacher_tokens` apart (escalation pays for all k
 student samples). Errors are OpenAI-shaped (`{"error": {"message", "type", "code"}}`) with 4xx codes, and
@@ -57,7 +57,7 @@ class ServeConfig:
     escalate_samples: int = 4
     escalate_agreement: float = 0.75
     escalate_temperature: float = 0.7
-    step_logprob: float = -1.0  # a line whose mean token log-probability is below this asks the teacher
+    step_logprob: float = -0.7  # a line with a token whose log-probability is below this (p < 0.5) asks the teacher
     step_teacher_tokens: int = 256  # teacher tokens a request may use in step mode
     shutdown_timeout_s: float = 30.0
 
@@ -356,7 +356,7 @@ def hesitates(line: str, logprobs: list[float], floor: float) -> bool:
     lowered = line.lower()
     if any(word in lowered for word in HESITATION):
         return True
-    return bool(logprobs) and sum(logprobs) / len(logprobs) < floor
+    return bool(logprobs) and min(logprobs) < floor  # one unsure token (a digit of a sum) is enough
 
 
 def usage(prompt_tokens: int, completion_tokens: int, student: int, teacher: int) -> dict[str, int]:
