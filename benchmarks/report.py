@@ -167,6 +167,16 @@ def rows() -> list[str]:
                     f"{run['lmeval_fraction_of_limit']:.0%}, so no engine beats lm-eval here by more than {run['ratio_ceiling']}×; "
                     f"each side's best batch size: {result['best_vs_best_generation'][run['model']]}× |"
                 )
+        elif name == "serve":
+            for run in result["served"]:
+                lines.append(
+                    f"| `tutorlm serve`, {run['clients']} streaming client{'s' if run['clients'] > 1 else ''}, {result['model']} on "
+                    f"{result['questions']} {result['task']} questions ({result['max_tokens']} max tokens, {result['slots']} slots) "
+                    f"| {result['machine']} | {result['date']} | {run['tokens_per_s']:.1f} tokens/s, latency p50 {run['latency_s']['p50']:.1f} s "
+                    f"p90 {run['latency_s']['p90']:.1f} s, first token p50 {run['first_token_s']['p50']:.2f} s "
+                    f"| the engine offline, same slots: {result['offline']['tokens_per_s']:.1f} tokens/s | {run['ratio']:.2f}× "
+                    f"| {run['identical']} of {result['questions']} answers identical to offline |"
+                )
         elif name == "kv_memory":
             for run in result["runs"]:
                 before, after = run["preallocated"], run["grown"]

@@ -156,7 +156,7 @@ def main() -> None:
         server.wait(timeout=120)
     base.pop("texts")
     out = ROOT / "benchmarks" / "results" / "serve.json"
-    out.write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "machine": machine(), "model": args.model, "task": args.task,
+    out.write_text(json.dumps({"benchmark": "serve", "date": time.strftime("%Y-%m-%d"), "machine": machine(), "model": args.model, "task": args.task,
                                "questions": len(prompts), "max_tokens": args.max_tokens, "slots": args.slots, "offline": base,
                                "served": rows}, indent=2) + "\n")
     print(f"wrote {out.relative_to(ROOT)}")

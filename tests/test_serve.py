@@ -307,6 +307,7 @@ def test_calibration_curve_by_hand():
     assert (by[("escalate", 0.5)]["accuracy"], by[("escalate", 0.5)]["teacher_share"]) == (0.75, 0.5)  # c, d
     assert by[("escalate", 1.0)]["teacher_share"] == 0.75 and by[("escalate", 0.25)]["teacher_token_share"] == 20 / 180
     assert choose(points, 0.3)["agreement"] == 0.25 and choose(points, 0.1) is None
+    assert by[("escalate", 0.5)]["random_accuracy"] == pytest.approx(0.5 * 0.75 + 0.5 * 0.5)
 
 
 def test_serve_calibrate_on_a_run(tmp_path):
@@ -326,7 +327,7 @@ def test_serve_calibrate_on_a_run(tmp_path):
     report = subprocess.run([sys.executable, "-m", "tutorlm", "report", "--out", str(run)], capture_output=True, text=True, timeout=300)
     assert report.returncode == 0, report.stderr
     text = (run / "report.md").read_text()
-    assert "## Serving with the teacher's help" in text and "| teacher alone | 100.0% | 100.0% | 100.0% |" in text
+    assert "## Serving with the teacher's help" in text and "| teacher alone | 100.0% | 100.0% | 100.0% | 100.0% |" in text
     assert (run / "escalation.png").stat().st_size > 1000
     bad = subprocess.run([sys.executable, "-m", "tutorlm", "serve", "calibrate", "--out", str(run), "--temperature", "0"],
                          capture_output=True, text=True, timeout=300)

@@ -6,7 +6,9 @@ For each threshold τ on the student's agreement (the share of its k samples tha
 the escalate mode's accuracy is what it would answer: the student's majority answer where agreement ≥ τ, the
 teacher's answer elsewhere; its cost is the share of questions sent to the teacher and the teacher's share of
 all generated tokens. The chosen τ is the most accurate one whose teacher share of questions is within the
-target. Results: RUN/eval/escalation.json (the report plots accuracy against teacher share).
+target. "Random routing" is what sending the same share of questions to the teacher at random would score: the
+agreement signal is worth the difference. Results: RUN/eval/escalation.json (the report plots accuracy against
+teacher share).
 """
 
 from __future__ import annotations
@@ -66,6 +68,9 @@ def curve(votes: dict[str, dict[str, Any]], teacher: dict[str, dict[str, Any]], 
                        "teacher_token_share": teacher_tokens / max(teacher_tokens + student_tokens, 1)})
     points.append({"mode": "teacher", "agreement": None, "accuracy": sum(bool(teacher[e]["correct"]) for e in votes) / total,
                    "teacher_share": 1.0, "teacher_token_share": 1.0})
+    alone, helper = points[0]["accuracy"], points[-1]["accuracy"]
+    for point in points:  # what sending the same share of questions to the teacher at random would score
+        point["random_accuracy"] = (1 - point["teacher_share"]) * alone + point["teacher_share"] * helper
     return points
 
 
@@ -123,13 +128,13 @@ def _print(result: dict[str, Any], console: Console) -> None:
     points, chosen, samples = result["points"], result["chosen"], result["samples"]
     temperature, target_share = result["temperature"], result["target_share"]
     table = Table(title=f"escalation on {result['questions']} {result['split']} questions ({samples} student samples at T={temperature})")
-    for column in ("who answers", "accuracy", "questions to the teacher", "teacher's share of tokens"):
+    for column in ("who answers", "accuracy", "questions to the teacher", "teacher's share of tokens", "random routing"):
         table.add_column(column, justify="right" if column != "who answers" else "left")
     for point in points:
         label = (f"escalate, agreement < {point['agreement']:.2f}" if point["mode"] == "escalate"
                  else f"{point['mode']} alone" + (" (majority of samples)" if point["mode"] == "student" else ""))
         table.add_row(label + (" ←" if point == chosen else ""), f"{point['accuracy']:.0%}", f"{point['teacher_share']:.0%}",
-                      f"{point['teacher_token_share']:.0%}")
+                      f"{point['teacher_token_share']:.0%}", f"{point['random_accuracy']:.0%}")
     console.print(table)
     if chosen is not None:
         console.print(f"serve with: --escalate-samples {samples} --escalate-temperature {temperature} "

@@ -211,6 +211,8 @@ def plot(data: dict[str, Any], directory: Path) -> dict[str, Path]:
         for point in modes:
             axis.annotate(f"{point['agreement']:.2f}", (point["teacher_share"] * 100, point["accuracy"] * 100),
                           textcoords="offset points", xytext=(4, -10), fontsize=7)
+        axis.plot([0, 100], [escalation[0]["accuracy"] * 100, escalation[-1]["accuracy"] * 100], linestyle=":", color="#9aa5b1",
+                  label="random routing")
         for mode, color in (("student", "#27ae60"), ("teacher", "#f2994a")):
             alone = [p for p in escalation if p["mode"] == mode]
             axis.scatter([p["teacher_share"] * 100 for p in alone], [p["accuracy"] * 100 for p in alone], s=60, color=color,
@@ -359,11 +361,12 @@ def markdown(data: dict[str, Any], figures: dict[str, Path]) -> str:
         lines += ["", "## Serving with the teacher's help", "",
                   f"`tutorlm serve calibrate` on {escalation['questions']} {escalation['split']} questions, "
                   f"{escalation['samples']} student samples at temperature {escalation['temperature']}:", "",
-                  "| who answers | accuracy | questions to the teacher | teacher's share of tokens |", "| --- | --- | --- | --- |"]
+                  "| who answers | accuracy | questions to the teacher | teacher's share of tokens | random routing |",
+                  "| --- | --- | --- | --- | --- |"]
         for point in escalation["points"]:
             who = f"escalate below agreement {point['agreement']:.2f}" if point["mode"] == "escalate" else f"{point['mode']} alone"
             lines.append(f"| {who} | {_percent(point['accuracy'])} | {_percent(point['teacher_share'])} | "
-                         f"{_percent(point['teacher_token_share'])} |")
+                         f"{_percent(point['teacher_token_share'])} | {_percent(point.get('random_accuracy'))} |")
         if "escalation" in figures:
             lines += ["", f"![escalation]({figures['escalation'].name})"]
     if data["examples"]:
