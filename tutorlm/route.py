@@ -122,7 +122,7 @@ class Router:
                 break
             prompt = self.student.chat_prompt(messages, prefix=written)
             tokens, end, logprobs = await self.student.complete(
-                prompt, self.settings(params, index * 1000 + line_index, max_tokens=left), stop=("\n",), logprobs=True)
+                prompt, self.settings(params, index * 1000 + line_index, max_tokens=left), stop=("\n",))
             line_index += 1
             student_tokens += len(tokens)
             raw = self.student.tokenizer.decode(tokens, skip_special_tokens=True)

@@ -94,7 +94,6 @@ class _Job:
     loop: asyncio.AbstractEventLoop
     events: asyncio.Queue
     stop: tuple[str, ...] = ()
-    logprobs: bool = False
     tokens: list[int] = field(default_factory=list)
     cancelled: bool = False
     stopped: bool = False  # a stop string appeared
@@ -127,11 +126,10 @@ class LocalModel:
     def text_prompt(self, text: str) -> list[int]:
         return self.tokenizer(text)["input_ids"]
 
-    async def generate(self, prompt: list[int], settings: RowSettings, *, stop: tuple[str, ...] = (),
-                       logprobs: bool = False) -> AsyncIterator[tuple]:
+    async def generate(self, prompt: list[int], settings: RowSettings, *, stop: tuple[str, ...] = ()) -> AsyncIterator[tuple]:
         """Yields ("token", id) per generated token, then ("done", tokens, reason, token_logprobs). Closing the
         iterator early (a client that went away) cancels the row."""
-        job = _Job(prompt, settings, asyncio.get_running_loop(), asyncio.Queue(), stop, logprobs)
+        job = _Job(prompt, settings, asyncio.get_running_loop(), asyncio.Queue(), stop)
         self.queue.put(job)
         try:
             while True:
@@ -195,14 +193,14 @@ class LocalModel:
             try:
                 with torch.inference_mode():
                     self.engine.run(prompts, settings=settings, incoming=incoming, on_token=on_token, finished=finished,
-                                    room=self.room, top_logprobs=1 if any(job.logprobs for job in jobs) else 0)
+                                    room=self.room, top_logprobs=1)  # always: a step request may join a running batch
             except Exception as error:  # noqa: BLE001 - every waiting client hears of it; the server goes on
                 for job in jobs:
                     job.push(("error", f"{type(error).__name__}: {error}"))
 
-    async def complete(self, prompt: list[int], settings: RowSettings, *, stop: tuple[str, ...] = (),
-                       logprobs: bool = False) -> tuple[list[int], str, list[float]]:
-        async for event in self.generate(prompt, settings, stop=stop, logprobs=logprobs):
+    async def complete(self, prompt: list[int], settings: RowSettings, *, stop: tuple[str, ...] = ()) -> tuple[list[int], str, list[float]]:
+        """(tokens, finish reason, each token's log-probability)."""
+        async for event in self.generate(prompt, settings, stop=stop):
             if event[0] == "error":
                 raise BadRequest(500, f"the {self.name} failed: {event[1]}", "internal_error", "server_error")
             if event[0] == "done":
@@ -262,7 +260,6 @@ class Params:
     stop: tuple[str, ...]
     seed: int | None
     include_usage: bool
-    logprobs: bool
 
 
 def parse_params(body: Any, config: ServeConfig, modes: tuple[str, ...]) -> Params:
@@ -310,8 +307,7 @@ def parse_params(body: Any, config: ServeConfig, modes: tuple[str, ...]) -> Para
     options = body.get("stream_options") or {}
     return Params(model=mode, threshold=threshold, name=model, max_tokens=max_tokens, temperature=number("temperature", 1.0, 0.0, 2.0),
                   top_p=number("top_p", 1.0, 1e-6, 1.0), n=number("n", 1, 1, config.max_n, integer=True), stream=stream,
-                  stop=tuple(stop), seed=seed, include_usage=bool(isinstance(options, dict) and options.get("include_usage")),
-                  logprobs=bool(body.get("logprobs")))
+                  stop=tuple(stop), seed=seed, include_usage=bool(isinstance(options, dict) and options.get("include_usage")))
 
 
 def parse_messages(body: dict[str, Any]) -> list[dict[str, str]]:
