@@ -66,17 +66,19 @@ class Router:
         self.counts["student"] += 1
         return Answer(self.student.text(tokens, params.stop), reason, len(prompt), len(tokens), 0, len(tokens))
 
-    async def _teacher(self, messages: list[dict[str, str]], params: Params, index: int, temperature: float | None = None) -> Answer:
+    async def _teacher(self, messages: list[dict[str, str]], params: Params, index: int) -> Answer:
         self.counts["teacher"] += 1
-        temperature = params.temperature if temperature is None else temperature
+        return await self._ask_teacher(messages, params, index)
+
+    async def _ask_teacher(self, messages: list[dict[str, str]], params: Params, index: int) -> Answer:
         if isinstance(self.teacher, LocalModel):
             prompt = self.teacher.chat_prompt(messages)
             self.check_prompt(prompt)
-            tokens, reason, _ = await self.teacher.complete(prompt, self.settings(params, index, temperature=temperature), stop=params.stop)
+            tokens, reason, _ = await self.teacher.complete(prompt, self.settings(params, index), stop=params.stop)
             return Answer(self.teacher.text(tokens, params.stop), reason, len(prompt), 0, len(tokens), len(tokens))
         seed = params.seed + index if params.seed is not None else None
         text, reason, prompt_tokens, completion = await self.teacher.complete(
-            messages, max_tokens=params.max_tokens, temperature=temperature, top_p=params.top_p, stop=params.stop, seed=seed)
+            messages, max_tokens=params.max_tokens, temperature=params.temperature, top_p=params.top_p, stop=params.stop, seed=seed)
         return Answer(text, reason, prompt_tokens, 0, completion, completion)
 
     async def _escalate(self, messages: list[dict[str, str]], params: Params, index: int) -> Answer:
@@ -100,8 +102,7 @@ class Router:
             tokens, reason, _ = samples[chosen]
             return Answer(texts[chosen], reason, len(prompt), spent, 0, len(tokens), {**meta, "answered_by": "student"})
         self.counts["escalated"] += 1
-        helped = await self._teacher(messages, params, index)
-        self.counts["teacher"] -= 1  # counted as an escalation, not a teacher request
+        helped = await self._ask_teacher(messages, params, index)
         return Answer(helped.text, helped.finish_reason, len(prompt), spent, helped.teacher_tokens, helped.completion_tokens,
                       {**meta, "answered_by": "teacher"})
 

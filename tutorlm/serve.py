@@ -117,7 +117,7 @@ class LocalModel:
         self.queue: queue.Queue[_Job | None] = queue.Queue()
         self.thread = threading.Thread(target=self._work, name=f"tutorlm-{name}", daemon=True)
         self.thread.start()
-        self.tokens_out = 0
+        self.tokens_out = 0  # tokens generated since start (/health)
 
     def chat_prompt(self, messages: list[dict[str, str]], prefix: str = "") -> list[int]:
         text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False) + prefix

@@ -99,7 +99,8 @@ def build_app(config: ServeConfig, student: LocalModel, teacher: LocalModel | Re
     @app.get("/health")
     async def health() -> dict[str, Any]:
         return {"status": "ok", "models": list(router.modes()), "student": student.name_of_model,
-                "teacher": getattr(teacher, "name_of_model", getattr(teacher, "name", None)), "counts": router.counts}
+                "teacher": getattr(teacher, "name_of_model", getattr(teacher, "name", None)), "counts": router.counts,
+                "tokens": {"student": student.tokens_out, "teacher": getattr(teacher, "tokens_out", None)}}
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
