@@ -362,3 +362,20 @@ def test_a_line_hesitates_on_a_reflection_word_or_one_unsure_token():
     assert hesitates("3 + 4 = 8", [-0.01, -0.05, -0.9, -0.01], -0.7)  # one token below p = 0.5
     assert not hesitates("3 + 4 = 7", [-0.01, -0.05, -0.3, -0.01], -0.7)
     assert not hesitates("3 + 4 = 7", [], -0.7)
+
+
+def test_a_streaming_client_that_hangs_up_stops_its_row(tiny):
+    tokenizer, model = tiny
+    config = ServeConfig(**{**CONFIG, "max_tokens": 1500})
+    student = local(model, tokenizer, config)
+    with serving(config, student) as (url, _):
+        body = {"model": "student", "messages": QUESTION, "max_tokens": 1500, "temperature": 0, "stream": True}
+        with httpx.stream("POST", f"{url}/chat/completions", json=body, timeout=60) as response:
+            for number, _ in enumerate(response.iter_lines()):
+                if number > 5:
+                    break  # leave after a few tokens
+        time.sleep(2)
+        spent = student.tokens_out
+        time.sleep(1)
+        assert student.tokens_out == spent < 1500  # the row ended when its client left, and nothing decodes since
+        assert student.engine.counters["decode_steps"] < 1500
