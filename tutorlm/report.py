@@ -203,21 +203,19 @@ def plot(data: dict[str, Any], directory: Path) -> dict[str, Path]:
         axis.legend()
         written["learning_curve"] = _save(figure, directory / FIGURES["learning_curve"])
     escalation = (data.get("escalation") or {}).get("points")
-    if escalation:  # tutorlm serve calibrate: accuracy against the teacher's share of the questions
+    if escalation:  # tutorlm serve calibrate: accuracy against the teacher's share of the generated tokens
         figure, axis = plt.subplots(figsize=(6, 3.2))
         modes = [point for point in escalation if point["mode"] == "escalate"]
-        axis.plot([p["teacher_share"] * 100 for p in modes], [p["accuracy"] * 100 for p in modes], marker="o", color="#2d9cdb",
+        axis.plot([p["teacher_token_share"] * 100 for p in modes], [p["accuracy"] * 100 for p in modes], marker="o", color="#2d9cdb",
                   label="escalate (student's agreement below a threshold)")
         for point in modes:
-            axis.annotate(f"{point['agreement']:.2f}", (point["teacher_share"] * 100, point["accuracy"] * 100),
+            axis.annotate(f"{point['agreement']:.2f}", (point["teacher_token_share"] * 100, point["accuracy"] * 100),
                           textcoords="offset points", xytext=(4, -10), fontsize=7)
-        axis.plot([0, 100], [escalation[0]["accuracy"] * 100, escalation[-1]["accuracy"] * 100], linestyle=":", color="#9aa5b1",
-                  label="random routing")
         for mode, color in (("student", "#27ae60"), ("teacher", "#f2994a")):
             alone = [p for p in escalation if p["mode"] == mode]
-            axis.scatter([p["teacher_share"] * 100 for p in alone], [p["accuracy"] * 100 for p in alone], s=60, color=color,
+            axis.scatter([p["teacher_token_share"] * 100 for p in alone], [p["accuracy"] * 100 for p in alone], s=60, color=color,
                          zorder=3, label=f"{mode} alone")
-        axis.set_xlabel("questions answered by the teacher (%)")
+        axis.set_xlabel("teacher's share of generated tokens (%)")
         axis.set_ylabel("accuracy (%)")
         axis.set_ylim(0, 105)
         axis.set_title("serving with the teacher's help")
