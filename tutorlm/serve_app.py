@@ -245,5 +245,5 @@ def serve(config: ServeConfig) -> int:
                                    timeout_graceful_shutdown=config.shutdown_timeout_s))
     server.run()
     if server.stopped_by:
-        print(f"tutorlm serve: stopped by {signal.Signals(server.stopped_by[0]).name}; in-flight requests finished", file=sys.stderr)
+        print(f"tutorlm serve: stopped by {signal.Signals(server.stopped_by[0]).name}", file=sys.stderr)
     return 0
