@@ -368,6 +368,7 @@ def test_a_streaming_client_that_hangs_up_stops_its_row(tiny):
     tokenizer, model = tiny
     config = ServeConfig(**{**CONFIG, "max_tokens": 1500})
     student = local(model, tokenizer, config)
+    student.engine.stop_ids = set()  # a long answer: only max_tokens would end it
     with serving(config, student) as (url, _):
         body = {"model": "student", "messages": QUESTION, "max_tokens": 1500, "temperature": 0, "stream": True}
         with httpx.stream("POST", f"{url}/chat/completions", json=body, timeout=60) as response:
@@ -378,4 +379,20 @@ def test_a_streaming_client_that_hangs_up_stops_its_row(tiny):
         spent = student.tokens_out
         time.sleep(1)
         assert student.tokens_out == spent < 1500  # the row ended when its client left, and nothing decodes since
+        assert student.engine.counters["decode_steps"] < 1500
+
+
+def test_a_client_that_gives_up_on_a_plain_request_stops_its_row(tiny):
+    tokenizer, model = tiny
+    config = ServeConfig(**{**CONFIG, "max_tokens": 1500})
+    student = local(model, tokenizer, config)
+    student.engine.stop_ids = set()  # a long answer: only max_tokens would end it
+    with serving(config, student) as (url, _):
+        body = {"model": "student", "messages": QUESTION, "max_tokens": 1500, "temperature": 0}
+        with pytest.raises(httpx.TimeoutException):
+            httpx.post(f"{url}/chat/completions", json=body, timeout=0.3)
+        time.sleep(2.5)
+        spent = student.tokens_out
+        time.sleep(1)
+        assert student.tokens_out == spent
         assert student.engine.counters["decode_steps"] < 1500
