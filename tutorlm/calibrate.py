@@ -24,7 +24,7 @@ from tutorlm.config import Recipe, to_dict
 from tutorlm.errors import ConfigError
 from tutorlm.evaluate import EVAL_DIR, evaluate_one, resolve_spec
 from tutorlm.run import RunDir, atomic_write_text
-from tutorlm.serve import final_answer
+from tutorlm.serve import agreement, final_answer
 from tutorlm.tasks import load_task
 
 ESCALATION = "escalation.json"
@@ -38,11 +38,8 @@ def student_votes(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     votes = {}
     for example_id, samples in by_example.items():
         samples.sort(key=lambda row: row["sample_index"])
-        answers = [final_answer(row["completion"]) for row in samples]
-        stated = [answer for answer in answers if answer is not None]
-        majority = max(stated, key=stated.count) if stated else None  # ties: the answer stated first
-        share = stated.count(majority) / len(samples) if stated else 0.0
-        chosen = samples[answers.index(majority)] if majority is not None else samples[0]
+        share, majority = agreement([row["completion"] for row in samples])  # the rule serve's escalate mode uses
+        chosen = next((row for row in samples if final_answer(row["completion"]) == majority), samples[0])
         votes[example_id] = {"agreement": share, "correct": bool(chosen["correct"]) and majority is not None,
                              "tokens": sum(row["completion_tokens"] for row in samples)}
     return votes
