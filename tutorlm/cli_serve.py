@@ -41,13 +41,22 @@ def cmd_serve(args: argparse.Namespace, extra: list[str]) -> int:
         if not args.out:
             raise ConfigError("command line: serve calibrate needs --out RUN (a run with a trained student and a teacher)")
         recipe = _recipe_from(args, _apply_run_flags(args, extra), from_run=True)
+        fields = {f.name: getattr(args, f"serve_{f.name}") for f in dataclasses.fields(ServeConfig)}
         calibrate(recipe, samples=args.samples, temperature=args.temperature, target_share=args.target_share,
-                  split=args.split, limit=args.limit, console=error_console)
+                  split=args.split, limit=args.limit, step_floors=_floors(args.step_floors),
+                  serve_config=ServeConfig(**{name: value for name, value in fields.items() if value is not None}),
+                  console=error_console)
         return 0
     if extra:
         raise ConfigError(f"command line: serve takes no --SECTION.FIELD settings (got {extra[0]}); see tutorlm serve --help")
     fields = {f.name: getattr(args, f"serve_{f.name}") for f in dataclasses.fields(ServeConfig)}
     return serve(ServeConfig(**{name: value for name, value in fields.items() if value is not None}))
+
+
+def _floors(values: list[float] | None) -> tuple[float, ...]:
+    if values and any(floor >= 0 for floor in values):
+        raise ConfigError(f"command line: --step-floors are log-probabilities, below 0; got {' '.join(map(str, values))}")
+    return tuple(values or ())
 
 
 def add_serve_parser(commands: Any, formatter: type) -> None:
@@ -58,7 +67,8 @@ def add_serve_parser(commands: Any, formatter: type) -> None:
         "else the teacher answers) or step (the teacher rewrites the lines where the student hesitates). Needs "
         "pip install -e \".[serve]\".",
         epilog="examples:\n  tutorlm serve --model runs/real-teacher/student --teacher qwen2.5-coder-1.5b-instruct --teacher-dtype int8\n"
-        "  tutorlm serve calibrate --out runs/real-teacher --target-share 0.3   # pick --escalate-agreement on held-out questions",
+        "  tutorlm serve calibrate --out runs/real-teacher --target-share 0.3   # pick --escalate-agreement on held-out questions\n"
+        "  tutorlm serve calibrate --out runs/real-teacher --step-floors -0.7 -2.3   # and the step mode at two floors",
         formatter_class=formatter)
     serve.add_argument("action", nargs="?", choices=["calibrate"], help="calibrate: measure accuracy against the teacher's share "
                        "for every escalation threshold on a run's validation questions, and pick one")
@@ -69,6 +79,8 @@ def add_serve_parser(commands: Any, formatter: type) -> None:
     calibration.add_argument("--temperature", type=float, default=0.7, help="the student's sampling temperature (default: 0.7)")
     calibration.add_argument("--split", default="validation", choices=["train", "validation", "test"], help="(default: validation)")
     calibration.add_argument("--limit", type=int, default=100, help="questions (default: 100)")
+    calibration.add_argument("--step-floors", type=float, nargs="+", metavar="LOGPROB", help="also measure the step mode (a local teacher) at these "
+                             "log-prob floors, e.g. -0.7 -2.3 -4.6 (greedy; the teacher writes at most --step-teacher-tokens per answer)")
     for item in dataclasses.fields(ServeConfig):
         kind = {"int": int, "float": float}.get(str(item.type), str)
         serve.add_argument(f"--{item.name.replace('_', '-')}", dest=f"serve_{item.name}", type=kind, default=None,

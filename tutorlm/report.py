@@ -211,10 +211,19 @@ def plot(data: dict[str, Any], directory: Path) -> dict[str, Path]:
         for point in modes:
             axis.annotate(f"{point['agreement']:.2f}", (point["teacher_token_share"] * 100, point["accuracy"] * 100),
                           textcoords="offset points", xytext=(4, -10), fontsize=7)
-        for mode, color in (("student", "#27ae60"), ("teacher", "#f2994a")):
+        steps = sorted((point for point in escalation if point["mode"] == "step"), key=lambda p: p["teacher_token_share"])
+        if steps:  # --step-floors: the step mode at each log-prob floor
+            axis.plot([p["teacher_token_share"] * 100 for p in steps], [p["accuracy"] * 100 for p in steps], marker="s",
+                      color="#9b51e0", label="step (teacher writes lines below a log-prob floor)")
+            for point in steps:
+                axis.annotate(f"{point['floor']:g}", (point["teacher_token_share"] * 100, point["accuracy"] * 100),
+                              textcoords="offset points", xytext=(4, 4), fontsize=7, color="#9b51e0")
+        for mode, color, label in (("student", "#27ae60", "student alone (majority of samples)"),
+                                   ("student (greedy)", "#1b5e20", "student alone (greedy)"), ("teacher", "#f2994a", "teacher alone")):
             alone = [p for p in escalation if p["mode"] == mode]
-            axis.scatter([p["teacher_token_share"] * 100 for p in alone], [p["accuracy"] * 100 for p in alone], s=60, color=color,
-                         zorder=3, label=f"{mode} alone")
+            if alone:
+                axis.scatter([p["teacher_token_share"] * 100 for p in alone], [p["accuracy"] * 100 for p in alone], s=60,
+                             color=color, zorder=3, label=label, marker="D" if "greedy" in mode else "o")
         axis.set_xlabel("teacher's share of generated tokens (%)")
         axis.set_ylabel("accuracy (%)")
         axis.set_ylim(0, 105)
@@ -358,11 +367,16 @@ def markdown(data: dict[str, Any], figures: dict[str, Path]) -> str:
     if escalation and escalation.get("points"):
         lines += ["", "## Serving with the teacher's help", "",
                   f"`tutorlm serve calibrate` on {escalation['questions']} {escalation['split']} questions, "
-                  f"{escalation['samples']} student samples at temperature {escalation['temperature']}:", "",
+                  f"{escalation['samples']} student samples at temperature {escalation['temperature']}"
+                  + (f"; the step mode greedy, with at most {escalation['step_teacher_tokens']} teacher tokens an answer "
+                     "(its questions to the teacher: those where the teacher wrote a line)" if "step_teacher_tokens" in escalation else "")
+                  + ":", "",
                   "| who answers | accuracy | questions to the teacher | teacher's share of tokens | random routing |",
                   "| --- | --- | --- | --- | --- |"]
         for point in escalation["points"]:
-            who = f"escalate below agreement {point['agreement']:.2f}" if point["mode"] == "escalate" else f"{point['mode']} alone"
+            who = (f"escalate below agreement {point['agreement']:.2f}" if point["mode"] == "escalate"
+                   else f"step, log-prob floor {point['floor']:g}" if point["mode"] == "step"
+                   else "student alone (greedy)" if point["mode"] == "student (greedy)" else f"{point['mode']} alone")
             lines.append(f"| {who} | {_percent(point['accuracy'])} | {_percent(point['teacher_share'])} | "
                          f"{_percent(point['teacher_token_share'])} | {_percent(point.get('random_accuracy'))} |")
         if "escalation" in figures:

@@ -14,11 +14,14 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from tutorlm.backends import Completion, OnResult, Request, Sampling
 from tutorlm.engine import RowSettings
-from tutorlm.serve import BadRequest, LocalModel, Params, RemoteTeacher, ServeConfig, agreement, final_answer, hesitates
+from tutorlm.errors import ConfigError
+from tutorlm.serve import BadRequest, LocalModel, Params, RemoteTeacher, ServeConfig, agreement, hesitates
 
 
 @dataclass
@@ -94,11 +97,10 @@ class Router:
         ])
         texts = [self.student.text(tokens, params.stop) for tokens, _, _ in samples]
         spent = sum(len(tokens) for tokens, _, _ in samples)
-        share, majority = agreement(texts)
+        share, majority, chosen = agreement(texts)
         meta = {"agreement": share, "student_answer": majority}
         needed = params.threshold if params.threshold is not None else config.escalate_agreement
-        if majority is not None and share >= needed:
-            chosen = next(i for i, text in enumerate(texts) if final_answer(text) == majority)
+        if chosen is not None and share >= needed:
             tokens, reason, _ = samples[chosen]
             return Answer(texts[chosen], reason, len(prompt), spent, 0, len(tokens), {**meta, "answered_by": "student"})
         self.counts["escalated"] += 1
@@ -152,3 +154,73 @@ class Router:
         returned = len(self.student.tokenizer(written, add_special_tokens=False)["input_ids"])
         return Answer(written.rstrip("\n") if reason == "stop" else written, reason, len(first), student_tokens, teacher_tokens,
                       returned, {"steps_helped": helped})
+
+
+class RouterBackend:
+    """A serving mode as an evaluation backend: the Router in this process, no HTTP (`serve calibrate` measures the
+    step mode with it). It answers like `tutorlm serve` with the same student and local teacher, keeps each answer's
+    student and teacher tokens (`meta["usage"]`), and goes through the cache like any backend: its identity is both
+    models' weights and precisions and the mode's settings, and a run whose answers are all cached loads nothing."""
+
+    kind = "serve"
+
+    def __init__(self, mode: str, student: Any, teacher: Any, config: ServeConfig, threshold: float | None = None) -> None:
+        from tutorlm.backends.hf import HFBackend
+
+        if teacher.backend != "hf":
+            raise ConfigError(f"the {mode} mode is measured with a local teacher (teacher.backend hf); this recipe's teacher is "
+                              f"{teacher.backend!r}: serve it and evaluate through the server instead")
+        self.mode, self.threshold, self.config = mode, threshold, config
+        self.student, self.teacher = HFBackend(student), HFBackend(teacher)
+        self.model_name = f"{mode}@{threshold:g}" if threshold is not None else mode
+        self.precision = self.student.precision
+        self.cache_identity = (f"student={self.student.model_name}:{self.student.cache_identity};"
+                               f"teacher={self.teacher.model_name}:{self.teacher.cache_identity};"
+                               f"step_teacher_tokens={config.step_teacher_tokens};escalate={config.escalate_samples}@{config.escalate_temperature}")
+        self.counters: dict[str, int] = {"helped": 0}
+        self.router: Router | None = None
+
+    def _start(self, sampling: Sampling) -> Router:
+        if self.router is None:
+            self.student._load()
+            self.teacher._load()
+            room = self.config.max_prompt_tokens + sampling.max_tokens + 32
+            student = LocalModel(self.student.model, self.student.tokenizer, slots=self.config.slots, room=room, name="student")
+            teacher = LocalModel(self.teacher.model, self.teacher.tokenizer, slots=self.config.slots, room=room, name="teacher")
+            self.router = Router(self.config, student, teacher)
+        return self.router
+
+    def run(self, requests: list[Request], sampling: Sampling, on_result: OnResult) -> None:
+        if not requests:
+            return
+        router = self._start(sampling)
+        params = Params(model=self.mode, threshold=self.threshold, name=self.model_name, max_tokens=sampling.max_tokens,
+                        temperature=sampling.temperature, top_p=sampling.top_p, n=1, stream=False, stop=sampling.stop,
+                        seed=sampling.seed, include_usage=False)
+
+        async def answer_all() -> None:
+            room = asyncio.Semaphore(self.config.slots)  # as many questions in flight as the engine decodes together
+
+            async def one(request: Request) -> None:
+                async with room:
+                    started = time.perf_counter()
+                    try:
+                        answer = await router.answer(request.messages, params, request.sample_index)
+                    except Exception as error:  # noqa: BLE001 - recorded for this request; the others go on
+                        on_result(request, error)
+                        return
+                self.counters["helped"] += int(answer.meta.get("steps_helped", 0))
+                on_result(request, Completion(
+                    text=answer.text, finish_reason=answer.finish_reason, prompt_tokens=answer.prompt_tokens,
+                    completion_tokens=answer.completion_tokens, latency_s=time.perf_counter() - started,
+                    meta={"usage": {"student_tokens": answer.student_tokens, "teacher_tokens": answer.teacher_tokens}}))
+
+            await asyncio.gather(*(one(request) for request in requests))
+
+        asyncio.run(answer_all())
+
+    def close(self) -> None:
+        if self.router is not None:
+            self.router.student.close()
+            self.router.teacher.close()  # type: ignore[union-attr]
+            self.router = None

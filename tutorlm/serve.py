@@ -338,14 +338,15 @@ def final_answer(text: str) -> str | None:
     return None if answer is None else normalize_text(answer)
 
 
-def agreement(texts: list[str]) -> tuple[float, str | None]:
-    """(share of the samples that state the most common answer, that answer); (0, None) when none states one."""
+def agreement(texts: list[str]) -> tuple[float, str | None, int | None]:
+    """(share of the samples that state the most common answer, that answer, the first sample that states it);
+    (0, None, None) when none states one."""
     answers = [final_answer(text) for text in texts]
     stated = Counter(answer for answer in answers if answer is not None)
     if not stated:
-        return 0.0, None
+        return 0.0, None, None
     answer, count = stated.most_common(1)[0]
-    return count / len(texts), answer
+    return count / len(texts), answer, answers.index(answer)
 
 
 def hesitates(line: str, logprobs: list[float], floor: float) -> bool:

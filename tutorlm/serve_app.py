@@ -199,16 +199,17 @@ def build_app(config: ServeConfig, student: LocalModel, teacher: LocalModel | Re
 
 
 def load_local(spec: str, dtype: str, *, slots: int, room: int, name: str) -> LocalModel:
-    from tutorlm.models import load_model, load_tokenizer, pick_device, pick_dtype, resolve_model
+    """A local model spec (a directory, hub id, .gguf file or package) loaded the way the hf backend loads it."""
+    from tutorlm.backends.hf import HFBackend
+    from tutorlm.config import TeacherConfig
+    from tutorlm.errors import ConfigError, FatalBackendError
 
-    resolve_model(spec)  # a missing file or package is a clear error before anything loads
-    chosen, _ = pick_dtype(dtype, pick_device("auto"))
-    tokenizer = load_tokenizer(spec)
-    if tokenizer.chat_template is None:
-        from tutorlm.errors import ConfigError
-
-        raise ConfigError(f"{spec}: the model has no chat template; serve an instruct/chat model")
-    local = LocalModel(load_model(spec, device="auto", dtype=chosen), tokenizer, slots=slots, room=room, name=name)
+    backend = HFBackend(TeacherConfig(backend="hf", model=spec, dtype=dtype))  # a missing file or package: a clear error now
+    try:
+        backend._load()
+    except FatalBackendError as error:  # no chat template: the model to serve is the wrong kind
+        raise ConfigError(f"{spec}: {error}; serve an instruct/chat model") from None
+    local = LocalModel(backend.model, backend.tokenizer, slots=slots, room=room, name=name)
     local.name_of_model = spec
     return local
 
