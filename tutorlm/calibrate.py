@@ -24,13 +24,14 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from tutorlm.backends.hf import keep_loaded
 from tutorlm.config import Recipe, to_dict
 from tutorlm.errors import ConfigError
-from tutorlm.backends.hf import keep_loaded
 from tutorlm.evaluate import EVAL_DIR, evaluate_one, resolve_spec
+from tutorlm.report import point_label
+from tutorlm.route import RouterBackend
 from tutorlm.run import RunDir, atomic_write_text
 from tutorlm.serve import ServeConfig, agreement
-from tutorlm.route import RouterBackend
 from tutorlm.tasks import load_task
 
 ESCALATION = "escalation.json"
@@ -77,11 +78,13 @@ def curve(votes: dict[str, dict[str, Any]], teacher: dict[str, dict[str, Any]], 
 
 
 def step_point(floor: float | None, rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """The step mode at one floor: accuracy, the share of questions the teacher wrote a line of, its share of tokens."""
+    """The step mode at one floor: accuracy, the share of questions the teacher wrote a line of, its share of tokens,
+    and the share of answers cut off at max_tokens."""
     teacher = sum(row["teacher_tokens"] for row in rows)
     return {"mode": "step", "floor": floor, "accuracy": sum(bool(row["correct"]) for row in rows) / len(rows),
             "teacher_share": sum(row["teacher_tokens"] > 0 for row in rows) / len(rows),
-            "teacher_token_share": teacher / max(teacher + sum(row["student_tokens"] for row in rows), 1)}
+            "teacher_token_share": teacher / max(teacher + sum(row["student_tokens"] for row in rows), 1),
+            "cut_off": sum(row["finish_reason"] == "length" for row in rows) / len(rows)}  # reached max_tokens
 
 
 def choose(points: list[dict[str, Any]], target_share: float) -> dict[str, Any]:
@@ -136,6 +139,8 @@ def calibrate(recipe: Recipe, *, samples: int, temperature: float, target_share:
             answers = run.path / EVAL_DIR / f"calibrate-step@{floor:g}.jsonl"  # each answer, to read what the teacher changed
             atomic_write_text(answers, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
             record["outputs"].append(answers)
+        if steps:
+            result["points"][-1]["cut_off"] = sum(row["finish_reason"] == "length" for row in teacher_rows) / len(teacher_rows)
         result["points"][-1:-1] = steps  # after escalation, before the teacher alone
         alone, helper = steps[0]["accuracy"] if steps else 0.0, result["points"][-1]["accuracy"]
         for point in steps:
@@ -164,15 +169,14 @@ def _print(result: dict[str, Any], console: Console) -> None:
     points, chosen, samples = result["points"], result["chosen"], result["samples"]
     temperature, target_share = result["temperature"], result["target_share"]
     table = Table(title=f"escalation on {result['questions']} {result['split']} questions ({samples} student samples at T={temperature})")
-    for column in ("who answers", "accuracy", "questions to the teacher", "teacher's share of tokens", "random routing"):
+    cut = any("cut_off" in point for point in points)
+    for column in ("who answers", "accuracy", "questions to the teacher", "teacher's share of tokens", "random routing",
+                   *(["cut off"] if cut else [])):
         table.add_column(column, justify="right" if column != "who answers" else "left")
     for point in points:
-        label = (f"escalate, agreement < {point['agreement']:.2f}" if point["mode"] == "escalate"
-                 else f"step, log-prob floor {point['floor']:g}" if point["mode"] == "step"
-                 else "student alone (greedy)" if point["mode"] == "student (greedy)"
-                 else f"{point['mode']} alone" + (" (majority of samples)" if point["mode"] == "student" else ""))
-        table.add_row(label + (" ←" if point == chosen else ""), f"{point['accuracy']:.0%}", f"{point['teacher_share']:.0%}",
-                      f"{point['teacher_token_share']:.0%}", f"{point['random_accuracy']:.0%}")
+        table.add_row(point_label(point) + (" ←" if point == chosen else ""), f"{point['accuracy']:.0%}", f"{point['teacher_share']:.0%}",
+                      f"{point['teacher_token_share']:.0%}", f"{point['random_accuracy']:.0%}",
+                      *([f"{point['cut_off']:.0%}" if "cut_off" in point else ""] if cut else []))
     console.print(table)
     if chosen is not None:
         console.print(f"serve with: --escalate-samples {samples} --escalate-temperature {temperature} "

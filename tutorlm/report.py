@@ -260,6 +260,16 @@ def truncation_warnings(summaries: dict[str, dict[str, Any]]) -> list[str]:
     ]
 
 
+def point_label(point: dict[str, Any]) -> str:
+    """Who answers at a point of the curve, in words (the report, and `serve calibrate`'s printed table)."""
+    if point["mode"] == "escalate":
+        return f"escalate, agreement < {point['agreement']:.2f}"
+    if point["mode"] == "step":
+        return f"step, log-prob floor {point['floor']:g}"
+    return {"student": "student alone (majority of samples)", "student (greedy)": "student alone (greedy)"}.get(
+        point["mode"], f"{point['mode']} alone")
+
+
 def markdown(data: dict[str, Any], figures: dict[str, Path]) -> str:
     config = data["config"]
     task = config.get("task", {})
@@ -371,14 +381,12 @@ def markdown(data: dict[str, Any], figures: dict[str, Path]) -> str:
                   + (f"; the step mode greedy, with at most {escalation['step_teacher_tokens']} teacher tokens an answer "
                      "(its questions to the teacher: those where the teacher wrote a line)" if "step_teacher_tokens" in escalation else "")
                   + ":", "",
-                  "| who answers | accuracy | questions to the teacher | teacher's share of tokens | random routing |",
-                  "| --- | --- | --- | --- | --- |"]
+                  "| who answers | accuracy | questions to the teacher | teacher's share of tokens | random routing | cut off |",
+                  "| --- | --- | --- | --- | --- | --- |"]
         for point in escalation["points"]:
-            who = (f"escalate below agreement {point['agreement']:.2f}" if point["mode"] == "escalate"
-                   else f"step, log-prob floor {point['floor']:g}" if point["mode"] == "step"
-                   else "student alone (greedy)" if point["mode"] == "student (greedy)" else f"{point['mode']} alone")
-            lines.append(f"| {who} | {_percent(point['accuracy'])} | {_percent(point['teacher_share'])} | "
-                         f"{_percent(point['teacher_token_share'])} | {_percent(point.get('random_accuracy'))} |")
+            cut = _percent(point["cut_off"]) if "cut_off" in point else ""
+            lines.append(f"| {point_label(point)} | {_percent(point['accuracy'])} | {_percent(point['teacher_share'])} | "
+                         f"{_percent(point['teacher_token_share'])} | {_percent(point.get('random_accuracy'))} | {cut} |")
         if "escalation" in figures:
             lines += ["", f"![escalation]({figures['escalation'].name})"]
     if data["examples"]:
