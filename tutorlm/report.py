@@ -204,7 +204,7 @@ def plot(data: dict[str, Any], directory: Path) -> dict[str, Path]:
         written["learning_curve"] = _save(figure, directory / FIGURES["learning_curve"])
     escalation = (data.get("escalation") or {}).get("points")
     if escalation:  # tutorlm serve calibrate: accuracy against the teacher's share of the generated tokens
-        figure, axis = plt.subplots(figsize=(6, 3.2))
+        figure, axis = plt.subplots(figsize=(6, 4))
         modes = [point for point in escalation if point["mode"] == "escalate"]
         axis.plot([p["teacher_token_share"] * 100 for p in modes], [p["accuracy"] * 100 for p in modes], marker="o", color="#2d9cdb",
                   label="escalate (student's agreement below a threshold)")
@@ -228,7 +228,7 @@ def plot(data: dict[str, Any], directory: Path) -> dict[str, Path]:
         axis.set_ylabel("accuracy (%)")
         axis.set_ylim(0, 105)
         axis.set_title("serving with the teacher's help")
-        axis.legend(fontsize=7)
+        axis.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=2, frameon=False)  # below: no point hidden
         written["escalation"] = _save(figure, directory / FIGURES["escalation"])
     return written
 
