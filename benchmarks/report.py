@@ -177,6 +177,14 @@ def rows() -> list[str]:
                     f"| the engine offline, same slots: {result['offline']['tokens_per_s']:.1f} tokens/s | {run['ratio']:.2f}× "
                     f"| {run['identical']} of {result['questions']} answers identical to offline |"
                 )
+        elif name == "load_memory":
+            released, kept = result["sides"]["released"], result["sides"]["kept"]
+            lines.append(
+                f"| memory after loading {result['model']} ({result['dtype']}) | {result['machine']} | {result['date']} "
+                f"| freed memory handed back (models.release_memory): {released['rss_after_load_gb']} GB resident, "
+                f"{released['peak_rss_gb']} GB peak | kept: {kept['rss_after_load_gb']} GB resident, {kept['peak_rss_gb']} GB peak "
+                f"| {result['resident_ratio']}× less resident memory | weights: {released['parameter_gb']} GB |"
+            )
         elif name == "kv_memory":
             for run in result["runs"]:
                 before, after = run["preallocated"], run["grown"]
