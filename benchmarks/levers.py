@@ -10,7 +10,8 @@ questions: the paired difference in accuracy with a 95% bootstrap interval, and 
 which the variant is not better. Teacher answers come from the cache (a variant that asks for new ones,
 e.g. more samples per question, pays for those and says how many calls it made). Results:
 benchmarks/results/levers_<recipe>.json; variants measured earlier with the same settings on the same machine
-are kept, so variants can be run one at a time.
+against the same baseline run (its directory and when its student was evaluated) are kept, so variants can be
+run one at a time.
 """
 
 from __future__ import annotations
@@ -82,6 +83,8 @@ def main() -> None:
         baseline_run = run_variant(args.recipe, "baseline", [])
         baseline_wall = round(time.perf_counter() - started, 1)
     baseline = describe(baseline_run, "baseline", [], baseline_wall)
+    # which run of the baseline: a directory rerun since (another recipe version) is another baseline
+    baseline["evaluated"] = json.loads((baseline_run / "manifest.json").read_text())["stages"]["eval:student"]["started"]
     baseline_scores = scores(baseline_run)
     print(f"baseline: {baseline['accuracy']:.0%} ({baseline['run']})", flush=True)
 
@@ -106,8 +109,9 @@ def main() -> None:
     names = {point["name"] for point in measured}
     result = {"benchmark": "levers", "recipe": args.recipe, "machine": machine(), "date": time.strftime("%Y-%m-%d"),
               "baseline": baseline,
-              "variants": [p for p in kept if p["name"] not in names and p.get("baseline_run") == baseline["run"]]
-              + [{**p, "baseline_run": baseline["run"]} for p in measured]}
+              "variants": [p for p in kept if p["name"] not in names and p.get("baseline_run") == baseline["run"]
+                           and p.get("baseline_evaluated") == baseline["evaluated"]]
+              + [{**p, "baseline_run": baseline["run"], "baseline_evaluated": baseline["evaluated"]} for p in measured]}
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {out}")
 
