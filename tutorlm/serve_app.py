@@ -42,6 +42,21 @@ def held_back(text: str, stop: tuple[str, ...]) -> int:
     return longest
 
 
+async def while_connected(request: Any, work: Any) -> Any:
+    """Await `work`, cancelling it when the client goes away first (a client that gives up on a plain request,
+    or on a streamed answer still being decided): the rows it was decoding stop (LocalModel.generate's cleanup).
+    The handler then ends with a 499 error that nobody reads (the connection is closed)."""
+    task = asyncio.ensure_future(work)
+    while True:
+        done, _ = await asyncio.wait({task}, timeout=0.1)
+        if done:
+            return task.result()
+        if await request.is_disconnected():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            raise BadRequest(499, "the client disconnected", "client_closed_request")
+
+
 def build_app(config: ServeConfig, student: LocalModel, teacher: LocalModel | RemoteTeacher | None = None) -> Any:
     fastapi, JSONResponse, StreamingResponse = _imports()
     router = Router(config, student, teacher)
@@ -72,20 +87,42 @@ def build_app(config: ServeConfig, student: LocalModel, teacher: LocalModel | Re
         kind = "not_found" if error.status_code == 404 else "method_not_allowed" if error.status_code == 405 else "http_error"
         return refuse(BadRequest(error.status_code, f"{request.method} {request.url.path}: {error.detail}", kind))
 
-    @app.middleware("http")
-    async def guard(request: Any, call_next: Any) -> Any:
-        if key is not None and request.url.path.startswith("/v1"):
-            sent = request.headers.get("authorization", "")
-            if not hmac.compare_digest(sent.encode(), f"Bearer {key}".encode()):
-                return refuse(BadRequest(401, "a valid API key is needed: send 'Authorization: Bearer <key>'",
-                                         "invalid_api_key", "authentication_error"))
-        length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > config.max_body_bytes:
-            return refuse(BadRequest(413, f"the request body has {length} bytes; the limit is {config.max_body_bytes}", "body_too_large"))
-        try:
-            return await call_next(request)
-        except BadRequest as error:  # raised before a streaming response began
-            return refuse(error)
+    class Guard:
+        """The API key and the body-size limit, before any route runs. A plain ASGI middleware: Starlette's
+        @app.middleware("http") hides a client's disconnect from the route (request.is_disconnected() stays
+        False), and a route must see it to stop decoding for a client that left."""
+
+        def __init__(self, app: Any) -> None:
+            self.app = app
+
+        async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+            if scope["type"] != "http":
+                return await self.app(scope, receive, send)
+            headers = dict(scope["headers"])
+            if key is not None and scope["path"].startswith("/v1"):
+                sent = headers.get(b"authorization", b"")
+                if not hmac.compare_digest(sent, f"Bearer {key}".encode()):
+                    return await refuse(BadRequest(401, "a valid API key is needed: send 'Authorization: Bearer <key>'",
+                                                   "invalid_api_key", "authentication_error"))(scope, receive, send)
+            length = headers.get(b"content-length", b"").decode("latin-1")
+            if length.isdigit() and int(length) > config.max_body_bytes:
+                return await refuse(BadRequest(413, f"the request body has {length} bytes; the limit is {config.max_body_bytes}",
+                                               "body_too_large"))(scope, receive, send)
+            started = False
+
+            async def watched(message: Any) -> None:
+                nonlocal started
+                started = started or message["type"] == "http.response.start"
+                await send(message)
+
+            try:
+                await self.app(scope, receive, watched)
+            except BadRequest as error:  # raised before a streaming response began
+                if started:
+                    raise
+                await refuse(error)(scope, receive, send)
+
+    app.add_middleware(Guard)
 
     async def read_json(request: Any) -> Any:
         body = await request.body()
@@ -124,7 +161,7 @@ def build_app(config: ServeConfig, student: LocalModel, teacher: LocalModel | Re
             prompt = student.chat_prompt(messages)
             router.check_prompt(prompt)
             return StreamingResponse(stream_student(prompt, params), media_type="text/event-stream")
-        answers = list(await asyncio.gather(*[router.answer(messages, params, i) for i in range(params.n)]))
+        answers = list(await while_connected(request, asyncio.gather(*[router.answer(messages, params, i) for i in range(params.n)])))
         if params.stream:
             return StreamingResponse(stream_answers(answers, params), media_type="text/event-stream")
         return {"id": new_id("chatcmpl"), "object": "chat.completion", "created": now(), "model": params.name,
@@ -186,8 +223,8 @@ def build_app(config: ServeConfig, student: LocalModel, teacher: LocalModel | Re
             raise BadRequest(400, "'prompt' must be a non-empty string", "invalid_value", param="prompt")
         prompt = student.text_prompt(prompt_text)
         router.check_prompt(prompt)
-        results = await asyncio.gather(*[student.complete(prompt, router.settings(params, i), stop=params.stop)
-                                         for i in range(params.n)])
+        results = await while_connected(request, asyncio.gather(*[student.complete(prompt, router.settings(params, i), stop=params.stop)
+                                                                  for i in range(params.n)]))
         router.counts["student"] += params.n
         generated = sum(len(tokens) for tokens, _, _ in results)
         return {"id": new_id("cmpl"), "object": "text_completion", "created": now(), "model": params.name,
