@@ -323,6 +323,7 @@ def test_serve_calibrate_on_a_run(tmp_path):
     assert report.returncode == 0, report.stderr
     text = (run / "report.md").read_text()
     assert "## Serving with the teacher's help" in text and "| teacher alone | 100.0% | 100.0% | 100.0% | 100.0% |" in text
+    assert "step mode" not in text  # no --step-floors, no step rows or words
     assert (run / "escalation.png").stat().st_size > 1000
     bad = subprocess.run([sys.executable, "-m", "tutorlm", "serve", "calibrate", "--out", str(run), "--temperature", "0"],
                          capture_output=True, text=True, timeout=300)

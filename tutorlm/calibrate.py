@@ -140,12 +140,13 @@ def calibrate(recipe: Recipe, *, samples: int, temperature: float, target_share:
             atomic_write_text(answers, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
             record["outputs"].append(answers)
         if steps:
-            result["points"][-1]["cut_off"] = sum(row["finish_reason"] == "length" for row in teacher_rows) / len(teacher_rows)
-        result["points"][-1:-1] = steps  # after escalation, before the teacher alone
-        alone, helper = steps[0]["accuracy"] if steps else 0.0, result["points"][-1]["accuracy"]
-        for point in steps:
-            point["random_accuracy"] = (1 - point["teacher_share"]) * alone + point["teacher_share"] * helper
-        result["step_teacher_tokens"] = serve_config.step_teacher_tokens
+            teacher_point = result["points"][-1]
+            teacher_point["cut_off"] = sum(row["finish_reason"] == "length" for row in teacher_rows) / len(teacher_rows)
+            for point in steps:  # random routing from the greedy student, the step mode's own baseline
+                point["random_accuracy"] = ((1 - point["teacher_share"]) * steps[0]["accuracy"]
+                                            + point["teacher_share"] * teacher_point["accuracy"])
+            result["points"][-1:-1] = steps  # after escalation, before the teacher alone
+            result["step_teacher_tokens"] = serve_config.step_teacher_tokens
         out = run.path / EVAL_DIR / ESCALATION
         atomic_write_text(out, json.dumps(result, indent=2) + "\n")
         record["outputs"].append(out)
