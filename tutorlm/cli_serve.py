@@ -41,16 +41,19 @@ def cmd_serve(args: argparse.Namespace, extra: list[str]) -> int:
         if not args.out:
             raise ConfigError("command line: serve calibrate needs --out RUN (a run with a trained student and a teacher)")
         recipe = _recipe_from(args, _apply_run_flags(args, extra), from_run=True)
-        fields = {f.name: getattr(args, f"serve_{f.name}") for f in dataclasses.fields(ServeConfig)}
         calibrate(recipe, samples=args.samples, temperature=args.temperature, target_share=args.target_share,
-                  split=args.split, limit=args.limit, step_floors=_floors(args.step_floors),
-                  serve_config=ServeConfig(**{name: value for name, value in fields.items() if value is not None}),
+                  split=args.split, limit=args.limit, step_floors=_floors(args.step_floors), serve_config=_serve_config(args),
                   console=error_console)
         return 0
     if extra:
         raise ConfigError(f"command line: serve takes no --SECTION.FIELD settings (got {extra[0]}); see tutorlm serve --help")
+    return serve(_serve_config(args))
+
+
+def _serve_config(args: argparse.Namespace) -> ServeConfig:
+    """The ServeConfig the --flags set (the others keep their defaults)."""
     fields = {f.name: getattr(args, f"serve_{f.name}") for f in dataclasses.fields(ServeConfig)}
-    return serve(ServeConfig(**{name: value for name, value in fields.items() if value is not None}))
+    return ServeConfig(**{name: value for name, value in fields.items() if value is not None})
 
 
 def _floors(values: list[float] | None) -> tuple[float, ...]:

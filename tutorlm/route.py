@@ -182,11 +182,9 @@ class RouterBackend:
 
     def _start(self, sampling: Sampling) -> Router:
         if self.router is None:
-            self.student._load()
-            self.teacher._load()
             room = self.config.max_prompt_tokens + sampling.max_tokens + 32
-            student = LocalModel(self.student.model, self.student.tokenizer, slots=self.config.slots, room=room, name="student")
-            teacher = LocalModel(self.teacher.model, self.teacher.tokenizer, slots=self.config.slots, room=room, name="teacher")
+            student = LocalModel(*self.student.load(), slots=self.config.slots, room=room, name="student")
+            teacher = LocalModel(*self.teacher.load(), slots=self.config.slots, room=room, name="teacher")
             self.router = Router(self.config, student, teacher)
         return self.router
 

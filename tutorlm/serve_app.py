@@ -243,10 +243,10 @@ def load_local(spec: str, dtype: str, *, slots: int, room: int, name: str) -> Lo
 
     backend = HFBackend(TeacherConfig(backend="hf", model=spec, dtype=dtype))  # a missing file or package: a clear error now
     try:
-        backend._load()
+        model, tokenizer = backend.load()
     except FatalBackendError as error:  # no chat template: the model to serve is the wrong kind
         raise ConfigError(f"{spec}: {error}; serve an instruct/chat model") from None
-    local = LocalModel(backend.model, backend.tokenizer, slots=slots, room=room, name=name)
+    local = LocalModel(model, tokenizer, slots=slots, room=room, name=name)
     local.name_of_model = spec
     return local
 

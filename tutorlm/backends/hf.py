@@ -66,6 +66,11 @@ class HFBackend:
         self.counters: dict[str, int] = {"batches": 0}
         self._ready = False
 
+    def load(self) -> tuple[Any, Any]:
+        """(model, tokenizer), loaded now if they are not yet (for callers that run the model themselves: serve)."""
+        self._load()
+        return self.model, self.tokenizer
+
     def _load(self) -> None:
         from tutorlm.models import load_model, load_tokenizer, stop_ids
 
