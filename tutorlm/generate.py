@@ -85,33 +85,49 @@ def plan(task: Task, config: GenerateConfig) -> Plan:
     return result
 
 
-def generate_stage_config(recipe: Recipe) -> dict[str, Any]:
-    """What decides whether generate must re-run (operational settings such as concurrency excluded)."""
-    teacher = to_dict(recipe.teacher)
+def _teacher_key(teacher: Any) -> dict[str, Any]:
+    """What of a teacher's settings decides its rationales (operational settings such as concurrency excluded)."""
+    teacher = to_dict(teacher)
     for operational in ("base_url", "api_key_env", "max_concurrency", "timeout_s", "max_retries", "backoff_base_s",
                         "device", "batch_size", "price_input_per_million", "price_output_per_million"):
         teacher.pop(operational)
+    if teacher["name"] is None:  # unnamed: as before names existed, so earlier runs stay current
+        teacher.pop("name")
+    return teacher
+
+
+def generate_stage_config(recipe: Recipe) -> dict[str, Any]:
+    """What decides whether generate must re-run."""
     generate = to_dict(recipe.generate)
     generate.pop("cache")
     generate.pop("cache_path")
+    if not recipe.teachers:
+        generate.pop("teacher_mode")
     from tutorlm.tasks import prompt_instruction
 
-    return {"task": to_dict(recipe.task), "instruction": prompt_instruction(recipe.task), "teacher": teacher,
-            "generate": generate}
+    stage = {"task": to_dict(recipe.task), "instruction": prompt_instruction(recipe.task), "generate": generate}
+    if recipe.teachers:
+        stage["teachers"] = [_teacher_key(teacher) for teacher in recipe.teachers]
+    else:
+        stage["teacher"] = _teacher_key(recipe.teacher)
+    return stage
 
 
-def _progress(console: Console, total: int) -> StageProgress:
+def _progress(console: Console, total: int, label: str = "generate") -> StageProgress:
     return StageProgress(
-        console, "generate", total,
+        console, label, total,
         detail=("{task.fields[rate]:.2f} compl/s • {task.fields[tokens_rate]:.0f} tok/s • cached {task.fields[hits]} • "
                 "retries {task.fields[retries]} • errors {task.fields[errors]}"),
         rate=0.0, tokens_rate=0.0, hits=0, retries=0, errors=0,
     )
 
 
-def _trace_row(example: Example, request: Request, completion: Completion, plan_: Plan, backend: Any, cached: bool) -> dict[str, Any]:
+def _trace_row(example: Example, request: Request, completion: Completion, plan_: Plan, backend: Any, cached: bool,
+               teacher: str | None = None) -> dict[str, Any]:
+    sample = f"{teacher}#{request.sample_index}" if teacher else str(request.sample_index)
     row = {
-        "id": f"{example.id}#{request.sample_index}", "example_id": example.id, "sample_index": request.sample_index,
+        "id": f"{example.id}#{sample}", "example_id": example.id, "sample_index": request.sample_index,
+        **({"teacher": teacher} if teacher else {}),
         "question": example.question, "answer": example.answer, "choices": example.choices,
         "prompt": plan_.training_prompts[example.id],
         "completion": [{"role": "assistant", "content": completion.text}],
@@ -130,6 +146,9 @@ def _trace_row(example: Example, request: Request, completion: Completion, plan_
             row[topk.FIELD] = topk.pack(completion.logprobs, k)  # compact, by id (topk.py)
         else:  # a server that names tokens only by text: kept as it came
             row["logprobs"] = completion.logprobs
+    for key in ("redrawn",):  # what a generation mode recorded about the completion (RSD: tokens redrawn)
+        if key in completion.meta:
+            row[key] = completion.meta[key]
     return row
 
 
@@ -143,34 +162,28 @@ def generate(recipe: Recipe, *, force: bool = False, console: Console | None = N
         return _generate(recipe, run, force, console or Console(stderr=True))
 
 
-def _generate(recipe: Recipe, run: RunDir, force: bool, console: Console) -> dict[str, Any]:
-    stage_config = generate_stage_config(recipe)
-    if not force and run.is_current("generate", stage_config, {}):
-        stats = run.stage("generate")["stats"]  # type: ignore[index]
-        console.print(f"generate: up to date in {run.path} (--force redoes it)")
-        return stats
-    task = load_task(recipe.task)
-    plan_ = plan(task, recipe.generate)
-    sampling = sampling_of(recipe.generate)
-    if recipe.teacher.backend == "reference":
-        missing = [example.id for example in plan_.examples if not example.rationale]
-        if missing:
-            raise DataError(
-                f"the reference teacher needs a reference solution for every question, and {len(missing)} of "
-                f"{len(plan_.examples)} in {task.name} have none (first: {missing[0]}); use teacher.backend openai or hf"
-            )
-    backend = make_backend(recipe.teacher, task)
-    if backend.kind == "reference":
-        backend.add_examples(plan_.examples)  # type: ignore[attr-defined]
-    cache = Cache(recipe.generate.cache_path or default_cache_path()) if recipe.generate.cache else None
-    counts = {"prompt_tokens": 0, "completion_tokens": 0, "made": 0, "failed": 0}
-    started = time.perf_counter()
+@dataclass
+class _Asked:
+    """What one teacher gave: trace rows, failures, and its counts."""
 
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    failures: list[dict[str, Any]] = field(default_factory=list)
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+def _ask(teacher: Any, label: str | None, task: Task, plan_: Plan, requests: list[Request], sampling: Sampling,
+         cache: Cache | None, partial: Any, console: Console, *, tolerate_fatal: bool) -> _Asked:
+    """`requests` to one teacher through the cache; each new row is appended to `partial` as it arrives.
+    `tolerate_fatal`: a teacher that cannot be used at all (refused key, unknown model) fails its requests
+    instead of stopping the run (a cascade's others go on)."""
     example_by_id = {example.id: example for example in plan_.examples}
+    counts = {"prompt_tokens": 0, "completion_tokens": 0, "made": 0, "failed": 0}
     built: dict[int, dict[str, Any]] = {}  # rows of the calls made now, by request: built once, written twice
-    partial_path = run.path / PARTIAL
-    with run.record("generate", stage_config, {}, resolved=to_dict(recipe)) as record, \
-            _progress(console, len(plan_.requests)) as progress, partial_path.open("a", encoding="utf-8") as partial:
+    started = time.perf_counter()
+    backend = make_backend(teacher, task)
+    if backend.kind == "reference":
+        backend.add_examples([example_by_id[r.example_id] for r in requests])  # type: ignore[attr-defined]
+    with _progress(console, len(requests), f"generate {label}" if label else "generate") as progress:
 
         def on_result(request: Request, result: Completion | Exception) -> None:
             if isinstance(result, Exception):
@@ -178,7 +191,7 @@ def _generate(recipe: Recipe, run: RunDir, force: bool, console: Console) -> dic
             else:
                 counts["made"] += 1
                 row = built[id(request)] = _trace_row(example_by_id[request.example_id], request, result, plan_, backend,
-                                                      cached=False)
+                                                      cached=False, teacher=label)
                 partial.write(json.dumps(row, ensure_ascii=False) + "\n")
                 partial.flush()
                 counts["prompt_tokens"] += result.prompt_tokens
@@ -188,67 +201,133 @@ def _generate(recipe: Recipe, run: RunDir, force: bool, console: Console) -> dic
                              retries=backend.counters.get("retries", 0), errors=counts["failed"])
 
         try:
-            keys, results, cached = run_cached(backend, plan_.requests, sampling, cache, on_result,
+            keys, results, cached = run_cached(backend, requests, sampling, cache, on_result,
                                                on_start=lambda hits: progress.start(hits, hits=hits))
+        except FatalBackendError as error:
+            if not tolerate_fatal:
+                raise
+            console.print(f"[red]teacher {label}: {error}[/red]; the other teachers go on")
+            keys = [f"failed:{index}" for index in range(len(requests))]
+            results, cached = {key: error for key in keys}, set()
+    wall = time.perf_counter() - started
+    if backend.kind != "reference" and counts["made"]:
+        throughput.record("generate", backend.model_name, backend.precision, tokens=counts["completion_tokens"],
+                          seconds=wall, items=counts["made"])
+    asked = _Asked()
+    for key, request in zip(keys, requests):
+        result = results[key]
+        if isinstance(result, Exception):
+            asked.failures.append({"example_id": request.example_id, "sample_index": request.sample_index,
+                                   **({"teacher": label} if label else {}), "error": f"{type(result).__name__}: {result}"})
+        else:
+            asked.rows.append(built.get(id(request)) or _trace_row(example_by_id[request.example_id], request, result,
+                                                                   plan_, backend, cached=key in cached, teacher=label))
+    completions = [result for result in results.values() if isinstance(result, Completion)]
+    cost = None
+    if teacher.price_input_per_million is not None or teacher.price_output_per_million is not None:
+        cost = round(counts["prompt_tokens"] * (teacher.price_input_per_million or 0) / 1e6
+                     + counts["completion_tokens"] * (teacher.price_output_per_million or 0) / 1e6, 6)
+    asked.stats = {
+        "questions": len({request.example_id for request in requests}), "samples_requested": len(keys),
+        "samples_written": len(asked.rows), "cache_hits": len(cached), "calls_made": counts["made"],
+        "failures": len(asked.failures), "retries": backend.counters.get("retries", 0),
+        "prompt_tokens": counts["prompt_tokens"], "completion_tokens": counts["completion_tokens"],
+        "prompt_tokens_total": sum(c.prompt_tokens for c in completions),
+        "completion_tokens_total": sum(c.completion_tokens for c in completions),
+        "truncated": sum(1 for c in completions if c.finish_reason == "length"),
+        "cost": cost, "wall_s": round(wall, 3), "backend": backend.kind, "model": backend.model_name,
+    }
+    if label:  # several teachers: how often this one was right, for the cascade and the report
+        verified = [row for row in asked.rows if row["finish_reason"] != "length" and task.grade(
+            example_by_id[row["example_id"]], row["completion"][-1]["content"]).correct]
+        asked.stats["verified"] = len(verified)
+        asked.stats["solved"] = sorted({row["example_id"] for row in verified})
+    return asked
+
+
+SUMMED = ("samples_requested", "samples_written", "cache_hits", "calls_made", "failures", "retries", "prompt_tokens",
+          "completion_tokens", "prompt_tokens_total", "completion_tokens_total", "truncated")
+
+
+def _generate(recipe: Recipe, run: RunDir, force: bool, console: Console) -> dict[str, Any]:
+    stage_config = generate_stage_config(recipe)
+    if not force and run.is_current("generate", stage_config, {}):
+        stats = run.stage("generate")["stats"]  # type: ignore[index]
+        console.print(f"generate: up to date in {run.path} (--force redoes it)")
+        return stats
+    task = load_task(recipe.task)
+    plan_ = plan(task, recipe.generate)
+    sampling = sampling_of(recipe.generate)
+    teachers = recipe.teachers or [recipe.teacher]
+    if any(teacher.backend == "reference" for teacher in teachers):
+        missing = [example.id for example in plan_.examples if not example.rationale]
+        if missing:
+            raise DataError(
+                f"the reference teacher needs a reference solution for every question, and {len(missing)} of "
+                f"{len(plan_.examples)} in {task.name} have none (first: {missing[0]}); use teacher.backend openai or hf"
+            )
+    cascade = bool(recipe.teachers) and recipe.generate.teacher_mode == "cascade"
+    cache = Cache(recipe.generate.cache_path or default_cache_path()) if recipe.generate.cache else None
+    started = time.perf_counter()
+    rows: list[dict[str, Any]] = []
+    failure_rows: list[dict[str, Any]] = []
+    per_teacher: dict[str, dict[str, Any]] = {}
+    partial_path = run.path / PARTIAL
+    with run.record("generate", stage_config, {}, resolved=to_dict(recipe)) as record, \
+            partial_path.open("a", encoding="utf-8") as partial:
+        try:
+            open_questions = {example.id for example in plan_.examples}
+            for teacher in teachers:
+                requests = [request for request in plan_.requests if request.example_id in open_questions]
+                asked = _ask(teacher, teacher.name if recipe.teachers else None, task, plan_, requests, sampling, cache,
+                             partial, console, tolerate_fatal=cascade)
+                rows += asked.rows
+                failure_rows += asked.failures
+                if recipe.teachers:
+                    solved = asked.stats.pop("solved")
+                    asked.stats["questions_solved"] = len(solved)
+                    per_teacher[teacher.name] = asked.stats  # type: ignore[index]
+                    if cascade:  # the next teacher gets only what no teacher so far answered correctly
+                        open_questions -= set(solved)
+                else:
+                    stats = asked.stats
         finally:
             if cache is not None:
                 cache.close()
-        wall = time.perf_counter() - started
-        if backend.kind != "reference" and counts["made"]:
-            throughput.record("generate", backend.model_name, backend.precision, tokens=counts["completion_tokens"],
-                              seconds=wall, items=counts["made"])
-        by_key = dict(zip(keys, plan_.requests))
-        failures = {key: f"{type(result).__name__}: {result}" for key, result in results.items() if isinstance(result, Exception)}
-        completions = {key: result for key, result in results.items() if isinstance(result, Completion)}
-
-        rows = [
-            built.get(id(request)) or _trace_row(example_by_id[request.example_id], request, completions[key], plan_, backend,
-                                                 cached=key in cached)
-            for key, request in zip(keys, plan_.requests) if key in completions
-        ]
         traces_path = run.path / TRACES
         atomic_write_text(traces_path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
         partial.close()
         partial_path.unlink(missing_ok=True)  # every row it held is now in traces.jsonl
         failures_path = run.path / FAILURES
-        failure_rows = [
-            {"example_id": by_key[key].example_id, "sample_index": by_key[key].sample_index, "error": error}
-            for key, error in failures.items()
-        ]
         if failure_rows:
             atomic_write_text(failures_path, "".join(json.dumps(row) + "\n" for row in failure_rows))
         elif failures_path.exists():
             failures_path.unlink()
-        teacher = recipe.teacher
-        cost = None
-        if teacher.price_input_per_million is not None or teacher.price_output_per_million is not None:
-            cost = round(counts["prompt_tokens"] * (teacher.price_input_per_million or 0) / 1e6
-                         + counts["completion_tokens"] * (teacher.price_output_per_million or 0) / 1e6, 6)
-        all_completions = list(completions.values())
-        stats = {
-            "examples": len(plan_.examples), "samples_requested": len(keys), "samples_written": len(rows),
-            "cache_hits": len(cached), "calls_made": counts["made"], "failures": len(failures),
-            "retries": backend.counters.get("retries", 0),
-            "prompt_tokens": counts["prompt_tokens"], "completion_tokens": counts["completion_tokens"],
-            "prompt_tokens_total": sum(c.prompt_tokens for c in all_completions),
-            "completion_tokens_total": sum(c.completion_tokens for c in all_completions),
-            "truncated": sum(1 for c in all_completions if c.finish_reason == "length"),
-            "cost": cost, "wall_s": round(wall, 3), "backend": backend.kind, "model": backend.model_name,
-        }
+        if recipe.teachers:
+            costs = [one["cost"] for one in per_teacher.values() if one["cost"] is not None]
+            stats = {key: sum(one[key] for one in per_teacher.values()) for key in SUMMED}
+            stats.update(cost=round(sum(costs), 6) if costs else None, wall_s=round(time.perf_counter() - started, 3),
+                         backend="+".join(dict.fromkeys(one["backend"] for one in per_teacher.values())),
+                         model=", ".join(per_teacher), teachers=per_teacher, teacher_mode=recipe.generate.teacher_mode)
+        stats["examples"] = len(plan_.examples)
         packed = [row[topk.FIELD] for row in rows if topk.FIELD in row]
         if packed:  # what the stored distributions cost on disk (the goal: <= 300 bytes per token at k = 20)
             stats["topk_k"] = packed[0]["k"]
             stats["topk_bytes_per_token"] = round(sum(topk.bytes_per_token(p) for p in packed) / len(packed), 1)
+        redrawn = [row["redrawn"] for row in rows if "redrawn" in row]
+        if redrawn:  # RSD: the share of the teacher's proposals the student rejected
+            stats["redrawn_tokens"] = sum(redrawn)
+            stats["redrawn_share"] = round(sum(redrawn) / max(stats["completion_tokens_total"], 1), 4)
         record["stats"] = stats
         record["outputs"].append(traces_path)
-        if failures:
+        if failure_rows:
             record["status"] = "incomplete"
     _print_summary(console, stats, traces_path)
-    if failures:
-        first = next(iter(failures.values()))
+    if failure_rows:
+        first = failure_rows[0]["error"]
         raise GenerationIncomplete(
-            f"{len(failures)} of {len(keys)} calls failed after retries (first: {first}); they are listed in "
-            f"{failures_path}. Run the same command again to retry only those."
+            f"{len(failure_rows)} of {stats['samples_requested']} calls failed after retries (first: {first}); they are "
+            f"listed in {failures_path}. Run the same command again to retry only those."
         )
     return stats
 
@@ -259,8 +338,16 @@ def _print_summary(console: Console, stats: dict[str, Any], traces_path: Path) -
                        ("new teacher calls", "calls_made"), ("failed", "failures"), ("retries", "retries"),
                        ("new prompt tokens", "prompt_tokens"), ("new completion tokens", "completion_tokens"),
                        ("truncated (length)", "truncated"), ("top-k bytes per token", "topk_bytes_per_token"),
-                       ("cost", "cost"), ("wall time (s)", "wall_s")):
+                       ("tokens redrawn (RSD)", "redrawn_tokens"), ("cost", "cost"), ("wall time (s)", "wall_s")):
         if stats.get(key) is not None:
             table.add_row(label, str(stats[key]))
     console.print(table)
+    if stats.get("teachers"):
+        table = Table(title=f"teachers ({stats['teacher_mode']})")
+        for column in ("teacher", "questions asked", "samples", "verified", "questions solved", "new calls", "cost"):
+            table.add_column(column, justify="left" if column == "teacher" else "right")
+        for name, one in stats["teachers"].items():
+            table.add_row(name, str(one["questions"]), str(one["samples_written"]), str(one["verified"]),
+                          str(one["questions_solved"]), str(one["calls_made"]), "–" if one["cost"] is None else str(one["cost"]))
+        console.print(table)
     console.print(f"traces: {traces_path}")

@@ -105,8 +105,10 @@ def check_models(recipe: Recipe) -> None:
     from tutorlm.models import resolve_model
 
     specs = [("student.model", recipe.student.model, recipe.student.gguf_file)]
-    if recipe.teacher.backend == "hf" and recipe.teacher.model:
-        specs.insert(0, ("teacher.model", recipe.teacher.model, recipe.teacher.gguf_file))
+    for index, teacher in enumerate(recipe.teachers or [recipe.teacher]):
+        if teacher.backend == "hf" and teacher.model:
+            key = f"teachers[{index}].model" if recipe.teachers else "teacher.model"
+            specs.insert(index, (key, teacher.model, teacher.gguf_file))
     if recipe.train.objective != "sft" and recipe.train.kd_teacher:
         specs.append(("train.kd_teacher", recipe.train.kd_teacher, None))
     for key, spec, gguf_file in specs:
@@ -144,8 +146,10 @@ def dry_run(recipe: Recipe, *, console: Console | None = None) -> None:
     task = load_task(recipe.task)
     planned = plan(task, recipe.generate)
     path = Path(recipe.generate.cache_path or default_cache_path())
-    teacher_backend = make_backend(recipe.teacher, task)  # loads nothing: local models load on their first call
-    cached = _cached_count(recipe, path, teacher_backend, planned.requests, sampling_of(recipe.generate))
+    asked = []  # (teacher, backend, cached calls); local models load nothing until their first call
+    for one in recipe.teachers or [recipe.teacher]:
+        backend = make_backend(one, task)
+        asked.append((one, backend, _cached_count(recipe, path, backend, planned.requests, sampling_of(recipe.generate))))
     curated = run.path / CURATED
     states = {
         "generate": run.is_current("generate", generate_stage_config(recipe), {}),
@@ -156,10 +160,13 @@ def dry_run(recipe: Recipe, *, console: Console | None = None) -> None:
     table = Table(title=f"plan for {run.path}")
     for column in ("stage", "status", "what"):
         table.add_column(column)
+    calls = len(planned.requests)
+    asks = "; ".join(f"{one.name + ': ' if recipe.teachers else ''}{one.backend} {one.model or ''}: {calls - cached} "
+                     f"teacher calls ({cached} cached); {_estimate(backend, calls - cached)}" for one, backend, cached in asked)
+    if recipe.teachers and recipe.generate.teacher_mode == "cascade":
+        asks += " (a cascade: each teacher after the first is asked only what the earlier ones got wrong, so at most this)"
     table.add_row("generate", "skip (current)" if states["generate"] else "run",
-                  f"{len(planned.examples)} {recipe.generate.split} questions x {recipe.generate.n} samples from "
-                  f"{teacher.backend} {teacher.model or ''}: {len(planned.requests) - cached} teacher calls "
-                  f"({cached} cached); {_estimate(teacher_backend, len(planned.requests) - cached)}"
+                  f"{len(planned.examples)} {recipe.generate.split} questions x {recipe.generate.n} samples from {asks}"
                   if not states["generate"] else "traces.jsonl is current")
     table.add_row("curate", "skip (current)" if states["curate"] else "run", "verify, dedupe, prune -> curated.jsonl")
     resumable = checkpoints(run.path / "student" / "checkpoints")

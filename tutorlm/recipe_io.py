@@ -206,6 +206,12 @@ def load_recipe(
             raise ConfigError(f"{path}: invalid YAML: {error}") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: a recipe must be a mapping of stage sections, got {type(data).__name__}")
+        if data.get("teachers") and "teacher" in data:
+            raise ConfigError(f"{path}: give either teacher (one) or teachers (a list), not both; with teachers, the "
+                              "last one is the teacher that is evaluated")
+    if data.get("teachers") and any(key.startswith("teacher.") for key, _ in overrides):
+        raise ConfigError(f"{where}: --teacher.* settings do not apply to a recipe with several teachers; set each "
+                          "one's fields in its teachers entry")
     if overrides:
         _drop_options_of_another_task(data, overrides)
         data = apply_overrides(data, list(overrides), cls)

@@ -48,6 +48,7 @@ def gather(run: RunDir) -> dict[str, Any]:
         "learning_curve": json.loads(curve_path.read_text()) if curve_path.exists() else None,
         "escalation": json.loads(escalation_path.read_text()) if escalation_path.exists() else None,
         "funnel": (stages.get("curate") or {}).get("stats", {}).get("funnel"),
+        "kept_by_teacher": (stages.get("curate") or {}).get("stats", {}).get("teachers") or {},
         "student_fit": (stages.get("curate") or {}).get("stats", {}).get("student_fit"),
         "generate": (stages.get("generate") or {}).get("stats"), "train": (stages.get("train") or {}).get("stats"),
         "examples": _examples(run, before is not None and after is not None),
@@ -260,6 +261,24 @@ def truncation_warnings(summaries: dict[str, dict[str, Any]]) -> list[str]:
     ]
 
 
+def teachers_table(generate: dict[str, Any], kept: dict[str, dict[str, Any]]) -> list[str]:
+    """Markdown lines: each of several teachers' questions, accuracy, cost and share of the curated data."""
+    teachers = generate.get("teachers")
+    if not teachers:
+        return []
+    mode = generate.get("teacher_mode", "all")
+    lines = ["", f"Several teachers ({'a cascade, cheapest first: each asked only what the ones before it got wrong' if mode == 'cascade' else 'each asked every question'}):", "",
+             "| teacher | questions asked | samples | verified | questions solved | calls made | cost | share of curated data |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for name, one in teachers.items():
+        accuracy = one["verified"] / one["samples_written"] if one["samples_written"] else None
+        share = kept.get(name, {}).get("kept_share")
+        lines.append(f"| {name} | {one['questions']} | {one['samples_written']} | {one['verified']} ({_percent(accuracy)}) | "
+                     f"{one['questions_solved']} | {one['calls_made']} | {one['cost'] if one['cost'] is not None else '–'} | "
+                     f"{_percent(share)} |")
+    return lines
+
+
 def point_label(point: dict[str, Any]) -> str:
     """Who answers at a point of the curve, in words (the report, and `serve calibrate`'s printed table)."""
     if point["mode"] == "escalate":
@@ -328,6 +347,7 @@ def markdown(data: dict[str, Any], figures: dict[str, Path]) -> str:
                   f"Teacher: {generate['backend']} `{generate['model']}`. Token counts cover every sample in the traces, "
                   "cached ones included; calls made and cost count only calls paid for in this run."
                   + (" The reference solver has no tokenizer: its counts are words." if generate["backend"] == "reference" else "")]
+        lines += teachers_table(generate, data["kept_by_teacher"])
     else:
         lines.append("No generation recorded.")
     lines += ["", "## Training", ""]
