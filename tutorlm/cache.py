@@ -35,6 +35,8 @@ def cache_key(backend_kind: str, model_name: str, request: Request, sampling: Sa
                "sampling": sampling.key(), "sample_index": request.sample_index}
     if identity is not None:  # local models: their weights' fingerprint and precision (`HFBackend.cache_identity`)
         payload["identity"] = identity
+    if request.guide_messages is not None:  # RSD: the student's prompt decides which tokens it accepts
+        payload["guide_messages"] = request.guide_messages
     return hashlib.sha256(json.dumps(payload, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
 
 

@@ -150,6 +150,11 @@ class GenerateConfig:
         "all", "with several `teachers`: all = every teacher answers every question (TinyLLM; curate.select student_fit "
         "then keeps the rationale the student fits best, whoever wrote it); cascade = the teachers in the listed order "
         "(cheapest first), each asked only the questions no earlier one answered correctly")
+    rsd_floor: float | None = option(
+        None, "reverse speculative decoding (RSD; In Their Own Words): the local teacher writes each token, but one the "
+        "student gives less than this probability (e.g. 0.01) is redrawn from the teacher's distribution over the tokens "
+        "the student accepts; needs teacher.backend hf and a student with the teacher's vocabulary; null: off")
+    rsd_student: str | None = option(None, "RSD: the model that accepts or rejects tokens; default the recipe's student.model")
     cache: bool = option(True, "reuse and store teacher calls in the cache")
     cache_path: str | None = option(None, "SQLite cache file (default: $TUTORLM_CACHE_DIR or ~/.cache/tutorlm/teacher.sqlite)")
 
@@ -162,6 +167,8 @@ class GenerateConfig:
             raise ValueError(f"limit must be at least 1 or null, got {self.limit}")
         if self.max_tokens < 1 or self.top_logprobs < 0 or self.few_shot < 0:
             raise ValueError("max_tokens must be >= 1; top_logprobs and few_shot >= 0")
+        if self.rsd_floor is not None and not 0 < self.rsd_floor < 1:
+            raise ValueError(f"rsd_floor must be a probability in (0, 1) or null, got {self.rsd_floor}")
 
 
 @dataclass

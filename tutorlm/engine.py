@@ -140,6 +140,13 @@ def draw(probs: torch.Tensor, generators: list[torch.Generator | None], pad_toke
     return torch.where(missing, torch.full_like(tokens, pad_token_id), tokens)
 
 
+def tempered(logits: torch.Tensor, rows: list[Any], sampled: list[bool]) -> torch.Tensor:
+    """(rows, V) probabilities at each sampled row's temperature (1 for the others)."""
+    temperatures = torch.tensor([row.settings.temperature if hot else 1.0 for row, hot in zip(rows, sampled)],
+                                device=logits.device)
+    return torch.softmax(logits / temperatures[:, None], dim=-1)
+
+
 class Engine:
     """Decode many prompts with `slots` rows at a time, refilling a row the moment it finishes.
 
@@ -177,8 +184,16 @@ class Engine:
             return
         if settings is None:
             settings = [RowSettings(max_tokens, temperature, top_p, seeds[i] if seeds else i) for i in range(len(prompts))]
-        self.settings, self.top_logprobs, self.incoming, self.on_token = settings, top_logprobs, incoming, on_token
+        self.top_logprobs, self.incoming, self.on_token = top_logprobs, incoming, on_token
         self.stop_check, self.finished = stop_check, finished
+        pending = self._setup(prompts, settings, room)
+        with contextlib.ExitStack() as stack:
+            self._enter(stack)
+            self._loop(pending)
+
+    def _setup(self, prompts: list[list[int]], settings: list[RowSettings], room: int | None) -> list[int]:
+        """Buffers and rows for a run over `prompts`; returns the order in which they start."""
+        self.settings = settings
         # Longest prompts first: the shared column only moves right, so later (shorter) prompts fit left of it.
         pending = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
         longest = len(prompts[pending[0]])
@@ -195,12 +210,14 @@ class Engine:
         self.last = torch.full((rows,), self.pad_token_id, dtype=torch.long, device=self.device)
         self.rows: list[_Row | None] = [None] * rows
         self.prompts = prompts
-        with contextlib.ExitStack() as stack:
-            if self.head is not None:
-                from tutorlm.train.data import identity_head
+        return pending
 
-                stack.enter_context(identity_head(self.model, self.head))
-            self._loop(pending)
+    def _enter(self, stack: contextlib.ExitStack) -> None:
+        """Contexts the run needs: on a CPU, the model returns hidden states and the engine projects them."""
+        if self.head is not None:
+            from tutorlm.train.data import identity_head
+
+            stack.enter_context(identity_head(self.model, self.head))
 
     def _loop(self, pending: list[int]) -> None:
         if self.incoming is None:
@@ -343,9 +360,7 @@ class Engine:
         sampled = [row is not None and row.settings.temperature > 0 for row in rows]
         if not any(sampled):
             return logits.argmax(dim=-1)
-        temperatures = torch.tensor([row.settings.temperature if hot else 1.0 for row, hot in zip(rows, sampled)],
-                                    device=logits.device)
-        probs = torch.softmax(logits / temperatures[:, None], dim=-1)
+        probs = tempered(logits, rows, sampled)
         top_p = [row.settings.top_p if hot else 1.0 for row, hot in zip(rows, sampled)]
         if min(top_p) < 1.0:  # keep the smallest set of tokens whose mass reaches top_p (a row at 1.0 keeps all)
             limits = torch.tensor([p if p < 1.0 else float("inf") for p in top_p], device=logits.device)

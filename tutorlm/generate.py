@@ -32,7 +32,7 @@ from rich.table import Table
 from tutorlm import throughput, topk
 from tutorlm.backends import Completion, FatalBackendError, Request, Sampling, make_backend
 from tutorlm.cache import Cache, default_cache_path, run_cached
-from tutorlm.config import GenerateConfig, Recipe, to_dict
+from tutorlm.config import ConfigError, GenerateConfig, Recipe, TeacherConfig, to_dict
 from tutorlm.progress import StageProgress
 from tutorlm.errors import GenerationIncomplete
 from tutorlm.run import RunDir, atomic_write_text
@@ -81,7 +81,8 @@ def plan(task: Task, config: GenerateConfig) -> Plan:
         if config.style:  # the teacher's copy only: the student learns from the plain question
             teacher_prompt = [*teacher_prompt[:-1], {**teacher_prompt[-1], "content": f"{teacher_prompt[-1]['content']}\n\n{config.style}"}]
         result.training_prompts[example.id] = training_prompt
-        result.requests += [Request(teacher_prompt, index, example.id) for index in range(config.n)]
+        guide = training_prompt if config.rsd_floor is not None else None  # RSD: the student reads its own prompt
+        result.requests += [Request(teacher_prompt, index, example.id, guide) for index in range(config.n)]
     return result
 
 
@@ -103,6 +104,9 @@ def generate_stage_config(recipe: Recipe) -> dict[str, Any]:
     generate.pop("cache_path")
     if not recipe.teachers:
         generate.pop("teacher_mode")
+    if recipe.generate.rsd_floor is None:  # off: as before RSD existed, so earlier runs stay current
+        generate.pop("rsd_floor")
+        generate.pop("rsd_student")
     from tutorlm.tasks import prompt_instruction
 
     stage = {"task": to_dict(recipe.task), "instruction": prompt_instruction(recipe.task), "generate": generate}
@@ -110,7 +114,30 @@ def generate_stage_config(recipe: Recipe) -> dict[str, Any]:
         stage["teachers"] = [_teacher_key(teacher) for teacher in recipe.teachers]
     else:
         stage["teacher"] = _teacher_key(recipe.teacher)
+    if recipe.generate.rsd_floor is not None:  # a retrained student at the same path accepts other tokens
+        from tutorlm.models import model_fingerprint
+
+        student = rsd_student(recipe, recipe.teacher)
+        stage["rsd_student"] = {"model": student.model, "weights": model_fingerprint(student.model, student.gguf_file),
+                                "dtype": student.dtype}
     return stage
+
+
+def rsd_student(recipe: Recipe, teacher: Any) -> TeacherConfig:
+    """RSD's student as a local model next to `teacher`: generate.rsd_student, else the recipe's student."""
+    student = recipe.student
+    model, gguf_file = (recipe.generate.rsd_student, None) if recipe.generate.rsd_student else (student.model, student.gguf_file)
+    return TeacherConfig(backend="hf", model=model, gguf_file=gguf_file, device=teacher.device, dtype=student.dtype,
+                         trust_remote_code=student.trust_remote_code, batch_size=teacher.batch_size)
+
+
+def _backend(teacher: Any, task: Task, recipe: Recipe) -> Any:
+    """The teacher's backend; with RSD, a local teacher whose every token the student checks."""
+    if recipe.generate.rsd_floor is None:
+        return make_backend(teacher, task)
+    from tutorlm.backends.hf import HFBackend
+
+    return HFBackend(teacher, guide=HFBackend(rsd_student(recipe, teacher)), guide_floor=recipe.generate.rsd_floor)
 
 
 def _progress(console: Console, total: int, label: str = "generate") -> StageProgress:
@@ -171,8 +198,8 @@ class _Asked:
     stats: dict[str, Any] = field(default_factory=dict)
 
 
-def _ask(teacher: Any, label: str | None, task: Task, plan_: Plan, requests: list[Request], sampling: Sampling,
-         cache: Cache | None, partial: Any, console: Console, *, tolerate_fatal: bool) -> _Asked:
+def _ask(recipe: Recipe, teacher: Any, label: str | None, task: Task, plan_: Plan, requests: list[Request],
+         sampling: Sampling, cache: Cache | None, partial: Any, console: Console, *, tolerate_fatal: bool) -> _Asked:
     """`requests` to one teacher through the cache; each new row is appended to `partial` as it arrives.
     `tolerate_fatal`: a teacher that cannot be used at all (refused key, unknown model) fails its requests
     instead of stopping the run (a cascade's others go on)."""
@@ -180,7 +207,7 @@ def _ask(teacher: Any, label: str | None, task: Task, plan_: Plan, requests: lis
     counts = {"prompt_tokens": 0, "completion_tokens": 0, "made": 0, "failed": 0}
     built: dict[int, dict[str, Any]] = {}  # rows of the calls made now, by request: built once, written twice
     started = time.perf_counter()
-    backend = make_backend(teacher, task)
+    backend = _backend(teacher, task, recipe)
     if backend.kind == "reference":
         backend.add_examples([example_by_id[r.example_id] for r in requests])  # type: ignore[attr-defined]
     with _progress(console, len(requests), f"generate {label}" if label else "generate") as progress:
@@ -266,6 +293,11 @@ def _generate(recipe: Recipe, run: RunDir, force: bool, console: Console) -> dic
                 f"the reference teacher needs a reference solution for every question, and {len(missing)} of "
                 f"{len(plan_.examples)} in {task.name} have none (first: {missing[0]}); use teacher.backend openai or hf"
             )
+    if recipe.generate.rsd_floor is not None:
+        remote = [teacher.name or teacher.backend for teacher in teachers if teacher.backend != "hf"]
+        if remote:
+            raise ConfigError(f"generate.rsd_floor: reverse speculative decoding needs local models (teacher.backend hf, "
+                              f"the student checking every token the teacher writes); {', '.join(remote)} is not local")
     cascade = bool(recipe.teachers) and recipe.generate.teacher_mode == "cascade"
     cache = Cache(recipe.generate.cache_path or default_cache_path()) if recipe.generate.cache else None
     started = time.perf_counter()
@@ -279,7 +311,7 @@ def _generate(recipe: Recipe, run: RunDir, force: bool, console: Console) -> dic
             open_questions = {example.id for example in plan_.examples}
             for teacher in teachers:
                 requests = [request for request in plan_.requests if request.example_id in open_questions]
-                asked = _ask(teacher, teacher.name if recipe.teachers else None, task, plan_, requests, sampling, cache,
+                asked = _ask(recipe, teacher, teacher.name if recipe.teachers else None, task, plan_, requests, sampling, cache,
                              partial, console, tolerate_fatal=cascade)
                 rows += asked.rows
                 failure_rows += asked.failures

@@ -52,6 +52,7 @@ class Request:
     messages: list[dict[str, str]]
     sample_index: int = 0
     example_id: str = ""  # the reference backend looks solutions up by id; others ignore it
+    guide_messages: list[dict[str, str]] | None = None  # RSD: the student's own prompt (the training prompt)
 
 
 @dataclass
@@ -71,8 +72,9 @@ class Completion:
         data = {"text": self.text, "finish_reason": self.finish_reason, "prompt_tokens": self.prompt_tokens,
                 "completion_tokens": self.completion_tokens, "latency_s": self.latency_s, "logprobs": self.logprobs,
                 "token_ids": self.token_ids}
-        if "usage" in self.meta:  # only when a server split its usage (tutorlm serve), so older entries stay alike
-            data["usage"] = self.meta["usage"]
+        for key in ("usage", "redrawn"):  # only when present (a server's split usage, RSD's count), so older entries stay alike
+            if key in self.meta:
+                data[key] = self.meta[key]
         return data
 
     @classmethod
@@ -80,7 +82,7 @@ class Completion:
         return cls(text=data["text"], finish_reason=data["finish_reason"], prompt_tokens=data["prompt_tokens"],
                    completion_tokens=data["completion_tokens"], latency_s=data.get("latency_s", 0.0),
                    logprobs=data.get("logprobs"), token_ids=data.get("token_ids"),
-                   meta={"usage": data["usage"]} if "usage" in data else {})
+                   meta={key: data[key] for key in ("usage", "redrawn") if key in data})
 
 
 OnResult = Callable[[Request, "Completion | Exception"], None]

@@ -41,9 +41,13 @@ def keep_loaded() -> Iterator[None]:
 class HFBackend:
     kind = "hf"
 
-    def __init__(self, config: Any, *, model: Any = None, tokenizer: Any = None) -> None:
+    def __init__(self, config: Any, *, model: Any = None, tokenizer: Any = None, guide: "HFBackend | None" = None,
+                 guide_floor: float = 0.0) -> None:
         """A backend for `config.model`, loaded on the first call that has work to do (a run whose answers are all
-        cached never loads it), or one over an already-loaded model and tokenizer (tests, evaluation)."""
+        cached never loads it), or one over an already-loaded model and tokenizer (tests, evaluation).
+
+        `guide`: a student that checks every token this model writes (reverse speculative decoding, tutorlm/rsd.py):
+        a token it gives less than `guide_floor` probability is redrawn. It reads each request's `guide_messages`."""
         from tutorlm.models import model_fingerprint, pick_device, pick_dtype, resolve_model
 
         if model is None and not config.model:
@@ -65,6 +69,9 @@ class HFBackend:
         self.batch_size = config.batch_size
         self.counters: dict[str, int] = {"batches": 0}
         self._ready = False
+        self.guide, self.guide_floor = guide, guide_floor
+        if guide is not None:  # RSD answers are other answers: never served in place of the teacher's own
+            self.cache_identity = f"{self.cache_identity}:rsd@{guide_floor}:{guide.model_name}:{guide.cache_identity}"
 
     def load(self) -> tuple[Any, Any]:
         """(model, tokenizer), loaded now if they are not yet (for callers that run the model themselves: serve)."""
@@ -94,7 +101,22 @@ class HFBackend:
         self.tokenizer.padding_side = "left"
         self.stop_ids = stop_ids(self.model, self.tokenizer)
         self.continuous = supports(self.model)
+        if self.guide is not None:
+            self._check_guide()
         self._ready = True
+
+    def _check_guide(self) -> None:
+        """RSD reads the teacher's token ids with the student: both need the same vocabulary and the engine."""
+        self.guide._load()
+        teacher, student = self.tokenizer.get_vocab(), self.guide.tokenizer.get_vocab()
+        if teacher != student:
+            raise FatalBackendError(
+                f"RSD needs a student with the teacher's vocabulary: {self.guide.model_name} has {len(student)} tokens, "
+                f"{self.model_name} {len(teacher)}{' (different tokens)' if len(student) == len(teacher) else ''}; use a "
+                "student of the teacher's family (e.g. qwen2.5-coder-0.5b-instruct with a Qwen2.5 teacher)")
+        if not (self.continuous and self.guide.continuous):
+            raise FatalBackendError("RSD runs on the continuous-batching engine, which these models' caches do not fit "
+                                    "(sliding-window or hybrid attention)")
 
     def run(self, requests: list[Request], sampling: Sampling, on_result: OnResult) -> None:
         if not requests:
@@ -121,16 +143,26 @@ class HFBackend:
             on_result(requests[index], Completion(
                 text=text, finish_reason=reason, prompt_tokens=len(prompts[index]), completion_tokens=len(tokens),
                 latency_s=latency, logprobs=[self._logprob_entry(token, *step) for token, step in zip(tokens, logprobs)] or None,
-                token_ids=list(tokens),
+                token_ids=list(tokens), meta={"redrawn": self._engine.redrawn[index]} if self.guide is not None else {},
             ))
 
-        engine = Engine(self.model, slots=self.batch_size, pad_token_id=self.tokenizer.pad_token_id, stop_ids=self.stop_ids)
+        options: dict[str, Any] = {}
+        if self.guide is None:
+            engine = Engine(self.model, slots=self.batch_size, pad_token_id=self.tokenizer.pad_token_id, stop_ids=self.stop_ids)
+        else:
+            from tutorlm.rsd import GuidedEngine
+
+            engine = GuidedEngine(self.model, self.guide.model, floor=self.guide_floor, slots=self.batch_size,
+                                  pad_token_id=self.tokenizer.pad_token_id, stop_ids=self.stop_ids)
+            options["guide_prompts"] = self.guide.tokenizer(self.guide._texts(
+                [Request(r.guide_messages or r.messages) for r in requests]), add_special_tokens=False)["input_ids"]
         if sampling.seed is None:
             seeds = [random.getrandbits(62) for _ in requests]
         else:
             seeds = [request_seed(sampling.seed, r) for r in requests]
+        self._engine = engine
         engine.run(prompts, max_tokens=sampling.max_tokens, temperature=sampling.temperature, top_p=sampling.top_p,
-                   top_logprobs=sampling.top_logprobs, seeds=seeds, stop_check=stop_check, finished=finished)
+                   top_logprobs=sampling.top_logprobs, seeds=seeds, stop_check=stop_check, finished=finished, **options)
         self.counters["batches"] += engine.counters["prefills"]
 
     def _texts(self, requests: list[Request]) -> list[str]:
