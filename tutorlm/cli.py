@@ -250,24 +250,8 @@ def cmd_report(args: argparse.Namespace, extra: list[str]) -> int:
     return 0
 
 
-def resolve_recipe(name: str | None) -> Path:
-    """A recipe file: a path, the name of a shipped recipe (default, openai-teacher, ...), or the default."""
-    from tutorlm.pipeline import default_recipe_path
-
-    shipped = default_recipe_path().parent
-    if name is None:
-        return default_recipe_path()
-    if Path(name).exists():
-        return Path(name)
-    candidate = shipped / f"{name.removesuffix('.yaml')}.yaml"
-    if candidate.exists():
-        return candidate
-    names = ", ".join(sorted(p.stem for p in shipped.glob("*.yaml")))
-    raise ConfigError(f"{name}: no such recipe file, and not a shipped recipe ({names})")
-
-
 def cmd_run(args: argparse.Namespace, extra: list[str]) -> int:
-    from tutorlm.pipeline import dry_run, run_pipeline
+    from tutorlm.pipeline import dry_run, resolve_recipe, run_pipeline
 
     args.recipe = str(resolve_recipe(args.recipe))
     recipe = _recipe_from(args, _apply_run_flags(args, extra))

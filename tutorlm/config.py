@@ -393,6 +393,9 @@ class RunConfig:
 
     name: str = option("default", "run name: outputs go to OUTPUT_DIR/NAME")
     output_dir: str = option("runs", "directory holding run directories")
+    requires: list[str] = option(
+        [], "recipes (shipped names or files) that `tutorlm run` runs first, each when its run has no trained student "
+        "yet: for a run whose teacher is another run's student (teacher.model: runs/default/student)")
 
     def __post_init__(self) -> None:
         if not self.name or "/" in self.name or self.name in (".", ".."):

@@ -45,18 +45,58 @@ def default_recipe_path() -> Path:
     return Path(str(resources.files("tutorlm").joinpath("recipes/default.yaml")))
 
 
+def resolve_recipe(name: str | None) -> Path:
+    """A recipe file: a path, the name of a shipped recipe (default, openai-teacher, ...), or the default."""
+    shipped = default_recipe_path().parent
+    if name is None:
+        return default_recipe_path()
+    if Path(name).exists():
+        return Path(name)
+    candidate = shipped / f"{name.removesuffix('.yaml')}.yaml"
+    if candidate.exists():
+        return candidate
+    names = ", ".join(sorted(p.stem for p in shipped.glob("*.yaml")))
+    raise ConfigError(f"{name}: no such recipe file, and not a shipped recipe ({names})")
+
+
+def run_required(recipe: Recipe, console: Console, chain: tuple[str, ...] = ()) -> None:
+    """Run the recipes `run.requires` names whose run has no trained student yet (a run's student can be another
+    run's teacher); each one's own requirements first. A requirement that needs itself is an error."""
+    from tutorlm.recipe_io import load_recipe
+
+    for name in recipe.run.requires:
+        path = resolve_recipe(name).resolve()
+        if str(path) in chain:
+            raise ConfigError(f"run.requires: {name} requires itself (through {' -> '.join(Path(p).stem for p in chain)})")
+        required = load_recipe(path)
+        if _has_student(required):
+            console.print(f"requires {name}: its student is in {required.run.path / 'student'}")
+            continue
+        console.rule(f"first, the required recipe {name} ({required.run.path})")
+        run_required(required, console, chain + (str(path),))
+        run_pipeline(required, console=console, requirements=False)
+
+
+def _has_student(recipe: Recipe) -> bool:
+    student = recipe.run.path / "student"
+    return (student / "config.json").exists() or (student / "adapter_config.json").exists()
+
+
 def eval_models(recipe: Recipe) -> list[str]:
     return recipe.eval.models or DEFAULT_EVAL_MODELS
 
 
-def run_pipeline(recipe: Recipe, *, force: set[str] = frozenset(), console: Console | None = None) -> Path:
-    """Run every stage that is not current; returns the report's path."""
+def run_pipeline(recipe: Recipe, *, force: set[str] = frozenset(), console: Console | None = None,
+                 requirements: bool = True) -> Path:
+    """Run every stage that is not current (after the recipes `run.requires` names); returns the report's path."""
     from accelerate import PartialState  # imports torch: only when training is near
     from accelerate.utils import parse_flag_from_env
 
     from tutorlm.train.loop import train
 
     console = console or Console(stderr=True)
+    if requirements:
+        run_required(recipe, console)
     check_models(recipe)
     unknown = set(force) - set(STAGES) - {"all"}
     if unknown:
@@ -139,9 +179,19 @@ def _train_precision(recipe: Recipe) -> str:
 
 def dry_run(recipe: Recipe, *, console: Console | None = None) -> None:
     """Print the plan without running anything or calling any teacher."""
+    from tutorlm.recipe_io import load_recipe
     from tutorlm.train.loop import checkpoints, train_stage_config
 
     console = console or Console()
+    missing = [(name, load_recipe(resolve_recipe(name))) for name in recipe.run.requires]
+    missing = [(name, required) for name, required in missing if not _has_student(required)]
+    if missing:  # their students are this run's models: its plan can be made once they exist
+        for name, required in missing:
+            console.print(f"requires {name}: {required.run.path / 'student'} is not there yet, so `tutorlm run` runs it "
+                          "first; its plan:")
+            dry_run(required, console=console)
+        console.print(f"the plan of {recipe.run.path} follows once they have run")
+        return
     run = RunDir(recipe.run.path)
     task = load_task(recipe.task)
     planned = plan(task, recipe.generate)
