@@ -168,11 +168,15 @@ def test_eval_answers_come_from_the_cache_without_loading_the_model_until_the_we
     assert main([*args, "--out", str(tmp_path / "third")]) == 0
     assert len(loads) == 2
     # the same weights and precision under another name are cached; another precision is another model
+    from tutorlm.models import pick_device, pick_dtype
+
+    auto = str(pick_dtype("auto", pick_device("cpu"))[0]).removeprefix("torch.")  # this CPU's: fp32, or bf16 where fast
+    other = "float32" if auto == "bfloat16" else "bfloat16"
     base = ["eval", "--model", "base", "--student.model", str(model), "--task.source", "coin_flip", "--eval.limit", "3",
             "--eval.max_tokens", "6"]
-    assert main([*base, "--student.dtype", "float32", "--out", str(tmp_path / "fourth")]) == 0
+    assert main([*base, "--student.dtype", auto, "--out", str(tmp_path / "fourth")]) == 0
     assert len(loads) == 2
-    assert main([*base, "--student.dtype", "bfloat16", "--out", str(tmp_path / "fifth")]) == 0
+    assert main([*base, "--student.dtype", other, "--out", str(tmp_path / "fifth")]) == 0
     assert len(loads) == 3
 
 

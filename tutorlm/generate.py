@@ -173,9 +173,8 @@ def _trace_row(example: Example, request: Request, completion: Completion, plan_
             row[topk.FIELD] = topk.pack(completion.logprobs, k)  # compact, by id (topk.py)
         else:  # a server that names tokens only by text: kept as it came
             row["logprobs"] = completion.logprobs
-    for key in ("redrawn",):  # what a generation mode recorded about the completion (RSD: tokens redrawn)
-        if key in completion.meta:
-            row[key] = completion.meta[key]
+    if "redrawn" in completion.meta:  # RSD: the tokens of this completion the student rejected
+        row["redrawn"] = completion.meta["redrawn"]
     return row
 
 
