@@ -152,7 +152,7 @@ def test_run_command_dry_run_and_bad_force(tmp_path, tiny_run):
     assert "generate" in result.stdout and "24 teacher calls" in result.stdout and "report" in result.stdout
     assert not (tmp_path / "fresh").exists()  # a dry run writes nothing
     bad = subprocess.run([sys.executable, "-m", "tutorlm", "run", "nope"], capture_output=True, text=True, timeout=60)
-    shipped = ", ".join(path.stem for path in RECIPES)
+    shipped = ", ".join(sorted(path.stem for path in RECIPES))
     assert bad.returncode == 2 and f"not a shipped recipe ({shipped})" in bad.stderr and "weak-to-strong" in shipped
 
 

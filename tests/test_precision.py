@@ -104,6 +104,20 @@ def test_training_in_each_precision_learns_and_keeps_fp32_master_weights(tmp_pat
     assert all(torch.isfinite(torch.tensor(losses))) and losses[-1] < losses[0]
 
 
+@pytest.mark.usefixtures("fresh_accelerator_state")
+def test_a_second_training_in_the_same_process_may_use_another_precision(tmp_path):
+    # accelerate keeps one mixed-precision setting per process; a notebook or a chain of runs trains more than once
+    from test_train import make_run
+
+    from tutorlm.train.loop import train
+
+    tokenizer = make_tokenizer()
+    for setting in ("fp32", "bf16", "fp32"):
+        recipe = make_run(tmp_path / setting, max_steps=2, precision=setting)
+        stats = train(recipe, console=QUIET, force=True, model_and_tokenizer=(make_model(tokenizer), tokenizer))
+        assert stats["precision"] == setting
+
+
 @pytest.mark.parametrize(("setting", "dtype"), [("bfloat16", torch.bfloat16), ("float32", torch.float32), ("auto", torch.float32)])
 def test_local_models_generate_in_the_chosen_dtype(tmp_path, setting, dtype, cpu_is):
     from tiny import save_tiny_model

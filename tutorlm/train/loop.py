@@ -179,6 +179,17 @@ def build_model(recipe: Recipe) -> tuple[Any, Any]:
     return model, tokenizer
 
 
+def _release_other_precision(mixed_precision: str) -> None:
+    """accelerate keeps one mixed-precision setting per process and refuses another: a second training in the same
+    process (a notebook, a chain of runs) that resolves to another precision starts a fresh state instead of failing.
+    Under a launcher (several processes) the state is the launcher's and is left alone."""
+    from accelerate.state import AcceleratorState, PartialState
+
+    if AcceleratorState._shared_state and PartialState().num_processes == 1 \
+            and str(AcceleratorState().mixed_precision) != mixed_precision:
+        AcceleratorState._reset_state()
+
+
 def train(recipe: Recipe, *, resume: bool = False, force: bool = False, console: Console | None = None,
           model_and_tokenizer: tuple[Any, Any] | None = None) -> dict[str, Any]:
     """Run the train stage; returns the stats recorded in the manifest.
@@ -198,7 +209,9 @@ def train(recipe: Recipe, *, resume: bool = False, force: bool = False, console:
     precision, precision_reason = choice.precision, choice.reason
     # Under `accelerate launch` every process runs this function: each trains on its own share of the
     # batches, and only the main process writes logs, the manifest, checkpoint metadata and the student.
-    accelerator = Accelerator(mixed_precision="bf16" if precision == "bf16" else "no")
+    mixed_precision = "bf16" if precision == "bf16" else "no"
+    _release_other_precision(mixed_precision)
+    accelerator = Accelerator(mixed_precision=mixed_precision)
     main = accelerator.is_main_process
     console = (console or Console(stderr=True)) if main else Console(file=open(os.devnull, "w"))
     run = RunDir(recipe.run.path)
