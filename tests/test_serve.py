@@ -417,3 +417,18 @@ def test_a_client_that_hangs_up_stops_its_row(tiny, stream):
         time.sleep(1)
         assert student.tokens_out == spent < 1500  # the row ended when its client left, and nothing decodes since
         assert student.engine.counters["decode_steps"] < 1500
+
+
+def test_a_calibrated_modes_cache_identity_carries_only_its_own_settings(tmp_path):
+    """Changing escalation's settings keeps the step mode's cached answers, and the other way round."""
+    from tutorlm.config import TeacherConfig
+    from tutorlm.route import RouterBackend
+
+    model = str(save_tiny_model(tmp_path / "m"))
+    student = teacher = TeacherConfig(backend="hf", model=model)
+
+    def identity(mode: str, **settings) -> str:
+        return RouterBackend(mode, student, teacher, ServeConfig(**{**CONFIG, **settings}), threshold=0.5).cache_identity
+
+    assert identity("step") == identity("step", escalate_samples=8) != identity("step", step_teacher_tokens=64)
+    assert identity("escalate") == identity("escalate", step_teacher_tokens=64) != identity("escalate", escalate_samples=8)

@@ -174,9 +174,10 @@ class RouterBackend:
         self.student, self.teacher = HFBackend(student), HFBackend(teacher)
         self.model_name = f"{mode}@{threshold:g}" if threshold is not None else mode
         self.precision = self.student.precision
+        own = {"step": f"step_teacher_tokens={config.step_teacher_tokens}",  # only the mode's own settings: changing
+               "escalate": f"escalate={config.escalate_samples}@{config.escalate_temperature}"}.get(mode, "")  # another's keeps its answers
         self.cache_identity = (f"student={self.student.model_name}:{self.student.cache_identity};"
-                               f"teacher={self.teacher.model_name}:{self.teacher.cache_identity};"
-                               f"step_teacher_tokens={config.step_teacher_tokens};escalate={config.escalate_samples}@{config.escalate_temperature}")
+                               f"teacher={self.teacher.model_name}:{self.teacher.cache_identity};{own}")
         self.counters: dict[str, int] = {"helped": 0}
         self.router: Router | None = None
 
