@@ -69,7 +69,7 @@ def test_generate_on_an_existing_run_reads_the_runs_settings(tmp_path):
 @pytest.mark.parametrize(
     ("args", "message"),
     [(["run", "--force", "generate", "--teacher.backend", "nope", "--dry-run"], "teacher.backend must be one of"),
-     (["generate", "--task.source", "deduction", "--task.options.hops", "99"], "task 'deduction': hops must be between"),
+     (["generate", "--task.source", "deduction", "--task.options.hops", "99", "--out", "{tmp}/run"], "task 'deduction': hops must be between"),
      (["curate", "--out", "{tmp}/never-ran"], "traces.jsonl"),
      (["train", "--out", "{tmp}/never-ran"], "curated.jsonl")],
 )
