@@ -216,6 +216,46 @@ def rows() -> list[str]:
                     f"| {difference['difference'] * 100:+.0f} points ({low * 100:+.0f} to {high * 100:+.0f}) "
                     f"| paired bootstrap; not better in {difference['p_not_better']:.0%} of resamples; teacher calls "
                     f"{variant['teacher_calls']} |")
+        elif name == "student_fit":
+            points = {point["name"]: point for point in result["selections"]}
+            base = points["correct"]
+            for point in (p for p in result["selections"] if p["name"] != "correct"):
+                difference = point["vs_correct"]
+                low, high = difference["difference_ci95"]
+                lines.append(
+                    f"| rationale selection `{point['name']}` on the `{result['recipe']}` recipe ({result['k']} of {result['n']} "
+                    f"teacher samples per question at T={result['temperature']}), {difference['questions']} test questions "
+                    f"| {result['machine']} | {result['date']} | {point['accuracy']:.0%} ({point['accuracy_ci95'][0]:.0%}–"
+                    f"{point['accuracy_ci95'][1]:.0%}), {point['curated']} rationales | a random correct one: "
+                    f"{base['accuracy']:.0%} ({base['accuracy_ci95'][0]:.0%}–{base['accuracy_ci95'][1]:.0%}), "
+                    f"{base['curated']} rationales | {difference['difference'] * 100:+.0f} points ({low * 100:+.0f} to "
+                    f"{high * 100:+.0f}) | paired bootstrap; not better in {difference['p_not_better']:.0%} of resamples |")
+        elif name == "rsd":
+            points = {point["name"]: point for point in result["points"]}
+            plain, rsd = points["teacher"], points["rsd"]
+            difference = rsd["vs_teacher"]
+            low, high = difference["difference_ci95"]
+            lines.append(
+                f"| RSD (floor {result['floor']}) vs the teacher's own rationales, Qwen2.5-Coder-1.5B (int8) -> 0.5B student "
+                f"(merged LoRA, {result['epochs']} epoch), {result['limit']} training questions, {difference['questions']} "
+                f"test questions | {result['machine']} | {result['date']} | {rsd['accuracy']:.0%} ({rsd['accuracy_ci95'][0]:.0%}–"
+                f"{rsd['accuracy_ci95'][1]:.0%}), {rsd['curated']} rationales verified, {rsd['redrawn_share']:.1%} of tokens "
+                f"redrawn, generate {rsd['generate_s']:.0f} s | teacher's own: {plain['accuracy']:.0%} "
+                f"({plain['accuracy_ci95'][0]:.0%}–{plain['accuracy_ci95'][1]:.0%}), {plain['curated']} verified, generate "
+                f"{plain['generate_s']:.0f} s | {difference['difference'] * 100:+.0f} points ({low * 100:+.0f} to "
+                f"{high * 100:+.0f}) | base student {result['base_accuracy']:.0%}; mean rationale tokens "
+                f"{rsd['mean_rationale_tokens']} vs {plain['mean_rationale_tokens']}; paired bootstrap |")
+        elif name == "cascade":
+            strong, cascade = result["sides"]["strong alone"], result["sides"]["cascade"]
+            per = "; ".join(f"{teacher}: {one['questions']} questions, {one['questions_solved']} solved, {one['wall_s']:.0f} s"
+                            for teacher, one in cascade["teachers"].items())
+            lines.append(
+                f"| teacher cascade (Qwen2.5-Coder-0.5B, then 1.5B for what it got wrong; int8) vs the 1.5B alone, "
+                f"{result['limit']} multistep-arithmetic questions | {result['machine']} | {result['date']} "
+                f"| {cascade['solved']} questions with a verified rationale, {cascade['seconds']:.0f} s of teacher time, "
+                f"{cascade['completion_tokens']:,} tokens | 1.5B alone: {strong['solved']} solved, {strong['seconds']:.0f} s, "
+                f"{strong['completion_tokens']:,} tokens | {cascade['seconds'] / strong['seconds']:.2f}× the time | {per}; "
+                f"the 1.5B wrote {cascade['large_token_share']:.0%} of its tokens alone |")
         elif name == "rl_methods":
             for point in result["methods"]:
                 difference = point["vs_start"]
