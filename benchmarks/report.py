@@ -244,7 +244,14 @@ def rows() -> list[str]:
                 f"({plain['accuracy_ci95'][0]:.0%}–{plain['accuracy_ci95'][1]:.0%}), {plain['curated']} verified, generate "
                 f"{plain['generate_s']:.0f} s | {difference['difference'] * 100:+.0f} points ({low * 100:+.0f} to "
                 f"{high * 100:+.0f}) | base student {result['base_accuracy']:.0%}; mean rationale tokens "
-                f"{rsd['mean_rationale_tokens']} vs {plain['mean_rationale_tokens']}; paired bootstrap |")
+                f"{rsd['mean_rationale_tokens']} vs {plain['mean_rationale_tokens']}; paired bootstrap"
+                + (f"; another greedy draw of the teacher's own (int8 texts depend on the batch): "
+                   f"{points['teacher, another draw']['accuracy']:.0%}, "
+                   f"{points['teacher, another draw']['vs_teacher']['difference'] * 100:+.0f} points vs the first; RSD vs "
+                   f"that draw {rsd['vs_another_draw']['difference'] * 100:+.0f} points "
+                   f"({rsd['vs_another_draw']['difference_ci95'][0] * 100:+.0f} to "
+                   f"{rsd['vs_another_draw']['difference_ci95'][1] * 100:+.0f})"
+                   if "teacher, another draw" in points else "") + " |")
         elif name == "cascade":
             strong, cascade = result["sides"]["strong alone"], result["sides"]["cascade"]
             per = "; ".join(f"{teacher}: {one['questions']} questions, {one['questions_solved']} solved, {one['wall_s']:.0f} s"

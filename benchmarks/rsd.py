@@ -11,7 +11,11 @@ question, the same questions:
 - rsd: the teacher writes, and every token the starting student gives less than `--floor` is redrawn from
   the teacher's distribution over the tokens the student accepts (`--generate.rsd_floor`).
 Each student is evaluated on the recipe's held-out questions and compared on the same questions: the paired
-difference with a 95% bootstrap interval. Also recorded: how many rationales verified, the share of tokens
+difference with a 95% bootstrap interval. An int8 teacher's greedy texts depend on which rows share its batch,
+so every redrawn token also changes the other rows' texts: `--second-draw CACHE` trains a third student on
+another greedy draw of the teacher's own rationales (read from a teacher cache filled by another run over
+more questions, e.g. benchmarks/cascade.py's runs/cascade-bench-strong-200/cache.sqlite), which measures
+how far two draws of plain rationales differ. Also recorded: how many rationales verified, the share of tokens
 redrawn, rationale length, the generate time, and the base student's accuracy (evaluated once).
 Results: benchmarks/results/rsd.json.
 """
@@ -39,13 +43,17 @@ def main() -> None:
     parser.add_argument("--floor", type=float, default=0.01, help="RSD's probability floor under the student")
     parser.add_argument("--limit", type=int, default=100, help="training questions")
     parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--second-draw", metavar="CACHE", help="a teacher cache holding another greedy draw")
     args = parser.parse_args()
     common = STUDENT + ["--generate.limit", str(args.limit), "--train.epochs", str(args.epochs)]
     points = {}
     per_question: dict[str, dict[str, float]] = {}
-    for name, extra in (("teacher", []), ("rsd", ["--generate.rsd_floor", str(args.floor)])):
+    sides = [("teacher", "teacher", []), ("rsd", "rsd", ["--generate.rsd_floor", str(args.floor)])]
+    if args.second_draw:
+        sides.append(("teacher, another draw", "teacher-b", ["--generate.cache_path", args.second_draw]))
+    for name, slug, extra in sides:
         started = time.perf_counter()
-        run = run_variant("real-teacher", f"rsd-bench {name} {args.limit}q {args.epochs}ep", common + extra)
+        run = run_variant("real-teacher", f"rsd-bench {slug} {args.limit}q {args.epochs}ep", common + extra)
         point = describe(run, name, common + extra, round(time.perf_counter() - started, 1))
         manifest = json.loads((run / "manifest.json").read_text())
         generate = manifest["stages"]["generate"]["stats"]
@@ -62,6 +70,10 @@ def main() -> None:
         print(f"{name}: {point['accuracy']:.0%} ({point['accuracy_ci95'][0]:.0%}-{point['accuracy_ci95'][1]:.0%}), "
               f"{point['curated']} of {funnel['generated']} rationales verified, redrawn {point['redrawn_share']}, "
               f"generate {point['generate_s']:.0f} s, train {point['train_s']:.0f} s", flush=True)
+    if "teacher, another draw" in points:  # RSD against the other draw of plain rationales too
+        keys = sorted(per_question["teacher"])
+        points["rsd"]["vs_another_draw"] = paired_difference([per_question["teacher, another draw"][k] for k in keys],
+                                                             [per_question["rsd"][k] for k in keys])
     base_run = ROOT / "runs" / "lever-real-teacher-rsd-bench-teacher-{}q-{}ep".format(args.limit, args.epochs)
     tutorlm_run("real-teacher", "--run.name", base_run.name, "--eval.models", "[base]", *common)  # stages are current
     base = json.loads((base_run / "eval" / "summary.json").read_text())["base"]
