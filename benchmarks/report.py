@@ -206,30 +206,22 @@ def rows() -> list[str]:
             base = result["baseline"]
             for variant in result["variants"]:
                 difference = variant["vs_baseline"]
-                low, high = difference["difference_ci95"]
                 lines.append(
                     f"| lever `{variant['name']}` on the `{result['recipe']}` recipe ({' '.join(variant['settings'])}), "
                     f"{difference['questions']} test questions | {result['machine']} | {result['date']} "
-                    f"| {variant['accuracy']:.0%} ({variant['accuracy_ci95'][0]:.0%}–{variant['accuracy_ci95'][1]:.0%}), "
-                    f"{variant['curated']} rationales, train {variant['train_s']:.0f} s | the recipe: {base['accuracy']:.0%} "
-                    f"({base['accuracy_ci95'][0]:.0%}–{base['accuracy_ci95'][1]:.0%}), train {base['train_s']:.0f} s "
-                    f"| {difference['difference'] * 100:+.0f} points ({low * 100:+.0f} to {high * 100:+.0f}) "
-                    f"| paired bootstrap; not better in {difference['p_not_better']:.0%} of resamples; teacher calls "
+                    f"| {accuracy(variant)}, {variant['curated']} rationales, train {variant['train_s']:.0f} s "
+                    f"| the recipe: {accuracy(base)}, train {base['train_s']:.0f} s | {paired(difference)}; teacher calls "
                     f"{variant['teacher_calls']} |")
         elif name == "student_fit":
             points = {point["name"]: point for point in result["selections"]}
             base = points["correct"]
             for point in (p for p in result["selections"] if p["name"] != "correct"):
                 difference = point["vs_correct"]
-                low, high = difference["difference_ci95"]
                 lines.append(
                     f"| rationale selection `{point['name']}` on the `{result['recipe']}` recipe ({result['k']} of {result['n']} "
                     f"teacher samples per question at T={result['temperature']}), {difference['questions']} test questions "
-                    f"| {result['machine']} | {result['date']} | {point['accuracy']:.0%} ({point['accuracy_ci95'][0]:.0%}–"
-                    f"{point['accuracy_ci95'][1]:.0%}), {point['curated']} rationales | a random correct one: "
-                    f"{base['accuracy']:.0%} ({base['accuracy_ci95'][0]:.0%}–{base['accuracy_ci95'][1]:.0%}), "
-                    f"{base['curated']} rationales | {difference['difference'] * 100:+.0f} points ({low * 100:+.0f} to "
-                    f"{high * 100:+.0f}) | paired bootstrap; not better in {difference['p_not_better']:.0%} of resamples |")
+                    f"| {result['machine']} | {result['date']} | {accuracy(point)}, {point['curated']} rationales "
+                    f"| a random correct one: {accuracy(base)}, {base['curated']} rationales | {paired(difference)} |")
         elif name == "rsd":
             points = {point["name"]: point for point in result["points"]}
             plain, rsd = points["teacher"], points["rsd"]
@@ -307,6 +299,20 @@ def rows() -> list[str]:
                     f"| {part['ratio']}× | batch {result['batch_size']} |"
                 )
     return lines
+
+
+def accuracy(point: dict) -> str:
+    """'25% (18%–34%)': an accuracy and its 95% interval."""
+    low, high = point["accuracy_ci95"]
+    return f"{point['accuracy']:.0%} ({low:.0%}–{high:.0%})"
+
+
+def paired(difference: dict) -> str:
+    """The ratio and notes cells of a paired comparison: the difference in points, its interval, and how often a
+    resample found the change not better."""
+    low, high = difference["difference_ci95"]
+    return (f"{difference['difference'] * 100:+.0f} points ({low * 100:+.0f} to {high * 100:+.0f}) | paired bootstrap; "
+            f"not better in {difference['p_not_better']:.0%} of resamples")
 
 
 def loss_row(result: dict) -> str:
