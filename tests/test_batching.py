@@ -288,3 +288,24 @@ def test_on_token_streams_every_token_and_cancels(tiny):
             assert (len(tokens), reason) == (3, "cancelled")
         else:
             assert (tokens, reason) == generate_one(model, prompts[index], {1}, 10)
+
+
+def test_the_engine_decodes_under_bf16_autocast():
+    """GRPO and on-policy training sample inside a bf16 training step: a prefill's keys may come back in another
+    dtype than the KV buffer's, and the engine must still decode (it failed with 'Index put requires the source and
+    destination dtypes match')."""
+    import torch
+    from tiny import make_model, make_tokenizer
+
+    from tutorlm.engine import Engine
+
+    tokenizer = make_tokenizer()
+    model = make_model(tokenizer).eval()
+    shared = tokenizer("Think step by step, then finish with the line The answer is X.")["input_ids"]
+    prompts = [shared + tokenizer(text)["input_ids"] for text in (" What is 12 + 30?", " A coin is heads up.", " Hi")]
+    done = {}
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        Engine(model, slots=2, pad_token_id=tokenizer.pad_token_id, stop_ids={tokenizer.eos_token_id}).run(
+            prompts, max_tokens=6, temperature=1.0, seeds=[1, 2, 3],
+            finished=lambda index, tokens, reason, logprobs, latency: done.__setitem__(index, tokens))
+    assert sorted(done) == [0, 1, 2] and all(len(tokens) <= 6 for tokens in done.values())

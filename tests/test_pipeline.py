@@ -42,6 +42,9 @@ def tiny_run(tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:  # module-scoped: conftest's per-test cache directory is not set yet
         (root / "tutorlm-cache").mkdir()
         patch.setenv("TUTORLM_CACHE_DIR", str(root / "tutorlm-cache"))
+        from conftest import set_fp32_verdict
+
+        set_fp32_verdict(root / "tutorlm-cache")
         return _tiny_run(root)
 
 

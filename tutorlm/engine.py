@@ -295,8 +295,10 @@ class Engine:
             self._shift(width - self.state.width)
         end, index = self.state.width, torch.tensor(slots, device=self.device)
         for slot_layer, layer in zip(self.layers, prefill.layers):
-            slot_layer.key_buffer[index, :, end - width:end] = layer.keys
-            slot_layer.value_buffer[index, :, end - width:end] = layer.values
+            # under autocast (sampling inside a bf16 training step) a prefill's keys can come back in another dtype
+            # than the buffer's (rotary embeddings in fp32); indexed assignment does not cast by itself
+            slot_layer.key_buffer[index, :, end - width:end] = layer.keys.to(slot_layer.key_buffer.dtype)
+            slot_layer.value_buffer[index, :, end - width:end] = layer.values.to(slot_layer.value_buffer.dtype)
         self.mask[index] = 0
         self.mask[index, end - width:end] = attention
         self.positions[index] = attention.sum(-1)

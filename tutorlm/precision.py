@@ -100,17 +100,28 @@ def measure_matmul_gflops(dtype: Any, size: int = _MATMUL_SIZE, min_seconds: flo
             return 2 * rows * inner * cols * runs / elapsed / 1e9
 
 
+def verdict_key() -> str:
+    """The key of this CPU's verdict in precision.json. Machines of one kind report the same model name ("AMD EPYC")
+    with and without AVX512-BF16: the flags go into the key, so a verdict measured on one never answers for the other."""
+    import torch
+
+    flags_digest = hashlib.sha256(" ".join(cpu_flags()).encode()).hexdigest()[:12]
+    return f"{cpu_name()} | flags {flags_digest} | {torch.get_num_threads()} threads | torch {torch.__version__}"
+
+
+def verdict_path() -> Path:
+    """precision.json, next to the teacher cache."""
+    from tutorlm.cache import default_cache_path
+
+    return default_cache_path().parent / "precision.json"
+
+
 def cpu_bf16(*, refresh: bool = False) -> CpuBf16:
     """This CPU's bf16 and fp32 matmul rates and the verdict, measured once per CPU and cached."""
     import torch
 
-    # Machines of one kind report the same model name ("AMD EPYC") with and without AVX512-BF16: the flags
-    # go into the key, so a verdict measured on one never answers for the other.
-    flags_digest = hashlib.sha256(" ".join(cpu_flags()).encode()).hexdigest()[:12]
-    key = f"{cpu_name()} | flags {flags_digest} | {torch.get_num_threads()} threads | torch {torch.__version__}"
-    from tutorlm.cache import default_cache_path
-
-    path = default_cache_path().parent / "precision.json"  # next to the teacher cache
+    key = verdict_key()
+    path = verdict_path()
     try:
         cached = json.loads(path.read_text()) if path.exists() else {}
     except (OSError, json.JSONDecodeError):
