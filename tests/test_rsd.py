@@ -138,6 +138,15 @@ def test_generate_with_rsd_records_redrawn_tokens_and_caches_apart_from_the_plai
     rows = [json.loads(line) for line in (tmp_path / "rsd" / TRACES).read_text().splitlines()]
     assert len(rows) == 4 and all("redrawn" in row for row in rows) and stats["calls_made"] == 4
     assert stats["redrawn_tokens"] == sum(row["redrawn"] for row in rows) > 0
+    from rich.console import Console as Printer
+
+    from tutorlm.pipeline import dry_run
+
+    printer = Printer(file=__import__("io").StringIO(), width=300)
+    elsewhere = rsd_recipe(tmp_path, teacher_dir, student_dir, rsd_floor=0.02)
+    elsewhere.run = RunConfig(name="elsewhere", output_dir=str(tmp_path))  # a new run: its generate is planned
+    dry_run(elsewhere, console=printer)
+    assert "0 teacher calls (4 cached)" in printer.file.getvalue()  # the dry run counts RSD's own cache entries
     again = generate(rsd_recipe(tmp_path, teacher_dir, student_dir, rsd_floor=0.02), force=True, console=QUIET)
     assert again["cache_hits"] == 4 and again["redrawn_tokens"] == stats["redrawn_tokens"]  # the count is cached too
     plain = generate(rsd_recipe(tmp_path, teacher_dir, student_dir), console=QUIET)  # a new stage config: reruns

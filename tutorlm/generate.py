@@ -131,7 +131,7 @@ def rsd_student(recipe: Recipe, teacher: Any) -> TeacherConfig:
                          trust_remote_code=student.trust_remote_code, batch_size=teacher.batch_size)
 
 
-def _backend(teacher: Any, task: Task, recipe: Recipe) -> Any:
+def teacher_backend(teacher: Any, task: Task, recipe: Recipe) -> Any:
     """The teacher's backend; with RSD, a local teacher whose every token the student checks."""
     if recipe.generate.rsd_floor is None:
         return make_backend(teacher, task)
@@ -206,7 +206,7 @@ def _ask(recipe: Recipe, teacher: Any, label: str | None, task: Task, plan_: Pla
     counts = {"prompt_tokens": 0, "completion_tokens": 0, "made": 0, "failed": 0}
     built: dict[int, dict[str, Any]] = {}  # rows of the calls made now, by request: built once, written twice
     started = time.perf_counter()
-    backend = _backend(teacher, task, recipe)
+    backend = teacher_backend(teacher, task, recipe)
     if backend.kind == "reference":
         backend.add_examples([example_by_id[r.example_id] for r in requests])  # type: ignore[attr-defined]
     with _progress(console, len(requests), f"generate {label}" if label else "generate") as progress:

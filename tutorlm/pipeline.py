@@ -30,7 +30,7 @@ from tutorlm.config import ConfigError, Recipe
 from tutorlm.curate import CURATED, curate, curate_stage_config
 from tutorlm.errors import ModelError
 from tutorlm.evaluate import eval_requests, evaluate, print_table, resolve_spec
-from tutorlm.generate import TRACES, generate, generate_stage_config, plan, sampling_of
+from tutorlm.generate import TRACES, generate, generate_stage_config, plan, sampling_of, teacher_backend
 from tutorlm.models import pick_device
 from tutorlm.report import paired_intervals, recovered_text, report
 from tutorlm.run import RunDir
@@ -198,7 +198,7 @@ def dry_run(recipe: Recipe, *, console: Console | None = None) -> None:
     path = Path(recipe.generate.cache_path or default_cache_path())
     asked = []  # (teacher, backend, cached calls); local models load nothing until their first call
     for one in recipe.teachers or [recipe.teacher]:
-        backend = make_backend(one, task)
+        backend = teacher_backend(one, task, recipe)  # with RSD: the student-checked teacher, whose answers are cached apart
         asked.append((one, backend, _cached_count(recipe, path, backend, planned.requests, sampling_of(recipe.generate))))
     curated = run.path / CURATED
     states = {
