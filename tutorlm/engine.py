@@ -107,6 +107,11 @@ Finished = Callable[[int, list[int], str, list[tuple[torch.Tensor, torch.Tensor,
 OnToken = Callable[[int, int], bool]  # (request index, token) -> keep going; False ends the row as "cancelled"
 
 
+def row_settings(count: int, max_tokens: int, temperature: float, top_p: float, seeds: list[int] | None) -> list[RowSettings]:
+    """The same sampling settings for `count` prompts, each with its own seed (its index when none are given)."""
+    return [RowSettings(max_tokens, temperature, top_p, seeds[i] if seeds else i) for i in range(count)]
+
+
 def request_seed(seed: int, request: Any) -> int:
     """A sampling seed for one request from its content and sample index, not its place in a batch."""
     text = json.dumps([seed, request.messages, request.sample_index], sort_keys=True)
@@ -183,7 +188,7 @@ class Engine:
         if not prompts:
             return
         if settings is None:
-            settings = [RowSettings(max_tokens, temperature, top_p, seeds[i] if seeds else i) for i in range(len(prompts))]
+            settings = row_settings(len(prompts), max_tokens, temperature, top_p, seeds)
         self.top_logprobs, self.incoming, self.on_token = top_logprobs, incoming, on_token
         self.stop_check, self.finished = stop_check, finished
         pending = self._setup(prompts, settings, room)

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from tutorlm.engine import Engine, RowSettings, draw, tempered
+from tutorlm.engine import Engine, RowSettings, draw, row_settings, tempered
 
 
 class _Judge(Engine):
@@ -61,7 +61,7 @@ class GuidedEngine(Engine):
         if not prompts:
             return
         if settings is None:
-            settings = [RowSettings(max_tokens, temperature, top_p, seeds[i] if seeds else i) for i in range(len(prompts))]
+            settings = row_settings(len(prompts), max_tokens, temperature, top_p, seeds)
         self.redrawn = {index: 0 for index in range(len(prompts))}
         self.judge._setup(guide_prompts, settings, None)
         super().run(prompts, settings=settings, **options)

@@ -128,7 +128,7 @@ class HFBackend:
             self._run_generate(requests, sampling, on_result)
 
     def _run_engine(self, requests: list[Request], sampling: Sampling, on_result: OnResult) -> None:
-        prompts = self.tokenizer(self._texts(requests), add_special_tokens=False)["input_ids"]
+        prompts = self.tokenizer(self._texts([r.messages for r in requests]), add_special_tokens=False)["input_ids"]
         stop_check = None
         if sampling.stop:
             def stop_check(tokens: list[int]) -> bool:
@@ -143,7 +143,7 @@ class HFBackend:
             on_result(requests[index], Completion(
                 text=text, finish_reason=reason, prompt_tokens=len(prompts[index]), completion_tokens=len(tokens),
                 latency_s=latency, logprobs=[self._logprob_entry(token, *step) for token, step in zip(tokens, logprobs)] or None,
-                token_ids=list(tokens), meta={"redrawn": self._engine.redrawn[index]} if self.guide is not None else {},
+                token_ids=list(tokens), meta={"redrawn": engine.redrawn[index]} if self.guide is not None else {},
             ))
 
         options: dict[str, Any] = {}
@@ -155,18 +155,17 @@ class HFBackend:
             engine = GuidedEngine(self.model, self.guide.model, floor=self.guide_floor, slots=self.batch_size,
                                   pad_token_id=self.tokenizer.pad_token_id, stop_ids=self.stop_ids)
             options["guide_prompts"] = self.guide.tokenizer(self.guide._texts(
-                [Request(r.guide_messages or r.messages) for r in requests]), add_special_tokens=False)["input_ids"]
+                [r.guide_messages or r.messages for r in requests]), add_special_tokens=False)["input_ids"]
         if sampling.seed is None:
             seeds = [random.getrandbits(62) for _ in requests]
         else:
             seeds = [request_seed(sampling.seed, r) for r in requests]
-        self._engine = engine
         engine.run(prompts, max_tokens=sampling.max_tokens, temperature=sampling.temperature, top_p=sampling.top_p,
                    top_logprobs=sampling.top_logprobs, seeds=seeds, stop_check=stop_check, finished=finished, **options)
         self.counters["batches"] += engine.counters["prefills"]
 
-    def _texts(self, requests: list[Request]) -> list[str]:
-        return [self.tokenizer.apply_chat_template(r.messages, add_generation_prompt=True, tokenize=False) for r in requests]
+    def _texts(self, conversations: list[list[dict[str, str]]]) -> list[str]:
+        return [self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False) for messages in conversations]
 
     def _logprob_entry(self, token: int, top_ids: Any, top_values: Any, logprob: float) -> dict[str, Any]:
         """One token's entry: its text and id, its log-prob, and the top-k as [text, log-prob] with their ids."""
@@ -177,7 +176,7 @@ class HFBackend:
     def _run_generate(self, requests: list[Request], sampling: Sampling, on_result: OnResult) -> None:
         import torch
 
-        prompts = self._texts(requests)
+        prompts = self._texts([r.messages for r in requests])
         lengths = [len(ids) for ids in self.tokenizer(prompts, add_special_tokens=False)["input_ids"]]
         order = sorted(range(len(requests)), key=lambda i: -lengths[i])
         device = next(self.model.parameters()).device
