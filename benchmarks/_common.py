@@ -7,6 +7,7 @@ import os
 import platform
 import subprocess
 import time
+from pathlib import Path
 
 RESULT = "RESULT "  # a side's stdout line that carries its figures
 
@@ -16,7 +17,19 @@ def machine(device: str = "cpu") -> str:
         import torch
 
         return f"{torch.cuda.get_device_name()}, {os.cpu_count()} CPUs"
-    return f"{platform.machine()}, {os.cpu_count()} CPUs"
+    return f"{platform.machine()}, {os.cpu_count()} CPUs{_bf16_flags()}"
+
+
+def _bf16_flags() -> str:
+    """The CPU's bf16 instructions, which decide what `precision: auto` picks and how fast training runs: figures
+    from a CPU with them and one without are not comparable, so the machine's name says which it is."""
+    try:
+        flags = next((line.split(":", 1)[1].split() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                      if line.startswith("flags")), [])
+    except OSError:
+        return ""
+    found = [flag for flag in ("avx512_bf16", "amx_bf16") if flag in flags]
+    return f", {'+'.join(found)}" if found else ""
 
 
 def report_side(result: dict) -> None:

@@ -9,7 +9,7 @@ finished run of it instead of training it again). Every variant is compared with
 questions: the paired difference in accuracy with a 95% bootstrap interval, and the share of resamples in
 which the variant is not better. Teacher answers come from the cache (a variant that asks for new ones,
 e.g. more samples per question, pays for those and says how many calls it made). Results:
-benchmarks/results/levers_<recipe>.json; variants measured earlier with the same settings on the same machine
+benchmarks/results/levers_<recipe>.json (levers_<recipe>-<tag>.json with `--tag`); variants measured earlier with the same settings on the same machine
 against the same baseline run (its directory and when its student was evaluated) are kept, so variants can be
 run one at a time.
 """
@@ -64,6 +64,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--recipe", default="real-teacher", help="a recipe name or YAML file")
     parser.add_argument("--baseline-run", help="a finished run of the recipe as written (else it is run)")
+    parser.add_argument("--tag", help="results go to levers_<recipe>-<tag>.json: comparisons against another "
+                                      "baseline (e.g. a run with other settings) keep their own file")
     parser.add_argument("--variant", action="append", default=[], metavar="NAME=SETTINGS",
                         help='a name and the settings that make it, e.g. "lr 3e-4=--train.lr 3e-4" (repeatable)')
     args = parser.parse_args()
@@ -88,7 +90,8 @@ def main() -> None:
     baseline_scores = scores(baseline_run)
     print(f"baseline: {baseline['accuracy']:.0%} ({baseline['run']})", flush=True)
 
-    out = ROOT / "benchmarks" / "results" / f"levers_{Path(args.recipe).stem}.json"
+    tag = f"-{args.tag}" if args.tag else ""
+    out = ROOT / "benchmarks" / "results" / f"levers_{Path(args.recipe).stem}{tag}.json"
     earlier = json.loads(out.read_text()) if out.exists() else {}
     kept = earlier.get("variants", []) if earlier.get("machine") == machine() else []
     measured = []

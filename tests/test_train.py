@@ -18,7 +18,7 @@ from tiny import make_model, make_tokenizer, save_tiny_model
 from tutorlm.config import GenerateConfig, Recipe, RunConfig, StudentConfig, TaskConfig, TrainConfig
 from tutorlm.curate import curate
 from tutorlm.generate import generate
-from tutorlm.train.data import IGNORE, collate_packed, collate_padded, preflight, token_losses, tokenize
+from tutorlm.train.data import IGNORE, batch_order, collate_packed, collate_padded, preflight, token_losses, tokenize
 from tutorlm.train.loop import STUDENT, train
 
 QUIET = Console(file=open(os.devnull, "w"))
@@ -131,6 +131,21 @@ def test_overlength_policy(tokenizer):
     assert len(dropped) == 3 and report["kept"] == 3
 
 
+def test_curriculum_runs_the_first_epoch_from_easy_to_hard(tokenizer):
+    rows = [{"id": f"r{i}", "example_id": f"q{i}", "prompt": [{"role": "user", "content": f"question {i}"}],
+             "completion": [{"role": "assistant", "content": "step " * length + "The answer is 1."}],
+             "teacher_pass_rate": rate}
+            for i, (rate, length) in enumerate([(0.25, 3), (1.0, 40), (0.5, 1), (1.0, 2), (0.25, 300), (0.5, 20), (1.0, 9)])]
+    examples, _ = preflight(tokenizer, rows, 128, "truncate")  # the longest is cut and keeps its pass rate
+    assert [e.pass_rate for e in examples] == [row["teacher_pass_rate"] for row in rows]
+    first = [i for batch in batch_order(examples, 2, 0, 0, True, curriculum="easy_first") for i in batch]
+    assert first == [3, 6, 1, 2, 5, 0, 4]  # all solved first, shortest first; the hardest question last
+    shuffled = [i for batch in batch_order(examples, 2, 0, 0, True) for i in batch]
+    assert sorted(shuffled) == sorted(first) and shuffled != first
+    # later epochs are shuffled as without a curriculum
+    assert batch_order(examples, 2, 0, 1, True, curriculum="easy_first") == batch_order(examples, 2, 0, 1, True)
+
+
 def prepared(objective_class, recipe: Recipe, tokenizer, student) -> tuple:
     """(an objective of the class, prepared on the run's curated rows, and the examples it prepared)."""
     from tutorlm.curate import read_jsonl
@@ -216,6 +231,22 @@ def test_padded_batching_trains_too(tmp_path, tokenizer):
     recipe = make_run(tmp_path, packing=False, max_steps=4, grad_accum=2)
     stats = train(recipe, console=QUIET, model_and_tokenizer=(make_model(tokenizer), tokenizer))
     assert stats["steps"] == 4
+
+
+def test_curriculum_orders_the_training_loops_first_epoch(tmp_path, tokenizer):
+    def tokens_per_step(curriculum: str) -> list[tuple[int, int]]:
+        recipe = make_run(tmp_path / curriculum, curriculum=curriculum, epochs=2)
+        train(recipe, console=QUIET, model_and_tokenizer=(make_model(tokenizer), tokenizer))
+        log = [json.loads(line) for line in (recipe.run.path / "train_log.jsonl").read_text().splitlines()]
+        steps = [row for row in log if "loss" in row]
+        return [(row["epoch"], row["tokens_seen"] - before) for row, before in zip(steps, [0] + [r["tokens_seen"] for r in steps])]
+
+    easy_first, shuffled = tokens_per_step("easy_first"), tokens_per_step("none")
+    first = [tokens for epoch, tokens in easy_first if epoch == 0]
+    # the reference solver solves every question, so the first epoch runs from the shortest rationales up
+    assert first == sorted(first) and first != [tokens for epoch, tokens in shuffled if epoch == 0]
+    assert sum(first) == sum(tokens for epoch, tokens in shuffled if epoch == 0)  # the same examples
+    assert [row for row in easy_first if row[0] == 1] == [row for row in shuffled if row[0] == 1]
 
 
 def _train_command(tmp_path: Path, model_dir: Path, run: str) -> list[str]:

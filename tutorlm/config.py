@@ -326,6 +326,9 @@ class TrainConfig:
     keep_checkpoints: int = option(2, "checkpoints kept on disk")
     log_every: int = option(1, "optimizer steps between log lines in train_log.jsonl")
     seed: int = option(0, "seed of data order and initialization of adapters")
+    curriculum: Literal["none", "easy_first"] = option(
+        "none", "easy_first: the first epoch runs from easy to hard (questions the teacher solved in more of its samples "
+        "first, then shorter rationales first); later epochs are shuffled. none: every epoch shuffled")
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "grad_accum", "max_length", "eval_every", "save_every", "keep_checkpoints", "log_every", "lora_r"):

@@ -26,6 +26,7 @@ logits exists at a time. TRL's fused LM head and Liger's fused linear cross-entr
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import random
 from dataclasses import dataclass
 from typing import Any, Iterator
@@ -51,6 +52,9 @@ class Tokenized:
     teacher_logprobs: torch.Tensor | None = None
     # an objective's own index of the example (train/dpo.py: which preference pair), carried as batch["example_index"]
     index: int | None = None
+    # the share of the teacher's samples of this question that verified (curate's teacher_pass_rate): the curriculum's
+    # measure of how hard the question is
+    pass_rate: float = 1.0
 
 
 def render(tokenizer: Any, prompt: list[dict[str, str]], completion: list[dict[str, str]]) -> tuple[str, str]:
@@ -68,7 +72,8 @@ def tokenize(tokenizer: Any, row: dict[str, Any]) -> Tokenized:
     prompt_text, completion_text = render(tokenizer, row["prompt"], row["completion"])
     prompt_ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
     completion_ids = tokenizer(completion_text, add_special_tokens=False)["input_ids"]
-    return Tokenized(prompt_ids + completion_ids, [IGNORE] * len(prompt_ids) + completion_ids, str(row.get("id", "")))
+    return Tokenized(prompt_ids + completion_ids, [IGNORE] * len(prompt_ids) + completion_ids, str(row.get("id", "")),
+                     pass_rate=float(row.get("teacher_pass_rate", 1.0)))
 
 
 def preflight(tokenizer: Any, rows: list[dict[str, Any]], max_length: int, overlength: str) -> tuple[list[Tokenized], dict[str, Any]]:
@@ -85,7 +90,7 @@ def preflight(tokenizer: Any, rows: list[dict[str, Any]], max_length: int, overl
             if overlength == "drop" or prompt_length >= max_length:
                 dropped_prompt_too_long += prompt_length >= max_length
                 continue
-            item = Tokenized(item.input_ids[:max_length], item.labels[:max_length], item.example_id)
+            item = dataclasses.replace(item, input_ids=item.input_ids[:max_length], labels=item.labels[:max_length])
         examples.append(item)
     report.update(examples=len(rows), over_max_length=over, kept=len(examples), overlength_policy=overlength,
                   dropped_prompt_too_long=dropped_prompt_too_long)
@@ -94,11 +99,19 @@ def preflight(tokenizer: Any, rows: list[dict[str, Any]], max_length: int, overl
     return examples, report
 
 
-def batch_order(examples: list[Tokenized], batch_size: int, seed: int, epoch: int, group_by_length: bool) -> list[list[int]]:
-    """Indices of each batch for one epoch: a seeded shuffle, length-grouped if asked."""
+def batch_order(examples: list[Tokenized], batch_size: int, seed: int, epoch: int, group_by_length: bool,
+                curriculum: str = "none") -> list[list[int]]:
+    """Indices of each batch for one epoch: a seeded shuffle, length-grouped if asked.
+
+    With curriculum "easy_first", the first epoch runs from easy to hard instead (Bengio et al. 2009): questions the
+    teacher solved in more of its samples first, and among those, shorter rationales first (ties in seeded random
+    order); later epochs are shuffled as usual."""
     rng = random.Random(seed * 1000 + epoch)
     order = list(range(len(examples)))
     rng.shuffle(order)
+    if curriculum == "easy_first" and epoch == 0:
+        order.sort(key=lambda i: (-examples[i].pass_rate, sum(label != IGNORE for label in examples[i].labels)))
+        return [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
     if group_by_length:
         chunk = batch_size * 16
         order = [i for start in range(0, len(order), chunk)

@@ -324,7 +324,8 @@ def train(recipe: Recipe, *, resume: bool = False, force: bool = False, console:
         with progress:
             progress.start(state["step"])
             while state["step"] < total_steps:
-                order = rank_share(batch_order(examples, config.batch_size, config.seed, state["epoch"], group_by_length=not config.packing),
+                order = rank_share(batch_order(examples, config.batch_size, config.seed, state["epoch"], group_by_length=not config.packing,
+                                               curriculum=config.curriculum),
                                    accelerator)
                 for batch_index in range(state["batch"], len(order)):
                     micro_started = time.perf_counter()
