@@ -14,7 +14,9 @@ token-level loss aggregation (TRL's `loss_type dapo`, tutorlm's `grpo_loss_aggre
 (`grpo_skip_equal false`), as TRL does, so both sides compute the same update.
 - tutorlm: `train.objective grpo` (the continuous-batching engine samples; chunked loss).
 - trl-grpo: TRL's GRPOTrainer, HF `generate`, without gradient checkpointing (its fastest setting here).
-fp32 on CPU, bf16 autocast on CUDA. Each side runs in its own process: peak RSS (CPU) or
+`--precision`: fp32, or bf16 autocast over fp32 weights on both sides (tutorlm's `train.precision bf16`, TRL's
+`bf16=True`); the default is bf16 on CUDA and fp32 on a CPU (a CPU with a fast bf16 path, see `tutorlm doctor`,
+is worth measuring both ways). Each side runs in its own process: peak RSS (CPU) or
 torch.cuda.max_memory_allocated (CUDA) is that side's alone. Step time is the median over the steps
 after `--warmup`; tutorlm's sampling share comes from its train log.
 """
@@ -52,7 +54,7 @@ def run_tutorlm(args: argparse.Namespace, data: Path, workdir: Path) -> dict:
                     train=TrainConfig(objective="grpo", grpo_group_size=args.group_size, grpo_max_tokens=args.max_new_tokens,
                                       grpo_temperature=1.0, grpo_skip_equal=False, grpo_loss_aggregation="token",
                                       grpo_scale_rewards="group", max_steps=args.steps, batch_size=args.questions, lr=1e-6,
-                                      eval_fraction=0, save_every=10_000, seed=0, log_every=1))
+                                      eval_fraction=0, save_every=10_000, seed=0, log_every=1, precision=args.precision))
     train(recipe, console=Console(file=open(os.devnull, "w")))
     log = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines() if "loss" in line]
     return {"step_s": [row["step_s"] for row in log], "sampling_s": [row["sampling_s"] for row in log],
@@ -80,7 +82,7 @@ def run_trl(args: argparse.Namespace, data: Path, workdir: Path) -> dict:
 
     cuda = args.device == "cuda"
     config = GRPOConfig(output_dir=str(workdir / "trl"), max_steps=args.steps, learning_rate=1e-6, logging_steps=1,
-                        report_to="none", save_strategy="no", use_cpu=not cuda, bf16=cuda, fp16=False, seed=0,
+                        report_to="none", save_strategy="no", use_cpu=not cuda, bf16=args.precision == "bf16", fp16=False, seed=0,
                         dataloader_num_workers=0, gradient_checkpointing=False,
                         per_device_train_batch_size=args.questions * args.group_size, num_generations=args.group_size,
                         max_completion_length=args.max_new_tokens, temperature=1.0, loss_type="dapo", scale_rewards="group",
@@ -108,8 +110,10 @@ def main() -> None:
     parser.add_argument("--questions", type=int, default=2, help="questions per step")
     parser.add_argument("--group-size", type=int, default=4, help="samples per question (G)")
     parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--precision", choices=("fp32", "bf16"), help="both sides (default: bf16 on cuda, fp32 on cpu)")
     parser.add_argument("--sides", default=",".join(SIDES), help=f"comma-separated, from {', '.join(SIDES)}")
-    parser.add_argument("--out", help="default: benchmarks/results/grpo_vs_trl.json (grpo_vs_trl_cuda.json on cuda)")
+    parser.add_argument("--out", help="default: benchmarks/results/grpo_vs_trl.json (grpo_vs_trl_bf16.json with "
+                                      "--precision bf16 on a CPU, grpo_vs_trl_cuda.json on cuda)")
     parser.add_argument("--side", choices=SIDES, help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
     parser.add_argument("--student", help=argparse.SUPPRESS)
@@ -119,7 +123,9 @@ def main() -> None:
         return
     sides = chosen_sides(parser, args, SIDES)
     cuda = args.device == "cuda"
-    out = Path(args.out or ROOT / "benchmarks" / "results" / ("grpo_vs_trl_cuda.json" if cuda else "grpo_vs_trl.json"))
+    args.precision = args.precision or ("bf16" if cuda else "fp32")
+    default_name = "grpo_vs_trl_cuda" if cuda else "grpo_vs_trl" if args.precision == "fp32" else "grpo_vs_trl_bf16"
+    out = Path(args.out or ROOT / "benchmarks" / "results" / f"{default_name}.json")
     from rich.console import Console
 
     from tutorlm.config import GenerateConfig, Recipe, RunConfig, TaskConfig
@@ -139,7 +145,7 @@ def main() -> None:
             command = [sys.executable, __file__, "--side", side, "--data", str(data), "--student", str(student),
                        "--device", args.device, "--steps", str(args.steps), "--questions", str(args.questions),
                        "--group-size", str(args.group_size), "--max-new-tokens", str(args.max_new_tokens),
-                       "--warmup", str(args.warmup)]
+                       "--warmup", str(args.warmup), "--precision", args.precision]
             result, max_rss_kb = run_side(side, command, os.environ)
             results[side] = summarize_steps(result, max_rss_kb, args.warmup)
             print(side, results[side], flush=True)
@@ -148,7 +154,7 @@ def main() -> None:
     memory = "peak_gpu_mb" if cuda else "peak_rss_mb"
     output = {
         "benchmark": "grpo_vs_trl", "date": time.strftime("%Y-%m-%d"), "machine": machine(args.device), "device": args.device,
-        "student": f"{args.student_config} (random weights)", "dtype": "bf16 autocast, fp32 weights" if cuda else "float32",
+        "student": f"{args.student_config} (random weights)", "dtype": "bf16 autocast, fp32 weights" if args.precision == "bf16" else "float32",
         "steps": args.steps, "warmup_steps": args.warmup, "questions": args.questions, "group_size": args.group_size,
         "max_new_tokens": args.max_new_tokens, "loss": "token-level (dapo), group-scaled advantages, beta 0, mu 1",
         "trl_version": trl.__version__, "torch_version": torch.__version__, "sides": results, "memory_measure": memory,
