@@ -78,6 +78,7 @@ def test_user_mistakes_are_one_line_with_exit_2(tmp_path, capsys, args, message)
     assert main(args) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err and err.startswith("error:")
+    assert not (tmp_path / "run").exists()  # nothing half-written: not even the run directory's lock
 
 
 def test_a_training_preflight_failure_is_one_line_with_exit_2(tmp_path, capsys):

@@ -147,7 +147,9 @@ class RunDir:
     def lock(self, what: str) -> Iterator[None]:
         """Hold the run directory for a stage that pays for calls (generate, eval): a second process that tries
         while the first holds it is refused at once, so no call is paid for twice. The lock is the kernel's
-        (flock), so it is released when the holder exits, even after kill -9."""
+        (flock), so it is released when the holder exits, even after kill -9. A run directory this lock made and
+        nothing else wrote to (the stage failed on bad input before writing) is removed again."""
+        created = not self.path.exists()
         self.path.mkdir(parents=True, exist_ok=True)
         handle = (self.path / ".lock").open("a+")
         try:
@@ -166,6 +168,9 @@ class RunDir:
             handle.flush()
             yield
         finally:
+            if created and [entry.name for entry in self.path.iterdir()] == [".lock"]:
+                (self.path / ".lock").unlink()  # still held: no other process can have taken it
+                self.path.rmdir()
             handle.close()
 
     def _update(self, name: str, record: dict[str, Any]) -> None:
