@@ -282,13 +282,19 @@ def rows() -> list[str]:
                     f"{peer['step_s_median']} s, {peer[memory]:,} MB | {result['speedup_vs_trl']}× "
                     f"(memory {result['memory_ratio_vs_trl']}×) | median of {result['steps'] - result['warmup_steps']} steps |")
         elif name == "teacher_speed":
-            fp32, int8 = result["results"]["float32"], result["results"]["int8"]
-            lines.append(f"| local teacher decode, {result['model']} ({result['prompts']} multistep-arithmetic prompts, "
-                         f"{result['max_tokens']} max tokens, batch {result['batch_size']}) | {result['machine']} | {result['date']} "
-                         f"| int8: {int8['tokens_per_s']} tokens/s, {int8['peak_rss_mb']:,} MB peak RSS, accuracy {int8['accuracy']:.0%} "
-                         f"| fp32: {fp32['tokens_per_s']} tokens/s, {fp32['peak_rss_mb']:,} MB, accuracy {fp32['accuracy']:.0%} "
-                         f"| {result['int8_speedup']}× | load {int8['load_s']} s vs {fp32['load_s']} s; identical completions: "
-                         f"{result['identical_completions']:.0%} |")
+            reference_name = result.get("reference", "float32")
+            reference = result["results"][reference_name]
+            comparisons = result.get("vs_reference") or {  # results written before --dtypes
+                "int8": {"speedup": result["int8_speedup"], "identical_completions": result["identical_completions"]}}
+            for precision, versus in comparisons.items():
+                figures = result["results"][precision]
+                lines.append(f"| local teacher decode, {result['model']} ({result['prompts']} multistep-arithmetic prompts, "
+                             f"{result['max_tokens']} max tokens, batch {result['batch_size']}) | {result['machine']} | {result['date']} "
+                             f"| {precision}: {figures['tokens_per_s']} tokens/s, {figures['peak_rss_mb']:,} MB peak RSS, "
+                             f"accuracy {figures['accuracy']:.0%} | {reference_name}: {reference['tokens_per_s']} tokens/s, "
+                             f"{reference['peak_rss_mb']:,} MB, accuracy {reference['accuracy']:.0%} | {versus['speedup']}× "
+                             f"| load {figures['load_s']} s vs {reference['load_s']} s; identical completions: "
+                             f"{versus['identical_completions']:.0%} |")
         elif name == "generate_hf":
             for prompt_set, label in (("task", "task prompts, short answers"), ("long", "open-ended prompts, decode-bound")):
                 part = result[prompt_set]

@@ -1,12 +1,14 @@
-"""A local teacher's generation speed and answers in fp32 vs dynamic int8 (`teacher.dtype int8`), same prompts.
+"""A local teacher's generation speed and answers in fp32, dynamic int8 (`teacher.dtype int8`) and bf16, same prompts.
 
-    python benchmarks/teacher_speed.py [--model qwen2.5-coder-1.5b-instruct] [--prompts 32] [--max-tokens 128]
+    python benchmarks/teacher_speed.py [--model qwen2.5-coder-1.5b-instruct] [--prompts 32] [--max-tokens 128] \
+        [--dtypes float32,int8,bfloat16]
 
 Each precision runs in its own process (so peak memory is its own), through the hf backend that `generate`
 and `eval` use (continuous batching, batch `--batch-size`), greedy, on the same multistep-arithmetic prompts.
 Reported: load time (GGUF de-quantization plus, for int8, quantization), generated tokens/s, peak RSS, and
-how the int8 answers compare: share of completions identical to fp32's, and accuracy of each with the task's
-verifier. Results go to benchmarks/results/teacher_speed.json.
+how the answers compare: share of completions identical to fp32's, and accuracy of each with the task's
+verifier. bf16 pays only on a CPU with a fast bf16 path (avx512_bf16 or AMX; `tutorlm doctor` says), where
+its matmuls outrun int8's. Results go to benchmarks/results/teacher_speed.json.
 """
 
 from __future__ import annotations
@@ -56,13 +58,18 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=32)
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--side", choices=["float32", "int8"], help=argparse.SUPPRESS)
+    parser.add_argument("--dtypes", default="float32,int8,bfloat16", help="comma-separated, from float32, int8, bfloat16; "
+                                                                         "the first is the reference the others compare with")
+    parser.add_argument("--side", choices=["float32", "int8", "bfloat16"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.side:
         side(args)
         return
+    dtypes = [name.strip() for name in args.dtypes.split(",") if name.strip()]
+    if not dtypes or set(dtypes) - {"float32", "int8", "bfloat16"}:
+        parser.error(f"--dtypes {args.dtypes!r}: choose from float32, int8, bfloat16")
     results = {}
-    for precision in ("float32", "int8"):
+    for precision in dtypes:
         command = [sys.executable, __file__, "--side", precision, "--model", args.model, "--prompts", str(args.prompts),
                    "--max-tokens", str(args.max_tokens), "--batch-size", str(args.batch_size)]
         figures, peak_kb = run_side(precision, command, None)
@@ -70,18 +77,23 @@ def main() -> None:
         results[precision] = figures
         print(f"{precision}: load {figures['load_s']} s, {figures['tokens_per_s']} tokens/s ({figures['tokens']} tokens in "
               f"{figures['generate_s']} s), peak RSS {figures['peak_rss_mb']} MB, accuracy {figures['accuracy']:.0%}")
-    fp32, int8 = results["float32"], results["int8"]
-    same = sum(fp32["texts"][key] == int8["texts"][key] for key in fp32["texts"]) / len(fp32["texts"])
-    speedup = int8["tokens_per_s"] / fp32["tokens_per_s"]
-    print(f"int8 / fp32: {speedup:.2f}x tokens/s, {int8['peak_rss_mb'] / fp32['peak_rss_mb']:.2f}x memory; "
-          f"{same:.0%} of completions identical")
+    reference = results[dtypes[0]]
+    comparisons = {}
+    for precision in dtypes[1:]:
+        figures = results[precision]
+        same = sum(reference["texts"][key] == figures["texts"][key] for key in reference["texts"]) / len(reference["texts"])
+        comparisons[precision] = {"speedup": round(figures["tokens_per_s"] / reference["tokens_per_s"], 2),
+                                  "memory_ratio": round(figures["peak_rss_mb"] / reference["peak_rss_mb"], 2),
+                                  "identical_completions": round(same, 3)}
+        print(f"{precision} / {dtypes[0]}: {comparisons[precision]['speedup']:.2f}x tokens/s, "
+              f"{comparisons[precision]['memory_ratio']:.2f}x memory; {same:.0%} of completions identical")
     for figures in results.values():
         figures.pop("texts")
     out = ROOT / "benchmarks" / "results" / "teacher_speed.json"
     out.write_text(json.dumps({
         "benchmark": "teacher_speed", "machine": machine(), "date": time.strftime("%Y-%m-%d"), "model": args.model,
         "prompts": args.prompts, "max_tokens": args.max_tokens, "batch_size": args.batch_size, "results": results,
-        "int8_speedup": round(speedup, 2), "identical_completions": round(same, 3),
+        "reference": dtypes[0], "vs_reference": comparisons,
     }, indent=2) + "\n")
     print(f"wrote {out}")
 
