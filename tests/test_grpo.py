@@ -3,6 +3,7 @@ against hand-computed values and plain autograd."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import statistics
@@ -150,6 +151,45 @@ def test_a_step_raises_the_log_probability_of_rewarded_samples(tmp_path, tokeniz
     with torch.no_grad():
         after = [float(l.sum()) for l in plain_logprobs(student, prompts, completions)]
     assert after[0] > before[0] and after[1] < before[1]
+
+
+def test_sampling_in_bf16_casts_each_weight_once_per_round(tmp_path, tokenizer):
+    """Under bf16 training the model's forward runs in autocast (accelerate wraps it); a sampling round inside the
+    loop's own autocast context reuses one bf16 cast of each weight instead of casting every weight per token."""
+    import random
+
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from test_train import make_run
+
+    recipe = make_run(tmp_path, objective="grpo", grpo_group_size=2, grpo_max_tokens=12)
+    student = make_model(tokenizer, seed=3)
+    objective, examples = objective_for(recipe, tokenizer, student)
+    student.forward = torch.autocast("cpu", dtype=torch.bfloat16)(student.forward)  # as accelerate's bf16 does
+    weights = {tuple(p.shape) for p in student.parameters() if p.dim() == 2}
+
+    class WeightCasts(TorchDispatchMode):
+        count = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if (func in (torch.ops.aten._to_copy.default, torch.ops.aten.to.dtype) and out.dtype == torch.bfloat16
+                    and args[0].dtype == torch.float32 and tuple(args[0].shape) in weights):
+                WeightCasts.count += 1
+            return out
+
+    prompts = [example.input_ids[: next(i for i, label in enumerate(example.labels) if label != -100)]
+               for example in examples[:2]]
+    sampled = {}
+    for name, context in (("per forward", contextlib.nullcontext), ("per round", objective.autocast)):
+        if name == "per round":
+            objective.autocast = lambda: torch.autocast("cpu", dtype=torch.bfloat16)
+        WeightCasts.count = 0
+        with WeightCasts():
+            groups = objective.sample_groups(student, prompts, random.Random(0))
+        sampled[name] = ([group["completions"] for group in groups], WeightCasts.count)
+    parameters = sum(1 for p in student.parameters() if p.dim() == 2)
+    assert sampled["per round"][0] == sampled["per forward"][0]  # the same bf16 casts, so the same samples
+    assert 0 < sampled["per round"][1] <= parameters < sampled["per forward"][1]
 
 
 def test_a_second_update_on_the_same_samples_uses_the_ratio_and_clips(tmp_path, tokenizer):

@@ -23,6 +23,7 @@ does not depend on which other requests share its batch.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import inspect
 import json
@@ -152,6 +153,21 @@ def tempered(logits: torch.Tensor, rows: list[Any], sampled: list[bool]) -> torc
     return torch.softmax(logits / temperatures[:, None], dim=-1)
 
 
+
+def grad_off(method: Callable[..., Any]) -> Callable[..., Any]:
+    """Run an engine method without autograd: in inference mode, or under no_grad when autocast is on around the call
+    (sampling inside a bf16 training step, whose loop wraps the round in one autocast context). Inference mode turns
+    off autocast's cache of weight casts, so every decoded token would cast every weight to bf16 again; under no_grad
+    each weight is cast once for the whole round."""
+
+    @functools.wraps(method)
+    def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+        context = torch.no_grad() if torch.is_autocast_enabled(self.device.type) else torch.inference_mode()
+        with context:
+            return method(self, *args, **kwargs)
+
+    return wrapper
+
 class Engine:
     """Decode many prompts with `slots` rows at a time, refilling a row the moment it finishes.
 
@@ -180,7 +196,7 @@ class Engine:
         self.counters = {"prefills": 0, "prefill_tokens": 0, "decode_steps": 0, "row_steps": 0, "compactions": 0, "growths": 0,
                          "kv_bytes_peak": 0}
 
-    @torch.inference_mode()
+    @grad_off
     def run(self, prompts: list[list[int]], *, max_tokens: int = 0, temperature: float = 0.0, top_p: float = 1.0,
             top_logprobs: int = 0, seeds: list[int] | None = None, stop_check: Callable[[list[int]], bool] | None = None,
             finished: Finished, settings: list[RowSettings] | None = None, incoming: Callable[[], list[int]] | None = None,

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from tutorlm.engine import Engine, RowSettings, draw, row_settings, tempered
+from tutorlm.engine import Engine, RowSettings, draw, grad_off, row_settings, tempered
 
 
 class _Judge(Engine):
@@ -50,7 +50,7 @@ class GuidedEngine(Engine):
         self.floor = floor
         self.redrawn: dict[int, int] = {}
 
-    @torch.inference_mode()
+    @grad_off
     def run(self, prompts: list[list[int]], *, guide_prompts: list[list[int]], max_tokens: int = 0,
             temperature: float = 0.0, top_p: float = 1.0, seeds: list[int] | None = None,
             settings: list[RowSettings] | None = None, **options: Any) -> None:

@@ -49,6 +49,7 @@ which every group's rewards were equal is logged with `all_equal: true` and make
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import random
 import time
@@ -77,6 +78,7 @@ class GRPO:
         self.window: dict[str, float] = {}
         self.totals: dict[str, float] = {}
         self.all_equal_steps = 0
+        self.autocast = contextlib.nullcontext  # the loop's mixed-precision context (loop.Objective)
 
     def state_dict(self) -> dict[str, Any]:
         return {"draws": self.draws, "batch": self.batch}
@@ -230,9 +232,10 @@ class GRPO:
         results: dict[int, tuple[list[int], str]] = {}
         try:
             engine = Engine(inner, slots=len(asked), pad_token_id=self.tokenizer.pad_token_id, stop_ids=self.stop_ids)
-            engine.run(asked, max_tokens=config.grpo_max_tokens, temperature=config.grpo_temperature,
-                       seeds=[rng.getrandbits(62) for _ in asked],
-                       finished=lambda index, tokens, reason, logprobs, latency: results.__setitem__(index, (list(tokens), reason)))
+            with self.autocast():  # one cast of each weight for the whole round (see loop.Objective)
+                engine.run(asked, max_tokens=config.grpo_max_tokens, temperature=config.grpo_temperature,
+                           seeds=[rng.getrandbits(62) for _ in asked],
+                           finished=lambda index, tokens, reason, logprobs, latency: results.__setitem__(index, (list(tokens), reason)))
         finally:
             inner.train(was_training)
         groups = []

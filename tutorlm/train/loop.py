@@ -62,6 +62,10 @@ class Objective(Protocol):
         ...
 
     # Optional: `log() -> dict`, what the objective adds to each optimizer step's line in train_log.jsonl.
+    # Optional: `autocast`, set by the loop to its mixed-precision context (accelerator.autocast) before `prepare`, for
+    # an objective that runs the model outside a training forward: sampling a whole round inside one such context
+    # casts each weight to bf16 once (autocast caches the casts of leaf weights until its outermost context ends);
+    # the forward's own context alone casts every weight again for every decoded token.
 
 
 def objective_for(recipe: Recipe) -> Objective:
@@ -256,6 +260,7 @@ def train(recipe: Recipe, *, resume: bool = False, force: bool = False, console:
             f"objective {config.objective}; precision {precision} ({precision_reason})"
         )
         objective = objective_for(recipe)
+        objective.autocast = accelerator.autocast
         objective_stats = objective.prepare(recipe, model, tokenizer, train_rows, examples, accelerator.device, console)
         micro_batches_per_epoch = len(rank_share(list(range(math.ceil(len(examples) / config.batch_size))), accelerator))
         # Accumulation is counted here, per epoch, not by accelerate: a step is a group of up to grad_accum

@@ -44,6 +44,7 @@ student and teacher, and the seconds spent sampling and grading (the loop logs t
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -183,6 +184,7 @@ class OnPolicy:
         self.cache: Any = None
         self.window: dict[str, float] = {}  # since the last log line
         self.totals: dict[str, float] = {}  # since the start of this process
+        self.autocast = contextlib.nullcontext  # the loop's mixed-precision context (loop.Objective)
 
     def state_dict(self) -> dict[str, Any]:
         return {"draws": self.draws}
@@ -294,9 +296,10 @@ class OnPolicy:
         try:
             engine = Engine(inner, slots=len(prompts), pad_token_id=self.tokenizer.pad_token_id, stop_ids=self.stop_ids)
             seeds = [rng.getrandbits(62) for _ in prompts]
-            engine.run(prompts, max_tokens=self.config.on_policy_max_tokens, temperature=self.config.on_policy_temperature,
-                       seeds=seeds, finished=lambda index, tokens, reason, logprobs, latency:
-                       completions.__setitem__(index, (list(tokens), reason)))
+            with self.autocast():  # one cast of each weight for the whole round (see loop.Objective)
+                engine.run(prompts, max_tokens=self.config.on_policy_max_tokens, temperature=self.config.on_policy_temperature,
+                           seeds=seeds, finished=lambda index, tokens, reason, logprobs, latency:
+                           completions.__setitem__(index, (list(tokens), reason)))
         finally:
             inner.train(was_training)
         finished = [completions[index][1] == "stop" for index in range(len(prompts))]
