@@ -390,9 +390,10 @@ def train(recipe: Recipe, *, resume: bool = False, force: bool = False, console:
         student_dir = run.path / STUDENT
         if main:
             save_student(accelerator.unwrap_model(model), tokenizer, student_dir, recipe)
-            throughput.record(f"train {config.objective}", recipe.student.model, precision,
-                              tokens=state["tokens_seen"] - tokens_before, seconds=elapsed,
-                              items=(state["step"] - steps_before) * config.batch_size, device=accelerator.device.type)
+            if model_and_tokenizer is None:  # a model handed in is not recipe.student.model: its speed says nothing of it
+                throughput.record(f"train {config.objective}", recipe.student.model, precision,
+                                  tokens=state["tokens_seen"] - tokens_before, seconds=elapsed,
+                                  items=(state["step"] - steps_before) * config.batch_size, device=accelerator.device.type)
         record["outputs"].append(student_dir / "tutorlm_config.json")
         record["stats"] = {
             "steps": state["step"], "epochs_started": state["epoch"] + 1, "examples": len(examples), "held_out": len(held_out),
