@@ -64,6 +64,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--recipe", default="real-teacher", help="a recipe name or YAML file")
     parser.add_argument("--baseline-run", help="a finished run of the recipe as written (else it is run)")
+    parser.add_argument("--baseline-label", default="the recipe",
+                        help="what the baseline is, for the README's table (e.g. '1 of 4 samples per question')")
     parser.add_argument("--tag", help="results go to levers_<recipe>-<tag>.json: comparisons against another "
                                       "baseline (e.g. a run with other settings) keep their own file")
     parser.add_argument("--variant", action="append", default=[], metavar="NAME=SETTINGS",
@@ -111,7 +113,7 @@ def main() -> None:
               f"teacher calls {point['teacher_calls']}", flush=True)
     names = {point["name"] for point in measured}
     result = {"benchmark": "levers", "recipe": args.recipe, "machine": machine(), "date": time.strftime("%Y-%m-%d"),
-              "baseline": baseline,
+              "baseline": baseline, "baseline_label": args.baseline_label,
               "variants": [p for p in kept if p["name"] not in names and p.get("baseline_run") == baseline["run"]
                            and p.get("baseline_evaluated") == baseline["evaluated"]]
               + [{**p, "baseline_run": baseline["run"], "baseline_evaluated": baseline["evaluated"]} for p in measured]}

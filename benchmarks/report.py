@@ -210,7 +210,8 @@ def rows() -> list[str]:
                     f"| lever `{variant['name']}` on the `{result['recipe']}` recipe ({' '.join(variant['settings'])}), "
                     f"{difference['questions']} test questions | {result['machine']} | {result['date']} "
                     f"| {accuracy(variant)}, {variant['curated']} rationales, train {variant['train_s']:.0f} s "
-                    f"| the recipe: {accuracy(base)}, train {base['train_s']:.0f} s | {paired(difference)}; teacher calls "
+                    f"| {result.get('baseline_label', 'the recipe')}: {accuracy(base)}, {base['curated']} rationales, train "
+                    f"{base['train_s']:.0f} s | {paired(difference)}; teacher calls "
                     f"{variant['teacher_calls']} |")
         elif name == "student_fit":
             points = {point["name"]: point for point in result["selections"]}
