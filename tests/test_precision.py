@@ -51,7 +51,7 @@ def test_the_measurement_is_cached_per_cpu(tmp_path, monkeypatch):
     monkeypatch.setenv("TUTORLM_CACHE_DIR", str(tmp_path))
     calls: list[torch.dtype] = []
 
-    def fake_measure(dtype, size=512, min_seconds=0.25):
+    def fake_measure(dtype, size=512, min_seconds=0.25, **_):
         calls.append(dtype)
         return 100.0 if dtype == torch.float32 else 450.0
 
@@ -66,6 +66,21 @@ def test_the_measurement_is_cached_per_cpu(tmp_path, monkeypatch):
     monkeypatch.setattr(precision, "cpu_flags", lambda: ("avx2",))
     precision.cpu_bf16()
     assert len(calls) > measured
+
+
+def test_a_preempted_call_does_not_decide_the_rate(monkeypatch):
+    """Measured while another process had the cores, one call of the probe took 1000x its time and the CPU's verdict
+    said bf16 was slow; the rate is the fastest call's."""
+    clock = {"now": 0.0, "reads": 0}
+
+    def perf_counter():
+        clock["reads"] += 1
+        clock["now"] += 2.0 if clock["reads"] == 3 else 0.001  # the first timed call ends 2 s late
+        return clock["now"]
+
+    monkeypatch.setattr(precision.time, "perf_counter", perf_counter)
+    rate = precision.measure_matmul_gflops(torch.float32, size=8, min_seconds=0.0, min_calls=5)
+    assert rate == pytest.approx(2 * 8**3 / 0.001 / 1e9)
 
 
 def test_the_real_measurement_runs_here(tmp_path, monkeypatch):

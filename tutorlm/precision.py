@@ -81,23 +81,25 @@ def cpu_bf16_flags() -> tuple[str, ...]:
 
 
 def measure_matmul_gflops(dtype: Any, size: int = _MATMUL_SIZE, min_seconds: float = 0.25,
-                          shape: tuple[int, int, int] | None = None) -> float:
+                          shape: tuple[int, int, int] | None = None, min_calls: int = 3) -> float:
     """GFLOP/s of a (rows x inner) @ (inner x cols) matmul in `dtype` on the CPU (square `size` unless `shape` is
-    given), at torch's current thread count."""
+    given), at torch's current thread count: the fastest of the timed calls (at least `min_calls`, for at least
+    `min_seconds` in all), so a call that another process preempted does not decide the rate."""
     import torch
 
     rows, inner, cols = shape or (size, size, size)
     a = torch.randn(rows, inner).to(dtype)
     b = torch.randn(inner, cols).to(dtype)
     a @ b  # warm-up: the first call picks kernels
-    runs, started = 0, time.perf_counter()
+    fastest, calls, started = float("inf"), 0, time.perf_counter()
     while True:
+        before = time.perf_counter()
         a @ b
-        runs += 1
-        elapsed = time.perf_counter() - started
-        # A slow path (scalar bf16) takes seconds per call: one timed call is enough to know.
-        if elapsed >= min_seconds:
-            return 2 * rows * inner * cols * runs / elapsed / 1e9
+        now = time.perf_counter()
+        fastest, calls = min(fastest, now - before), calls + 1
+        # a slow path (scalar bf16) takes up to a second per 512^3 call: a few seconds bound the whole measurement
+        if (calls >= min_calls and now - started >= min_seconds) or now - started >= 5.0:
+            return 2 * rows * inner * cols / max(fastest, 1e-9) / 1e9
 
 
 def verdict_key() -> str:
@@ -131,7 +133,7 @@ def cpu_bf16(*, refresh: bool = False) -> CpuBf16:
         return CpuBf16(entry["fast"], entry["fp32_gflops"], entry["bf16_gflops"], tuple(entry["flags"]), entry["cpu"])
     # Where bf16 is emulated a 512^3 matmul takes about a second; a smaller one is enough to tell.
     fp32 = measure_matmul_gflops(torch.float32)
-    probe = measure_matmul_gflops(torch.bfloat16, size=128, min_seconds=0.0)
+    probe = measure_matmul_gflops(torch.bfloat16, size=128, min_seconds=0.0, min_calls=5)
     bf16 = measure_matmul_gflops(torch.bfloat16) if probe > fp32 / 20 else probe
     result = CpuBf16(bf16 >= FAST_ENOUGH * fp32, round(fp32, 1), round(bf16, 2), cpu_bf16_flags(), cpu_name())
     cached[key] = {"fast": result.fast, "fp32_gflops": result.fp32_gflops, "bf16_gflops": result.bf16_gflops,
