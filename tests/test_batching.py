@@ -103,6 +103,23 @@ def test_a_long_max_tokens_costs_no_memory_until_used(tiny):
     assert engine.counters["kv_bytes_peak"] == sum(layer.key_buffer.nbytes + layer.value_buffer.nbytes for layer in engine.layers)
 
 
+def test_a_prompt_asked_several_times_is_prefilled_once(tiny):
+    """n samples of a question and a GRPO group put one prompt in several slots: its prefill is computed once and
+    copied, and every copy samples as it would alone."""
+    tokenizer, model = tiny
+    distinct = prompts_with_shared_prefix(len(tokenizer), count=3, seed=2)
+    prompts = [distinct[i] for i in (0, 1, 0, 2, 0, 1)]
+    seeds = [50 + i for i in range(len(prompts))]
+    together, engine = run_engine(model, prompts, 6, {3, 4, 5, 6, 7}, max_tokens=12, temperature=1.0, seeds=seeds)
+    assert engine.counters["prefill_tokens"] == sum(len(p) - 12 for p in distinct)  # not once per slot
+    for index, (prompt, seed) in enumerate(zip(prompts, seeds)):
+        alone = run_engine(model, [prompt], 1, {3, 4, 5, 6, 7}, max_tokens=12, temperature=1.0, seeds=[seed])[0][0]
+        assert together[index][:2] == alone[:2]
+    assert len({tuple(together[i][0]) for i in (0, 2, 4)}) > 1  # the copies are sampled apart
+    greedy = run_engine(model, prompts, 4, set(), max_tokens=8)[0]
+    assert [greedy[i][0] for i in range(len(prompts))] == [generate_one(model, p, set(), 8)[0] for p in prompts]
+
+
 def test_sampling_does_not_depend_on_batch_composition(tiny):
     tokenizer, model = tiny
     prompts = prompts_with_shared_prefix(len(tokenizer), seed=1)

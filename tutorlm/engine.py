@@ -286,24 +286,35 @@ class Engine:
         hides the padding, and positions count only real tokens.
         """
         shared = self.prefix_tokens
-        suffix = max(len(self.prompts[i]) - shared for i in chosen)
+        # The same prompt several times (n samples of a question, a GRPO group) is prefilled once and its keys and
+        # values copied to each of its slots.
+        first: dict[tuple[int, ...], int] = {}
+        copy_of = [first.setdefault(tuple(self.prompts[index]), len(first)) for index in chosen]
+        unique = list(first)
+        suffix = max(len(prompt) - shared for prompt in unique)
         width = shared + suffix
-        ids = torch.full((len(chosen), suffix), self.pad_token_id, dtype=torch.long)
-        attention = torch.zeros((len(chosen), width), dtype=torch.long)
+        ids = torch.full((len(unique), suffix), self.pad_token_id, dtype=torch.long)
+        attention = torch.zeros((len(unique), width), dtype=torch.long)
         attention[:, :shared] = 1
-        for row, index in enumerate(chosen):
-            rest = self.prompts[index][shared:]
+        for row, prompt in enumerate(unique):
+            rest = prompt[shared:]
             ids[row, suffix - len(rest):] = torch.tensor(rest)
             attention[row, width - len(rest):] = 1
         ids, attention = ids.to(self.device), attention.to(self.device)
         positions = (attention.cumsum(-1) - 1).clamp(min=0)[:, shared:]
         prefill = DynamicCache(ddp_cache_data=[
-            (keys.expand(len(chosen), -1, -1, -1), values.expand(len(chosen), -1, -1, -1)) for keys, values in self.prefix
+            (keys.expand(len(unique), -1, -1, -1), values.expand(len(unique), -1, -1, -1)) for keys, values in self.prefix
         ] or None)
         output = self.model(input_ids=ids, attention_mask=attention, position_ids=positions,
                             **{self.cache_argument: prefill}, use_cache=True, logits_to_keep=1)
         self.counters["prefills"] += 1
         self.counters["prefill_tokens"] += int(attention[:, shared:].sum())
+        logits = output.logits[:, -1]
+        if len(unique) < len(chosen):
+            rows = torch.tensor(copy_of, device=self.device)
+            for layer in prefill.layers:
+                layer.keys, layer.values = layer.keys[rows], layer.values[rows]
+            attention, logits = attention[rows], logits[rows]
         if not self.layers:
             for layer in prefill.layers:
                 slot_layer = _SlotLayer(self.state)
@@ -330,7 +341,7 @@ class Engine:
                 generator = torch.Generator(device=self.device)
                 generator.manual_seed(settings.seed)
             self.rows[slot] = _Row(request_index, generator, now, settings)
-        self._advance(slots, self._logits(output.logits[:, -1]))
+        self._advance(slots, self._logits(logits))
 
     def _decode(self) -> None:
         """One token for every row."""
