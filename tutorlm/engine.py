@@ -153,7 +153,6 @@ def tempered(logits: torch.Tensor, rows: list[Any], sampled: list[bool]) -> torc
     return torch.softmax(logits / temperatures[:, None], dim=-1)
 
 
-
 def grad_off(method: Callable[..., Any]) -> Callable[..., Any]:
     """Run an engine method without autograd: in inference mode, or under no_grad when autocast is on around the call
     (sampling inside a bf16 training step, whose loop wraps the round in one autocast context). Inference mode turns
@@ -167,6 +166,7 @@ def grad_off(method: Callable[..., Any]) -> Callable[..., Any]:
             return method(self, *args, **kwargs)
 
     return wrapper
+
 
 class Engine:
     """Decode many prompts with `slots` rows at a time, refilling a row the moment it finishes.
