@@ -73,7 +73,9 @@ def main() -> None:
     args = parser.parse_args()
     variants = []
     for text in args.variant:
-        name, sep, settings = text.partition("=")
+        # the settings start with "--", so a name may hold "=" ("T=0.7=--generate.temperature 0.7")
+        name, sep, settings = text.partition("=--") if "=--" in text else text.partition("=")
+        settings = f"--{settings}" if sep == "=--" else settings
         if not sep or not name.strip() or not settings.strip():
             raise SystemExit(f"--variant {text!r}: write NAME=SETTINGS, e.g. \"lr 3e-4=--train.lr 3e-4\"")
         variants.append((name.strip(), shlex.split(settings)))
