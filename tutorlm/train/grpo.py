@@ -56,16 +56,14 @@ import time
 from typing import Any
 
 import torch
-from accelerate.utils import extract_model_from_parallel
 
 from tutorlm.curate import CURATED
-from tutorlm.engine import Engine
 from tutorlm.errors import PreflightError
 from tutorlm.models import stop_ids
 from tutorlm.train.data import IGNORE, Tokenized, identity_head, labelled_positions, sft_loss
 from tutorlm.train.kd import _heads
 from tutorlm.train.losses import clipped_surrogate, group_advantages, k3_kl, linear_cross_entropy, linear_token_logprobs
-from tutorlm.train.on_policy import OnPolicy, _collate, _prompt_length, _text, prompts_of
+from tutorlm.train.on_policy import OnPolicy, _collate, _prompt_length, _text, prompts_of, sample_student
 
 
 class GRPO:
@@ -225,19 +223,10 @@ class GRPO:
     def sample_groups(self, model: Any, prompts: list[list[int]], rng: random.Random) -> list[dict[str, Any]]:
         config, size = self.config, self.config.grpo_group_size
         started = time.perf_counter()
-        inner = extract_model_from_parallel(model, keep_torch_compile=False)
-        was_training = inner.training
-        inner.eval()
         asked = [prompt for prompt in prompts for _ in range(size)]
-        results: dict[int, tuple[list[int], str]] = {}
-        try:
-            engine = Engine(inner, slots=len(asked), pad_token_id=self.tokenizer.pad_token_id, stop_ids=self.stop_ids)
-            with self.autocast():  # one cast of each weight for the whole round (see loop.Objective)
-                engine.run(asked, max_tokens=config.grpo_max_tokens, temperature=config.grpo_temperature,
-                           seeds=[rng.getrandbits(62) for _ in asked],
-                           finished=lambda index, tokens, reason, logprobs, latency: results.__setitem__(index, (list(tokens), reason)))
-        finally:
-            inner.train(was_training)
+        results = sample_student(model, asked, max_tokens=config.grpo_max_tokens, temperature=config.grpo_temperature,
+                                 rng=rng, autocast=self.autocast, pad_token_id=self.tokenizer.pad_token_id,
+                                 stop_ids=self.stop_ids)
         groups = []
         for start in range(0, len(asked), size):
             group: dict[str, Any] = {"prompt": asked[start], "completions": [], "rewards": [], "correct": []}

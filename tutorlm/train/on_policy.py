@@ -175,6 +175,26 @@ def _row(row: dict[str, Any] | None) -> dict[str, Any]:
     return row
 
 
+def sample_student(model: Any, prompts: list[list[int]], *, max_tokens: int, temperature: float, rng: random.Random,
+                   autocast: Any, pad_token_id: int, stop_ids: Any) -> dict[int, tuple[list[int], str]]:
+    """(the sampled tokens, the finish reason) for each prompt by index: the model samples now through the engine, in
+    eval mode for the round, one seed per prompt drawn from `rng`, the whole round inside `autocast` (the loop's
+    mixed-precision context: each weight cast once for the round; see loop.Objective). On-policy and GRPO share it."""
+    inner = extract_model_from_parallel(model, keep_torch_compile=False)
+    was_training = inner.training
+    inner.eval()
+    results: dict[int, tuple[list[int], str]] = {}
+    try:
+        engine = Engine(inner, slots=len(prompts), pad_token_id=pad_token_id, stop_ids=stop_ids)
+        seeds = [rng.getrandbits(62) for _ in prompts]
+        with autocast():
+            engine.run(prompts, max_tokens=max_tokens, temperature=temperature, seeds=seeds,
+                       finished=lambda index, tokens, reason, logprobs, latency: results.__setitem__(index, (list(tokens), reason)))
+    finally:
+        inner.train(was_training)
+    return results
+
+
 class OnPolicy:
     def __init__(self, recipe: Any) -> None:
         self.config = recipe.train
@@ -289,19 +309,9 @@ class OnPolicy:
         whether each stopped)."""
         started = time.perf_counter()
         prompts = prompts_of(batch)
-        inner = extract_model_from_parallel(model, keep_torch_compile=False)
-        was_training = inner.training
-        inner.eval()
-        completions: dict[int, tuple[list[int], str]] = {}
-        try:
-            engine = Engine(inner, slots=len(prompts), pad_token_id=self.tokenizer.pad_token_id, stop_ids=self.stop_ids)
-            seeds = [rng.getrandbits(62) for _ in prompts]
-            with self.autocast():  # one cast of each weight for the whole round (see loop.Objective)
-                engine.run(prompts, max_tokens=self.config.on_policy_max_tokens, temperature=self.config.on_policy_temperature,
-                           seeds=seeds, finished=lambda index, tokens, reason, logprobs, latency:
-                           completions.__setitem__(index, (list(tokens), reason)))
-        finally:
-            inner.train(was_training)
+        completions = sample_student(model, prompts, max_tokens=self.config.on_policy_max_tokens,
+                                     temperature=self.config.on_policy_temperature, rng=rng, autocast=self.autocast,
+                                     pad_token_id=self.tokenizer.pad_token_id, stop_ids=self.stop_ids)
         finished = [completions[index][1] == "stop" for index in range(len(prompts))]
         # the end token is part of what the student learns to write
         tokens = [completions[index][0] + ([self.tokenizer.eos_token_id] if done else []) for index, done in enumerate(finished)]
