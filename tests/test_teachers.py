@@ -3,6 +3,7 @@ counted on real HTTP servers on 127.0.0.1."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from pathlib import Path
@@ -15,6 +16,7 @@ from rich.console import Console
 from tutorlm.config import ConfigError, GenerateConfig, Recipe, RunConfig, TaskConfig, TeacherConfig
 from tutorlm.curate import curate
 from tutorlm.generate import FAILURES, TRACES, GenerationIncomplete, generate, generate_stage_config
+from tutorlm.pipeline import dry_run
 from tutorlm.recipe_io import load_recipe
 from tutorlm.report import report
 from tutorlm.tasks import load_task
@@ -154,3 +156,45 @@ def test_a_single_teachers_stage_config_is_as_before_names_existed():
     assert "name" not in stage["teacher"] and "teacher_mode" not in stage["generate"] and "teachers" not in stage
     named = Recipe(teachers=[TeacherConfig(name="ref")])
     assert generate_stage_config(named)["teachers"][0]["name"] == "ref"
+
+
+def test_one_teacher_can_sample_more_questions_and_samples_than_the_others(tmp_path):
+    """A fast mentor writes 2 samples at T=0.7 for all 12 questions; the slow teacher greedily for the first 4."""
+    def slow_reply(messages: list[dict]) -> str:  # worded apart from the mentor's, so curation's dedupe keeps both
+        return "Slowly: " + replier(set(GOLD))(messages)
+
+    with FakeOpenAI(model="mentor-model", api_key=None, reply=replier(set(GOLD))) as mentor, \
+            FakeOpenAI(model="slow-model", api_key=None, reply=slow_reply) as slow:
+        recipe = make_recipe(tmp_path, [teacher("mentor", mentor.url, limit=12, n=2, temperature=0.7),
+                                        teacher("slow", slow.url)], "all")
+        recipe.generate.limit = 4
+        plan = io.StringIO()
+        dry_run(recipe, console=Console(file=plan, width=400))
+        assert "mentor: openai mentor-model: 12 train questions x 2 samples, 24 teacher calls (0 cached)" in plan.getvalue()
+        assert "slow: openai slow-model: 4 train questions x 1 samples, 4 teacher calls (0 cached)" in plan.getvalue()
+        stats = generate(recipe, console=QUIET)
+        assert mentor.total_served == 24 and {body["temperature"] for body in mentor.bodies} == {0.7}
+        assert slow.total_served == 4 and {body["temperature"] for body in slow.bodies} == {0.0}
+        assert asked_questions(slow) == {example.question for example in load_task(TASK).examples("train", 4)}
+    assert stats["examples"] == 12 and stats["teachers"]["mentor"]["questions"] == 12
+    assert stats["teachers"]["slow"]["samples_written"] == 4 and stats["samples_written"] == 28
+    rows = read_traces(tmp_path)
+    assert sorted(row["sample_index"] for row in rows if row["teacher"] == "mentor") == [0] * 12 + [1] * 12
+    curate(recipe, console=QUIET)
+    curated = [json.loads(line) for line in (tmp_path / "run" / "curated.jsonl").read_text().splitlines()]
+    assert {row["teacher"] for row in curated} == {"mentor", "slow"}
+    # what decides the rationales is in the stage config; unset, a teacher's key is as before it could be set
+    stage = generate_stage_config(recipe)
+    assert stage["teachers"][0]["n"] == 2 and "n" not in stage["teachers"][1] and "limit" not in stage["teachers"][1]
+
+
+def test_per_teacher_sampling_is_checked(tmp_path):
+    with pytest.raises(ConfigError, match="teacher.n is for one of several `teachers`.*generate.n"):
+        load_recipe(None, [("teacher.n", "4")], base={"teacher": {"backend": "reference"}}, base_name="recipe")
+    with pytest.raises(ConfigError, match=r"teachers\[0\] \(m\): n=4 samples at temperature 0"):
+        load_recipe(None, [], base={"teachers": [{"name": "m", "n": 4}, {"name": "t"}]}, base_name="recipe")
+    with pytest.raises(ConfigError, match="limit and n must be at least 1"):
+        load_recipe(None, [], base={"teachers": [{"name": "m", "limit": 0}, {"name": "t"}]}, base_name="recipe")
+    recipe = load_recipe(None, [], base={"teachers": [{"name": "m", "n": 4, "temperature": 0.7}, {"name": "t"}]},
+                         base_name="recipe")
+    assert recipe.teachers[0].n == 4 and recipe.generate.n == 1

@@ -113,10 +113,20 @@ class TeacherConfig(ModelConfig):
     price_output_per_million: float | None = option(None, "price per million completion tokens")
     batch_size: int = option(64, "hf: rows decoded together (continuous batching); the KV buffer holds batch_size x "
                                  "(longest prompt + the tokens rows have generated so far, up to max_tokens)")
+    # One of several `teachers` may sample differently from the others (a fast mentor writing more, e.g.):
+    limit: int | None = option(None, "one of several `teachers`: its own generate.limit (the first N questions; "
+                                     "null: generate.limit)")
+    n: int | None = option(None, "one of several `teachers`: its own generate.n (null: generate.n)")
+    temperature: float | None = option(None, "one of several `teachers`: its own generate.temperature "
+                                              "(null: generate.temperature)")
 
     def __post_init__(self) -> None:
         if self.max_concurrency < 1 or self.batch_size < 1:
             raise ValueError("max_concurrency and batch_size must be at least 1")
+        if (self.limit is not None and self.limit < 1) or (self.n is not None and self.n < 1):
+            raise ValueError(f"limit and n must be at least 1, got limit={self.limit}, n={self.n}")
+        if self.temperature is not None and self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
         if self.max_retries < 0:
             raise ValueError(f"max_retries must be >= 0, got {self.max_retries}")
 
@@ -427,6 +437,10 @@ class Recipe:
 
     def __post_init__(self) -> None:
         if not self.teachers:
+            own = [key for key in PER_TEACHER if getattr(self.teacher, key) is not None]
+            if own:
+                raise ValueError(f"teacher.{own[0]} is for one of several `teachers`; with one teacher, set "
+                                 f"generate.{own[0]}")
             return
         names = [teacher.name for teacher in self.teachers]
         if any(not name for name in names):
@@ -436,6 +450,21 @@ class Recipe:
         if twice:
             raise ValueError(f"teachers: the name {twice[0]!r} is used twice; each teacher needs its own")
         self.teacher = self.teachers[-1]
+        for index, teacher in enumerate(self.teachers):
+            n = self.generate.n if teacher.n is None else teacher.n
+            temperature = self.generate.temperature if teacher.temperature is None else teacher.temperature
+            if n > 1 and temperature == 0:
+                raise ValueError(f"teachers[{index}] ({teacher.name}): n={n} samples at temperature 0 would be "
+                                 "identical: set its temperature > 0 (e.g. 0.7)")
+
+
+PER_TEACHER = ("limit", "n", "temperature")  # generate settings one of several teachers may set for itself
+
+
+def teacher_generate(generate: GenerateConfig, teacher: TeacherConfig) -> GenerateConfig:
+    """`generate` with the teacher's own limit, n and temperature where it sets them."""
+    own = {key: getattr(teacher, key) for key in PER_TEACHER if getattr(teacher, key) is not None}
+    return dataclasses.replace(generate, **own) if own else generate
 
 
 # ---------------------------------------------------------------------------------------------------

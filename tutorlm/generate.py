@@ -32,7 +32,7 @@ from rich.table import Table
 from tutorlm import throughput, topk
 from tutorlm.backends import Completion, FatalBackendError, Request, Sampling, make_backend
 from tutorlm.cache import Cache, default_cache_path, run_cached
-from tutorlm.config import ConfigError, GenerateConfig, Recipe, TeacherConfig, to_dict
+from tutorlm.config import PER_TEACHER, ConfigError, GenerateConfig, Recipe, TeacherConfig, teacher_generate, to_dict
 from tutorlm.progress import StageProgress
 from tutorlm.errors import GenerationIncomplete
 from tutorlm.run import RunDir, atomic_write_text
@@ -94,6 +94,9 @@ def _teacher_key(teacher: Any) -> dict[str, Any]:
         teacher.pop(operational)
     if teacher["name"] is None:  # unnamed: as before names existed, so earlier runs stay current
         teacher.pop("name")
+    for key in PER_TEACHER:  # unset: as before a teacher could sample on its own, so earlier runs stay current
+        if teacher[key] is None:
+            teacher.pop(key)
     return teacher
 
 
@@ -282,9 +285,10 @@ def _generate(recipe: Recipe, run: RunDir, force: bool, console: Console) -> dic
         console.print(f"generate: up to date in {run.path} (--force redoes it)")
         return stats
     task = load_task(recipe.task)
-    plan_ = plan(task, recipe.generate)
-    sampling = sampling_of(recipe.generate)
     teachers = recipe.teachers or [recipe.teacher]
+    own = [teacher_generate(recipe.generate, teacher) for teacher in teachers]  # each teacher's limit, n, temperature
+    plans = [plan(task, config) for config in own]
+    plan_ = max(plans, key=lambda one: len(one.examples))  # every question some teacher is asked
     if any(teacher.backend == "reference" for teacher in teachers):
         missing = [example.id for example in plan_.examples if not example.rationale]
         if missing:
@@ -308,10 +312,10 @@ def _generate(recipe: Recipe, run: RunDir, force: bool, console: Console) -> dic
             partial_path.open("a", encoding="utf-8") as partial:
         try:
             open_questions = {example.id for example in plan_.examples}
-            for teacher in teachers:
-                requests = [request for request in plan_.requests if request.example_id in open_questions]
-                asked = _ask(recipe, teacher, teacher.name if recipe.teachers else None, task, plan_, requests, sampling, cache,
-                             partial, console, tolerate_fatal=cascade)
+            for teacher, teacher_plan, config in zip(teachers, plans, own):
+                requests = [request for request in teacher_plan.requests if request.example_id in open_questions]
+                asked = _ask(recipe, teacher, teacher.name if recipe.teachers else None, task, teacher_plan, requests,
+                             sampling_of(config), cache, partial, console, tolerate_fatal=cascade)
                 rows += asked.rows
                 failure_rows += asked.failures
                 if recipe.teachers:

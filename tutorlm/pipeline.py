@@ -26,7 +26,7 @@ from rich.table import Table
 from tutorlm import throughput
 from tutorlm.backends import make_backend
 from tutorlm.cache import Cache, cache_keys, default_cache_path
-from tutorlm.config import ConfigError, Recipe
+from tutorlm.config import ConfigError, Recipe, teacher_generate
 from tutorlm.curate import CURATED, curate, curate_stage_config
 from tutorlm.errors import ModelError
 from tutorlm.evaluate import eval_requests, evaluate, print_table, resolve_spec
@@ -194,12 +194,13 @@ def dry_run(recipe: Recipe, *, console: Console | None = None) -> None:
         return
     run = RunDir(recipe.run.path)
     task = load_task(recipe.task)
-    planned = plan(task, recipe.generate)
     path = Path(recipe.generate.cache_path or default_cache_path())
-    asked = []  # (teacher, backend, cached calls); local models load nothing until their first call
+    asked = []  # (teacher, its plan, its generate settings, backend, cached calls); local models load nothing yet
     for one in recipe.teachers or [recipe.teacher]:
+        own = teacher_generate(recipe.generate, one)
+        planned = plan(task, own)
         backend = teacher_backend(one, task, recipe)  # with RSD: the student-checked teacher, whose answers are cached apart
-        asked.append((one, backend, _cached_count(recipe, path, backend, planned.requests, sampling_of(recipe.generate))))
+        asked.append((one, planned, own, backend, _cached_count(recipe, path, backend, planned.requests, sampling_of(own))))
     curated = run.path / CURATED
     states = {
         "generate": run.is_current("generate", generate_stage_config(recipe), {}),
@@ -210,13 +211,14 @@ def dry_run(recipe: Recipe, *, console: Console | None = None) -> None:
     table = Table(title=f"plan for {run.path}")
     for column in ("stage", "status", "what"):
         table.add_column(column)
-    calls = len(planned.requests)
-    asks = "; ".join(f"{one.name + ': ' if recipe.teachers else ''}{one.backend} {one.model or ''}: {calls - cached} "
-                     f"teacher calls ({cached} cached); {_estimate(backend, calls - cached)}" for one, backend, cached in asked)
+    asks = "; ".join(f"{one.name + ': ' if recipe.teachers else ''}{one.backend} {one.model or ''}: "
+                     f"{len(planned.examples)} {recipe.generate.split} questions x {own.n} samples, "
+                     f"{len(planned.requests) - cached} teacher calls ({cached} cached); "
+                     f"{_estimate(backend, len(planned.requests) - cached)}" for one, planned, own, backend, cached in asked)
     if recipe.teachers and recipe.generate.teacher_mode == "cascade":
         asks += " (a cascade: each teacher after the first is asked only what the earlier ones got wrong, so at most this)"
     table.add_row("generate", "skip (current)" if states["generate"] else "run",
-                  f"{len(planned.examples)} {recipe.generate.split} questions x {recipe.generate.n} samples from {asks}"
+                  asks
                   if not states["generate"] else "traces.jsonl is current")
     table.add_row("curate", "skip (current)" if states["curate"] else "run", "verify, dedupe, prune -> curated.jsonl")
     resumable = checkpoints(run.path / "student" / "checkpoints")
@@ -235,7 +237,7 @@ def dry_run(recipe: Recipe, *, console: Console | None = None) -> None:
         kd_teacher = recipe.train.kd_teacher or (teacher.model if teacher.backend == "hf" else None)
         what += f" ({'teacher ' + kd_teacher if kd_teacher else 'the top-k stored by generate'})"
     if not states["train"]:
-        rationales = len(planned.requests)  # at most: curation keeps fewer
+        rationales = sum(len(planned.requests) for _, planned, *_ in asked)  # at most: curation keeps fewer
         what += "; " + throughput.estimate(f"train {objective}", recipe.student.model, _train_precision(recipe),
                                            rationales * (recipe.train.epochs if not recipe.train.max_steps else 1),
                                            device=pick_device(recipe.student.device).type)
