@@ -388,3 +388,51 @@ def test_kill_9_then_resume_continues_the_same_samples(tmp_path):
         for key in ("reward_mean", "sample_tokens", "groups_updated", "loss"):
             if key in b:
                 assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-5), (a["step"], key)
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+def test_a_groups_prompt_runs_once_and_gives_the_hidden_states_and_gradients_of_full_sequences(tokenizer, family):
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from tutorlm.train.data import identity_head
+    from tutorlm.train.grpo import shared_prompt_hidden
+    from tutorlm.train.on_policy import _collate
+    from tutorlm.train.data import IGNORE, labelled_positions
+
+    if family == "llama":
+        student = make_model(tokenizer, seed=3)
+    else:
+        torch.manual_seed(3)
+        student = Qwen2ForCausalLM(Qwen2Config(
+            vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True))
+    head = student.get_output_embeddings()
+    short, long = [5, 9, 11, 7], [8, 6, 12, 14, 9, 10, 13]  # prompts of unequal lengths: the shorter is padded
+    prompts = [short] * 3 + [long] * 3
+    completions = [[20, 21, 22], [23], [24, 25, 26, 27, 28], [29, 30], [31, 32, 33, 34], [35, 36, 37]]
+    pad = tokenizer.pad_token_id
+    weights = torch.randn(sum(map(len, completions)), 32)
+
+    def full():
+        inputs, positions, chosen = labelled_positions(_collate(prompts, completions, pad, "cpu"))
+        hidden = student(**inputs, logits_to_keep=positions, use_cache=False).logits[chosen != IGNORE]
+        return hidden, chosen[chosen != IGNORE]
+
+    results = []
+    for way in ("full", "shared"):
+        student.zero_grad()
+        with identity_head(student, head):
+            hidden, targets = full() if way == "full" else shared_prompt_hidden(student, student, prompts, completions, pad, "cpu")
+        (hidden * weights).sum().backward()
+        results.append((hidden.detach(), targets, {name: p.grad.clone() for name, p in student.named_parameters()}))
+    (hidden_full, targets_full, grads_full), (hidden_shared, targets_shared, grads_shared) = results
+    assert torch.equal(targets_full, targets_shared) and targets_full.tolist() == sum(completions, [])
+    assert torch.allclose(hidden_full, hidden_shared, atol=1e-5)
+    for name in grads_full:
+        assert torch.allclose(grads_full[name], grads_shared[name], atol=1e-5), name
+
+    with identity_head(student, head):  # where sharing does not apply, the caller runs full sequences
+        assert shared_prompt_hidden(student, student, [short, long], completions[:2], pad, "cpu") is None  # groups of 1
+        assert shared_prompt_hidden(student, student, [short] * 3 + [long] * 2, completions[:5], pad, "cpu") is None
+        student.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        assert shared_prompt_hidden(student, student, prompts, completions, pad, "cpu") is None

@@ -34,7 +34,9 @@ samples (sequence, the original GRPO).
 
 The gradient goes through the chunked `linear_cross_entropy` with each token's gradient weight (the
 loss functions in train/losses.py give them), so no (tokens × vocabulary) tensor of logits is kept;
-the value logged as the step's loss is the objective above.
+the value logged as the step's loss is the objective above. The update's forward runs each group's prompt
+once, not G times (`shared_prompt_hidden`: its keys and values, with gradients, repeated for the G
+completions), which gives the same values and gradients as G full sequences.
 
 Sampling seeds come from (train.seed, the number of sampled batches so far); that count, and a batch
 still being reused under μ > 1, are saved with each checkpoint, so a resumed run samples exactly what
@@ -51,6 +53,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import inspect
 import random
 import time
 from typing import Any
@@ -151,13 +154,18 @@ class GRPO:
             parameter = next(p for p in model.parameters() if p.requires_grad)
             return (parameter.sum() * 0.0), 0
         device = batch["input_ids"].device
-        inputs_batch = _collate(prompts, completions, self.tokenizer.pad_token_id, device)
         inner, head = _heads(model)
-        inputs, positions, chosen = labelled_positions(inputs_batch)
-        wanted = chosen != IGNORE  # (B, K), row-major: each completion's tokens in order
         with identity_head(inner, head):
-            hidden = model(**inputs, logits_to_keep=positions, use_cache=False).logits[wanted]  # (N, H)
-        targets = chosen[wanted]
+            shared = shared_prompt_hidden(model, inner, prompts, completions, self.tokenizer.pad_token_id, device)
+            if shared is None or self.reference is not None:
+                inputs, positions, chosen = labelled_positions(_collate(prompts, completions, self.tokenizer.pad_token_id,
+                                                                        device))
+                wanted = chosen != IGNORE  # (B, K), row-major: each completion's tokens in order
+            if shared is None:
+                hidden = model(**inputs, logits_to_keep=positions, use_cache=False).logits[wanted]  # (N, H)
+                targets = chosen[wanted]
+            else:
+                hidden, targets = shared
         logprobs, _, entropy = linear_token_logprobs(hidden.detach(), head.weight, targets, entropy=True)
         lengths = torch.tensor([len(completion) for completion in completions])
         if sampled.get("old_logprobs") is None:  # the first step on this batch: the policy that sampled it
@@ -307,3 +315,57 @@ class GRPO:
             "groups": int(totals.get("groups", 0)), "all_equal_groups": int(totals.get("all_equal_groups", 0)),
             "refilled_groups": int(totals.get("refilled", 0)), "all_equal_batches": int(totals.get("all_equal", 0)),
             "sampling_s": round(totals.get("sampling_s", 0.0), 1), "scoring_s": round(totals.get("scoring_s", 0.0), 1)}}
+
+
+def shared_prompt_hidden(model: Any, inner: Any, prompts: list[list[int]], completions: list[list[int]], pad_token_id: int,
+                         device: Any) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(final hidden states at the positions that predict each completion token, row-major; those tokens), with each
+    group's prompt run through the model once instead of G times; None where that does not apply.
+
+    A group's G samples share their prompt, so its keys and values (all but its last token) are computed once, with
+    gradients, and repeated for the G rows; the G completions (each after the prompt's last token) then attend to
+    them. The values and the gradients are those of G full sequences (the repeat's backward sums the G rows'
+    contributions), for a prompt's share of the forward and backward work divided by G. Not used with gradient
+    checkpointing (which turns the cache off), with groups of one or of unequal sizes, or with one-token prompts.
+    `model` runs the completions (the wrapped model: its forward prepares data-parallel reduction); `inner` the
+    prompts. Call inside `identity_head`.
+    """
+    starts = [index for index in range(len(prompts)) if index == 0 or prompts[index] != prompts[index - 1]]
+    size = len(prompts) // len(starts)
+    if (size < 2 or any(b - a != size for a, b in zip(starts, starts[1:] + [len(prompts)]))
+            or min(len(prompts[index]) for index in starts) < 2 or _checkpointing(inner)):
+        return None
+    from transformers.cache_utils import DynamicCache
+
+    heads = [prompts[index][:-1] for index in starts]
+    width = max(len(ids) for ids in heads)
+    ids = torch.full((len(heads), width), pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(heads), width), dtype=torch.long)
+    for row, head_ids in enumerate(heads):  # right-padded: a row's completion continues at its own length
+        ids[row, :len(head_ids)] = torch.tensor(head_ids)
+        mask[row, :len(head_ids)] = 1
+    base = inner.get_base_model() if hasattr(inner, "get_base_model") else inner  # under a PEFT wrapper
+    cache_argument = "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+    cache = DynamicCache()
+    inner(input_ids=ids.to(device), attention_mask=mask.to(device), **{cache_argument: cache}, use_cache=True,
+          logits_to_keep=1)
+    repeated = DynamicCache(ddp_cache_data=[(layer.keys.repeat_interleave(size, 0), layer.values.repeat_interleave(size, 0))
+                                            for layer in cache.layers])
+    longest = max(len(completion) for completion in completions)
+    rest = torch.full((len(prompts), longest), pad_token_id, dtype=torch.long)  # the prompt's last token + completion
+    targets = torch.full((len(prompts), longest), IGNORE, dtype=torch.long)
+    for row, (prompt, completion) in enumerate(zip(prompts, completions)):
+        rest[row, :len(completion)] = torch.tensor(prompt[-1:] + completion[:-1])
+        targets[row, :len(completion)] = torch.tensor(completion)
+    attention = torch.cat([mask.repeat_interleave(size, 0), (targets != IGNORE).long()], dim=1)
+    lengths = torch.tensor([len(prompt) - 1 for prompt in prompts])
+    positions = lengths[:, None] + torch.arange(longest)[None, :]
+    hidden = model(input_ids=rest.to(device), attention_mask=attention.to(device), position_ids=positions.to(device),
+                   **{cache_argument: repeated}, use_cache=True).logits  # (B, longest, H)
+    wanted = (targets != IGNORE).to(device)
+    return hidden[wanted], targets.to(device)[wanted]
+
+
+def _checkpointing(model: Any) -> bool:
+    name = "is_activation_checkpointing" if hasattr(type(model), "is_activation_checkpointing") else "is_gradient_checkpointing"
+    return bool(getattr(model, name, False))
