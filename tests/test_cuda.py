@@ -50,3 +50,18 @@ def test_engine_on_cuda_matches_generate():
     engine.run(prompts, finished=lambda index, tokens, reason, logprobs, latency: results.__setitem__(index, tokens), max_tokens=20)
     assert [results[i] for i in range(len(prompts))] == expected
     assert engine.layers[0].key_buffer.device.type == "cuda"
+
+
+def test_grpo_on_cuda_samples_shares_prompts_and_updates(tmp_path):
+    """A GRPO step on the GPU: the engine samples on it, the group's prompt runs once with gradients, bf16 autocast."""
+    tokenizer = make_tokenizer()
+    recipe = make_run(tmp_path, objective="grpo", max_steps=2, batch_size=2, grpo_group_size=4, grpo_max_tokens=12,
+                      grpo_length_penalty=1.0, grpo_skip_equal=False)
+    model = make_model(tokenizer)
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    stats = train(recipe, console=QUIET, model_and_tokenizer=(model, tokenizer))
+    assert stats["precision"] == "bf16" and next(model.parameters()).device.type == "cuda"
+    log = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
+    steps = [row for row in log if "loss" in row]
+    assert len(steps) == 2 and all(row["groups_updated"] == 2 and row["entropy"] > 0 for row in steps)
+    assert any(not torch.equal(before[name].cpu(), p.detach().cpu()) for name, p in model.named_parameters())
