@@ -165,9 +165,10 @@ def test_one_teacher_can_sample_more_questions_and_samples_than_the_others(tmp_p
 
     with FakeOpenAI(model="mentor-model", api_key=None, reply=replier(set(GOLD))) as mentor, \
             FakeOpenAI(model="slow-model", api_key=None, reply=slow_reply) as slow:
-        recipe = make_recipe(tmp_path, [teacher("mentor", mentor.url, limit=12, n=2, temperature=0.7),
+        recipe = make_recipe(tmp_path, [teacher("mentor", mentor.url, limit=12, n=2, temperature=0.7, style=""),
                                         teacher("slow", slow.url)], "all")
         recipe.generate.limit = 4
+        recipe.generate.style = "Be brief."  # the slow teacher's; the mentor reads the plain question
         plan = io.StringIO()
         dry_run(recipe, console=Console(file=plan, width=400))
         assert "mentor: openai mentor-model: 12 train questions x 2 samples, 24 teacher calls (0 cached)" in plan.getvalue()
@@ -176,6 +177,8 @@ def test_one_teacher_can_sample_more_questions_and_samples_than_the_others(tmp_p
         assert mentor.total_served == 24 and {body["temperature"] for body in mentor.bodies} == {0.7}
         assert slow.total_served == 4 and {body["temperature"] for body in slow.bodies} == {0.0}
         assert asked_questions(slow) == {example.question for example in load_task(TASK).examples("train", 4)}
+        assert all(body["messages"][-1]["content"].endswith("\n\nBe brief.") for body in slow.bodies)
+        assert not any("Be brief." in body["messages"][-1]["content"] for body in mentor.bodies)
     assert stats["examples"] == 12 and stats["teachers"]["mentor"]["questions"] == 12
     assert stats["teachers"]["slow"]["samples_written"] == 4 and stats["samples_written"] == 28
     rows = read_traces(tmp_path)

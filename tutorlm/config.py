@@ -119,6 +119,8 @@ class TeacherConfig(ModelConfig):
     n: int | None = option(None, "one of several `teachers`: its own generate.n (null: generate.n)")
     temperature: float | None = option(None, "one of several `teachers`: its own generate.temperature "
                                               "(null: generate.temperature)")
+    style: str | None = option(None, "one of several `teachers`: its own generate.style (null: generate.style; \"\": "
+                                     "none, e.g. for a mentor trained on the plain question)")
 
     def __post_init__(self) -> None:
         if self.max_concurrency < 1 or self.batch_size < 1:
@@ -458,11 +460,11 @@ class Recipe:
                                  "identical: set its temperature > 0 (e.g. 0.7)")
 
 
-PER_TEACHER = ("limit", "n", "temperature")  # generate settings one of several teachers may set for itself
+PER_TEACHER = ("limit", "n", "temperature", "style")  # generate settings one of several teachers may set for itself
 
 
 def teacher_generate(generate: GenerateConfig, teacher: TeacherConfig) -> GenerateConfig:
-    """`generate` with the teacher's own limit, n and temperature where it sets them."""
+    """`generate` with the teacher's own limit, n, temperature and style where it sets them."""
     own = {key: getattr(teacher, key) for key in PER_TEACHER if getattr(teacher, key) is not None}
     return dataclasses.replace(generate, **own) if own else generate
 

@@ -286,7 +286,7 @@ def _generate(recipe: Recipe, run: RunDir, force: bool, console: Console) -> dic
         return stats
     task = load_task(recipe.task)
     teachers = recipe.teachers or [recipe.teacher]
-    own = [teacher_generate(recipe.generate, teacher) for teacher in teachers]  # each teacher's limit, n, temperature
+    own = [teacher_generate(recipe.generate, teacher) for teacher in teachers]  # each teacher's limit, n, temperature, style
     plans = [plan(task, config) for config in own]
     plan_ = max(plans, key=lambda one: len(one.examples))  # every question some teacher is asked
     if any(teacher.backend == "reference" for teacher in teachers):
