@@ -218,8 +218,7 @@ def dry_run(recipe: Recipe, *, console: Console | None = None) -> None:
     if recipe.teachers and recipe.generate.teacher_mode == "cascade":
         asks += " (a cascade: each teacher after the first is asked only what the earlier ones got wrong, so at most this)"
     table.add_row("generate", "skip (current)" if states["generate"] else "run",
-                  asks
-                  if not states["generate"] else "traces.jsonl is current")
+                  asks if not states["generate"] else "traces.jsonl is current")
     table.add_row("curate", "skip (current)" if states["curate"] else "run", "verify, dedupe, prune -> curated.jsonl")
     resumable = checkpoints(run.path / "student" / "checkpoints")
     train_status = "skip (current)" if states["train"] else f"resume from {resumable[-1].name}" if resumable else "run"
