@@ -3,6 +3,7 @@
     python benchmarks/default_recipe.py [--recipe default] [--base-max-tokens 512]
     python benchmarks/default_recipe.py --recipe real-teacher --base-max-tokens 0 --out benchmarks/results/real_teacher.json
     python benchmarks/default_recipe.py --from-run runs/real-teacher --wall-s 1756 --out ...   # a run made as a user would
+    python benchmarks/default_recipe.py --recipe mentor-fast --base-max-tokens 0 --out benchmarks/results/mentor_fast.json
 
 Runs the command exactly as a user would, in a fresh temporary directory with an empty teacher
 cache, and reads the stage timings and results from the run's manifest and eval/summary.json.
@@ -10,7 +11,8 @@ Then it evaluates the base student again with a generous token budget (`--base-m
 skip), so the before/after comparison can be read against a base that was not cut off early.
 `--from-run` reads a run that was already made that way (`TUTORLM_CACHE_DIR` empty, `time tutorlm run
 NAME`), with the wall time it took, instead of running the recipe again. The results include accuracy
-recovered with its paired-bootstrap interval when the teacher was evaluated.
+recovered with its paired-bootstrap interval when the teacher was evaluated. A chained recipe's stage
+times include those of the runs it made first (`run.requires`).
 """
 
 from __future__ import annotations
@@ -74,7 +76,15 @@ def main() -> None:
 def write(args: argparse.Namespace, manifest: dict, summary: dict, wall: float, generous: dict | None, run: Path) -> None:
     from tutorlm.report import paired_intervals
 
-    stages = {name: record["seconds"] for name, record in manifest["stages"].items()}
+    stages = {}
+    # a chained recipe (run.requires): the runs it made first are part of its time
+    resolved = next(iter(manifest["stages"].values()), {}).get("config", {})
+    for name in resolved.get("run", {}).get("requires", []):
+        required = run.parent / name / "manifest.json"
+        if required.exists():
+            stages.update({f"{name} {stage}": record["seconds"]
+                           for stage, record in json.loads(required.read_text())["stages"].items()})
+    stages.update({name: record["seconds"] for name, record in manifest["stages"].items()})
     paired = paired_intervals(run / "eval")
     output = {
         "benchmark": "default_recipe", "date": time.strftime("%Y-%m-%d"), "machine": machine(),

@@ -12,6 +12,7 @@ ROOT = Path(__file__).resolve().parent.parent
 START, END = "<!-- benchmarks:start -->", "<!-- benchmarks:end -->"
 RUN_START, RUN_END = "<!-- default-run:start -->", "<!-- default-run:end -->"
 REAL_START, REAL_END = "<!-- real-teacher:start -->", "<!-- real-teacher:end -->"
+MENTOR_START, MENTOR_END = "<!-- mentor-fast:start -->", "<!-- mentor-fast:end -->"
 WORDING_START, WORDING_END = "<!-- wording:start -->", "<!-- wording:end -->"
 
 
@@ -397,6 +398,7 @@ def main() -> None:
     text = replace_block(readme.read_text(), START, END, rows())
     text = replace_block(text, RUN_START, RUN_END, default_run())
     text = replace_block(text, REAL_START, REAL_END, default_run("real_teacher.json"))
+    text = replace_block(text, MENTOR_START, MENTOR_END, default_run("mentor_fast.json"))
     text = replace_block(text, WORDING_START, WORDING_END, wording_table())
     readme.write_text(text)
     print("\n".join(rows() + [""] + default_run() + [""] + default_run("real_teacher.json")))
