@@ -364,8 +364,12 @@ def default_run(name: str = "default_recipe.json") -> list[str]:
     paired = result.get("paired")
     if paired and paired.get("recovered") is not None and paired.get("recovered_ci95"):
         low, high = paired["recovered_ci95"]
+        ratio = ""
+        if paired.get("student_over_teacher") is not None and paired.get("student_over_teacher_ci95"):
+            r_low, r_high = paired["student_over_teacher_ci95"]
+            ratio = f" and reached **{paired['student_over_teacher']:.2f} ({r_low:.2f}–{r_high:.2f})** of its accuracy"
         lines += ["", f"The student recovered **{paired['recovered']:.0%} ({low:.0%}–{high:.0%})** of the teacher's lead over "
-                      f"the base (95% paired bootstrap over {paired['questions']} questions)."]
+                      f"the base{ratio} (95% paired bootstrap over {paired['questions']} questions)."]
     return lines
 
 
