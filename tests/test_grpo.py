@@ -432,8 +432,9 @@ def test_a_groups_prompt_runs_once_and_gives_the_hidden_states_and_gradients_of_
     (hidden_full, targets_full, grads_full), (hidden_shared, targets_shared, grads_shared) = results
     assert torch.equal(targets_full, targets_shared) and targets_full.tolist() == sum(completions, [])
     assert torch.allclose(hidden_full, hidden_shared, atol=1e-5)
-    for name in grads_full:
-        assert torch.allclose(grads_full[name], grads_shared[name], rtol=1e-4, atol=1e-5), name
+    for name in grads_full:  # float32 sums in another order: equal to 1e-5 of each tensor's scale
+        scale = max(1.0, grads_full[name].abs().max().item())
+        assert (grads_full[name] - grads_shared[name]).abs().max().item() <= 1e-5 * scale, name
 
     with identity_head(student, head):  # where sharing does not apply, the caller runs full sequences
         assert shared_prompt_hidden(student, student, [short, long], completions[:2], pad, "cpu") is None  # groups of 1
