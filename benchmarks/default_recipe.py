@@ -55,7 +55,9 @@ def main() -> None:
         wall = time.perf_counter() - started
         if result.returncode != 0:
             raise SystemExit(f"tutorlm run failed:\n{result.stderr[-3000:]}")
-        run = next(Path(tmp, "runs").iterdir())
+        # a chained recipe leaves the runs it required beside its own, which is named after the recipe
+        runs = Path(tmp, "runs")
+        run = runs / Path(args.recipe).stem if (runs / Path(args.recipe).stem).is_dir() else next(runs.iterdir())
         manifest = json.loads((run / "manifest.json").read_text())
         summary = json.loads((run / "eval" / "summary.json").read_text())
         generous = None
