@@ -425,7 +425,7 @@ def test_a_groups_prompt_runs_once_and_gives_the_hidden_states_and_gradients_of_
     for way in ("full", "shared"):
         student.zero_grad()
         with identity_head(student, head):
-            hidden, targets = full() if way == "full" else shared_prompt_hidden(student, student, prompts, completions, pad, "cpu")
+            hidden, targets = full() if way == "full" else shared_prompt_hidden(student, student, prompts, completions, 3, pad, "cpu")
         (hidden * weights).sum().backward()
         results.append((hidden.detach(), targets, {name: p.grad.clone() for name, p in student.named_parameters()
                                                    if p.requires_grad}))
@@ -437,7 +437,7 @@ def test_a_groups_prompt_runs_once_and_gives_the_hidden_states_and_gradients_of_
         assert (grads_full[name] - grads_shared[name]).abs().max().item() <= 1e-5 * scale, name
 
     with identity_head(student, head):  # where sharing does not apply, the caller runs full sequences
-        assert shared_prompt_hidden(student, student, [short, long], completions[:2], pad, "cpu") is None  # groups of 1
-        assert shared_prompt_hidden(student, student, [short] * 3 + [long] * 2, completions[:5], pad, "cpu") is None
+        assert shared_prompt_hidden(student, student, [short, long], completions[:2], 1, pad, "cpu") is None  # groups of 1
+        assert shared_prompt_hidden(student, student, [short] * 3 + [long] * 2, completions[:5], 3, pad, "cpu") is None
         student.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        assert shared_prompt_hidden(student, student, prompts, completions, pad, "cpu") is None
+        assert shared_prompt_hidden(student, student, prompts, completions, 3, pad, "cpu") is None

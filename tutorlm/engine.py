@@ -168,6 +168,13 @@ def grad_off(method: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+
+def cache_argument(model: Any) -> str:
+    """The name of `model.forward`'s key/value cache argument: transformers 5.24 renamed past_key_values to cache
+    (the old name warns, and goes in 5.40). A PEFT wrapper's forward takes **kwargs: its base model's decides."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+
 class Engine:
     """Decode many prompts with `slots` rows at a time, refilling a row the moment it finishes.
 
@@ -185,8 +192,7 @@ class Engine:
 
     def __init__(self, model: Any, *, slots: int, pad_token_id: int, stop_ids: set[int]) -> None:
         self.model, self.slots, self.pad_token_id, self.stop_ids = model, slots, pad_token_id, stop_ids
-        # transformers 5.24 renamed forward's past_key_values to cache (the old name warns, and goes in 5.40)
-        self.cache_argument = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+        self.cache_argument = cache_argument(model)
         self.device = next(model.parameters()).device
         # On a CPU, the vocabulary projection of a few rows is 1.4-3.4x faster as W @ h^T than as h @ W^T
         # (measured for SmolLM2's and Qwen2.5's heads at 1-64 rows): the model returns hidden states, the engine projects.

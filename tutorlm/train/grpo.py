@@ -53,7 +53,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import inspect
 import random
 import time
 from typing import Any
@@ -61,6 +60,7 @@ from typing import Any
 import torch
 
 from tutorlm.curate import CURATED
+from tutorlm.engine import cache_argument
 from tutorlm.errors import PreflightError
 from tutorlm.models import stop_ids
 from tutorlm.train.data import IGNORE, Tokenized, identity_head, labelled_positions, sft_loss
@@ -156,7 +156,8 @@ class GRPO:
         device = batch["input_ids"].device
         inner, head = _heads(model)
         with identity_head(inner, head):
-            shared = shared_prompt_hidden(model, inner, prompts, completions, self.tokenizer.pad_token_id, device)
+            shared = shared_prompt_hidden(model, inner, prompts, completions, config.grpo_group_size,
+                                          self.tokenizer.pad_token_id, device)
             if shared is None or self.reference is not None:
                 inputs, positions, chosen = labelled_positions(_collate(prompts, completions, self.tokenizer.pad_token_id,
                                                                         device))
@@ -317,38 +318,33 @@ class GRPO:
             "sampling_s": round(totals.get("sampling_s", 0.0), 1), "scoring_s": round(totals.get("scoring_s", 0.0), 1)}}
 
 
-def shared_prompt_hidden(model: Any, inner: Any, prompts: list[list[int]], completions: list[list[int]], pad_token_id: int,
-                         device: Any) -> tuple[torch.Tensor, torch.Tensor] | None:
+def shared_prompt_hidden(model: Any, inner: Any, prompts: list[list[int]], completions: list[list[int]], size: int,
+                         pad_token_id: int, device: Any) -> tuple[torch.Tensor, torch.Tensor] | None:
     """(final hidden states at the positions that predict each completion token, row-major; those tokens), with each
     group's prompt run through the model once instead of G times; None where that does not apply.
 
-    A group's G samples share their prompt, so its keys and values (all but its last token) are computed once, with
-    gradients, and repeated for the G rows; the G completions (each after the prompt's last token) then attend to
-    them. The values and the gradients are those of G full sequences (the repeat's backward sums the G rows'
-    contributions), for a prompt's share of the forward and backward work divided by G. Not used with gradient
-    checkpointing (which turns the cache off), with groups of one or of unequal sizes, or with one-token prompts.
-    `model` runs the completions (the wrapped model: its forward prepares data-parallel reduction); `inner` the
-    prompts. Call inside `identity_head`.
+    `prompts` come in groups of `size` (G) equal ones, as GRPO samples them. A group's keys and values (its prompt
+    but the last token) are computed once, with gradients, and repeated for the G rows; the G completions (each
+    after the prompt's last token) then attend to them. The values and the gradients are those of G full
+    sequences (the repeat's backward sums the G rows' contributions), for a prompt's share of the forward and
+    backward work divided by G. Not used with gradient checkpointing (which turns the cache off), with groups of
+    one, or with one-token prompts. `model` runs the completions (the wrapped model: its forward prepares
+    data-parallel reduction); `inner` the prompts. Call inside `identity_head`.
     """
-    starts = [index for index in range(len(prompts)) if index == 0 or prompts[index] != prompts[index - 1]]
-    size = len(prompts) // len(starts)
-    if (size < 2 or any(b - a != size for a, b in zip(starts, starts[1:] + [len(prompts)]))
-            or min(len(prompts[index]) for index in starts) < 2 or _checkpointing(inner)):
+    if size < 2 or len(prompts) % size or min(map(len, prompts)) < 2 or _checkpointing(inner):
         return None
     from transformers.cache_utils import DynamicCache
 
-    heads = [prompts[index][:-1] for index in starts]
+    heads = [prompt[:-1] for prompt in prompts[::size]]
     width = max(len(ids) for ids in heads)
     ids = torch.full((len(heads), width), pad_token_id, dtype=torch.long)
     mask = torch.zeros((len(heads), width), dtype=torch.long)
     for row, head_ids in enumerate(heads):  # right-padded: a row's completion continues at its own length
         ids[row, :len(head_ids)] = torch.tensor(head_ids)
         mask[row, :len(head_ids)] = 1
-    base = inner.get_base_model() if hasattr(inner, "get_base_model") else inner  # under a PEFT wrapper
-    cache_argument = "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+    argument = cache_argument(inner)
     cache = DynamicCache()
-    inner(input_ids=ids.to(device), attention_mask=mask.to(device), **{cache_argument: cache}, use_cache=True,
-          logits_to_keep=1)
+    inner(input_ids=ids.to(device), attention_mask=mask.to(device), **{argument: cache}, use_cache=True, logits_to_keep=1)
     repeated = DynamicCache(ddp_cache_data=[(layer.keys.repeat_interleave(size, 0), layer.values.repeat_interleave(size, 0))
                                             for layer in cache.layers])
     longest = max(len(completion) for completion in completions)
@@ -361,7 +357,7 @@ def shared_prompt_hidden(model: Any, inner: Any, prompts: list[list[int]], compl
     lengths = torch.tensor([len(prompt) - 1 for prompt in prompts])
     positions = lengths[:, None] + torch.arange(longest)[None, :]
     hidden = model(input_ids=rest.to(device), attention_mask=attention.to(device), position_ids=positions.to(device),
-                   **{cache_argument: repeated}, use_cache=True).logits  # (B, longest, H)
+                   **{argument: repeated}, use_cache=True).logits  # (B, longest, H)
     wanted = (targets != IGNORE).to(device)
     return hidden[wanted], targets.to(device)[wanted]
 
