@@ -145,7 +145,7 @@ def main() -> None:
     import lm_eval
 
     from tutorlm.config import TaskConfig
-    from tutorlm.models import load_model, load_tokenizer
+    from tutorlm.models.load import load_model, load_tokenizer
     from tutorlm.tasks import load_task
     from sft_mfu import matmul_limit, training_flops
 

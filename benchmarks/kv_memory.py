@@ -27,11 +27,11 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def side(args: argparse.Namespace) -> None:
-    from tutorlm import engine as batching
+    from tutorlm.models import engine as batching
     from tutorlm.backends import Request, Sampling
     from tutorlm.backends.hf import HFBackend
     from tutorlm.config import TaskConfig, TeacherConfig
-    from tutorlm.models import load_model, load_tokenizer
+    from tutorlm.models.load import load_model, load_tokenizer
     from tutorlm.tasks import load_task
 
     if args.side == "preallocated":  # the former behaviour: room for every generated token from the start

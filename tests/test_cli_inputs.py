@@ -9,7 +9,7 @@ import json
 import pytest
 from tiny import save_tiny_model
 
-from tutorlm.cli import main
+from tutorlm.cli.main import main
 
 
 def test_tasks_show_and_export_take_task_source_like_every_other_command(tmp_path, capsys):
@@ -140,16 +140,16 @@ def test_evaluated_models_never_inherit_the_teachers_device_dtype_or_remote_code
 
 
 def _count_loads(monkeypatch) -> list[str]:
-    import tutorlm.models
+    import tutorlm.models.load
 
     loads: list[str] = []
-    original = tutorlm.models.load_model
+    original = tutorlm.models.load.load_model
 
     def counting(spec, *args, **kwargs):
         loads.append(spec)
         return original(spec, *args, **kwargs)
 
-    monkeypatch.setattr(tutorlm.models, "load_model", counting)
+    monkeypatch.setattr(tutorlm.models.load, "load_model", counting)
     return loads
 
 
@@ -169,7 +169,7 @@ def test_eval_answers_come_from_the_cache_without_loading_the_model_until_the_we
     assert main([*args, "--out", str(tmp_path / "third")]) == 0
     assert len(loads) == 2
     # the same weights and precision under another name are cached; another precision is another model
-    from tutorlm.models import pick_device, pick_dtype
+    from tutorlm.models.load import pick_device, pick_dtype
 
     auto = str(pick_dtype("auto", pick_device("cpu"))[0]).removeprefix("torch.")  # this CPU's: fp32, or bf16 where fast
     other = "float32" if auto == "bfloat16" else "bfloat16"
@@ -205,9 +205,9 @@ def test_eval_on_several_tasks_loads_each_model_once(tmp_path, monkeypatch, caps
 
 
 def test_dry_run_estimates_time_from_speeds_measured_on_this_machine(tmp_path, capsys, monkeypatch):
-    import tutorlm.cli
+    import tutorlm.cli.main
 
-    monkeypatch.setattr(tutorlm.cli.console, "width", 400)  # the plan's cells on one line each
+    monkeypatch.setattr(tutorlm.cli.main.console, "width", 400)  # the plan's cells on one line each
     model = save_tiny_model(tmp_path / "m")
     common = ["--task.source", "coin_flip", "--teacher.backend", "hf", "--teacher.model", str(model),
               "--eval.limit", "4", "--eval.max_tokens", "6", "--generate.limit", "3", "--generate.max_tokens", "6",
@@ -227,7 +227,7 @@ def test_dry_run_estimates_time_from_speeds_measured_on_this_machine(tmp_path, c
 
 
 def test_a_missing_local_teacher_stops_the_run_before_anything_is_written(tmp_path, capsys, monkeypatch):
-    from tutorlm import models
+    import tutorlm.models.load as models
 
     monkeypatch.setitem(models.CHUNKED, "not-installed-teacher", ("no-such-package-part", 3, "no-such-extra"))
     out = tmp_path / "run"

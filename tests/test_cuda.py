@@ -14,7 +14,7 @@ import torch
 from test_batching import generate_one, prompts_with_shared_prefix, varied_model
 from test_train import QUIET, make_run
 from tiny import make_model, make_tokenizer
-from tutorlm.engine import Engine
+from tutorlm.models.engine import Engine
 from tutorlm.train.loop import STUDENT, train
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")

@@ -14,7 +14,7 @@ from tiny import make_model, make_tokenizer
 from tutorlm.config import CurateConfig, Recipe, RunConfig, StudentConfig, TaskConfig
 from tutorlm.curate import CURATED, curate, curate_stage_config
 from tutorlm.run import RunDir
-from tutorlm.score import score_rows
+from tutorlm.models.score import score_rows
 
 QUIET = Console(file=open(os.devnull, "w"))
 FAMILIAR = "What is 12 + 30? Add column by column. 2 + 0 = 2, 1 + 3 = 4. The answer is 42."
@@ -63,7 +63,7 @@ def test_student_fit_keeps_the_rationales_the_student_finds_most_likely(tmp_path
     assert {row["id"] for row in kept if row["example_id"] == "a"} == {"a#1"}  # the one it was trained on
 
     # the choice for "b" is the student's own ranking, computed here directly with the scorer
-    from tutorlm.models import load_model, load_tokenizer
+    from tutorlm.models.load import load_model, load_tokenizer
 
     model, tokenizer = load_model(str(student), device="cpu", dtype="float32"), load_tokenizer(str(student))
     b_rows = [row for row in ROWS if row["example_id"] == "b"]

@@ -254,7 +254,7 @@ def test_top_logprobs_are_requested_and_stored(tmp_path):
 def test_a_servers_token_ids_are_stored_compactly_when_asked(tmp_path):
     from fake_openai import fake_token_id
 
-    from tutorlm import topk
+    from tutorlm.models import topk
 
     with FakeOpenAI(api_key=SECRET) as server:
         recipe = make_recipe(tmp_path, server.url, limit=2, top_logprobs=3)
@@ -342,7 +342,7 @@ def test_a_reworded_instruction_makes_generated_traces_stale(tmp_path, monkeypat
 def test_hf_backend_on_a_tiny_model(tmp_path):
     from tiny import save_tiny_model
 
-    from tutorlm import topk
+    from tutorlm.models import topk
 
     model_dir = save_tiny_model(tmp_path / "tiny")
     recipe = Recipe(
@@ -357,7 +357,7 @@ def test_hf_backend_on_a_tiny_model(tmp_path):
     for row in rows:
         assert row["finish_reason"] in ("stop", "length") and 0 <= row["usage"]["completion_tokens"] <= 12
         assert row["usage"]["prompt_tokens"] > 20 and row["backend"] == "hf"
-        # A local teacher's top-k is stored compactly, by token id (tutorlm/topk.py).
+        # A local teacher's top-k is stored compactly, by token id (tutorlm/models/topk.py).
         ids, logprobs, chosen = topk.unpack(row["teacher_topk"])
         assert "logprobs" not in row and row["tokenizer"] == str(model_dir)
         assert ids.shape == logprobs.shape == (row["usage"]["completion_tokens"], 2) == (len(row["completion_token_ids"]), 2)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tutorlm import models
+import tutorlm.models.load as models
 from tutorlm.errors import ModelError
 
 

@@ -11,9 +11,9 @@ import torch
 from rich.console import Console
 from tiny import make_model, make_tokenizer
 
-from tutorlm import precision
+from tutorlm.models import precision
 from tutorlm.config import TeacherConfig
-from tutorlm.precision import CpuBf16, resolve_precision
+from tutorlm.models.precision import CpuBf16, resolve_precision
 
 QUIET = Console(file=open(os.devnull, "w"))
 FAST = CpuBf16(True, 200.0, 880.0, ("avx512_bf16",), "test CPU")
@@ -156,7 +156,7 @@ def test_int8_quantizes_the_linear_layers_for_cpu_inference_and_is_another_model
     from tutorlm.backends import Request, Sampling
     from tutorlm.backends.hf import HFBackend
     from tutorlm.errors import ModelError
-    from tutorlm.models import pick_dtype
+    from tutorlm.models.load import pick_dtype
 
     path = save_tiny_model(tmp_path / "m")
     request = [Request([{"role": "user", "content": "What is 12 + 30?"}])]

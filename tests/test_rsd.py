@@ -11,9 +11,9 @@ from rich.console import Console
 from tiny import make_model, make_tokenizer, save_tiny_model
 
 from tutorlm.config import ConfigError, GenerateConfig, Recipe, RunConfig, StudentConfig, TaskConfig, TeacherConfig
-from tutorlm.engine import Engine
+from tutorlm.models.engine import Engine
 from tutorlm.generate import TRACES, generate
-from tutorlm.rsd import GuidedEngine
+from tutorlm.models.rsd import GuidedEngine
 
 QUIET = Console(file=open(os.devnull, "w"))
 

@@ -8,11 +8,11 @@ import torch.nn.functional as F
 from test_batching import varied_model
 from tiny import make_tokenizer
 
-from tutorlm import score
+from tutorlm.models import score
 from tutorlm.backends import Request, Sampling
 from tutorlm.backends.hf import HFBackend
 from tutorlm.config import TeacherConfig
-from tutorlm.score import score_ids, score_rows
+from tutorlm.models.score import score_ids, score_rows
 
 
 @pytest.fixture(scope="module")

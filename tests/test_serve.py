@@ -24,8 +24,8 @@ httpx = pytest.importorskip("httpx")
 from fake_openai import FakeOpenAI, free_port  # noqa: E402
 from test_batching import varied_model  # noqa: E402
 from tiny import make_model, make_tokenizer, save_tiny_model  # noqa: E402
-from tutorlm.serve import LocalModel, RemoteTeacher, ServeConfig, agreement  # noqa: E402
-from tutorlm.serve_app import build_app, held_back  # noqa: E402
+from tutorlm.serve.protocol import LocalModel, RemoteTeacher, ServeConfig, agreement  # noqa: E402
+from tutorlm.serve.app import build_app, held_back  # noqa: E402
 
 QUESTION = [{"role": "user", "content": "What is 2 + 3? Think step by step."}]
 ANSWER = "Add them. 2 + 3 = 5.\nThe answer is 5."
@@ -281,7 +281,7 @@ def test_cli_refuses_bad_settings_with_one_line(tmp_path):
 
 
 def test_calibration_curve_by_hand():
-    from tutorlm.calibrate import choose, curve, student_votes
+    from tutorlm.serve.calibrate import choose, curve, student_votes
 
     def row(example, index, text, correct, tokens=10):
         return {"example_id": example, "sample_index": index, "completion": text, "correct": correct, "completion_tokens": tokens}
@@ -368,7 +368,7 @@ def test_serve_calibrate_measures_the_step_mode(tmp_path):
 def test_eval_through_the_server_records_the_teachers_share(tiny, tmp_path):
     """`tutorlm eval` evaluates a served mode like any OpenAI-compatible model; escalate@T sets the threshold per
     request, and the rows keep the student's and the teacher's tokens apart."""
-    from tutorlm.cli import main
+    from tutorlm.cli.main import main
 
     tokenizer, random_model = tiny
     with FakeOpenAI() as teacher_server:
@@ -387,7 +387,7 @@ def test_eval_through_the_server_records_the_teachers_share(tiny, tmp_path):
 
 
 def test_a_line_hesitates_on_a_reflection_word_or_one_unsure_token():
-    from tutorlm.serve import hesitates
+    from tutorlm.serve.protocol import hesitates
 
     assert hesitates("Wait, let me check that.", [-0.01, -0.02], -0.7)
     assert hesitates("3 + 4 = 8", [-0.01, -0.05, -0.9, -0.01], -0.7)  # one token below p = 0.5
@@ -422,7 +422,7 @@ def test_a_client_that_hangs_up_stops_its_row(tiny, stream):
 def test_a_calibrated_modes_cache_identity_carries_only_its_own_settings(tmp_path):
     """Changing escalation's settings keeps the step mode's cached answers, and the other way round."""
     from tutorlm.config import TeacherConfig
-    from tutorlm.route import RouterBackend
+    from tutorlm.serve.route import RouterBackend
 
     model = str(save_tiny_model(tmp_path / "m"))
     student = teacher = TeacherConfig(backend="hf", model=model)

@@ -8,7 +8,7 @@ import random
 import pytest
 import torch
 
-from tutorlm import topk
+from tutorlm.models import topk
 
 
 def entries(count: int, k: int, vocabulary: int = 150_000, seed: int = 0) -> list[dict]:

@@ -311,7 +311,7 @@ def test_command_line_works_from_a_source_checkout(tmp_path):
         "        raise m.PackageNotFoundError(name)\n"
         "    return version(name)\n"
         "m.version = only_installed\n"
-        "from tutorlm.cli import main\n"
+        "from tutorlm.cli.main import main\n"
         "sys.exit(main(sys.argv[1:]))\n"
     )
     result = subprocess.run([sys.executable, "-c", hide, "train", "--out", str(tmp_path / "x"), "--train.batch_size", "0"],

@@ -1,4 +1,4 @@
-from tutorlm.cli import main
+from tutorlm.cli.main import main
 import sys
 
 sys.exit(main())

@@ -37,7 +37,7 @@ def fit_spec(recipe: Any) -> str:
 
 def fit_identity(recipe: Any) -> dict[str, Any]:
     """What the scores depend on besides the rows: the model's weights (not only its name) and the floor."""
-    from tutorlm.models import model_fingerprint
+    from tutorlm.models.load import model_fingerprint
 
     spec = fit_spec(recipe)
     gguf = recipe.student.gguf_file if not recipe.curate.fit_model else None
@@ -65,8 +65,8 @@ def score_fit(recipe: Any, rows: list[dict[str, Any]], console: Console, identit
         missing = [(key, row) for key, row in zip(keys, rows) if key not in found]
         stats["cached"] = len(rows) - len(missing)
         if missing:
-            from tutorlm.models import load
-            from tutorlm.score import score_rows
+            from tutorlm.models.load import load
+            from tutorlm.models.score import score_rows
 
             started = time.perf_counter()
             student = recipe.student

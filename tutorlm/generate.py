@@ -29,7 +29,9 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from tutorlm import throughput, topk
+from tutorlm import throughput
+
+from tutorlm.models import topk
 from tutorlm.backends import Completion, FatalBackendError, Request, Sampling, make_backend
 from tutorlm.cache import Cache, default_cache_path, run_cached
 from tutorlm.config import PER_TEACHER, ConfigError, GenerateConfig, Recipe, TeacherConfig, teacher_generate, to_dict
@@ -118,7 +120,7 @@ def generate_stage_config(recipe: Recipe) -> dict[str, Any]:
     else:
         stage["teacher"] = _teacher_key(recipe.teacher)
     if recipe.generate.rsd_floor is not None:  # a retrained student at the same path accepts other tokens
-        from tutorlm.models import model_fingerprint
+        from tutorlm.models.load import model_fingerprint
 
         student = rsd_student(recipe, recipe.teacher)
         stage["rsd_student"] = {"model": student.model, "weights": model_fingerprint(student.model, student.gguf_file),

@@ -31,7 +31,7 @@ from tutorlm.curate import CURATED, curate, curate_stage_config
 from tutorlm.errors import ModelError
 from tutorlm.evaluate import eval_requests, evaluate, print_table, resolve_spec
 from tutorlm.generate import TRACES, generate, generate_stage_config, plan, sampling_of, teacher_backend
-from tutorlm.models import pick_device
+from tutorlm.models.load import pick_device
 from tutorlm.report import paired_intervals, recovered_text, report
 from tutorlm.run import RunDir
 from tutorlm.tasks import load_task
@@ -142,7 +142,7 @@ def run_pipeline(recipe: Recipe, *, force: set[str] = frozenset(), console: Cons
 def check_models(recipe: Recipe) -> None:
     """Local models the run will need (a local teacher, the student, a KD teacher) exist, before any stage spends
     time or writes anything."""
-    from tutorlm.models import resolve_model
+    from tutorlm.models.load import resolve_model
 
     specs = [("student.model", recipe.student.model, recipe.student.gguf_file)]
     for index, teacher in enumerate(recipe.teachers or [recipe.teacher]):
@@ -172,7 +172,7 @@ def _estimate(backend: Any, calls: int) -> str:
 
 
 def _train_precision(recipe: Recipe) -> str:
-    from tutorlm.precision import resolve_precision
+    from tutorlm.models.precision import resolve_precision
 
     return resolve_precision(recipe.train.precision, pick_device(recipe.student.device)).precision
 

@@ -27,7 +27,7 @@ def machine_key(device: str = "cpu") -> str:
 
     if device.startswith("cuda") and torch.cuda.is_available():
         return f"{torch.cuda.get_device_name()}"
-    from tutorlm.precision import cpu_name
+    from tutorlm.models.precision import cpu_name
 
     return f"{cpu_name()} | {torch.get_num_threads()} threads"
 

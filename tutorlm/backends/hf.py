@@ -1,7 +1,7 @@
 """Local transformers backend: prompts formatted with the model's chat template, decoded in batches.
 
 Models whose cache is plain full attention (most decoder-only LMs) decode with continuous batching
-(`tutorlm.engine.Engine`): `batch_size` rows at a time, each refilled with the next prompt the moment it
+(`tutorlm.models.engine.Engine`): `batch_size` rows at a time, each refilled with the next prompt the moment it
 finishes. Sampling is seeded per request (from the seed, messages and sample index), so a sampled
 completion is the same whatever else shares its batch. Other models (sliding-window or hybrid caches)
 use `model.generate` on length-sorted batches, seeded per batch. Top-k log-probabilities come from the
@@ -17,7 +17,7 @@ from typing import Any, Iterator
 
 from tutorlm.backends import Completion, FatalBackendError, OnResult, Request, Sampling
 from tutorlm.config import ConfigError
-from tutorlm.engine import Engine, request_seed, supports
+from tutorlm.models.engine import Engine, request_seed, supports
 
 
 _KEPT: dict[tuple[str, str | None, str, str], tuple[Any, Any]] | None = None  # set inside keep_loaded()
@@ -46,9 +46,9 @@ class HFBackend:
         """A backend for `config.model`, loaded on the first call that has work to do (a run whose answers are all
         cached never loads it), or one over an already-loaded model and tokenizer (tests, evaluation).
 
-        `guide`: a student that checks every token this model writes (reverse speculative decoding, tutorlm/rsd.py):
+        `guide`: a student that checks every token this model writes (reverse speculative decoding, tutorlm/models/rsd.py):
         a token it gives less than `guide_floor` probability is redrawn. It reads each request's `guide_messages`."""
-        from tutorlm.models import model_fingerprint, pick_device, pick_dtype, resolve_model
+        from tutorlm.models.load import model_fingerprint, pick_device, pick_dtype, resolve_model
 
         if model is None and not config.model:
             raise ConfigError("the hf backend needs a model: set teacher.model to a hub id, directory or .gguf file")
@@ -79,7 +79,7 @@ class HFBackend:
         return self.model, self.tokenizer
 
     def _load(self) -> None:
-        from tutorlm.models import load_model, load_tokenizer, stop_ids
+        from tutorlm.models.load import load_model, load_tokenizer, stop_ids
 
         if self._ready:
             return
@@ -150,7 +150,7 @@ class HFBackend:
         if self.guide is None:
             engine = Engine(self.model, slots=self.batch_size, pad_token_id=self.tokenizer.pad_token_id, stop_ids=self.stop_ids)
         else:
-            from tutorlm.rsd import GuidedEngine
+            from tutorlm.models.rsd import GuidedEngine
 
             engine = GuidedEngine(self.model, self.guide.model, floor=self.guide_floor, slots=self.batch_size,
                                   pad_token_id=self.tokenizer.pad_token_id, stop_ids=self.stop_ids)

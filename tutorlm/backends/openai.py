@@ -258,7 +258,7 @@ class OpenAIBackend:
         served model's chat template), with OpenAI's legacy `echo` + `logprobs` on /v1/completions, which vLLM serves.
         `on_result(item, ScoredText or RequestFailed)` as each arrives. A server that cannot echo prompt log-probabilities
         (llama.cpp's server refuses `echo`) stops the run at once, naming the endpoint and its reply."""
-        from tutorlm.score import parse_echo_logprobs
+        from tutorlm.models.score import parse_echo_logprobs
 
         def call_of(item: Any) -> _Call:
             body = {"model": self.model_name, "prompt": item.prompt + item.completion, "max_tokens": 1, "temperature": 0.0,

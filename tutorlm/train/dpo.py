@@ -9,7 +9,7 @@ one whose answer was wrong or missing (rejected), for the same question, from th
 the student's own (see curate.py). `batch_size` counts pairs; an epoch is a pass over them.
 
 The reference model's log-probabilities of every chosen and rejected completion are computed once, before
-the first step, with the scorer (tutorlm.score) on the starting weights, and cached in
+the first step, with the scorer (tutorlm.models.score) on the starting weights, and cached in
 RUN_DIR/dpo_reference.sqlite by the student's weight fingerprint and the token ids: a resumed run, or
 another run of the same student on the same pairs, does not score them again, and no reference model is
 kept in memory.
@@ -47,8 +47,8 @@ class DPO:
     def prepare(self, recipe: Any, model: Any, tokenizer: Any, rows: list[dict[str, Any]], examples: list[Tokenized],
                 device: Any, console: Any) -> dict[str, Any]:
         from tutorlm.cache import Cache
-        from tutorlm.models import model_fingerprint
-        from tutorlm.score import score_ids
+        from tutorlm.models.load import model_fingerprint
+        from tutorlm.models.score import score_ids
 
         config = self.config
         path = recipe.run.path / PAIRS

@@ -60,9 +60,9 @@ from typing import Any
 import torch
 
 from tutorlm.curate import CURATED
-from tutorlm.engine import cache_argument
+from tutorlm.models.engine import cache_argument
 from tutorlm.errors import PreflightError
-from tutorlm.models import stop_ids
+from tutorlm.models.load import stop_ids
 from tutorlm.train.data import IGNORE, Tokenized, identity_head, labelled_positions, sft_loss
 from tutorlm.train.kd import _heads
 from tutorlm.train.losses import clipped_surrogate, group_advantages, k3_kl, linear_cross_entropy, linear_token_logprobs

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from accelerate.utils import extract_model_from_parallel
 
-from tutorlm import topk
+from tutorlm.models import topk
 from tutorlm.errors import PreflightError
 from tutorlm.progress import StageProgress
 from tutorlm.train.align import Aligned, TeacherTokens, VocabularyMap, align
@@ -194,9 +194,9 @@ class KD:
         (RUN_DIR/kd_teacher_topk.jsonl) so that a resumed or repeated run with the same teacher and rows does not
         pay for it again."""
         from tutorlm.config import config_hash
-        from tutorlm.models import model_fingerprint
+        from tutorlm.models.load import model_fingerprint
         from tutorlm.run import atomic_write_text
-        from tutorlm.score import score_rows
+        from tutorlm.models.score import score_rows
 
         config = self.config
         name = config.kd_teacher or recipe.teacher.model
@@ -278,7 +278,7 @@ def _no_stored_message(rows: list[dict[str, Any]]) -> str:
 def _load_teacher_tokenizer(recipe: Any, name: str) -> Any:
     """The tokenizer a stored top-k's ids index: train.kd_teacher (e.g. a local copy of a served model), the recipe's
     teacher when the traces name it, else the name the traces record."""
-    from tutorlm.models import load_tokenizer
+    from tutorlm.models.load import load_tokenizer
 
     teacher = recipe.teacher
     if recipe.train.kd_teacher:
@@ -321,7 +321,7 @@ def teacher_model_config(recipe: Any) -> Any:
 
 def _load_teacher(recipe: Any, device: Any) -> tuple[Any, Any]:
     """The local teacher (train.kd_teacher, else the recipe's hf teacher), frozen on `device`, and its tokenizer."""
-    from tutorlm.models import load
+    from tutorlm.models.load import load
 
     model, tokenizer = load(teacher_model_config(recipe), device=str(device))
     model.requires_grad_(False)

@@ -163,7 +163,7 @@ def train_stage_config(recipe: Recipe) -> dict[str, Any]:
 
 
 def build_model(recipe: Recipe) -> tuple[Any, Any]:
-    from tutorlm.models import load
+    from tutorlm.models.load import load
 
     config = recipe.train
     model, tokenizer = load(recipe.student, device="cpu", dtype="float32")  # accelerate places it; autocast sets precision
@@ -204,7 +204,7 @@ def train(recipe: Recipe, *, resume: bool = False, force: bool = False, console:
 
     from accelerate.utils import parse_flag_from_env
 
-    from tutorlm.precision import resolve_precision
+    from tutorlm.models.precision import resolve_precision
 
     config = recipe.train
     # bf16 autocast over fp32 weights and optimizer state where the hardware has a fast bf16 path (measured on CPUs).

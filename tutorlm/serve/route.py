@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tutorlm.backends import Completion, OnResult, Request, Sampling
-from tutorlm.engine import RowSettings
+from tutorlm.models.engine import RowSettings
 from tutorlm.errors import ConfigError
-from tutorlm.serve import BadRequest, LocalModel, Params, RemoteTeacher, ServeConfig, agreement, hesitates
+from tutorlm.serve.protocol import BadRequest, LocalModel, Params, RemoteTeacher, ServeConfig, agreement, hesitates
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """Log-probabilities of given completions under a local model: the scorer of KD, student-fit and on-policy.
 
-    from tutorlm.score import score_ids, score_rows
+    from tutorlm.models.score import score_ids, score_rows
     scored = score_rows(model, tokenizer, curated_rows, top_k=20)     # conversational rows, as curated.jsonl
     scored[0].mean_logprob, scored[0].share_below(0.1)               # how likely the model finds a rationale
 

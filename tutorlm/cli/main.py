@@ -308,7 +308,7 @@ def cmd_tokenizers(teacher: str, student: str) -> int:
     """`tutorlm doctor --teacher T --student S`: which distillation path the two tokenizers allow."""
     from transformers import AutoConfig
 
-    from tutorlm.models import load_tokenizer, resolve_model
+    from tutorlm.models.load import load_tokenizer, resolve_model
     from tutorlm.train.kd import compare_tokenizers, describe
 
     tokenizers, rows = [], []
@@ -355,7 +355,7 @@ def cmd_doctor(args: argparse.Namespace, extra: list[str]) -> int:
             devices.append("mps")
         table.add_row("torch", f"{torch.__version__}, {torch.get_num_threads()} CPU threads")
         table.add_row("devices", ", ".join(devices))
-        from tutorlm.precision import cpu_bf16
+        from tutorlm.models.precision import cpu_bf16
 
         measured = cpu_bf16(refresh=True)  # measured afresh here; the cached verdict is updated with it
         verdict = "[green]fast: auto precision uses bf16[/green]" if measured.fast else "[yellow]slow: auto precision uses fp32[/yellow]"
@@ -542,7 +542,7 @@ def build_parser() -> argparse.ArgumentParser:
     doctor.add_argument("--student", help="a model spec")
     doctor.set_defaults(handler=cmd_doctor)
 
-    from tutorlm.cli_serve import add_serve_parser
+    from tutorlm.cli.serve import add_serve_parser
 
     add_serve_parser(commands, formatter)
     return parser

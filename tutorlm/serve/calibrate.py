@@ -29,9 +29,9 @@ from tutorlm.config import Recipe, to_dict
 from tutorlm.errors import ConfigError
 from tutorlm.evaluate import EVAL_DIR, evaluate_one, resolve_spec
 from tutorlm.report import point_label
-from tutorlm.route import RouterBackend
+from tutorlm.serve.route import RouterBackend
 from tutorlm.run import RunDir, atomic_write_text
-from tutorlm.serve import ServeConfig, agreement
+from tutorlm.serve.protocol import ServeConfig, agreement
 from tutorlm.tasks import load_task
 
 ESCALATION = "escalation.json"

@@ -1,6 +1,6 @@
 """Which precision to compute in: bf16 where the hardware has a fast bf16 path, fp32 where it does not.
 
-    from tutorlm.precision import resolve_precision
+    from tutorlm.models.precision import resolve_precision
     resolve_precision("auto", device)   # Choice(precision="bf16", reason="cpu: bf16 matmul 4.3x fp32 (measured)")
 
 On CUDA the answer is `torch.cuda.is_bf16_supported()`. On a CPU it is measured, because CPUs of one

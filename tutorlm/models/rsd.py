@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from tutorlm.engine import Engine, RowSettings, draw, grad_off, row_settings, tempered
+from tutorlm.models.engine import Engine, RowSettings, draw, grad_off, row_settings, tempered
 
 
 class _Judge(Engine):
