@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from tutorlm.curate import read_jsonl
+from tutorlm.run import read_jsonl
 from tutorlm.models.load import load_model, load_tokenizer
 from tutorlm.train.data import batch_order, preflight
 

@@ -76,7 +76,7 @@ def main() -> None:
         print(name, result["shapes"][name], flush=True)
 
     if args.curated and measured.fast:
-        from tutorlm.curate import read_jsonl
+        from tutorlm.run import read_jsonl
         from tutorlm.models.load import load_model, load_tokenizer
         from tutorlm.train.data import batch_order, preflight
 

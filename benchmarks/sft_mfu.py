@@ -22,9 +22,10 @@ from pathlib import Path
 
 import torch
 
-from tutorlm.curate import read_jsonl
+from tutorlm.run import read_jsonl
 from tutorlm.models.load import load_model, load_tokenizer
-from tutorlm.train.data import IGNORE, batch_order, batches, preflight
+from tutorlm.train.data import batch_order, batches, preflight
+from tutorlm.models.tokens import IGNORE
 
 from _common import machine
 from _sft_steps import timed_steps

@@ -80,7 +80,7 @@ def build_random_model(name: str, tokenizer_source: str, directory: Path) -> Pat
 
 def flops_per_real_token(config, examples) -> float:
     """Useful training FLOPs per real token over the whole data set (sft_mfu's formula)."""
-    from tutorlm.train.data import IGNORE
+    from tutorlm.models.tokens import IGNORE
 
     from sft_mfu import training_flops
 
@@ -250,7 +250,8 @@ def main() -> None:
             from transformers import AutoConfig
 
             from tutorlm.models.load import load_tokenizer
-            from tutorlm.train.data import IGNORE, preflight
+            from tutorlm.train.data import preflight
+            from tutorlm.models.tokens import IGNORE
 
             config = AutoConfig.from_pretrained(model)
             examples, _ = preflight(load_tokenizer(model), rows, 1024, "truncate")

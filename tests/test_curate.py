@@ -9,7 +9,8 @@ import pytest
 from rich.console import Console
 
 from tutorlm.config import CurateConfig, Recipe, RunConfig, TaskConfig
-from tutorlm.curate import CURATED, curate, curate_rows, normalize_for_dedupe
+from tutorlm.curate import curate, curate_rows, normalize_for_dedupe
+from tutorlm.run import CURATED
 from tutorlm.tasks import DataError, load_task
 
 QUIET = Console(file=open(os.devnull, "w"))
@@ -124,7 +125,7 @@ def test_missing_traces_and_bad_rows(tmp_path):
 
 
 def test_preference_pairs_pair_kept_rationales_with_wrong_ones(tmp_path):
-    from tutorlm.curate import PAIRS
+    from tutorlm.run import PAIRS
 
     recipe = _run(tmp_path, HAND_MADE)
     recipe.curate = CurateConfig(pairs=2)
@@ -145,7 +146,7 @@ def test_preference_pairs_pair_kept_rationales_with_wrong_ones(tmp_path):
 
 
 def test_no_wrong_rationale_means_no_pairs_file_and_says_how_to_get_some(tmp_path):
-    from tutorlm.curate import PAIRS
+    from tutorlm.run import PAIRS
 
     recipe = _run(tmp_path, [trace("a", "42", "The answer is 42."), trace("b", "7", "The answer is 7.")])
     recipe.curate = CurateConfig(pairs=1)

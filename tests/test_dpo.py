@@ -43,7 +43,7 @@ def make_pairs_run(tmp_path, **train_options):
     """A coin-flip run whose pairs.jsonl holds (right rationale, the same with the answer flipped)."""
     from test_train import make_run
 
-    from tutorlm.curate import read_jsonl
+    from tutorlm.run import read_jsonl
 
     recipe = make_run(tmp_path, objective="dpo", **train_options)
     rows = read_jsonl(recipe.run.path / "curated.jsonl")
@@ -67,7 +67,7 @@ def objective_for(recipe, tokenizer, student):
 
 @pytest.mark.parametrize("kind", ["sigmoid", "ipo"])
 def test_the_loss_has_the_gradient_of_plain_dpo(tmp_path, tokenizer, kind):
-    from tutorlm.train.data import collate_padded
+    from tutorlm.models.tokens import collate_padded
 
     recipe, _ = make_pairs_run(tmp_path, dpo_loss=kind, dpo_beta=0.5)
     student = make_model(tokenizer, seed=1)

@@ -12,7 +12,8 @@ from test_curate import trace
 from tiny import make_model, make_tokenizer
 
 from tutorlm.config import CurateConfig, Recipe, RunConfig, StudentConfig, TaskConfig
-from tutorlm.curate import CURATED, curate, curate_stage_config
+from tutorlm.curate import curate, curate_stage_config
+from tutorlm.run import CURATED
 from tutorlm.run import RunDir
 from tutorlm.models.score import score_rows
 

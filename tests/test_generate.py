@@ -19,7 +19,8 @@ from rich.console import Console
 
 from tutorlm.backends import FatalBackendError
 from tutorlm.config import GenerateConfig, Recipe, RunConfig, TaskConfig, TeacherConfig
-from tutorlm.generate import FAILURES, PARTIAL, TRACES, GenerationIncomplete, generate, generate_stage_config
+from tutorlm.generate import GenerationIncomplete, generate, generate_stage_config
+from tutorlm.run import FAILURES, PARTIAL, TRACES
 
 KEY_ENV = "TUTORLM_TEST_TEACHER_KEY"
 SECRET = "sk-test-5b1f0c9e7d2a4e6f8a0b1c2d3e4f5a6b"

@@ -327,7 +327,7 @@ def test_a_refill_replaces_groups_whose_rewards_were_equal(tmp_path, tokenizer):
 def test_grpo_refuses_rows_without_gold_answers_and_bad_settings(tmp_path, tokenizer):
     from test_train import make_run
 
-    from tutorlm.curate import read_jsonl
+    from tutorlm.run import read_jsonl
 
     recipe = make_run(tmp_path, objective="grpo", max_steps=1)
     curated = recipe.run.path / "curated.jsonl"
@@ -395,10 +395,10 @@ def test_a_groups_prompt_runs_once_and_gives_the_hidden_states_and_gradients_of_
     from peft import LoraConfig, get_peft_model
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    from tutorlm.train.data import identity_head
+    from tutorlm.models.tokens import identity_head
     from tutorlm.train.grpo import shared_prompt_hidden
-    from tutorlm.train.on_policy import _collate
-    from tutorlm.train.data import IGNORE, labelled_positions
+    from tutorlm.train.rollout import collate_completions
+    from tutorlm.models.tokens import IGNORE, labelled_positions
 
     if family.startswith("llama"):
         student = make_model(tokenizer, seed=3)
@@ -417,7 +417,7 @@ def test_a_groups_prompt_runs_once_and_gives_the_hidden_states_and_gradients_of_
     weights = torch.randn(sum(map(len, completions)), 32)
 
     def full():
-        inputs, positions, chosen = labelled_positions(_collate(prompts, completions, pad, "cpu"))
+        inputs, positions, chosen = labelled_positions(collate_completions(prompts, completions, pad, "cpu"))
         hidden = student(**inputs, logits_to_keep=positions, use_cache=False).logits[chosen != IGNORE]
         return hidden, chosen[chosen != IGNORE]
 

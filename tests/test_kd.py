@@ -13,7 +13,8 @@ from tiny import CORPUS, make_model, make_tokenizer, save_tiny_model
 from tutorlm.config import TeacherConfig, TrainConfig
 from tutorlm.errors import DataError, PreflightError
 from tutorlm.train.data import batch_order, batches, preflight
-from tutorlm.train.kd import compare_tokenizers, kd_loss
+from tutorlm.train.kd import kd_loss
+from tutorlm.train.teacher import compare_tokenizers
 from tutorlm.train.loop import train
 
 QUIET = Console(file=open(os.devnull, "w"))
@@ -25,7 +26,7 @@ def tokenizer():
 
 
 def first_batch(tokenizer, recipe):
-    from tutorlm.curate import read_jsonl
+    from tutorlm.run import read_jsonl
 
     rows = read_jsonl(recipe.run.path / "curated.jsonl")
     examples, _ = preflight(tokenizer, rows, 256, "truncate")
@@ -75,6 +76,7 @@ def test_kd_training_pulls_the_student_towards_the_teacher(tmp_path, tokenizer):
     recipe.teacher = TeacherConfig(backend="hf", model=str(other_dir), device="cpu")
     recipe.train.save_every = 4
     recipe.train.max_steps = 8
+    recipe.train.prune_checkpoints = False  # keep them for the resume below
     train(recipe, console=QUIET, force=True, model_and_tokenizer=(make_model(tokenizer), tokenizer))
     recipe.teacher = TeacherConfig(backend="hf", model=str(teacher_dir), device="cpu")
     recipe.train.max_steps = 8
@@ -112,7 +114,7 @@ def test_tokenizer_comparison_says_what_differs(tokenizer):
 def test_a_teacher_with_another_vocabulary_is_distilled_on_aligned_tokens(tmp_path, tokenizer):
     from test_train import make_run
 
-    from tutorlm.curate import read_jsonl
+    from tutorlm.run import read_jsonl
 
     teacher_dir = save_tiny_model(tmp_path / "teacher", seed=5, tokenizer=different_tokenizer(upper=False, vocab_size=300))
     # the rationales are the reference solver's; the distributions a local model's (train.kd_teacher)
@@ -146,7 +148,7 @@ def stored_run(tmp_path, teacher_dir, k=6):
     """A run whose traces a local teacher wrote with its top-k; every rationale is kept (a random tiny teacher's
     rationales never verify, so the curated file is the traces' rows, with the fields curate carries)."""
     from tutorlm.config import GenerateConfig, Recipe, RunConfig, TaskConfig
-    from tutorlm.curate import read_jsonl
+    from tutorlm.run import read_jsonl
     from tutorlm.generate import generate
 
     recipe = Recipe(run=RunConfig(name="run", output_dir=str(tmp_path)), task=TaskConfig(source="coin_flip"),
@@ -178,7 +180,7 @@ def test_kd_from_a_stored_topk_needs_only_the_student(tmp_path, tokenizer):
     from test_batching import varied_model
     from transformers import AutoModelForCausalLM
 
-    from tutorlm.curate import read_jsonl
+    from tutorlm.run import read_jsonl
     from tutorlm.train.kd import KD, topk_kd_loss
 
     teacher_dir = tmp_path / "teacher"  # large random weights: a peaked teacher, whose greedy text varies
@@ -230,7 +232,7 @@ def test_kd_without_teacher_distributions_says_which_flag_to_add(tmp_path, token
     with pytest.raises(PreflightError, match="set train.kd_teacher"):
         train(recipe, console=QUIET, model_and_tokenizer=(make_model(tokenizer), tokenizer))
     # A server's log-probabilities (token text, no ids) are named as such.
-    from tutorlm.curate import read_jsonl
+    from tutorlm.run import read_jsonl
 
     curated = tmp_path / "run" / "curated.jsonl"
     rows = read_jsonl(curated)
@@ -241,7 +243,7 @@ def test_kd_without_teacher_distributions_says_which_flag_to_add(tmp_path, token
 
 
 def test_topk_kd_loss_is_the_same_packed_and_padded(tokenizer):
-    from tutorlm.train.data import Tokenized
+    from tutorlm.models.tokens import Tokenized
     from tutorlm.train.kd import topk_kd_loss
 
     torch.manual_seed(0)

@@ -75,3 +75,45 @@ def test_the_fingerprint_follows_the_weights_not_the_path(tmp_path):
     weights.write_bytes(b"x" * (3 << 20) + b"y")  # one more byte at the end
     assert models.model_fingerprint(str(weights)) != first
     assert models.model_fingerprint("ORG/hub-model") == "ORG/hub-model"
+
+
+def test_progress_bars_are_off_when_stderr_is_not_a_terminal(monkeypatch):
+    from transformers.utils import logging
+
+    logging.enable_progress_bar()
+    monkeypatch.setattr("sys.stderr.isatty", lambda: True)
+    models.quiet_progress_bars()
+    assert logging.is_progress_bar_enabled()
+    monkeypatch.setattr("sys.stderr.isatty", lambda: False)
+    models.quiet_progress_bars()
+    assert not logging.is_progress_bar_enabled()
+    logging.enable_progress_bar()
+
+
+def test_a_run_names_every_missing_packaged_model_and_extra_at_once(tmp_path, monkeypatch):
+    """A recipe whose required recipe needs another packaged model: one error, before anything runs, naming both
+    models and one install command with both extras."""
+    import yaml
+
+    from tutorlm.errors import ConfigError
+    from tutorlm.pipeline import check_models
+    from tutorlm.recipe_io import load_recipe
+
+    def distribution(name):
+        raise metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(models.metadata, "distribution", distribution)
+    monkeypatch.setitem(models.CHUNKED, "tiny-a", ("tiny-a-part", 2, "tiny-a"))
+    monkeypatch.setitem(models.CHUNKED, "tiny-b", ("tiny-b-part", 2, "tiny-b"))
+    first = tmp_path / "first.yaml"
+    first.write_text(yaml.safe_dump({"run": {"name": "first", "output_dir": str(tmp_path / "runs")},
+                                     "teacher": {"backend": "hf", "model": "tiny-a"}, "student": {"model": "tiny-b"}}))
+    second = tmp_path / "second.yaml"
+    second.write_text(yaml.safe_dump({"run": {"name": "second", "output_dir": str(tmp_path / "runs"), "requires": [str(first)]},
+                                      "teacher": {"backend": "hf", "model": str(tmp_path / "runs" / "first" / "student")},
+                                      "student": {"model": "tiny-a"}}))
+    with pytest.raises(ConfigError) as error:
+        check_models(load_recipe(second))
+    message = str(error.value)
+    assert "2 packaged models are not installed" in message and "'tiny-a'" in message and "'tiny-b'" in message
+    assert 'pip install -e ".[tiny-a,tiny-b]"' in message

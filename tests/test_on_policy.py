@@ -15,7 +15,8 @@ from tutorlm.errors import PreflightError
 from tutorlm.train.data import batch_order, batches, preflight
 from tutorlm.train.kd import kd_loss
 from tutorlm.train.loop import train
-from tutorlm.train.on_policy import OnPolicy, prompts_of
+from tutorlm.train.on_policy import OnPolicy
+from tutorlm.train.rollout import prompts_of
 
 QUIET = Console(file=open(os.devnull, "w"))
 
@@ -35,7 +36,7 @@ def test_prompts_are_the_same_from_packed_and_padded_batches(tmp_path, tokenizer
     from test_train import make_run
 
     recipe = make_run(tmp_path)
-    from tutorlm.curate import read_jsonl
+    from tutorlm.run import read_jsonl
 
     examples, _ = preflight(tokenizer, read_jsonl(recipe.run.path / "curated.jsonl"), 256, "truncate")
     order = batch_order(examples, 4, 0, 0, False)[:2]
@@ -70,7 +71,7 @@ def test_the_sampled_loss_is_the_policy_gradient_of_reverse_kl_plus_the_centred_
     """loss = (1/N) sum_t A_t CE_t with A_t = log p_teacher - log p_student (+ w (r - mean r)), against a plain forward."""
     from test_train import make_run
 
-    from tutorlm.train.on_policy import Grades, _collate
+    from tutorlm.train.rollout import collate_completions
 
     recipe = make_run(tmp_path, objective="on_policy", kd_teacher=str(save_tiny_model(tmp_path / "t", seed=5)),
                       on_policy_reward_weight=0.5)
@@ -78,7 +79,7 @@ def test_the_sampled_loss_is_the_policy_gradient_of_reverse_kl_plus_the_centred_
     objective, examples = objective_for(recipe, tokenizer, student)
     prompts = [examples[0].input_ids[:5], examples[1].input_ids[:7]]
     completions = [examples[0].input_ids[5:12], examples[1].input_ids[7:10]]
-    batch = _collate(prompts, completions, tokenizer.pad_token_id, "cpu")
+    batch = collate_completions(prompts, completions, tokenizer.pad_token_id, "cpu")
     grades = objective.grade(prompts, completions)
     grades[0].logprobs[2] = float("nan")  # a token the teacher did not grade: no advantage from it
     rewards = torch.tensor([1.0, 0.0])
@@ -132,7 +133,7 @@ def test_on_policy_training_pulls_the_student_towards_the_teacher(tmp_path, toke
     from transformers import AutoModelForCausalLM
 
     teacher = AutoModelForCausalLM.from_pretrained(teacher_dir).eval()
-    from tutorlm.curate import read_jsonl
+    from tutorlm.run import read_jsonl
 
     examples, _ = preflight(tokenizer, read_jsonl(recipe.run.path / "curated.jsonl"), 256, "truncate")
     batch = next(batches(examples, [list(range(8))], False, tokenizer.pad_token_id))

@@ -8,15 +8,14 @@ import os
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 from rich.console import Console
 from tiny import save_tiny_model
 
 from tutorlm.config import EvalConfig, GenerateConfig, Recipe, RunConfig, StudentConfig, TaskConfig, TrainConfig
-from tutorlm.recipe_io import load_recipe
-from tutorlm.pipeline import default_recipe_path, run_pipeline
+from tutorlm.pipeline import run_pipeline
+from tutorlm.recipe_io import default_recipe_path, load_recipe
 
 QUIET = Console(file=open(os.devnull, "w"))
 RECIPES = sorted(default_recipe_path().parent.glob("*.yaml"))
@@ -139,7 +138,7 @@ def test_report_states_recovered_with_an_interval_and_draws_a_learning_curve(tin
 
 
 def test_truncation_warnings_name_each_model_over_the_threshold():
-    from tutorlm.report import truncation_warnings
+    from tutorlm.metrics import truncation_warnings
 
     summaries = {"base": {"truncation_rate": 0.85, "max_tokens": 128}, "student": {"truncation_rate": 0.0},
                  "teacher": {"truncation_rate": 0.2}}

@@ -12,7 +12,8 @@ from tiny import make_model, make_tokenizer, save_tiny_model
 
 from tutorlm.config import ConfigError, GenerateConfig, Recipe, RunConfig, StudentConfig, TaskConfig, TeacherConfig
 from tutorlm.models.engine import Engine
-from tutorlm.generate import TRACES, generate
+from tutorlm.generate import generate
+from tutorlm.run import TRACES
 from tutorlm.models.rsd import GuidedEngine
 
 QUIET = Console(file=open(os.devnull, "w"))

@@ -46,7 +46,7 @@ def test_scores_of_chat_rows_equal_full_logits_in_chunks(tiny, monkeypatch):
              "completion": [{"role": "assistant", "content": "12 + 30 = 42. The answer is 42."}]},
             {"prompt": [{"role": "user", "content": "x"}], "completion": [{"role": "assistant", "content": "abc"}]}]
     scored = score_rows(model, tokenizer, rows, top_k=2, batch_size=2)
-    from tutorlm.train.data import tokenize
+    from tutorlm.models.tokens import tokenize
 
     for row, scores in zip(rows, scored):
         item = tokenize(tokenizer, row)

@@ -8,7 +8,7 @@ from fake_openai import FakeOpenAI, fake_logprob
 from tutorlm.cache import Cache
 from tutorlm.config import TeacherConfig
 from tutorlm.errors import FatalBackendError
-from tutorlm.models.score import TextPair, score_remote
+from tutorlm.backends.openai import TextPair, score_remote
 
 PAIRS = [TextPair("<|user|>What is 12 + 30?\n<|assistant|>", "12 + 30 = 42. The answer is 42."),
          TextPair("<|user|>A coin is heads up.\n<|assistant|>", "It is still heads up. The answer is yes.")]

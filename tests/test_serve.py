@@ -11,7 +11,6 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from pathlib import Path
 
 import pytest
 import torch
@@ -24,7 +23,9 @@ httpx = pytest.importorskip("httpx")
 from fake_openai import FakeOpenAI, free_port  # noqa: E402
 from test_batching import varied_model  # noqa: E402
 from tiny import make_model, make_tokenizer, save_tiny_model  # noqa: E402
-from tutorlm.serve.protocol import LocalModel, RemoteTeacher, ServeConfig, agreement  # noqa: E402
+from tutorlm.serve.route import agreement  # noqa: E402
+from tutorlm.serve.workers import LocalModel, RemoteTeacher  # noqa: E402
+from tutorlm.config import ServeConfig
 from tutorlm.serve.app import build_app, held_back  # noqa: E402
 
 QUESTION = [{"role": "user", "content": "What is 2 + 3? Think step by step."}]
@@ -387,7 +388,7 @@ def test_eval_through_the_server_records_the_teachers_share(tiny, tmp_path):
 
 
 def test_a_line_hesitates_on_a_reflection_word_or_one_unsure_token():
-    from tutorlm.serve.protocol import hesitates
+    from tutorlm.serve.route import hesitates
 
     assert hesitates("Wait, let me check that.", [-0.01, -0.02], -0.7)
     assert hesitates("3 + 4 = 8", [-0.01, -0.05, -0.9, -0.01], -0.7)  # one token below p = 0.5

@@ -15,7 +15,8 @@ from rich.console import Console
 
 from tutorlm.config import ConfigError, GenerateConfig, Recipe, RunConfig, TaskConfig, TeacherConfig
 from tutorlm.curate import curate
-from tutorlm.generate import FAILURES, TRACES, GenerationIncomplete, generate, generate_stage_config
+from tutorlm.generate import GenerationIncomplete, generate, generate_stage_config
+from tutorlm.run import FAILURES, TRACES
 from tutorlm.pipeline import dry_run
 from tutorlm.recipe_io import load_recipe
 from tutorlm.report import report
@@ -201,3 +202,19 @@ def test_per_teacher_sampling_is_checked(tmp_path):
     recipe = load_recipe(None, [], base={"teachers": [{"name": "m", "n": 4, "temperature": 0.7}, {"name": "t"}]},
                          base_name="recipe")
     assert recipe.teachers[0].n == 4 and recipe.generate.n == 1
+
+
+def test_a_teacher_of_a_list_is_set_from_the_command_line_by_its_index(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump({"teachers": [{"name": "m"}, {"name": "t"}]}))
+    recipe = load_recipe(path, [("teachers.0.n", "4"), ("teachers.0.temperature", "0.7"), ("teachers.1.limit", "5")])
+    assert (recipe.teachers[0].n, recipe.teachers[0].temperature, recipe.teachers[1].limit) == (4, 0.7, 5)
+    assert recipe.teachers[1].n is None and recipe.teachers[0].name == "m"
+    with pytest.raises(ConfigError, match=r"--teachers.2.n: name an item of teachers by its index \(0 to 1\)"):
+        load_recipe(path, [("teachers.2.n", "4")])
+    with pytest.raises(ConfigError, match=r"unknown setting --teachers.0.nn \(did you mean --teachers.0.n\?\)"):
+        load_recipe(path, [("teachers.0.nn", "4")])
+    with pytest.raises(ConfigError, match=r"teachers\[0\] \(m\): n=4 samples at temperature 0"):  # checked as in the file
+        load_recipe(path, [("teachers.0.n", "4")])
+    with pytest.raises(ConfigError, match="no teachers list to change"):
+        load_recipe(None, [("teachers.0.n", "4")])

@@ -18,7 +18,8 @@ from tiny import make_model, make_tokenizer, save_tiny_model
 from tutorlm.config import GenerateConfig, Recipe, RunConfig, StudentConfig, TaskConfig, TrainConfig
 from tutorlm.curate import curate
 from tutorlm.generate import generate
-from tutorlm.train.data import IGNORE, batch_order, collate_packed, collate_padded, preflight, token_losses, tokenize
+from tutorlm.train.data import batch_order, preflight, token_losses
+from tutorlm.models.tokens import IGNORE, collate_packed, collate_padded, tokenize
 from tutorlm.train.loop import STUDENT, train
 
 QUIET = Console(file=open(os.devnull, "w"))
@@ -148,7 +149,7 @@ def test_curriculum_runs_the_first_epoch_from_easy_to_hard(tokenizer):
 
 def prepared(objective_class, recipe: Recipe, tokenizer, student) -> tuple:
     """(an objective of the class, prepared on the run's curated rows, and the examples it prepared)."""
-    from tutorlm.curate import read_jsonl
+    from tutorlm.run import read_jsonl
 
     rows = read_jsonl(recipe.run.path / "curated.jsonl")
     examples, _ = preflight(tokenizer, rows, 256, "truncate")
@@ -193,6 +194,23 @@ def test_full_fine_tuning_lowers_loss_and_changes_every_parameter(tmp_path, toke
     with torch.no_grad():
         assert torch.allclose(loaded(ids).logits, model.eval()(ids).logits, atol=1e-5)
     assert json.loads((tmp_path / "run" / STUDENT / "tutorlm_config.json").read_text())["train"]["epochs"] == 2
+
+
+def test_a_finished_training_deletes_its_checkpoints_unless_asked_to_keep_them(tmp_path, tokenizer):
+    recipe = make_run(tmp_path, epochs=2, save_every=2, keep_checkpoints=2)
+    stats = train(recipe, console=QUIET, model_and_tokenizer=(make_model(tokenizer), tokenizer))
+    student = tmp_path / "run" / STUDENT
+    assert stats["steps"] > 4 and not (student / "checkpoints").exists()
+    assert stats["checkpoints_freed_mb"] > 0
+    weights = (student / "model.safetensors").stat().st_size
+    run_size = sum(path.stat().st_size for path in (tmp_path / "run").rglob("*") if path.is_file())
+    assert run_size < 2 * weights  # what is left: the student, the data, the logs
+    # the setting is where the files go, not what the student is: the finished run stays current
+    recipe.train.prune_checkpoints = False
+    again = train(recipe, console=QUIET, model_and_tokenizer=(make_model(tokenizer), tokenizer))
+    assert again["wall_s"] == stats["wall_s"]  # read back from the manifest, not trained again
+    kept = train(recipe, console=QUIET, force=True, model_and_tokenizer=(make_model(tokenizer), tokenizer))
+    assert kept["checkpoints_freed_mb"] == 0 and len(list((student / "checkpoints").iterdir())) == 2
 
 
 def test_lora_changes_only_adapters_and_merge_matches(tmp_path, tokenizer):
@@ -352,7 +370,8 @@ def test_two_processes_share_the_batches(tmp_path):
     curate(recipe, console=QUIET)
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "tutorlm", "train",
                "--out", str(tmp_path / "run"), "--student.model", str(model_dir), "--train.batch_size", "4",
-               "--train.epochs", "2", "--train.eval_fraction", "0", "--train.save_every", "4"]
+               "--train.epochs", "2", "--train.eval_fraction", "0", "--train.save_every", "4",
+               "--train.prune_checkpoints", "false"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, env={**os.environ, "ACCELERATE_USE_CPU": "true"})
     assert result.returncode == 0, result.stderr[-3000:]
     log = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]

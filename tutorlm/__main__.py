@@ -1,4 +1,5 @@
-from tutorlm.cli.main import main
 import sys
+
+from tutorlm.cli.main import main
 
 sys.exit(main())

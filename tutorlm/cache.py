@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import sqlite3
 import threading
 import time
@@ -23,11 +22,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 from tutorlm.backends import Completion, Request, Sampling
-
-
-def default_cache_path() -> Path:
-    base = os.environ.get("TUTORLM_CACHE_DIR") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tutorlm"
-    return Path(base) / "teacher.sqlite"
 
 
 def cache_key(backend_kind: str, model_name: str, request: Request, sampling: Sampling, identity: str | None = None) -> str:

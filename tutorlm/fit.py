@@ -27,6 +27,10 @@ from typing import Any
 
 from rich.console import Console
 
+from tutorlm.cache import Cache
+from tutorlm.config import ModelConfig
+from tutorlm.progress import StageProgress
+
 SCORES = "student_fit.sqlite"
 
 
@@ -53,10 +57,6 @@ def score_fit(recipe: Any, rows: list[dict[str, Any]], console: Console, identit
               ) -> tuple[dict[str, dict[str, float]], dict[str, Any]]:
     """({row id: {"mean_logprob", "low_share"}}, stats) for `rows`; only rows not scored before load the model.
     `identity`: fit_identity(recipe) when the caller has it (it hashes the model's files)."""
-    from tutorlm.cache import Cache
-    from tutorlm.config import ModelConfig
-    from tutorlm.progress import StageProgress
-
     identity = identity or fit_identity(recipe)
     keys = [_key(identity, row) for row in rows]
     stats: dict[str, Any] = {"model": identity["model"], "floor": identity["floor"], "rows": len(rows)}

@@ -30,19 +30,23 @@ from rich.console import Console
 from rich.table import Table
 
 from tutorlm import throughput
-
-from tutorlm.models import topk
 from tutorlm.backends import Completion, FatalBackendError, Request, Sampling, make_backend
-from tutorlm.cache import Cache, default_cache_path, run_cached
-from tutorlm.config import PER_TEACHER, ConfigError, GenerateConfig, Recipe, TeacherConfig, teacher_generate, to_dict
-from tutorlm.progress import StageProgress
+from tutorlm.cache import Cache, run_cached
+from tutorlm.config import (
+    PER_TEACHER,
+    ConfigError,
+    GenerateConfig,
+    Recipe,
+    TeacherConfig,
+    default_cache_path,
+    teacher_generate,
+    to_dict,
+)
 from tutorlm.errors import GenerationIncomplete
-from tutorlm.run import RunDir, atomic_write_text
-from tutorlm.tasks import DataError, Example, Task, build_prompt, format_question, load_task
-
-TRACES = "traces.jsonl"
-FAILURES = "generate_failures.jsonl"
-PARTIAL = "traces.partial.jsonl"  # rows as they arrive, for a look at a run still going; gone once traces.jsonl is written
+from tutorlm.models import topk
+from tutorlm.progress import StageProgress
+from tutorlm.run import FAILURES, PARTIAL, TRACES, RunDir, atomic_write_text
+from tutorlm.tasks import DataError, Example, Task, build_prompt, format_question, load_task, prompt_instruction
 
 
 @dataclass
@@ -112,7 +116,6 @@ def generate_stage_config(recipe: Recipe) -> dict[str, Any]:
     if recipe.generate.rsd_floor is None:  # off: as before RSD existed, so earlier runs stay current
         generate.pop("rsd_floor")
         generate.pop("rsd_student")
-    from tutorlm.tasks import prompt_instruction
 
     stage = {"task": to_dict(recipe.task), "instruction": prompt_instruction(recipe.task), "generate": generate}
     if recipe.teachers:

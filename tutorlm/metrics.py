@@ -115,3 +115,17 @@ def k_values(n: int) -> list[int]:
     """1, 2, 4, ... up to n, and n itself."""
     values = [k for k in (2**i for i in range(0, 12)) if k <= n]
     return values if values[-1] == n else values + [n]
+
+
+TRUNCATION_WARNING = 0.2
+
+
+def truncation_warnings(summaries: dict[str, dict[str, Any]]) -> list[str]:
+    """A sentence for each model whose answers were cut off often enough that its accuracy says more about the
+    token budget than about the model (a fair comparison gives every model the budget it needs)."""
+    return [
+        f"{label}: {s['truncation_rate']:.1%} of its answers hit the token limit "
+        f"({s.get('max_tokens', 'eval.max_tokens')} tokens); its accuracy is a lower bound. Evaluate it with a "
+        f"larger --eval.max_tokens, or look at eval/{label}.jsonl: a model that repeats itself will not finish at any budget."
+        for label, s in summaries.items() if s["truncation_rate"] > TRUNCATION_WARNING
+    ]

@@ -16,7 +16,6 @@ its share of the batches, while generate, curate, eval and report run once, on t
 
 from __future__ import annotations
 
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -25,44 +24,24 @@ from rich.table import Table
 
 from tutorlm import throughput
 from tutorlm.backends import make_backend
-from tutorlm.cache import Cache, cache_keys, default_cache_path
-from tutorlm.config import ConfigError, Recipe, teacher_generate
-from tutorlm.curate import CURATED, curate, curate_stage_config
-from tutorlm.errors import ModelError
+from tutorlm.cache import Cache, cache_keys
+from tutorlm.config import ConfigError, Recipe, default_cache_path, teacher_generate
+from tutorlm.curate import curate, curate_stage_config
+from tutorlm.errors import MissingPackages, ModelError, PreflightError
 from tutorlm.evaluate import eval_requests, evaluate, print_table, resolve_spec
-from tutorlm.generate import TRACES, generate, generate_stage_config, plan, sampling_of, teacher_backend
+from tutorlm.generate import generate, generate_stage_config, plan, sampling_of, teacher_backend
 from tutorlm.models.load import pick_device
+from tutorlm.recipe_io import load_recipe, resolve_recipe
 from tutorlm.report import paired_intervals, recovered_text, report
-from tutorlm.run import RunDir
+from tutorlm.run import CURATED, STAGES, TRACES, RunDir
 from tutorlm.tasks import load_task
 
-STAGES = ("generate", "curate", "train", "eval", "report")
 DEFAULT_EVAL_MODELS = ["base", "student", "teacher"]
-
-
-def default_recipe_path() -> Path:
-    """recipes/default.yaml, shipped inside the package so `tutorlm run` works from any directory."""
-    return Path(str(resources.files("tutorlm").joinpath("recipes/default.yaml")))
-
-
-def resolve_recipe(name: str | None) -> Path:
-    """A recipe file: a path, the name of a shipped recipe (default, openai-teacher, ...), or the default."""
-    shipped = default_recipe_path().parent
-    if name is None:
-        return default_recipe_path()
-    if Path(name).exists():
-        return Path(name)
-    candidate = shipped / f"{name.removesuffix('.yaml')}.yaml"
-    if candidate.exists():
-        return candidate
-    names = ", ".join(sorted(p.stem for p in shipped.glob("*.yaml")))
-    raise ConfigError(f"{name}: no such recipe file, and not a shipped recipe ({names})")
 
 
 def run_required(recipe: Recipe, console: Console, chain: tuple[str, ...] = ()) -> None:
     """Run the recipes `run.requires` names whose run has no trained student yet (a run's student can be another
     run's teacher); each one's own requirements first. A requirement that needs itself is an error."""
-    from tutorlm.recipe_io import load_recipe
 
     for name in recipe.run.requires:
         path = resolve_recipe(name).resolve()
@@ -96,6 +75,7 @@ def run_pipeline(recipe: Recipe, *, force: set[str] = frozenset(), console: Cons
 
     console = console or Console(stderr=True)
     if requirements:
+        check_models(recipe)  # every recipe's models, before the first one runs
         run_required(recipe, console)
     check_models(recipe)
     unknown = set(force) - set(STAGES) - {"all"}
@@ -140,22 +120,75 @@ def run_pipeline(recipe: Recipe, *, force: set[str] = frozenset(), console: Cons
 
 
 def check_models(recipe: Recipe) -> None:
-    """Local models the run will need (a local teacher, the student, a KD teacher) exist, before any stage spends
-    time or writes anything."""
+    """Local models the run will need (a local teacher, the student, a KD teacher), its own and those of the recipes
+    it requires that have not run yet, exist before any stage spends time or writes anything. Packaged models whose
+    packages are missing are named together, with one install command for every extra they need."""
     from tutorlm.models.load import resolve_model
 
-    specs = [("student.model", recipe.student.model, recipe.student.gguf_file)]
-    for index, teacher in enumerate(recipe.teachers or [recipe.teacher]):
-        if teacher.backend == "hf" and teacher.model:
-            key = f"teachers[{index}].model" if recipe.teachers else "teacher.model"
-            specs.insert(index, (key, teacher.model, teacher.gguf_file))
-    if recipe.train.objective != "sft" and recipe.train.kd_teacher:
-        specs.append(("train.kd_teacher", recipe.train.kd_teacher, None))
-    for key, spec, gguf_file in specs:
+    recipes = [*reversed(_required(recipe)), recipe]
+    specs: dict[tuple[str, str | None], str] = {}  # (model, gguf file) -> the first key that names it
+    for one in recipes:
+        where = "" if one is recipe else f"{one.run.name} (required): "
+        keys = [("student.model", one.student.model, one.student.gguf_file)]
+        for index, teacher in enumerate(one.teachers or [one.teacher]):
+            if teacher.backend == "hf" and teacher.model:
+                keys.append((f"teachers[{index}].model" if one.teachers else "teacher.model", teacher.model, teacher.gguf_file))
+        if one.train.objective != "sft" and one.train.kd_teacher:
+            keys.append(("train.kd_teacher", one.train.kd_teacher, None))
+        for key, spec, gguf_file in keys:
+            specs.setdefault((spec, gguf_file), where + key)
+    missing, extras = [], []
+    for (spec, gguf_file), key in specs.items():
+        if any(spec == str(other.run.path / "student") for other in recipes):
+            continue  # trained by a required recipe before this one runs
         try:
             resolve_model(spec, gguf_file)
+        except MissingPackages as error:
+            missing.append(f"{key}: {error}")
+            extras.append(error.extra)
         except ModelError as error:
             raise ConfigError(f"{key}: {error}") from None
+    if len(missing) == 1:
+        raise ConfigError(missing[0])
+    if missing:
+        raise ConfigError(f"{len(missing)} packaged models are not installed ({'; '.join(missing)}); install them all with "
+                          f"`pip install -e \".[{','.join(sorted(set(extras)))}]\"`")
+    check_objective(recipe)
+
+
+def _required(recipe: Recipe, chain: tuple[str, ...] = ()) -> list[Recipe]:
+    """The recipes `run.requires` names (and theirs) that have no trained student yet, nearest first."""
+    found = []
+    for name in recipe.run.requires:
+        path = resolve_recipe(name).resolve()
+        if str(path) in chain:
+            raise ConfigError(f"run.requires: {name} requires itself (through {' -> '.join(Path(p).stem for p in chain)})")
+        required = load_recipe(path)
+        if not _has_student(required):
+            found += [required, *_required(required, chain + (str(path),))]
+    return found
+
+
+def check_objective(recipe: Recipe) -> None:
+    """What train would refuse for want of a teacher, said before generate and curate spend any time (and by the
+    dry run): KD needs the teacher's distributions (a local teacher, or a top-k stored by a teacher that gives one),
+    on-policy distillation and KDRL a teacher to grade the student's samples."""
+    config, teacher = recipe.train, recipe.teacher
+    local = bool(config.kd_teacher) or (teacher.backend == "hf" and bool(teacher.model))
+    if config.objective == "kd" and config.kd_source != "stored" and not local:
+        gives_topk = recipe.generate.top_logprobs > 0 and any(one.backend != "reference" for one in recipe.teachers or [teacher])
+        if not gives_topk:
+            raise PreflightError(
+                f"train.objective kd: the teacher ({teacher.backend}{' ' + teacher.model if teacher.model else ''}) gives no "
+                "token distributions to distil: set teacher.backend hf with teacher.model (a local teacher), train.kd_teacher "
+                "PATH (a local model re-scores the rationales), or have a teacher that gives them store its top-k with "
+                "--generate.top_logprobs 20")
+    graded = config.objective == "on_policy" or (config.objective == "grpo" and config.grpo_teacher_weight)
+    if graded and not local and not (teacher.backend == "openai" and teacher.model):
+        raise PreflightError(
+            f"train.objective {config.objective}{' with grpo_teacher_weight' if config.objective == 'grpo' else ''} needs a "
+            "teacher to grade the student's samples: train.kd_teacher (a local model), teacher.backend hf with "
+            "teacher.model, or teacher.backend openai (a server that echoes prompt log-probabilities, such as vLLM)")
 
 
 def _cached_count(recipe: Recipe, path: Path, backend: Any, requests: list, sampling: Any) -> int:
@@ -179,7 +212,6 @@ def _train_precision(recipe: Recipe) -> str:
 
 def dry_run(recipe: Recipe, *, console: Console | None = None) -> None:
     """Print the plan without running anything or calling any teacher."""
-    from tutorlm.recipe_io import load_recipe
     from tutorlm.train.loop import checkpoints, train_stage_config
 
     console = console or Console()
@@ -192,6 +224,7 @@ def dry_run(recipe: Recipe, *, console: Console | None = None) -> None:
             dry_run(required, console=console)
         console.print(f"the plan of {recipe.run.path} follows once they have run")
         return
+    check_objective(recipe)  # what the run would refuse at train, refused here too
     run = RunDir(recipe.run.path)
     task = load_task(recipe.task)
     path = Path(recipe.generate.cache_path or default_cache_path())

@@ -10,13 +10,13 @@ import json
 import re
 import types
 import typing
+from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 
 from tutorlm.config import ConfigError, Recipe
-
 
 # ---------------------------------------------------------------------------------------------------
 # Dicts <-> dataclasses, with checks
@@ -151,8 +151,17 @@ def apply_overrides(data: dict[str, Any], overrides: list[tuple[str, str]], cls:
         parts = key.split(".")
         target_cls: Any = cls
         node = data
-        for depth, part in enumerate(parts):
+        depth = -1
+        while depth < len(parts) - 1:
+            depth += 1
+            part = parts[depth]
             last = depth == len(parts) - 1
+            if isinstance(node, list):  # an item of a list of sections, by its index: --teachers.0.n 2
+                if not part.isdigit() or int(part) >= len(node) or last:
+                    raise ConfigError(f"command line: --{key}: name an item of {parts[depth - 1]} by its index (0 to "
+                                      f"{len(node) - 1}) and one of its fields, e.g. --{parts[depth - 1]}.0.name")
+                node = node[int(part)]
+                continue
             if dataclasses.is_dataclass(target_cls):
                 hints = typing.get_type_hints(target_cls)
                 if part not in hints:
@@ -166,6 +175,13 @@ def apply_overrides(data: dict[str, Any], overrides: list[tuple[str, str]], cls:
                 expected = Any
             if last:
                 node[part] = _read_text_value(text, expected)
+            elif typing.get_origin(expected) is list and dataclasses.is_dataclass(typing.get_args(expected)[0]):
+                child = node.get(part)
+                if not isinstance(child, list) or not child:
+                    raise ConfigError(f"command line: --{key}: the recipe has no {part} list to change; write it in the "
+                                      "recipe file")
+                node = child
+                target_cls = typing.get_args(expected)[0]
             else:
                 child = node.get(part)
                 if not isinstance(child, dict):
@@ -226,3 +242,27 @@ def describe_fields(cls: type, prefix: str) -> list[tuple[str, str, str]]:
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
         rows.append((f"--{prefix}.{f.name}", json.dumps(default), f.metadata.get("help", "")))
     return rows
+
+
+def default_recipe_path() -> Path:
+    """recipes/default.yaml, shipped inside the package so `tutorlm run` works from any directory."""
+    return Path(str(resources.files("tutorlm").joinpath("recipes/default.yaml")))
+
+
+def resolve_recipe(name: str | None) -> Path:
+    """A recipe file: a path, the name of a shipped recipe (default, openai-teacher, ...), or the default."""
+    shipped = default_recipe_path().parent
+    if name is None:
+        return default_recipe_path()
+    if Path(name).exists():
+        return Path(name)
+    candidate = shipped / f"{name.removesuffix('.yaml')}.yaml"
+    if candidate.exists():
+        return candidate
+    names = ", ".join(shipped_recipes())
+    raise ConfigError(f"{name}: no such recipe file, and not a shipped recipe ({names})")
+
+
+def shipped_recipes() -> list[str]:
+    """The names of the recipes shipped in tutorlm/recipes/."""
+    return sorted(path.stem for path in default_recipe_path().parent.glob("*.yaml"))

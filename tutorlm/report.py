@@ -16,7 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from tutorlm import metrics
-from tutorlm.run import RunDir, atomic_write_text
+from tutorlm.metrics import truncation_warnings
+from tutorlm.run import FUNNEL, RunDir, atomic_write_text
+from tutorlm.tasks import DataError
 
 FIGURES = {"accuracy": "accuracy.png", "funnel": "funnel.png", "loss": "loss.png", "on_policy": "on_policy.png", "rl": "rl.png",
            "learning_curve": "learning_curve.png", "escalation": "escalation.png"}
@@ -247,20 +249,6 @@ def _percent(value: float | None) -> str:
     return "–" if value is None else f"{value:.1%}"
 
 
-TRUNCATION_WARNING = 0.2
-
-
-def truncation_warnings(summaries: dict[str, dict[str, Any]]) -> list[str]:
-    """A sentence for each model whose answers were cut off often enough that its accuracy says more about the
-    token budget than about the model (a fair comparison gives every model the budget it needs)."""
-    return [
-        f"{label}: {_percent(s['truncation_rate'])} of its answers hit the token limit "
-        f"({s.get('max_tokens', 'eval.max_tokens')} tokens); its accuracy is a lower bound. Evaluate it with a "
-        f"larger --eval.max_tokens, or look at eval/{label}.jsonl: a model that repeats itself will not finish at any budget."
-        for label, s in summaries.items() if s["truncation_rate"] > TRUNCATION_WARNING
-    ]
-
-
 def teachers_table(generate: dict[str, Any], kept: dict[str, dict[str, Any]]) -> list[str]:
     """Markdown lines: each of several teachers' questions, accuracy, cost and share of the curated data."""
     teachers = generate.get("teachers")
@@ -321,8 +309,6 @@ def markdown(data: dict[str, Any], figures: dict[str, Path]) -> str:
         lines += ["", f"![accuracy]({figures['accuracy'].name})"]
     lines += ["", "## Curation", ""]
     if data["funnel"]:
-        from tutorlm.curate import FUNNEL
-
         lines += ["| step | rationales |", "| --- | --- |"] + [f"| {key.replace('_', ' ')} | {data['funnel'].get(key, 0)} |"
                                                                   for key in FUNNEL]
         if "funnel" in figures:
@@ -478,8 +464,6 @@ def report(run_path: str | Path) -> Path:
     """Write report.md, report.html and the figures; returns the HTML path."""
     run = RunDir(run_path)
     if not run.manifest_path.exists():
-        from tutorlm.tasks import DataError
-
         raise DataError(f"{run.manifest_path}: no run here; run the pipeline first (`tutorlm run`)")
     data = gather(run)
     figures = plot(data, run.path)

@@ -26,10 +26,38 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from tutorlm.config import config_hash, to_dict
-from tutorlm.errors import RunDirError
+from tutorlm.errors import DataError, RunDirError
 
+STAGES = ("generate", "curate", "train", "eval", "report")  # in the order `tutorlm run` runs them
+
+# The run directory's files, by the stage that writes them (stages never import each other; they share these).
 MANIFEST = "manifest.json"
+TRACES = "traces.jsonl"
+FAILURES = "generate_failures.jsonl"
+PARTIAL = "traces.partial.jsonl"  # rows as they arrive, for a look at a run still going; gone once traces.jsonl is written
+CURATED = "curated.jsonl"
+PAIRS = "pairs.jsonl"
+EVAL_DIR = "eval"
+SUMMARY = "summary.json"
+ESCALATION = "escalation.json"
+# curate's funnel, as its manifest stats record it: what each filter removed, in order
+FUNNEL = ("generated", "truncated", "no_answer", "wrong", "duplicate", "too_long", "not_shortest", "not_student_fit",
+          "over_cap", "kept")
 _PACKAGES = ("tutorlm", "torch", "transformers", "tokenizers", "peft", "accelerate", "math-verify", "datasets")
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The rows of a JSONL file of the run directory; a bad line is a DataError naming the file and line."""
+    rows = []
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as error:
+                raise DataError(f"{path}:{number}: invalid JSON ({error.msg})") from None
+    return rows
 
 
 def atomic_write_text(path: Path, text: str) -> None:

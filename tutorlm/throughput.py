@@ -15,7 +15,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tutorlm.cache import default_cache_path
+from tutorlm.config import default_cache_path
+from tutorlm.progress import format_duration
 
 
 def _path() -> Path:
@@ -75,6 +76,5 @@ def estimate(kind: str, model: str, precision: str | None, items: int, *, tokens
         return f"time unknown: no {kind} measurement of {model} here yet"
     per_item = tokens_per_item or measured["tokens_per_item"]
     seconds = items * per_item / measured["tokens_per_s"]
-    from tutorlm.progress import format_duration
 
     return f"~{format_duration(seconds)} ({measured['tokens_per_s']:.0f} tokens/s measured here {measured['measured'][:10]})"

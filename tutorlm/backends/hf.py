@@ -15,10 +15,19 @@ import random
 import time
 from typing import Any, Iterator
 
-from tutorlm.backends import Completion, FatalBackendError, OnResult, Request, Sampling
+from tutorlm.backends.base import Completion, OnResult, Request, Sampling
 from tutorlm.config import ConfigError
+from tutorlm.errors import FatalBackendError
 from tutorlm.models.engine import Engine, request_seed, supports
-
+from tutorlm.models.load import (
+    load_model,
+    load_tokenizer,
+    model_fingerprint,
+    pick_device,
+    pick_dtype,
+    resolve_model,
+    stop_ids,
+)
 
 _KEPT: dict[tuple[str, str | None, str, str], tuple[Any, Any]] | None = None  # set inside keep_loaded()
 
@@ -48,8 +57,6 @@ class HFBackend:
 
         `guide`: a student that checks every token this model writes (reverse speculative decoding, tutorlm/models/rsd.py):
         a token it gives less than `guide_floor` probability is redrawn. It reads each request's `guide_messages`."""
-        from tutorlm.models.load import model_fingerprint, pick_device, pick_dtype, resolve_model
-
         if model is None and not config.model:
             raise ConfigError("the hf backend needs a model: set teacher.model to a hub id, directory or .gguf file")
         self.config = config
@@ -79,8 +86,6 @@ class HFBackend:
         return self.model, self.tokenizer
 
     def _load(self) -> None:
-        from tutorlm.models.load import load_model, load_tokenizer, stop_ids
-
         if self._ready:
             return
         config = self.config

@@ -11,25 +11,31 @@
 - Servers that split reasoning into `reasoning_content` (vLLM and SGLang reasoning parsers,
   DeepSeek) get it back as `<think>…</think>` before the answer, so the trace keeps the reasoning.
 - Top-k log-probabilities are requested when `top_logprobs > 0` (needed for logit distillation).
+- `score_remote` scores given texts on the server (on-policy distillation from a served teacher), with the
+  legacy completions API's `echo` and `logprobs` (vLLM serves it; llama.cpp's server refuses echo, which stops
+  the run with that reply), through the teacher cache and the same retries: a scored text is paid for once.
+  The server's tokens come back as text with their offsets, so the scores are of the server model's own tokens.
 """
 
 from __future__ import annotations
 
 import asyncio
 import email.utils
+import hashlib
 import json
 import os
 import random
 import re
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
 import httpx
 
-from tutorlm.backends import Completion, FatalBackendError, OnResult, Request, RequestFailed, Sampling
+from tutorlm.backends.base import Completion, OnResult, Request, RequestFailed, Sampling
 from tutorlm.config import ConfigError
+from tutorlm.errors import FatalBackendError, GenerationIncomplete
 
 _RETRY_STATUSES = {408, 409, 425, 429, 500, 502, 503, 504, 520, 522, 524, 529}
 _MAX_RETRY_AFTER_S = 300.0
@@ -258,7 +264,6 @@ class OpenAIBackend:
         served model's chat template), with OpenAI's legacy `echo` + `logprobs` on /v1/completions, which vLLM serves.
         `on_result(item, ScoredText or RequestFailed)` as each arrives. A server that cannot echo prompt log-probabilities
         (llama.cpp's server refuses `echo`) stops the run at once, naming the endpoint and its reply."""
-        from tutorlm.models.score import parse_echo_logprobs
 
         def call_of(item: Any) -> _Call:
             body = {"model": self.model_name, "prompt": item.prompt + item.completion, "max_tokens": 1, "temperature": 0.0,
@@ -314,3 +319,74 @@ class _Retryable(Exception):
     def __init__(self, message: str, retry_after: float | None) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+# ---------------------------------------------------------------------------------------------------
+# Scoring given texts on a server: the legacy completions API's echo with logprobs
+# ---------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TextPair:
+    """A prompt already rendered with the served model's chat template, and the completion text to score after it."""
+
+    prompt: str
+    completion: str
+
+
+@dataclass
+class ScoredText:
+    """The server model's tokens of a completion (texts and their offsets in it) and their log-probabilities."""
+
+    tokens: list[str]
+    offsets: list[int]  # where each token starts in the completion text
+    logprobs: list[float]
+    top: list[dict[str, float]] | None = None  # the k most likely next tokens at each position, by text
+
+    @property
+    def mean_logprob(self) -> float:
+        return sum(self.logprobs) / len(self.logprobs) if self.logprobs else 0.0
+
+
+def parse_echo_logprobs(data: dict[str, Any], prompt: str, completion: str, top_k: int, url: str) -> ScoredText:
+    """The completion's part of an echoed /v1/completions reply ({"choices": [{"logprobs": {tokens, token_logprobs,
+    text_offset, top_logprobs}}]}); a reply without the prompt's log-probabilities is a FatalBackendError."""
+    logprobs = data["choices"][0].get("logprobs") or {}
+    tokens, values, offsets = logprobs.get("tokens") or [], logprobs.get("token_logprobs") or [], logprobs.get("text_offset") or []
+    end = len(prompt) + len(completion)
+    # Tokens that start in the completion; one that straddles the boundary belongs to neither side.
+    wanted = [i for i, offset in enumerate(offsets) if len(prompt) <= offset < end]
+    if len(offsets) < 2 or len(offsets) != len(tokens) or not "".join(tokens).startswith(prompt + completion):
+        raise FatalBackendError(
+            f"{url} did not return log-probabilities of the prompt's tokens ({len(tokens)} tokens came back for a text of "
+            f"{end} characters): it does not echo with logprobs, which scoring needs (vLLM does)"
+        )
+    top = [dict(logprobs["top_logprobs"][i] or {}) for i in wanted] if top_k and logprobs.get("top_logprobs") else None
+    return ScoredText([tokens[i] for i in wanted], [offsets[i] - len(prompt) for i in wanted],
+                      [float(values[i]) for i in wanted], top)
+
+
+def score_remote(teacher: Any, pairs: list[TextPair], *, top_k: int = 0, cache: Any = None) -> list[ScoredText]:
+    """Scores of rendered (prompt, completion) texts by the served model `teacher` (a TeacherConfig with backend openai).
+
+    Cached like teacher calls (key: model, texts, top_k); calls that still fail after retries raise
+    GenerationIncomplete, and a rerun makes only those.
+    """
+    backend = OpenAIBackend(teacher)
+    keys = [hashlib.sha256(json.dumps({"kind": "score", "model": backend.model_name, "prompt": pair.prompt,
+                                       "completion": pair.completion, "top_k": top_k}).encode()).hexdigest() for pair in pairs]
+    stored = cache.get_many_json(keys) if cache is not None else {}
+    results: dict[str, Any] = {key: ScoredText(**value) for key, value in stored.items()}
+    pending = {key: pair for key, pair in zip(keys, pairs) if key not in results}
+    key_of = {id(pair): key for key, pair in pending.items()}
+
+    def done(pair: TextPair, result: Any) -> None:
+        results[key_of[id(pair)]] = result
+        if cache is not None and isinstance(result, ScoredText):
+            cache.put_json(key_of[id(pair)], "openai-score", backend.model_name, asdict(result))
+
+    backend.score(list(pending.values()), top_k, done)
+    failures = [result for result in results.values() if isinstance(result, Exception)]
+    if failures:
+        raise GenerationIncomplete(f"{len(failures)} of {len(pairs)} scoring calls failed (first: {failures[0]}); run again to retry")
+    return [results[key] for key in keys]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from tutorlm.backends import Completion, OnResult, Request, RequestFailed, Sampling
+from tutorlm.backends.base import Completion, OnResult, Request, RequestFailed, Sampling
 
 
 class ReferenceBackend:

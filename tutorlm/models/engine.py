@@ -35,6 +35,7 @@ from typing import Any, Callable
 import torch
 from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
 
+from tutorlm.models.tokens import identity_head, plain_output_head
 
 MIN_PREFIX = 8  # shorter shared prefixes are prefilled with each prompt
 DRAW_BLOCK = 1024  # tokens per block when a sampled token is drawn (draw)
@@ -196,7 +197,6 @@ class Engine:
         self.device = next(model.parameters()).device
         # On a CPU, the vocabulary projection of a few rows is 1.4-3.4x faster as W @ h^T than as h @ W^T
         # (measured for SmolLM2's and Qwen2.5's heads at 1-64 rows): the model returns hidden states, the engine projects.
-        from tutorlm.train.data import plain_output_head
 
         self.head = plain_output_head(model) if self.device.type == "cpu" else None
         self.counters = {"prefills": 0, "prefill_tokens": 0, "decode_steps": 0, "row_steps": 0, "compactions": 0, "growths": 0,
@@ -242,7 +242,6 @@ class Engine:
     def _enter(self, stack: contextlib.ExitStack) -> None:
         """Contexts the run needs: on a CPU, the model returns hidden states and the engine projects them."""
         if self.head is not None:
-            from tutorlm.train.data import identity_head
 
             stack.enter_context(identity_head(self.model, self.head))
 

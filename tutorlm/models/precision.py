@@ -24,6 +24,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from tutorlm.config import default_cache_path
+from tutorlm.run import atomic_write_text
 
 # bf16 must beat fp32 by this factor to be chosen: autocast adds casts, and a tie is not worth the rounding.
 FAST_ENOUGH = 1.2
@@ -113,8 +115,6 @@ def verdict_key() -> str:
 
 def verdict_path() -> Path:
     """precision.json, next to the teacher cache."""
-    from tutorlm.cache import default_cache_path
-
     return default_cache_path().parent / "precision.json"
 
 
@@ -139,8 +139,6 @@ def cpu_bf16(*, refresh: bool = False) -> CpuBf16:
     cached[key] = {"fast": result.fast, "fp32_gflops": result.fp32_gflops, "bf16_gflops": result.bf16_gflops,
                    "flags": list(result.flags), "cpu": result.cpu}
     try:
-        from tutorlm.run import atomic_write_text
-
         atomic_write_text(path, json.dumps(cached, indent=2) + "\n")
     except OSError:
         pass  # a read-only home only costs the measurement next time

@@ -10,24 +10,30 @@ the prompt's logits nor a whole batch's (tokens x vocabulary) logits ever exist.
 ids (what the engine generated, exactly); `score_rows` renders prompt and completion with the model's
 chat template first, as training does.
 
-`score_remote` scores on an OpenAI-compatible server instead, with the legacy completions API's `echo`
-and `logprobs` (vLLM serves it; llama.cpp's server refuses echo, which stops the run with that reply),
-through the teacher cache and the generate stage's retries: a scored text is paid for once. The server's
-tokens come back as text with their offsets, so the scores are of the server model's own tokens.
+A served teacher scores through backends/openai.py's `score_remote` instead (the legacy completions API's
+`echo` and `logprobs`).
 """
 
 from __future__ import annotations
 
 import hashlib
-import math
 import json
+import math
 from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
 
-from tutorlm.train.data import IGNORE, Tokenized, collate_padded, identity_head, labelled_positions, plain_output_head, tokenize
+from tutorlm.models.tokens import (
+    IGNORE,
+    Tokenized,
+    collate_padded,
+    identity_head,
+    labelled_positions,
+    plain_output_head,
+    tokenize,
+)
 
 ROWS_PER_CHUNK = 256  # positions projected onto the vocabulary at once
 
@@ -106,79 +112,3 @@ def _score_row(hidden: torch.Tensor, weight: torch.Tensor | None, targets: torch
             top_ids += top.indices.tolist()
             top_values += top.values.tolist()
     return Scored(targets.tolist(), chosen, top_ids if top_k else None, top_values if top_k else None)
-
-
-# ---------------------------------------------------------------------------------------------------
-# On a server
-# ---------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class TextPair:
-    """A prompt already rendered with the served model's chat template, and the completion text to score after it."""
-
-    prompt: str
-    completion: str
-
-
-@dataclass
-class ScoredText:
-    """The server model's tokens of a completion (texts and their offsets in it) and their log-probabilities."""
-
-    tokens: list[str]
-    offsets: list[int]  # where each token starts in the completion text
-    logprobs: list[float]
-    top: list[dict[str, float]] | None = None  # the k most likely next tokens at each position, by text
-
-    @property
-    def mean_logprob(self) -> float:
-        return sum(self.logprobs) / len(self.logprobs) if self.logprobs else 0.0
-
-
-def parse_echo_logprobs(data: dict[str, Any], prompt: str, completion: str, top_k: int, url: str) -> ScoredText:
-    """The completion's part of an echoed /v1/completions reply ({"choices": [{"logprobs": {tokens, token_logprobs,
-    text_offset, top_logprobs}}]}); a reply without the prompt's log-probabilities is a FatalBackendError."""
-    from tutorlm.errors import FatalBackendError
-
-    logprobs = data["choices"][0].get("logprobs") or {}
-    tokens, values, offsets = logprobs.get("tokens") or [], logprobs.get("token_logprobs") or [], logprobs.get("text_offset") or []
-    end = len(prompt) + len(completion)
-    # Tokens that start in the completion; one that straddles the boundary belongs to neither side.
-    wanted = [i for i, offset in enumerate(offsets) if len(prompt) <= offset < end]
-    if len(offsets) < 2 or len(offsets) != len(tokens) or not "".join(tokens).startswith(prompt + completion):
-        raise FatalBackendError(
-            f"{url} did not return log-probabilities of the prompt's tokens ({len(tokens)} tokens came back for a text of "
-            f"{end} characters): it does not echo with logprobs, which scoring needs (vLLM does)"
-        )
-    top = [dict(logprobs["top_logprobs"][i] or {}) for i in wanted] if top_k and logprobs.get("top_logprobs") else None
-    return ScoredText([tokens[i] for i in wanted], [offsets[i] - len(prompt) for i in wanted],
-                      [float(values[i]) for i in wanted], top)
-
-
-def score_remote(teacher: Any, pairs: list[TextPair], *, top_k: int = 0, cache: Any = None) -> list[ScoredText]:
-    """Scores of rendered (prompt, completion) texts by the served model `teacher` (a TeacherConfig with backend openai).
-
-    Cached like teacher calls (key: model, texts, top_k); calls that still fail after retries raise
-    GenerationIncomplete, and a rerun makes only those.
-    """
-    from tutorlm.backends.openai import OpenAIBackend
-    from tutorlm.errors import GenerationIncomplete
-
-    backend = OpenAIBackend(teacher)
-    keys = [hashlib.sha256(json.dumps({"kind": "score", "model": backend.model_name, "prompt": pair.prompt,
-                                       "completion": pair.completion, "top_k": top_k}).encode()).hexdigest() for pair in pairs]
-    stored = cache.get_many_json(keys) if cache is not None else {}
-    results: dict[str, Any] = {key: ScoredText(**value) for key, value in stored.items()}
-    pending = {key: pair for key, pair in zip(keys, pairs) if key not in results}
-    key_of = {id(pair): key for key, pair in pending.items()}
-
-    def done(pair: TextPair, result: Any) -> None:
-        results[key_of[id(pair)]] = result
-        if cache is not None and isinstance(result, ScoredText):
-            cache.put_json(key_of[id(pair)], "openai-score", backend.model_name, asdict(result))
-
-    backend.score(list(pending.values()), top_k, done)
-    failures = [result for result in results.values() if isinstance(result, Exception)]
-    if failures:
-        raise GenerationIncomplete(f"{len(failures)} of {len(pairs)} scoring calls failed (first: {failures[0]}); run again to retry")
-    return [results[key] for key in keys]

@@ -14,9 +14,11 @@ import sys
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any, AsyncIterator
 
+from tutorlm.config import ServeConfig, TeacherConfig
+from tutorlm.errors import ConfigError, FatalBackendError
+from tutorlm.serve.protocol import BadRequest, Params, api_key, new_id, now, parse_messages, parse_params, sse, usage
 from tutorlm.serve.route import Answer, Router
-from tutorlm.serve.protocol import (BadRequest, LocalModel, Params, RemoteTeacher, ServeConfig, api_key, new_id, now,
-                           parse_messages, parse_params, sse, usage)
+from tutorlm.serve.workers import LocalModel, RemoteTeacher
 
 
 def _imports() -> tuple[Any, ...]:
@@ -25,8 +27,6 @@ def _imports() -> tuple[Any, ...]:
         import uvicorn  # noqa: F401
         from fastapi.responses import JSONResponse, StreamingResponse
     except ImportError as error:
-        from tutorlm.errors import ConfigError
-
         raise ConfigError(f"tutorlm serve needs FastAPI and uvicorn ({error.name} is missing): pip install -e \".[serve]\"") from None
     return fastapi, JSONResponse, StreamingResponse
 
@@ -238,8 +238,6 @@ def build_app(config: ServeConfig, student: LocalModel, teacher: LocalModel | Re
 def load_local(spec: str, dtype: str, *, slots: int, room: int, name: str) -> LocalModel:
     """A local model spec (a directory, hub id, .gguf file or package) loaded the way the hf backend loads it."""
     from tutorlm.backends.hf import HFBackend
-    from tutorlm.config import TeacherConfig
-    from tutorlm.errors import ConfigError, FatalBackendError
 
     backend = HFBackend(TeacherConfig(backend="hf", model=spec, dtype=dtype))  # a missing file or package: a clear error now
     try:

@@ -25,16 +25,13 @@ from rich.console import Console
 from rich.table import Table
 
 from tutorlm.backends.hf import keep_loaded
-from tutorlm.config import Recipe, to_dict
+from tutorlm.config import Recipe, ServeConfig, to_dict
 from tutorlm.errors import ConfigError
-from tutorlm.evaluate import EVAL_DIR, evaluate_one, resolve_spec
+from tutorlm.evaluate import evaluate_one, resolve_spec
 from tutorlm.report import point_label
-from tutorlm.serve.route import RouterBackend
-from tutorlm.run import RunDir, atomic_write_text
-from tutorlm.serve.protocol import ServeConfig, agreement
+from tutorlm.run import ESCALATION, EVAL_DIR, RunDir, atomic_write_text
+from tutorlm.serve.route import RouterBackend, agreement
 from tutorlm.tasks import load_task
-
-ESCALATION = "escalation.json"
 
 
 def student_votes(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:

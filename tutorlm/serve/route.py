@@ -15,13 +15,44 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
 from tutorlm.backends import Completion, OnResult, Request, Sampling
-from tutorlm.models.engine import RowSettings
+from tutorlm.config import ServeConfig
 from tutorlm.errors import ConfigError
-from tutorlm.serve.protocol import BadRequest, LocalModel, Params, RemoteTeacher, ServeConfig, agreement, hesitates
+from tutorlm.models.engine import RowSettings
+from tutorlm.serve.protocol import BadRequest, Params
+from tutorlm.serve.workers import LocalModel, RemoteTeacher
+from tutorlm.verify import extract_answer, normalize_text
+
+HESITATION = ("wait", "hmm", "hold on", "let me re", "actually", "double-check", "i made a mistake")
+
+
+def final_answer(text: str) -> str | None:
+    """The answer a completion states ("The answer is ...", a boxed answer; no last-number guess), normalized so
+    that two samples that agree compare equal."""
+    answer = extract_answer(text, fallback=False)
+    return None if answer is None else normalize_text(answer)
+
+
+def agreement(texts: list[str]) -> tuple[float, str | None, int | None]:
+    """(share of the samples that state the most common answer, that answer, the first sample that states it);
+    (0, None, None) when none states one."""
+    answers = [final_answer(text) for text in texts]
+    stated = Counter(answer for answer in answers if answer is not None)
+    if not stated:
+        return 0.0, None, None
+    answer, count = stated.most_common(1)[0]
+    return count / len(texts), answer, answers.index(answer)
+
+
+def hesitates(line: str, logprobs: list[float], floor: float) -> bool:
+    lowered = line.lower()
+    if any(word in lowered for word in HESITATION):
+        return True
+    return bool(logprobs) and min(logprobs) < floor  # one unsure token (a digit of a sum) is enough
 
 
 @dataclass

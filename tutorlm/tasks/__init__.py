@@ -18,7 +18,17 @@ from typing import Any
 from tutorlm.config import ConfigError, TaskConfig
 from tutorlm.recipe_io import check_value
 from tutorlm.tasks.arithmetic import Arithmetic, MultistepArithmetic
-from tutorlm.tasks.base import SPLITS, DataError, Example, Task, build_prompt, format_question, sample_split, split_of
+from tutorlm.tasks.base import (
+    SPLITS,
+    DataError,
+    Example,
+    Task,
+    answer_instruction,
+    build_prompt,
+    format_question,
+    sample_split,
+    split_of,
+)
 from tutorlm.tasks.benchmarks import BENCHMARKS, benchmark_examples, benchmark_options
 from tutorlm.tasks.files import load_file_examples
 from tutorlm.tasks.logic import Deduction, ObjectTracking
@@ -63,8 +73,6 @@ def generator_settings(name: str) -> dict[str, Any]:
 def prompt_instruction(config: TaskConfig) -> str:
     """The instruction every prompt of the task ends with: part of what a generate or eval stage depends on, so
     that rewording it makes their results stale (the config alone would not change)."""
-    from tutorlm.tasks.base import answer_instruction
-
     if config.source in GENERATORS and not config.splits:
         return answer_instruction(GENERATORS[config.source].answer_type)
     if config.source in BENCHMARKS and not config.splits:

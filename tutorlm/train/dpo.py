@@ -30,11 +30,14 @@ from typing import Any
 
 import torch
 
-from tutorlm.curate import PAIRS, read_jsonl
+from tutorlm.cache import Cache
 from tutorlm.errors import PreflightError
-from tutorlm.train.data import IGNORE, Tokenized, collate_padded, identity_head, labelled_positions, tokenize
-from tutorlm.train.kd import _heads
+from tutorlm.models.load import model_fingerprint
+from tutorlm.models.score import score_ids
+from tutorlm.models.tokens import IGNORE, Tokenized, collate_padded, identity_head, labelled_positions, tokenize
+from tutorlm.run import PAIRS, read_jsonl
 from tutorlm.train.losses import linear_cross_entropy, linear_token_logprobs, preference_loss
+from tutorlm.train.teacher import model_and_head
 
 REFERENCE = "dpo_reference.sqlite"
 
@@ -46,10 +49,6 @@ class DPO:
 
     def prepare(self, recipe: Any, model: Any, tokenizer: Any, rows: list[dict[str, Any]], examples: list[Tokenized],
                 device: Any, console: Any) -> dict[str, Any]:
-        from tutorlm.cache import Cache
-        from tutorlm.models.load import model_fingerprint
-        from tutorlm.models.score import score_ids
-
         config = self.config
         path = recipe.run.path / PAIRS
         if not path.exists():
@@ -91,7 +90,7 @@ class DPO:
         found = cache.get_many_json(keys)
         missing = [index for index, key in enumerate(keys) if key not in found]
         if missing:
-            inner, _ = _heads(model)
+            inner, _ = model_and_head(model)
             scored = score_ids(inner, [items[index] for index in missing], batch_size=config.batch_size,
                                pad_token_id=tokenizer.pad_token_id)
             for index, item in zip(missing, scored):
@@ -119,7 +118,7 @@ class DPO:
         device = batch["input_ids"].device
         items = [self.chosen[i] for i in indices] + [self.rejected[i] for i in indices]
         both = {key: value.to(device) for key, value in collate_padded(items, self.pad_token_id).items()}
-        inner, head = _heads(model)
+        inner, head = model_and_head(model)
         inputs, positions, targets_at = labelled_positions(both)
         wanted = targets_at != IGNORE
         with identity_head(inner, head):

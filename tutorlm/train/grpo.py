@@ -59,14 +59,17 @@ from typing import Any
 
 import torch
 
-from tutorlm.curate import CURATED
-from tutorlm.models.engine import cache_argument
 from tutorlm.errors import PreflightError
+from tutorlm.models.engine import cache_argument
 from tutorlm.models.load import stop_ids
-from tutorlm.train.data import IGNORE, Tokenized, identity_head, labelled_positions, sft_loss
-from tutorlm.train.kd import _heads
+from tutorlm.models.tokens import IGNORE, Tokenized, identity_head, labelled_positions
+from tutorlm.run import CURATED
+from tutorlm.tasks import Example, load_task
+from tutorlm.train.data import sft_loss
 from tutorlm.train.losses import clipped_surrogate, group_advantages, k3_kl, linear_cross_entropy, linear_token_logprobs
-from tutorlm.train.on_policy import OnPolicy, _collate, _prompt_length, _text, prompts_of, sample_student
+from tutorlm.train.on_policy import OnPolicy
+from tutorlm.train.rollout import collate_completions, completion_text, prompt_length, prompts_of, sample_student
+from tutorlm.train.teacher import model_and_head
 
 
 class GRPO:
@@ -90,8 +93,6 @@ class GRPO:
 
     def prepare(self, recipe: Any, model: Any, tokenizer: Any, rows: list[dict[str, Any]], examples: list[Tokenized],
                 device: Any, console: Any) -> dict[str, Any]:
-        from tutorlm.tasks import load_task
-
         config = self.config
         self.tokenizer, self.console = tokenizer, console
         self.task = load_task(recipe.task)
@@ -106,14 +107,14 @@ class GRPO:
             question = str(rows_by_id[example.example_id]["example_id"]) if example.example_id in rows_by_id else example.example_id
             unique.setdefault(question, example)
         examples[:] = list(unique.values())
-        self.rows_by_prompt = {tuple(example.input_ids[:_prompt_length(example.labels)]): rows_by_id.get(example.example_id)
+        self.rows_by_prompt = {tuple(example.input_ids[:prompt_length(example.labels)]): rows_by_id.get(example.example_id)
                                for example in examples}
         self.pool = list(self.rows_by_prompt)  # what refill rounds draw from
         self.stop_ids = stop_ids(model, tokenizer)
         stats: dict[str, Any] = {"questions": len(examples), "group_size": config.grpo_group_size}
         terms = []
         if config.grpo_beta:
-            inner, _ = _heads(model)
+            inner, _ = model_and_head(model)
             self.reference = copy.deepcopy(inner).eval().requires_grad_(False)
             terms.append(f"{config.grpo_beta} x KL to the starting student")
         if config.grpo_teacher_weight:
@@ -154,12 +155,12 @@ class GRPO:
             parameter = next(p for p in model.parameters() if p.requires_grad)
             return (parameter.sum() * 0.0), 0
         device = batch["input_ids"].device
-        inner, head = _heads(model)
+        inner, head = model_and_head(model)
         with identity_head(inner, head):
             shared = shared_prompt_hidden(model, inner, prompts, completions, config.grpo_group_size,
                                           self.tokenizer.pad_token_id, device)
             if shared is None or self.reference is not None:
-                inputs, positions, chosen = labelled_positions(_collate(prompts, completions, self.tokenizer.pad_token_id,
+                inputs, positions, chosen = labelled_positions(collate_completions(prompts, completions, self.tokenizer.pad_token_id,
                                                                         device))
                 wanted = chosen != IGNORE  # (B, K), row-major: each completion's tokens in order
             if shared is None:
@@ -257,15 +258,13 @@ class GRPO:
     def reward(self, prompt: list[int], completion: list[int], finished: bool) -> tuple[float, bool]:
         """(the verifier's 1 or 0 plus the optional shaping terms, whether the answer is right); an unfinished sample is
         not graded."""
-        from tutorlm.tasks import Example
-
         config = self.config
         row = self.rows_by_prompt[tuple(prompt)]
         verdict = None
         if finished:
             example = Example(id=row["example_id"], question=row.get("question", ""), answer=row["answer"],
                               choices=row.get("choices"))
-            verdict = self.task.grade(example, _text(self.tokenizer, completion))
+            verdict = self.task.grade(example, completion_text(self.tokenizer, completion))
         correct = bool(verdict and verdict.correct)
         reward = float(correct)
         if verdict is not None and verdict.extracted is not None:

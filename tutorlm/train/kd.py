@@ -32,62 +32,28 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from accelerate.utils import extract_model_from_parallel
 
-from tutorlm.models import topk
+from tutorlm.config import config_hash
 from tutorlm.errors import PreflightError
+from tutorlm.models import topk
+from tutorlm.models.load import load_tokenizer, model_fingerprint
+from tutorlm.models.score import score_rows
+from tutorlm.models.tokens import IGNORE, Tokenized, identity_head, labelled_positions, plain_output_head, render
 from tutorlm.progress import StageProgress
+from tutorlm.run import atomic_write_text
 from tutorlm.train.align import Aligned, TeacherTokens, VocabularyMap, align
-from tutorlm.train.data import IGNORE, Tokenized, identity_head, labelled_positions, plain_output_head
 from tutorlm.train.losses import NO_TOKEN, linear_cross_entropy, linear_kd_loss, linear_token_logprobs
+from tutorlm.train.teacher import (
+    compare_tokenizers,
+    describe,
+    load_teacher,
+    local_teacher,
+    model_and_head,
+    output_rows,
+    teacher_model_config,
+)
 
 SCORES = "kd_teacher_topk.jsonl"  # a teacher with another vocabulary: its top-k on the curated rationales
-SAMPLE_TEXTS = ("The answer is 42.", "Alice flips the coin. Is it still heads up?", " 12 + 30 = 42\n", "ü→λ 🙂")
-
-
-def compare_tokenizers(student: Any, teacher: Any, student_rows: int | None = None, teacher_rows: int | None = None) -> dict[str, Any]:
-    """How two tokenizers (and, when given, the rows of the two models' output projections) compare.
-
-    Returns {"same_vocabulary": bool, "differences": [...], "vocabulary": n, ...}. Padded embedding rows past
-    the tokenizer's length (Qwen pads to a multiple of 64 or more) are not a difference: those ids never occur.
-    """
-    differences = []
-    student_vocab, teacher_vocab = student.get_vocab(), teacher.get_vocab()
-    if len(student_vocab) != len(teacher_vocab):
-        differences.append(f"vocabulary size: student {len(student_vocab)}, teacher {len(teacher_vocab)}")
-    else:
-        mismatched = [token for token, index in student_vocab.items() if teacher_vocab.get(token) != index]
-        if mismatched:
-            differences.append(f"{len(mismatched)} tokens have other ids (e.g. {mismatched[0]!r}: student "
-                               f"{student_vocab[mismatched[0]]}, teacher {teacher_vocab.get(mismatched[0])})")
-    for name in ("eos_token", "bos_token", "pad_token"):
-        if getattr(student, name) != getattr(teacher, name):
-            differences.append(f"{name}: student {getattr(student, name)!r}, teacher {getattr(teacher, name)!r}")
-    for text in SAMPLE_TEXTS:
-        student_ids = student(text, add_special_tokens=False)["input_ids"]
-        teacher_ids = teacher(text, add_special_tokens=False)["input_ids"]
-        if student_ids != teacher_ids:
-            differences.append(f"ids of {text!r}: student {student_ids[:8]}, teacher {teacher_ids[:8]}")
-            break
-    if student.chat_template != teacher.chat_template:
-        differences.append("chat templates differ (with one vocabulary the teacher scores the student's rendering of each "
-                           "conversation; with two, each model renders it with its own)")
-    needed = len(student_vocab)
-    for who, rows in (("student", student_rows), ("teacher", teacher_rows)):
-        if rows is not None and rows < needed:
-            differences.append(f"the {who}'s output projection has {rows} rows for a vocabulary of {needed}")
-    # Chat templates may differ and KD still be exact on the student's rendering; everything else may not.
-    blocking = [d for d in differences if not d.startswith("chat templates")]
-    return {"same_vocabulary": not blocking, "differences": differences, "vocabulary": len(student_vocab),
-            "student_rows": student_rows, "teacher_rows": teacher_rows}
-
-
-def describe(comparison: dict[str, Any]) -> str:
-    if comparison["same_vocabulary"]:
-        notes = f"; note: {'; '.join(comparison['differences'])}" if comparison["differences"] else ""
-        return f"same vocabulary ({comparison['vocabulary']} tokens): token-level KD applies{notes}"
-    return ("different vocabularies (" + "; ".join(comparison["differences"]) + "): cross-tokenizer KD applies, on the "
-            "tokens cut at the same character offsets, with the teacher's candidates mapped to the student's tokens by text")
 
 
 class KD:
@@ -110,12 +76,12 @@ class KD:
                 raise PreflightError(f"the curated rows' top-k come from {len(names)} tokenizers ({', '.join(names)}); "
                                      "distil from one teacher's traces at a time")
             teacher_name, teacher_tokenizer = names[0], _load_teacher_tokenizer(recipe, names[0])
-            comparison = compare_tokenizers(tokenizer, teacher_tokenizer, _rows(model), None)
+            comparison = compare_tokenizers(tokenizer, teacher_tokenizer, output_rows(model), None)
             teacher_tokens = {str(row["id"]): _stored_tokens(row) for row in stored}
         else:
             teacher_name = config.kd_teacher or recipe.teacher.model
-            teacher_model, teacher_tokenizer = _load_teacher(recipe, device)
-            comparison = compare_tokenizers(tokenizer, teacher_tokenizer, _rows(model), _rows(teacher_model))
+            teacher_model, teacher_tokenizer = load_teacher(recipe, device)
+            comparison = compare_tokenizers(tokenizer, teacher_tokenizer, output_rows(model), output_rows(teacher_model))
             if comparison["same_vocabulary"]:  # the exact distribution, computed in every step
                 self.teacher, self.kind = teacher_model, "teacher"
                 console.print(f"kd: teacher {teacher_name} re-scores every batch: {describe(comparison)}; {self._settings()}")
@@ -193,11 +159,6 @@ class KD:
         """The teacher's top-k on every rationale, under its own tokenizer: scored once, kept in the run directory
         (RUN_DIR/kd_teacher_topk.jsonl) so that a resumed or repeated run with the same teacher and rows does not
         pay for it again."""
-        from tutorlm.config import config_hash
-        from tutorlm.models.load import model_fingerprint
-        from tutorlm.run import atomic_write_text
-        from tutorlm.models.score import score_rows
-
         config = self.config
         name = config.kd_teacher or recipe.teacher.model
         path = recipe.run.path / SCORES
@@ -240,8 +201,6 @@ def _teacher_tokens_example(example: Tokenized, row: dict[str, Any], teacher_ids
                             max_length: int) -> Tokenized:
     """The student's prompt, then the teacher's completion tokens, then (when the teacher stopped) the student
     template's end of turn, which has no teacher target and is learnt by cross-entropy."""
-    from tutorlm.train.data import render
-
     prompt_length = example.labels.count(IGNORE)
     _, completion_text = render(tokenizer, row["prompt"], row["completion"])
     content = row["completion"][-1]["content"]
@@ -278,8 +237,6 @@ def _no_stored_message(rows: list[dict[str, Any]]) -> str:
 def _load_teacher_tokenizer(recipe: Any, name: str) -> Any:
     """The tokenizer a stored top-k's ids index: train.kd_teacher (e.g. a local copy of a served model), the recipe's
     teacher when the traces name it, else the name the traces record."""
-    from tutorlm.models.load import load_tokenizer
-
     teacher = recipe.teacher
     if recipe.train.kd_teacher:
         return load_tokenizer(recipe.train.kd_teacher)
@@ -297,54 +254,10 @@ def _stored_tokens(row: dict[str, Any]) -> TeacherTokens:
     return TeacherTokens(list(token_ids), ids, logprobs)
 
 
-def local_teacher(recipe: Any) -> str | None:
-    """The local model whose distributions the student learns: train.kd_teacher, else the recipe's hf teacher."""
-    if recipe.train.kd_teacher:
-        return recipe.train.kd_teacher
-    return recipe.teacher.model if recipe.teacher.backend == "hf" and recipe.teacher.model else None
-
-
-def teacher_model_config(recipe: Any) -> Any:
-    """The local teacher's model settings: train.kd_teacher (in train.kd_teacher_dtype), else the recipe's hf teacher."""
-    from tutorlm.config import ModelConfig
-
-    teacher = recipe.teacher
-    if recipe.train.kd_teacher:
-        return ModelConfig(model=recipe.train.kd_teacher, dtype=recipe.train.kd_teacher_dtype)
-    if teacher.backend == "hf" and teacher.model:
-        return teacher
-    raise PreflightError(
-        "train.kd_source teacher needs a local teacher to re-score the rationales: set train.kd_teacher (or "
-        "teacher.backend hf and teacher.model); or distil from a stored top-k (`tutorlm generate --generate.top_logprobs 20`)"
-    )
-
-
-def _load_teacher(recipe: Any, device: Any) -> tuple[Any, Any]:
-    """The local teacher (train.kd_teacher, else the recipe's hf teacher), frozen on `device`, and its tokenizer."""
-    from tutorlm.models.load import load
-
-    model, tokenizer = load(teacher_model_config(recipe), device=str(device))
-    model.requires_grad_(False)
-    return model.eval(), tokenizer
-
-
-def _rows(model: Any) -> int | None:
-    head = plain_output_head(extract_model_from_parallel(model, keep_torch_compile=False))
-    return None if head is None else head.weight.shape[0]
-
-
-def _heads(student: Any) -> tuple[Any, torch.nn.Linear]:
-    inner = extract_model_from_parallel(student, keep_torch_compile=False)
-    head = plain_output_head(inner)
-    if head is None:
-        raise PreflightError("train.objective kd needs models whose logits are hidden @ weight.T (no soft-capping or bias)")
-    return inner, head
-
-
 def topk_kd_loss(student: Any, batch: dict[str, torch.Tensor], config: Any) -> tuple[torch.Tensor, int]:
     """KD against the batch's teacher top-k (`teacher_ids`, `teacher_logprobs`, (B, T, k)); tokens without a
     target are trained on cross-entropy alone. Returns (the mean over completion tokens, their count)."""
-    inner, head = _heads(student)
+    inner, head = model_and_head(student)
     inputs, positions, chosen = labelled_positions(batch)
     wanted = chosen != IGNORE  # (B, K)
     ids = batch["teacher_ids"][:, 1:][:, positions][wanted]  # (N, k): the target of the token at t + 1
@@ -373,7 +286,7 @@ def kd_loss(student: Any, teacher: Any, batch: dict[str, torch.Tensor], config: 
     `metrics`, when given, receives the summed log-ratio log q − log p of the batch's own tokens (`reverse_kl`, a
     sample estimate of KL(q || p) when the student wrote them), and how often both models' top-1 agree (`agree`
     of `top`), at one more projection of each model."""
-    inner, student_head = _heads(student)
+    inner, student_head = model_and_head(student)
     teacher_head = plain_output_head(teacher)
     if teacher_head is None:
         raise PreflightError("train.objective kd needs models whose logits are hidden @ weight.T (no soft-capping or bias)")

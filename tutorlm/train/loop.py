@@ -38,11 +38,18 @@ from rich.console import Console
 
 from tutorlm import throughput
 from tutorlm.config import Recipe, config_hash, to_dict
-from tutorlm.curate import CURATED, PAIRS, read_jsonl
+from tutorlm.models.load import load
+from tutorlm.models.precision import resolve_precision
+from tutorlm.models.tokens import Tokenized
 from tutorlm.progress import StageProgress
-from tutorlm.run import RunDir, atomic_write_text
+from tutorlm.run import CURATED, PAIRS, RunDir, atomic_write_text, read_jsonl
 from tutorlm.tasks import DataError
-from tutorlm.train.data import Tokenized, batch_order, batches, preflight, sft_loss
+from tutorlm.train.data import batch_order, batches, preflight, sft_loss
+from tutorlm.train.dpo import DPO
+from tutorlm.train.grpo import GRPO
+from tutorlm.train.kd import KD
+from tutorlm.train.on_policy import OnPolicy
+from tutorlm.train.sft import SFT
 
 STUDENT = "student"
 LOG = "train_log.jsonl"
@@ -70,22 +77,13 @@ class Objective(Protocol):
 
 def objective_for(recipe: Recipe) -> Objective:
     if recipe.train.objective == "kd":
-        from tutorlm.train.kd import KD
-
         return KD(recipe)
     if recipe.train.objective == "on_policy":
-        from tutorlm.train.on_policy import OnPolicy
-
         return OnPolicy(recipe)
     if recipe.train.objective == "grpo":
-        from tutorlm.train.grpo import GRPO
-
         return GRPO(recipe)
     if recipe.train.objective == "dpo":
-        from tutorlm.train.dpo import DPO
-
         return DPO(recipe)
-    from tutorlm.train.sft import SFT
 
     return SFT()
 
@@ -154,7 +152,9 @@ def rank_share(order: list, accelerator: Any) -> list:
 
 def train_stage_config(recipe: Recipe) -> dict[str, Any]:
     student = {key: value for key, value in to_dict(recipe.student).items() if key not in ("device", "dtype")}  # eval-only
-    config = {"student": student, "train": to_dict(recipe.train)}
+    # where checkpoints go after training is not part of what the student is
+    train = {key: value for key, value in to_dict(recipe.train).items() if key != "prune_checkpoints"}
+    config = {"student": student, "train": train}
     if recipe.train.objective in ("kd", "on_policy") or (recipe.train.objective == "grpo" and recipe.train.grpo_teacher_weight):
         # the teacher decides the targets: another teacher is another run
         teacher = to_dict(recipe.teacher)
@@ -163,8 +163,6 @@ def train_stage_config(recipe: Recipe) -> dict[str, Any]:
 
 
 def build_model(recipe: Recipe) -> tuple[Any, Any]:
-    from tutorlm.models.load import load
-
     config = recipe.train
     model, tokenizer = load(recipe.student, device="cpu", dtype="float32")  # accelerate places it; autocast sets precision
     if config.method == "lora":
@@ -201,10 +199,7 @@ def train(recipe: Recipe, *, resume: bool = False, force: bool = False, console:
     `model_and_tokenizer` replaces loading `recipe.student` (tests pass a tiny model built in memory).
     """
     from accelerate import Accelerator
-
     from accelerate.utils import parse_flag_from_env
-
-    from tutorlm.models.precision import resolve_precision
 
     config = recipe.train
     # bf16 autocast over fp32 weights and optimizer state where the hardware has a fast bf16 path (measured on CPUs).
@@ -394,16 +389,29 @@ def train(recipe: Recipe, *, resume: bool = False, force: bool = False, console:
                 throughput.record(f"train {config.objective}", recipe.student.model, precision,
                                   tokens=state["tokens_seen"] - tokens_before, seconds=elapsed,
                                   items=(state["step"] - steps_before) * config.batch_size, device=accelerator.device.type)
+        freed_mb = prune_checkpoints(checkpoint_dir, console) if main and config.prune_checkpoints else 0.0
         record["outputs"].append(student_dir / "tutorlm_config.json")
         record["stats"] = {
             "steps": state["step"], "epochs_started": state["epoch"] + 1, "examples": len(examples), "held_out": len(held_out),
             "final_eval_loss": last_eval, "tokens_seen": state["tokens_seen"], "wall_s": round(elapsed, 2),
             "preflight": report, "method": config.method, "objective": config.objective,
-            "precision": precision, "precision_reason": precision_reason, **objective_stats,
+            "precision": precision, "precision_reason": precision_reason, "checkpoints_freed_mb": freed_mb, **objective_stats,
             **(objective.summary() if hasattr(objective, "summary") else {}),
         }
     console.print(f"student: {student_dir}" + (f" (held-out loss {last_eval:.4f})" if last_eval is not None else ""))
     return record["stats"]
+
+
+def prune_checkpoints(directory: Path, console: Console) -> float:
+    """Delete a finished training's checkpoints; the megabytes freed. The student is saved beside them, and a
+    finished run is skipped, or redone from the start with --force, so nothing resumes from them."""
+    if not directory.exists():
+        return 0.0
+    freed = sum(path.stat().st_size for path in directory.rglob("*") if path.is_file()) / 2**20
+    shutil.rmtree(directory)
+    if freed:
+        console.print(f"train: deleted the checkpoints, {freed:,.0f} MB (train.prune_checkpoints false keeps them)")
+    return round(freed, 1)
 
 
 def save_student(model: Any, tokenizer: Any, directory: Path, recipe: Recipe) -> Path:

@@ -47,152 +47,41 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import math
 import random
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import torch
-from accelerate.utils import extract_model_from_parallel
 
-from tutorlm.models import topk
-from tutorlm.models.engine import Engine
+from tutorlm.cache import Cache
 from tutorlm.errors import PreflightError
-from tutorlm.models.load import model_fingerprint, stop_ids
-from tutorlm.train.align import TeacherTokens, VocabularyMap, align, pieces, token_spans
-from tutorlm.train.data import IGNORE, Tokenized, collate_padded, identity_head, labelled_positions
-from tutorlm.train.kd import _heads, _load_teacher, _rows, compare_tokenizers, describe, kd_loss, local_teacher, teacher_model_config
+from tutorlm.models.load import load_tokenizer, model_fingerprint, stop_ids
+from tutorlm.models.tokens import IGNORE, Tokenized, identity_head, labelled_positions
+from tutorlm.tasks import Example, load_task
+from tutorlm.train.kd import kd_loss
 from tutorlm.train.losses import NO_TOKEN, linear_cross_entropy, linear_kd_loss, linear_token_logprobs
+from tutorlm.train.rollout import (
+    collate_completions,
+    completion_text,
+    pairs_of,
+    prompt_length,
+    prompts_of,
+    sample_student,
+)
+from tutorlm.train.teacher import (
+    Grades,
+    LocalGrader,
+    RemoteGrader,
+    compare_tokenizers,
+    describe,
+    load_teacher,
+    local_teacher,
+    model_and_head,
+    output_rows,
+    teacher_model_config,
+)
 
 SCORES = "teacher_scores.sqlite"  # the teacher's grades of completions, by teacher, prompt and completion ids
-
-
-@dataclass
-class Grades:
-    """The teacher on one completion of the student, on the student's tokens."""
-
-    logprobs: torch.Tensor  # (m,) float32: the teacher's log-prob of each completion token; nan where it has none
-    top_ids: torch.Tensor  # (m, k) student ids of the teacher's k most likely tokens there; -1 for none
-    top_logprobs: torch.Tensor  # (m, k) float32
-
-    def to_json(self) -> dict[str, Any]:
-        return {"logprobs": [None if math.isnan(value) else value for value in self.logprobs.tolist()],
-                "topk": topk.pack_tensors(self.top_ids, self.top_logprobs)}
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "Grades":
-        ids, logprobs, _ = topk.unpack(data["topk"])
-        return cls(torch.tensor([math.nan if value is None else value for value in data["logprobs"]], dtype=torch.float32),
-                   ids, logprobs)
-
-
-Item = tuple[list[int], list[int], dict[str, Any] | None]  # (prompt ids, completion ids, the curated row asked)
-
-
-class LocalGrader:
-    """A teacher in memory: the student's token ids (one vocabulary), or the text under its own template, aligned."""
-
-    def __init__(self, teacher: Any, teacher_tokenizer: Any, tokenizer: Any, same_vocabulary: bool, name: str,
-                 batch_size: int, weights: str = "", dtype: str = "auto") -> None:
-        self.teacher, self.teacher_tokenizer, self.tokenizer = teacher, teacher_tokenizer, tokenizer
-        self.same_vocabulary, self.batch_size = same_vocabulary, batch_size
-        self.vocabulary = None if same_vocabulary else VocabularyMap(tokenizer, teacher_tokenizer)
-        # grades are cached under the teacher's weights and precision: another file at the same path, or int8
-        # instead of fp32, is not served the old grades
-        self.identity = {"local": name, "weights": weights, "dtype": dtype}
-
-    def grade(self, items: list[Item], k: int) -> list[Grades]:
-        from tutorlm.models.score import score_ids, score_rows
-
-        if self.same_vocabulary:
-            scored = score_ids(self.teacher, [(prompt, completion) for prompt, completion, _ in items], top_k=k,
-                               batch_size=self.batch_size, pad_token_id=self.tokenizer.pad_token_id)
-            return [Grades(torch.tensor(item.logprobs), torch.tensor(item.top_ids), torch.tensor(item.top_logprobs))
-                    for item in scored]
-        texts = [_text(self.tokenizer, completion) for _, completion, _ in items]
-        rows = [{"prompt": _row(row)["prompt"], "completion": [{"role": "assistant", "content": text}]}
-                for (_, _, row), text in zip(items, texts)]
-        scored = score_rows(self.teacher, self.teacher_tokenizer, rows, top_k=k, batch_size=self.batch_size)
-        grades = []
-        for (_, completion, _), item in zip(items, scored):
-            teacher = TeacherTokens(item.token_ids, torch.tensor(item.top_ids), torch.tensor(item.top_logprobs))
-            aligned = align(self.tokenizer, completion, self.teacher_tokenizer, teacher, self.vocabulary)
-            chosen = torch.full((len(completion),), math.nan)
-            for student_index, teacher_index in aligned.pairs:
-                chosen[student_index] = item.logprobs[teacher_index]
-            grades.append(Grades(chosen, aligned.ids, aligned.logprobs))
-        return grades
-
-
-class RemoteGrader:
-    """A teacher on an OpenAI-compatible server that echoes prompt log-probabilities; its tokens come back as text
-    with offsets and are aligned to the student's by character span."""
-
-    def __init__(self, teacher: Any, teacher_tokenizer: Any, tokenizer: Any, template: str) -> None:
-        self.teacher, self.teacher_tokenizer, self.tokenizer = teacher, teacher_tokenizer, tokenizer
-        self.pieces = pieces(tokenizer)
-        self.identity = {"openai": teacher.model, "template": template}
-
-    def grade(self, items: list[Item], k: int) -> list[Grades]:
-        from tutorlm.models.score import TextPair, score_remote
-
-        texts = [_text(self.tokenizer, completion) for _, completion, _ in items]
-        asked = [index for index, text in enumerate(texts) if text]  # a completion of only its end token has no text
-        pairs = [TextPair(self.teacher_tokenizer.apply_chat_template(_row(items[index][2])["prompt"], add_generation_prompt=True,
-                                                                    tokenize=False), texts[index]) for index in asked]
-        scores = dict(zip(asked, score_remote(self.teacher, pairs, top_k=k)))
-        grades = []
-        for index, (_, completion, _) in enumerate(items):
-            chosen = torch.full((len(completion),), math.nan)
-            ids, logprobs = torch.full((len(completion), k), NO_TOKEN, dtype=torch.long), torch.full((len(completion), k), -math.inf)
-            grades.append(Grades(chosen, ids, logprobs))
-            if index not in scores:
-                continue
-            scored = scores[index]
-            _, spans = token_spans(self.tokenizer, completion)
-            by_span = {(offset, offset + len(token)): position for position, (token, offset) in enumerate(zip(scored.tokens, scored.offsets))}
-            for student_index, span in enumerate(spans):
-                position = by_span.get(span) if span[0] < span[1] else None
-                if position is None:
-                    continue
-                chosen[student_index] = scored.logprobs[position]
-                top = sorted((scored.top[position] if scored.top else {}).items(), key=lambda entry: -entry[1])[:k]
-                for slot, (text, value) in enumerate(top):
-                    token = self.pieces.get(text, NO_TOKEN)
-                    ids[student_index, slot] = token
-                    logprobs[student_index, slot] = value if token != NO_TOKEN else -math.inf
-        return grades
-
-
-def _text(tokenizer: Any, completion: list[int]) -> str:
-    return token_spans(tokenizer, completion)[0]
-
-
-def _row(row: dict[str, Any] | None) -> dict[str, Any]:
-    if row is None:
-        raise PreflightError("on_policy: a prompt of the batch matches no curated row, so the teacher cannot be shown it")
-    return row
-
-
-def sample_student(model: Any, prompts: list[list[int]], *, max_tokens: int, temperature: float, rng: random.Random,
-                   autocast: Any, pad_token_id: int, stop_ids: Any) -> dict[int, tuple[list[int], str]]:
-    """(the sampled tokens, the finish reason) for each prompt by index: the model samples now through the engine, in
-    eval mode for the round, one seed per prompt drawn from `rng`, the whole round inside `autocast` (the loop's
-    mixed-precision context: each weight cast once for the round; see loop.Objective). On-policy and GRPO share it."""
-    inner = extract_model_from_parallel(model, keep_torch_compile=False)
-    was_training = inner.training
-    inner.eval()
-    results: dict[int, tuple[list[int], str]] = {}
-    try:
-        engine = Engine(inner, slots=len(prompts), pad_token_id=pad_token_id, stop_ids=stop_ids)
-        seeds = [rng.getrandbits(62) for _ in prompts]
-        with autocast():
-            engine.run(prompts, max_tokens=max_tokens, temperature=temperature, seeds=seeds,
-                       finished=lambda index, tokens, reason, logprobs, latency: results.__setitem__(index, (list(tokens), reason)))
-    finally:
-        inner.train(was_training)
-    return results
 
 
 class OnPolicy:
@@ -230,21 +119,18 @@ class OnPolicy:
                      device: Any, sampled: bool) -> tuple[str, dict[str, Any]]:
         """Load or connect the teacher that grades the student's samples; (where it is, what the manifest records).
         `sampled`: only the teacher's log-prob of each sampled token is needed (no top-k, no full distribution)."""
-        from tutorlm.cache import Cache
-        from tutorlm.tasks import load_task
-
         config, teacher = self.config, recipe.teacher
         self.tokenizer = tokenizer
         self.task = load_task(recipe.task)
         rows_by_id = {str(row["id"]): row for row in rows}
-        self.rows_by_prompt = {tuple(example.input_ids[:_prompt_length(example.labels)]): rows_by_id.get(example.example_id)
+        self.rows_by_prompt = {tuple(example.input_ids[:prompt_length(example.labels)]): rows_by_id.get(example.example_id)
                                for example in examples}
         self.stop_ids = stop_ids(model, tokenizer)
         stats: dict[str, Any] = {}
         name = local_teacher(recipe)
         if name:
-            local, teacher_tokenizer = _load_teacher(recipe, device)
-            comparison = compare_tokenizers(tokenizer, teacher_tokenizer, _rows(model), _rows(local))
+            local, teacher_tokenizer = load_teacher(recipe, device)
+            comparison = compare_tokenizers(tokenizer, teacher_tokenizer, output_rows(model), output_rows(local))
             model_config = teacher_model_config(recipe)
             self.grader = LocalGrader(local, teacher_tokenizer, tokenizer, comparison["same_vocabulary"], name, config.batch_size,
                                       model_fingerprint(model_config.model, model_config.gguf_file), model_config.dtype)
@@ -253,8 +139,6 @@ class OnPolicy:
             where = f"{name} ({describe(comparison)})"
             stats["tokenizers"] = comparison
         elif teacher.backend == "openai" and teacher.model:
-            from tutorlm.models.load import load_tokenizer
-
             template = config.kd_teacher_tokenizer or "the student's"
             teacher_tokenizer = load_tokenizer(config.kd_teacher_tokenizer) if config.kd_teacher_tokenizer else tokenizer
             self.grader = RemoteGrader(teacher, teacher_tokenizer, tokenizer, template)
@@ -272,7 +156,7 @@ class OnPolicy:
         self.identity = {**self.grader.identity, "k": self.k, "student_tokenizer": [tokenizer.name_or_path, len(tokenizer)]}
         if isinstance(self.grader, RemoteGrader) and examples:  # the server must echo prompt log-probabilities
             example = examples[0]
-            length = _prompt_length(example.labels)
+            length = prompt_length(example.labels)
             self.grade([example.input_ids[:length]], [example.input_ids[length:]])
             self.window, self.totals = {}, {}
         return where, stats
@@ -288,7 +172,7 @@ class OnPolicy:
         if on_policy:
             prompts, completions, finished = self.sample(model, batch, rng)
             rewards = self._rewards(prompts, completions, finished)  # logged as the samples' accuracy
-            batch = _collate(prompts, completions, self.tokenizer.pad_token_id, device)
+            batch = collate_completions(prompts, completions, self.tokenizer.pad_token_id, device)
         else:
             prompts, completions = pairs_of(batch)
             self._count(micro_batches=1)
@@ -299,7 +183,7 @@ class OnPolicy:
             return result
         grades = self.grade(prompts, completions)
         if not on_policy:
-            batch = _collate(prompts, completions, self.tokenizer.pad_token_id, device)
+            batch = collate_completions(prompts, completions, self.tokenizer.pad_token_id, device)
         sampled = on_policy and self.config.on_policy_loss == "sampled"
         return self._graded_loss(model, batch, grades, rewards, sampled=sampled)
 
@@ -338,8 +222,6 @@ class OnPolicy:
 
     def _rewards(self, prompts: list[list[int]], completions: list[list[int]], finished: list[bool]) -> torch.Tensor:
         """1 for each sample whose answer verifies (and that ended), else 0."""
-        from tutorlm.tasks import Example
-
         rewards = []
         for prompt, completion, done in zip(prompts, completions, finished):
             row = self.rows_by_prompt.get(tuple(prompt))
@@ -347,14 +229,14 @@ class OnPolicy:
             if row is not None and done:
                 example = Example(id=row["example_id"], question=row.get("question", ""), answer=row["answer"],
                                   choices=row.get("choices"))
-                correct = self.task.grade(example, _text(self.tokenizer, completion)).correct
+                correct = self.task.grade(example, completion_text(self.tokenizer, completion)).correct
             rewards.append(float(correct))
         self._count(correct=sum(rewards), verified=len(rewards))
         return torch.tensor(rewards)
 
     def _graded_loss(self, model: Any, batch: dict[str, torch.Tensor], grades: list[Grades], rewards: torch.Tensor | None,
                      sampled: bool) -> tuple[torch.Tensor, int]:
-        inner, head = _heads(model)
+        inner, head = model_and_head(model)
         inputs, positions, chosen = labelled_positions(batch)
         wanted = chosen != IGNORE  # (B, K); row-major, so the completions' tokens in order
         with identity_head(inner, head):
@@ -421,38 +303,3 @@ class OnPolicy:
         return entry
 
 
-def _prompt_length(labels: list[int]) -> int:
-    return next((i for i, label in enumerate(labels) if label != IGNORE and i > 0), len(labels))
-
-
-def _collate(prompts: list[list[int]], completions: list[list[int]], pad_token_id: int, device: Any) -> dict[str, torch.Tensor]:
-    items = [Tokenized(prompt + completion, [IGNORE] * len(prompt) + completion) for prompt, completion in zip(prompts, completions)]
-    return {key: value.to(device) for key, value in collate_padded(items, pad_token_id).items()}
-
-
-def _examples_of(batch: dict[str, torch.Tensor]) -> list[tuple[list[int], list[int]]]:
-    """Each example's (input ids, labels), from a padded or a packed batch (padding dropped)."""
-    input_ids, labels = batch["input_ids"].tolist(), batch["labels"].tolist()
-    if "position_ids" in batch and "attention_mask" not in batch:  # packed: one row, positions restart per example
-        positions = batch["position_ids"][0].tolist()
-        starts = [i for i, position in enumerate(positions) if position == 0] + [len(positions)]
-        return [(input_ids[0][a:b], labels[0][a:b]) for a, b in zip(starts, starts[1:])]
-    lengths = batch["attention_mask"].sum(-1).tolist()
-    return [(ids[:length], row[:length]) for ids, row, length in zip(input_ids, labels, lengths)]
-
-
-def prompts_of(batch: dict[str, torch.Tensor]) -> list[list[int]]:
-    """Each example's prompt ids (the tokens before its first label), from a padded or a packed batch."""
-    # collate_packed masks each example's first label; the prompt is every leading IGNORE
-    return [ids[:_prompt_length(labels)] for ids, labels in _examples_of(batch)]
-
-
-def pairs_of(batch: dict[str, torch.Tensor]) -> tuple[list[list[int]], list[list[int]]]:
-    """(prompts, completions): each example's ids before its first label, and its labelled ids after them."""
-    prompts, completions = [], []
-    for ids, labels in _examples_of(batch):
-        start = _prompt_length(labels)
-        end = max((i + 1 for i, label in enumerate(labels) if label != IGNORE), default=start)
-        prompts.append(ids[:start])
-        completions.append(ids[start:end])
-    return prompts, completions

@@ -15,7 +15,8 @@ from typing import Any
 import torch
 from rich.console import Console
 
-from tutorlm.train.data import Tokenized, sft_loss
+from tutorlm.models.tokens import Tokenized
+from tutorlm.train.data import sft_loss
 
 
 class SFT:
