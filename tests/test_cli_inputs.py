@@ -140,16 +140,16 @@ def test_evaluated_models_never_inherit_the_teachers_device_dtype_or_remote_code
 
 
 def _count_loads(monkeypatch) -> list[str]:
-    import tutorlm.models.load
+    import tutorlm.backends.hf
 
     loads: list[str] = []
-    original = tutorlm.models.load.load_model
+    original = tutorlm.backends.hf.load_model  # what the hf backend loads every local model with
 
     def counting(spec, *args, **kwargs):
         loads.append(spec)
         return original(spec, *args, **kwargs)
 
-    monkeypatch.setattr(tutorlm.models.load, "load_model", counting)
+    monkeypatch.setattr(tutorlm.backends.hf, "load_model", counting)
     return loads
 
 
@@ -205,9 +205,9 @@ def test_eval_on_several_tasks_loads_each_model_once(tmp_path, monkeypatch, caps
 
 
 def test_dry_run_estimates_time_from_speeds_measured_on_this_machine(tmp_path, capsys, monkeypatch):
-    import tutorlm.cli.main
+    import tutorlm.cli.common
 
-    monkeypatch.setattr(tutorlm.cli.main.console, "width", 400)  # the plan's cells on one line each
+    monkeypatch.setattr(tutorlm.cli.common.console, "width", 400)  # the plan's cells on one line each
     model = save_tiny_model(tmp_path / "m")
     common = ["--task.source", "coin_flip", "--teacher.backend", "hf", "--teacher.model", str(model),
               "--eval.limit", "4", "--eval.max_tokens", "6", "--generate.limit", "3", "--generate.max_tokens", "6",

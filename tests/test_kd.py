@@ -111,7 +111,7 @@ def test_tokenizer_comparison_says_what_differs(tokenizer):
     assert not other["same_vocabulary"] and "vocabulary size" in other["differences"][0]
 
 
-def test_a_teacher_with_another_vocabulary_is_distilled_on_aligned_tokens(tmp_path, tokenizer):
+def test_a_teacher_with_another_vocabulary_is_distilled_on_aligned_tokens(tmp_path, tokenizer, monkeypatch):
     from test_train import make_run
 
     from tutorlm.run import read_jsonl
@@ -137,8 +137,15 @@ def test_a_teacher_with_another_vocabulary_is_distilled_on_aligned_tokens(tmp_pa
     console = Console(file=open(os.devnull, "w"), record=True, width=200)
     train(recipe, console=console, force=True, model_and_tokenizer=(make_model(tokenizer, seed=0), tokenizer))
     assert "not scoring again" not in console.export_text()
-    # A temperature cannot be applied to a top-k: refused before any training.
+    # A temperature cannot be applied to a top-k: refused before any training, and before the teacher's weights
+    # load (the tokenizers decide it; a real teacher takes minutes to load).
     recipe.train.kd_temperature = 2.0
+    import tutorlm.train.teacher
+
+    def no_model_load(*args, **kwargs):
+        raise AssertionError("the teacher model was loaded before the vocabulary check")
+
+    monkeypatch.setattr(tutorlm.train.teacher, "load", no_model_load)
     with pytest.raises(PreflightError, match="temperature 1"):
         train(recipe, console=QUIET, force=True, model_and_tokenizer=(make_model(tokenizer), tokenizer))
     assert len(read_jsonl(tmp_path / "run" / "curated.jsonl")) > 0
@@ -274,3 +281,25 @@ def test_a_missing_kd_teacher_stops_the_run_before_any_stage(tmp_path):
     with pytest.raises(ConfigError, match=r"train.kd_teacher: .*teacher.gguf: no such GGUF file"):
         run_pipeline(recipe, console=QUIET)
     assert not (tmp_path / "runs").exists()
+
+
+def test_in_a_run_training_scores_with_the_teacher_that_generation_loaded(tmp_path, monkeypatch):
+    """Inside keep_loaded (what `tutorlm run` wraps generate, eval and a teacher-taught training in), the teacher
+    training loads is the copy generation loaded: one load per run. Outside it, training loads its own."""
+    import tutorlm.backends.hf as hf
+    from tutorlm.config import Recipe
+    from tutorlm.train.teacher import load_teacher
+
+    teacher_dir = save_tiny_model(tmp_path / "teacher", seed=7)
+    loads = []
+    original = hf.load_model
+    monkeypatch.setattr(hf, "load_model", lambda spec, *a, **k: loads.append(spec) or original(spec, *a, **k))
+    recipe = Recipe(teacher=TeacherConfig(backend="hf", model=str(teacher_dir), device="cpu", dtype="float32"),
+                    train=TrainConfig(objective="kd"))
+    with hf.keep_loaded():
+        generating, _ = hf.HFBackend(recipe.teacher).load()
+        training, _ = load_teacher(recipe, torch.device("cpu"))
+    assert training is generating and loads == [str(teacher_dir)]
+    assert not any(parameter.requires_grad for parameter in training.parameters())
+    apart, _ = load_teacher(recipe, "cpu")
+    assert apart is not generating and len(loads) == 2

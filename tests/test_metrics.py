@@ -100,3 +100,21 @@ def test_paired_difference_of_two_models_on_the_same_questions():
     assert same["difference"] == 0 and same["difference_ci95"] == [0, 0] and same["p_not_better"] == 1.0
     with pytest.raises(ValueError, match="same length"):
         metrics.paired_difference([1, 0], [1])
+
+
+def test_the_eval_table_keeps_every_figure_whole_at_80_columns():
+    import io
+
+    from rich.console import Console
+
+    from tutorlm.evaluate import print_table
+
+    out = io.StringIO()
+    summary = {"accuracy": 0.14, "accuracy_ci95": [0.078, 0.214], "mean_completion_tokens": 123.0, "truncation_rate": 0.05,
+               "no_answer_rate": 0.01, "examples": 100}
+    print_table(Console(file=out, width=80), {"qwen2.5-coder-0.5b-instruct": {**summary, "pass@2": 0.2, "maj@2": 0.18},
+                                              "teacher": {**summary, "accuracy_ci95": [1.0, 1.0]}})
+    text = out.getvalue()
+    assert "7.8%–21.4%" in text and "100.0%–100.0%" in text and "…" not in text
+    assert max(len(line) for line in text.splitlines()) <= 80
+    assert "qwen2.5-coder-0.5b-instruct: pass@2 20.0%, maj@2 18.0%" in text

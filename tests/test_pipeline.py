@@ -205,15 +205,15 @@ def test_stages_other_than_train_run_once_under_a_launcher(tmp_path, stage):
 
 
 def test_a_local_teacher_is_loaded_once_for_generating_and_evaluating(tmp_path, monkeypatch):
-    import tutorlm.models.load
+    import tutorlm.backends.hf
     from tutorlm.config import TeacherConfig
     from tutorlm.tasks import DataError
 
     teacher = save_tiny_model(tmp_path / "teacher", seed=3)
     student = save_tiny_model(tmp_path / "student", seed=4)
     loads: list[str] = []
-    original = tutorlm.models.load.load_model
-    monkeypatch.setattr(tutorlm.models.load, "load_model", lambda spec, *a, **k: loads.append(spec) or original(spec, *a, **k))
+    original = tutorlm.backends.hf.load_model  # what the hf backend loads every local model with
+    monkeypatch.setattr(tutorlm.backends.hf, "load_model", lambda spec, *a, **k: loads.append(spec) or original(spec, *a, **k))
     recipe = Recipe(
         run=RunConfig(name="run", output_dir=str(tmp_path)), task=TaskConfig(source="coin_flip", options={"num_people": 2}),
         teacher=TeacherConfig(backend="hf", model=str(teacher), batch_size=4),

@@ -23,7 +23,7 @@ def entries(count: int, k: int, vocabulary: int = 150_000, seed: int = 0) -> lis
 
 def test_round_trip_keeps_ids_exactly_and_logprobs_to_float16():
     rows = entries(50, 20)
-    ids, logprobs, chosen = topk.unpack(topk.pack(rows, 20))
+    ids, logprobs, chosen = topk.unpack(topk.pack(*topk.from_entries(rows, 20)))
     assert ids.shape == logprobs.shape == (50, 20) and chosen.shape == (50,)
     assert ids.tolist() == [row["top_ids"] for row in rows]
     expected = torch.tensor([[pair[1] for pair in row["top"]] for row in rows])
@@ -33,12 +33,12 @@ def test_round_trip_keeps_ids_exactly_and_logprobs_to_float16():
 
 def test_fewer_candidates_than_k_are_padded_with_no_token():
     rows = entries(3, 2, vocabulary=10)
-    ids, logprobs, _ = topk.unpack(topk.pack(rows, 4))
+    ids, logprobs, _ = topk.unpack(topk.pack(*topk.from_entries(rows, 4)))
     assert ids[:, 2:].eq(-1).all() and torch.isinf(logprobs[:, 2:]).all() and ids[:, :2].ge(0).all()
 
 
 def test_size_per_token_meets_the_goal_at_k_20():
-    packed = topk.pack(entries(200, 20), 20)
+    packed = topk.pack(*topk.from_entries(entries(200, 20), 20))
     size = topk.bytes_per_token(packed)
     assert size <= 300
     # what it costs against the verbose JSON of [text, log-prob] pairs a server returns
@@ -49,7 +49,7 @@ def test_size_per_token_meets_the_goal_at_k_20():
 
 
 def test_malformed_forms_are_refused():
-    packed = topk.pack(entries(4, 5), 5)
+    packed = topk.pack(*topk.from_entries(entries(4, 5), 5))
     with pytest.raises(ValueError, match="malformed teacher_topk"):
         topk.unpack({**packed, "logprobs": packed["logprobs"][:8]})
     with pytest.raises(ValueError, match="malformed"):

@@ -276,13 +276,18 @@ def _evaluate(recipe: Recipe, specs: list[str], run: RunDir, force: bool, consol
 
 def print_table(console: Console, summaries: dict[str, dict[str, Any]], title: str = "evaluation") -> None:
     table = Table(title=title)
-    for column in ("model", "accuracy", "95% CI", "extra", "tokens", "truncated", "no answer", "n"):
-        table.add_column(column, justify="left" if column in ("model", "extra") else "right")
+    for column in ("model", "accuracy", "95% CI", "tokens", "cut off", "no answer", "n"):
+        # Figures never shrink into an ellipsis on a narrow terminal (80 columns): a long model name wraps instead.
+        table.add_column(column, justify="left" if column == "model" else "right", overflow="fold",
+                         no_wrap=column != "model", min_width=len("100.0%–100.0%") if column == "95% CI" else None)
     for label, s in summaries.items():
-        extra = ", ".join(f"{key} {s[key]:.1%}" for key in s if key.startswith(("pass@", "maj@")) and not key.endswith("@1"))
-        table.add_row(label, f"{s['accuracy']:.1%}", f"{s['accuracy_ci95'][0]:.1%}–{s['accuracy_ci95'][1]:.1%}", extra,
+        table.add_row(label, f"{s['accuracy']:.1%}", f"{s['accuracy_ci95'][0]:.1%}–{s['accuracy_ci95'][1]:.1%}",
                       f"{s['mean_completion_tokens']:.0f}", f"{s['truncation_rate']:.1%}", f"{s['no_answer_rate']:.1%}",
                       str(s["examples"]))
     console.print(table)
+    for label, s in summaries.items():  # with several samples per question: pass@k and maj@k, a line per model
+        extra = ", ".join(f"{key} {s[key]:.1%}" for key in s if key.startswith(("pass@", "maj@")) and not key.endswith("@1"))
+        if extra:
+            console.print(f"{label}: {extra}", highlight=False)
     for warning in truncation_warnings(summaries):
         console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)

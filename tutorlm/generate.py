@@ -178,7 +178,7 @@ def _trace_row(example: Example, request: Request, completion: Completion, plan_
     if completion.logprobs is not None:
         k = max((len(entry.get("top_ids") or ()) for entry in completion.logprobs), default=0)
         if k and all("top_ids" in entry for entry in completion.logprobs):
-            row[topk.FIELD] = topk.pack(completion.logprobs, k)  # compact, by id (topk.py)
+            row[topk.FIELD] = topk.pack(*topk.from_entries(completion.logprobs, k))  # compact, by id (topk.py)
         else:  # a server that names tokens only by text: kept as it came
             row["logprobs"] = completion.logprobs
     if "redrawn" in completion.meta:  # RSD: the tokens of this completion the student rejected

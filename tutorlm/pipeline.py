@@ -16,6 +16,7 @@ its share of the batches, while generate, curate, eval and report run once, on t
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from rich.table import Table
 
 from tutorlm import throughput
 from tutorlm.backends import make_backend
+from tutorlm.backends.hf import keep_loaded
 from tutorlm.cache import Cache, cache_keys
 from tutorlm.config import ConfigError, Recipe, default_cache_path, teacher_generate
 from tutorlm.curate import curate, curate_stage_config
@@ -86,21 +88,24 @@ def run_pipeline(recipe: Recipe, *, force: set[str] = frozenset(), console: Cons
     forced = set(STAGES[first:])
     # One process, or each of a launcher's; on the CPU flag the training Accelerator will read, so both agree.
     processes = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
-    if processes.is_main_process:
-        console.rule(f"tutorlm run: {recipe.run.path}")
-        if processes.num_processes > 1:
-            console.print(f"{processes.num_processes} processes: each trains on its share of the batches; "
-                          "generate, curate, eval and report run on this, the main one")
-        from tutorlm.backends.hf import keep_loaded
-
-        with keep_loaded():  # a local teacher is evaluated right after it wrote the rationales: loaded once
-            generate(recipe, force="generate" in forced, console=console)
-            teacher_specs = [spec for spec in eval_models(recipe) if spec.split("=")[-1] == "teacher"]
-            if teacher_specs and recipe.teacher.backend == "hf":
-                evaluate(recipe, teacher_specs, force="eval" in forced, console=console, table=False)
-        curate(recipe, force="curate" in forced, console=console)
-    processes.wait_for_everyone()  # the others wait here for the curated data
-    train(recipe, resume=True, force="train" in forced, console=console)
+    # A local teacher is loaded once: it writes the rationales, is evaluated right after, and, when the objective
+    # learns from it (KD, on-policy, KDRL), scores the student's tokens in training from the same copy in memory.
+    config = recipe.train
+    teaches = config.objective in ("kd", "on_policy") or (config.objective == "grpo" and config.grpo_teacher_weight)
+    with keep_loaded() if teaches else contextlib.nullcontext():
+        if processes.is_main_process:
+            console.rule(f"tutorlm run: {recipe.run.path}")
+            if processes.num_processes > 1:
+                console.print(f"{processes.num_processes} processes: each trains on its share of the batches; "
+                              "generate, curate, eval and report run on this, the main one")
+            with keep_loaded():
+                generate(recipe, force="generate" in forced, console=console)
+                teacher_specs = [spec for spec in eval_models(recipe) if spec.split("=")[-1] == "teacher"]
+                if teacher_specs and recipe.teacher.backend == "hf":
+                    evaluate(recipe, teacher_specs, force="eval" in forced, console=console, table=False)
+            curate(recipe, force="curate" in forced, console=console)
+        processes.wait_for_everyone()  # the others wait here for the curated data
+        train(recipe, resume=True, force="train" in forced, console=console)
     if not processes.is_main_process:
         return recipe.run.path / "report.html"
     summaries = evaluate(recipe, eval_models(recipe), force="eval" in forced, console=console, table=False)

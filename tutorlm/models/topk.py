@@ -14,32 +14,38 @@ from __future__ import annotations
 
 import base64
 import math
-import struct
 from typing import Any, Sequence
 
 FIELD = "teacher_topk"
 
 
-def pack(entries: Sequence[dict[str, Any]], k: int) -> dict[str, Any]:
-    """Logprob entries of the engine ({"logprob", "top": [[text, logprob], ...], "top_ids": [...]}) -> the compact form."""
-    ids: list[int] = []
-    values: list[float] = []
-    for entry in entries:
-        top_ids, top = list(entry["top_ids"])[:k], [pair[1] for pair in entry["top"]][:k]
-        ids.extend(top_ids + [-1] * (k - len(top_ids)))
-        values.extend(top + [-math.inf] * (k - len(top)))
-    chosen = [float(entry["logprob"]) for entry in entries]
-    return {"k": k, "ids": _b64(struct.pack(f"<{len(ids)}i", *ids)), "logprobs": _b64(struct.pack(f"<{len(values)}e", *values)),
-            "chosen": _b64(struct.pack(f"<{len(chosen)}e", *chosen))}
+def pack(ids: Any, logprobs: Any, chosen: Any = None) -> dict[str, Any]:
+    """(n, k) ids and log-probs, and the n chosen tokens' log-probs when known (torch tensors) -> the compact form.
 
-
-def pack_tensors(ids: Any, logprobs: Any) -> dict[str, Any]:
-    """(n, k) ids and log-probs (torch tensors, e.g. a scorer's top-k) -> the compact form, without `chosen`."""
+    The one packer: a local teacher's generated top-k (`from_entries`), a scorer's top-k (KD across vocabularies,
+    on-policy grades) and anything else that writes the format go through it."""
     import torch
 
-    k = int(ids.shape[1])
-    return {"k": k, "ids": _b64(ids.to(torch.int32).contiguous().numpy().tobytes()),
-            "logprobs": _b64(logprobs.to(torch.float16).contiguous().numpy().tobytes())}
+    packed = {"k": int(ids.shape[1]), "ids": _b64(ids.to(torch.int32).contiguous().numpy().tobytes()),
+              "logprobs": _b64(logprobs.to(torch.float16).contiguous().numpy().tobytes())}
+    if chosen is not None:
+        packed["chosen"] = _b64(chosen.to(torch.float16).contiguous().numpy().tobytes())
+    return packed
+
+
+def from_entries(entries: Sequence[dict[str, Any]], k: int) -> tuple[Any, Any, Any]:
+    """The engine's logprob entries ({"logprob", "top": [[text, logprob], ...], "top_ids": [...]}) -> (ids (n, k),
+    log-probs (n, k), chosen (n,)) tensors, padded with id -1 and log-prob -inf where fewer than k candidates."""
+    import torch
+
+    ids = torch.full((len(entries), k), -1, dtype=torch.long)
+    values = torch.full((len(entries), k), -math.inf)
+    for row, entry in enumerate(entries):
+        top_ids, top = list(entry["top_ids"])[:k], [pair[1] for pair in entry["top"]][:k]
+        ids[row, : len(top_ids)] = torch.tensor(top_ids, dtype=torch.long)
+        values[row, : len(top)] = torch.tensor(top, dtype=torch.float32)
+    chosen = torch.tensor([float(entry["logprob"]) for entry in entries], dtype=torch.float32)
+    return ids, values, chosen
 
 
 def unpack(packed: dict[str, Any]) -> tuple[Any, Any, Any]:

@@ -17,13 +17,13 @@ from typing import Any
 
 from tutorlm.config import ConfigError, TaskConfig
 from tutorlm.recipe_io import check_value
+from tutorlm.tasks import base
 from tutorlm.tasks.arithmetic import Arithmetic, MultistepArithmetic
 from tutorlm.tasks.base import (
     SPLITS,
     DataError,
     Example,
     Task,
-    answer_instruction,
     build_prompt,
     format_question,
     sample_split,
@@ -72,12 +72,13 @@ def generator_settings(name: str) -> dict[str, Any]:
 
 def prompt_instruction(config: TaskConfig) -> str:
     """The instruction every prompt of the task ends with: part of what a generate or eval stage depends on, so
-    that rewording it makes their results stale (the config alone would not change)."""
+    that rewording it makes their results stale (the config alone would not change). Read through the module, as
+    build_prompt reads it, so that a reworded instruction (benchmarks/prompt_wording.py) reaches both."""
     if config.source in GENERATORS and not config.splits:
-        return answer_instruction(GENERATORS[config.source].answer_type)
+        return base.answer_instruction(GENERATORS[config.source].answer_type)
     if config.source in BENCHMARKS and not config.splits:
-        return answer_instruction(BENCHMARKS[config.source].answer_type)
-    return answer_instruction(config.answer_type)
+        return base.answer_instruction(BENCHMARKS[config.source].answer_type)
+    return base.answer_instruction(config.answer_type)
 
 
 def load_task(config: TaskConfig) -> Task:

@@ -80,15 +80,19 @@ class KD:
             teacher_tokens = {str(row["id"]): _stored_tokens(row) for row in stored}
         else:
             teacher_name = config.kd_teacher or recipe.teacher.model
+            teacher_config = teacher_model_config(recipe)
+            # The tokenizers alone decide whether the path is possible: checked before the teacher's weights load.
+            early = compare_tokenizers(tokenizer, load_tokenizer(teacher_config.model, teacher_config.gguf_file,
+                                                                 trust_remote_code=teacher_config.trust_remote_code))
+            if not early["same_vocabulary"] and config.kd_temperature != 1.0:
+                raise PreflightError("train.kd_temperature: with another vocabulary the teacher is known by its top-k, "
+                                     "which takes temperature 1")
             teacher_model, teacher_tokenizer = load_teacher(recipe, device)
             comparison = compare_tokenizers(tokenizer, teacher_tokenizer, output_rows(model), output_rows(teacher_model))
             if comparison["same_vocabulary"]:  # the exact distribution, computed in every step
                 self.teacher, self.kind = teacher_model, "teacher"
                 console.print(f"kd: teacher {teacher_name} re-scores every batch: {describe(comparison)}; {self._settings()}")
                 return {"kd": {"source": "teacher", "path": "same vocabulary", "tokenizers": comparison}}
-            if config.kd_temperature != 1.0:
-                raise PreflightError("train.kd_temperature: with another vocabulary the teacher is known by its top-k, "
-                                     "which takes temperature 1")
             teacher_tokens = self._scores(recipe, teacher_model, teacher_tokenizer, rows, console)
             del teacher_model
         self.kind = "topk"
@@ -182,7 +186,7 @@ class KD:
         tokens = {str(row["id"]): TeacherTokens(item.token_ids, torch.tensor(item.top_ids), torch.tensor(item.top_logprobs))
                   for row, item in zip(rows, scored)}
         lines = [json.dumps({"key": key, "teacher": name, "top_k": config.kd_top_k})]
-        lines += [json.dumps({"id": id_, "token_ids": item.token_ids, topk.FIELD: topk.pack_tensors(item.top_ids, item.top_logprobs)})
+        lines += [json.dumps({"id": id_, "token_ids": item.token_ids, topk.FIELD: topk.pack(item.top_ids, item.top_logprobs)})
                   for id_, item in tokens.items()]
         atomic_write_text(path, "".join(line + "\n" for line in lines))
         return tokens

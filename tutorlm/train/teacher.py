@@ -16,11 +16,12 @@ from typing import Any
 import torch
 from accelerate.utils import extract_model_from_parallel
 
+from tutorlm.backends.hf import HFBackend
 from tutorlm.backends.openai import TextPair, score_remote
 from tutorlm.config import ModelConfig
 from tutorlm.errors import PreflightError
 from tutorlm.models import topk
-from tutorlm.models.load import load
+from tutorlm.models.load import load, pick_device
 from tutorlm.models.score import score_ids, score_rows
 from tutorlm.models.tokens import plain_output_head
 from tutorlm.train.align import TeacherTokens, VocabularyMap, align, pieces, token_spans
@@ -96,8 +97,16 @@ def teacher_model_config(recipe: Any) -> Any:
 
 
 def load_teacher(recipe: Any, device: Any) -> tuple[Any, Any]:
-    """The local teacher (train.kd_teacher, else the recipe's hf teacher), frozen on `device`, and its tokenizer."""
-    model, tokenizer = load(teacher_model_config(recipe), device=str(device))
+    """The local teacher (train.kd_teacher, else the recipe's hf teacher), frozen on `device`, and its tokenizer.
+
+    The recipe's own teacher on the device generation runs it on is taken through the hf backend, so that inside
+    `keep_loaded()` (`tutorlm run`) the model that wrote and was evaluated is the one training scores with: one load
+    per run, not three."""
+    config = teacher_model_config(recipe)
+    if config is recipe.teacher and pick_device(config.device) == torch.device(device):
+        model, tokenizer = HFBackend(config).load()
+    else:
+        model, tokenizer = load(config, device=str(device))
     model.requires_grad_(False)
     return model.eval(), tokenizer
 
@@ -125,7 +134,7 @@ class Grades:
 
     def to_json(self) -> dict[str, Any]:
         return {"logprobs": [None if math.isnan(value) else value for value in self.logprobs.tolist()],
-                "topk": topk.pack_tensors(self.top_ids, self.top_logprobs)}
+                "topk": topk.pack(self.top_ids, self.top_logprobs)}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "Grades":
