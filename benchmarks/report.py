@@ -1,6 +1,9 @@
-"""Write the README's benchmark table from benchmarks/results/*.json (never typed by hand).
+"""Write the generated tables of the README and docs/results.md from benchmarks/results/*.json (never typed by hand).
 
-    python benchmarks/report.py          # rewrites the block between the benchmark markers in README.md
+    python benchmarks/report.py          # rewrites the blocks between <!-- NAME:start --> and <!-- NAME:end -->
+
+README.md holds the default run's table; docs/results.md the benchmark table, the mentor-fast and real-teacher runs and
+the answer-line wording table.
 """
 
 from __future__ import annotations
@@ -398,13 +401,17 @@ def replace_block(text: str, start: str, end: str, lines: list[str]) -> str:
 
 
 def main() -> None:
-    readme = ROOT / "README.md"
-    text = replace_block(readme.read_text(), START, END, rows())
-    text = replace_block(text, RUN_START, RUN_END, default_run())
-    text = replace_block(text, REAL_START, REAL_END, default_run("real_teacher.json"))
-    text = replace_block(text, MENTOR_START, MENTOR_END, default_run("mentor_fast.json"))
-    text = replace_block(text, WORDING_START, WORDING_END, wording_table())
-    readme.write_text(text)
+    blocks = {  # file -> [(start, end, lines)]
+        ROOT / "README.md": [(RUN_START, RUN_END, default_run())],
+        ROOT / "docs" / "results.md": [(START, END, rows()), (REAL_START, REAL_END, default_run("real_teacher.json")),
+                                       (MENTOR_START, MENTOR_END, default_run("mentor_fast.json")),
+                                       (WORDING_START, WORDING_END, wording_table())],
+    }
+    for path, replacements in blocks.items():
+        text = path.read_text()
+        for start, end, lines in replacements:
+            text = replace_block(text, start, end, lines)
+        path.write_text(text)
     print("\n".join(rows() + [""] + default_run() + [""] + default_run("real_teacher.json")))
 
 
