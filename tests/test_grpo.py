@@ -99,19 +99,21 @@ def fixed_batch(objective, examples, advantages):
     return prompts, completions
 
 
-def plain_logprobs(model, prompts, completions):
+def plain_logprobs(model, prompts, completions, temperature=1.0):
     values = []
     for prompt, completion in zip(prompts, completions):
-        logits = model(torch.tensor([prompt + completion])).logits[0, len(prompt) - 1:-1].float()
+        logits = model(torch.tensor([prompt + completion])).logits[0, len(prompt) - 1:-1].float() / temperature
         values.append(logits.log_softmax(-1).gather(1, torch.tensor(completion)[:, None])[:, 0])
     return values
 
 
-@pytest.mark.parametrize("aggregation", ["token", "sequence"])
-def test_the_loss_has_the_gradient_of_the_plain_policy_gradient(tmp_path, tokenizer, aggregation):
+@pytest.mark.parametrize("aggregation,temperature", [("token", 1.0), ("sequence", 1.0), ("token", 0.3)])
+def test_the_loss_has_the_gradient_of_the_plain_policy_gradient(tmp_path, tokenizer, aggregation, temperature):
+    """At the sampling temperature T: the policy is softmax(z / T), so its log-probs and gradient are taken there."""
     from test_train import make_run
 
-    recipe = make_run(tmp_path, objective="grpo", grpo_group_size=2, grpo_loss_aggregation=aggregation)
+    recipe = make_run(tmp_path, objective="grpo", grpo_group_size=2, grpo_loss_aggregation=aggregation,
+                      grpo_temperature=temperature)
     student = make_model(tokenizer, seed=1)
     objective, examples = objective_for(recipe, tokenizer, student)
     advantages = [0.7, -0.7, 1.0, -1.0]
@@ -122,7 +124,8 @@ def test_the_loss_has_the_gradient_of_the_plain_policy_gradient(tmp_path, tokeni
     assert count == 14 and loss.item() == pytest.approx(-(0.7 * 3 - 0.7 * 4 + 3 - 4) / 14 if aggregation == "token" else 0.0, abs=1e-6)
 
     student.zero_grad()
-    logprobs = plain_logprobs(student, prompts, completions)
+    logprobs = plain_logprobs(student, prompts, completions, temperature)
+    assert objective.batch["old_logprobs"] == pytest.approx(torch.cat(logprobs).tolist(), abs=1e-5)
     if aggregation == "token":  # ratio 1 (mu = 1): -(1/N) sum_t A_t ratio_t
         plain = -sum((a * torch.exp(l - l.detach())).sum() for a, l in zip(advantages, logprobs)) / 14
     else:

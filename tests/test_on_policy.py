@@ -67,14 +67,16 @@ def test_a_teacher_equal_to_the_student_gives_zero_loss_and_zero_gradient_on_its
     assert abs(log["reverse_kl"]) < 1e-5 and log["top1_agreement"] == 1.0 and 0 <= log["sample_accuracy"] <= 1
 
 
-def test_the_sampled_loss_is_the_policy_gradient_of_reverse_kl_plus_the_centred_reward(tmp_path, tokenizer):
-    """loss = (1/N) sum_t A_t CE_t with A_t = log p_teacher - log p_student (+ w (r - mean r)), against a plain forward."""
+@pytest.mark.parametrize("temperature", [1.0, 0.3])
+def test_the_sampled_loss_is_the_policy_gradient_of_reverse_kl_plus_the_centred_reward(tmp_path, tokenizer, temperature):
+    """loss = (1/N) sum_t A_t CE_t with A_t = log p_teacher - log p_student (+ w (r - mean r)), against a plain forward;
+    the student's log-probs at its sampling temperature T, the policy that drew the samples."""
     from test_train import make_run
 
     from tutorlm.train.rollout import collate_completions
 
     recipe = make_run(tmp_path, objective="on_policy", kd_teacher=str(save_tiny_model(tmp_path / "t", seed=5)),
-                      on_policy_reward_weight=0.5)
+                      on_policy_reward_weight=0.5, on_policy_temperature=temperature)
     student = make_model(tokenizer, seed=1)
     objective, examples = objective_for(recipe, tokenizer, student)
     prompts = [examples[0].input_ids[:5], examples[1].input_ids[:7]]
@@ -88,7 +90,7 @@ def test_the_sampled_loss_is_the_policy_gradient_of_reverse_kl_plus_the_centred_
     with torch.no_grad():
         expected, n = 0.0, 0
         for row, (prompt, completion) in enumerate(zip(prompts, completions)):
-            logits = student(torch.tensor([prompt + completion])).logits[0, len(prompt) - 1:-1].float()
+            logits = student(torch.tensor([prompt + completion])).logits[0, len(prompt) - 1:-1].float() / temperature
             student_logprobs = logits.log_softmax(-1).gather(1, torch.tensor(completion)[:, None])[:, 0]
             teacher_logprobs = grades[row].logprobs
             advantage = torch.nan_to_num(teacher_logprobs - student_logprobs, nan=0.0) + 0.5 * (rewards[row] - 0.5)

@@ -213,6 +213,37 @@ def test_a_finished_training_deletes_its_checkpoints_unless_asked_to_keep_them(t
     assert kept["checkpoints_freed_mb"] == 0 and len(list((student / "checkpoints").iterdir())) == 2
 
 
+def test_a_step_with_nothing_to_learn_from_leaves_the_weights_alone(tmp_path, tokenizer, monkeypatch):
+    """An objective that counts no token in a step (GRPO when every group's rewards are equal) gets no optimizer step:
+    AdamW would otherwise move every weight by its momentum from the steps before. The step and the schedule count."""
+    import tutorlm.train.loop as loop
+    from tutorlm.train.data import sft_loss
+
+    snapshots = []
+
+    class SecondStepEmpty:
+        calls = 0
+
+        def prepare(self, *args, **kwargs):
+            return {}
+
+        def loss(self, model, batch):
+            SecondStepEmpty.calls += 1
+            if SecondStepEmpty.calls == 2:  # the first step has been applied: nothing may move from here on
+                snapshots.append({name: p.detach().clone() for name, p in model.named_parameters()})
+                return sft_loss(model, batch)[0] * 0.0, 0
+            return sft_loss(model, batch)
+
+    monkeypatch.setattr(loop, "objective_for", lambda recipe: SecondStepEmpty())
+    recipe = make_run(tmp_path, max_steps=2, eval_fraction=0.0, lr=1e-2, warmup_ratio=0.0)
+    model = make_model(tokenizer)
+    stats = train(recipe, console=QUIET, model_and_tokenizer=(model, tokenizer))
+    assert stats["steps"] == 2 and stats["steps_without_update"] == 1
+    assert all(torch.equal(snapshots[0][name], p) for name, p in model.cpu().named_parameters())
+    log = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
+    assert [row.get("no_update", False) for row in log if "loss" in row] == [False, True]
+
+
 def test_lora_changes_only_adapters_and_merge_matches(tmp_path, tokenizer):
     from peft import LoraConfig, PeftModel, get_peft_model
     from transformers import AutoModelForCausalLM

@@ -123,3 +123,12 @@ def run_cached(
     finally:
         backend.close()
     return keys, results, hits
+
+
+def cached_count(path: Path, backend: Any, requests: list[Request], sampling: Sampling) -> int:
+    """How many of `requests` the cache file at `path` already answers (0 when there is no such file); opens it only
+    to read, for plans."""
+    if not path.exists():
+        return 0
+    with Cache(path) as cache:
+        return len(cache.get_many_json(cache_keys(backend, requests, sampling)))

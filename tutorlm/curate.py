@@ -46,7 +46,7 @@ from rich.console import Console
 from rich.table import Table
 
 from tutorlm.config import Recipe, to_dict
-from tutorlm.run import CURATED, FUNNEL, PAIRS, TRACES, RunDir, atomic_write_text, read_jsonl
+from tutorlm.run import CURATED, FUNNEL, PAIRS, TRACES, RunDir, StagePlan, atomic_write_text, read_jsonl
 from tutorlm.tasks import DataError, Example, load_task
 
 
@@ -291,3 +291,11 @@ def _print_funnel(console: Console, funnel: dict[str, int], out: Path | None) ->
     console.print(table)
     if out is not None:
         console.print(f"curated: {out}")
+
+
+def plan_stage(recipe: Recipe) -> StagePlan:
+    """The dry run's row: skipped when traces.jsonl and the settings are what the last curation saw."""
+    run = RunDir(recipe.run.path)
+    traces = run.path / TRACES
+    current = traces.exists() and run.is_current("curate", curate_stage_config(recipe), {"traces": traces})
+    return StagePlan("curate", "skip (current)" if current else "run", "verify, dedupe, prune -> curated.jsonl")

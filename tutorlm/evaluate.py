@@ -34,12 +34,12 @@ from rich.table import Table
 
 from tutorlm import metrics, throughput, verify
 from tutorlm.backends import Completion, Request, Sampling, make_backend
-from tutorlm.cache import Cache, run_cached
+from tutorlm.cache import Cache, cached_count, run_cached
 from tutorlm.config import ConfigError, Recipe, TeacherConfig, default_cache_path, to_dict
 from tutorlm.errors import GenerationIncomplete
 from tutorlm.metrics import truncation_warnings
 from tutorlm.progress import StageProgress
-from tutorlm.run import EVAL_DIR, SUMMARY, RunDir, atomic_write_text
+from tutorlm.run import EVAL_DIR, SUMMARY, RunDir, StagePlan, atomic_write_text
 from tutorlm.tasks import DataError, Example, Task, load_task, prompt_instruction
 
 
@@ -291,3 +291,31 @@ def print_table(console: Console, summaries: dict[str, dict[str, Any]], title: s
             console.print(f"{label}: {extra}", highlight=False)
     for warning in truncation_warnings(summaries):
         console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
+
+
+DEFAULT_EVAL_MODELS = ["base", "student", "teacher"]
+
+
+def eval_models(recipe: Recipe) -> list[str]:
+    """The models `tutorlm run` evaluates: eval.models, else base, student and teacher."""
+    return recipe.eval.models or DEFAULT_EVAL_MODELS
+
+
+def plan_stage(recipe: Recipe) -> StagePlan:
+    """The dry run's row: per model, the answers not cached yet and how long they would take (models already
+    evaluated with the same settings are skipped when the stage runs)."""
+    task = load_task(recipe.task)
+    examples = task.examples(recipe.eval.split, recipe.eval.limit)
+    sampling, requests = eval_requests(task, examples, recipe.eval)
+    path = Path(recipe.generate.cache_path or default_cache_path())
+    estimates = []
+    for spec in eval_models(recipe):
+        if spec.split("=")[-1] == "student":  # trained by this run: its own weights, never cached yet
+            estimates.append("student: like base")
+            continue
+        label, config = resolve_spec(spec, recipe)
+        backend = make_backend(config, task)
+        todo = len(requests) - (cached_count(path, backend, requests, sampling) if recipe.generate.cache else 0)
+        estimates.append(f"{label}: {todo} to generate, {throughput.estimate_generate(backend, todo)}")
+    return StagePlan("eval", "run (skips current models)", f"{', '.join(eval_models(recipe))} on {recipe.eval.limit} "
+                     f"{recipe.eval.split} questions; " + "; ".join(estimates))

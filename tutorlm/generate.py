@@ -31,7 +31,7 @@ from rich.table import Table
 
 from tutorlm import throughput
 from tutorlm.backends import Completion, FatalBackendError, Request, Sampling, make_backend
-from tutorlm.cache import Cache, run_cached
+from tutorlm.cache import Cache, cached_count, run_cached
 from tutorlm.config import (
     PER_TEACHER,
     ConfigError,
@@ -45,7 +45,7 @@ from tutorlm.config import (
 from tutorlm.errors import GenerationIncomplete
 from tutorlm.models import topk
 from tutorlm.progress import StageProgress
-from tutorlm.run import FAILURES, PARTIAL, TRACES, RunDir, atomic_write_text
+from tutorlm.run import FAILURES, PARTIAL, TRACES, RunDir, StagePlan, atomic_write_text
 from tutorlm.tasks import DataError, Example, Task, build_prompt, format_question, load_task, prompt_instruction
 
 
@@ -391,3 +391,27 @@ def _print_summary(console: Console, stats: dict[str, Any], traces_path: Path) -
                           str(one["questions_solved"]), str(one["calls_made"]), "–" if one["cost"] is None else str(one["cost"]))
         console.print(table)
     console.print(f"traces: {traces_path}")
+
+
+def plan_stage(recipe: Recipe) -> StagePlan:
+    """The dry run's row: each teacher's questions, samples and the calls not cached yet, with a time estimate.
+    Local models load nothing for it; with RSD the student-checked teacher's answers are counted apart."""
+    run = RunDir(recipe.run.path)
+    if run.is_current("generate", generate_stage_config(recipe), {}):
+        return StagePlan("generate", "skip (current)", "traces.jsonl is current")
+    task = load_task(recipe.task)
+    path = Path(recipe.generate.cache_path or default_cache_path())
+    asks = []
+    for one in recipe.teachers or [recipe.teacher]:
+        own = teacher_generate(recipe.generate, one)
+        planned = plan(task, own)
+        backend = teacher_backend(one, task, recipe)
+        cached = cached_count(path, backend, planned.requests, sampling_of(own)) if recipe.generate.cache else 0
+        asks.append(f"{one.name + ': ' if recipe.teachers else ''}{one.backend} {one.model or ''}: "
+                    f"{len(planned.examples)} {recipe.generate.split} questions x {own.n} samples, "
+                    f"{len(planned.requests) - cached} teacher calls ({cached} cached); "
+                    f"{throughput.estimate_generate(backend, len(planned.requests) - cached)}")
+    what = "; ".join(asks)
+    if recipe.teachers and recipe.generate.teacher_mode == "cascade":
+        what += " (a cascade: each teacher after the first is asked only what the earlier ones got wrong, so at most this)"
+    return StagePlan("generate", "run", what)

@@ -18,27 +18,24 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
-from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
-from tutorlm import throughput
-from tutorlm.backends import make_backend
 from tutorlm.backends.hf import keep_loaded
-from tutorlm.cache import Cache, cache_keys
-from tutorlm.config import ConfigError, Recipe, default_cache_path, teacher_generate
-from tutorlm.curate import curate, curate_stage_config
+from tutorlm.config import ConfigError, Recipe
+from tutorlm.curate import curate
+from tutorlm.curate import plan_stage as curate_plan
 from tutorlm.errors import MissingPackages, ModelError, PreflightError
-from tutorlm.evaluate import eval_requests, evaluate, print_table, resolve_spec
-from tutorlm.generate import generate, generate_stage_config, plan, sampling_of, teacher_backend
-from tutorlm.models.load import pick_device
+from tutorlm.evaluate import eval_models, evaluate, print_table
+from tutorlm.evaluate import plan_stage as evaluate_plan
+from tutorlm.generate import generate
+from tutorlm.generate import plan_stage as generate_plan
 from tutorlm.recipe_io import load_recipe, resolve_recipe
 from tutorlm.report import paired_intervals, recovered_text, report
-from tutorlm.run import CURATED, STAGES, TRACES, RunDir
-from tutorlm.tasks import load_task
+from tutorlm.report import plan_stage as report_plan
+from tutorlm.run import STAGES
 
-DEFAULT_EVAL_MODELS = ["base", "student", "teacher"]
 
 
 def run_required(recipe: Recipe, console: Console, chain: tuple[str, ...] = ()) -> None:
@@ -61,10 +58,6 @@ def run_required(recipe: Recipe, console: Console, chain: tuple[str, ...] = ()) 
 def _has_student(recipe: Recipe) -> bool:
     student = recipe.run.path / "student"
     return (student / "config.json").exists() or (student / "adapter_config.json").exists()
-
-
-def eval_models(recipe: Recipe) -> list[str]:
-    return recipe.eval.models or DEFAULT_EVAL_MODELS
 
 
 def run_pipeline(recipe: Recipe, *, force: set[str] = frozenset(), console: Console | None = None,
@@ -196,28 +189,10 @@ def check_objective(recipe: Recipe) -> None:
             "teacher.model, or teacher.backend openai (a server that echoes prompt log-probabilities, such as vLLM)")
 
 
-def _cached_count(recipe: Recipe, path: Path, backend: Any, requests: list, sampling: Any) -> int:
-    if not (recipe.generate.cache and path.exists()):
-        return 0
-    with Cache(path) as cache:
-        return len(cache.get_many_json(cache_keys(backend, requests, sampling)))
-
-
-def _estimate(backend: Any, calls: int) -> str:
-    if backend.kind == "reference":
-        return "seconds (a script)"
-    return throughput.estimate("generate", backend.model_name, backend.precision, calls)
-
-
-def _train_precision(recipe: Recipe) -> str:
-    from tutorlm.models.precision import resolve_precision
-
-    return resolve_precision(recipe.train.precision, pick_device(recipe.student.device)).precision
-
-
 def dry_run(recipe: Recipe, *, console: Console | None = None) -> None:
-    """Print the plan without running anything or calling any teacher."""
-    from tutorlm.train.loop import checkpoints, train_stage_config
+    """Print the plan without running anything or calling any teacher: a row per stage, each from the stage's own
+    `plan_stage(recipe)`."""
+    from tutorlm.train.loop import plan_stage as train_plan
 
     console = console or Console()
     missing = [(name, load_recipe(resolve_recipe(name))) for name in recipe.run.requires]
@@ -230,68 +205,9 @@ def dry_run(recipe: Recipe, *, console: Console | None = None) -> None:
         console.print(f"the plan of {recipe.run.path} follows once they have run")
         return
     check_objective(recipe)  # what the run would refuse at train, refused here too
-    run = RunDir(recipe.run.path)
-    task = load_task(recipe.task)
-    path = Path(recipe.generate.cache_path or default_cache_path())
-    asked = []  # (teacher, its plan, its generate settings, backend, cached calls); local models load nothing yet
-    for one in recipe.teachers or [recipe.teacher]:
-        own = teacher_generate(recipe.generate, one)
-        planned = plan(task, own)
-        backend = teacher_backend(one, task, recipe)  # with RSD: the student-checked teacher, whose answers are cached apart
-        asked.append((one, planned, own, backend, _cached_count(recipe, path, backend, planned.requests, sampling_of(own))))
-    curated = run.path / CURATED
-    states = {
-        "generate": run.is_current("generate", generate_stage_config(recipe), {}),
-        "curate": (run.path / TRACES).exists() and run.is_current("curate", curate_stage_config(recipe), {"traces": run.path / TRACES}),
-        "train": curated.exists() and run.is_current("train", train_stage_config(recipe), {"curated": curated}),
-    }
-    teacher = recipe.teacher
-    table = Table(title=f"plan for {run.path}")
+    table = Table(title=f"plan for {recipe.run.path}")
     for column in ("stage", "status", "what"):
         table.add_column(column)
-    asks = "; ".join(f"{one.name + ': ' if recipe.teachers else ''}{one.backend} {one.model or ''}: "
-                     f"{len(planned.examples)} {recipe.generate.split} questions x {own.n} samples, "
-                     f"{len(planned.requests) - cached} teacher calls ({cached} cached); "
-                     f"{_estimate(backend, len(planned.requests) - cached)}" for one, planned, own, backend, cached in asked)
-    if recipe.teachers and recipe.generate.teacher_mode == "cascade":
-        asks += " (a cascade: each teacher after the first is asked only what the earlier ones got wrong, so at most this)"
-    table.add_row("generate", "skip (current)" if states["generate"] else "run",
-                  asks if not states["generate"] else "traces.jsonl is current")
-    table.add_row("curate", "skip (current)" if states["curate"] else "run", "verify, dedupe, prune -> curated.jsonl")
-    resumable = checkpoints(run.path / "student" / "checkpoints")
-    train_status = "skip (current)" if states["train"] else f"resume from {resumable[-1].name}" if resumable else "run"
-    objective = recipe.train.objective
-    length = f"{recipe.train.max_steps} steps" if recipe.train.max_steps else f"{recipe.train.epochs} epoch(s)"
-    what = f"{recipe.train.method} fine-tuning of {recipe.student.model}, {length}, objective {objective}"
-    if objective == "grpo":
-        config = recipe.train
-        what += (f" ({config.grpo_group_size} samples per question, {config.batch_size} questions per step, rewards from "
-                 "the verifier" + (f", teacher term {config.grpo_teacher_weight}" if config.grpo_teacher_weight else "") + ")")
-    elif objective == "dpo":
-        what += (f" (preference pairs from curate.pairs {recipe.curate.pairs}, beta {recipe.train.dpo_beta}, "
-                 f"{recipe.train.dpo_loss} loss)")
-    elif objective != "sft":
-        kd_teacher = recipe.train.kd_teacher or (teacher.model if teacher.backend == "hf" else None)
-        what += f" ({'teacher ' + kd_teacher if kd_teacher else 'the top-k stored by generate'})"
-    if not states["train"]:
-        rationales = sum(len(planned.requests) for _, planned, *_ in asked)  # at most: curation keeps fewer
-        what += "; " + throughput.estimate(f"train {objective}", recipe.student.model, _train_precision(recipe),
-                                           rationales * (recipe.train.epochs if not recipe.train.max_steps else 1),
-                                           device=pick_device(recipe.student.device).type)
-    table.add_row("train", train_status, what)
-    examples = task.examples(recipe.eval.split, recipe.eval.limit)
-    sampling, requests = eval_requests(task, examples, recipe.eval)
-    estimates = []
-    for spec in eval_models(recipe):
-        if spec.split("=")[-1] == "student":  # trained by this run: its own weights, never cached yet
-            estimates.append("student: like base")
-            continue
-        label, config = resolve_spec(spec, recipe)
-        backend = make_backend(config, task)
-        todo = len(requests) - _cached_count(recipe, path, backend, requests, sampling)
-        estimates.append(f"{label}: {todo} to generate, {_estimate(backend, todo)}")
-    table.add_row("eval", "run (skips current models)", f"{', '.join(eval_models(recipe))} on {recipe.eval.limit} "
-                  f"{recipe.eval.split} questions; " + "; ".join(estimates))
-    table.add_row("report", "run", f"{run.path / 'report.html'}")
+    for planned in (generate_plan(recipe), curate_plan(recipe), train_plan(recipe), evaluate_plan(recipe), report_plan(recipe)):
+        table.add_row(planned.stage, planned.status, planned.what)
     console.print(table)
-

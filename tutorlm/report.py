@@ -17,7 +17,7 @@ from typing import Any
 
 from tutorlm import metrics
 from tutorlm.metrics import truncation_warnings
-from tutorlm.run import FUNNEL, RunDir, atomic_write_text
+from tutorlm.run import FUNNEL, RunDir, StagePlan, atomic_write_text
 from tutorlm.tasks import DataError
 
 FIGURES = {"accuracy": "accuracy.png", "funnel": "funnel.png", "loss": "loss.png", "on_policy": "on_policy.png", "rl": "rl.png",
@@ -471,3 +471,8 @@ def report(run_path: str | Path) -> Path:
     atomic_write_text(run.path / "report.md", text)
     atomic_write_text(run.path / "report.html", to_html(text, figures))
     return run.path / "report.html"
+
+
+def plan_stage(recipe: Any) -> StagePlan:
+    """The dry run's row: the report is always written again (it reads what the other stages left)."""
+    return StagePlan("report", "run", f"{recipe.run.path / 'report.html'}")

@@ -21,6 +21,7 @@ import subprocess
 import sys
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterator
@@ -44,6 +45,16 @@ ESCALATION = "escalation.json"
 FUNNEL = ("generated", "truncated", "no_answer", "wrong", "duplicate", "too_long", "not_shortest", "not_student_fit",
           "over_cap", "kept")
 _PACKAGES = ("tutorlm", "torch", "transformers", "tokenizers", "peft", "accelerate", "math-verify", "datasets")
+
+
+@dataclass
+class StagePlan:
+    """What a stage would do if `tutorlm run` ran now: each stage's `plan_stage(recipe)` says it, and the dry run
+    prints one row per stage. Nothing runs and no teacher is called to make it."""
+
+    stage: str
+    status: str  # run, skip (current), resume from step-N, ...
+    what: str
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:

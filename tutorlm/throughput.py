@@ -78,3 +78,10 @@ def estimate(kind: str, model: str, precision: str | None, items: int, *, tokens
     seconds = items * per_item / measured["tokens_per_s"]
 
     return f"~{format_duration(seconds)} ({measured['tokens_per_s']:.0f} tokens/s measured here {measured['measured'][:10]})"
+
+
+def estimate_generate(backend: Any, calls: int) -> str:
+    """How long `calls` generations by `backend` would take here, in words (a script's answers take seconds)."""
+    if backend.kind == "reference":
+        return "seconds (a script)"
+    return estimate("generate", backend.model_name, backend.precision, calls)

@@ -37,13 +37,13 @@ import torch
 from rich.console import Console
 
 from tutorlm import throughput
-from tutorlm.config import Recipe, config_hash, to_dict
-from tutorlm.models.load import load
+from tutorlm.config import Recipe, config_hash, teacher_generate, to_dict
+from tutorlm.models.load import load, pick_device
 from tutorlm.models.precision import resolve_precision
 from tutorlm.models.tokens import Tokenized
 from tutorlm.progress import StageProgress
-from tutorlm.run import CURATED, PAIRS, RunDir, atomic_write_text, read_jsonl
-from tutorlm.tasks import DataError
+from tutorlm.run import CURATED, PAIRS, RunDir, StagePlan, atomic_write_text, read_jsonl
+from tutorlm.tasks import DataError, load_task
 from tutorlm.train.data import batch_order, batches, preflight, sft_loss
 from tutorlm.train.dpo import DPO
 from tutorlm.train.grpo import GRPO
@@ -314,6 +314,7 @@ def train(recipe: Recipe, *, resume: bool = False, force: bool = False, console:
         tokens_before, steps_before = state["tokens_seen"], state["step"]  # a resumed run measures its own work
         window_step_s = 0.0  # seconds in the micro-batches and optimizer steps since the last log line
         losses_in_step: list[float] = []
+        step_counted, skipped_steps = 0, 0  # the objective's counted tokens in this step; steps left without an update
         last_eval = None
         progress = StageProgress(console, "train", total_steps, every=60.0,
                                  detail="loss {task.fields[loss]:.4f} • {task.fields[tps]:.0f} tok/s • epoch {task.fields[epoch]}",
@@ -337,8 +338,9 @@ def train(recipe: Recipe, *, resume: bool = False, force: bool = False, console:
                     group_size = min(config.grad_accum, len(order) - group_start)
                     sync = batch_index + 1 == group_start + group_size
                     with contextlib.nullcontext() if sync else accelerator.no_sync(model):
-                        loss, _ = objective.loss(forward_model, batch)
+                        loss, counted = objective.loss(forward_model, batch)
                         accelerator.backward(loss / group_size)
+                    step_counted += counted
                     if accelerator.num_processes > 1:  # count every process's tokens
                         real_tokens = int(accelerator.reduce(torch.tensor(real_tokens, device=accelerator.device), "sum"))
                     window_tokens += real_tokens
@@ -348,8 +350,18 @@ def train(recipe: Recipe, *, resume: bool = False, force: bool = False, console:
                     if not sync:
                         window_step_s += time.perf_counter() - micro_started
                         continue
+                    if accelerator.num_processes > 1:  # every process skips together, or none does
+                        step_counted = int(accelerator.reduce(torch.tensor(step_counted, device=accelerator.device), "sum"))
                     grad_norm = accelerator.clip_grad_norm_(trainable, config.max_grad_norm)
-                    optimizer.step()
+                    # A step whose micro-batches had nothing to learn from (GRPO: every group's rewards equal) leaves the
+                    # weights alone: AdamW would still move them by its momentum. The step counts, and the schedule moves
+                    # on, so max_steps and the learning-rate schedule keep their meaning in steps of the run.
+                    updated = step_counted > 0
+                    if updated:
+                        optimizer.step()
+                    else:
+                        skipped_steps += 1
+                    step_counted = 0
                     optimizer.zero_grad(set_to_none=True)
                     scheduler.step()
                     window_step_s += time.perf_counter() - micro_started
@@ -363,6 +375,7 @@ def train(recipe: Recipe, *, resume: bool = False, force: bool = False, console:
                                    "lr": scheduler.get_last_lr()[0], "grad_norm": round(float(grad_norm), 5),
                                    "tokens_per_s": round(tokens_per_s, 1), "tokens_seen": state["tokens_seen"],
                                    "elapsed_s": round(now - started, 2), "step_s": round(window_step_s, 3),
+                                   **({} if updated else {"no_update": True}),
                                    **_with_update_s(objective.log() if hasattr(objective, "log") else {}, window_step_s)})
                         window_step_s = 0.0
                     if held_out and (state["step"] % config.eval_every == 0 or state["step"] == total_steps):
@@ -392,7 +405,7 @@ def train(recipe: Recipe, *, resume: bool = False, force: bool = False, console:
         freed_mb = prune_checkpoints(checkpoint_dir, console) if main and config.prune_checkpoints else 0.0
         record["outputs"].append(student_dir / "tutorlm_config.json")
         record["stats"] = {
-            "steps": state["step"], "epochs_started": state["epoch"] + 1, "examples": len(examples), "held_out": len(held_out),
+            "steps": state["step"], "steps_without_update": skipped_steps, "epochs_started": state["epoch"] + 1, "examples": len(examples), "held_out": len(held_out),
             "final_eval_loss": last_eval, "tokens_seen": state["tokens_seen"], "wall_s": round(elapsed, 2),
             "preflight": report, "method": config.method, "objective": config.objective,
             "precision": precision, "precision_reason": precision_reason, "checkpoints_freed_mb": freed_mb, **objective_stats,
@@ -433,3 +446,35 @@ def save_student(model: Any, tokenizer: Any, directory: Path, recipe: Recipe) ->
         item.replace(target)
     temporary.rmdir()
     return directory
+
+
+def plan_stage(recipe: Recipe) -> StagePlan:
+    """The dry run's row: skip, resume from a checkpoint, or run; what trains, and how long it would take here (from
+    the speeds measured on this machine, for at most as many rationales as the teachers are asked for)."""
+    run = RunDir(recipe.run.path)
+    curated = run.path / CURATED
+    config, teacher = recipe.train, recipe.teacher
+    current = curated.exists() and run.is_current("train", train_stage_config(recipe), {"curated": curated})
+    resumable = checkpoints(run.path / STUDENT / "checkpoints")
+    status = "skip (current)" if current else f"resume from {resumable[-1].name}" if resumable else "run"
+    length = f"{config.max_steps} steps" if config.max_steps else f"{config.epochs} epoch(s)"
+    what = f"{config.method} fine-tuning of {recipe.student.model}, {length}, objective {config.objective}"
+    if config.objective == "grpo":
+        what += (f" ({config.grpo_group_size} samples per question, {config.batch_size} questions per step, rewards from "
+                 "the verifier" + (f", teacher term {config.grpo_teacher_weight}" if config.grpo_teacher_weight else "") + ")")
+    elif config.objective == "dpo":
+        what += f" (preference pairs from curate.pairs {recipe.curate.pairs}, beta {config.dpo_beta}, {config.dpo_loss} loss)"
+    elif config.objective != "sft":
+        kd_teacher = config.kd_teacher or (teacher.model if teacher.backend == "hf" else None)
+        what += f" ({'teacher ' + kd_teacher if kd_teacher else 'the top-k stored by generate'})"
+    if not current:
+        task = load_task(recipe.task)
+        rationales = 0  # at most: curation keeps fewer
+        for one in recipe.teachers or [teacher]:
+            own = teacher_generate(recipe.generate, one)
+            rationales += len(task.examples(own.split, own.limit)) * own.n
+        device = pick_device(recipe.student.device)
+        what += "; " + throughput.estimate(f"train {config.objective}", recipe.student.model,
+                                           resolve_precision(config.precision, device).precision,
+                                           rationales * (config.epochs if not config.max_steps else 1), device=device.type)
+    return StagePlan("train", status, what)

@@ -241,6 +241,8 @@ class OnPolicy:
         wanted = chosen != IGNORE  # (B, K); row-major, so the completions' tokens in order
         with identity_head(inner, head):
             hidden = model(**inputs, logits_to_keep=positions, use_cache=False).logits[wanted]  # (N, H)
+        if sampled:  # the student's samples came from softmax(z / T): its log-probs and gradient are taken at T, as TRL does
+            hidden = hidden / self.config.on_policy_temperature
         targets = chosen[wanted]  # (N,)
         device = hidden.device
         teacher_logprobs = torch.cat([g.logprobs for g in grades]).to(device)  # (N,)
