@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_kd import different_tokenizer
-from tiny import make_tokenizer
+from tiny import different_tokenizer, make_tokenizer
 
 from tutorlm.train.align import TeacherTokens, VocabularyMap, _merge_repeats, align, token_spans
 

@@ -11,9 +11,7 @@ import json
 import pytest
 import torch
 
-from test_batching import generate_one, prompts_with_shared_prefix, varied_model
-from test_train import QUIET, make_run
-from tiny import make_model, make_tokenizer
+from tiny import QUIET, generate_one, make_model, make_run, make_tokenizer, prompts_with_shared_prefix, varied_model
 from tutorlm.models.engine import Engine
 from tutorlm.train.loop import STUDENT, train
 

@@ -6,6 +6,7 @@ import json
 import os
 
 import pytest
+from tiny import trace
 from rich.console import Console
 
 from tutorlm.config import CurateConfig, Recipe, RunConfig, TaskConfig
@@ -15,16 +16,6 @@ from tutorlm.tasks import DataError, load_task
 
 QUIET = Console(file=open(os.devnull, "w"))
 TASK = load_task(TaskConfig(source="arithmetic"))
-
-
-def trace(example_id: str, answer: str, text: str, *, sample: int = 0, tokens: int | None = None, finish: str = "stop") -> dict:
-    return {
-        "id": f"{example_id}#{sample}", "example_id": example_id, "sample_index": sample, "question": f"q {example_id}",
-        "answer": answer, "choices": None, "prompt": [{"role": "user", "content": f"q {example_id}"}],
-        "completion": [{"role": "assistant", "content": text}], "finish_reason": finish,
-        "usage": {"prompt_tokens": 5, "completion_tokens": tokens if tokens is not None else len(text.split())},
-        "backend": "openai", "model": "m",
-    }
 
 
 HAND_MADE = [

@@ -9,7 +9,7 @@ import os
 import pytest
 import torch
 from rich.console import Console
-from tiny import make_model, make_tokenizer
+from tiny import make_model, make_run, make_tokenizer, prepared
 
 from tutorlm.errors import PreflightError
 from tutorlm.train.dpo import DPO
@@ -41,8 +41,6 @@ def test_preference_loss_against_hand_computed_values_and_autograd():
 
 def make_pairs_run(tmp_path, **train_options):
     """A coin-flip run whose pairs.jsonl holds (right rationale, the same with the answer flipped)."""
-    from test_train import make_run
-
     from tutorlm.run import read_jsonl
 
     recipe = make_run(tmp_path, objective="dpo", **train_options)
@@ -60,8 +58,6 @@ def make_pairs_run(tmp_path, **train_options):
 
 
 def objective_for(recipe, tokenizer, student):
-    from test_train import prepared
-
     return prepared(DPO, recipe, tokenizer, student)
 
 
@@ -113,8 +109,6 @@ def test_dpo_training_widens_the_margin_and_reuses_the_cached_reference(tmp_path
 
 
 def test_dpo_without_pairs_says_how_to_make_them(tmp_path, tokenizer):
-    from test_train import make_run
-
     recipe = make_run(tmp_path, objective="dpo", max_steps=1)
     with pytest.raises(PreflightError, match=r"pairs.jsonl: no preference pairs.*--curate.pairs 2"):
         train(recipe, console=QUIET, model_and_tokenizer=(make_model(tokenizer), tokenizer))

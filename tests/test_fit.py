@@ -8,8 +8,7 @@ import os
 import pytest
 import torch
 from rich.console import Console
-from test_curate import trace
-from tiny import make_model, make_tokenizer
+from tiny import make_model, make_tokenizer, trace
 
 from tutorlm.config import CurateConfig, Recipe, RunConfig, StudentConfig, TaskConfig
 from tutorlm.curate import curate, curate_stage_config

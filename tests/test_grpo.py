@@ -11,7 +11,7 @@ import statistics
 import pytest
 import torch
 from rich.console import Console
-from tiny import make_model, make_tokenizer, save_tiny_model
+from tiny import make_model, make_run, make_tokenizer, prepared, save_tiny_model
 
 from tutorlm.config import TrainConfig
 from tutorlm.errors import PreflightError
@@ -81,8 +81,6 @@ def test_k3_kl_is_zero_at_the_reference_and_its_weight_is_the_gradient():
 
 
 def objective_for(recipe, tokenizer, student):
-    from test_train import prepared
-
     return prepared(GRPO, recipe, tokenizer, student)
 
 
@@ -110,8 +108,6 @@ def plain_logprobs(model, prompts, completions, temperature=1.0):
 @pytest.mark.parametrize("aggregation,temperature", [("token", 1.0), ("sequence", 1.0), ("token", 0.3)])
 def test_the_loss_has_the_gradient_of_the_plain_policy_gradient(tmp_path, tokenizer, aggregation, temperature):
     """At the sampling temperature T: the policy is softmax(z / T), so its log-probs and gradient are taken there."""
-    from test_train import make_run
-
     recipe = make_run(tmp_path, objective="grpo", grpo_group_size=2, grpo_loss_aggregation=aggregation,
                       grpo_temperature=temperature)
     student = make_model(tokenizer, seed=1)
@@ -136,8 +132,6 @@ def test_the_loss_has_the_gradient_of_the_plain_policy_gradient(tmp_path, tokeni
 
 
 def test_a_step_raises_the_log_probability_of_rewarded_samples(tmp_path, tokenizer):
-    from test_train import make_run
-
     recipe = make_run(tmp_path, objective="grpo", grpo_group_size=2)
     student = make_model(tokenizer, seed=2)
     objective, examples = objective_for(recipe, tokenizer, student)
@@ -162,8 +156,6 @@ def test_sampling_in_bf16_casts_each_weight_once_per_round(tmp_path, tokenizer):
     import random
 
     from torch.utils._python_dispatch import TorchDispatchMode
-    from test_train import make_run
-
     recipe = make_run(tmp_path, objective="grpo", grpo_group_size=2, grpo_max_tokens=12)
     student = make_model(tokenizer, seed=3)
     objective, examples = objective_for(recipe, tokenizer, student)
@@ -196,8 +188,6 @@ def test_sampling_in_bf16_casts_each_weight_once_per_round(tmp_path, tokenizer):
 
 
 def test_a_second_update_on_the_same_samples_uses_the_ratio_and_clips(tmp_path, tokenizer):
-    from test_train import make_run
-
     recipe = make_run(tmp_path, objective="grpo", grpo_group_size=2, grpo_iterations=3, grpo_epsilon_high=0.01,
                       grpo_epsilon_low=0.01)
     student = make_model(tokenizer, seed=2)
@@ -216,8 +206,6 @@ def test_a_second_update_on_the_same_samples_uses_the_ratio_and_clips(tmp_path, 
 
 
 def test_the_teacher_term_is_zero_when_the_teacher_is_the_student(tmp_path, tokenizer):
-    from test_train import make_run
-
     teacher = save_tiny_model(tmp_path / "teacher", seed=3)
     advantages = [0.5, -0.5, 1.0, -1.0]
     gradients = {}
@@ -238,8 +226,6 @@ def test_the_teacher_term_is_zero_when_the_teacher_is_the_student(tmp_path, toke
 
 
 def test_the_reference_kl_pulls_back_towards_the_starting_student(tmp_path, tokenizer):
-    from test_train import make_run
-
     recipe = make_run(tmp_path, objective="grpo", grpo_group_size=2, grpo_beta=0.5)
     student = make_model(tokenizer, seed=4)
     objective, examples = objective_for(recipe, tokenizer, student)
@@ -257,8 +243,6 @@ def test_the_reference_kl_pulls_back_towards_the_starting_student(tmp_path, toke
 
 
 def test_grpo_training_logs_rewards_and_the_report_plots_them(tmp_path, tokenizer):
-    from test_train import make_run
-
     from tutorlm.report import report
 
     # a random tiny model never answers right: the length penalty makes rewards differ within groups
@@ -284,8 +268,6 @@ def test_grpo_training_logs_rewards_and_the_report_plots_them(tmp_path, tokenize
 
 
 def test_rewards_all_equal_are_logged_and_make_no_update(tmp_path, tokenizer, capsys):
-    from test_train import make_run
-
     recipe = make_run(tmp_path, objective="grpo", max_steps=2, batch_size=2, grpo_group_size=2, grpo_max_tokens=4,
                       eval_fraction=0.0)
     model = make_model(tokenizer)
@@ -303,8 +285,6 @@ def test_rewards_all_equal_are_logged_and_make_no_update(tmp_path, tokenizer, ca
 
 
 def test_with_a_teacher_term_groups_of_equal_rewards_still_learn_from_the_teacher(tmp_path, tokenizer):
-    from test_train import make_run
-
     teacher = save_tiny_model(tmp_path / "teacher", seed=5)
     recipe = make_run(tmp_path, objective="grpo", max_steps=1, batch_size=2, grpo_group_size=2, grpo_max_tokens=4,
                       eval_fraction=0.0, kd_teacher=str(teacher), grpo_teacher_weight=1.0, grpo_refill=3)
@@ -319,8 +299,6 @@ def test_with_a_teacher_term_groups_of_equal_rewards_still_learn_from_the_teache
 
 
 def test_a_refill_replaces_groups_whose_rewards_were_equal(tmp_path, tokenizer):
-    from test_train import make_run
-
     recipe = make_run(tmp_path, objective="grpo", max_steps=1, batch_size=2, grpo_group_size=2, grpo_max_tokens=4,
                       grpo_refill=3, eval_fraction=0.0)
     stats = train(recipe, console=QUIET, model_and_tokenizer=(make_model(tokenizer), tokenizer))
@@ -328,8 +306,6 @@ def test_a_refill_replaces_groups_whose_rewards_were_equal(tmp_path, tokenizer):
 
 
 def test_grpo_refuses_rows_without_gold_answers_and_bad_settings(tmp_path, tokenizer):
-    from test_train import make_run
-
     from tutorlm.run import read_jsonl
 
     recipe = make_run(tmp_path, objective="grpo", max_steps=1)
@@ -362,8 +338,6 @@ def test_kill_9_then_resume_continues_the_same_samples(tmp_path):
     import signal
     import subprocess
     import time
-
-    from test_train import make_run
 
     make_run(tmp_path)
     shutil.copytree(tmp_path / "run", tmp_path / "whole")

@@ -8,7 +8,7 @@ import os
 import pytest
 import torch
 from rich.console import Console
-from tiny import CORPUS, make_model, make_tokenizer, save_tiny_model
+from tiny import different_tokenizer, make_model, make_run, make_tokenizer, save_tiny_model, varied_model
 
 from tutorlm.config import TeacherConfig, TrainConfig
 from tutorlm.errors import DataError, PreflightError
@@ -35,8 +35,6 @@ def first_batch(tokenizer, recipe):
 
 @pytest.mark.parametrize("divergence", ["forward_kl", "reverse_kl", "jsd", "skew_kl"])
 def test_a_teacher_equal_to_the_student_gives_zero_loss_and_zero_gradient(tmp_path, tokenizer, divergence):
-    from test_train import make_run
-
     recipe = make_run(tmp_path)
     student, teacher = make_model(tokenizer, seed=3), make_model(tokenizer, seed=3)
     config = TrainConfig(objective="kd", kd_divergence=divergence, kd_temperature=2.0)
@@ -49,8 +47,6 @@ def test_a_teacher_equal_to_the_student_gives_zero_loss_and_zero_gradient(tmp_pa
 
 
 def test_kd_training_pulls_the_student_towards_the_teacher(tmp_path, tokenizer):
-    from test_train import make_run
-
     teacher_dir = save_tiny_model(tmp_path / "teacher", seed=7)
     recipe = make_run(tmp_path, objective="kd", max_steps=12, lr=5e-3, kd_ce_weight=0.0)
     recipe.teacher = TeacherConfig(backend="hf", model=str(teacher_dir), device="cpu", dtype="float32")
@@ -86,24 +82,6 @@ def test_kd_training_pulls_the_student_towards_the_teacher(tmp_path, tokenizer):
         train(recipe, console=QUIET, resume=True, model_and_tokenizer=(make_model(tokenizer), tokenizer))
 
 
-def different_tokenizer(upper: bool = True, vocab_size: int = 330):
-    """A second byte-level BPE: trained on the upper-cased corpus (few shared merges) or on the same one with a
-    smaller vocabulary (most words cut differently, digits, spaces and punctuation alike)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    raw = Tokenizer(models.BPE())
-    raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    raw.decoder = decoders.ByteLevel()
-    raw.train_from_iterator([text.upper() if upper else text for text in CORPUS], trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=["<|endoftext|>", "<|im_end|>", "<|im_start|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    wrapped = PreTrainedTokenizerFast(tokenizer_object=raw, pad_token="<|endoftext|>", eos_token="<|im_end|>",
-                                      bos_token="<|im_start|>")
-    wrapped.chat_template = make_tokenizer().chat_template
-    return wrapped
-
-
 def test_tokenizer_comparison_says_what_differs(tokenizer):
     same = compare_tokenizers(tokenizer, make_tokenizer(), 400, 448)  # padded embedding rows are not a difference
     assert same["same_vocabulary"] and not same["differences"]
@@ -112,8 +90,6 @@ def test_tokenizer_comparison_says_what_differs(tokenizer):
 
 
 def test_a_teacher_with_another_vocabulary_is_distilled_on_aligned_tokens(tmp_path, tokenizer, monkeypatch):
-    from test_train import make_run
-
     from tutorlm.run import read_jsonl
 
     teacher_dir = save_tiny_model(tmp_path / "teacher", seed=5, tokenizer=different_tokenizer(upper=False, vocab_size=300))
@@ -184,7 +160,6 @@ def unaligned(example):
 
 
 def test_kd_from_a_stored_topk_needs_only_the_student(tmp_path, tokenizer):
-    from test_batching import varied_model
     from transformers import AutoModelForCausalLM
 
     from tutorlm.run import read_jsonl
@@ -230,8 +205,6 @@ def test_kd_from_a_stored_topk_needs_only_the_student(tmp_path, tokenizer):
 
 
 def test_kd_without_teacher_distributions_says_which_flag_to_add(tmp_path, tokenizer):
-    from test_train import make_run
-
     recipe = make_run(tmp_path, objective="kd", max_steps=2)  # the reference teacher: text only
     with pytest.raises(PreflightError, match="generate --generate.top_logprobs 20"):
         train(recipe, console=QUIET, model_and_tokenizer=(make_model(tokenizer), tokenizer))

@@ -8,7 +8,7 @@ import os
 import pytest
 import torch
 from rich.console import Console
-from tiny import make_model, make_tokenizer, save_tiny_model
+from tiny import different_tokenizer, make_model, make_run, make_tokenizer, prepared, save_tiny_model
 
 from tutorlm.config import TrainConfig
 from tutorlm.errors import PreflightError
@@ -27,14 +27,10 @@ def tokenizer():
 
 
 def objective_for(recipe, tokenizer, student):
-    from test_train import prepared
-
     return prepared(OnPolicy, recipe, tokenizer, student)
 
 
 def test_prompts_are_the_same_from_packed_and_padded_batches(tmp_path, tokenizer):
-    from test_train import make_run
-
     recipe = make_run(tmp_path)
     from tutorlm.run import read_jsonl
 
@@ -50,8 +46,6 @@ def test_prompts_are_the_same_from_packed_and_padded_batches(tmp_path, tokenizer
 @pytest.mark.parametrize("loss,divergence", [("sampled", "reverse_kl"), ("divergence", "reverse_kl"), ("divergence", "jsd"),
                                              ("divergence", "forward_kl")])
 def test_a_teacher_equal_to_the_student_gives_zero_loss_and_zero_gradient_on_its_samples(tmp_path, tokenizer, loss, divergence):
-    from test_train import make_run
-
     teacher_dir = save_tiny_model(tmp_path / "teacher", seed=3)
     recipe = make_run(tmp_path, objective="on_policy", kd_teacher=str(teacher_dir), on_policy_loss=loss,
                       kd_divergence=divergence, on_policy_max_tokens=16)
@@ -71,8 +65,6 @@ def test_a_teacher_equal_to_the_student_gives_zero_loss_and_zero_gradient_on_its
 def test_the_sampled_loss_is_the_policy_gradient_of_reverse_kl_plus_the_centred_reward(tmp_path, tokenizer, temperature):
     """loss = (1/N) sum_t A_t CE_t with A_t = log p_teacher - log p_student (+ w (r - mean r)), against a plain forward;
     the student's log-probs at its sampling temperature T, the policy that drew the samples."""
-    from test_train import make_run
-
     from tutorlm.train.rollout import collate_completions
 
     recipe = make_run(tmp_path, objective="on_policy", kd_teacher=str(save_tiny_model(tmp_path / "t", seed=5)),
@@ -100,8 +92,6 @@ def test_the_sampled_loss_is_the_policy_gradient_of_reverse_kl_plus_the_centred_
 
 
 def test_lambda_zero_is_offline_kd_on_the_rationales(tmp_path, tokenizer):
-    from test_train import make_run
-
     teacher_dir = save_tiny_model(tmp_path / "teacher", seed=7)
     recipe = make_run(tmp_path, objective="on_policy", kd_teacher=str(teacher_dir), on_policy_lambda=0.0,
                       on_policy_loss="divergence")
@@ -117,8 +107,6 @@ def test_lambda_zero_is_offline_kd_on_the_rationales(tmp_path, tokenizer):
 
 def trained_teacher(tmp_path, tokenizer):
     """A tiny model fine-tuned on the coin-flip rationales: a teacher far from a fresh student."""
-    from test_train import make_run
-
     recipe = make_run(tmp_path / "teacher-run", max_steps=40, lr=5e-3)
     train(recipe, console=QUIET, model_and_tokenizer=(make_model(tokenizer, seed=7), tokenizer))
     return recipe.run.path / "student"
@@ -126,8 +114,6 @@ def trained_teacher(tmp_path, tokenizer):
 
 @pytest.mark.parametrize("loss", ["sampled", "divergence"])
 def test_on_policy_training_pulls_the_student_towards_the_teacher(tmp_path, tokenizer, loss):
-    from test_train import make_run
-
     teacher_dir = trained_teacher(tmp_path, tokenizer)
     recipe = make_run(tmp_path, objective="on_policy", kd_teacher=str(teacher_dir), kd_divergence="reverse_kl",
                       on_policy_loss=loss, max_steps=16, lr=2e-2 if loss == "sampled" else 5e-3, on_policy_max_tokens=24)
@@ -164,9 +150,6 @@ def test_on_policy_training_pulls_the_student_towards_the_teacher(tmp_path, toke
 
 
 def test_a_teacher_with_another_tokenizer_grades_through_the_alignment(tmp_path, tokenizer):
-    from test_kd import different_tokenizer
-    from test_train import make_run
-
     teacher_dir = save_tiny_model(tmp_path / "other", tokenizer=different_tokenizer())
     recipe = make_run(tmp_path, objective="on_policy", kd_teacher=str(teacher_dir), max_steps=3, on_policy_max_tokens=16)
     student = make_model(tokenizer, seed=0)
@@ -184,8 +167,6 @@ def test_a_teacher_with_another_tokenizer_grades_through_the_alignment(tmp_path,
 
 
 def test_grades_are_cached_under_the_teachers_weights_and_precision(tmp_path, tokenizer):
-    from test_train import make_run
-
     teacher_dir = save_tiny_model(tmp_path / "teacher", seed=1)
     identities = {}
     for name, dtype, seed in (("fp32", "float32", 1), ("bf16", "bfloat16", 1), ("retrained", "float32", 2)):
@@ -201,8 +182,6 @@ def test_grades_are_cached_under_the_teachers_weights_and_precision(tmp_path, to
 
 
 def test_on_policy_refuses_a_missing_teacher(tmp_path, tokenizer):
-    from test_train import make_run
-
     recipe = make_run(tmp_path, objective="on_policy", max_steps=2)
     with pytest.raises(PreflightError, match="needs a teacher to grade"):
         train(recipe, console=QUIET, model_and_tokenizer=(make_model(tokenizer), tokenizer))
@@ -240,8 +219,6 @@ def test_kill_9_then_resume_pays_for_no_teacher_grade_twice(tmp_path):
     import time
 
     from fake_openai import FakeOpenAI
-    from test_train import make_run
-
     make_run(tmp_path)
     save_tiny_model(tmp_path / "tiny")
     log_path = tmp_path / "run" / "train_log.jsonl"
@@ -275,8 +252,6 @@ def test_kill_9_then_resume_pays_for_no_teacher_grade_twice(tmp_path):
 
 def test_a_server_that_cannot_echo_is_refused_before_training(tmp_path, tokenizer):
     from fake_openai import FakeOpenAI
-    from test_train import make_run
-
     from tutorlm.errors import FatalBackendError
 
     recipe = make_run(tmp_path, objective="on_policy", max_steps=3)
@@ -289,8 +264,6 @@ def test_a_server_that_cannot_echo_is_refused_before_training(tmp_path, tokenize
 
 def test_a_server_failing_mid_run_stops_the_run_and_resume_finishes_it(tmp_path, tokenizer):
     from fake_openai import FakeOpenAI
-    from test_train import make_run
-
     from tutorlm.errors import GenerationIncomplete
 
     recipe = make_run(tmp_path, objective="on_policy", max_steps=12, save_every=4, batch_size=2, on_policy_max_tokens=12,

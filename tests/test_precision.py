@@ -9,7 +9,7 @@ import os
 import pytest
 import torch
 from rich.console import Console
-from tiny import make_model, make_tokenizer
+from tiny import make_model, make_run, make_tokenizer
 
 from tutorlm.models import precision
 from tutorlm.config import TeacherConfig
@@ -103,8 +103,6 @@ def fresh_accelerator_state():
 @pytest.mark.usefixtures("fresh_accelerator_state")
 @pytest.mark.parametrize("setting", ["bf16", "fp32"])
 def test_training_in_each_precision_learns_and_keeps_fp32_master_weights(tmp_path, setting, cpu_is):
-    from test_train import make_run
-
     from tutorlm.train.loop import train
 
     cpu_is(FAST if setting == "bf16" else SLOW)  # auto must pick `setting`
@@ -122,8 +120,6 @@ def test_training_in_each_precision_learns_and_keeps_fp32_master_weights(tmp_pat
 @pytest.mark.usefixtures("fresh_accelerator_state")
 def test_a_second_training_in_the_same_process_may_use_another_precision(tmp_path):
     # accelerate keeps one mixed-precision setting per process; a notebook or a chain of runs trains more than once
-    from test_train import make_run
-
     from tutorlm.train.loop import train
 
     tokenizer = make_tokenizer()
@@ -171,7 +167,32 @@ def test_int8_quantizes_the_linear_layers_for_cpu_inference_and_is_another_model
     modules = list(backends["int8"].model.modules())
     assert not any(type(m) is torch.nn.Linear for m in modules)  # every linear layer was replaced
     assert sum(type(m).__module__.startswith("torch.ao.nn.quantized.dynamic") for m in modules) >= 7
+    assert sum(type(m).__name__ == "RowRangeInt8Linear" for m in modules) >= 7
     assert backends["int8"].precision.startswith("int8")
     assert backends["int8"].cache_identity != backends["float32"].cache_identity
     with pytest.raises(ModelError, match="CPU inference"):
         pick_dtype("int8", torch.device("cuda"))
+
+
+def test_an_int8_rows_output_does_not_depend_on_the_rows_beside_it():
+    """A question's greedy answer from an int8 teacher is the same alone and in a batch: each row's activations are
+    quantized with their own range (PyTorch's dynamic linear takes one range for the whole input)."""
+    from tiny import make_model, make_tokenizer
+
+    from tutorlm.models.load import quantize_int8
+
+    tokenizer = make_tokenizer()
+    reference = make_model(tokenizer, seed=3).eval()
+    model = quantize_int8(make_model(tokenizer, seed=3).eval())
+    torch.manual_seed(0)
+    alone = torch.randint(3, len(tokenizer), (1, 12))
+    other = torch.randint(3, len(tokenizer), (1, 12))
+    with torch.no_grad():
+        by_itself = model(alone).logits[0]
+        layer = next(m for m in model.modules() if type(m).__name__ == "RowRangeInt8Linear")
+        x = torch.randn(2, layer.in_features)
+        loud = torch.cat([x[:1], 40 * x[1:]])  # a batch mate with activations 40x larger
+        assert torch.equal(layer(x[:1])[0], layer(loud)[0])
+        beside = model(torch.cat([alone, other])).logits[0]
+        assert torch.allclose(by_itself, beside, atol=1e-5)
+        assert torch.allclose(by_itself, reference(alone).logits[0], atol=0.1)  # and close to fp32

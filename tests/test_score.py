@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from test_batching import varied_model
-from tiny import make_tokenizer
+from tiny import make_tokenizer, varied_model
 
 from tutorlm.models import score
 from tutorlm.backends import Request, Sampling

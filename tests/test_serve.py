@@ -21,8 +21,7 @@ openai = pytest.importorskip("openai")
 httpx = pytest.importorskip("httpx")
 
 from fake_openai import FakeOpenAI, free_port  # noqa: E402
-from test_batching import varied_model  # noqa: E402
-from tiny import make_model, make_tokenizer, save_tiny_model  # noqa: E402
+from tiny import make_model, make_tokenizer, save_tiny_model, varied_model  # noqa: E402
 from tutorlm.serve.route import agreement  # noqa: E402
 from tutorlm.serve.workers import LocalModel, RemoteTeacher  # noqa: E402
 from tutorlm.config import ServeConfig

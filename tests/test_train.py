@@ -12,17 +12,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from rich.console import Console
-from tiny import make_model, make_tokenizer, save_tiny_model
+from tiny import QUIET, make_model, make_run, make_tokenizer, save_tiny_model
 
-from tutorlm.config import GenerateConfig, Recipe, RunConfig, StudentConfig, TaskConfig, TrainConfig
+from tutorlm.config import GenerateConfig, Recipe, RunConfig, StudentConfig, TaskConfig
 from tutorlm.curate import curate
 from tutorlm.generate import generate
 from tutorlm.train.data import batch_order, preflight, token_losses
 from tutorlm.models.tokens import IGNORE, collate_packed, collate_padded, tokenize
 from tutorlm.train.loop import STUDENT, train
 
-QUIET = Console(file=open(os.devnull, "w"))
 
 ROWS = [
     {"id": "a", "example_id": "a", "prompt": [{"role": "user", "content": "What is 12 + 30?"}],
@@ -145,28 +143,6 @@ def test_curriculum_runs_the_first_epoch_from_easy_to_hard(tokenizer):
     assert sorted(shuffled) == sorted(first) and shuffled != first
     # later epochs are shuffled as without a curriculum
     assert batch_order(examples, 2, 0, 1, True, curriculum="easy_first") == batch_order(examples, 2, 0, 1, True)
-
-
-def prepared(objective_class, recipe: Recipe, tokenizer, student) -> tuple:
-    """(an objective of the class, prepared on the run's curated rows, and the examples it prepared)."""
-    from tutorlm.run import read_jsonl
-
-    rows = read_jsonl(recipe.run.path / "curated.jsonl")
-    examples, _ = preflight(tokenizer, rows, 256, "truncate")
-    objective = objective_class(recipe)
-    objective.prepare(recipe, student, tokenizer, rows, examples, "cpu", QUIET)
-    return objective, examples
-
-
-def make_run(tmp_path: Path, **train_options) -> Recipe:
-    recipe = Recipe(
-        run=RunConfig(name="run", output_dir=str(tmp_path)), task=TaskConfig(source="coin_flip"),
-        generate=GenerateConfig(limit=40, cache=False),
-        train=TrainConfig(**{"batch_size": 4, "lr": 3e-3, "eval_every": 5, "save_every": 5, "eval_fraction": 0.2, **train_options}),
-    )
-    generate(recipe, console=QUIET)
-    curate(recipe, console=QUIET)
-    return recipe
 
 
 def test_full_fine_tuning_lowers_loss_and_changes_every_parameter(tmp_path, tokenizer):

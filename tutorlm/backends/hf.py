@@ -69,7 +69,9 @@ class HFBackend:
             self.precision = f"{str(self.dtype).removeprefix('torch.').replace('qint8', 'int8')} ({why})"
             # the same name with other weights or another precision gives other answers: neither may be served
             # from the cache in its place
-            self.cache_identity = f"{model_fingerprint(config.model, config.gguf_file)}:{self.precision.split()[0]}"
+            # int8 with one activation range per row (models/load.py) answers otherwise than the per-tensor int8 before it
+            kind = "int8-rows" if self.precision.startswith("int8") else self.precision.split()[0]
+            self.cache_identity = f"{model_fingerprint(config.model, config.gguf_file)}:{kind}"
         else:
             first = next(model.parameters(), None)
             self.precision = str(first.dtype).removeprefix("torch.") if first is not None else "unknown"

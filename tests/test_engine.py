@@ -7,44 +7,15 @@ import random
 import pytest
 import torch
 
-from tiny import make_model, make_tokenizer
+from tiny import generate_one, make_model, make_tokenizer, prompts_with_shared_prefix, varied_model
 from tutorlm.backends import Request, Sampling
 from tutorlm.models.engine import Engine, supports
-
-
-def varied_model(tokenizer):
-    """A tiny Llama with large random weights, so its greedy continuations vary instead of repeating."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, initializer_range=0.5,
-                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
-    return LlamaForCausalLM(config).eval()
 
 
 @pytest.fixture(scope="module")
 def tiny():
     tokenizer = make_tokenizer()
     return tokenizer, varied_model(tokenizer)
-
-
-def prompts_with_shared_prefix(vocab: int, count: int = 23, seed: int = 0) -> list[list[int]]:
-    rng = random.Random(seed)
-    shared = [rng.randrange(3, vocab) for _ in range(12)]
-    return [shared + [rng.randrange(3, vocab) for _ in range(rng.randint(1, 30))] for _ in range(count)]
-
-
-def generate_one(model, prompt: list[int], stop_ids: set[int], max_tokens: int) -> tuple[list[int], str]:
-    """Unbatched, unpadded HF greedy generation: the reference."""
-    output = model.generate(torch.tensor([prompt], device=model.device),
-                            attention_mask=torch.ones(1, len(prompt), dtype=torch.long, device=model.device),
-                            max_new_tokens=max_tokens, do_sample=False, eos_token_id=sorted(stop_ids), pad_token_id=0)
-    tokens = output[0, len(prompt):].tolist()
-    for position, token in enumerate(tokens):
-        if token in stop_ids:
-            return tokens[:position], "stop"
-    return tokens, "length"
 
 
 def run_engine(model, prompts, slots, stop_ids, **options):
@@ -312,7 +283,6 @@ def test_the_engine_decodes_under_bf16_autocast():
     dtype than the KV buffer's, and the engine must still decode (it failed with 'Index put requires the source and
     destination dtypes match')."""
     import torch
-    from tiny import make_model, make_tokenizer
 
     from tutorlm.models.engine import Engine
 
