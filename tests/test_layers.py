@@ -15,7 +15,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "tutorlm"
 # Lowest first. A module may import from its own layer (without cycles) and from the layers below.
 LAYERS = [
     ("base", ["errors", "config", "_symbolic", "verify", "metrics", "progress", "run", "recipe_io", "tasks"]),
-    ("runtime", ["models", "backends", "cache", "throughput"]),
+    ("runtime", ["models", "backends", "cache", "throughput", "tools"]),
     ("methods", ["train", "serve", "fit"]),
     ("stages", ["generate", "curate", "evaluate", "report"]),
     ("orchestration", ["pipeline", "serve.calibrate"]),
