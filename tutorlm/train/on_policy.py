@@ -255,6 +255,11 @@ class OnPolicy:
                     tokens_graded=targets.numel(), agree=int((student_best == top_ids[:, 0])[has_top].sum()), top=int(has_top.sum()))
         if sampled:
             advantages = torch.where(scored, teacher_logprobs - student_logprobs, torch.zeros_like(student_logprobs))
+            if not scored.all() and scored.any():
+                # Across tokenizers some tokens go ungraded (advantage 0) while graded ones average about -0.9 nats:
+                # a token the teacher cannot grade would be preferred to one it can. Graded advantages are centred on
+                # their mean instead, so neither kind is favoured.
+                advantages = torch.where(scored, advantages - advantages[scored].mean(), advantages)
             if rewards is not None and self.config.on_policy_reward_weight:
                 lengths = torch.tensor([g.logprobs.shape[0] for g in grades])
                 centred = (rewards - rewards.mean()) * self.config.on_policy_reward_weight
