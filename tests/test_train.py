@@ -220,6 +220,31 @@ def test_a_step_with_nothing_to_learn_from_leaves_the_weights_alone(tmp_path, to
     assert [row.get("no_update", False) for row in log if "loss" in row] == [False, True]
 
 
+def test_a_time_budget_stops_training_and_runs_the_schedule_over_the_minutes(tmp_path, tokenizer):
+    """train.max_minutes: methods compared at equal CPU time. The run stops at the budget (the epochs would go on
+    far longer), the learning rate decays to near 0 over the minutes, and snapshots of the student are saved on
+    the way (train.snapshot_minutes) and load in plain transformers."""
+    from transformers import AutoModelForCausalLM
+
+    from tutorlm.train.loop import train_stage_config
+
+    recipe = make_run(tmp_path, epochs=10_000, max_minutes=0.08, snapshot_minutes=0.02, warmup_ratio=0.1,
+                      eval_fraction=0.0, save_every=10_000)
+    stats = train(recipe, console=QUIET, model_and_tokenizer=(make_model(tokenizer), tokenizer))
+    assert stats["stopped_by"] == "max_minutes" and 0.08 <= stats["train_minutes"] < 0.5
+    log = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines() if "lr" in json.loads(line)]
+    peak = max(row["lr"] for row in log)
+    assert peak > 0.5 * recipe.train.lr and log[-1]["lr"] < 0.2 * peak  # cosine over the minutes, near 0 at the end
+    snapshots = sorted((tmp_path / "run" / STUDENT / "snapshots").iterdir())
+    assert [path.name for path in snapshots][:2] == ["minute-0.02", "minute-0.04"]
+    AutoModelForCausalLM.from_pretrained(snapshots[0])
+    # a budget is part of what the student is; unset, it stays out of the stage config, as do the snapshots
+    assert train_stage_config(recipe)["train"]["max_minutes"] == 0.08
+    assert "snapshot_minutes" not in train_stage_config(recipe)["train"]
+    recipe.train.max_minutes = None
+    assert "max_minutes" not in train_stage_config(recipe)["train"]
+
+
 def test_lora_changes_only_adapters_and_merge_matches(tmp_path, tokenizer):
     from peft import LoraConfig, PeftModel, get_peft_model
     from transformers import AutoModelForCausalLM

@@ -318,6 +318,12 @@ class TrainConfig:
     merge: bool = option(False, "LoRA: save merged full weights instead of the adapter")
     epochs: int = option(1, "passes over the curated data")
     max_steps: int | None = option(None, "stop after this many optimizer steps (overrides epochs)")
+    max_minutes: float | None = option(None, "stop after this many minutes, counted from the start of the train stage "
+                                              "(loading and the objective's preparation included); the learning-rate "
+                                              "schedule then runs over the minutes instead of the steps: methods compared "
+                                              "at equal CPU time (epochs and max_steps still bound it)")
+    snapshot_minutes: float | None = option(None, "save the student's weights every this many minutes to "
+                                                  "student/snapshots/minute-M (a learning curve against time)")
     lr: float | None = option(None, "peak learning rate (default: 5e-5 full, 2e-4 LoRA)")
     batch_size: int = option(8, "examples per micro-batch")
     grad_accum: int = option(1, "micro-batches per optimizer step")
@@ -356,6 +362,9 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "grad_accum", "max_length", "eval_every", "save_every", "keep_checkpoints", "log_every", "lora_r"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("max_minutes", "snapshot_minutes"):
+            if getattr(self, name) is not None and getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be above 0 when set, got {getattr(self, name)}")
         if not 0 <= self.eval_fraction < 1:
             raise ValueError(f"eval_fraction must be in [0, 1), got {self.eval_fraction}")
         if self.lr is not None and self.lr <= 0:

@@ -114,6 +114,25 @@ def lr_lambda(warmup_steps: int, total_steps: int):
     return schedule
 
 
+def time_schedule(warmup_ratio: float, progress: float) -> float:
+    """The learning-rate factor at `progress` (0 to 1) of a time budget: linear warmup over its first warmup_ratio,
+    then cosine decay to 0 at its end; the step schedule's shape, over minutes instead of steps."""
+    if progress < warmup_ratio:
+        return (progress + 1e-9) / warmup_ratio
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (progress - warmup_ratio) / max(1e-9, 1 - warmup_ratio))))
+
+
+def save_snapshot(model: Any, tokenizer: Any, directory: Path) -> None:
+    """The student's weights now (a LoRA student: its adapter), for a learning curve against time; evaluated with
+    `tutorlm eval --model DIRECTORY`."""
+    temporary = directory.with_name(f".{directory.name}.saving")
+    shutil.rmtree(temporary, ignore_errors=True)
+    model.save_pretrained(temporary, safe_serialization=True)
+    tokenizer.save_pretrained(temporary)
+    shutil.rmtree(directory, ignore_errors=True)
+    temporary.rename(directory)
+
+
 def evaluate_loss(model: Any, examples: list[Tokenized], batch_size: int, packing: bool, pad_token_id: int, device: Any) -> float:
     """Mean completion-token loss over held-out examples."""
     model.eval()
@@ -152,8 +171,10 @@ def rank_share(order: list, accelerator: Any) -> list:
 
 def train_stage_config(recipe: Recipe) -> dict[str, Any]:
     student = {key: value for key, value in to_dict(recipe.student).items() if key not in ("device", "dtype")}  # eval-only
-    # where checkpoints go after training is not part of what the student is
-    train = {key: value for key, value in to_dict(recipe.train).items() if key != "prune_checkpoints"}
+    # where checkpoints and snapshots go is not part of what the student is; a time budget is, when there is one
+    # (unset, it stays out, so runs from before it existed stay current)
+    train = {key: value for key, value in to_dict(recipe.train).items()
+             if key not in ("prune_checkpoints", "snapshot_minutes") and not (key == "max_minutes" and value is None)}
     config = {"student": student, "train": train}
     if recipe.train.objective in ("kd", "on_policy") or (recipe.train.objective == "grpo" and recipe.train.grpo_teacher_weight):
         # the teacher decides the targets: another teacher is another run
@@ -199,6 +220,8 @@ def train(recipe: Recipe, *, resume: bool = False, force: bool = False, console:
     `model_and_tokenizer` replaces loading `recipe.student` (tests pass a tiny model built in memory).
     """
     from accelerate import Accelerator
+
+    entered = time.perf_counter()  # a time budget (train.max_minutes) counts everything from here: loading, prepare
     from accelerate.utils import parse_flag_from_env
 
     config = recipe.train
@@ -290,6 +313,7 @@ def train(recipe: Recipe, *, resume: bool = False, force: bool = False, console:
             log.flush()
 
         def save_checkpoint() -> None:
+            state["train_s"] = spent()
             final = checkpoint_dir / f"step-{state['step']:06d}"
             temporary = checkpoint_dir / f".tmp-step-{state['step']:06d}"
             if main:
@@ -309,6 +333,13 @@ def train(recipe: Recipe, *, resume: bool = False, force: bool = False, console:
                     shutil.rmtree(old)
             accelerator.wait_for_everyone()
 
+        spent_before = state.get("train_s", 0.0)  # the seconds a resumed run had already spent
+
+        def spent() -> float:
+            return spent_before + time.perf_counter() - entered
+
+        budget_s = config.max_minutes * 60 if config.max_minutes else None
+        stopped_by = "steps"
         model.train()
         started, window_tokens, window_start = time.perf_counter(), 0, time.perf_counter()
         tokens_before, steps_before = state["tokens_seen"], state["step"]  # a resumed run measures its own work
@@ -364,6 +395,10 @@ def train(recipe: Recipe, *, resume: bool = False, force: bool = False, console:
                     step_counted = 0
                     optimizer.zero_grad(set_to_none=True)
                     scheduler.step()
+                    if budget_s:  # the schedule runs over the time budget: warmup, then cosine to 0 at its end
+                        factor = time_schedule(config.warmup_ratio, spent() / budget_s)
+                        for group in optimizer.param_groups:
+                            group["lr"] = group["initial_lr"] * factor
                     window_step_s += time.perf_counter() - micro_started
                     state["step"] += 1
                     step_loss = sum(losses_in_step) / len(losses_in_step)
@@ -372,7 +407,7 @@ def train(recipe: Recipe, *, resume: bool = False, force: bool = False, console:
                     tokens_per_s = window_tokens / max(now - window_start, 1e-9)
                     if state["step"] % config.log_every == 0 or state["step"] == total_steps:
                         write_log({"step": state["step"], "epoch": state["epoch"], "loss": round(step_loss, 5),
-                                   "lr": scheduler.get_last_lr()[0], "grad_norm": round(float(grad_norm), 5),
+                                   "lr": optimizer.param_groups[0]["lr"], "grad_norm": round(float(grad_norm), 5),
                                    "tokens_per_s": round(tokens_per_s, 1), "tokens_seen": state["tokens_seen"],
                                    "elapsed_s": round(now - started, 2), "step_s": round(window_step_s, 3),
                                    **({} if updated else {"no_update": True}),
@@ -385,6 +420,13 @@ def train(recipe: Recipe, *, resume: bool = False, force: bool = False, console:
                         save_checkpoint()
                     progress.advance(state["step"] - progress.completed, loss=step_loss, tps=tokens_per_s, epoch=state["epoch"])
                     window_tokens, window_start = 0, time.perf_counter()  # eval and checkpoint time is not training time
+                    if config.snapshot_minutes and main and spent() >= (state.get("snapshots", 0) + 1) * config.snapshot_minutes * 60:
+                        state["snapshots"] = state.get("snapshots", 0) + 1
+                        save_snapshot(accelerator.unwrap_model(model), tokenizer,
+                                      run.path / STUDENT / "snapshots" / f"minute-{state['snapshots'] * config.snapshot_minutes:g}")
+                    if budget_s and spent() >= budget_s:
+                        stopped_by = "max_minutes"
+                        break
                     if state["step"] >= total_steps:
                         break
                 else:
@@ -405,7 +447,8 @@ def train(recipe: Recipe, *, resume: bool = False, force: bool = False, console:
         freed_mb = prune_checkpoints(checkpoint_dir, console) if main and config.prune_checkpoints else 0.0
         record["outputs"].append(student_dir / "tutorlm_config.json")
         record["stats"] = {
-            "steps": state["step"], "steps_without_update": skipped_steps, "epochs_started": state["epoch"] + 1, "examples": len(examples), "held_out": len(held_out),
+            "steps": state["step"], "steps_without_update": skipped_steps, "stopped_by": stopped_by,
+            "train_minutes": round(spent() / 60, 2), "epochs_started": state["epoch"] + 1, "examples": len(examples), "held_out": len(held_out),
             "final_eval_loss": last_eval, "tokens_seen": state["tokens_seen"], "wall_s": round(elapsed, 2),
             "preflight": report, "method": config.method, "objective": config.objective,
             "precision": precision, "precision_reason": precision_reason, "checkpoints_freed_mb": freed_mb, **objective_stats,
