@@ -319,6 +319,7 @@ class GRPO:
             "sample_accuracy": round(totals.get("correct", 0) / samples, 4) if samples else None,
             "groups": int(totals.get("groups", 0)), "all_equal_groups": int(totals.get("all_equal_groups", 0)),
             "refilled_groups": int(totals.get("refilled", 0)), "all_equal_batches": int(totals.get("all_equal", 0)),
+            "teacher_tokens": int(totals.get("teacher_graded", 0)),
             "sampling_s": round(totals.get("sampling_s", 0.0), 1), "scoring_s": round(totals.get("scoring_s", 0.0), 1)}}
 
 

@@ -1,0 +1,205 @@
+"""The method race: from one distilled start, each method gets the same CPU wall time; who is ahead, and when?
+
+    python benchmarks/method_race.py --name gsm8k --task gsm8k --teacher qwen2.5-coder-1.5b-instruct \\
+        --teacher-dtype int8 --start runs/race-gsm8k-start/student --minutes 60 --points 4 --test-limit 250
+
+Every arm starts from the same checkpoint (`--start`: the student after SFT on verified rationales in the teacher's
+own style) and trains for `--minutes` of wall time on this machine (train.max_minutes: from the start of the train
+stage, loading and the objective's preparation included, with the learning-rate schedule run over the minutes),
+one arm at a time. The arms:
+
+- `sft`: SFT on more teacher rationales: the teacher writes for `--sft-questions` questions (the start's are cached),
+  and its generation time comes out of the arm's minutes;
+- `on_policy`: on-policy distillation, sampled reverse KL (log p_teacher - log p_student per token of the student's
+  own samples; Thinking Machines' form, MiniLLM);
+- `gkd`: on-policy GKD, JSD(beta = 0.5) against the teacher's full distribution on the student's samples;
+- `kd`: offline logit KD on the start's rationales, the teacher re-scoring each batch (one vocabulary);
+- `grpo`: GRPO from the verifier; `kdrl`: GRPO plus the teacher term (KDRL).
+
+Each arm saves its student `--points` times (train.snapshot_minutes); every snapshot and the final student are
+evaluated on the same test questions (greedy), so each arm has a curve of accuracy against minutes. Per arm:
+the curve, the final accuracy with its 95% Wilson interval, the teacher tokens it used, and the paired bootstrap
+against the SFT arm on the same questions (`difference`, `difference_ci95`, `p_not_better`). Results go to
+benchmarks/results/method_race.json under `--name` (one entry per testbed), and a plot to
+benchmarks/results/method_race_<name>.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+from _common import machine
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from tutorlm.metrics import paired_difference, wilson_interval  # noqa: E402
+from tutorlm.report import question_scores  # noqa: E402
+
+ARMS = {
+    "sft": {"objective": "sft"},
+    "on_policy": {"objective": "on_policy", "on_policy_loss": "sampled", "on_policy_temperature": 1.0},
+    "gkd": {"objective": "on_policy", "on_policy_loss": "divergence", "kd_divergence": "jsd", "kd_beta": 0.5},
+    "kd": {"objective": "kd", "kd_source": "teacher"},
+    "grpo": {"objective": "grpo"},
+    "kdrl": {"objective": "grpo", "grpo_teacher_weight": 0.1},
+}
+
+
+def tutorlm(*arguments: str, cwd: Path = ROOT) -> None:
+    command = [sys.executable, "-m", "tutorlm", *arguments]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=cwd)
+    if result.returncode != 0:
+        raise SystemExit(f"{' '.join(command)} failed:\n{result.stderr[-3000:]}")
+
+
+def arm_recipe(arm: str, args: argparse.Namespace, out: Path) -> dict:
+    """The arm's recipe: the start student, the teacher (for the arms that learn from it), the test questions."""
+    questions = args.sft_questions if arm == "sft" else args.start_questions
+    writer = {"backend": "reference"} if args.writer == "reference" else \
+        {"backend": "hf", "model": args.teacher, "dtype": args.teacher_dtype, "batch_size": args.batch_size}
+    train = {"epochs": 1000, "max_minutes": args.minutes, "snapshot_minutes": args.minutes / args.points,
+             "eval_fraction": 0.0, "batch_size": args.train_batch_size, "save_every": 1_000_000, **ARMS[arm]}
+    if arm != "sft":
+        train.update(kd_teacher=args.teacher, kd_teacher_dtype=args.teacher_dtype)
+    return {
+        "run": {"name": arm, "output_dir": str(out)},
+        "task": {"source": args.task},
+        "teacher": writer,
+        "generate": {"limit": questions, "max_tokens": args.generate_tokens},
+        "student": {"model": str(Path(args.start).resolve())},
+        "train": train,
+        "eval": {"split": "test", "limit": args.test_limit, "max_tokens": args.eval_tokens, "batch_size": args.batch_size,
+                 "models": ["student"]},
+    }
+
+
+def run_arm(arm: str, args: argparse.Namespace, out: Path) -> dict:
+    recipe = arm_recipe(arm, args, out)
+    path = out / f"{arm}.yaml"
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    run = out / arm
+    started = time.perf_counter()
+    tutorlm("generate", str(path))
+    generate_stats = json.loads((run / "manifest.json").read_text())["stages"]["generate"]["stats"]
+    minutes = args.minutes
+    if arm == "sft":  # the teacher's new rationales are paid for out of this arm's minutes
+        minutes = max(args.minutes - generate_stats.get("wall_s", 0.0) / 60, args.minutes / 100)
+    tutorlm("run", str(path), "--train.max_minutes", f"{minutes:g}", "--train.snapshot_minutes", f"{args.minutes / args.points:g}")
+    manifest = json.loads((run / "manifest.json").read_text())["stages"]
+    train_stats = manifest["train"]["stats"]
+    snapshots = sorted((run / "student" / "snapshots").glob("minute-*"), key=lambda p: float(p.name.split("-")[1]))
+    points = []
+    spent_generating = generate_stats.get("wall_s", 0.0) / 60 if arm == "sft" else 0.0
+    for snapshot in snapshots:
+        label = f"snapshot-{snapshot.name}"
+        tutorlm("eval", str(path), "--out", str(run), "--model", f"{label}={snapshot}")
+        points.append({"minutes": round(spent_generating + float(snapshot.name.split("-")[1]), 3),
+                       **accuracy(run / "eval" / f"{label}.jsonl")})
+    final = accuracy(run / "eval" / "student.jsonl")
+    points.append({"minutes": round(spent_generating + train_stats["train_minutes"], 3), **final})
+    teacher_tokens = generate_stats.get("completion_tokens", 0) if arm == "sft" else 0
+    teacher_tokens += (train_stats.get("on_policy_totals") or {}).get("teacher_tokens", 0)
+    teacher_tokens += (train_stats.get("grpo_totals") or {}).get("teacher_tokens", 0)
+    if arm == "kd":  # the teacher scores every token the student trains on
+        teacher_tokens += train_stats.get("tokens_seen", 0)
+    return {"arm": arm, "settings": ARMS[arm], "points": points, "final": final, "steps": train_stats["steps"],
+            "train_minutes": train_stats["train_minutes"], "generate_minutes": round(spent_generating, 2),
+            "teacher_tokens": teacher_tokens, "wall_minutes": round((time.perf_counter() - started) / 60, 2),
+            "scores": question_scores(run / "eval" / "student.jsonl")}
+
+
+def accuracy(path: Path) -> dict:
+    scores = question_scores(path)
+    correct = round(sum(scores.values()))
+    low, high = wilson_interval(correct, len(scores))
+    return {"accuracy": round(sum(scores.values()) / len(scores), 4), "accuracy_ci95": [round(low, 4), round(high, 4)],
+            "questions": len(scores)}
+
+
+def plot(name: str, arms: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(6, 4))
+    for arm in arms:
+        axes.plot([0] + [p["minutes"] for p in arm["points"]], [arm["start"]] + [p["accuracy"] for p in arm["points"]],
+                  marker="o", label=arm["arm"])
+    axes.set_xlabel("CPU wall minutes (teacher time included)")
+    axes.set_ylabel("test accuracy")
+    axes.set_title(f"method race: {name}")
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--name", required=True, help="the testbed's name in the results file")
+    parser.add_argument("--task", required=True)
+    parser.add_argument("--teacher", required=True, help="the teacher's model spec (one tokenizer with the student)")
+    parser.add_argument("--teacher-dtype", default="auto")
+    parser.add_argument("--start", required=True, help="the start checkpoint every arm trains from")
+    parser.add_argument("--writer", choices=["teacher", "reference"], default="teacher",
+                        help="who writes the rationales the arms' prompts come from (reference: the task's solver)")
+    parser.add_argument("--minutes", type=float, default=60.0)
+    parser.add_argument("--points", type=int, default=4, help="snapshots per arm for the curve")
+    parser.add_argument("--arms", default=",".join(ARMS))
+    parser.add_argument("--start-questions", type=int, default=300, help="questions the start's rationales covered")
+    parser.add_argument("--sft-questions", type=int, default=1000, help="the sft arm's questions (more rationales)")
+    parser.add_argument("--test-limit", type=int, default=250)
+    parser.add_argument("--generate-tokens", type=int, default=512)
+    parser.add_argument("--eval-tokens", type=int, default=512)
+    parser.add_argument("--batch-size", type=int, default=32, help="rows decoded together")
+    parser.add_argument("--train-batch-size", type=int, default=8)
+    parser.add_argument("--out", default=str(ROOT / "runs" / "race"))
+    parser.add_argument("--results", default=str(ROOT / "benchmarks" / "results" / "method_race.json"))
+    args = parser.parse_args()
+    arms = args.arms.split(",")
+    if unknown := set(arms) - set(ARMS):
+        parser.error(f"--arms: unknown {', '.join(sorted(unknown))}; choose from {', '.join(ARMS)}")
+    out = Path(args.out) / args.name
+    out.mkdir(parents=True, exist_ok=True)
+    start_run = out / "start"
+    path = out / "start.yaml"
+    recipe = arm_recipe("sft", args, out)
+    recipe["run"]["name"] = "start"
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    tutorlm("eval", str(path), "--out", str(start_run), "--model", f"start={Path(args.start).resolve()}")
+    start = accuracy(start_run / "eval" / "start.jsonl")
+    results = []
+    for arm in arms:
+        print(f"arm {arm}: {args.minutes:g} minutes", flush=True)
+        result = run_arm(arm, args, out)
+        result["start"] = start["accuracy"]
+        results.append(result)
+        print(json.dumps({k: v for k, v in result.items() if k != "scores"}), flush=True)
+    sft = next((r for r in results if r["arm"] == "sft"), None)
+    for result in results:
+        if sft is not None and result is not sft:
+            shared = sorted(set(sft["scores"]) & set(result["scores"]))
+            result["vs_sft"] = paired_difference([sft["scores"][q] for q in shared], [result["scores"][q] for q in shared])
+    results_path = Path(args.results)
+    saved = json.loads(results_path.read_text()) if results_path.exists() else {"testbeds": {}}
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
+    saved["testbeds"][args.name] = {
+        "task": args.task, "teacher": f"{args.teacher} ({args.teacher_dtype})", "start": args.start, "start_accuracy": start,
+        "minutes": args.minutes, "machine": machine(), "commit": commit, "date": datetime.date.today().isoformat(),
+        "arms": [{k: v for k, v in result.items() if k != "scores"} for result in results],
+    }
+    results_path.parent.mkdir(parents=True, exist_ok=True)
+    results_path.write_text(json.dumps(saved, indent=2) + "\n")
+    plot(args.name, results, results_path.with_name(f"method_race_{args.name}.png"))
+    print(f"results: {results_path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,38 @@
+"""benchmarks/method_race.py end to end on tiny models: every arm trains from one start for the same minutes, is
+evaluated at its snapshots and at the end, and is compared with the SFT arm on the same questions."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from tiny import save_tiny_model
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.slow  # about 90 s of CPU: a dozen tutorlm processes
+def test_the_race_runs_every_arm_for_the_same_minutes_and_writes_its_results(tmp_path):
+    teacher = save_tiny_model(tmp_path / "teacher", seed=3)
+    start = save_tiny_model(tmp_path / "start", seed=4)
+    results = tmp_path / "race.json"
+    command = [sys.executable, str(ROOT / "benchmarks" / "method_race.py"), "--name", "tiny", "--task", "coin_flip",
+               "--teacher", str(teacher), "--teacher-dtype", "float32", "--start", str(start), "--writer", "reference",
+               "--minutes", "0.04", "--points", "2", "--arms", "sft,on_policy,grpo", "--start-questions", "8",
+               "--sft-questions", "16", "--test-limit", "4", "--generate-tokens", "16", "--eval-tokens", "8",
+               "--batch-size", "4", "--train-batch-size", "4", "--out", str(tmp_path / "runs"), "--results", str(results)]
+    finished = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    testbed = json.loads(results.read_text())["testbeds"]["tiny"]
+    assert [arm["arm"] for arm in testbed["arms"]] == ["sft", "on_policy", "grpo"]
+    for arm in testbed["arms"]:
+        assert arm["train_minutes"] >= 0.04 * 0.9 or arm["arm"] == "sft"  # each trained its minutes (sft: minus generation)
+        assert len(arm["points"]) >= 2 and arm["points"][-1]["questions"] == 4
+        assert [p["minutes"] for p in arm["points"]] == sorted(p["minutes"] for p in arm["points"])
+    on_policy = testbed["arms"][1]
+    assert on_policy["teacher_tokens"] > 0 and set(on_policy["vs_sft"]) >= {"difference", "difference_ci95", "p_not_better"}
+    assert "vs_sft" not in testbed["arms"][0]
+    assert (tmp_path / "method_race_tiny.png").exists()
