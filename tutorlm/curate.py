@@ -46,9 +46,9 @@ from rich.console import Console
 from rich.table import Table
 
 from tutorlm.config import Recipe, to_dict
+from tutorlm.fit import describe_scores, fit_identity, fit_line, score_fit
 from tutorlm.run import CURATED, FUNNEL, PAIRS, TRACES, RunDir, StagePlan, atomic_write_text, read_jsonl
 from tutorlm.tasks import DataError, Example, load_task
-
 
 
 def normalize_for_dedupe(text: str) -> str:
@@ -178,7 +178,6 @@ def preference_pairs(kept: list[dict[str, Any]], rejected: dict[str, list[dict[s
 def curate_stage_config(recipe: Recipe, export: str | None = None) -> dict[str, Any]:
     stage = {"task": to_dict(recipe.task), "curate": to_dict(recipe.curate), "export": export}
     if recipe.curate.select == "student_fit":  # a retrained student at the same path selects afresh
-        from tutorlm.fit import fit_identity
 
         stage["fit"] = fit_identity(recipe)
     return stage
@@ -205,8 +204,6 @@ def curate(recipe: Recipe, *, force: bool = False, export: str | None = None, co
         fit_stats: dict[str, Any] = {}
 
         def fit(candidates: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
-            from tutorlm.fit import score_fit
-
             scores, stats = score_fit(recipe, candidates, console, stage_config.get("fit"))  # fingerprinted once
             fit_stats.update(stats, all=scores)
             return scores
@@ -238,16 +235,12 @@ def curate(recipe: Recipe, *, force: bool = False, export: str | None = None, co
             record["stats"]["teachers"] = {name: {"written": written[name], "kept": chosen[name],
                                                   "kept_share": round(chosen[name] / len(kept), 4)} for name in written}
         if fit_stats:
-            from tutorlm.fit import describe_scores
-
             scores, kept_ids = fit_stats.pop("all"), {str(row["id"]) for row in kept}
             record["stats"]["student_fit"] = {
                 **fit_stats, "kept": describe_scores([value for key, value in scores.items() if key in kept_ids]),
                 "dropped": describe_scores([value for key, value in scores.items() if key not in kept_ids])}
     _print_funnel(console, funnel, out)
     if fit_stats:
-        from tutorlm.fit import fit_line
-
         console.print(fit_line(record["stats"]["student_fit"]))
     if paired is not None:
         _print_pairs(console, record["stats"]["pairs"], pairs_path)

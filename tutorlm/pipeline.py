@@ -31,11 +31,13 @@ from tutorlm.evaluate import eval_models, evaluate, print_table
 from tutorlm.evaluate import plan_stage as evaluate_plan
 from tutorlm.generate import generate
 from tutorlm.generate import plan_stage as generate_plan
+from tutorlm.models.load import resolve_model
 from tutorlm.recipe_io import load_recipe, resolve_recipe
 from tutorlm.report import paired_intervals, recovered_text, report
 from tutorlm.report import plan_stage as report_plan
 from tutorlm.run import STAGES
-
+from tutorlm.train.loop import plan_stage as train_plan
+from tutorlm.train.loop import train
 
 
 def run_required(recipe: Recipe, console: Console, chain: tuple[str, ...] = ()) -> None:
@@ -65,8 +67,6 @@ def run_pipeline(recipe: Recipe, *, force: set[str] = frozenset(), console: Cons
     """Run every stage that is not current (after the recipes `run.requires` names); returns the report's path."""
     from accelerate import PartialState  # imports torch: only when training is near
     from accelerate.utils import parse_flag_from_env
-
-    from tutorlm.train.loop import train
 
     console = console or Console(stderr=True)
     if requirements:
@@ -121,8 +121,6 @@ def check_models(recipe: Recipe) -> None:
     """Local models the run will need (a local teacher, the student, a KD teacher), its own and those of the recipes
     it requires that have not run yet, exist before any stage spends time or writes anything. Packaged models whose
     packages are missing are named together, with one install command for every extra they need."""
-    from tutorlm.models.load import resolve_model
-
     recipes = [*reversed(_required(recipe)), recipe]
     specs: dict[tuple[str, str | None], str] = {}  # (model, gguf file) -> the first key that names it
     for one in recipes:
@@ -192,8 +190,6 @@ def check_objective(recipe: Recipe) -> None:
 def dry_run(recipe: Recipe, *, console: Console | None = None) -> None:
     """Print the plan without running anything or calling any teacher: a row per stage, each from the stage's own
     `plan_stage(recipe)`."""
-    from tutorlm.train.loop import plan_stage as train_plan
-
     console = console or Console()
     missing = [(name, load_recipe(resolve_recipe(name))) for name in recipe.run.requires]
     missing = [(name, required) for name, required in missing if not _has_student(required)]

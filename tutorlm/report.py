@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from tutorlm import metrics
+from tutorlm.fit import fit_line
 from tutorlm.metrics import truncation_warnings
 from tutorlm.run import FUNNEL, RunDir, StagePlan, atomic_write_text
 from tutorlm.tasks import DataError
@@ -315,8 +316,6 @@ def markdown(data: dict[str, Any], figures: dict[str, Path]) -> str:
             lines += ["", f"![funnel]({figures['funnel'].name})"]
         fit = data.get("student_fit")
         if fit:
-            from tutorlm.fit import fit_line
-
             line = fit_line(fit)
             lines += ["", line[0].upper() + line[1:] + f" ({fit['rows']} rationales scored; "
                       "mean log-probability of each rationale's tokens under the student)."]

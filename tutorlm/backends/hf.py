@@ -28,6 +28,7 @@ from tutorlm.models.load import (
     resolve_model,
     stop_ids,
 )
+from tutorlm.models.rsd import GuidedEngine
 
 _KEPT: dict[tuple[str, str | None, str, str], tuple[Any, Any]] | None = None  # set inside keep_loaded()
 
@@ -157,8 +158,6 @@ class HFBackend:
         if self.guide is None:
             engine = Engine(self.model, slots=self.batch_size, pad_token_id=self.tokenizer.pad_token_id, stop_ids=self.stop_ids)
         else:
-            from tutorlm.models.rsd import GuidedEngine
-
             engine = GuidedEngine(self.model, self.guide.model, floor=self.guide_floor, slots=self.batch_size,
                                   pad_token_id=self.tokenizer.pad_token_id, stop_ids=self.stop_ids)
             options["guide_prompts"] = self.guide.tokenizer(self.guide._texts(

@@ -14,6 +14,7 @@ import sys
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any, AsyncIterator
 
+from tutorlm.backends.hf import HFBackend
 from tutorlm.config import ServeConfig, TeacherConfig
 from tutorlm.errors import ConfigError, FatalBackendError
 from tutorlm.serve.protocol import BadRequest, Params, api_key, new_id, now, parse_messages, parse_params, sse, usage
@@ -237,8 +238,6 @@ def build_app(config: ServeConfig, student: LocalModel, teacher: LocalModel | Re
 
 def load_local(spec: str, dtype: str, *, slots: int, room: int, name: str) -> LocalModel:
     """A local model spec (a directory, hub id, .gguf file or package) loaded the way the hf backend loads it."""
-    from tutorlm.backends.hf import HFBackend
-
     backend = HFBackend(TeacherConfig(backend="hf", model=spec, dtype=dtype))  # a missing file or package: a clear error now
     try:
         model, tokenizer = backend.load()

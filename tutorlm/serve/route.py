@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tutorlm.backends import Completion, OnResult, Request, Sampling
+from tutorlm.backends.hf import HFBackend
 from tutorlm.config import ServeConfig
 from tutorlm.errors import ConfigError
 from tutorlm.models.engine import RowSettings
@@ -196,8 +197,6 @@ class RouterBackend:
     kind = "serve"
 
     def __init__(self, mode: str, student: Any, teacher: Any, config: ServeConfig, threshold: float | None = None) -> None:
-        from tutorlm.backends.hf import HFBackend
-
         if teacher.backend != "hf":
             raise ConfigError(f"the {mode} mode is measured with a local teacher (teacher.backend hf); this recipe's teacher is "
                               f"{teacher.backend!r}: serve it and evaluate through the server instead")
