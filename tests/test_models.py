@@ -78,8 +78,12 @@ def test_the_fingerprint_follows_the_weights_not_the_path(tmp_path):
 
 
 def test_progress_bars_are_off_when_stderr_is_not_a_terminal(monkeypatch):
+    import functools
+
+    import transformers.modeling_gguf_pytorch_utils as gguf_loading
     from transformers.utils import logging
 
+    monkeypatch.setattr(gguf_loading, "tqdm", gguf_loading.tqdm)  # restored after the test
     logging.enable_progress_bar()
     monkeypatch.setattr("sys.stderr.isatty", lambda: True)
     models.quiet_progress_bars()
@@ -87,6 +91,9 @@ def test_progress_bars_are_off_when_stderr_is_not_a_terminal(monkeypatch):
     monkeypatch.setattr("sys.stderr.isatty", lambda: False)
     models.quiet_progress_bars()
     assert not logging.is_progress_bar_enabled()
+    assert gguf_loading.tqdm(range(3)).disable  # the GGUF loader's own bar (tqdm, not transformers' switch)
+    models.quiet_progress_bars()  # a second call wraps nothing twice
+    assert not isinstance(gguf_loading.tqdm.func, functools.partial)
     logging.enable_progress_bar()
 
 

@@ -197,6 +197,7 @@ def load_tokenizer(spec: str, gguf_file: str | None = None, *, trust_remote_code
     from transformers import AutoTokenizer
 
     source, gguf = resolve_model(spec, gguf_file)
+    quiet_progress_bars()
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=gguf, trust_remote_code=trust_remote_code)
     except OSError as error:
@@ -236,12 +237,17 @@ def load_model(spec: str, gguf_file: str | None = None, *, device: str = "auto",
 def quiet_progress_bars() -> None:
     """No progress bars from transformers (GGUF de-quantizing, weight loading) when stderr is not a terminal: in a
     log file each bar's every update is a line of its own (339 of them for one GGUF load of Qwen2.5-Coder-1.5B)."""
+    import functools
     import sys
 
+    import transformers.modeling_gguf_pytorch_utils as gguf_loading
     from transformers.utils import logging
 
     if not sys.stderr.isatty():
         logging.disable_progress_bar()
+        # The GGUF loader draws its bar with tqdm directly, which transformers' switch does not reach.
+        if not isinstance(gguf_loading.tqdm, functools.partial):
+            gguf_loading.tqdm = functools.partial(gguf_loading.tqdm, disable=True)
 
 
 def release_memory() -> None:

@@ -16,10 +16,8 @@ A served teacher scores through backends/openai.py's `score_remote` instead (the
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
