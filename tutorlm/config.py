@@ -358,6 +358,12 @@ class TrainConfig:
         "none", "easy_first: the first epoch runs from easy to hard (questions the teacher solved in more of its samples "
         "first, then shorter rationales first); later epochs are shuffled. none: every epoch shuffled")
 
+    @property
+    def learns_from_teacher(self) -> bool:
+        """The objective scores with a teacher in training (KD, on-policy, GRPO with KDRL's teacher term): the teacher is
+        then part of what the student is, and a run keeps it loaded from generation to training."""
+        return self.objective in ("kd", "on_policy") or (self.objective == "grpo" and bool(self.grpo_teacher_weight))
+
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "grad_accum", "max_length", "eval_every", "save_every", "keep_checkpoints", "log_every", "lora_r"):
             if getattr(self, name) < 1:

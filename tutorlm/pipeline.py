@@ -69,10 +69,9 @@ def run_pipeline(recipe: Recipe, *, force: set[str] = frozenset(), console: Cons
     from accelerate.utils import parse_flag_from_env
 
     console = console or Console(stderr=True)
+    check_models(recipe)  # its models and those of the recipes it requires, before the first one runs
     if requirements:
-        check_models(recipe)  # every recipe's models, before the first one runs
         run_required(recipe, console)
-    check_models(recipe)
     unknown = set(force) - set(STAGES) - {"all"}
     if unknown:
         raise ConfigError(f"command line: --force takes stage names ({', '.join(STAGES)} or all), not {', '.join(sorted(unknown))}")
@@ -84,8 +83,7 @@ def run_pipeline(recipe: Recipe, *, force: set[str] = frozenset(), console: Cons
     # A local teacher is loaded once: it writes the rationales, is evaluated right after, and, when the objective
     # learns from it (KD, on-policy, KDRL), scores the student's tokens in training from the same copy in memory.
     config = recipe.train
-    teaches = config.objective in ("kd", "on_policy") or (config.objective == "grpo" and config.grpo_teacher_weight)
-    with keep_loaded() if teaches else contextlib.nullcontext():
+    with keep_loaded() if config.learns_from_teacher else contextlib.nullcontext():
         if processes.is_main_process:
             console.rule(f"tutorlm run: {recipe.run.path}")
             if processes.num_processes > 1:

@@ -176,7 +176,7 @@ def train_stage_config(recipe: Recipe) -> dict[str, Any]:
     train = {key: value for key, value in to_dict(recipe.train).items()
              if key not in ("prune_checkpoints", "snapshot_minutes") and not (key == "max_minutes" and value is None)}
     config = {"student": student, "train": train}
-    if recipe.train.objective in ("kd", "on_policy") or (recipe.train.objective == "grpo" and recipe.train.grpo_teacher_weight):
+    if recipe.train.learns_from_teacher:
         # the teacher decides the targets: another teacher is another run
         teacher = to_dict(recipe.teacher)
         config["teacher"] = {key: teacher[key] for key in ("backend", "model", "gguf_file", "dtype")}
