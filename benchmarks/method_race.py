@@ -42,13 +42,17 @@ sys.path.insert(0, str(ROOT))
 from tutorlm.metrics import paired_difference, wilson_interval  # noqa: E402
 from tutorlm.report import question_scores  # noqa: E402
 
+# Each objective at its own defaults (train.learning_rate: grpo a tenth of SFT's); the sampling arms draw the same
+# number of completions a step: on-policy 4 per question of a batch of `--train-batch-size`, GRPO groups of 8 for
+# half as many questions.
 ARMS = {
     "sft": {"objective": "sft"},
-    "on_policy": {"objective": "on_policy", "on_policy_loss": "sampled", "on_policy_temperature": 1.0},
-    "gkd": {"objective": "on_policy", "on_policy_loss": "divergence", "kd_divergence": "jsd", "kd_beta": 0.5},
+    "on_policy": {"objective": "on_policy", "on_policy_loss": "sampled", "on_policy_temperature": 1.0, "on_policy_samples": 4},
+    "gkd": {"objective": "on_policy", "on_policy_loss": "divergence", "kd_divergence": "jsd", "kd_beta": 0.5,
+            "on_policy_samples": 4},
     "kd": {"objective": "kd", "kd_source": "teacher"},
-    "grpo": {"objective": "grpo"},
-    "kdrl": {"objective": "grpo", "grpo_teacher_weight": 0.1},
+    "grpo": {"objective": "grpo", "grpo_group_size": 8},
+    "kdrl": {"objective": "grpo", "grpo_group_size": 8, "grpo_teacher_weight": 0.1},
 }
 
 
@@ -65,7 +69,10 @@ def arm_recipe(arm: str, args: argparse.Namespace, out: Path) -> dict:
     writer = {"backend": "reference"} if args.writer == "reference" else \
         {"backend": "hf", "model": args.teacher, "dtype": args.teacher_dtype, "batch_size": args.batch_size}
     train = {"epochs": 1000, "max_minutes": args.minutes, "snapshot_minutes": args.minutes / args.points,
-             "eval_fraction": 0.0, "batch_size": args.train_batch_size, "save_every": 1_000_000, **ARMS[arm]}
+             "eval_fraction": 0.0, "batch_size": args.train_batch_size, "save_every": 1_000_000,
+             "on_policy_max_tokens": args.sample_tokens, "grpo_max_tokens": args.sample_tokens, **ARMS[arm]}
+    if ARMS[arm]["objective"] == "grpo":
+        train["batch_size"] = max(1, args.train_batch_size // 2)
     if arm != "sft":
         train.update(kd_teacher=args.teacher, kd_teacher_dtype=args.teacher_dtype)
     return {
@@ -109,10 +116,27 @@ def run_arm(arm: str, args: argparse.Namespace, out: Path) -> dict:
     teacher_tokens += (train_stats.get("grpo_totals") or {}).get("teacher_tokens", 0)
     if arm == "kd":  # the teacher scores every token the student trains on
         teacher_tokens += train_stats.get("tokens_seen", 0)
-    return {"arm": arm, "settings": ARMS[arm], "points": points, "final": final, "steps": train_stats["steps"],
+    return {"arm": arm, "settings": ARMS[arm], "points": points, "diagnostics": diagnostics(run / "train_log.jsonl"), "final": final, "steps": train_stats["steps"],
             "train_minutes": train_stats["train_minutes"], "generate_minutes": round(spent_generating, 2),
             "teacher_tokens": teacher_tokens, "wall_minutes": round((time.perf_counter() - started) / 60, 2),
             "scores": question_scores(run / "eval" / "student.jsonl")}
+
+
+DIAGNOSED = ("loss", "reverse_kl", "teacher_logprob", "top1_agreement", "sample_accuracy", "sample_tokens", "all_equal_share",
+             "teacher_reverse_kl", "reward_mean", "clip_fraction")
+
+
+def diagnostics(log: Path) -> dict:
+    """Each logged diagnostic's mean over the first and the last quarter of the arm's optimizer steps."""
+    steps = [row for row in map(json.loads, log.read_text().splitlines()) if "loss" in row] if log.exists() else []
+    quarter = max(1, len(steps) // 4)
+    found = {}
+    for key in DIAGNOSED:
+        first = [row[key] for row in steps[:quarter] if key in row]
+        last = [row[key] for row in steps[-quarter:] if key in row]
+        if first and last:
+            found[key] = {"first_quarter": round(sum(first) / len(first), 4), "last_quarter": round(sum(last) / len(last), 4)}
+    return found
 
 
 def accuracy(path: Path) -> dict:
@@ -158,6 +182,7 @@ def main() -> None:
     parser.add_argument("--test-limit", type=int, default=250)
     parser.add_argument("--generate-tokens", type=int, default=512)
     parser.add_argument("--eval-tokens", type=int, default=512)
+    parser.add_argument("--sample-tokens", type=int, default=256, help="the longest completion the sampling arms draw")
     parser.add_argument("--batch-size", type=int, default=32, help="rows decoded together")
     parser.add_argument("--train-batch-size", type=int, default=8)
     parser.add_argument("--out", default=str(ROOT / "runs" / "race"))

@@ -23,7 +23,7 @@ def test_the_race_runs_every_arm_for_the_same_minutes_and_writes_its_results(tmp
                "--teacher", str(teacher), "--teacher-dtype", "float32", "--start", str(start), "--writer", "reference",
                "--minutes", "0.04", "--points", "2", "--arms", "sft,on_policy,grpo", "--start-questions", "8",
                "--sft-questions", "16", "--test-limit", "4", "--generate-tokens", "16", "--eval-tokens", "8",
-               "--batch-size", "4", "--train-batch-size", "4", "--out", str(tmp_path / "runs"), "--results", str(results)]
+               "--batch-size", "4", "--train-batch-size", "4", "--sample-tokens", "8", "--out", str(tmp_path / "runs"), "--results", str(results)]
     finished = subprocess.run(command, capture_output=True, text=True, timeout=900)
     assert finished.returncode == 0, finished.stderr[-3000:]
     testbed = json.loads(results.read_text())["testbeds"]["tiny"]

@@ -68,7 +68,7 @@ def test_the_sampled_loss_is_the_policy_gradient_of_reverse_kl_plus_the_centred_
     from tutorlm.train.rollout import collate_completions
 
     recipe = make_run(tmp_path, objective="on_policy", kd_teacher=str(save_tiny_model(tmp_path / "t", seed=5)),
-                      on_policy_reward_weight=0.5, on_policy_temperature=temperature)
+                      on_policy_reward_weight=0.5, on_policy_temperature=temperature, on_policy_samples=1)
     student = make_model(tokenizer, seed=1)
     objective, examples = objective_for(recipe, tokenizer, student)
     prompts = [examples[0].input_ids[:5], examples[1].input_ids[:7]]
@@ -96,6 +96,41 @@ def test_the_sampled_loss_is_the_policy_gradient_of_reverse_kl_plus_the_centred_
     assert loss.item() == pytest.approx(expected / n, rel=1e-4, abs=1e-6)
 
 
+def test_each_question_is_sampled_several_times_and_its_reward_centred_over_its_own_samples(tmp_path, tokenizer):
+    import random
+
+    from tutorlm.train.on_policy import centred_rewards
+
+    recipe = make_run(tmp_path, objective="on_policy", kd_teacher=str(save_tiny_model(tmp_path / "t", seed=5)),
+                      on_policy_samples=3, on_policy_max_tokens=6, on_policy_reward_weight=1.0)
+    student = make_model(tokenizer, seed=1)
+    objective, examples = objective_for(recipe, tokenizer, student)
+    batch = next(batches(examples, [[0, 1]], False, tokenizer.pad_token_id))
+    prompts, completions, finished = objective.sample(student, batch, random.Random(0))
+    questions = prompts_of(batch)
+    assert prompts == [questions[0]] * 3 + [questions[1]] * 3 and len(completions) == len(finished) == 6
+    assert len({tuple(c) for c in completions[:3]}) > 1  # one seed per sample, not one per question
+    assert objective.log()["sample_tokens"] > 0
+    assert centred_rewards(torch.tensor([1.0, 0.0, 0.0, 1.0, 1.0, 1.0]), 3).tolist() == pytest.approx(
+        [2 / 3, -1 / 3, -1 / 3, 0.0, 0.0, 0.0])  # a question all right (or all wrong) teaches nothing by reward
+    assert centred_rewards(torch.tensor([1.0, 0.0, 0.0, 0.0]), 1).tolist() == pytest.approx([0.75, -0.25, -0.25, -0.25])
+    value, tokens = objective.loss(student, batch)
+    assert tokens > 0 and torch.isfinite(value)
+
+
+def test_greedy_samples_are_scored_at_temperature_one(tmp_path, tokenizer):
+    from tutorlm.train.rollout import collate_completions
+
+    recipe = make_run(tmp_path, objective="on_policy", kd_teacher=str(save_tiny_model(tmp_path / "t", seed=5)),
+                      on_policy_temperature=0.0)
+    student = make_model(tokenizer, seed=1)
+    objective, examples = objective_for(recipe, tokenizer, student)
+    prompts, completions = [examples[0].input_ids[:5]], [examples[0].input_ids[5:12]]
+    batch = collate_completions(prompts, completions, tokenizer.pad_token_id, "cpu")
+    loss, _ = objective._graded_loss(student, batch, objective.grade(prompts, completions), None, sampled=True)
+    assert torch.isfinite(loss)
+
+
 def test_lambda_zero_is_offline_kd_on_the_rationales(tmp_path, tokenizer):
     teacher_dir = save_tiny_model(tmp_path / "teacher", seed=7)
     recipe = make_run(tmp_path, objective="on_policy", kd_teacher=str(teacher_dir), on_policy_lambda=0.0,
@@ -121,7 +156,8 @@ def trained_teacher(tmp_path, tokenizer):
 def test_on_policy_training_pulls_the_student_towards_the_teacher(tmp_path, tokenizer, loss):
     teacher_dir = trained_teacher(tmp_path, tokenizer)
     recipe = make_run(tmp_path, objective="on_policy", kd_teacher=str(teacher_dir), kd_divergence="reverse_kl",
-                      on_policy_loss=loss, max_steps=16, lr=2e-2 if loss == "sampled" else 5e-3, on_policy_max_tokens=24)
+                      on_policy_loss=loss, max_steps=16, lr=2e-2 if loss == "sampled" else 5e-3, on_policy_max_tokens=24,
+                      on_policy_samples=1)
     student = make_model(tokenizer, seed=0)
     from transformers import AutoModelForCausalLM
 

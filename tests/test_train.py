@@ -19,7 +19,7 @@ from tutorlm.curate import curate
 from tutorlm.generate import generate
 from tutorlm.train.data import batch_order, preflight, token_losses
 from tutorlm.models.tokens import IGNORE, collate_packed, collate_padded, tokenize
-from tutorlm.train.loop import STUDENT, train
+from tutorlm.train.loop import STUDENT, plan_stage, train
 
 
 ROWS = [
@@ -241,8 +241,11 @@ def test_a_time_budget_stops_training_and_runs_the_schedule_over_the_minutes(tmp
     # a budget is part of what the student is; unset, it stays out of the stage config, as do the snapshots
     assert train_stage_config(recipe)["train"]["max_minutes"] == 0.08
     assert "snapshot_minutes" not in train_stage_config(recipe)["train"]
+    recipe.train.max_minutes = 30
+    assert "stops after 30 minutes at most" in plan_stage(recipe).what  # the dry run names the budget
     recipe.train.max_minutes = None
     assert "max_minutes" not in train_stage_config(recipe)["train"]
+    assert "stops after" not in plan_stage(recipe).what
 
 
 def test_lora_changes_only_adapters_and_merge_matches(tmp_path, tokenizer):

@@ -290,6 +290,9 @@ class TrainConfig:
                                           "the rest use the curated rationales (offline KD)")
     on_policy_max_tokens: int = option(128, "on_policy: the longest completion the student samples")
     on_policy_temperature: float = option(1.0, "on_policy: the student's sampling temperature")
+    on_policy_samples: int = option(
+        4, "on_policy: completions the student samples for each question of a micro-batch (Thinking Machines' group "
+        "size); the reward term is centred over a question's samples when there are several")
     kd_source: Literal["auto", "stored", "teacher"] = option(
         "auto", "kd: stored = the top-k that `generate --generate.top_logprobs K` wrote; teacher = a local teacher "
         "(teacher.backend hf) re-scores the rationales; auto = stored when the traces have it")
@@ -324,7 +327,7 @@ class TrainConfig:
                                               "at equal CPU time (epochs and max_steps still bound it)")
     snapshot_minutes: float | None = option(None, "save the student's weights every this many minutes to "
                                                   "student/snapshots/minute-M (a learning curve against time)")
-    lr: float | None = option(None, "peak learning rate (default: 5e-5 full, 2e-4 LoRA)")
+    lr: float | None = option(None, "peak learning rate (default: 5e-5 full, 2e-4 LoRA; grpo a tenth of that)")
     batch_size: int = option(8, "examples per micro-batch")
     grad_accum: int = option(1, "micro-batches per optimizer step")
     warmup_ratio: float = option(0.05, "fraction of steps with linear warmup; cosine decay to 0 after")
@@ -379,6 +382,8 @@ class TrainConfig:
             raise ValueError("kd_beta and kd_ce_weight must be in [0, 1], kd_temperature positive and kd_top_k at least 1")
         if not 0 <= self.on_policy_lambda <= 1 or self.on_policy_max_tokens < 1 or self.on_policy_temperature < 0:
             raise ValueError("on_policy_lambda must be in [0, 1], on_policy_max_tokens at least 1 and on_policy_temperature >= 0")
+        if self.on_policy_samples < 1:
+            raise ValueError(f"on_policy_samples must be at least 1, got {self.on_policy_samples}")
         if self.on_policy_reward_weight < 0:
             raise ValueError(f"on_policy_reward_weight must be >= 0, got {self.on_policy_reward_weight}")
         dtypes = ("auto", "float32", "fp32", "bfloat16", "bf16", "float16", "fp16", "int8")
@@ -403,7 +408,11 @@ class TrainConfig:
 
     @property
     def learning_rate(self) -> float:
-        return self.lr if self.lr is not None else (2e-4 if self.method == "lora" else 5e-5)
+        if self.lr is not None:
+            return self.lr
+        if self.objective == "grpo":  # a sparse, noisy signal: a tenth of SFT's (TRL's GRPO default is 1e-6 at 1.5B+)
+            return 5e-5 if self.method == "lora" else 5e-6
+        return 2e-4 if self.method == "lora" else 5e-5
 
 
 @dataclass

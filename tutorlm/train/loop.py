@@ -520,4 +520,6 @@ def plan_stage(recipe: Recipe) -> StagePlan:
         what += "; " + throughput.estimate(f"train {config.objective}", recipe.student.model,
                                            resolve_precision(config.precision, device).precision,
                                            rationales * (config.epochs if not config.max_steps else 1), device=device.type)
+    if config.max_minutes:
+        what += f"; stops after {config.max_minutes:g} minutes at most (train.max_minutes)"
     return StagePlan("train", status, what)

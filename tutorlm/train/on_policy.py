@@ -6,9 +6,9 @@
 
 Method: on-policy distillation (GKD, Agarwal et al. 2024; MiniLLM, Gu et al. 2024; Thinking Machines'
 report). For each micro-batch of curated rows, with probability λ (`on_policy_lambda`) the student
-samples a completion for each of the batch's questions on its current weights (the continuous-batching
-engine, `on_policy_temperature`, at most `on_policy_max_tokens`) and the teacher grades every token it
-wrote; otherwise the batch's own rationales (the teacher's traces) are used, and the step is offline KD.
+samples `on_policy_samples` completions (default 4) for each of the batch's questions on its current weights
+(the continuous-batching engine, `on_policy_temperature`, at most `on_policy_max_tokens`) and the teacher
+grades every token it wrote; otherwise the batch's own rationales (the teacher's traces) are used, and the step is offline KD.
 
 Losses (`on_policy_loss`):
 - `sampled` (default): reverse KL on the sampled tokens. Each token x_t gets the advantage
@@ -17,7 +17,8 @@ Losses (`on_policy_loss`):
   the teacher's log-probability of each sampled token is needed, so any teacher can grade: a local one,
   one with another tokenizer (tokens cut at other places get no advantage), or one behind a server.
   `on_policy_reward_weight` w adds w · (r − mean r) to the advantages of every token of a sample, r = 1
-  when its answer verifies against the gold answer (the verifier as a reward, as KDRL does).
+  when its answer verifies against the gold answer (the verifier as a reward, as KDRL does); the mean is
+  over the question's samples (over the micro-batch with one sample a question).
 - `divergence`: `kd_divergence` (generalized JSD(β) is GKD's) against the teacher's full distribution
   where it is in memory with the student's vocabulary, else against its top `kd_top_k` (tail bucket).
 Micro-batches on the teacher's traces (λ < 1) always use the divergence: the sampled estimator is only
@@ -38,8 +39,8 @@ A teacher server that still fails after the retries stops the run (nothing is tr
 `--resume` continues it.
 
 Each optimizer step logs: the share of micro-batches that sampled, the samples' mean length, stop rate
-and accuracy (the task's verifier), the per-token reverse KL on sampled tokens and the top-1 agreement of
-student and teacher, and the seconds spent sampling and grading (the loop logs the step's seconds).
+and accuracy (the task's verifier), the per-token reverse KL on sampled tokens, the teacher's mean
+log-probability of them and the top-1 agreement of student and teacher, and the seconds spent sampling and grading (the loop logs the step's seconds).
 """
 
 from __future__ import annotations
@@ -84,6 +85,15 @@ from tutorlm.train.teacher import (
 SCORES = "teacher_scores.sqlite"  # the teacher's grades of completions, by teacher, prompt and completion ids
 
 
+def centred_rewards(rewards: torch.Tensor, samples: int) -> torch.Tensor:
+    """Each reward less its question's mean (the question's `samples` consecutive samples); with one sample a question,
+    less the micro-batch's mean."""
+    if samples > 1 and rewards.numel() % samples == 0:
+        groups = rewards.view(-1, samples)
+        return (groups - groups.mean(dim=1, keepdim=True)).flatten()
+    return rewards - rewards.mean()
+
+
 class OnPolicy:
     def __init__(self, recipe: Any) -> None:
         self.config = recipe.train
@@ -111,9 +121,10 @@ class OnPolicy:
                 f"{config.kd_divergence} (beta {config.kd_beta}) against the teacher's "
                 + ("full distribution" if self.teacher is not None else f"top-{self.k}"))
         console.print(f"on_policy: teacher {where}; the student samples for a share {config.on_policy_lambda} of "
-                      f"micro-batches, up to {config.on_policy_max_tokens} tokens at temperature "
+                      f"micro-batches, {config.on_policy_samples} completion(s) a question, up to {config.on_policy_max_tokens} tokens at temperature "
                       f"{config.on_policy_temperature}; loss: {loss}; grades cached in {recipe.run.path / SCORES}")
-        return {"on_policy": {"lambda": config.on_policy_lambda, "loss": config.on_policy_loss, **stats}}
+        return {"on_policy": {"lambda": config.on_policy_lambda, "loss": config.on_policy_loss,
+                              "samples": config.on_policy_samples, **stats}}
 
     def setup_grader(self, recipe: Any, model: Any, tokenizer: Any, rows: list[dict[str, Any]], examples: list[Tokenized],
                      device: Any, sampled: bool) -> tuple[str, dict[str, Any]]:
@@ -192,7 +203,7 @@ class OnPolicy:
         """(the batch's prompts, a completion the student samples for each now (with its end token when it stopped),
         whether each stopped)."""
         started = time.perf_counter()
-        prompts = prompts_of(batch)
+        prompts = [prompt for prompt in prompts_of(batch) for _ in range(self.config.on_policy_samples)]
         completions = sample_student(model, prompts, max_tokens=self.config.on_policy_max_tokens,
                                      temperature=self.config.on_policy_temperature, rng=rng, autocast=self.autocast,
                                      pad_token_id=self.tokenizer.pad_token_id, stop_ids=self.stop_ids)
@@ -241,7 +252,9 @@ class OnPolicy:
         wanted = chosen != IGNORE  # (B, K); row-major, so the completions' tokens in order
         with identity_head(inner, head):
             hidden = model(**inputs, logits_to_keep=positions, use_cache=False).logits[wanted]  # (N, H)
-        if sampled:  # the student's samples came from softmax(z / T): its log-probs and gradient are taken at T, as TRL does
+        if sampled and self.config.on_policy_temperature > 0:
+            # the student's samples came from softmax(z / T): its log-probs and gradient are taken at T, as TRL does
+            # (greedy samples, T = 0, have no such distribution: they are scored at T = 1)
             hidden = hidden / self.config.on_policy_temperature
         targets = chosen[wanted]  # (N,)
         device = hidden.device
@@ -252,6 +265,7 @@ class OnPolicy:
         scored = ~torch.isnan(teacher_logprobs)
         has_top = top_ids[:, 0] != NO_TOKEN
         self._count(reverse_kl=float((student_logprobs - teacher_logprobs)[scored].sum()), scored=int(scored.sum()),
+                    teacher_logprob=float(teacher_logprobs[scored].sum()),
                     tokens_graded=targets.numel(), agree=int((student_best == top_ids[:, 0])[has_top].sum()), top=int(has_top.sum()))
         if sampled:
             advantages = torch.where(scored, teacher_logprobs - student_logprobs, torch.zeros_like(student_logprobs))
@@ -262,7 +276,7 @@ class OnPolicy:
                 advantages = torch.where(scored, advantages - advantages[scored].mean(), advantages)
             if rewards is not None and self.config.on_policy_reward_weight:
                 lengths = torch.tensor([g.logprobs.shape[0] for g in grades])
-                centred = (rewards - rewards.mean()) * self.config.on_policy_reward_weight
+                centred = centred_rewards(rewards, self.config.on_policy_samples) * self.config.on_policy_reward_weight
                 advantages = advantages + centred.repeat_interleave(lengths).to(device)
             return linear_cross_entropy(hidden, head.weight, targets, row_weights=advantages), targets.numel()
         aligned = (top_ids != NO_TOKEN).any(-1)
@@ -301,6 +315,7 @@ class OnPolicy:
             entry["sample_accuracy"] = round(window["correct"] / window["verified"], 3)
         if window.get("scored"):
             entry["reverse_kl"] = round(window["reverse_kl"] / window["scored"], 5)
+            entry["teacher_logprob"] = round(window["teacher_logprob"] / window["scored"], 5)
             entry["graded_token_share"] = round(window["scored"] / window["tokens_graded"], 3)
         if window.get("top"):
             entry["top1_agreement"] = round(window["agree"] / window["top"], 4)
