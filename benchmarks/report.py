@@ -382,7 +382,7 @@ def wording_table() -> list[str]:
     if not path.exists():
         return []
     result = json.loads(path.read_text())
-    lines = [f"| task | instruction ends | base accuracy (95% CI) | literal placeholder | no answer | truncated |",
+    lines = ["| task | instruction ends | base accuracy (95% CI) | literal placeholder | no answer | truncated |",
              "| --- | --- | --- | --- | --- | --- |"]
     for point in result["points"]:
         ending = point["instruction"].split("step by step", 1)[1].strip(" ,.")

@@ -99,3 +99,16 @@ def test_two_teacher_tokens_with_one_student_token_share_a_slot():
     _merge_repeats(ids, logprobs)
     assert ids.tolist() == [[5, 7, -1, -1, -1]]
     assert torch.allclose(logprobs[0, :2].exp(), torch.tensor([0.5, 0.25]))
+
+
+def test_preview_counts_aligned_digit_and_line_end_tokens(tokenizers):
+    from tutorlm.train.align import preview
+
+    student, teacher = tokenizers[0], tokenizers[1]
+    texts = ["3 * 12 = 36.\n36 + 7 = 43.\nThe answer is 43.", "Take 250 apples.\nGive away 17."]
+    same = preview(student, student, texts)
+    assert same["aligned_token_share"] == same["aligned_digit_token_share"] == same["aligned_line_end_token_share"] == 1.0
+    assert 0 < same["digit_token_share"] < 1 and 0 < same["line_end_token_share"] < 1
+    other = preview(student, teacher, texts)
+    assert all(0 <= value <= 1 for value in other.values())
+    assert other["digit_token_share"] == same["digit_token_share"]  # the student's own tokens, whoever the teacher is

@@ -41,7 +41,9 @@ def cmd_tokenizers(teacher: str, student: str) -> int:
         seen = preview(tokenizers[0], tokenizers[1], texts)
         console.print(f"on {len(texts)} reference rationales: {seen['aligned_token_share']:.0%} of the student's tokens line up "
                       f"with a teacher token (they get the teacher's distribution; the rest learn by cross-entropy), and "
-                      f"{seen['mapped_token_share']:.0%} of the teacher's tokens are single student tokens", markup=False)
+                      f"{seen['mapped_token_share']:.0%} of the teacher's tokens are single student tokens; of the "
+                      f"student's tokens with a digit {seen['aligned_digit_token_share']:.0%} line up, of those that end "
+                      f"a line {seen['aligned_line_end_token_share']:.0%}", markup=False)
     return 0
 
 

@@ -194,12 +194,22 @@ def preview(student: Any, teacher: Any, texts: Sequence[str]) -> dict[str, float
     token of the same span, and the share of the teacher's tokens there whose text is one student token."""
     vocabulary = VocabularyMap(student, teacher)
     aligned = student_tokens = mapped = teacher_tokens = 0
+    kinds = {"digit": [0, 0], "line_end": [0, 0]}  # [aligned, all] student tokens with a digit / a newline in their text
     for text in texts:
         student_ids = student(text, add_special_tokens=False)["input_ids"]
         teacher_ids = teacher(text, add_special_tokens=False)["input_ids"]
         spans = set(span for span in token_spans(teacher, teacher_ids)[1] if span[0] < span[1])
-        aligned += sum(span in spans for span in token_spans(student, student_ids)[1])
+        decoded, student_spans = token_spans(student, student_ids)
+        for span in student_spans:
+            piece, hit = decoded[span[0]:span[1]], span in spans
+            aligned += hit
+            for kind, present in (("digit", any(c.isdigit() for c in piece)), ("line_end", "\n" in piece)):
+                if present:
+                    kinds[kind][0] += hit
+                    kinds[kind][1] += 1
         student_tokens += len(student_ids)
         mapped += int((vocabulary(torch.tensor(teacher_ids)) >= 0).sum())
         teacher_tokens += len(teacher_ids)
-    return {"aligned_token_share": aligned / max(student_tokens, 1), "mapped_token_share": mapped / max(teacher_tokens, 1)}
+    return {"aligned_token_share": aligned / max(student_tokens, 1), "mapped_token_share": mapped / max(teacher_tokens, 1),
+            **{f"aligned_{kind}_token_share": hit / max(total, 1) for kind, (hit, total) in kinds.items()},
+            **{f"{kind}_token_share": total / max(student_tokens, 1) for kind, (_, total) in kinds.items()}}
