@@ -55,6 +55,7 @@ def main() -> None:
         parser.error(f"--models: unknown {', '.join(sorted(unknown))}")
     results_path = ROOT / "benchmarks" / "results" / "gsm8k_baselines.json"
     results = json.loads(results_path.read_text()) if results_path.exists() else {"models": {}}
+    results["benchmark"] = "gsm8k_baselines"
     for label in chosen:
         arguments, what = MODELS[label]
         command = [sys.executable, "-m", "tutorlm", "eval", *arguments, "--out", str(OUT), "--task.source", "gsm8k",

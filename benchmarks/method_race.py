@@ -112,7 +112,9 @@ def run_arm(arm: str, args: argparse.Namespace, out: Path) -> dict:
     final = accuracy(run / "eval" / "student.jsonl")
     points.append({"minutes": round(spent_generating + train_stats["train_minutes"], 3), **final})
     teacher_tokens = generate_stats.get("completion_tokens", 0) if arm == "sft" else 0
-    teacher_tokens += (train_stats.get("on_policy_totals") or {}).get("teacher_tokens", 0)
+    totals = train_stats.get("on_policy_totals") or {}
+    # graded samples count what the teacher graded; the full-distribution path (gkd) scores every sampled token
+    teacher_tokens += totals.get("teacher_tokens", 0) or (totals.get("sample_tokens", 0) if arm == "gkd" else 0)
     teacher_tokens += (train_stats.get("grpo_totals") or {}).get("teacher_tokens", 0)
     if arm == "kd":  # the teacher scores every token the student trains on
         teacher_tokens += train_stats.get("tokens_seen", 0)
@@ -202,8 +204,14 @@ def main() -> None:
     start = accuracy(start_run / "eval" / "start.jsonl")
     results = []
     for arm in arms:
-        print(f"arm {arm}: {args.minutes:g} minutes", flush=True)
-        result = run_arm(arm, args, out)
+        saved_arm = out / arm / "race_arm.json"  # an arm that finished is not run again (a stopped race resumes)
+        if saved_arm.exists() and json.loads(saved_arm.read_text()).get("recipe") == arm_recipe(arm, args, out):
+            result = json.loads(saved_arm.read_text())["result"]
+            print(f"arm {arm}: finished before, its result reused", flush=True)
+        else:
+            print(f"arm {arm}: {args.minutes:g} minutes", flush=True)
+            result = run_arm(arm, args, out)
+            saved_arm.write_text(json.dumps({"recipe": arm_recipe(arm, args, out), "result": result}))
         result["start"] = start["accuracy"]
         results.append(result)
         print(json.dumps({k: v for k, v in result.items() if k != "scores"}), flush=True)
@@ -214,6 +222,7 @@ def main() -> None:
             result["vs_sft"] = paired_difference([sft["scores"][q] for q in shared], [result["scores"][q] for q in shared])
     results_path = Path(args.results)
     saved = json.loads(results_path.read_text()) if results_path.exists() else {"testbeds": {}}
+    saved["benchmark"] = "method_race"
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
     saved["testbeds"][args.name] = {
         "task": args.task, "teacher": f"{args.teacher} ({args.teacher_dtype})", "start": args.start, "start_accuracy": start,

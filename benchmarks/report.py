@@ -17,6 +17,7 @@ RUN_START, RUN_END = "<!-- default-run:start -->", "<!-- default-run:end -->"
 REAL_START, REAL_END = "<!-- real-teacher:start -->", "<!-- real-teacher:end -->"
 MENTOR_START, MENTOR_END = "<!-- mentor-fast:start -->", "<!-- mentor-fast:end -->"
 WORDING_START, WORDING_END = "<!-- wording:start -->", "<!-- wording:end -->"
+RACE_START, RACE_END = "<!-- race-arith:start -->", "<!-- race-arith:end -->"
 
 
 def rows() -> list[str]:
@@ -300,6 +301,24 @@ def rows() -> list[str]:
                              f"{reference['peak_rss_mb']:,} MB, accuracy {reference['accuracy']:.0%} | {versus['speedup']}× "
                              f"| load {figures['load_s']} s vs {reference['load_s']} s; identical completions: "
                              f"{versus['identical_completions']:.0%} |")
+        elif name == "method_race":
+            for testbed, race in result["testbeds"].items():
+                sft = next((arm for arm in race["arms"] if arm["arm"] == "sft"), None)
+                others = [arm for arm in race["arms"] if "vs_sft" in arm]
+                if sft is None or not others:
+                    continue
+                best = max(others, key=lambda arm: arm["vs_sft"]["difference"])
+                lines.append(
+                    f"| [method race](results.md#method-race-the-fast-testbed) `{testbed}` ({race['task']}, {race['minutes']:g} min an arm) "
+                    f"| {race['machine']} | {race['date']} | best other arm, {best['arm']}: {accuracy(best['final'])} "
+                    f"| SFT arm: {accuracy(sft['final'])} | {paired(best['vs_sft'])} |"
+                )
+        elif name == "token_alignment":
+            cells = "; ".join(f"{task}: {shares['aligned_token_share']:.0%} of tokens, {shares['aligned_digit_token_share']:.0%} "
+                              f"of digit tokens, {shares['aligned_line_end_token_share']:.0%} of line ends"
+                              for task, shares in result["tasks"].items())
+            lines.append(f"| token alignment, {result['student']} under {result['teacher']} | {result['machine']} | {result['date']} "
+                         f"| {cells} | – | – | exact character spans (train/align.py) |")
         elif name == "generate_hf":
             for prompt_set, label in (("task", "task prompts, short answers"), ("long", "open-ended prompts, decode-bound")):
                 part = result[prompt_set]
@@ -394,6 +413,31 @@ def wording_table() -> list[str]:
     return lines
 
 
+def race_table(testbed: str) -> list[str]:
+    """One method race testbed (method_race.py): per arm its steps, accuracy at each snapshot and at the end, the
+    paired difference against the SFT arm on the same questions, and the teacher tokens it used."""
+    path = ROOT / "benchmarks" / "results" / "method_race.json"
+    if not path.exists() or testbed not in json.loads(path.read_text())["testbeds"]:
+        return [f"(no `{testbed}` testbed in benchmarks/results/method_race.json yet)"]
+    result = json.loads(path.read_text())["testbeds"][testbed]
+    lines = [f"{result['task']}, teacher {result['teacher']}, start {accuracy(result['start_accuracy'])} on "
+             f"{result['start_accuracy']['questions']} test questions; {result['minutes']:g} minutes an arm on "
+             f"`{result['machine']}` (commit {result['commit']}, {result['date']}).", "",
+             "| arm | optimizer steps | accuracy at the snapshots (minute: accuracy) | final accuracy (95% CI) | "
+             "against SFT (paired) | teacher tokens |", "| --- | --- | --- | --- | --- | --- |"]
+    for arm in result["arms"]:
+        curve = ", ".join(f"{point['minutes']:.1f}: {point['accuracy']:.0%}" for point in arm["points"][:-1])
+        if "vs_sft" in arm:
+            low, high = arm["vs_sft"]["difference_ci95"]
+            against = (f"{arm['vs_sft']['difference'] * 100:+.1f} points ({low * 100:+.1f} to {high * 100:+.1f}), "
+                       f"p = {arm['vs_sft']['p_not_better']:.2f}")
+        else:
+            against = "–"
+        lines.append(f"| {arm['arm']} | {arm['steps']} | {curve or '–'} | {accuracy(arm['final'])} | {against} | "
+                     f"{arm['teacher_tokens']:,} |")
+    return lines
+
+
 def replace_block(text: str, start: str, end: str, lines: list[str]) -> str:
     before, rest = text.split(start, 1)
     _, after = rest.split(end, 1)
@@ -405,7 +449,8 @@ def main() -> None:
         ROOT / "README.md": [(RUN_START, RUN_END, default_run())],
         ROOT / "docs" / "results.md": [(START, END, rows()), (REAL_START, REAL_END, default_run("real_teacher.json")),
                                        (MENTOR_START, MENTOR_END, default_run("mentor_fast.json")),
-                                       (WORDING_START, WORDING_END, wording_table())],
+                                       (WORDING_START, WORDING_END, wording_table()),
+                                       (RACE_START, RACE_END, race_table("arith"))],
     }
     for path, replacements in blocks.items():
         text = path.read_text()

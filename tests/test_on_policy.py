@@ -251,7 +251,8 @@ def _train_on_server(tmp_path, url: str, *extra: str) -> list[str]:
             "--task.source", "coin_flip", "--teacher.backend", "openai", "--teacher.base_url", url,
             "--teacher.model", "teacher-model", "--teacher.api_key_env", "NO_SUCH_KEY_VARIABLE",
             "--train.objective", "on_policy", "--train.max_steps", "40", "--train.batch_size", "2",
-            "--train.save_every", "5", "--train.eval_fraction", "0", "--train.on_policy_max_tokens", "12", *extra]
+            "--train.save_every", "5", "--train.eval_fraction", "0", "--train.on_policy_max_tokens", "12",
+            "--train.on_policy_samples", "1", *extra]
 
 
 def test_kill_9_then_resume_pays_for_no_teacher_grade_twice(tmp_path):

@@ -315,7 +315,8 @@ class OnPolicy:
             entry["sample_accuracy"] = round(window["correct"] / window["verified"], 3)
         if window.get("scored"):
             entry["reverse_kl"] = round(window["reverse_kl"] / window["scored"], 5)
-            entry["teacher_logprob"] = round(window["teacher_logprob"] / window["scored"], 5)
+            if "teacher_logprob" in window:  # graded samples (the full-distribution path reports the KL only)
+                entry["teacher_logprob"] = round(window["teacher_logprob"] / window["scored"], 5)
             entry["graded_token_share"] = round(window["scored"] / window["tokens_graded"], 3)
         if window.get("top"):
             entry["top1_agreement"] = round(window["agree"] / window["top"], 4)
