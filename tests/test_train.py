@@ -19,7 +19,7 @@ from tutorlm.curate import curate
 from tutorlm.generate import generate
 from tutorlm.train.data import batch_order, preflight, token_losses
 from tutorlm.models.tokens import IGNORE, collate_packed, collate_padded, tokenize
-from tutorlm.train.loop import STUDENT, plan_stage, train
+from tutorlm.train.loop import STUDENT, plan_stage, train, train_stage_config
 
 
 ROWS = [
@@ -226,7 +226,6 @@ def test_a_time_budget_stops_training_and_runs_the_schedule_over_the_minutes(tmp
     the way (train.snapshot_minutes) and load in plain transformers."""
     from transformers import AutoModelForCausalLM
 
-    from tutorlm.train.loop import train_stage_config
 
     recipe = make_run(tmp_path, epochs=10_000, max_minutes=0.08, snapshot_minutes=0.02, warmup_ratio=0.1,
                       eval_fraction=0.0, save_every=10_000)
@@ -246,6 +245,16 @@ def test_a_time_budget_stops_training_and_runs_the_schedule_over_the_minutes(tmp
     recipe.train.max_minutes = None
     assert "max_minutes" not in train_stage_config(recipe)["train"]
     assert "stops after" not in plan_stage(recipe).what
+
+
+def test_settings_added_later_leave_other_objectives_runs_current(tmp_path):
+    recipe = make_run(tmp_path)
+    sft = train_stage_config(recipe)["train"]
+    assert "on_policy_samples" not in sft  # an SFT run from before the setting existed is still current
+    recipe.train.objective = "on_policy"
+    assert train_stage_config(recipe)["train"]["on_policy_samples"] == 4
+    recipe.train.objective, recipe.train.lr = "grpo", None
+    assert train_stage_config(recipe)["train"]["lr"] == 5e-6  # GRPO's own default, not SFT's
 
 
 def test_lora_changes_only_adapters_and_merge_matches(tmp_path, tokenizer):

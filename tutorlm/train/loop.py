@@ -173,8 +173,13 @@ def train_stage_config(recipe: Recipe) -> dict[str, Any]:
     student = {key: value for key, value in to_dict(recipe.student).items() if key not in ("device", "dtype")}  # eval-only
     # where checkpoints and snapshots go is not part of what the student is; a time budget is, when there is one
     # (unset, it stays out, so runs from before it existed stay current)
+    # Settings added later stay out where they change nothing (on_policy_samples outside on_policy), so runs from
+    # before them stay current; a default that changed what trains (GRPO's learning rate) enters as its value.
     train = {key: value for key, value in to_dict(recipe.train).items()
-             if key not in ("prune_checkpoints", "snapshot_minutes") and not (key == "max_minutes" and value is None)}
+             if key not in ("prune_checkpoints", "snapshot_minutes") and not (key == "max_minutes" and value is None)
+             and not (key == "on_policy_samples" and recipe.train.objective != "on_policy")}
+    if recipe.train.objective == "grpo" and recipe.train.lr is None:
+        train["lr"] = recipe.train.learning_rate
     config = {"student": student, "train": train}
     if recipe.train.learns_from_teacher:
         # the teacher decides the targets: another teacher is another run
