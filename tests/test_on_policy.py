@@ -118,6 +118,19 @@ def test_each_question_is_sampled_several_times_and_its_reward_centred_over_its_
     assert tokens > 0 and torch.isfinite(value)
 
 
+def test_repeated_samples_of_one_question_are_graded_once(tmp_path, tokenizer):
+    recipe = make_run(tmp_path, objective="on_policy", kd_teacher=str(save_tiny_model(tmp_path / "t", seed=5)))
+    objective, examples = objective_for(recipe, tokenizer, make_model(tokenizer, seed=1))
+    calls = []
+    grade = objective.grader.grade
+    objective.grader.grade = lambda items, k: calls.append(len(items)) or grade(items, k)
+    prompt, completion = examples[2].input_ids[:5], examples[2].input_ids[5:9]
+    other = examples[2].input_ids[5:8]
+    grades = objective.grade([prompt] * 3, [completion, other, completion])
+    assert calls == [2] and grades[0].logprobs.tolist() == grades[2].logprobs.tolist()
+    assert objective.totals["graded"] == 2 and objective.totals["cache_hits"] == 1
+
+
 def test_greedy_samples_are_scored_at_temperature_one(tmp_path, tokenizer):
     from tutorlm.train.rollout import collate_completions
 

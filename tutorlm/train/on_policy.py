@@ -220,7 +220,11 @@ class OnPolicy:
         keys = [hashlib.sha256(json.dumps({**self.identity, "prompt": prompt, "completion": completion}).encode()).hexdigest()
                 for prompt, completion in zip(prompts, completions)]
         found = self.cache.get_many_json(keys)
-        missing = [index for index, key in enumerate(keys) if key not in found]
+        first: dict[str, int] = {}  # a question's samples can repeat one another: each completion is graded once
+        for index, key in enumerate(keys):
+            if key not in found:
+                first.setdefault(key, index)
+        missing = list(first.values())
         if missing:
             items = [(prompts[i], completions[i], self.rows_by_prompt.get(tuple(prompts[i]))) for i in missing]
             for index, grades in zip(missing, self.grader.grade(items, self.k)):
