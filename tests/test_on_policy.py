@@ -99,7 +99,7 @@ def test_the_sampled_loss_is_the_policy_gradient_of_reverse_kl_plus_the_centred_
 def test_each_question_is_sampled_several_times_and_its_reward_centred_over_its_own_samples(tmp_path, tokenizer):
     import random
 
-    from tutorlm.train.on_policy import centred_rewards
+    from tutorlm.train.losses import group_advantages
 
     recipe = make_run(tmp_path, objective="on_policy", kd_teacher=str(save_tiny_model(tmp_path / "t", seed=5)),
                       on_policy_samples=3, on_policy_max_tokens=6, on_policy_reward_weight=1.0)
@@ -111,9 +111,9 @@ def test_each_question_is_sampled_several_times_and_its_reward_centred_over_its_
     assert prompts == [questions[0]] * 3 + [questions[1]] * 3 and len(completions) == len(finished) == 6
     assert len({tuple(c) for c in completions[:3]}) > 1  # one seed per sample, not one per question
     assert objective.log()["sample_tokens"] > 0
-    assert centred_rewards(torch.tensor([1.0, 0.0, 0.0, 1.0, 1.0, 1.0]), 3).tolist() == pytest.approx(
+    assert group_advantages(torch.tensor([1.0, 0.0, 0.0, 1.0, 1.0, 1.0]), 3, "none").tolist() == pytest.approx(
         [2 / 3, -1 / 3, -1 / 3, 0.0, 0.0, 0.0])  # a question all right (or all wrong) teaches nothing by reward
-    assert centred_rewards(torch.tensor([1.0, 0.0, 0.0, 0.0]), 1).tolist() == pytest.approx([0.75, -0.25, -0.25, -0.25])
+    assert group_advantages(torch.tensor([1.0, 0.0, 0.0, 0.0]), 4, "none").tolist() == pytest.approx([0.75, -0.25, -0.25, -0.25])
     value, tokens = objective.loss(student, batch)
     assert tokens > 0 and torch.isfinite(value)
 

@@ -26,8 +26,8 @@ from typing import TYPE_CHECKING, Iterable
 if TYPE_CHECKING:
     from tutorlm.tasks.base import Example
 
-# The characters a side's arithmetic is made of; the unicode operators become Python's.
-_ARITHMETIC = re.compile(r"[-+*/×÷().\d\s$,]+")
+# The characters a side's arithmetic is made of, once the unicode operators have become Python's.
+_ARITHMETIC = re.compile(r"[-+*/().\d\s$,]+")
 _OPERATORS = {"×": "*", "÷": "/", "−": "-", "–": "-"}  # times, divide, minus sign, en dash
 _TOLERANCE = 1e-6
 _TIMES = re.compile(r"(?<=[\d)])\s+[xX]\s+(?=[-\d($])")  # "300 x 1/5": x as times between numbers ("4x" is algebra)
@@ -35,12 +35,10 @@ _TIMES = re.compile(r"(?<=[\d)])\s+[xX]\s+(?=[-\d($])")  # "300 x 1/5": x as tim
 _MODIFIER = re.compile(r"(\b(of|times|twice|half|double|triple|per|each)|x|%)\s*$", re.IGNORECASE)
 
 
-def evaluate(expression: str) -> float | None:
-    """The value of plain arithmetic text, or None when it is not that (a bare number counts)."""
-    text = expression
-    for symbol, python in _OPERATORS.items():
-        text = text.replace(symbol, python)
-    text = re.sub(r"(?<=\d),(?=\d{3}\b)", "", text).replace("$", "").strip().rstrip(".").strip()
+def _evaluate(side: str) -> float | None:
+    """The value of one side's plain arithmetic (operators already Python's), or None when it is not that (a bare number
+    counts)."""
+    text = re.sub(r"(?<=\d),(?=\d{3}\b)", "", side).replace("$", "").strip().rstrip(".").strip()
     if not text or not re.search(r"\d", text):
         return None
     try:
@@ -86,8 +84,8 @@ def equation_values(line: str) -> list[float | None]:
             runs = list(_ARITHMETIC.finditer(part))
             side = runs[-1].group() if runs and runs[-1].end() >= len(part.rstrip()) else ""
             before = part[: runs[-1].start()] if side else ""
-            fragment = re.match(r"\s*([+*/×÷]|-\s)", side)  # the tail of an operation that starts in words ("X + 80")
-            if not re.search(r"\d\s*[-+*/×÷]", side) or fragment or _MODIFIER.search(before) or (
+            fragment = re.match(r"\s*([+*/]|-\s)", side)  # the tail of an operation that starts in words ("X + 80")
+            if not re.search(r"\d\s*[-+*/]", side) or fragment or _MODIFIER.search(before) or (
                     re.search(r"\w$", before) and not side[:1].isspace()):  # glued to a word: "X2 + 3"
                 side = ""
         elif index == len(parts) - 1:  # the arithmetic at its start, unless a percentage ("= 40%": of what?)
@@ -95,17 +93,17 @@ def equation_values(line: str) -> list[float | None]:
             side = found.group() if found and not part[found.end():].startswith("%") else ""
         else:
             side = part
-        values.append(evaluate(_balanced(side, index == 0)))
+        values.append(_evaluate(_balanced(side, index == 0)))
     return values
 
 
 def _balanced(side: str, leading: bool) -> str:
     """The side with the unmatched parentheses its cut left removed ('(so 3 * 4' -> '3 * 4')."""
     text = side
-    while text.count("(") > text.count(")") and "(" in text:
+    while text.count("(") > text.count(")"):
         at = text.index("(") if leading else text.rindex("(")
         text = text[:at] + text[at + 1:]
-    while text.count(")") > text.count("(") and ")" in text:
+    while text.count(")") > text.count("("):
         at = text.rindex(")")
         text = text[:at] + text[at + 1:]
     return text

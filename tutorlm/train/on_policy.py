@@ -60,7 +60,7 @@ from tutorlm.models.load import load_tokenizer, model_fingerprint, stop_ids
 from tutorlm.models.tokens import IGNORE, Tokenized, identity_head, labelled_positions
 from tutorlm.tasks import Example, load_task
 from tutorlm.train.kd import kd_loss
-from tutorlm.train.losses import NO_TOKEN, linear_cross_entropy, linear_kd_loss, linear_token_logprobs
+from tutorlm.train.losses import NO_TOKEN, group_advantages, linear_cross_entropy, linear_kd_loss, linear_token_logprobs
 from tutorlm.train.rollout import (
     collate_completions,
     completion_text,
@@ -83,15 +83,6 @@ from tutorlm.train.teacher import (
 )
 
 SCORES = "teacher_scores.sqlite"  # the teacher's grades of completions, by teacher, prompt and completion ids
-
-
-def centred_rewards(rewards: torch.Tensor, samples: int) -> torch.Tensor:
-    """Each reward less its question's mean (the question's `samples` consecutive samples); with one sample a question,
-    less the micro-batch's mean."""
-    if samples > 1 and rewards.numel() % samples == 0:
-        groups = rewards.view(-1, samples)
-        return (groups - groups.mean(dim=1, keepdim=True)).flatten()
-    return rewards - rewards.mean()
 
 
 class OnPolicy:
@@ -280,7 +271,9 @@ class OnPolicy:
                 advantages = torch.where(scored, advantages - advantages[scored].mean(), advantages)
             if rewards is not None and self.config.on_policy_reward_weight:
                 lengths = torch.tensor([g.logprobs.shape[0] for g in grades])
-                centred = centred_rewards(rewards, self.config.on_policy_samples) * self.config.on_policy_reward_weight
+                samples = self.config.on_policy_samples  # centred over a question's samples; one each: over the batch
+                centred = group_advantages(rewards, samples if samples > 1 else rewards.numel(), "none")
+                centred = centred * self.config.on_policy_reward_weight
                 advantages = advantages + centred.repeat_interleave(lengths).to(device)
             return linear_cross_entropy(hidden, head.weight, targets, row_weights=advantages), targets.numel()
         aligned = (top_ids != NO_TOKEN).any(-1)
