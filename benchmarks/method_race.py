@@ -16,6 +16,10 @@ one arm at a time. The arms:
 - `kd`: offline logit KD on the start's rationales, the teacher re-scoring each batch (one vocabulary);
 - `grpo`: GRPO from the verifier; `kdrl`: GRPO plus the teacher term (KDRL).
 
+Remedies (`--variant NAME=ARM,key=value,...`) are further arms: ARM's settings with train.* overrides, for example
+`--variant on_policy_lr1e-5=on_policy,lr=1e-5`; name them in `--arms` with the arms to keep in the table (an arm that
+finished with the same recipe is reused, not run again).
+
 Each arm saves its student `--points` times (train.snapshot_minutes); every snapshot and the final student are
 evaluated on the same test questions (greedy), so each arm has a curve of accuracy against minutes. Per arm:
 the curve, the final accuracy with its 95% Wilson interval, the teacher tokens it used, and the paired bootstrap
@@ -56,6 +60,10 @@ ARMS = {
 }
 
 
+def commit() -> str:
+    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
+
+
 def tutorlm(*arguments: str, cwd: Path = ROOT) -> None:
     command = [sys.executable, "-m", "tutorlm", *arguments]
     result = subprocess.run(command, capture_output=True, text=True, cwd=cwd)
@@ -63,17 +71,38 @@ def tutorlm(*arguments: str, cwd: Path = ROOT) -> None:
         raise SystemExit(f"{' '.join(command)} failed:\n{result.stderr[-3000:]}")
 
 
+def parse_variant(text: str) -> tuple[str, dict]:
+    """`NAME=ARM[,key=value...]`: a remedy arm, ARM's settings with train.* overrides (values read as YAML)."""
+    name, _, spec = text.partition("=")
+    base, *pairs = spec.split(",")
+    if not name or base not in ARMS or any("=" not in pair for pair in pairs):
+        raise argparse.ArgumentTypeError(f"--variant {text!r}: expected NAME=ARM[,key=value...] with ARM one of {', '.join(ARMS)}")
+    return name, {**ARMS[base], **{key: scalar(value) for key, value in (pair.split("=", 1) for pair in pairs)}}
+
+
+def scalar(text: str) -> object:
+    """A number where the text is one (YAML reads "1e-5" as a string), else the YAML value."""
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return yaml.safe_load(text)
+
+
 def arm_recipe(arm: str, args: argparse.Namespace, out: Path) -> dict:
     """The arm's recipe: the start student, the teacher (for the arms that learn from it), the test questions."""
-    questions = args.sft_questions if arm == "sft" else args.start_questions
+    settings = args.settings[arm]
+    questions = args.sft_questions if settings["objective"] == "sft" else args.start_questions
     writer = {"backend": "reference"} if args.writer == "reference" else \
         {"backend": "hf", "model": args.teacher, "dtype": args.teacher_dtype, "batch_size": args.batch_size}
     train = {"epochs": 1000, "max_minutes": args.minutes, "snapshot_minutes": args.minutes / args.points,
              "eval_fraction": 0.0, "batch_size": args.train_batch_size, "save_every": 1_000_000,
-             "on_policy_max_tokens": args.sample_tokens, "grpo_max_tokens": args.sample_tokens, **ARMS[arm]}
-    if ARMS[arm]["objective"] == "grpo":
+             "on_policy_max_tokens": args.sample_tokens, "grpo_max_tokens": args.sample_tokens}
+    if settings["objective"] == "grpo":
         train["batch_size"] = max(1, args.train_batch_size // 2)
-    if arm != "sft":
+    train.update(settings)
+    if settings["objective"] != "sft":
         train.update(kd_teacher=args.teacher, kd_teacher_dtype=args.teacher_dtype)
     return {
         "run": {"name": arm, "output_dir": str(out)},
@@ -88,6 +117,8 @@ def arm_recipe(arm: str, args: argparse.Namespace, out: Path) -> dict:
 
 
 def run_arm(arm: str, args: argparse.Namespace, out: Path) -> dict:
+    settings = args.settings[arm]
+    sft = settings["objective"] == "sft"
     recipe = arm_recipe(arm, args, out)
     path = out / f"{arm}.yaml"
     path.write_text(yaml.safe_dump(recipe, sort_keys=False))
@@ -96,14 +127,14 @@ def run_arm(arm: str, args: argparse.Namespace, out: Path) -> dict:
     tutorlm("generate", str(path))
     generate_stats = json.loads((run / "manifest.json").read_text())["stages"]["generate"]["stats"]
     minutes = args.minutes
-    if arm == "sft":  # the teacher's new rationales are paid for out of this arm's minutes
+    if sft:  # the teacher's new rationales are paid for out of this arm's minutes
         minutes = max(args.minutes - generate_stats.get("wall_s", 0.0) / 60, args.minutes / 100)
     tutorlm("run", str(path), "--train.max_minutes", f"{minutes:g}", "--train.snapshot_minutes", f"{args.minutes / args.points:g}")
     manifest = json.loads((run / "manifest.json").read_text())["stages"]
     train_stats = manifest["train"]["stats"]
     snapshots = sorted((run / "student" / "snapshots").glob("minute-*"), key=lambda p: float(p.name.split("-")[1]))
     points = []
-    spent_generating = generate_stats.get("wall_s", 0.0) / 60 if arm == "sft" else 0.0
+    spent_generating = generate_stats.get("wall_s", 0.0) / 60 if sft else 0.0
     for snapshot in snapshots:
         label = f"snapshot-{snapshot.name}"
         tutorlm("eval", str(path), "--out", str(run), "--model", f"{label}={snapshot}")
@@ -111,14 +142,15 @@ def run_arm(arm: str, args: argparse.Namespace, out: Path) -> dict:
                        **accuracy(run / "eval" / f"{label}.jsonl")})
     final = accuracy(run / "eval" / "student.jsonl")
     points.append({"minutes": round(spent_generating + train_stats["train_minutes"], 3), **final})
-    teacher_tokens = generate_stats.get("completion_tokens", 0) if arm == "sft" else 0
+    teacher_tokens = generate_stats.get("completion_tokens", 0) if sft else 0
     totals = train_stats.get("on_policy_totals") or {}
     # graded samples count what the teacher graded; the full-distribution path (gkd) scores every sampled token
-    teacher_tokens += totals.get("teacher_tokens", 0) or (totals.get("sample_tokens", 0) if arm == "gkd" else 0)
+    full = settings.get("on_policy_loss") == "divergence"
+    teacher_tokens += totals.get("teacher_tokens", 0) or (totals.get("sample_tokens", 0) if full else 0)
     teacher_tokens += (train_stats.get("grpo_totals") or {}).get("teacher_tokens", 0)
-    if arm == "kd":  # the teacher scores every token the student trains on
+    if settings["objective"] == "kd":  # the teacher scores every token the student trains on
         teacher_tokens += train_stats.get("tokens_seen", 0)
-    return {"arm": arm, "settings": ARMS[arm], "points": points, "diagnostics": diagnostics(run / "train_log.jsonl"), "final": final, "steps": train_stats["steps"],
+    return {"arm": arm, "settings": settings, "commit": commit(), "points": points, "diagnostics": diagnostics(run / "train_log.jsonl"), "final": final, "steps": train_stats["steps"],
             "train_minutes": train_stats["train_minutes"], "generate_minutes": round(spent_generating, 2),
             "teacher_tokens": teacher_tokens, "wall_minutes": round((time.perf_counter() - started) / 60, 2),
             "scores": question_scores(run / "eval" / "student.jsonl")}
@@ -178,7 +210,9 @@ def main() -> None:
                         help="who writes the rationales the arms' prompts come from (reference: the task's solver)")
     parser.add_argument("--minutes", type=float, default=60.0)
     parser.add_argument("--points", type=int, default=4, help="snapshots per arm for the curve")
-    parser.add_argument("--arms", default=",".join(ARMS))
+    parser.add_argument("--arms", default=",".join(ARMS), help="the arms to run (finished ones are reused), variants included")
+    parser.add_argument("--variant", action="append", type=parse_variant, default=[], metavar="NAME=ARM[,key=value...]",
+                        help="a remedy arm: ARM's settings with train.* overrides, e.g. on_policy_lr1e-5=on_policy,lr=1e-5")
     parser.add_argument("--start-questions", type=int, default=300, help="questions the start's rationales covered")
     parser.add_argument("--sft-questions", type=int, default=1000, help="the sft arm's questions (more rationales)")
     parser.add_argument("--test-limit", type=int, default=250)
@@ -190,9 +224,10 @@ def main() -> None:
     parser.add_argument("--out", default=str(ROOT / "runs" / "race"))
     parser.add_argument("--results", default=str(ROOT / "benchmarks" / "results" / "method_race.json"))
     args = parser.parse_args()
+    args.settings = {**ARMS, **dict(args.variant)}
     arms = args.arms.split(",")
-    if unknown := set(arms) - set(ARMS):
-        parser.error(f"--arms: unknown {', '.join(sorted(unknown))}; choose from {', '.join(ARMS)}")
+    if unknown := set(arms) - set(args.settings):
+        parser.error(f"--arms: unknown {', '.join(sorted(unknown))}; choose from {', '.join(args.settings)}")
     out = Path(args.out) / args.name
     out.mkdir(parents=True, exist_ok=True)
     start_run = out / "start"
@@ -202,11 +237,15 @@ def main() -> None:
     path.write_text(yaml.safe_dump(recipe, sort_keys=False))
     tutorlm("eval", str(path), "--out", str(start_run), "--model", f"start={Path(args.start).resolve()}")
     start = accuracy(start_run / "eval" / "start.jsonl")
+    results_path = Path(args.results)
+    saved = json.loads(results_path.read_text()) if results_path.exists() else {"testbeds": {}}
+    measured_at = saved["testbeds"].get(args.name, {}).get("commit")  # for arms finished before arms named their commit
     results = []
     for arm in arms:
         saved_arm = out / arm / "race_arm.json"  # an arm that finished is not run again (a stopped race resumes)
         if saved_arm.exists() and json.loads(saved_arm.read_text()).get("recipe") == arm_recipe(arm, args, out):
             result = json.loads(saved_arm.read_text())["result"]
+            result.setdefault("commit", measured_at)
             print(f"arm {arm}: finished before, its result reused", flush=True)
         else:
             print(f"arm {arm}: {args.minutes:g} minutes", flush=True)
@@ -220,13 +259,10 @@ def main() -> None:
         if sft is not None and result is not sft:
             shared = sorted(set(sft["scores"]) & set(result["scores"]))
             result["vs_sft"] = paired_difference([sft["scores"][q] for q in shared], [result["scores"][q] for q in shared])
-    results_path = Path(args.results)
-    saved = json.loads(results_path.read_text()) if results_path.exists() else {"testbeds": {}}
     saved["benchmark"] = "method_race"
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
     saved["testbeds"][args.name] = {
         "task": args.task, "teacher": f"{args.teacher} ({args.teacher_dtype})", "start": args.start, "start_accuracy": start,
-        "minutes": args.minutes, "machine": machine(), "commit": commit, "date": datetime.date.today().isoformat(),
+        "minutes": args.minutes, "machine": machine(), "commit": commit(), "date": datetime.date.today().isoformat(),
         "arms": [{k: v for k, v in result.items() if k != "scores"} for result in results],
     }
     results_path.parent.mkdir(parents=True, exist_ok=True)

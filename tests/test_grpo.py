@@ -373,7 +373,7 @@ def test_a_groups_prompt_runs_once_and_gives_the_hidden_states_and_gradients_of_
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     from tutorlm.models.tokens import identity_head
-    from tutorlm.train.grpo import shared_prompt_hidden
+    from tutorlm.train.rollout import shared_prompt_hidden
     from tutorlm.train.rollout import collate_completions
     from tutorlm.models.tokens import IGNORE, labelled_positions
 

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from tiny import save_tiny_model
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -21,13 +22,18 @@ def test_the_race_runs_every_arm_for_the_same_minutes_and_writes_its_results(tmp
     results = tmp_path / "race.json"
     command = [sys.executable, str(ROOT / "benchmarks" / "method_race.py"), "--name", "tiny", "--task", "coin_flip",
                "--teacher", str(teacher), "--teacher-dtype", "float32", "--start", str(start), "--writer", "reference",
-               "--minutes", "0.04", "--points", "2", "--arms", "sft,on_policy,grpo", "--start-questions", "8",
+               "--minutes", "0.04", "--points", "2", "--arms", "sft,on_policy,grpo,slow_on_policy",
+               "--variant", "slow_on_policy=on_policy,lr=1e-6,on_policy_samples=2", "--start-questions", "8",
                "--sft-questions", "16", "--test-limit", "4", "--generate-tokens", "16", "--eval-tokens", "8",
                "--batch-size", "4", "--train-batch-size", "4", "--sample-tokens", "8", "--out", str(tmp_path / "runs"), "--results", str(results)]
     finished = subprocess.run(command, capture_output=True, text=True, timeout=900)
     assert finished.returncode == 0, finished.stderr[-3000:]
     testbed = json.loads(results.read_text())["testbeds"]["tiny"]
-    assert [arm["arm"] for arm in testbed["arms"]] == ["sft", "on_policy", "grpo"]
+    assert [arm["arm"] for arm in testbed["arms"]] == ["sft", "on_policy", "grpo", "slow_on_policy"]
+    variant = testbed["arms"][3]  # a remedy: on_policy's settings with its overrides, in its own run
+    assert variant["settings"]["lr"] == 1e-6 and variant["settings"]["on_policy_samples"] == 2
+    assert variant["settings"]["on_policy_loss"] == "sampled" and "vs_sft" in variant
+    assert yaml.safe_load((tmp_path / "runs" / "tiny" / "slow_on_policy.yaml").read_text())["train"]["lr"] == 1e-6
     for arm in testbed["arms"]:
         assert arm["train_minutes"] >= 0.04 * 0.9 or arm["arm"] == "sft"  # each trained its minutes (sft: minus generation)
         assert len(arm["points"]) >= 2 and arm["points"][-1]["questions"] == 4
@@ -36,3 +42,13 @@ def test_the_race_runs_every_arm_for_the_same_minutes_and_writes_its_results(tmp
     assert on_policy["teacher_tokens"] > 0 and set(on_policy["vs_sft"]) >= {"difference", "difference_ci95", "p_not_better"}
     assert "vs_sft" not in testbed["arms"][0]
     assert (tmp_path / "method_race_tiny.png").exists()
+
+
+@pytest.mark.parametrize("variant", ["nobase", "x=no_such_arm", "x=on_policy,lr"])
+def test_a_malformed_variant_is_refused_before_anything_runs(tmp_path, variant):
+    command = [sys.executable, str(ROOT / "benchmarks" / "method_race.py"), "--name", "tiny", "--task", "coin_flip",
+               "--teacher", "t", "--start", "s", "--variant", variant, "--out", str(tmp_path / "runs"),
+               "--results", str(tmp_path / "race.json")]
+    finished = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert finished.returncode == 2 and "--variant" in finished.stderr and "NAME=ARM" in finished.stderr
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "race.json").exists()

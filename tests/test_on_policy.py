@@ -65,19 +65,16 @@ def test_a_teacher_equal_to_the_student_gives_zero_loss_and_zero_gradient_on_its
 def test_the_sampled_loss_is_the_policy_gradient_of_reverse_kl_plus_the_centred_reward(tmp_path, tokenizer, temperature):
     """loss = (1/N) sum_t A_t CE_t with A_t = log p_teacher - log p_student (+ w (r - mean r)), against a plain forward;
     the student's log-probs at its sampling temperature T, the policy that drew the samples."""
-    from tutorlm.train.rollout import collate_completions
-
     recipe = make_run(tmp_path, objective="on_policy", kd_teacher=str(save_tiny_model(tmp_path / "t", seed=5)),
                       on_policy_reward_weight=0.5, on_policy_temperature=temperature, on_policy_samples=1)
     student = make_model(tokenizer, seed=1)
     objective, examples = objective_for(recipe, tokenizer, student)
     prompts = [examples[0].input_ids[:5], examples[1].input_ids[:7]]
     completions = [examples[0].input_ids[5:12], examples[1].input_ids[7:10]]
-    batch = collate_completions(prompts, completions, tokenizer.pad_token_id, "cpu")
     grades = objective.grade(prompts, completions)
     grades[0].logprobs[2] = float("nan")  # a token the teacher did not grade: no advantage from it
     rewards = torch.tensor([1.0, 0.0])
-    loss, count = objective._graded_loss(student, batch, grades, rewards, sampled=True)
+    loss, count = objective._graded_loss(student, prompts, completions, grades, rewards, sampled=True)
     assert count == 10
     with torch.no_grad():
         gaps, student_rows = [], []
@@ -132,16 +129,43 @@ def test_repeated_samples_of_one_question_are_graded_once(tmp_path, tokenizer):
 
 
 def test_greedy_samples_are_scored_at_temperature_one(tmp_path, tokenizer):
-    from tutorlm.train.rollout import collate_completions
-
     recipe = make_run(tmp_path, objective="on_policy", kd_teacher=str(save_tiny_model(tmp_path / "t", seed=5)),
                       on_policy_temperature=0.0)
     student = make_model(tokenizer, seed=1)
     objective, examples = objective_for(recipe, tokenizer, student)
     prompts, completions = [examples[0].input_ids[:5]], [examples[0].input_ids[5:12]]
-    batch = collate_completions(prompts, completions, tokenizer.pad_token_id, "cpu")
-    loss, _ = objective._graded_loss(student, batch, objective.grade(prompts, completions), None, sampled=True)
+    loss, _ = objective._graded_loss(student, prompts, completions, objective.grade(prompts, completions), None, sampled=True)
     assert torch.isfinite(loss)
+
+
+@pytest.mark.parametrize("loss_kind", ["sampled", "divergence"])
+def test_a_questions_samples_share_one_prompt_forward_with_the_same_loss_and_gradient(tmp_path, tokenizer, loss_kind):
+    """Three samples of each of two questions: the update that runs each prompt once gives the loss and the gradient
+    of the update that runs all six full rows."""
+    other = different_tokenizer()  # another vocabulary: the divergence path grades through a top-k, not in the step
+    teacher = save_tiny_model(tmp_path / "t", seed=5, tokenizer=other if loss_kind == "divergence" else None)
+    recipe = make_run(tmp_path, objective="on_policy", kd_teacher=str(teacher), on_policy_loss=loss_kind,
+                      on_policy_samples=3, on_policy_reward_weight=0.5 if loss_kind == "sampled" else 0.0)
+    student = make_model(tokenizer, seed=1)
+    objective, examples = objective_for(recipe, tokenizer, student)
+    questions = prompts_of(next(batches(examples, [[0, 1]], False, tokenizer.pad_token_id)))  # curated rows' prompts
+    prompts = [questions[0]] * 3 + [questions[1]] * 3
+    completions = [examples[0].input_ids[-6:], examples[0].input_ids[-3:], examples[2].input_ids[-7:],
+                   examples[1].input_ids[-2:], examples[1].input_ids[-7:], examples[3].input_ids[-4:]]
+    grades = objective.grade(prompts, completions)
+    rewards = torch.tensor([1.0, 0.0, 0.0, 1.0, 1.0, 0.0])
+    results = []
+    for groups in (1, 3):
+        student.zero_grad()
+        value, count = objective._graded_loss(student, prompts, completions, grades, rewards,
+                                              sampled=loss_kind == "sampled", groups=groups)
+        value.backward()
+        results.append((value.item(), count, [p.grad.clone() for p in student.parameters()]))
+    (full, full_count, full_grads), (shared, shared_count, shared_grads) = results
+    assert full_count == shared_count == sum(map(len, completions))
+    assert shared == pytest.approx(full, rel=1e-5, abs=1e-6)
+    for a, b in zip(full_grads, shared_grads):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6)
 
 
 def test_lambda_zero_is_offline_kd_on_the_rationales(tmp_path, tokenizer):

@@ -68,6 +68,7 @@ from tutorlm.train.rollout import (
     prompt_length,
     prompts_of,
     sample_student,
+    shared_prompt_hidden,
 )
 from tutorlm.train.teacher import (
     Grades,
@@ -174,7 +175,8 @@ class OnPolicy:
         if on_policy:
             prompts, completions, finished = self.sample(model, batch, rng)
             rewards = self._rewards(prompts, completions, finished)  # logged as the samples' accuracy
-            batch = collate_completions(prompts, completions, self.tokenizer.pad_token_id, device)
+            if self.teacher is not None:
+                batch = collate_completions(prompts, completions, self.tokenizer.pad_token_id, device)
         else:
             prompts, completions = pairs_of(batch)
             self._count(micro_batches=1)
@@ -184,10 +186,9 @@ class OnPolicy:
             self._count(**metrics)
             return result
         grades = self.grade(prompts, completions)
-        if not on_policy:
-            batch = collate_completions(prompts, completions, self.tokenizer.pad_token_id, device)
         sampled = on_policy and self.config.on_policy_loss == "sampled"
-        return self._graded_loss(model, batch, grades, rewards, sampled=sampled)
+        groups = self.config.on_policy_samples if on_policy else 1  # a question's samples share its prompt's forward
+        return self._graded_loss(model, prompts, completions, grades, rewards, sampled=sampled, groups=groups)
 
     def sample(self, model: Any, batch: dict[str, torch.Tensor], rng: random.Random
                ) -> tuple[list[list[int]], list[list[int]], list[bool]]:
@@ -240,18 +241,27 @@ class OnPolicy:
         self._count(correct=sum(rewards), verified=len(rewards))
         return torch.tensor(rewards)
 
-    def _graded_loss(self, model: Any, batch: dict[str, torch.Tensor], grades: list[Grades], rewards: torch.Tensor | None,
-                     sampled: bool) -> tuple[torch.Tensor, int]:
+    def _graded_loss(self, model: Any, prompts: list[list[int]], completions: list[list[int]], grades: list[Grades],
+                     rewards: torch.Tensor | None, sampled: bool, groups: int = 1) -> tuple[torch.Tensor, int]:
+        """The loss on the completions from the teacher's grades. `groups` > 1: the prompts come in runs of that many
+        equal ones (a question's samples), and each prompt runs through the student once (`shared_prompt_hidden`:
+        the same values and gradients as a forward of every full row)."""
         inner, head = model_and_head(model)
-        inputs, positions, chosen = labelled_positions(batch)
-        wanted = chosen != IGNORE  # (B, K); row-major, so the completions' tokens in order
+        device = next(model.parameters()).device
         with identity_head(inner, head):
-            hidden = model(**inputs, logits_to_keep=positions, use_cache=False).logits[wanted]  # (N, H)
+            shared = shared_prompt_hidden(model, inner, prompts, completions, groups, self.tokenizer.pad_token_id, device)
+            if shared is None:
+                batch = collate_completions(prompts, completions, self.tokenizer.pad_token_id, device)
+                inputs, positions, chosen = labelled_positions(batch)
+                wanted = chosen != IGNORE  # (B, K); row-major, so the completions' tokens in order
+                hidden = model(**inputs, logits_to_keep=positions, use_cache=False).logits[wanted]  # (N, H)
+                targets = chosen[wanted]  # (N,)
+            else:
+                hidden, targets = shared
         if sampled and self.config.on_policy_temperature > 0:
             # the student's samples came from softmax(z / T): its log-probs and gradient are taken at T, as TRL does
             # (greedy samples, T = 0, have no such distribution: they are scored at T = 1)
             hidden = hidden / self.config.on_policy_temperature
-        targets = chosen[wanted]  # (N,)
         device = hidden.device
         teacher_logprobs = torch.cat([g.logprobs for g in grades]).to(device)  # (N,)
         top_ids = torch.cat([g.top_ids for g in grades]).to(device)  # (N, k)

@@ -1,5 +1,6 @@
 """The student's samples in training, shared by on-policy distillation and GRPO: sampling a round through the engine,
-and taking batches apart into prompts and completions and putting them back together."""
+taking batches apart into prompts and completions and putting them back together, and the update's forward that
+runs each question's prompt once for its several samples."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import torch
 from accelerate.utils import extract_model_from_parallel
 
 from tutorlm.errors import PreflightError
-from tutorlm.models.engine import Engine
+from tutorlm.models.engine import Engine, cache_argument
 from tutorlm.models.tokens import IGNORE, Tokenized, collate_padded
 from tutorlm.train.align import token_spans
 
@@ -80,3 +81,52 @@ def pairs_of(batch: dict[str, torch.Tensor]) -> tuple[list[list[int]], list[list
         prompts.append(ids[:start])
         completions.append(ids[start:end])
     return prompts, completions
+
+
+def shared_prompt_hidden(model: Any, inner: Any, prompts: list[list[int]], completions: list[list[int]], size: int,
+                         pad_token_id: int, device: Any) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(final hidden states at the positions that predict each completion token, row-major; those tokens), with each
+    group's prompt run through the model once instead of G times; None where that does not apply.
+
+    `prompts` come in groups of `size` (G) equal ones, as GRPO and on-policy distillation sample them. A group's keys and values (its prompt
+    but the last token) are computed once, with gradients, and repeated for the G rows; the G completions (each
+    after the prompt's last token) then attend to them. The values and the gradients are those of G full
+    sequences (the repeat's backward sums the G rows' contributions), for a prompt's share of the forward and
+    backward work divided by G. Not used with gradient checkpointing (which turns the cache off), with groups of
+    one, or with one-token prompts. `model` runs the completions (the wrapped model: its forward prepares
+    data-parallel reduction); `inner` the prompts. Call inside `identity_head`.
+    """
+    if size < 2 or len(prompts) % size or min(map(len, prompts)) < 2 or _checkpointing(inner):
+        return None
+    from transformers.cache_utils import DynamicCache
+
+    heads = [prompt[:-1] for prompt in prompts[::size]]
+    width = max(len(ids) for ids in heads)
+    ids = torch.full((len(heads), width), pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(heads), width), dtype=torch.long)
+    for row, head_ids in enumerate(heads):  # right-padded: a row's completion continues at its own length
+        ids[row, :len(head_ids)] = torch.tensor(head_ids)
+        mask[row, :len(head_ids)] = 1
+    argument = cache_argument(inner)
+    cache = DynamicCache()
+    inner(input_ids=ids.to(device), attention_mask=mask.to(device), **{argument: cache}, use_cache=True, logits_to_keep=1)
+    repeated = DynamicCache(ddp_cache_data=[(layer.keys.repeat_interleave(size, 0), layer.values.repeat_interleave(size, 0))
+                                            for layer in cache.layers])
+    longest = max(len(completion) for completion in completions)
+    rest = torch.full((len(prompts), longest), pad_token_id, dtype=torch.long)  # the prompt's last token + completion
+    targets = torch.full((len(prompts), longest), IGNORE, dtype=torch.long)
+    for row, (prompt, completion) in enumerate(zip(prompts, completions)):
+        rest[row, :len(completion)] = torch.tensor(prompt[-1:] + completion[:-1])
+        targets[row, :len(completion)] = torch.tensor(completion)
+    attention = torch.cat([mask.repeat_interleave(size, 0), (targets != IGNORE).long()], dim=1)
+    lengths = torch.tensor([len(prompt) - 1 for prompt in prompts])
+    positions = lengths[:, None] + torch.arange(longest)[None, :]
+    hidden = model(input_ids=rest.to(device), attention_mask=attention.to(device), position_ids=positions.to(device),
+                   **{argument: repeated}, use_cache=True).logits  # (B, longest, H)
+    wanted = (targets != IGNORE).to(device)
+    return hidden[wanted], targets.to(device)[wanted]
+
+
+def _checkpointing(model: Any) -> bool:
+    name = "is_activation_checkpointing" if hasattr(type(model), "is_activation_checkpointing") else "is_gradient_checkpointing"
+    return bool(getattr(model, name, False))
