@@ -18,6 +18,7 @@ REAL_START, REAL_END = "<!-- real-teacher:start -->", "<!-- real-teacher:end -->
 MENTOR_START, MENTOR_END = "<!-- mentor-fast:start -->", "<!-- mentor-fast:end -->"
 WORDING_START, WORDING_END = "<!-- wording:start -->", "<!-- wording:end -->"
 RACE_START, RACE_END = "<!-- race-arith:start -->", "<!-- race-arith:end -->"
+NOISE_START, NOISE_END = "<!-- gradient-noise:start -->", "<!-- gradient-noise:end -->"
 
 
 def rows() -> list[str]:
@@ -313,6 +314,11 @@ def rows() -> list[str]:
                     f"| {race['machine']} | {race['date']} | best other arm, {best['arm']}: {accuracy(best['final'])} "
                     f"| SFT arm: {accuracy(sft['final'])} | {paired(best['vs_sft'])} |"
                 )
+        elif name == "gradient_noise":
+            cells = "; ".join(f"{arm['arm']} {arm['noise_scale_sequences']} sequences (cosine {arm['cosine']})"
+                              for arm in result["arms"])
+            lines.append(f"| gradient noise scale at the method race's start ({result['race']}) | {result['machine']} | "
+                         f"{result['date']} | {cells} | – | – | 8 independent micro-batches of each arm's size |")
         elif name == "token_alignment":
             cells = "; ".join(f"{task}: {shares['aligned_token_share']:.0%} of tokens, {shares['aligned_digit_token_share']:.0%} "
                               f"of digit tokens, {shares['aligned_line_end_token_share']:.0%} of line ends"
@@ -422,9 +428,9 @@ def race_table(testbed: str) -> list[str]:
     result = json.loads(path.read_text())["testbeds"][testbed]
     lines = [f"{result['task']}, teacher {result['teacher']}, start {accuracy(result['start_accuracy'])} on "
              f"{result['start_accuracy']['questions']} test questions; {result['minutes']:g} minutes an arm on "
-             f"`{result['machine']}` (commit {result['commit']}, {result['date']}).", "",
+             f"`{result['machine']}` ({result['date']}; each arm's commit in the table).", "",
              "| arm | optimizer steps | accuracy at the snapshots (minute: accuracy) | final accuracy (95% CI) | "
-             "against SFT (paired) | teacher tokens |", "| --- | --- | --- | --- | --- | --- |"]
+             "against SFT (paired) | teacher tokens | commit |", "| --- | --- | --- | --- | --- | --- | --- |"]
     for arm in result["arms"]:
         curve = ", ".join(f"{point['minutes']:.1f}: {point['accuracy']:.0%}" for point in arm["points"][:-1])
         if "vs_sft" in arm:
@@ -434,7 +440,23 @@ def race_table(testbed: str) -> list[str]:
         else:
             against = "–"
         lines.append(f"| {arm['arm']} | {arm['steps']} | {curve or '–'} | {accuracy(arm['final'])} | {against} | "
-                     f"{arm['teacher_tokens']:,} |")
+                     f"{arm['teacher_tokens']:,} | {arm.get('commit', result['commit'])} |")
+    return lines
+
+
+def noise_table() -> list[str]:
+    """benchmarks/gradient_noise.py: per arm, how consistent one step's gradient is at the race's start."""
+    path = ROOT / "benchmarks" / "results" / "gradient_noise.json"
+    if not path.exists():
+        return ["(no benchmarks/results/gradient_noise.json yet)"]
+    result = json.loads(path.read_text())
+    lines = [f"At `{result['start']}` on `{result['machine']}` (commit {result['commit']}, {result['date']}):", "",
+             "| arm | sequences a step | cosine of two steps' gradients | noise scale B_simple (sequences) | "
+             "steps to average it | seconds a step's gradient |", "| --- | --- | --- | --- | --- | --- |"]
+    for arm in result["arms"]:
+        scale = arm["noise_scale_sequences"] if arm["noise_scale_sequences"] is not None else "above any batch (|G|² ≤ 0)"
+        lines.append(f"| {arm['arm']} | {arm['batch_sequences']} | {arm['cosine']} | {scale} | "
+                     f"{arm['steps_for_one_signal'] if arm['steps_for_one_signal'] is not None else '–'} | {arm['seconds_per_batch']} |")
     return lines
 
 
@@ -450,7 +472,8 @@ def main() -> None:
         ROOT / "docs" / "results.md": [(START, END, rows()), (REAL_START, REAL_END, default_run("real_teacher.json")),
                                        (MENTOR_START, MENTOR_END, default_run("mentor_fast.json")),
                                        (WORDING_START, WORDING_END, wording_table()),
-                                       (RACE_START, RACE_END, race_table("arith"))],
+                                       (RACE_START, RACE_END, race_table("arith")),
+                                       (NOISE_START, NOISE_END, noise_table())],
     }
     for path, replacements in blocks.items():
         text = path.read_text()

@@ -34,9 +34,24 @@ HAND_MADE = [
 
 def test_funnel_counts_on_hand_made_traces():
     kept, funnel = curate_rows(HAND_MADE, TASK, CurateConfig())
-    assert funnel == {"generated": 10, "truncated": 1, "no_answer": 1, "wrong": 1, "duplicate": 2, "too_long": 0,
+    assert funnel == {"generated": 10, "truncated": 1, "no_answer": 1, "wrong": 1, "wrong_step": 0, "duplicate": 2, "too_long": 0,
                       "not_shortest": 0, "not_student_fit": 0, "over_cap": 0, "kept": 5}
     assert sorted(row["id"] for row in kept) == ["a#0", "a#3", "b#2", "c#0", "c#1"]
+
+
+def test_check_steps_drops_a_right_answer_reached_through_a_wrong_step(tmp_path):
+    rows = [trace("a", "42", "40 + 3 = 42.\nThe answer is 42.", sample=0),  # the hinted answer after false arithmetic
+            trace("a", "42", "40 + 2 = 42.\nThe answer is 42.", sample=1),
+            trace("b", "7", "3 + 4 = 8.\nThe answer is 8.", sample=0)]  # wrong answer: counted as wrong, not here
+    kept, funnel = curate_rows(rows, TASK, CurateConfig(check_steps=True))
+    assert [row["id"] for row in kept] == ["a#1"] and funnel["wrong_step"] == 1 and funnel["wrong"] == 1
+    kept, funnel = curate_rows(rows, TASK, CurateConfig())
+    assert len(kept) == 2 and funnel["wrong_step"] == 0
+    from tutorlm.curate import curate_stage_config
+
+    off = curate_stage_config(Recipe(run=RunConfig(name="x", output_dir=str(tmp_path))))
+    on = curate_stage_config(Recipe(run=RunConfig(name="x", output_dir=str(tmp_path)), curate=CurateConfig(check_steps=True)))
+    assert "check_steps" not in off["curate"] and on["curate"]["check_steps"] is True  # runs from before stay current
 
 
 def test_exact_dedupe_keeps_whitespace_variants():

@@ -43,6 +43,17 @@ def test_the_race_runs_every_arm_for_the_same_minutes_and_writes_its_results(tmp
     assert "vs_sft" not in testbed["arms"][0]
     assert (tmp_path / "method_race_tiny.png").exists()
 
+    # the gradient noise of each arm's steps at the race's start (benchmarks/gradient_noise.py)
+    noise = tmp_path / "noise.json"
+    command = [sys.executable, str(ROOT / "benchmarks" / "gradient_noise.py"), "--race", str(tmp_path / "runs" / "tiny"),
+               "--arms", "sft,on_policy,grpo", "--batches", "2", "--results", str(noise)]
+    finished = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    arms = {arm["arm"]: arm for arm in json.loads(noise.read_text())["arms"]}
+    assert set(arms) == {"sft", "on_policy", "grpo"}
+    assert arms["sft"]["batch_sequences"] == 4 and arms["on_policy"]["batch_sequences"] == 16  # 4 questions x 4 samples
+    assert arms["sft"]["gradient_norm"] > 0 and -1 <= arms["sft"]["cosine"] <= 1 and arms["sft"]["seconds_per_batch"] > 0
+
 
 @pytest.mark.parametrize("variant", ["nobase", "x=no_such_arm", "x=on_policy,lr"])
 def test_a_malformed_variant_is_refused_before_anything_runs(tmp_path, variant):

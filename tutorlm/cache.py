@@ -31,6 +31,8 @@ def cache_key(backend_kind: str, model_name: str, request: Request, sampling: Sa
         payload["identity"] = identity
     if request.guide_messages is not None:  # RSD: the student's prompt decides which tokens it accepts
         payload["guide_messages"] = request.guide_messages
+    if request.prefix is not None:  # a continuation of an answer already begun
+        payload["prefix"] = request.prefix
     return hashlib.sha256(json.dumps(payload, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
 
 

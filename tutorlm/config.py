@@ -129,6 +129,13 @@ class TeacherConfig(ModelConfig):
                                               "(null: generate.temperature)")
     style: str | None = option(None, "one of several `teachers`: its own generate.style (null: generate.style; \"\": "
                                      "none, e.g. for a mentor trained on the plain question)")
+    rationalize: bool | None = option(None, "one of several `teachers`: its own generate.rationalize (shown the gold "
+                                            "answer; null: generate.rationalize), e.g. a last teacher of a cascade that "
+                                            "writes steps for what the others got wrong")
+    correct: bool = option(False, "one of several `teachers`, after the first: for each question no earlier teacher got "
+                                  "right, it continues an earlier teacher's wrong answer from the line before its first "
+                                  "wrong step (SCoRe; the step is found by the task's arithmetic check, "
+                                  "tasks/steps.py), or writes a whole answer where no wrong step is found; hf or openai")
 
     def __post_init__(self) -> None:
         if self.max_concurrency < 1 or self.batch_size < 1:
@@ -198,6 +205,9 @@ class CurateConfig:
     dedupe: Literal["normalized", "exact", "none"] = option(
         "normalized", "drop duplicate rationales of a question: exact text, or after normalizing whitespace, case and numbers"
     )
+    check_steps: bool = option(False, "drop right-answer rationales with a wrong step: a line whose arithmetic does not "
+                                      "hold (tasks/steps.py), as when a rationalization copies the hinted answer after "
+                                      "wrong steps")
     max_completion_tokens: int | None = option(None, "drop rationales longer than this many completion tokens")
     shortest_k: int | None = option(None, "keep only the k shortest correct rationales per question (DAP/LiteCoT, DRP)")
     select: Literal["all", "student_fit"] = option(
@@ -496,6 +506,34 @@ class ServeConfig:
 
 
 @dataclass
+class RoundsConfig:
+    """Self-improvement rounds after the run (STaR, Zelikman et al. 2022; ReST-EM, Singh et al. 2024): each round
+    the student answers the training questions itself, the verifier keeps its right answers, and it trains on them."""
+
+    count: int = option(0, "rounds after the run (0: none); round r's run directory is RUN_DIR/rounds/round-r")
+    samples: int = option(4, "answers the student samples for each training question in a round")
+    temperature: float = option(0.7, "the student's sampling temperature in a round")
+    limit: int | None = option(None, "training questions a round asks (null: generate.limit)")
+    rationalize: Literal["none", "student", "teacher", "correct"] = option(
+        "student", "questions none of the student's answers got right: none (left out); student (it is shown the gold "
+        "answer and writes the steps: STaR's rationalization); teacher (the recipe's teacher, shown the gold answer); "
+        "correct (the recipe's teacher continues the student's wrong answer from the line before its first wrong "
+        "step: SCoRe; an hf or openai teacher). The training prompt never holds a hint")
+    start: Literal["continue", "base"] = option(
+        "continue", "continue: a round trains the previous round's student; base: it trains student.model afresh on "
+        "the round's data (STaR)")
+
+    def __post_init__(self) -> None:
+        if self.count < 0 or self.samples < 1:
+            raise ValueError(f"count must be >= 0 and samples at least 1, got count={self.count}, samples={self.samples}")
+        if self.samples > 1 and self.temperature <= 0:
+            raise ValueError(f"samples={self.samples} answers at temperature {self.temperature} would be identical: set "
+                             "temperature > 0 (e.g. 0.7)")
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"limit must be at least 1 or null, got {self.limit}")
+
+
+@dataclass
 class Recipe:
     """A whole pipeline's configuration: one section per stage."""
 
@@ -510,10 +548,18 @@ class Recipe:
     student: StudentConfig = field(default_factory=StudentConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    rounds: RoundsConfig = field(default_factory=RoundsConfig)
 
     def __post_init__(self) -> None:
+        if self.rounds.count and self.rounds.rationalize == "correct" and self.teacher.backend == "reference":
+            raise ValueError("rounds.rationalize correct: the teacher continues the student's wrong answers, and the "
+                             "reference solver writes whole solutions: use teacher.backend hf or openai, or rationalize "
+                             "teacher")
         if not self.teachers:
             own = [key for key in PER_TEACHER if getattr(self.teacher, key) is not None]
+            if self.teacher.correct:
+                raise ValueError("teacher.correct continues another teacher's wrong answers: it is for one of several "
+                                 "`teachers`, after the first")
             if own:
                 raise ValueError(f"teacher.{own[0]} is for one of several `teachers`; with one teacher, set "
                                  f"generate.{own[0]}")
@@ -526,7 +572,13 @@ class Recipe:
         if twice:
             raise ValueError(f"teachers: the name {twice[0]!r} is used twice; each teacher needs its own")
         self.teacher = self.teachers[-1]
+        if self.teachers[0].correct:
+            raise ValueError(f"teachers[0] ({self.teachers[0].name}): correct continues an earlier teacher's wrong "
+                             "answers, and the first teacher has none before it")
         for index, teacher in enumerate(self.teachers):
+            if teacher.correct and teacher.backend == "reference":
+                raise ValueError(f"teachers[{index}] ({teacher.name}): correct needs a model that can continue an answer "
+                                 "(backend hf or openai); the reference solver writes whole solutions")
             n = self.generate.n if teacher.n is None else teacher.n
             temperature = self.generate.temperature if teacher.temperature is None else teacher.temperature
             if n > 1 and temperature == 0:
@@ -534,11 +586,11 @@ class Recipe:
                                  "identical: set its temperature > 0 (e.g. 0.7)")
 
 
-PER_TEACHER = ("limit", "n", "temperature", "style")  # generate settings one of several teachers may set for itself
+PER_TEACHER = ("limit", "n", "temperature", "style", "rationalize")  # generate settings one of several teachers may set for itself
 
 
 def teacher_generate(generate: GenerateConfig, teacher: TeacherConfig) -> GenerateConfig:
-    """`generate` with the teacher's own limit, n, temperature and style where it sets them."""
+    """`generate` with the teacher's own limit, n, temperature, style and rationalize where it sets them."""
     own = {key: getattr(teacher, key) for key in PER_TEACHER if getattr(teacher, key) is not None}
     return dataclasses.replace(generate, **own) if own else generate
 

@@ -46,9 +46,11 @@ from rich.console import Console
 from rich.table import Table
 
 from tutorlm.config import Recipe, to_dict
+from tutorlm.errors import NothingKept
 from tutorlm.fit import describe_scores, fit_identity, fit_line, score_fit
 from tutorlm.run import CURATED, FUNNEL, PAIRS, TRACES, RunDir, StagePlan, atomic_write_text, read_jsonl
 from tutorlm.tasks import DataError, Example, load_task
+from tutorlm.tasks.steps import first_wrong_line
 
 
 def normalize_for_dedupe(text: str) -> str:
@@ -94,6 +96,8 @@ def _curate(rows: list[dict[str, Any]], task: Any, config: Any, fit: Any = None
         elif not verdict.correct:
             counts["wrong"] += 1
             rejected[row["example_id"]].append({**row, "extracted": verdict.extracted})
+        elif config.check_steps and first_wrong_line(completion) is not None:
+            counts["wrong_step"] += 1  # the right answer after a wrong step
         else:
             by_question[row["example_id"]].append({**row, "extracted": verdict.extracted})
 
@@ -176,7 +180,10 @@ def preference_pairs(kept: list[dict[str, Any]], rejected: dict[str, list[dict[s
 
 
 def curate_stage_config(recipe: Recipe, export: str | None = None) -> dict[str, Any]:
-    stage = {"task": to_dict(recipe.task), "curate": to_dict(recipe.curate), "export": export}
+    curate = to_dict(recipe.curate)
+    if not curate["check_steps"]:  # off: as before the check existed, so earlier runs stay current
+        curate.pop("check_steps")
+    stage = {"task": to_dict(recipe.task), "curate": curate, "export": export}
     if recipe.curate.select == "student_fit":  # a retrained student at the same path selects afresh
 
         stage["fit"] = fit_identity(recipe)
@@ -213,7 +220,7 @@ def curate(recipe: Recipe, *, force: bool = False, export: str | None = None, co
         out = run.path / CURATED
         if not kept:
             _print_funnel(console, funnel, None)
-            raise DataError(f"curation kept no rationale out of {len(rows)}: see the table above for where they went")
+            raise NothingKept(f"curation kept no rationale out of {len(rows)}: see the table above for where they went")
         atomic_write_text(out, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in kept))
         record["outputs"].append(out)
         pairs_path = run.path / PAIRS
@@ -276,6 +283,7 @@ def _print_funnel(console: Console, funnel: dict[str, int], out: Path | None) ->
     table.add_column("step")
     table.add_column("rows", justify="right")
     labels = {"generated": "generated", "truncated": "- truncated", "no_answer": "- no answer", "wrong": "- wrong answer",
+              "wrong_step": "- a wrong step (check_steps)",
               "duplicate": "- duplicate", "too_long": "- too long", "not_shortest": "- not among the k shortest",
               "not_student_fit": "- not among the k the student fits best",
               "over_cap": "- over the per-question cap", "kept": "kept"}

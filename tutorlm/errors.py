@@ -24,6 +24,10 @@ class DataError(TutorlmError, ValueError):
     """Bad task data or settings; the message names the file, line or key."""
 
 
+class NothingKept(DataError):
+    """Curation kept no rationale: every one was wrong, cut off or filtered (the funnel says where they went)."""
+
+
 class ModelError(TutorlmError, ValueError):
     """A model spec that cannot be loaded; the message says why and what to do."""
 

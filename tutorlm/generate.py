@@ -100,6 +100,8 @@ def _teacher_key(teacher: Any) -> dict[str, Any]:
         teacher.pop(operational)
     if teacher["name"] is None:  # unnamed: as before names existed, so earlier runs stay current
         teacher.pop("name")
+    if not teacher["correct"]:  # as before corrections existed
+        teacher.pop("correct")
     for key in PER_TEACHER:  # unset: as before a teacher could sample on its own, so earlier runs stay current
         if teacher[key] is None:
             teacher.pop(key)
@@ -165,13 +167,16 @@ def _trace_row(example: Example, request: Request, completion: Completion, plan_
         **({"teacher": teacher} if teacher else {}),
         "question": example.question, "answer": example.answer, "choices": example.choices,
         "prompt": plan_.training_prompts[example.id],
-        "completion": [{"role": "assistant", "content": completion.text}],
+        # a correction: the earlier answer's start, then what this teacher wrote after it
+        "completion": [{"role": "assistant", "content": (request.prefix or "") + completion.text}],
         "finish_reason": completion.finish_reason,
         "usage": {"prompt_tokens": completion.prompt_tokens, "completion_tokens": completion.completion_tokens},
         "backend": backend.kind, "model": backend.model_name, "latency_s": round(completion.latency_s, 4), "cached": cached,
     }
     if request.messages is not plan_.training_prompts[example.id]:
         row["teacher_prompt"] = request.messages
+    if request.prefix is not None:  # its tokens and log-probabilities cover the continuation only: none are stored
+        return row
     if completion.token_ids is not None:  # the ids, in the vocabulary of the tokenizer named here
         row["completion_token_ids"] = completion.token_ids
         row["tokenizer"] = backend.model_name
@@ -279,6 +284,35 @@ def _ask(recipe: Recipe, teacher: Any, label: str | None, task: Task, plan_: Pla
     return asked
 
 
+def correction_requests(task: Task, plan_: Plan, rows: list[dict[str, Any]], solved: set[str]
+                        ) -> tuple[list[Request], dict[str, dict[str, Any]]]:
+    """SCoRe's corrections: for each question of `plan_` that no earlier answer got right, one request that continues
+    an earlier wrong answer (`rows`) from the line before its first wrong step (tasks.steps.first_error), with what
+    it continues, by question. Of a question's wrong answers the one whose error comes latest is continued (the
+    most of the student's own lines kept); where no wrong step is found in any, the teacher writes a whole answer."""
+    from tutorlm.tasks.steps import first_error
+
+    examples = {example.id: example for example in plan_.examples}
+    first = {request.example_id: request for request in plan_.requests if request.sample_index == 0}
+    chosen: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        example = examples.get(row["example_id"])
+        if example is None or example.id in solved or example.id not in first:
+            continue
+        text = row["completion"][-1]["content"]
+        if row["finish_reason"] != "length" and task.grade(example, text).correct:
+            continue
+        line = first_error(example, text)
+        candidate = {"row": row["id"], "error_line": line, "lines_kept": line or 0,
+                     "prefix": "".join(part + "\n" for part in text.split("\n")[:line]) if line else None}
+        best = chosen.get(example.id)
+        if best is None or (line is not None, line or 0) > (best["error_line"] is not None, best["lines_kept"]):
+            chosen[example.id] = candidate
+    requests = [Request(first[id_].messages, 0, id_, first[id_].guide_messages, prefix=one.pop("prefix"))
+                for id_, one in chosen.items()]
+    return requests, chosen
+
+
 SUMMED = ("samples_requested", "samples_written", "cache_hits", "calls_made", "failures", "retries", "prompt_tokens",
           "completion_tokens", "prompt_tokens_total", "completion_tokens_total", "truncated")
 
@@ -317,15 +351,28 @@ def _generate(recipe: Recipe, run: RunDir, force: bool, console: Console) -> dic
             partial_path.open("a", encoding="utf-8") as partial:
         try:
             open_questions = {example.id for example in plan_.examples}
+            solved_so_far: set[str] = set()
             for teacher, teacher_plan, config in zip(teachers, plans, own):
-                requests = [request for request in teacher_plan.requests if request.example_id in open_questions]
+                corrections: dict[str, dict[str, Any]] = {}
+                if teacher.correct:  # the earlier teachers' wrong answers, continued from before their first wrong step
+                    requests, corrections = correction_requests(task, teacher_plan, rows, solved_so_far)
+                else:
+                    requests = [request for request in teacher_plan.requests if request.example_id in open_questions]
                 asked = _ask(recipe, teacher, teacher.name if recipe.teachers else None, task, teacher_plan, requests,
                              sampling_of(config), cache, partial, console, tolerate_fatal=cascade)
+                for row in asked.rows:
+                    if row["example_id"] in corrections:
+                        row["corrects"] = corrections[row["example_id"]]
                 rows += asked.rows
                 failure_rows += asked.failures
                 if recipe.teachers:
                     solved = asked.stats.pop("solved")
+                    solved_so_far |= set(solved)
                     asked.stats["questions_solved"] = len(solved)
+                    if teacher.correct:
+                        located = [one for one in corrections.values() if one["error_line"] is not None]
+                        asked.stats.update(corrected=len(corrections), error_found=len(located),
+                                           student_lines_kept=sum(one["lines_kept"] for one in located))
                     per_teacher[teacher.name] = asked.stats  # type: ignore[index]
                     if cascade:  # the next teacher gets only what no teacher so far answered correctly
                         open_questions -= set(solved)
@@ -405,6 +452,10 @@ def plan_stage(recipe: Recipe) -> StagePlan:
     for one in recipe.teachers or [recipe.teacher]:
         own = teacher_generate(recipe.generate, one)
         planned = plan(task, own)
+        if one.correct:  # what it is asked depends on what the earlier teachers get wrong
+            asks.append(f"{one.name}: {one.backend} {one.model or ''}: continues the earlier teachers' wrong answers from "
+                        f"before their first wrong step, at most {len(planned.examples)} questions")
+            continue
         backend = teacher_backend(one, task, recipe)
         cached = cached_count(path, backend, planned.requests, sampling_of(own)) if recipe.generate.cache else 0
         asks.append(f"{one.name + ': ' if recipe.teachers else ''}{one.backend} {one.model or ''}: "

@@ -26,15 +26,17 @@ from tutorlm.backends.hf import keep_loaded
 from tutorlm.config import ConfigError, Recipe
 from tutorlm.curate import curate
 from tutorlm.curate import plan_stage as curate_plan
-from tutorlm.errors import MissingPackages, ModelError, PreflightError
+from tutorlm.errors import MissingPackages, ModelError, NothingKept, PreflightError
 from tutorlm.evaluate import eval_models, evaluate, print_table
 from tutorlm.evaluate import plan_stage as evaluate_plan
 from tutorlm.generate import generate
 from tutorlm.generate import plan_stage as generate_plan
 from tutorlm.models.load import resolve_model
 from tutorlm.recipe_io import load_recipe, resolve_recipe
-from tutorlm.report import paired_intervals, recovered_text, report
+from tutorlm.report import paired_intervals, recovered_text, report, rounds_table
 from tutorlm.report import plan_stage as report_plan
+from tutorlm.rounds import plan_text as rounds_plan
+from tutorlm.rounds import round_path, round_recipe, sampled_from, write_summary
 from tutorlm.run import STAGES
 from tutorlm.train.loop import plan_stage as train_plan
 from tutorlm.train.loop import train
@@ -98,6 +100,7 @@ def run_pipeline(recipe: Recipe, *, force: set[str] = frozenset(), console: Cons
         processes.wait_for_everyone()  # the others wait here for the curated data
         train(recipe, resume=True, force="train" in forced, console=console)
     if not processes.is_main_process:
+        run_rounds(recipe, force, console, processes.is_main_process)
         return recipe.run.path / "report.html"
     summaries = evaluate(recipe, eval_models(recipe), force="eval" in forced, console=console, table=False)
     path = report(recipe.run.path)
@@ -111,8 +114,49 @@ def run_pipeline(recipe: Recipe, *, force: set[str] = frozenset(), console: Cons
         recovered = recovered_text(paired_intervals(recipe.run.path / "eval", "teacher" if "teacher" in summaries else "reference"))
         if recovered:
             console.print(recovered, highlight=False)
+    if recipe.rounds.count:
+        run_rounds(recipe, force, console, processes.is_main_process)
+        path = report(recipe.run.path)
     console.print(f"report: {path}")
     return path
+
+
+def run_rounds(recipe: Recipe, force: set[str], console: Console, main: bool) -> None:
+    """The self-improvement rounds after the run (tutorlm/rounds.py): each a run of its own, skipped when current
+    (`--force all` redoes them too; another forced stage is the run's own). A round samples again when the student
+    it sampled from has changed since (its fingerprint is recorded), and so trains again."""
+    from tutorlm.models.load import model_fingerprint
+
+    fingerprints: dict[int, str] = {}
+    for number in range(1, recipe.rounds.count + 1):
+        one = round_recipe(recipe, number)
+        sampled = model_fingerprint(str(round_path(recipe, number - 1) / "student"))
+        redo = {"all"} if "all" in force else set()
+        recorded = sampled_from(recipe, number)
+        if recorded is not None and recorded != sampled:
+            console.print(f"round {number}: the student it sampled from has changed since; it samples again")
+            redo.add("generate")
+        if main:
+            console.rule(f"round {number} of {recipe.rounds.count}: {one.run.path}")
+        try:
+            run_pipeline(one, force=redo, console=console, requirements=False)
+        except NothingKept:
+            # Nothing to train on: no answer of the student verified and no hint either. Not an error of the
+            # recipe: the rounds stop here, and the summary says so.
+            if main:
+                console.print(f"[yellow]round {number}: none of the student's answers verified and no hint did either: "
+                              f"nothing to train on; the rounds stop after round {number - 1}[/yellow]")
+                write_summary(recipe, {**_recorded(recipe), **fingerprints}, stopped=number)
+            return
+        fingerprints[number] = sampled
+        if main:
+            summary = write_summary(recipe, {**_recorded(recipe), **fingerprints})
+            console.print("\n".join(rounds_table(summary)), highlight=False)
+
+
+def _recorded(recipe: Recipe) -> dict[int, str]:
+    return {number: found for number in range(1, recipe.rounds.count + 1)
+            if (found := sampled_from(recipe, number)) is not None}
 
 
 def check_models(recipe: Recipe) -> None:
@@ -204,4 +248,6 @@ def dry_run(recipe: Recipe, *, console: Console | None = None) -> None:
         table.add_column(column)
     for planned in (generate_plan(recipe), curate_plan(recipe), train_plan(recipe), evaluate_plan(recipe), report_plan(recipe)):
         table.add_row(planned.stage, planned.status, planned.what)
+    if recipe.rounds.count:
+        table.add_row("rounds", "run", rounds_plan(recipe))
     console.print(table)

@@ -18,7 +18,7 @@ from typing import Any
 from tutorlm import metrics
 from tutorlm.fit import fit_line
 from tutorlm.metrics import truncation_warnings
-from tutorlm.run import FUNNEL, RunDir, StagePlan, atomic_write_text
+from tutorlm.run import FUNNEL, ROUNDS, RunDir, StagePlan, atomic_write_text
 from tutorlm.tasks import DataError
 
 FIGURES = {"accuracy": "accuracy.png", "funnel": "funnel.png", "loss": "loss.png", "on_policy": "on_policy.png", "rl": "rl.png",
@@ -44,12 +44,14 @@ def gather(run: RunDir) -> dict[str, Any]:
         recovered = metrics.accuracy_recovered(before["accuracy"], after["accuracy"], teacher["accuracy"])
     curve_path = run.path / "learning_curve.json"
     escalation_path = run.path / "eval" / "escalation.json"
+    rounds_path = run.path / ROUNDS
     return {
         "run": str(run.path), "config": config, "stages": stages, "summaries": summaries, "log": log,
         "base": before, "student": after, "teacher": teacher, "recovered": recovered,
         "paired": paired_intervals(run.path / "eval", "teacher" if summaries.get("teacher") else "reference"),
         "learning_curve": json.loads(curve_path.read_text()) if curve_path.exists() else None,
         "escalation": json.loads(escalation_path.read_text()) if escalation_path.exists() else None,
+        "rounds": json.loads(rounds_path.read_text()) if rounds_path.exists() else None,
         "funnel": (stages.get("curate") or {}).get("stats", {}).get("funnel"),
         "kept_by_teacher": (stages.get("curate") or {}).get("stats", {}).get("teachers") or {},
         "student_fit": (stages.get("curate") or {}).get("stats", {}).get("student_fit"),
@@ -130,7 +132,8 @@ def plot(data: dict[str, Any], directory: Path) -> dict[str, Path]:
         funnel = data["funnel"]
         steps = [("generated", funnel["generated"])]
         remaining = funnel["generated"]
-        for key, label in (("truncated", "finished"), ("no_answer", "answered"), ("wrong", "correct"), ("duplicate", "deduped"),
+        for key, label in (("truncated", "finished"), ("no_answer", "answered"), ("wrong", "correct"), ("wrong_step", "steps hold"),
+                           ("duplicate", "deduped"),
                            ("too_long", "length ok"), ("not_shortest", "shortest k"), ("not_student_fit", "student fit"),
                            ("over_cap", "capped")):
             remaining -= funnel.get(key, 0)  # runs curated before a step existed lack its count
@@ -278,6 +281,22 @@ def point_label(point: dict[str, Any]) -> str:
         point["mode"], f"{point['mode']} alone")
 
 
+def rounds_table(summary: dict[str, Any]) -> list[str]:
+    """rounds.json as a markdown table: a row per round, its accuracy, its change, and what it added."""
+    lines = ["| round | accuracy (95% CI) | vs the round before (95% CI; p not better) | answers kept | "
+             "solved by the student / by the hint | hint tokens |", "| --- | --- | --- | --- | --- | --- |"]
+    for entry in summary["rounds"]:
+        low, high = entry["accuracy_ci95"]
+        versus = entry.get("vs_previous")
+        change = (f"{versus['difference'] * 100:+.1f} ({versus['difference_ci95'][0] * 100:+.1f} to "
+                  f"{versus['difference_ci95'][1] * 100:+.1f}; p {versus['p_not_better']:.2f})" if versus else "–")
+        added = ([str(entry.get("kept", "–")), f"{entry.get('solved_by_student', 0)} / {entry.get('solved_by_hint', 0)}",
+                  str(entry.get("hint_tokens", 0))] if entry["round"] else ["–", "– (the run itself)", "–"])
+        lines.append(f"| {entry['round']} | {_percent(entry['accuracy'])} ({_percent(low)}–{_percent(high)}) | {change} | "
+                     + " | ".join(added) + " |")
+    return lines
+
+
 def markdown(data: dict[str, Any], figures: dict[str, Path]) -> str:
     config = data["config"]
     task = config.get("task", {})
@@ -378,6 +397,20 @@ def markdown(data: dict[str, Any], figures: dict[str, Path]) -> str:
                          f"{_percent(low)}–{_percent(high)} | {point['train_s']} |")
         if "learning_curve" in figures:
             lines += ["", f"![learning curve]({figures['learning_curve'].name})"]
+    rounds = data.get("rounds")
+    if rounds and rounds.get("rounds"):
+        settings = rounds["settings"]
+        lines += ["", "## Self-improvement rounds", "",
+                  f"Each round the student answered the training questions {settings['samples']} time(s) at temperature "
+                  f"{settings['temperature']}, the verifier kept its right answers, the questions it failed were "
+                  + {"none": "left out", "student": "rationalized by the student shown the gold answer",
+                     "teacher": "rationalized by the teacher shown the gold answer",
+                     "correct": "continued by the teacher from the line before the student's first wrong step"}[settings["rationalize"]]
+                  + f", and it trained on them ({'continuing' if settings['start'] == 'continue' else 'from the base'}); "
+                  "round 0 is this run's student. Accuracy on the eval questions; the change is paired against the round "
+                  "before:", "", *rounds_table(rounds)]
+        if rounds.get("stopped"):
+            lines += ["", f"The rounds stopped before round {rounds['stopped']['round']}: {rounds['stopped']['why']}."]
     escalation = data.get("escalation")
     if escalation and escalation.get("points"):
         lines += ["", "## Serving with the teacher's help", "",

@@ -37,6 +37,9 @@ class Request:
     sample_index: int = 0
     example_id: str = ""  # the reference backend looks solutions up by id; others ignore it
     guide_messages: list[dict[str, str]] | None = None  # RSD: the student's own prompt (the training prompt)
+    # The start of the answer, already written (a student's lines before its first wrong step, for the teacher to
+    # continue: SCoRe's corrections). The backend continues it; the Completion holds only what it wrote after it.
+    prefix: str | None = None
 
 
 @dataclass

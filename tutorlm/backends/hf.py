@@ -136,7 +136,7 @@ class HFBackend:
             self._run_generate(requests, sampling, on_result)
 
     def _run_engine(self, requests: list[Request], sampling: Sampling, on_result: OnResult) -> None:
-        prompts = self.tokenizer(self._texts([r.messages for r in requests]), add_special_tokens=False)["input_ids"]
+        prompts = self.tokenizer(self._prompt_texts(requests), add_special_tokens=False)["input_ids"]
         stop_check = None
         if sampling.stop:
             def stop_check(tokens: list[int]) -> bool:
@@ -170,6 +170,10 @@ class HFBackend:
                    top_logprobs=sampling.top_logprobs, seeds=seeds, stop_check=stop_check, finished=finished, **options)
         self.counters["batches"] += engine.counters["prefills"]
 
+    def _prompt_texts(self, requests: list[Request]) -> list[str]:
+        """Each request's prompt as the model reads it: its chat template, then the answer's given start, if any."""
+        return [text + (request.prefix or "") for text, request in zip(self._texts([r.messages for r in requests]), requests)]
+
     def _texts(self, conversations: list[list[dict[str, str]]]) -> list[str]:
         return [self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False) for messages in conversations]
 
@@ -182,7 +186,7 @@ class HFBackend:
     def _run_generate(self, requests: list[Request], sampling: Sampling, on_result: OnResult) -> None:
         import torch
 
-        prompts = self._texts([r.messages for r in requests])
+        prompts = self._prompt_texts(requests)
         lengths = [len(ids) for ids in self.tokenizer(prompts, add_special_tokens=False)["input_ids"]]
         order = sorted(range(len(requests)), key=lambda i: -lengths[i])
         device = next(self.model.parameters()).device

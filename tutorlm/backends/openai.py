@@ -137,6 +137,9 @@ class OpenAIBackend:
             "model": self.model_name, "messages": request.messages, "n": 1,
             "temperature": sampling.temperature, "top_p": sampling.top_p, "max_tokens": sampling.max_tokens,
         }
+        if request.prefix is not None:  # continue the answer's given start (vLLM's and SGLang's chat extension)
+            body.update(messages=[*request.messages, {"role": "assistant", "content": request.prefix}],
+                        continue_final_message=True, add_generation_prompt=False)
         if sampling.stop:
             body["stop"] = list(sampling.stop)
         if sampling.seed is not None:

@@ -31,6 +31,10 @@ class ReferenceBackend:
         for request in requests:
             started = time.perf_counter()
             rationale = self._rationales.get(request.example_id)
+            if request.prefix is not None:
+                on_result(request, RequestFailed("the reference solver writes whole solutions; it cannot continue an "
+                                                 "answer from a given start (use a model teacher to correct)"))
+                continue
             if not rationale:
                 on_result(request, RequestFailed(f"example {request.example_id} has no reference solution"))
                 continue
