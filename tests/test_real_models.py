@@ -114,7 +114,7 @@ def test_serve_answers_like_the_hf_backend_with_packaged_smollm2():
     from tutorlm.backends import Request, Sampling
     from tutorlm.backends.hf import HFBackend
     from tutorlm.config import TeacherConfig
-    from tutorlm.config import ServeConfig
+    from tutorlm.serve_config import ServeConfig
     from tutorlm.serve.app import build_app, load_local
 
     questions = [[{"role": "user", "content": f"What is {i} + {2 * i}? Think step by step."}] for i in range(6)]

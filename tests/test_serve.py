@@ -24,7 +24,7 @@ from fake_openai import FakeOpenAI, free_port  # noqa: E402
 from tiny import make_model, make_tokenizer, save_tiny_model, varied_model  # noqa: E402
 from tutorlm.serve.route import agreement  # noqa: E402
 from tutorlm.serve.workers import LocalModel, RemoteTeacher  # noqa: E402
-from tutorlm.config import ServeConfig
+from tutorlm.serve_config import ServeConfig
 from tutorlm.serve.app import build_app, held_back  # noqa: E402
 
 QUESTION = [{"role": "user", "content": "What is 2 + 3? Think step by step."}]

@@ -8,7 +8,7 @@ import dataclasses
 from typing import Any
 
 from tutorlm.cli.common import apply_run_flags, error_console, recipe_from
-from tutorlm.config import ServeConfig
+from tutorlm.serve_config import ServeConfig
 from tutorlm.errors import ConfigError
 
 

@@ -15,7 +15,8 @@ from contextlib import asynccontextmanager, contextmanager
 from typing import Any, AsyncIterator
 
 from tutorlm.backends.hf import HFBackend
-from tutorlm.config import ServeConfig, TeacherConfig
+from tutorlm.config import TeacherConfig
+from tutorlm.serve_config import ServeConfig
 from tutorlm.errors import ConfigError, FatalBackendError
 from tutorlm.serve.protocol import BadRequest, Params, api_key, new_id, now, parse_messages, parse_params, sse, usage
 from tutorlm.serve.route import Answer, Router

@@ -25,7 +25,8 @@ from rich.console import Console
 from rich.table import Table
 
 from tutorlm.backends.hf import keep_loaded
-from tutorlm.config import Recipe, ServeConfig, to_dict
+from tutorlm.config import Recipe, to_dict
+from tutorlm.serve_config import ServeConfig
 from tutorlm.errors import ConfigError
 from tutorlm.evaluate import evaluate_one, resolve_spec
 from tutorlm.report import point_label

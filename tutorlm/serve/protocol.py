@@ -15,7 +15,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from tutorlm.config import ServeConfig
+from tutorlm.serve_config import ServeConfig
 
 MODES = ("student", "teacher", "escalate", "step")
 

@@ -21,7 +21,7 @@ from typing import Any
 
 from tutorlm.backends import Completion, OnResult, Request, Sampling
 from tutorlm.backends.hf import HFBackend
-from tutorlm.config import ServeConfig
+from tutorlm.serve_config import ServeConfig
 from tutorlm.errors import ConfigError
 from tutorlm.models.engine import RowSettings
 from tutorlm.serve.protocol import BadRequest, Params

@@ -13,7 +13,8 @@ from typing import Any, AsyncIterator
 
 from tutorlm.backends import Request, Sampling
 from tutorlm.backends.openai import OpenAIBackend
-from tutorlm.config import ServeConfig, TeacherConfig
+from tutorlm.config import TeacherConfig
+from tutorlm.serve_config import ServeConfig
 from tutorlm.models.engine import Engine, RowSettings
 from tutorlm.models.load import stop_ids
 from tutorlm.serve.protocol import BadRequest
