@@ -17,6 +17,7 @@ its share of the batches, while generate, curate, eval and report run once, on t
 from __future__ import annotations
 
 import contextlib
+import json
 from pathlib import Path
 
 from rich.console import Console
@@ -36,8 +37,8 @@ from tutorlm.recipe_io import load_recipe, resolve_recipe
 from tutorlm.report import paired_intervals, recovered_text, report, rounds_table
 from tutorlm.report import plan_stage as report_plan
 from tutorlm.rounds import plan_text as rounds_plan
-from tutorlm.rounds import round_path, round_recipe, sampled_from, write_summary
-from tutorlm.run import STAGES
+from tutorlm.rounds import round_path, round_recipe, write_summary
+from tutorlm.run import ROUNDS, STAGES
 from tutorlm.train.loop import plan_stage as train_plan
 from tutorlm.train.loop import train
 
@@ -127,13 +128,13 @@ def run_rounds(recipe: Recipe, force: set[str], console: Console, main: bool) ->
     it sampled from has changed since (its fingerprint is recorded), and so trains again."""
     from tutorlm.models.load import model_fingerprint
 
+    recorded = _recorded(recipe)  # what rounds.json says each round sampled from (read once)
     fingerprints: dict[int, str] = {}
     for number in range(1, recipe.rounds.count + 1):
         one = round_recipe(recipe, number)
         sampled = model_fingerprint(str(round_path(recipe, number - 1) / "student"))
         redo = {"all"} if "all" in force else set()
-        recorded = sampled_from(recipe, number)
-        if recorded is not None and recorded != sampled:
+        if recorded.get(number, sampled) != sampled:
             console.print(f"round {number}: the student it sampled from has changed since; it samples again")
             redo.add("generate")
         if main:
@@ -146,17 +147,18 @@ def run_rounds(recipe: Recipe, force: set[str], console: Console, main: bool) ->
             if main:
                 console.print(f"[yellow]round {number}: none of the student's answers verified and no hint did either: "
                               f"nothing to train on; the rounds stop after round {number - 1}[/yellow]")
-                write_summary(recipe, {**_recorded(recipe), **fingerprints}, stopped=number)
+                write_summary(recipe, {**recorded, **fingerprints}, stopped=number)
             return
         fingerprints[number] = sampled
         if main:
-            summary = write_summary(recipe, {**_recorded(recipe), **fingerprints})
+            summary = write_summary(recipe, {**recorded, **fingerprints})
             console.print("\n".join(rounds_table(summary)), highlight=False)
 
 
 def _recorded(recipe: Recipe) -> dict[int, str]:
-    return {number: found for number in range(1, recipe.rounds.count + 1)
-            if (found := sampled_from(recipe, number)) is not None}
+    summary = recipe.run.path / ROUNDS
+    entries = json.loads(summary.read_text()).get("rounds", []) if summary.exists() else []
+    return {entry["round"]: entry["sampled_from"] for entry in entries if "sampled_from" in entry}
 
 
 def check_models(recipe: Recipe) -> None:

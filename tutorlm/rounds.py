@@ -75,17 +75,6 @@ def round_recipe(recipe: Recipe, number: int) -> Recipe:
     )
 
 
-def sampled_from(recipe: Recipe, number: int) -> str | None:
-    """The fingerprint of the student round `number` sampled from, as rounds.json recorded it (None: not recorded)."""
-    path = recipe.run.path / ROUNDS
-    if not path.exists():
-        return None
-    for entry in json.loads(path.read_text()).get("rounds", []):
-        if entry.get("round") == number:
-            return entry.get("sampled_from")
-    return None
-
-
 def plan_text(recipe: Recipe) -> str:
     """The dry run's line for the rounds."""
     settings = recipe.rounds
