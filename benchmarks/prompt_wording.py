@@ -51,7 +51,7 @@ def copies_placeholder(row: dict) -> bool:
 PATCHED = """
 import sys, tutorlm.tasks.base as base
 wording = {wording!r}
-base.answer_instruction = lambda kind: wording.get(kind, wording["other"])
+base.answer_instruction = lambda kind, tools=False: wording.get(kind, wording["other"])
 from tutorlm.cli.main import main
 sys.exit(main(sys.argv[1:]))
 """

@@ -34,8 +34,8 @@ HAND_MADE = [
 
 def test_funnel_counts_on_hand_made_traces():
     kept, funnel = curate_rows(HAND_MADE, TASK, CurateConfig())
-    assert funnel == {"generated": 10, "truncated": 1, "no_answer": 1, "wrong": 1, "wrong_step": 0, "duplicate": 2, "too_long": 0,
-                      "not_shortest": 0, "not_student_fit": 0, "over_cap": 0, "kept": 5}
+    assert funnel == {"generated": 10, "truncated": 1, "tool_error": 0, "tool_timeout": 0, "no_answer": 1, "wrong": 1,
+                      "wrong_step": 0, "duplicate": 2, "too_long": 0, "not_shortest": 0, "not_student_fit": 0, "over_cap": 0, "kept": 5}
     assert sorted(row["id"] for row in kept) == ["a#0", "a#3", "b#2", "c#0", "c#1"]
 
 

@@ -334,7 +334,7 @@ def test_a_reworded_instruction_makes_generated_traces_stale(tmp_path, monkeypat
     generate(recipe, console=QUIET)
     run = RunDir(recipe.run.path)
     assert run.is_current("generate", generate_stage_config(recipe), {})
-    monkeypatch.setattr("tutorlm.tasks.base.answer_instruction", lambda kind: "Answer in one word.")
+    monkeypatch.setattr("tutorlm.tasks.base.answer_instruction", lambda kind, tools=False: "Answer in one word.")
     assert not run.is_current("generate", generate_stage_config(recipe), {})  # same config, other prompts
     generate(recipe, console=QUIET)
     assert all(row["prompt"][-1]["content"].endswith("Answer in one word.") for row in read_traces(tmp_path))

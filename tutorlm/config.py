@@ -38,11 +38,13 @@ def default_cache_path() -> Path:
     return Path(base) / "teacher.sqlite"
 
 
-def option(default: Any, help: str) -> Any:
-    """A dataclass field with help text (shown by `--help` and in docs)."""
+def option(default: Any, help: str, *, keyed_when_set: bool = False) -> Any:
+    """A dataclass field with help text (shown by `--help` and in docs). `keyed_when_set`: a setting added after runs
+    existed, left out of stage keys while it has its default (`stage_key`), so that those runs stay current."""
+    metadata = {"help": help, "keyed_when_set": keyed_when_set}
     if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: type(default)(default), metadata={"help": help})
-    return field(default=default, metadata={"help": help})
+        return field(default_factory=lambda: type(default)(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -75,6 +77,16 @@ class TaskConfig:
     fallback: bool = option(True, "when no answer line is found, fall back to the last number / letter / yes-no")
     splits: dict[str, str] = option({}, "split name -> data file, for data that comes already split")
     hub_config: str | None = option(None, "configuration name of a hub dataset (e.g. 'main' for gsm8k)")
+    tools: Literal["none", "python"] = option(
+        "none", "python: every model may compute with Python while it answers (Agent Distillation): the prompt says so, "
+        "each ```python block it closes runs in a sandbox (tutorlm/tools/sandbox.py) and the output comes back as an "
+        "```output block; local models (hf) and the reference solver", keyed_when_set=True)
+    tool_calls: int = option(4, "tools python: code blocks run per answer; a block after the last ends the answer",
+                             keyed_when_set=True)
+
+    def __post_init__(self) -> None:
+        if self.tool_calls < 0:
+            raise ValueError(f"tool_calls must be >= 0, got {self.tool_calls}")
 
 
 @dataclass
@@ -563,6 +575,16 @@ def teacher_generate(generate: GenerateConfig, teacher: TeacherConfig) -> Genera
 def to_dict(config: Any) -> dict[str, Any]:
     """A config dataclass as plain dicts (a dict is returned as it is)."""
     return dataclasses.asdict(config) if dataclasses.is_dataclass(config) else config
+
+
+def stage_key(config: Any) -> dict[str, Any]:
+    """A config as a stage records it to decide whether it must re-run: `to_dict`, less the settings marked
+    keyed_when_set that hold their default."""
+    key = to_dict(config)
+    for item in dataclasses.fields(config):
+        if item.metadata.get("keyed_when_set") and key[item.name] == item.default:
+            key.pop(item.name)
+    return key
 
 
 def config_hash(config: Any) -> str:

@@ -45,7 +45,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from tutorlm.config import Recipe, to_dict
+from tutorlm.config import Recipe, stage_key, to_dict
 from tutorlm.errors import NothingKept
 from tutorlm.fit import describe_scores, fit_identity, fit_line, score_fit
 from tutorlm.run import CURATED, FUNNEL, PAIRS, TRACES, RunDir, StagePlan, atomic_write_text, read_jsonl
@@ -88,8 +88,12 @@ def _curate(rows: list[dict[str, Any]], task: Any, config: Any, fit: Any = None
         truncated = row.get("finish_reason") == "length"
         samples_per_question[row["example_id"]] += 1
         correct_per_question[row["example_id"]] += verdict.correct and not truncated
+        failed_calls = [call for call in row.get("tools", []) if not call["ok"]]
         if truncated:
             counts["truncated"] += 1
+        elif failed_calls:  # a code block failed (task.tools python): its answer rests on no computation
+            counts["tool_timeout" if any(str(call["error"]).startswith("timeout") for call in failed_calls) else "tool_error"] += 1
+            rejected[row["example_id"]].append({**row, "extracted": verdict.extracted})
         elif verdict.extracted is None:
             counts["no_answer"] += 1
             rejected[row["example_id"]].append({**row, "extracted": None})
@@ -183,7 +187,7 @@ def curate_stage_config(recipe: Recipe, export: str | None = None) -> dict[str, 
     curate = to_dict(recipe.curate)
     if not curate["check_steps"]:  # off: as before the check existed, so earlier runs stay current
         curate.pop("check_steps")
-    stage = {"task": to_dict(recipe.task), "curate": curate, "export": export}
+    stage = {"task": stage_key(recipe.task), "curate": curate, "export": export}
     if recipe.curate.select == "student_fit":  # a retrained student at the same path selects afresh
 
         stage["fit"] = fit_identity(recipe)
@@ -282,12 +286,15 @@ def _print_funnel(console: Console, funnel: dict[str, int], out: Path | None) ->
     table = Table(title="curate")
     table.add_column("step")
     table.add_column("rows", justify="right")
-    labels = {"generated": "generated", "truncated": "- truncated", "no_answer": "- no answer", "wrong": "- wrong answer",
+    labels = {"generated": "generated", "truncated": "- truncated", "tool_error": "- a Python call failed",
+              "tool_timeout": "- a Python call timed out", "no_answer": "- no answer", "wrong": "- wrong answer",
               "wrong_step": "- a wrong step (check_steps)",
               "duplicate": "- duplicate", "too_long": "- too long", "not_shortest": "- not among the k shortest",
               "not_student_fit": "- not among the k the student fits best",
               "over_cap": "- over the per-question cap", "kept": "kept"}
     for step in FUNNEL:
+        if step.startswith("tool_") and not funnel.get(step):  # Python calls: only where a task has the tool
+            continue
         table.add_row(labels[step], str(funnel.get(step, 0)))
     console.print(table)
     if out is not None:

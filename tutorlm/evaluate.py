@@ -35,7 +35,7 @@ from rich.table import Table
 from tutorlm import metrics, throughput, verify
 from tutorlm.backends import Completion, Request, Sampling, make_backend
 from tutorlm.cache import Cache, cached_count, run_cached
-from tutorlm.config import ConfigError, Recipe, TeacherConfig, default_cache_path, to_dict
+from tutorlm.config import ConfigError, Recipe, TeacherConfig, default_cache_path, stage_key, to_dict
 from tutorlm.errors import GenerationIncomplete
 from tutorlm.metrics import truncation_warnings
 from tutorlm.progress import StageProgress
@@ -110,6 +110,11 @@ def summarize(rows: list[dict[str, Any]], n: int) -> dict[str, Any]:
         "truncation_rate": sum(r["finish_reason"] == "length" for r in rows) / max(len(rows), 1),
         "no_answer_rate": sum(r["extracted"] is None for r in rows) / max(len(rows), 1),
     }
+    if rows and any("tools" in r for r in rows):  # task.tools python: how the model used the tool
+        calls = [call for r in rows for call in r.get("tools", [])]
+        summary.update(tool_calls_per_answer=len(calls) / len(rows), tool_use_rate=sum(bool(r.get("tools")) for r in rows) / len(rows),
+                       tool_error_rate=sum(not call["ok"] for call in calls) / max(len(calls), 1),
+                       tool_seconds_per_answer=sum(call["seconds"] for call in calls) / len(rows))
     if rows and all("teacher_tokens" in r for r in rows):  # tutorlm serve's modes: how much the teacher wrote
         teacher = sum(r["teacher_tokens"] for r in rows)
         summary["teacher_token_share"] = teacher / max(teacher + sum(r["student_tokens"] for r in rows), 1)
@@ -130,7 +135,8 @@ def summarize(rows: list[dict[str, Any]], n: int) -> dict[str, Any]:
 
 def eval_requests(task: Task, examples: list[Example], settings: Any) -> tuple[Sampling, list[Request]]:
     """The sampling settings and one request per (example, sample) of an evaluation."""
-    sampling = Sampling(temperature=settings.temperature, top_p=settings.top_p, max_tokens=settings.max_tokens, seed=settings.seed)
+    sampling = Sampling(temperature=settings.temperature, top_p=settings.top_p, max_tokens=settings.max_tokens, seed=settings.seed,
+                        tool_calls=task.tool_calls if task.tools == "python" else None)
     return sampling, [Request(task.prompt(example), index, example.id) for example in examples for index in range(settings.n)]
 
 
@@ -185,6 +191,7 @@ def evaluate_one(task: Task, examples: list[Example], label: str, config: Teache
                 "reason": verdict.reason, "completion_tokens": completion.completion_tokens,
                 "finish_reason": completion.finish_reason, "model": backend.model_name,
                 **completion.meta.get("usage", {}),  # student_tokens, teacher_tokens: a model served by tutorlm serve
+                **({"tools": completion.meta["tools"]} if "tools" in completion.meta else {}),  # its Python calls
             })
     summary = summarize(rows, settings.n)
     summary.update(label=label, backend=config.backend, model=backend.model_name, max_tokens=settings.max_tokens,
@@ -250,7 +257,7 @@ def _evaluate(recipe: Recipe, specs: list[str], run: RunDir, force: bool, consol
         if config.backend == "hf" and Path(config.model or "").is_dir():
             inputs = {name: Path(config.model) / name for name in ("model.safetensors", "adapter_model.safetensors")
                       if (Path(config.model) / name).exists()}
-        stage_config = {"task": to_dict(recipe.task), "instruction": prompt_instruction(recipe.task), "eval": to_dict(recipe.eval),
+        stage_config = {"task": stage_key(recipe.task), "instruction": prompt_instruction(recipe.task), "eval": to_dict(recipe.eval),
                         "model": to_dict(config), "spec": spec}
         stage = f"eval:{label}"
         if not force and label in summaries and run.is_current(stage, stage_config, inputs):
@@ -289,6 +296,11 @@ def print_table(console: Console, summaries: dict[str, dict[str, Any]], title: s
         extra = ", ".join(f"{key} {s[key]:.1%}" for key in s if key.startswith(("pass@", "maj@")) and not key.endswith("@1"))
         if extra:
             console.print(f"{label}: {extra}", highlight=False)
+    for label, s in summaries.items():  # task.tools python: how each model used the tool
+        if "tool_calls_per_answer" in s:
+            console.print(f"{label}: Python in {s['tool_use_rate']:.0%} of answers, {s['tool_calls_per_answer']:.2f} calls "
+                          f"per answer, {s['tool_error_rate']:.0%} of calls failed, {s['tool_seconds_per_answer']:.2f} s "
+                          "in the sandbox per answer", highlight=False)
     for warning in truncation_warnings(summaries):
         console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
 

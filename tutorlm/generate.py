@@ -38,6 +38,7 @@ from tutorlm.config import (
     GenerateConfig,
     Recipe,
     TeacherConfig,
+    stage_key,
     default_cache_path,
     teacher_generate,
     to_dict,
@@ -46,7 +47,7 @@ from tutorlm.errors import GenerationIncomplete
 from tutorlm.models import topk
 from tutorlm.progress import StageProgress
 from tutorlm.run import FAILURES, PARTIAL, TRACES, RunDir, StagePlan, atomic_write_text
-from tutorlm.tasks import DataError, Example, Task, build_prompt, format_question, load_task, prompt_instruction
+from tutorlm.tasks import TOOL_NOTE, DataError, Example, Task, build_prompt, format_question, load_task, prompt_instruction
 
 
 @dataclass
@@ -58,10 +59,11 @@ class Plan:
     training_prompts: dict[str, list[dict[str, str]]] = field(default_factory=dict)  # example id -> prompt
 
 
-def sampling_of(config: GenerateConfig) -> Sampling:
+def sampling_of(config: GenerateConfig, task: Task) -> Sampling:
     return Sampling(temperature=config.temperature, top_p=config.top_p, max_tokens=config.max_tokens,
                     stop=tuple(config.stop), seed=config.seed, top_logprobs=config.top_logprobs,
-                    token_ids=config.token_ids and config.top_logprobs > 0)
+                    token_ids=config.token_ids and config.top_logprobs > 0,
+                    tool_calls=task.tool_calls if task.tools == "python" else None)
 
 
 def rationalization_prompt(task: Task, example: Example, system_prompt: str | None) -> list[dict[str, str]]:
@@ -73,6 +75,8 @@ def rationalization_prompt(task: Task, example: Example, system_prompt: str | No
         f"as if solving the problem yourself without being told the answer, then finish with the line "
         f'"The answer is {gold}."'
     )
+    if task.tools == "python":
+        content = f"{content}\n\n{TOOL_NOTE}"
     messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
     return messages + [{"role": "user", "content": content}]
 
@@ -82,7 +86,8 @@ def plan(task: Task, config: GenerateConfig) -> Plan:
     shots = task.examples("validation", config.few_shot) if config.few_shot else []
     result = Plan(examples=examples, requests=[])
     for example in examples:
-        training_prompt = build_prompt(example, task.answer_type_of(example), system_prompt=config.system_prompt, few_shot=shots)
+        training_prompt = build_prompt(example, task.answer_type_of(example), system_prompt=config.system_prompt, few_shot=shots,
+                                       instruction=task.instruction(example))
         teacher_prompt = rationalization_prompt(task, example, config.system_prompt) if config.rationalize else training_prompt
         if config.style:  # the teacher's copy only: the student learns from the plain question
             teacher_prompt = [*teacher_prompt[:-1], {**teacher_prompt[-1], "content": f"{teacher_prompt[-1]['content']}\n\n{config.style}"}]
@@ -119,7 +124,7 @@ def generate_stage_config(recipe: Recipe) -> dict[str, Any]:
         generate.pop("rsd_floor")
         generate.pop("rsd_student")
 
-    stage = {"task": to_dict(recipe.task), "instruction": prompt_instruction(recipe.task), "generate": generate}
+    stage = {"task": stage_key(recipe.task), "instruction": prompt_instruction(recipe.task), "generate": generate}
     if recipe.teachers:
         stage["teachers"] = [_teacher_key(teacher) for teacher in recipe.teachers]
     else:
@@ -188,6 +193,8 @@ def _trace_row(example: Example, request: Request, completion: Completion, plan_
             row["logprobs"] = completion.logprobs
     if "redrawn" in completion.meta:  # RSD: the tokens of this completion the student rejected
         row["redrawn"] = completion.meta["redrawn"]
+    if "tools" in completion.meta:  # task.tools python: each code block it ran, with the output and the time
+        row["tools"] = completion.meta["tools"]
     return row
 
 
@@ -359,7 +366,7 @@ def _generate(recipe: Recipe, run: RunDir, force: bool, console: Console) -> dic
                 else:
                     requests = [request for request in teacher_plan.requests if request.example_id in open_questions]
                 asked = _ask(recipe, teacher, teacher.name if recipe.teachers else None, task, teacher_plan, requests,
-                             sampling_of(config), cache, partial, console, tolerate_fatal=cascade)
+                             sampling_of(config, task), cache, partial, console, tolerate_fatal=cascade)
                 for row in asked.rows:
                     if row["example_id"] in corrections:
                         row["corrects"] = corrections[row["example_id"]]
@@ -405,6 +412,10 @@ def _generate(recipe: Recipe, run: RunDir, force: bool, console: Console) -> dic
         if redrawn:  # RSD: the share of the teacher's proposals the student rejected
             stats["redrawn_tokens"] = sum(redrawn)
             stats["redrawn_share"] = round(sum(redrawn) / max(stats["completion_tokens_total"], 1), 4)
+        calls = [call for row in rows for call in row.get("tools", [])]
+        if any("tools" in row for row in rows):  # task.tools python: how the teacher used the tool
+            stats.update(tool_calls=len(calls), tool_errors=sum(not call["ok"] for call in calls),
+                         tool_seconds=round(sum(call["seconds"] for call in calls), 2))
         record["stats"] = stats
         record["outputs"].append(traces_path)
         if failure_rows:
@@ -425,7 +436,8 @@ def _print_summary(console: Console, stats: dict[str, Any], traces_path: Path) -
                        ("new teacher calls", "calls_made"), ("failed", "failures"), ("retries", "retries"),
                        ("new prompt tokens", "prompt_tokens"), ("new completion tokens", "completion_tokens"),
                        ("truncated (length)", "truncated"), ("top-k bytes per token", "topk_bytes_per_token"),
-                       ("tokens redrawn (RSD)", "redrawn_tokens"), ("cost", "cost"), ("wall time (s)", "wall_s")):
+                       ("tokens redrawn (RSD)", "redrawn_tokens"), ("Python calls", "tool_calls"),
+                       ("failed Python calls", "tool_errors"), ("cost", "cost"), ("wall time (s)", "wall_s")):
         if stats.get(key) is not None:
             table.add_row(label, str(stats[key]))
     console.print(table)
@@ -457,7 +469,7 @@ def plan_stage(recipe: Recipe) -> StagePlan:
                         f"before their first wrong step, at most {len(planned.examples)} questions")
             continue
         backend = teacher_backend(one, task, recipe)
-        cached = cached_count(path, backend, planned.requests, sampling_of(own)) if recipe.generate.cache else 0
+        cached = cached_count(path, backend, planned.requests, sampling_of(own, task)) if recipe.generate.cache else 0
         asks.append(f"{one.name + ': ' if recipe.teachers else ''}{one.backend} {one.model or ''}: "
                     f"{len(planned.examples)} {recipe.generate.split} questions x {own.n} samples, "
                     f"{len(planned.requests) - cached} teacher calls ({cached} cached); "

@@ -132,10 +132,13 @@ def plot(data: dict[str, Any], directory: Path) -> dict[str, Path]:
         funnel = data["funnel"]
         steps = [("generated", funnel["generated"])]
         remaining = funnel["generated"]
-        for key, label in (("truncated", "finished"), ("no_answer", "answered"), ("wrong", "correct"), ("wrong_step", "steps hold"),
+        for key, label in (("truncated", "finished"), ("tool_error", "code ran"), ("tool_timeout", "code in time"),
+                           ("no_answer", "answered"), ("wrong", "correct"), ("wrong_step", "steps hold"),
                            ("duplicate", "deduped"),
                            ("too_long", "length ok"), ("not_shortest", "shortest k"), ("not_student_fit", "student fit"),
                            ("over_cap", "capped")):
+            if key.startswith("tool_") and not funnel.get(key):  # Python calls: only where a task has the tool
+                continue
             remaining -= funnel.get(key, 0)  # runs curated before a step existed lack its count
             steps.append((label, remaining))
         figure, axis = plt.subplots(figsize=(6, 3.2))

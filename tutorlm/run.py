@@ -44,7 +44,7 @@ ESCALATION = "escalation.json"
 ROUNDS_DIR = "rounds"  # the self-improvement rounds' run directories, round-1, round-2, ...
 ROUNDS = "rounds.json"  # their summary
 # curate's funnel, as its manifest stats record it: what each filter removed, in order
-FUNNEL = ("generated", "truncated", "no_answer", "wrong", "wrong_step", "duplicate", "too_long", "not_shortest", "not_student_fit",
+FUNNEL = ("generated", "truncated", "tool_error", "tool_timeout", "no_answer", "wrong", "wrong_step", "duplicate", "too_long", "not_shortest", "not_student_fit",
           "over_cap", "kept")
 _PACKAGES = ("tutorlm", "torch", "transformers", "tokenizers", "peft", "accelerate", "math-verify", "datasets")
 

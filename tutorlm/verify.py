@@ -102,6 +102,21 @@ _UNFINISHED = re.compile(r"(?:[-+*/×÷^=(,]|\\times|\\cdot|\\div)\s*$")
 _MAX_CAPTURE_CHARS = 2000
 
 
+# A Python tool's output in a transcript (tools/loop.py): the environment's text, which states no answer of the model's.
+# An unclosed one runs to the end of the text.
+OUTPUT_BLOCK = re.compile(r"```output\n.*?(?:\n```(?:\n|$)|\Z)", re.S)
+
+
+def output_spans(text: str) -> list[tuple[int, int]]:
+    """Character spans of the ```output blocks in a transcript: the environment's text, not the model's."""
+    return [match.span() for match in OUTPUT_BLOCK.finditer(text)] if "```output" in text else []
+
+
+def strip_outputs(text: str) -> str:
+    """A transcript without its ```output blocks: what the model itself wrote."""
+    return OUTPUT_BLOCK.sub("", text) if "```output" in text else text
+
+
 def strip_reasoning(completion: str) -> str | None:
     """The completion without its reasoning blocks, or None when it ends inside an unclosed one.
 
@@ -223,7 +238,7 @@ def extract_answer(
     Actually, the answer is 6."). A statement that hedges or negates ("not 6", "between 5 and 6",
     "yes and no") states no answer.
     """
-    text = strip_reasoning(completion)
+    text = strip_reasoning(strip_outputs(completion))  # a tool's output is evidence, not the model's answer
     if text is None:
         return None
     found = _last_statement(text)

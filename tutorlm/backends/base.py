@@ -21,6 +21,7 @@ class Sampling:
     seed: int | None = 0
     top_logprobs: int = 0  # > 0: return the top-k log-probabilities of every generated token
     token_ids: bool = False  # servers: ask for tokens as ids (vLLM's return_tokens_as_token_ids); local models always give them
+    tool_calls: int | None = None  # task.tools python: the model's ```python blocks run in a sandbox, up to this many
 
     def key(self) -> dict[str, Any]:
         """What identifies a sampling setup in the cache."""
@@ -28,6 +29,8 @@ class Sampling:
                "stop": list(self.stop), "seed": self.seed, "top_logprobs": self.top_logprobs}
         if self.token_ids:  # only when set, so that keys written before it existed still match
             key["token_ids"] = True
+        if self.tool_calls is not None:
+            key["tool_calls"] = self.tool_calls
         return key
 
 
@@ -40,6 +43,11 @@ class Request:
     # The start of the answer, already written (a student's lines before its first wrong step, for the teacher to
     # continue: SCoRe's corrections). The backend continues it; the Completion holds only what it wrote after it.
     prefix: str | None = None
+
+
+# What a completion may carry beyond its text, stored only when present: a server's split usage, RSD's count of
+# redrawn tokens, and the tool calls of a model that ran Python (tools/loop.py's ToolCall dicts)
+META = ("usage", "redrawn", "tools")
 
 
 @dataclass
@@ -59,7 +67,7 @@ class Completion:
         data = {"text": self.text, "finish_reason": self.finish_reason, "prompt_tokens": self.prompt_tokens,
                 "completion_tokens": self.completion_tokens, "latency_s": self.latency_s, "logprobs": self.logprobs,
                 "token_ids": self.token_ids}
-        for key in ("usage", "redrawn"):  # only when present (a server's split usage, RSD's count), so older entries stay alike
+        for key in META:  # only when present, so older entries stay alike
             if key in self.meta:
                 data[key] = self.meta[key]
         return data
@@ -69,7 +77,7 @@ class Completion:
         return cls(text=data["text"], finish_reason=data["finish_reason"], prompt_tokens=data["prompt_tokens"],
                    completion_tokens=data["completion_tokens"], latency_s=data.get("latency_s", 0.0),
                    logprobs=data.get("logprobs"), token_ids=data.get("token_ids"),
-                   meta={key: data[key] for key in ("usage", "redrawn") if key in data})
+                   meta={key: data[key] for key in META if key in data})
 
 
 OnResult = Callable[[Request, "Completion | Exception"], None]

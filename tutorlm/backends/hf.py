@@ -18,7 +18,7 @@ from typing import Any, Iterator
 from tutorlm.backends.base import Completion, OnResult, Request, Sampling
 from tutorlm.config import ConfigError
 from tutorlm.errors import FatalBackendError
-from tutorlm.models.engine import Engine, request_seed, supports
+from tutorlm.models.engine import Engine, request_seed, row_settings, supports
 from tutorlm.models.load import (
     load_model,
     load_tokenizer,
@@ -137,6 +137,9 @@ class HFBackend:
 
     def _run_engine(self, requests: list[Request], sampling: Sampling, on_result: OnResult) -> None:
         prompts = self.tokenizer(self._prompt_texts(requests), add_special_tokens=False)["input_ids"]
+        if sampling.tool_calls is not None:
+            self._run_tools(requests, prompts, sampling, on_result)
+            return
         stop_check = None
         if sampling.stop:
             def stop_check(tokens: list[int]) -> bool:
@@ -170,6 +173,47 @@ class HFBackend:
                    top_logprobs=sampling.top_logprobs, seeds=seeds, stop_check=stop_check, finished=finished, **options)
         self.counters["batches"] += engine.counters["prefills"]
 
+    def _run_tools(self, requests: list[Request], prompts: list[list[int]], sampling: Sampling, on_result: OnResult) -> None:
+        """The engine with the Python tool (tools/loop.py): each ```python block a row closes runs in the sandbox."""
+        from tutorlm.tools.loop import ToolLoop, ToolSettings
+
+        if self.guide is not None:
+            raise FatalBackendError("RSD and the Python tool do not combine: the student cannot accept a tool's output")
+        engine = Engine(self.model, slots=self.batch_size, pad_token_id=self.tokenizer.pad_token_id, stop_ids=self.stop_ids)
+        loop = ToolLoop(engine, self.tokenizer, ToolSettings(max_calls=sampling.tool_calls))
+        stop_check = None
+        if sampling.stop:
+            def stop_check(tokens: list[int]) -> bool:
+                tail = self.tokenizer.decode(tokens[-32:], skip_special_tokens=True)
+                return any(stop in tail for stop in sampling.stop)
+
+        def finished(index: int, tokens: list[int], reason: str, logprobs: list, latency: float, written: list[bool],
+                     calls: list) -> None:
+            text = self.tokenizer.decode(tokens, skip_special_tokens=True)
+            for stop in sampling.stop:
+                if stop in text:
+                    text, reason = text[: text.index(stop)], "stop"
+            entries = [self._logprob_entry(token, *step) if step is not None else self._tool_entry(token)
+                       for token, step in zip(tokens, logprobs)]
+            on_result(requests[index], Completion(
+                text=text, finish_reason=reason, prompt_tokens=len(prompts[index]), completion_tokens=sum(written),
+                latency_s=latency, logprobs=entries or None, token_ids=list(tokens),
+                meta={"tools": [call.to_dict() for call in calls]}))
+
+        if sampling.seed is None:
+            seeds = [random.getrandbits(62) for _ in requests]
+        else:
+            seeds = [request_seed(sampling.seed, r) for r in requests]
+        loop.run(prompts, row_settings(len(prompts), sampling.max_tokens, sampling.temperature, sampling.top_p, seeds),
+                 finished=finished, top_logprobs=sampling.top_logprobs, stop_check=stop_check)
+        self.counters["batches"] += engine.counters["prefills"]
+        self.counters["tool_calls"] = self.counters.get("tool_calls", 0) + loop.counters["calls"]
+
+    def _tool_entry(self, token: int) -> dict[str, Any]:
+        """A token of a tool's output in a completion's logprobs: the environment's, with no distribution."""
+        return {"token": self.tokenizer.decode([token]), "id": int(token), "logprob": None, "top": [], "top_ids": [],
+                "tool": True}
+
     def _prompt_texts(self, requests: list[Request]) -> list[str]:
         """Each request's prompt as the model reads it: its chat template, then the answer's given start, if any."""
         return [text + (request.prefix or "") for text, request in zip(self._texts([r.messages for r in requests]), requests)]
@@ -185,6 +229,10 @@ class HFBackend:
 
     def _run_generate(self, requests: list[Request], sampling: Sampling, on_result: OnResult) -> None:
         import torch
+
+        if sampling.tool_calls is not None:
+            raise FatalBackendError(f"task.tools python runs on the continuous-batching engine, which {self.model_name}'s "
+                                    "cache does not fit (sliding-window or hybrid attention)")
 
         prompts = self._prompt_texts(requests)
         lengths = [len(ids) for ids in self.tokenizer(prompts, add_special_tokens=False)["input_ids"]]

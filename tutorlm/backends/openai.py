@@ -257,6 +257,10 @@ class OpenAIBackend:
     def run(self, requests: list[Request], sampling: Sampling, on_result: OnResult) -> None:
         if not requests:
             return
+        if sampling.tool_calls is not None:
+            raise FatalBackendError("task.tools python runs the model's code between its tokens, which a served model's "
+                                    "chat completions do not allow here: use a local teacher (teacher.backend hf) or "
+                                    "the reference solver")
         if self.api_key_env and not os.environ.get(self.api_key_env):
             print(f"note: environment variable {self.api_key_env} is not set; sending requests without an API key",
                   file=sys.stderr)

@@ -2,6 +2,9 @@
 
 Every sample of an example is the same reference rationale (the solver is deterministic), so `n > 1`
 only repeats it; curation's deduplication then keeps one.
+
+With the Python tool (task.tools python) the reference computes with it: a task whose examples carry their expression
+(the arithmetic tasks) is answered by a ```python block that prints it, the sandbox's ```output and the answer line.
 """
 
 from __future__ import annotations
@@ -10,6 +13,9 @@ import time
 from typing import Any
 
 from tutorlm.backends.base import Completion, OnResult, Request, RequestFailed, Sampling
+from tutorlm.tasks.base import answer_sentence
+from tutorlm.tools.loop import output_block
+from tutorlm.tools.sandbox import run_python
 
 
 class ReferenceBackend:
@@ -21,11 +27,28 @@ class ReferenceBackend:
         self.model_name = f"reference:{task.name}" if task is not None else "reference"
         self.counters: dict[str, int] = {}
         self._rationales: dict[str, str | None] = {}
+        self._expressions: dict[str, str] = {}
 
     def add_examples(self, examples: list[Any]) -> None:
         """Make these examples' rationales available; generation calls this before `run`."""
         for example in examples:
             self._rationales[example.id] = example.rationale
+            if "expression" in example.meta:
+                self._expressions[example.id] = example.meta["expression"]
+
+    def _with_tool(self, request: Request) -> tuple[str | None, list[dict[str, Any]]]:
+        """A rationale that computes the example's expression with Python, and its call; (None, []) without one."""
+        expression = self._expressions.get(request.example_id)
+        if expression is None:
+            return None, []
+        code = f"print({expression})"
+        result = run_python(code)
+        written = f"```python\n{code}\n```"
+        text = written + output_block(result.text(), written)
+        if result.ok:
+            text += answer_sentence(result.output.strip())
+        return text, [{"code": code, "output": result.output, "ok": result.ok, "error": result.error,
+                       "seconds": round(result.seconds, 4)}]
 
     def run(self, requests: list[Request], sampling: Sampling, on_result: OnResult) -> None:
         for request in requests:
@@ -38,11 +61,19 @@ class ReferenceBackend:
             if not rationale:
                 on_result(request, RequestFailed(f"example {request.example_id} has no reference solution"))
                 continue
+            meta: dict[str, Any] = {"token_count": "words"}
+            if sampling.tool_calls is not None:
+                rationale, calls = self._with_tool(request)
+                if rationale is None:
+                    on_result(request, RequestFailed(f"example {request.example_id}: the reference solver computes with "
+                                                     "Python only for tasks with an expression (the arithmetic tasks)"))
+                    continue
+                meta["tools"] = calls
             words = rationale.split()
             on_result(request, Completion(
                 text=rationale, finish_reason="stop",
                 prompt_tokens=sum(len(m["content"].split()) for m in request.messages), completion_tokens=len(words),
-                latency_s=time.perf_counter() - started, meta={"token_count": "words"},
+                latency_s=time.perf_counter() - started, meta=meta,
             ))
 
     def close(self) -> None:

@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 import torch
+
+from tutorlm.verify import output_spans
 
 IGNORE = -100
 
@@ -55,11 +57,37 @@ def render(tokenizer: Any, prompt: list[dict[str, str]], completion: list[dict[s
 
 
 def tokenize(tokenizer: Any, row: dict[str, Any]) -> Tokenized:
+    """A row's prompt and completion as token ids, labels on the completion; the ```output blocks of a tool-using
+    completion (tools/loop.py) are the environment's text, not the model's, and get no labels."""
     prompt_text, completion_text = render(tokenizer, row["prompt"], row["completion"])
     prompt_ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
-    completion_ids = tokenizer(completion_text, add_special_tokens=False)["input_ids"]
-    return Tokenized(prompt_ids + completion_ids, [IGNORE] * len(prompt_ids) + completion_ids, str(row.get("id", "")),
+    if "```output" in completion_text and tokenizer.is_fast:
+        encoded = tokenizer(completion_text, add_special_tokens=False, return_offsets_mapping=True)
+        completion_ids = encoded["input_ids"]
+        labels = without_outputs(completion_ids, encoded["offset_mapping"], completion_text)
+    else:
+        completion_ids = tokenizer(completion_text, add_special_tokens=False)["input_ids"]
+        labels = completion_ids
+    return Tokenized(prompt_ids + completion_ids, [IGNORE] * len(prompt_ids) + labels, str(row.get("id", "")),
                      pass_rate=float(row.get("teacher_pass_rate", 1.0)))
+
+
+def without_outputs(labels: list[int], spans: Sequence[tuple[int, int]], text: str) -> list[int]:
+    """`labels` (one per token of `text`, whose character spans are `spans`) with IGNORE on the tokens inside a tool's
+    ```output block: the model did not write them, so it is not trained to."""
+    outputs = output_spans(text)
+    if not outputs:
+        return list(labels)
+
+    def inside(start: int, end: int) -> bool:
+        return any((a < end and start < b) if end > start else a <= start < b for a, b in outputs)
+
+    return [IGNORE if inside(start, end) else label for label, (start, end) in zip(labels, spans)]
+
+
+def prompt_length(labels: list[int]) -> int:
+    """Tokens before the first labelled one: the prompt (a completion's masked tool outputs come later)."""
+    return next((index for index, label in enumerate(labels) if label != IGNORE), len(labels))
 
 
 def collate_packed(items: list[Tokenized]) -> dict[str, torch.Tensor]:

@@ -44,7 +44,8 @@ def from_entries(entries: Sequence[dict[str, Any]], k: int) -> tuple[Any, Any, A
         top_ids, top = list(entry["top_ids"])[:k], [pair[1] for pair in entry["top"]][:k]
         ids[row, : len(top_ids)] = torch.tensor(top_ids, dtype=torch.long)
         values[row, : len(top)] = torch.tensor(top, dtype=torch.float32)
-    chosen = torch.tensor([float(entry["logprob"]) for entry in entries], dtype=torch.float32)
+    # a tool output's token (tools/loop.py) has no distribution and no log-prob of its own: 0 (it was given)
+    chosen = torch.tensor([float(entry["logprob"] or 0.0) for entry in entries], dtype=torch.float32)
     return ids, values, chosen
 
 

@@ -25,7 +25,7 @@ from rich.console import Console
 from rich.table import Table
 
 from tutorlm.backends.hf import keep_loaded
-from tutorlm.config import Recipe, to_dict
+from tutorlm.config import Recipe, stage_key, to_dict
 from tutorlm.serve_config import ServeConfig
 from tutorlm.errors import ConfigError
 from tutorlm.evaluate import evaluate_one, resolve_spec
@@ -115,7 +115,7 @@ def calibrate(recipe: Recipe, *, samples: int, temperature: float, target_share:
     if step_floors and recipe.teacher.backend != "hf":
         raise ConfigError(f"serve calibrate: --step-floors needs a local teacher (teacher.backend hf); this run's teacher is "
                           f"{recipe.teacher.backend!r}")
-    stage_config = {"task": to_dict(recipe.task), "split": split, "limit": limit, "samples": samples, "temperature": temperature,
+    stage_config = {"task": stage_key(recipe.task), "split": split, "limit": limit, "samples": samples, "temperature": temperature,
                     "target_share": target_share, "student": to_dict(student_config), "teacher": to_dict(teacher_config),
                     "step_floors": list(step_floors), "step_teacher_tokens": serve_config.step_teacher_tokens}
     with run.lock("eval"), run.record("serve-calibrate", stage_config, {}, resolved=to_dict(recipe)) as record, keep_loaded():

@@ -21,6 +21,7 @@ from tutorlm.tasks import base
 from tutorlm.tasks.arithmetic import Arithmetic, MultistepArithmetic
 from tutorlm.tasks.base import (
     SPLITS,
+    TOOL_NOTE,
     DataError,
     Example,
     Task,
@@ -34,7 +35,7 @@ from tutorlm.tasks.files import load_file_examples
 from tutorlm.tasks.logic import Deduction, ObjectTracking
 from tutorlm.tasks.symbolic import CoinFlip, LastLetters
 
-__all__ = ["BENCHMARKS", "GENERATORS", "SPLITS", "DataError", "Example", "Task", "build_prompt", "format_question", "load_task", "split_of"]
+__all__ = ["BENCHMARKS", "GENERATORS", "SPLITS", "TOOL_NOTE", "DataError", "Example", "Task", "build_prompt", "format_question", "load_task", "split_of"]
 
 # name -> generator class; each is a dataclass of difficulty settings with a `draw(rng) -> Example`.
 GENERATORS: dict[str, type] = {
@@ -74,15 +75,22 @@ def prompt_instruction(config: TaskConfig) -> str:
     """The instruction every prompt of the task ends with: part of what a generate or eval stage depends on, so
     that rewording it makes their results stale (the config alone would not change). Read through the module, as
     build_prompt reads it, so that a reworded instruction (benchmarks/prompt_wording.py) reaches both."""
+    tools = config.tools == "python"
     if config.source in GENERATORS and not config.splits:
-        return base.answer_instruction(GENERATORS[config.source].answer_type)
+        return base.answer_instruction(GENERATORS[config.source].answer_type, tools)
     if config.source in BENCHMARKS and not config.splits:
-        return base.answer_instruction(BENCHMARKS[config.source].answer_type)
-    return base.answer_instruction(config.answer_type)
+        return base.answer_instruction(BENCHMARKS[config.source].answer_type, tools)
+    return base.answer_instruction(config.answer_type, tools)
 
 
 def load_task(config: TaskConfig) -> Task:
-    """The task a config describes: a built-in generator, or examples read from files."""
+    """The task a config describes: a built-in generator, or examples read from files; with its tool settings."""
+    task = _load_task(config)
+    task.tools, task.tool_calls = config.tools, config.tool_calls
+    return task
+
+
+def _load_task(config: TaskConfig) -> Task:
     if config.source in GENERATORS and not config.splits:
         generator = make_generator(config.source, config.options)
         name = config.name or config.source

@@ -95,7 +95,8 @@ class Arithmetic:
             answer, steps = a * b, _multiplication_steps(a, b)
         steps.append(f"So {a} {op} {b} = {answer}.")
         steps.append(answer_sentence(str(answer)))
-        return Example(id="", question=question, answer=str(answer), rationale="\n".join(steps), meta={"operation": op})
+        return Example(id="", question=question, answer=str(answer), rationale="\n".join(steps),
+                       meta={"operation": op, "expression": f"{a} {op} {b}"})
 
 
 def _render(node: int | tuple) -> str:

@@ -108,8 +108,14 @@ def format_question(example: Example) -> str:
     return f"{example.question}\n\nOptions:\n{options}"
 
 
-def answer_instruction(answer_type: str) -> str:
-    """The instruction after every question: one answer line for all tasks, asked for without a placeholder.
+# The tool's note, before the answer instruction when a task's models may run Python (task.tools python)
+TOOL_NOTE = ("You can run Python: put code in a ```python block that prints what you need, and its output will appear "
+             "in an ```output block after it.")
+
+
+def answer_instruction(answer_type: str, tools: bool = False) -> str:
+    """The instruction after every question: one answer line for all tasks, asked for without a placeholder; with
+    `tools`, the Python tool's note before it.
 
     Worded "finish with the line "The answer is X." where X is ...", SmolLM2-135M-Instruct wrote a literal
     "X" as its answer in 65% of multistep-arithmetic answers; "followed by ..." took that to 0% and its
@@ -121,7 +127,8 @@ def answer_instruction(answer_type: str) -> str:
         what = "Yes or No"
     else:
         what = "your final answer"
-    return f'Think step by step, then finish with a line that says "{ANSWER_LINE}" followed by {what}.'
+    note = f"{TOOL_NOTE} " if tools else ""
+    return f'{note}Think step by step, then finish with a line that says "{ANSWER_LINE}" followed by {what}.'
 
 
 def build_prompt(
@@ -172,6 +179,8 @@ class Task:
         fallback: bool = True,
         drop_articles: bool = True,
         description: str = "",
+        tools: str = "none",
+        tool_calls: int = 4,
     ) -> None:
         if answer_type not in verify.ANSWER_TYPES:
             raise ConfigError(f"unknown answer type {answer_type!r}; choose one of {', '.join(verify.ANSWER_TYPES)}")
@@ -180,6 +189,7 @@ class Task:
         self.fallback = fallback
         self.drop_articles = drop_articles
         self.description = description
+        self.tools, self.tool_calls = tools, tool_calls  # task.tools: "python" when models may run code
         self._load = load
 
     def examples(self, split: str = "train", n: int | None = None, seed: int = 0) -> list[Example]:
@@ -192,8 +202,12 @@ class Task:
             return verify.infer_answer_type(example.answer, example.choices)
         return self.answer_type
 
+    def instruction(self, example: Example) -> str:
+        """What follows the question in every prompt: the answer line's instruction (and the tool's note)."""
+        return answer_instruction(self.answer_type_of(example), self.tools == "python")
+
     def prompt(self, example: Example, **options: Any) -> list[dict[str, str]]:
-        return build_prompt(example, self.answer_type_of(example), **options)
+        return build_prompt(example, self.answer_type_of(example), instruction=self.instruction(example), **options)
 
     def grade(self, example: Example, completion: str, *, timeout: float = 5.0) -> verify.Verdict:
         return verify.grade(

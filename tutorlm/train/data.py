@@ -33,6 +33,7 @@ from tutorlm.models.tokens import (
     identity_head,
     labelled_positions,
     plain_output_head,
+    prompt_length,
     tokenize,
 )
 from tutorlm.train.losses import linear_cross_entropy
@@ -48,9 +49,9 @@ def preflight(tokenizer: Any, rows: list[dict[str, Any]], max_length: int, overl
         item = tokenize(tokenizer, row)
         if len(item.input_ids) > max_length:
             over += 1
-            prompt_length = sum(1 for label in item.labels if label == IGNORE)
-            if overlength == "drop" or prompt_length >= max_length:
-                dropped_prompt_too_long += prompt_length >= max_length
+            prompt = prompt_length(item.labels)
+            if overlength == "drop" or prompt >= max_length:
+                dropped_prompt_too_long += prompt >= max_length
                 continue
             item = dataclasses.replace(item, input_ids=item.input_ids[:max_length], labels=item.labels[:max_length])
         examples.append(item)

@@ -38,10 +38,19 @@ from tutorlm.errors import PreflightError
 from tutorlm.models import topk
 from tutorlm.models.load import load_tokenizer, model_fingerprint
 from tutorlm.models.score import score_rows
-from tutorlm.models.tokens import IGNORE, Tokenized, identity_head, labelled_positions, plain_output_head, render
+from tutorlm.models.tokens import (
+    IGNORE,
+    Tokenized,
+    identity_head,
+    labelled_positions,
+    plain_output_head,
+    prompt_length,
+    render,
+    without_outputs,
+)
 from tutorlm.progress import StageProgress
 from tutorlm.run import atomic_write_text
-from tutorlm.train.align import Aligned, TeacherTokens, VocabularyMap, align
+from tutorlm.train.align import Aligned, TeacherTokens, VocabularyMap, align, token_spans
 from tutorlm.train.losses import NO_TOKEN, linear_cross_entropy, linear_kd_loss, linear_token_logprobs
 from tutorlm.train.teacher import (
     compare_tokenizers,
@@ -137,16 +146,16 @@ class KD:
                 # (re-tokenizing the text can cut it otherwise, and then the contexts differ).
                 example = examples[index] = _teacher_tokens_example(example, rows_by_id[example.example_id], teacher.token_ids,
                                                                     tokenizer, self.config.max_length)
-            prompt_length = example.labels.count(IGNORE)
-            completion = example.input_ids[prompt_length:]
+            prompt = prompt_length(example.labels)
+            completion = example.input_ids[prompt:]
             totals["tokens"] += len(completion)
             if teacher is None:
                 totals["rows_without_targets"] += 1
                 continue
             aligned = _own_tokens(teacher, len(completion)) if exact else align(tokenizer, completion, teacher_tokenizer, teacher, vocabulary)
             k = aligned.ids.shape[1]
-            example.teacher_ids = torch.cat([torch.full((prompt_length, k), NO_TOKEN, dtype=torch.long), aligned.ids])
-            example.teacher_logprobs = torch.cat([torch.full((prompt_length, k), float("-inf")), aligned.logprobs])
+            example.teacher_ids = torch.cat([torch.full((prompt, k), NO_TOKEN, dtype=torch.long), aligned.ids])
+            example.teacher_logprobs = torch.cat([torch.full((prompt, k), float("-inf")), aligned.logprobs])
             totals["aligned"] += aligned.aligned
             totals["mapped_mass"] += aligned.mapped_mass
             totals["total_mass"] += aligned.total_mass
@@ -205,15 +214,19 @@ def _teacher_tokens_example(example: Tokenized, row: dict[str, Any], teacher_ids
                             max_length: int) -> Tokenized:
     """The student's prompt, then the teacher's completion tokens, then (when the teacher stopped) the student
     template's end of turn, which has no teacher target and is learnt by cross-entropy."""
-    prompt_length = example.labels.count(IGNORE)
+    prompt = prompt_length(example.labels)
     _, completion_text = render(tokenizer, row["prompt"], row["completion"])
     content = row["completion"][-1]["content"]
     suffix: list[int] = []
     if row.get("finish_reason", "stop") == "stop" and completion_text.startswith(content):
         suffix = tokenizer(completion_text[len(content):], add_special_tokens=False)["input_ids"]
     completion = list(teacher_ids) + suffix
-    input_ids = (example.input_ids[:prompt_length] + completion)[:max_length]
-    labels = ([IGNORE] * prompt_length + completion)[:max_length]
+    labels = completion
+    if "```output" in content:  # a tool's output: the teacher did not write it (its tokens have no distribution)
+        text, spans = token_spans(tokenizer, teacher_ids)
+        labels = without_outputs(teacher_ids, spans, text) + suffix
+    input_ids = (example.input_ids[:prompt] + completion)[:max_length]
+    labels = ([IGNORE] * prompt + labels)[:max_length]
     return Tokenized(input_ids, labels, example.example_id)
 
 

@@ -1,0 +1,85 @@
+"""The Python tool around the models: the prompt's note, the reference solver's tool answers, the verifier reading past
+a tool's output, curation's funnel, the loss mask on the output blocks, and the refusals (tests/test_tool_loop.py has
+the engine's loop, tests/test_sandbox.py the sandbox)."""
+
+from __future__ import annotations
+
+import pytest
+
+from tiny import QUIET, make_tokenizer, trace
+from tutorlm.backends import FatalBackendError, Request, Sampling
+from tutorlm.config import CurateConfig, GenerateConfig, Recipe, RunConfig, TaskConfig, TeacherConfig, stage_key
+from tutorlm.curate import curate_rows
+from tutorlm.generate import generate
+from tutorlm.models.tokens import IGNORE, tokenize
+from tutorlm.run import read_jsonl
+from tutorlm.tasks import TOOL_NOTE, Example, load_task
+from tutorlm.verify import extract_answer
+
+TOOL_ANSWER = "Let me compute.\n```python\nprint(6 * 7)\n```\n```output\n42\n```\nSo the answer is 42.\nThe answer is 42."
+
+
+def test_the_prompt_names_the_tool_only_when_the_task_has_it():
+    plain = load_task(TaskConfig(source="multistep_arithmetic"))
+    tools = load_task(TaskConfig(source="multistep_arithmetic", tools="python"))
+    example = plain.examples("test", 1)[0]
+    assert TOOL_NOTE not in plain.prompt(example)[-1]["content"]
+    assert TOOL_NOTE in tools.prompt(example)[-1]["content"] and tools.tool_calls == 4
+    # runs made before the setting existed keep their stage keys; turning it on changes them
+    assert "tools" not in stage_key(TaskConfig()) and stage_key(TaskConfig(tools="python"))["tools"] == "python"
+    with pytest.raises(ValueError, match="tool_calls"):
+        TaskConfig(tool_calls=-1)
+
+
+def test_the_verifier_reads_the_models_answer_not_the_tools_output():
+    assert extract_answer(TOOL_ANSWER) == "42"
+    assert extract_answer("The answer is 5.\n```python\nprint(7)\n```\n```output\nThe answer is 7.\n```\n") == "5"
+    assert extract_answer("```output\n7\n```\n") is None  # an output alone states nothing
+
+
+def test_the_loss_skips_the_tools_output():
+    tokenizer = make_tokenizer()
+    row = {"prompt": [{"role": "user", "content": "What is 6 * 7?"}], "completion": [{"role": "assistant", "content": TOOL_ANSWER}]}
+    item = tokenize(tokenizer, row)
+    learnt = tokenizer.decode([t for t, label in zip(item.input_ids, item.labels) if label != IGNORE])
+    skipped = tokenizer.decode([t for t, label in zip(item.input_ids, item.labels) if label == IGNORE])
+    assert "```output" not in learnt and "42\n```" not in learnt.split("print(6 * 7)")[1].split("So the")[0]
+    assert "print(6 * 7)" in learnt and learnt.rstrip().endswith("The answer is 42.<|im_end|>")
+    assert skipped.endswith("```output\n42\n```\n")
+    plain = tokenize(tokenizer, {**row, "completion": [{"role": "assistant", "content": "The answer is 42."}]})
+    assert plain.labels.count(IGNORE) == len(tokenizer(tokenizer.apply_chat_template(
+        row["prompt"], add_generation_prompt=True, tokenize=False), add_special_tokens=False)["input_ids"])
+
+
+def test_curation_drops_answers_whose_code_failed_and_says_why():
+    task = load_task(TaskConfig(source="multistep_arithmetic", tools="python"))
+    ok = {**trace("a", "42", TOOL_ANSWER), "tools": [{"code": "print(6 * 7)", "output": "42\n", "ok": True, "error": None, "seconds": 0.1}]}
+    failed = {**trace("a", "42", "```python\nprint(6 * )\n```\n```output\nSyntaxError: invalid syntax\n```\nThe answer is 42.", sample=1),
+              "tools": [{"code": "print(6 * )", "output": "", "ok": False, "error": "SyntaxError: invalid syntax", "seconds": 0.1}]}
+    slow = {**trace("a", "42", "```python\nwhile True: pass\n```\n```output\ntimeout\n```\nThe answer is 42.", sample=2),
+            "tools": [{"code": "while True: pass", "output": "", "ok": False, "error": "timeout: used its 5 CPU seconds", "seconds": 5.0}]}
+    kept, funnel = curate_rows([ok, failed, slow], task, CurateConfig())
+    assert [row["id"] for row in kept] == ["a#0"]
+    assert funnel["tool_error"] == 1 and funnel["tool_timeout"] == 1 and funnel["kept"] == 1
+
+
+def test_the_reference_solver_computes_with_the_sandbox(tmp_path):
+    recipe = Recipe(run=RunConfig(name="r", output_dir=str(tmp_path)), task=TaskConfig(source="multistep_arithmetic", tools="python"),
+                    generate=GenerateConfig(limit=6, cache=False))
+    stats = generate(recipe, console=QUIET)
+    rows = read_jsonl(recipe.run.path / "traces.jsonl")
+    assert stats["tool_calls"] == 6 and stats["tool_errors"] == 0
+    task = load_task(recipe.task)
+    for row in rows:
+        text = row["completion"][-1]["content"]
+        assert text.startswith("```python\nprint(") and row["tools"][0]["ok"]
+        example = Example(id=row["example_id"], question=row["question"], answer=row["answer"])
+        assert f"```output\n{row['answer']}\n```" in text and task.grade(example, text).correct
+
+
+def test_a_served_teacher_refuses_the_tool_before_any_request():
+    from tutorlm.backends.openai import OpenAIBackend
+
+    backend = OpenAIBackend(TeacherConfig(backend="openai", model="m", base_url="http://127.0.0.1:9/v1"))
+    with pytest.raises(FatalBackendError, match="tools python"):
+        backend.run([Request([{"role": "user", "content": "q"}])], Sampling(tool_calls=4), lambda request, result: None)
