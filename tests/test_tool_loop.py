@@ -145,3 +145,26 @@ def test_the_hf_backend_answers_with_the_tool_and_records_each_call(scripted):
     assert backend.counters["tool_calls"] == 1
     # the cache tells answers with the tool from answers without it
     assert Sampling(tool_calls=2).key() != Sampling().key() and "tool_calls" not in Sampling().key()
+
+
+def test_rows_back_from_a_call_reuse_the_shared_prefix_and_answer_alike(scripted, monkeypatch):
+    from tutorlm.models import engine as batching
+
+    tokenizer, model = scripted
+    system = [{"role": "system", "content": "Take the last letter of each word and concatenate them. " * 3}]
+    prompts = [tokenizer(tokenizer.apply_chat_template(system + [{"role": "user", "content": q}], add_generation_prompt=True,
+                                                       tokenize=False), add_special_tokens=False)["input_ids"]
+               for q in ("Compute 17 * 23 + 4.", "Divide by zero.", "Flip a coin.")]
+    answers = {}
+    for extend in (True, False):
+        engine = Engine(model, slots=2, pad_token_id=tokenizer.pad_token_id, stop_ids={tokenizer.eos_token_id})
+        results = {}
+        original_run = engine.run
+        monkeypatch.setattr(engine, "run", lambda *a, **k: original_run(*a, **{**k, "arrivals_extend": extend}))
+        ToolLoop(engine, tokenizer, ToolSettings()).run(
+            prompts, [RowSettings(60, seed=i) for i in range(3)],
+            finished=lambda index, tokens, *rest: results.__setitem__(index, tokens))
+        answers[extend] = (results, engine.prefix_tokens, engine.counters["prefill_tokens"])
+    assert answers[True][0] == answers[False][0]
+    assert answers[True][1] >= batching.MIN_PREFIX and answers[False][1] == 0
+    assert answers[True][2] < answers[False][2]  # the prefix is prefilled once, not once per row and per call

@@ -83,3 +83,16 @@ def test_a_served_teacher_refuses_the_tool_before_any_request():
     backend = OpenAIBackend(TeacherConfig(backend="openai", model="m", base_url="http://127.0.0.1:9/v1"))
     with pytest.raises(FatalBackendError, match="tools python"):
         backend.run([Request([{"role": "user", "content": "q"}])], Sampling(tool_calls=4), lambda request, result: None)
+
+
+def test_few_shot_demonstrations_show_the_tools_format():
+    from tutorlm.generate import plan
+
+    task = load_task(TaskConfig(source="multistep_arithmetic", tools="python"))
+    planned = plan(task, GenerateConfig(limit=2, few_shot=1))
+    shot = planned.requests[0].messages[1]
+    assert shot["role"] == "assistant" and shot["content"].startswith("```python\nprint(")
+    assert "```output\n" in shot["content"] and shot["content"].endswith(".")
+    assert TOOL_NOTE in planned.requests[0].messages[0]["content"]
+    plain = plan(load_task(TaskConfig(source="multistep_arithmetic")), GenerateConfig(limit=2, few_shot=1))
+    assert "```python" not in plain.requests[0].messages[1]["content"]

@@ -20,6 +20,7 @@ rerun retries only those.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from dataclasses import dataclass, field
@@ -44,6 +45,7 @@ from tutorlm.config import (
     to_dict,
 )
 from tutorlm.errors import GenerationIncomplete
+from tutorlm.tools.loop import computed_answer
 from tutorlm.models import topk
 from tutorlm.progress import StageProgress
 from tutorlm.run import FAILURES, PARTIAL, TRACES, RunDir, StagePlan, atomic_write_text
@@ -84,6 +86,9 @@ def rationalization_prompt(task: Task, example: Example, system_prompt: str | No
 def plan(task: Task, config: GenerateConfig) -> Plan:
     examples = task.examples(config.split, config.limit)
     shots = task.examples("validation", config.few_shot) if config.few_shot else []
+    if task.tools == "python":  # the shots show the tool's format where they can: compute, read the output, answer
+        shots = [dataclasses.replace(shot, rationale=computed_answer(shot.meta["expression"])[0])
+                 if "expression" in shot.meta else shot for shot in shots]
     result = Plan(examples=examples, requests=[])
     for example in examples:
         training_prompt = build_prompt(example, task.answer_type_of(example), system_prompt=config.system_prompt, few_shot=shots,

@@ -13,9 +13,7 @@ import time
 from typing import Any
 
 from tutorlm.backends.base import Completion, OnResult, Request, RequestFailed, Sampling
-from tutorlm.tasks.base import answer_sentence
-from tutorlm.tools.loop import output_block
-from tutorlm.tools.sandbox import run_python
+from tutorlm.tools.loop import computed_answer
 
 
 class ReferenceBackend:
@@ -41,14 +39,8 @@ class ReferenceBackend:
         expression = self._expressions.get(request.example_id)
         if expression is None:
             return None, []
-        code = f"print({expression})"
-        result = run_python(code)
-        written = f"```python\n{code}\n```"
-        text = written + output_block(result.text(), written)
-        if result.ok:
-            text += answer_sentence(result.output.strip())
-        return text, [{"code": code, "output": result.output, "ok": result.ok, "error": result.error,
-                       "seconds": round(result.seconds, 4)}]
+        text, call = computed_answer(expression)
+        return text, [call.to_dict()]
 
     def run(self, requests: list[Request], sampling: Sampling, on_result: OnResult) -> None:
         for request in requests:

@@ -189,6 +189,8 @@ class Engine:
     of prompts appended to `prompts` (and `settings`) since, `room` bounds the columns a row may
     span (longest allowed prompt + max_tokens), and `on_token(index, token)` sees every generated
     token as it is chosen (streaming); when it returns False the row ends as "cancelled".
+    `arrivals_extend`: every arrival starts with one of the first prompts (a row coming back from a tool call), so
+    the first prompts' shared prefix is prefilled once for them all.
     """
 
     def __init__(self, model: Any, *, slots: int, pad_token_id: int, stop_ids: set[int]) -> None:
@@ -206,12 +208,13 @@ class Engine:
     def run(self, prompts: list[list[int]], *, max_tokens: int = 0, temperature: float = 0.0, top_p: float = 1.0,
             top_logprobs: int = 0, seeds: list[int] | None = None, stop_check: Callable[[list[int]], bool] | None = None,
             finished: Finished, settings: list[RowSettings] | None = None, incoming: Callable[[], list[int]] | None = None,
-            on_token: OnToken | None = None, room: int | None = None) -> None:
+            on_token: OnToken | None = None, room: int | None = None, arrivals_extend: bool = False) -> None:
         if not prompts:
             return
         if settings is None:
             settings = row_settings(len(prompts), max_tokens, temperature, top_p, seeds)
         self.top_logprobs, self.incoming, self.on_token = top_logprobs, incoming, on_token
+        self.arrivals_extend = arrivals_extend
         self.stop_check, self.finished = stop_check, finished
         pending = self._setup(prompts, settings, room)
         with contextlib.ExitStack() as stack:
@@ -246,8 +249,9 @@ class Engine:
             stack.enter_context(identity_head(self.model, self.head))
 
     def _loop(self, pending: list[int]) -> None:
-        if self.incoming is None:
-            self._prefix(self.prompts)  # arrivals need not share the first prompts' prefix
+        if self.incoming is None or self.arrivals_extend:
+            # a server's arrivals need not share the first prompts' prefix; a tool loop's (tools/loop.py) extend them
+            self._prefix(list(self.prompts))
         else:
             self.prefix_tokens, self.prefix = 0, []
 

@@ -36,7 +36,7 @@ from typing import Any, Callable
 from tutorlm.tools.sandbox import Limits, run_python
 from tutorlm.verify import output_spans, strip_outputs
 
-__all__ = ["ToolCall", "ToolLoop", "ToolSettings", "calls_summary", "code_to_run", "output_block", "output_spans",
+__all__ = ["ToolCall", "ToolLoop", "ToolSettings", "calls_summary", "code_to_run", "computed_answer", "output_block", "output_spans",
            "strip_outputs"]
 
 OPEN = "```python"
@@ -79,6 +79,18 @@ def output_block(text: str, after: str) -> str:
     """The ```output block appended after a model's text `after` (which ends with its code block's closing fence)."""
     body = text if text.endswith("\n") or not text else text + "\n"
     return ("" if after.endswith("\n") else "\n") + "```output\n" + body + "```\n"
+
+
+def computed_answer(expression: str) -> tuple[str, ToolCall]:
+    """A worked answer that computes a Python expression with the tool: the block, the sandbox's output and the answer
+    line (the reference solver's answer with the tool, and the few-shot demonstration of the format)."""
+    code = f"print({expression})"
+    result = run_python(code)
+    written = f"```python\n{code}\n```"
+    text = written + output_block(result.text(), written)
+    if result.ok:
+        text += f"The answer is {result.output.strip()}."
+    return text, ToolCall(code, result.output, result.ok, result.error, result.seconds)
 
 
 def calls_summary(calls: list[dict[str, Any]]) -> dict[str, Any]:
@@ -198,5 +210,6 @@ class ToolLoop:
         started = time.perf_counter()
         with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="tutorlm-tool") as pool:
             self.engine.run(rows, settings=row_settings, finished=segment_done, incoming=incoming, top_logprobs=top_logprobs,
-                            stop_check=check, room=self.room(prompts, max(s.max_tokens for s in settings)))
+                            stop_check=check, room=self.room(prompts, max(s.max_tokens for s in settings)),
+                            arrivals_extend=True)
         self.counters["wall_seconds"] = time.perf_counter() - started
