@@ -104,3 +104,10 @@ def test_with_namespaces_the_code_sees_no_network_and_no_other_process():
     # ctypes is refused, so ask the kernel through Python's own os module: in a new PID namespace its parent is 0
     result = run("import os\nprint(os.getpid(), os.getppid())")
     assert result.ok and result.output.split()[1] == "0"
+
+
+def test_installed_pure_python_packages_import_but_not_the_callers_own_code():
+    result = run("import fractions, rich\nprint(fractions.Fraction(1, 3) + fractions.Fraction(1, 6))")
+    assert result.ok and result.output == "1/2\n"
+    # an editable install is found through a .pth file, which the sandbox's Python never runs
+    assert run("import tutorlm").error == "ModuleNotFoundError: No module named 'tutorlm'"

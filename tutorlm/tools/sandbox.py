@@ -11,7 +11,8 @@ What contains the code, from the outside in:
 - **Resource limits** (setrlimit): CPU seconds, address space (memory), file size (which also caps its output: stdout
   and stderr go to files in its directory), open files, no core dumps; and a wall-clock limit after which its whole
   process group is killed.
-- **An empty environment** (no API keys, no PATH), Python's isolated mode (`-I`: no PYTHON* variables, no user site),
+- **An empty environment** (no API keys, no PATH), Python's isolated mode (`-I`: no PYTHON* variables, no user site;
+  `-S`: no `site` module, the caller's site-packages put on the path without running their .pth files),
   and a fresh empty temporary directory as its working directory, removed afterwards.
 - **Audit hooks** (PEP 578), installed before the code runs and impossible to remove: opening a file outside its
   directory is refused (except reading Python's own library), and so are sockets, starting processes (fork, exec,
@@ -42,12 +43,14 @@ from pathlib import Path
 # as the traceback's last line on stderr (the exit status tells an exception, 1, from sys.exit(n), n).
 RUNNER = r'''
 import os, sys
+sys.path.extend(sys.argv[1:])  # the caller's site-packages: started with -S, Python skips `site` (30 ms of .pth files)
 _home = os.path.realpath(os.getcwd())
-_read_roots = tuple({os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix)})
+_read_roots = tuple({os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix,
+                                                   *sys.argv[1:])})
 _blocked = {"socket.__new__", "socket.connect", "socket.bind", "socket.getaddrinfo", "socket.gethostbyname",
             "subprocess.Popen", "os.system", "os.exec", "os.posix_spawn", "os.spawn", "os.fork", "os.forkpty",
             "os.kill", "os.killpg", "signal.pthread_kill", "ctypes.dlopen", "ctypes.dlsym", "ctypes.cdata",
-            "os.chroot", "os.setuid", "os.putenv", "pty.spawn"}
+            "os.chroot", "os.setuid", "pty.spawn"}
 _looks = {"os.listdir", "os.scandir", "glob.glob"}  # reading a directory: its own, or Python's library (imports do)
 _changes = {"os.chdir", "os.mkdir", "os.remove", "os.rmdir", "os.rename", "os.chmod", "os.chown", "os.link", "os.symlink",
             "os.truncate", "os.utime", "shutil.rmtree", "shutil.copyfile"}
@@ -145,6 +148,15 @@ def _prefix() -> tuple[str, ...]:
     return ()
 
 
+@lru_cache(maxsize=1)
+def _site_packages() -> tuple[str, ...]:
+    """This interpreter's site-packages directories (their .pth files are not run: an editable install's finder and
+    the like stay out of the sandbox)."""
+    import site
+
+    return tuple(path for path in site.getsitepackages() if os.path.isdir(path))
+
+
 def _limit(limits: Limits):
     def apply() -> None:  # in the child, before it executes Python
         resource.setrlimit(resource.RLIMIT_CPU, (limits.cpu_s, limits.cpu_s + 1))
@@ -184,7 +196,7 @@ def run_python(code: str, limits: Limits = Limits()) -> Result:
     try:
         (home / "main.py").write_text(code, encoding="utf-8")
         with open(base / "stdout", "wb") as stdout, open(base / "stderr", "wb") as stderr:
-            command = [*_prefix(), sys.executable, "-I", "-c", RUNNER]
+            command = [*_prefix(), sys.executable, "-I", "-S", "-c", RUNNER, *_site_packages()]
             process = subprocess.Popen(command, cwd=home, env={}, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr,
                                        preexec_fn=_limit(limits), start_new_session=True)
             status, cpu_s, timed_out = _wait(process, limits.wall_s)
@@ -198,12 +210,14 @@ def run_python(code: str, limits: Limits = Limits()) -> Result:
             return Result(output, False, f"timeout: still running after {limits.wall_s:g} s on the clock", seconds, truncated)
         if status == 0:
             return Result(output, True, None, seconds, truncated)
-        if cpu_s >= limits.cpu_s - 0.05:  # RLIMIT_CPU stopped it (SIGXCPU, then SIGKILL)
-            return Result(output, False, f"timeout: used its {limits.cpu_s} CPU seconds", seconds, truncated)
-        if last.startswith("MemoryError"):
-            return Result(output, False, f"memory: over {limits.memory_mb} MB", seconds, truncated)
+        # what the code reported itself first: a write past the size limit or an allocation past the memory limit can
+        # also have used up the CPU seconds on the way (on a loaded machine, writing 100 MB does)
         if "File too large" in last:
             return Result(output, False, f"output: over {limits.file_mb} MB written", seconds, truncated)
+        if last.startswith("MemoryError"):
+            return Result(output, False, f"memory: over {limits.memory_mb} MB", seconds, truncated)
+        if cpu_s >= limits.cpu_s - 0.05:  # RLIMIT_CPU stopped it (SIGXCPU, then SIGKILL)
+            return Result(output, False, f"timeout: used its {limits.cpu_s} CPU seconds", seconds, truncated)
         if status < 0:
             return Result(output, False, f"killed by signal {signal.Signals(-status).name}", seconds, truncated)
         return Result(output, False, last if last and status == 1 else f"exit status {status}", seconds, truncated)
