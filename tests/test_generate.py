@@ -305,12 +305,16 @@ def test_style_goes_to_the_teacher_only(tmp_path):
 
 def test_few_shot_demonstrations_come_from_the_validation_split(tmp_path):
     with FakeOpenAI(api_key=SECRET) as server:
-        generate(make_recipe(tmp_path, server.url, limit=2, few_shot=2, system_prompt="Be brief."), console=QUIET)
-    prompt = read_traces(tmp_path)[0]["prompt"]
-    assert [m["role"] for m in prompt] == ["system", "user", "assistant", "user", "assistant", "user"]
-    from tutorlm.tasks import split_of
+        recipe = make_recipe(tmp_path, server.url, limit=2, few_shot=2, system_prompt="Be brief.")
+        generate(recipe, console=QUIET)
+    from tutorlm.generate import plan
+    from tutorlm.tasks import load_task, split_of
 
+    # the teacher sees the shots; the student's training prompt (the trace's) is the plain question, as at evaluation
+    prompt = plan(load_task(recipe.task), recipe.generate).requests[0].messages
+    assert [m["role"] for m in prompt] == ["system", "user", "assistant", "user", "assistant", "user"]
     assert split_of(prompt[1]["content"].split("\n\n")[0]) == "validation"
+    assert [m["role"] for m in read_traces(tmp_path)[0]["prompt"]] == ["system", "user"]
 
 
 def test_reference_teacher_end_to_end(tmp_path):

@@ -94,5 +94,7 @@ def test_few_shot_demonstrations_show_the_tools_format():
     assert shot["role"] == "assistant" and shot["content"].startswith("```python\nprint(")
     assert "```output\n" in shot["content"] and shot["content"].endswith(".")
     assert TOOL_NOTE in planned.requests[0].messages[0]["content"]
+    # the student's training prompt is the plain question, as at evaluation: the demonstration is the teacher's
+    assert [m["role"] for m in planned.training_prompts[planned.examples[0].id]] == ["user"]
     plain = plan(load_task(TaskConfig(source="multistep_arithmetic")), GenerateConfig(limit=2, few_shot=1))
     assert "```python" not in plain.requests[0].messages[1]["content"]

@@ -177,7 +177,8 @@ class GenerateConfig:
         False, "openai: ask the server for tokens as ids with the log-probabilities (vLLM's return_tokens_as_token_ids), "
         "so that a server teacher's top-k can drive logit distillation; other servers may refuse it")
     system_prompt: str | None = option(None, "system message for the teacher")
-    few_shot: int = option(0, "worked examples (validation split, reference solutions) shown before each question")
+    few_shot: int = option(0, "worked examples (validation split, reference solutions) shown to the teacher before each "
+                                 "question; the student's training prompt never contains them")
     style: str | None = option(
         None, "how the teacher should write, added to its question only (e.g. \"Be brief: one short line per step, "
         "plain text.\"); the student's training prompt never contains it")

@@ -91,9 +91,14 @@ def plan(task: Task, config: GenerateConfig) -> Plan:
                  if "expression" in shot.meta else shot for shot in shots]
     result = Plan(examples=examples, requests=[])
     for example in examples:
-        training_prompt = build_prompt(example, task.answer_type_of(example), system_prompt=config.system_prompt, few_shot=shots,
+        # The student learns from the plain question, as it is asked at evaluation: the shots, like the style, are the
+        # teacher's (trained with a shot in every prompt and evaluated without, the `tools` student lost its format)
+        training_prompt = build_prompt(example, task.answer_type_of(example), system_prompt=config.system_prompt,
                                        instruction=task.instruction(example))
-        teacher_prompt = rationalization_prompt(task, example, config.system_prompt) if config.rationalize else training_prompt
+        teacher_prompt = build_prompt(example, task.answer_type_of(example), system_prompt=config.system_prompt,
+                                      few_shot=shots, instruction=task.instruction(example))
+        if config.rationalize:
+            teacher_prompt = rationalization_prompt(task, example, config.system_prompt)
         if config.style:  # the teacher's copy only: the student learns from the plain question
             teacher_prompt = [*teacher_prompt[:-1], {**teacher_prompt[-1], "content": f"{teacher_prompt[-1]['content']}\n\n{config.style}"}]
         result.training_prompts[example.id] = training_prompt
@@ -130,6 +135,8 @@ def generate_stage_config(recipe: Recipe) -> dict[str, Any]:
         generate.pop("rsd_student")
 
     stage = {"task": stage_key(recipe.task), "instruction": prompt_instruction(recipe.task), "generate": generate}
+    if recipe.generate.few_shot:  # the student's training prompt lost the shots (2026-12-03): such traces are stale
+        stage["training_prompt"] = "without shots"
     if recipe.teachers:
         stage["teachers"] = [_teacher_key(teacher) for teacher in recipe.teachers]
     else:

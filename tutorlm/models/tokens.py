@@ -58,13 +58,21 @@ def render(tokenizer: Any, prompt: list[dict[str, str]], completion: list[dict[s
 
 def tokenize(tokenizer: Any, row: dict[str, Any]) -> Tokenized:
     """A row's prompt and completion as token ids, labels on the completion; the ```output blocks of a tool-using
-    completion (tools/loop.py) are the environment's text, not the model's, and get no labels."""
+    completion (tools/loop.py) are the environment's text, not the model's, and get no labels. Such a completion is
+    tokenized piece by piece (the model's text, an output block, ...), as generation with the tool builds it: tokenized
+    whole, a token can join the model's closing fence to the output's opening one, and masking it would leave the
+    student never learning to close its code block (measured: the `tools` recipe's student repeated its print line)."""
     prompt_text, completion_text = render(tokenizer, row["prompt"], row["completion"])
     prompt_ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
-    if "```output" in completion_text and tokenizer.is_fast:
-        encoded = tokenizer(completion_text, add_special_tokens=False, return_offsets_mapping=True)
-        completion_ids = encoded["input_ids"]
-        labels = without_outputs(completion_ids, encoded["offset_mapping"], completion_text)
+    outputs = output_spans(completion_text)
+    if outputs:  # tokenized piece by piece, as the tool loop builds it: no token spans the model's text and a tool's
+        completion_ids, labels, position = [], [], 0
+        for start, end in [*outputs, (len(completion_text), len(completion_text))]:
+            written = tokenizer(completion_text[position:start], add_special_tokens=False)["input_ids"] if start > position else []
+            given = tokenizer(completion_text[start:end], add_special_tokens=False)["input_ids"] if end > start else []
+            completion_ids += written + given
+            labels += written + [IGNORE] * len(given)
+            position = end
     else:
         completion_ids = tokenizer(completion_text, add_special_tokens=False)["input_ids"]
         labels = completion_ids
