@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import random
 import time
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from tutorlm.backends.base import Completion, OnResult, Request, Sampling
 from tutorlm.config import ConfigError
@@ -140,11 +140,7 @@ class HFBackend:
         if sampling.tool_calls is not None:
             self._run_tools(requests, prompts, sampling, on_result)
             return
-        stop_check = None
-        if sampling.stop:
-            def stop_check(tokens: list[int]) -> bool:
-                tail = self.tokenizer.decode(tokens[-32:], skip_special_tokens=True)
-                return any(stop in tail for stop in sampling.stop)
+        stop_check = self._stop_check(sampling)
 
         def finished(index: int, tokens: list[int], reason: str, logprobs: list, latency: float) -> None:
             text = self.tokenizer.decode(tokens, skip_special_tokens=True)
@@ -165,10 +161,7 @@ class HFBackend:
                                   pad_token_id=self.tokenizer.pad_token_id, stop_ids=self.stop_ids)
             options["guide_prompts"] = self.guide.tokenizer(self.guide._texts(
                 [r.guide_messages or r.messages for r in requests]), add_special_tokens=False)["input_ids"]
-        if sampling.seed is None:
-            seeds = [random.getrandbits(62) for _ in requests]
-        else:
-            seeds = [request_seed(sampling.seed, r) for r in requests]
+        seeds = self._seeds(requests, sampling)
         engine.run(prompts, max_tokens=sampling.max_tokens, temperature=sampling.temperature, top_p=sampling.top_p,
                    top_logprobs=sampling.top_logprobs, seeds=seeds, stop_check=stop_check, finished=finished, **options)
         self.counters["batches"] += engine.counters["prefills"]
@@ -181,11 +174,7 @@ class HFBackend:
             raise FatalBackendError("RSD and the Python tool do not combine: the student cannot accept a tool's output")
         engine = Engine(self.model, slots=self.batch_size, pad_token_id=self.tokenizer.pad_token_id, stop_ids=self.stop_ids)
         loop = ToolLoop(engine, self.tokenizer, ToolSettings(max_calls=sampling.tool_calls))
-        stop_check = None
-        if sampling.stop:
-            def stop_check(tokens: list[int]) -> bool:
-                tail = self.tokenizer.decode(tokens[-32:], skip_special_tokens=True)
-                return any(stop in tail for stop in sampling.stop)
+        stop_check = self._stop_check(sampling)
 
         def finished(index: int, tokens: list[int], reason: str, logprobs: list, latency: float, written: list[bool],
                      calls: list) -> None:
@@ -200,14 +189,29 @@ class HFBackend:
                 latency_s=latency, logprobs=entries or None, token_ids=list(tokens),
                 meta={"tools": [call.to_dict() for call in calls]}))
 
-        if sampling.seed is None:
-            seeds = [random.getrandbits(62) for _ in requests]
-        else:
-            seeds = [request_seed(sampling.seed, r) for r in requests]
+        seeds = self._seeds(requests, sampling)
         loop.run(prompts, row_settings(len(prompts), sampling.max_tokens, sampling.temperature, sampling.top_p, seeds),
                  finished=finished, top_logprobs=sampling.top_logprobs, stop_check=stop_check)
         self.counters["batches"] += engine.counters["prefills"]
         self.counters["tool_calls"] = self.counters.get("tool_calls", 0) + loop.counters["calls"]
+
+    def _stop_check(self, sampling: Sampling) -> Callable[[list[int]], bool] | None:
+        """Whether a row's tokens so far end in one of the stop strings (None without stop strings)."""
+        if not sampling.stop:
+            return None
+
+        def stop_check(tokens: list[int]) -> bool:
+            tail = self.tokenizer.decode(tokens[-32:], skip_special_tokens=True)
+            return any(stop in tail for stop in sampling.stop)
+
+        return stop_check
+
+    @staticmethod
+    def _seeds(requests: list[Request], sampling: Sampling) -> list[int]:
+        """A sampling seed per request: from its content and sample index, or random without a seed."""
+        if sampling.seed is None:
+            return [random.getrandbits(62) for _ in requests]
+        return [request_seed(sampling.seed, r) for r in requests]
 
     def _tool_entry(self, token: int) -> dict[str, Any]:
         """A token of a tool's output in a completion's logprobs: the environment's, with no distribution."""

@@ -36,7 +36,7 @@ from typing import Any, Callable
 from tutorlm.tools.sandbox import Limits, run_python
 from tutorlm.verify import output_spans, strip_outputs
 
-__all__ = ["ToolCall", "ToolLoop", "ToolSettings", "calls_summary", "code_to_run", "computed_answer", "output_block", "output_spans",
+__all__ = ["ToolCall", "ToolLoop", "ToolSettings", "code_to_run", "computed_answer", "output_block", "output_spans",
            "strip_outputs"]
 
 OPEN = "```python"
@@ -91,13 +91,6 @@ def computed_answer(expression: str) -> tuple[str, ToolCall]:
     if result.ok:
         text += f"The answer is {result.output.strip()}."
     return text, ToolCall(code, result.output, result.ok, result.error, result.seconds)
-
-
-def calls_summary(calls: list[dict[str, Any]]) -> dict[str, Any]:
-    """Per-answer figures of a transcript's tool calls (its `tools` list of ToolCall dicts)."""
-    return {"calls": len(calls), "errors": sum(not call["ok"] for call in calls),
-            "timeouts": sum(str(call.get("error") or "").startswith("timeout") for call in calls),
-            "seconds": round(sum(call["seconds"] for call in calls), 4)}
 
 
 @dataclass
