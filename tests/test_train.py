@@ -179,8 +179,10 @@ def test_a_finished_training_deletes_its_checkpoints_unless_asked_to_keep_them(t
     assert stats["steps"] > 4 and not (student / "checkpoints").exists()
     assert stats["checkpoints_freed_mb"] > 0
     weights = (student / "model.safetensors").stat().st_size
-    run_size = sum(path.stat().st_size for path in (tmp_path / "run").rglob("*") if path.is_file())
-    assert run_size < 2 * weights  # what is left: the student, the data, the logs
+    # what is left besides the data and the logs is the student: no checkpoint (weights and optimizer state) survives
+    data = {"traces.jsonl", "curated.jsonl", "manifest.json", "train_log.jsonl"}
+    rest = sum(p.stat().st_size for p in (tmp_path / "run").rglob("*") if p.is_file() and p.name not in data)
+    assert rest < 1.5 * weights
     # the setting is where the files go, not what the student is: the finished run stays current
     recipe.train.prune_checkpoints = False
     again = train(recipe, console=QUIET, model_and_tokenizer=(make_model(tokenizer), tokenizer))
