@@ -432,3 +432,68 @@ def test_a_calibrated_modes_cache_identity_carries_only_its_own_settings(tmp_pat
 
     assert identity("step") == identity("step", escalate_samples=8) != identity("step", step_teacher_tokens=64)
     assert identity("escalate") == identity("escalate", step_teacher_tokens=64) != identity("escalate", escalate_samples=8)
+
+
+TOOL_SCRIPTS = {
+    "Compute 17 * 23 + 4.": "```python\nimport time\ntime.sleep(0.6)\nprint(17 * 23 + 4)\n```\n```output\n395\n```\nThe answer is 395.",
+    "Say no.": "The answer is No.",
+}
+
+
+def test_the_student_runs_its_code_per_request_and_frees_its_slot_while_the_code_runs():
+    from tiny import prompt_ids, scripted_model
+    from tutorlm.models.engine import Engine, RowSettings
+    from tutorlm.tools.loop import ToolLoop, ToolSettings
+
+    tokenizer = make_tokenizer()
+    model = scripted_model(tokenizer, TOOL_SCRIPTS)
+    config = ServeConfig(**{**CONFIG, "slots": 1, "max_tool_calls": 2})  # one slot: a row waiting on its code must give it up
+    computing = [{"role": "user", "content": "Compute 17 * 23 + 4."}]
+    tools = [{"type": "code_interpreter"}]
+    # what generate and eval write for the same prompt (tools/loop.py on the offline engine)
+    offline = {}
+    ToolLoop(Engine(model, slots=2, pad_token_id=tokenizer.pad_token_id, stop_ids={tokenizer.eos_token_id}), tokenizer,
+             ToolSettings(max_calls=2)).run([prompt_ids(tokenizer, "Compute 17 * 23 + 4.")], [RowSettings(64, seed=0)],
+                                            finished=lambda i, tokens, *rest: offline.setdefault(i, (tokens, rest[-2])))
+    student = local(model, tokenizer, config)
+    with serving(config, student, local(model, tokenizer, config, name="teacher")) as (url, _):
+        def post(body, path="chat/completions"):
+            return httpx.post(f"{url}/{path}", json=body, timeout=60)
+
+        finished_at = {}
+
+        def ask(name, messages, **extra):
+            reply = post({"model": "student", "messages": messages, "max_tokens": 64, "temperature": 0, **extra})
+            finished_at[name] = time.perf_counter()
+            return reply
+
+        with ThreadPoolExecutor(2) as pool:
+            slow = pool.submit(ask, "tool", computing, tools=tools)
+            time.sleep(0.2)  # the tool row is in its sandbox call by now
+            quick = pool.submit(ask, "plain", [{"role": "user", "content": "Say no."}])
+            slow, quick = slow.result().json(), quick.result().json()
+        assert quick["choices"][0]["message"]["content"] == "The answer is No."
+        assert finished_at["plain"] < finished_at["tool"]  # it took the slot the waiting row left
+        content = slow["choices"][0]["message"]["content"]
+        assert "```output\n395\n```" in content and content.rstrip().endswith("The answer is 395.")
+        tokens, written = offline[0]
+        assert content == tokenizer.decode(tokens, skip_special_tokens=True)  # the server's transcript is the loop's
+        [call] = slow["tutorlm"][0]["tool_calls"]
+        assert call["ok"] and call["output"] == "395\n" and call["seconds"] >= 0.6 and "17 * 23" in call["code"]
+        assert slow["usage"]["completion_tokens"] == sum(written) < len(tokens)  # the model's tokens, not the tool's
+        streamed = httpx.post(f"{url}/chat/completions", json={"model": "student", "messages": computing, "max_tokens": 64,
+                                                               "temperature": 0, "tools": tools, "stream": True}, timeout=60)
+        pieces = [json.loads(line[6:]) for line in streamed.text.splitlines() if line.startswith("data: {")]
+        assert "".join(p["choices"][0]["delta"].get("content", "") for p in pieces if p["choices"]) == content
+        assert httpx.get(url.removesuffix("/v1") + "/health").json()["counts"]["tool_calls"] == 2
+        for bad, param in (({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools[0].type"),
+                           ({"tools": tools, "max_tool_calls": 3}, "max_tool_calls"),
+                           ({"tools": tools, "max_tool_calls": 0}, "max_tool_calls"),
+                           ({"max_tool_calls": 1}, "max_tool_calls"),
+                           ({"tools": "python"}, "tools"),
+                           ({"tools": tools, "model": "escalate"}, "tools")):
+            response = post({"model": "student", "messages": computing, **bad})
+            assert response.status_code == 400 and response.json()["error"]["param"] == param, bad
+        refused = post({"model": "student", "prompt": "Compute", "tools": tools}, path="completions")
+        assert refused.status_code == 400 and refused.json()["error"]["param"] == "tools"
+    assert student.engine.counters["prefills"] >= 3  # the tool row came back as a row of its own

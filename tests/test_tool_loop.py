@@ -7,9 +7,8 @@ from __future__ import annotations
 import time
 
 import pytest
-import torch
 
-from tiny import make_tokenizer
+from tiny import make_tokenizer, prompt_ids, scripted_model
 from tutorlm.models.engine import Engine, RowSettings
 from tutorlm.tools.loop import ToolLoop, ToolSettings, code_to_run, output_spans, strip_outputs
 from tutorlm.tools.sandbox import Limits
@@ -23,36 +22,11 @@ SCRIPTS = {
 }
 
 
-def prompt_ids(tokenizer, question: str) -> list[int]:
-    text = tokenizer.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True, tokenize=False)
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
-
-
 @pytest.fixture(scope="module")
 def scripted():
-    """A tiny Llama trained until greedy decoding writes each SCRIPTS answer (its output blocks included)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
+    """A tiny Llama that answers each SCRIPTS question with its script (output blocks included)."""
     tokenizer = make_tokenizer()
-    sequences = [prompt_ids(tokenizer, q) + tokenizer(a + "<|im_end|>", add_special_tokens=False)["input_ids"]
-                 for q, a in SCRIPTS.items()]
-    width = max(map(len, sequences))
-    ids = torch.full((len(sequences), width), tokenizer.pad_token_id)
-    labels = torch.full((len(sequences), width), -100)
-    for row, sequence in enumerate(sequences):
-        ids[row, : len(sequence)] = labels[row, : len(sequence)] = torch.tensor(sequence)
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=True)
-    model = LlamaForCausalLM(config)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    for _ in range(150):
-        loss = model(input_ids=ids, attention_mask=(labels != -100).long(), labels=labels).loss
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    return tokenizer, model.eval()
+    return tokenizer, scripted_model(tokenizer, SCRIPTS)
 
 
 def run_loop(tokenizer, model, questions, *, slots=4, max_tokens=80, tools=ToolSettings()):

@@ -152,3 +152,34 @@ def trace(example_id: str, answer: str, text: str, *, sample: int = 0, tokens: i
         "usage": {"prompt_tokens": 5, "completion_tokens": tokens if tokens is not None else len(text.split())},
         "backend": "openai", "model": "m",
     }
+
+
+def prompt_ids(tokenizer, question: str) -> list[int]:
+    """A question's chat prompt, as the engine and the server read it."""
+    text = tokenizer.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True, tokenize=False)
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def scripted_model(tokenizer, scripts: dict[str, str]):
+    """A tiny Llama trained (a few seconds) until greedy decoding answers each question of `scripts` with its text."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    sequences = [prompt_ids(tokenizer, q) + tokenizer(a + "<|im_end|>", add_special_tokens=False)["input_ids"]
+                 for q, a in scripts.items()]
+    width = max(map(len, sequences))
+    ids = torch.full((len(sequences), width), tokenizer.pad_token_id)
+    labels = torch.full((len(sequences), width), -100)
+    for row, sequence in enumerate(sequences):
+        ids[row, : len(sequence)] = labels[row, : len(sequence)] = torch.tensor(sequence)
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=True)
+    model = LlamaForCausalLM(config)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    for _ in range(150):
+        loss = model(input_ids=ids, attention_mask=(labels != -100).long(), labels=labels).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return model.eval()

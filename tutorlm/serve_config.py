@@ -36,12 +36,16 @@ class ServeConfig:
     step_logprob: float = option(-0.7, "step: a student line with a token whose log-prob is below this asks the teacher")
     step_teacher_tokens: int = option(256, "step: teacher tokens one request may use")
     shutdown_timeout_s: float = option(30.0, "on SIGTERM, seconds in-flight requests get to finish")
+    max_tool_calls: int = option(4, "requests with tools [{\"type\": \"code_interpreter\"}]: the most Python blocks one "
+                                    "answer may run in the sandbox (0: no tools)")
+    tool_timeout_s: float = option(10.0, "seconds on the clock one Python block may run (and half of it in CPU time)")
 
     def __post_init__(self) -> None:
         checks = {"port": 0 <= self.port < 65536, "slots": self.slots >= 1, "max_prompt_tokens": self.max_prompt_tokens >= 1,
                   "max_tokens": self.max_tokens >= 1, "max_body_bytes": self.max_body_bytes >= 1024, "max_n": self.max_n >= 1,
                   "escalate_samples": self.escalate_samples >= 2, "escalate_agreement": 0 < self.escalate_agreement <= 1,
-                  "escalate_temperature": self.escalate_temperature > 0, "step_teacher_tokens": self.step_teacher_tokens >= 0}
+                  "escalate_temperature": self.escalate_temperature > 0, "step_teacher_tokens": self.step_teacher_tokens >= 0,
+                  "max_tool_calls": self.max_tool_calls >= 0, "tool_timeout_s": self.tool_timeout_s > 0}
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
             raise ConfigError(f"serve: invalid --{bad[0].replace('_', '-')} {getattr(self, bad[0])!r}")

@@ -159,7 +159,7 @@ def build_app(config: ServeConfig, student: LocalModel, teacher: LocalModel | Re
         body = await read_json(request)
         params = parse_params(body, config, router.modes())
         messages = parse_messages(body)
-        if params.stream and params.model == "student" and params.n == 1:
+        if params.stream and params.model == "student" and params.n == 1 and not params.tool_calls:
             prompt = student.chat_prompt(messages)
             router.check_prompt(prompt)
             return StreamingResponse(stream_student(prompt, params), media_type="text/event-stream")
@@ -218,6 +218,8 @@ def build_app(config: ServeConfig, student: LocalModel, teacher: LocalModel | Re
         if params.model != "student" or params.stream:
             raise BadRequest(400, "/v1/completions serves the student without streaming; use /v1/chat/completions for "
                                   "the teacher, escalation, step help and streaming", "unsupported", param="model")
+        if params.tool_calls:
+            raise BadRequest(400, "/v1/completions runs no tools; send tools to /v1/chat/completions", "unsupported", param="tools")
         prompt_text = body.get("prompt")
         if isinstance(prompt_text, list) and len(prompt_text) == 1:
             prompt_text = prompt_text[0]

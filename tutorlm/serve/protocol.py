@@ -47,6 +47,7 @@ class Params:
     stop: tuple[str, ...]
     seed: int | None
     include_usage: bool
+    tool_calls: int = 0  # Python blocks the answer may run (the request's tools); 0: none
 
 
 def parse_params(body: Any, config: ServeConfig, modes: tuple[str, ...]) -> Params:
@@ -92,9 +93,40 @@ def parse_params(body: Any, config: ServeConfig, modes: tuple[str, ...]) -> Para
     if not isinstance(stream, bool):
         raise BadRequest(400, "'stream' must be true or false", "invalid_value", param="stream")
     options = body.get("stream_options") or {}
-    return Params(model=mode, threshold=threshold, name=model, max_tokens=max_tokens, temperature=number("temperature", 1.0, 0.0, 2.0),
+    tool_calls = parse_tools(body, config)
+    if tool_calls and mode != "student":
+        raise BadRequest(400, f"'tools': the Python tool is served in the student mode, not {mode!r}", "unsupported", param="tools")
+    return Params(tool_calls=tool_calls, model=mode, threshold=threshold, name=model, max_tokens=max_tokens, temperature=number("temperature", 1.0, 0.0, 2.0),
                   top_p=number("top_p", 1.0, 1e-6, 1.0), n=number("n", 1, 1, config.max_n, integer=True), stream=stream,
                   stop=tuple(stop), seed=seed, include_usage=bool(isinstance(options, dict) and options.get("include_usage")))
+
+
+TOOL_TYPES = ("code_interpreter", "python")
+
+
+def parse_tools(body: dict[str, Any], config: ServeConfig) -> int:
+    """How many Python blocks the answer may run: `tools: [{"type": "code_interpreter"}]` (OpenAI's name for a sandboxed
+    Python tool; "python" is taken too) turns the tool on, `max_tool_calls` (as OpenAI's Responses API) caps the
+    calls below the server's --max-tool-calls. 0 without tools."""
+    tools = body.get("tools")
+    if tools is None or tools == []:
+        if body.get("max_tool_calls") is not None:
+            raise BadRequest(400, "'max_tool_calls' needs 'tools': [{\"type\": \"code_interpreter\"}]", "invalid_value",
+                             param="max_tool_calls")
+        return 0
+    if not isinstance(tools, list) or not all(isinstance(tool, dict) for tool in tools):
+        raise BadRequest(400, "'tools' must be a list of objects, e.g. [{\"type\": \"code_interpreter\"}]", "invalid_value", param="tools")
+    for index, tool in enumerate(tools):
+        if tool.get("type") not in TOOL_TYPES:
+            raise BadRequest(400, f"tools[{index}]: this server runs Python only: type {' or '.join(map(repr, TOOL_TYPES))}, got "
+                                  f"{tool.get('type')!r}", "unsupported", param=f"tools[{index}].type")
+    if config.max_tool_calls == 0:
+        raise BadRequest(400, "'tools': this server runs no tools (started with --max-tool-calls 0)", "unsupported", param="tools")
+    calls = body.get("max_tool_calls", config.max_tool_calls)
+    if isinstance(calls, bool) or not isinstance(calls, int) or not 1 <= calls <= config.max_tool_calls:
+        raise BadRequest(400, f"'max_tool_calls' must be a whole number between 1 and {config.max_tool_calls}, got {calls!r}",
+                         "invalid_value", param="max_tool_calls")
+    return calls
 
 
 def parse_messages(body: dict[str, Any]) -> list[dict[str, str]]:

@@ -8,6 +8,11 @@
   (a reflection word, or a token the student chose with a log-probability below a floor) is thrown away and the teacher writes
   that line instead, continuing the same answer, until the request's teacher-token budget is spent.
   Continuing a half-written answer needs the teacher's chat template: a local teacher.
+- with the Python tool (a request's `tools: [{"type": "code_interpreter"}]`, student mode): a row that closes a
+  ```python block leaves the engine's batch (its slot is refilled at once), the block runs in the sandbox
+  (tools/sandbox.py) on a worker thread, and the row rejoins with the ```output block appended, as in generate and
+  eval (tools/loop.py), up to the request's max_tool_calls. The answer is the whole transcript; `tutorlm` in the
+  response lists each call (code, output, error, seconds).
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ from tutorlm.errors import ConfigError
 from tutorlm.models.engine import RowSettings
 from tutorlm.serve.protocol import BadRequest, Params
 from tutorlm.serve.workers import LocalModel, RemoteTeacher
+from tutorlm.tools.loop import ToolCall, ToolSettings, code_to_run, continuation_seed, output_tokens
+from tutorlm.tools.sandbox import Limits, run_python
 from tutorlm.verify import extract_answer, normalize_text
 
 HESITATION = ("wait", "hmm", "hold on", "let me re", "actually", "double-check", "i made a mistake")
@@ -70,7 +77,7 @@ class Answer:
 class Router:
     def __init__(self, config: ServeConfig, student: LocalModel, teacher: LocalModel | RemoteTeacher | None) -> None:
         self.config, self.student, self.teacher = config, student, teacher
-        self.counts = {"student": 0, "teacher": 0, "escalated": 0, "escalate": 0, "step": 0, "steps_helped": 0}
+        self.counts = {"student": 0, "teacher": 0, "escalated": 0, "escalate": 0, "step": 0, "steps_helped": 0, "tool_calls": 0}
 
     def modes(self) -> tuple[str, ...]:
         return ("student", "teacher", "escalate", "step") if self.teacher is not None else ("student",)
@@ -97,9 +104,38 @@ class Router:
     async def _student(self, messages: list[dict[str, str]], params: Params, index: int) -> Answer:
         prompt = self.student.chat_prompt(messages)
         self.check_prompt(prompt)
+        if params.tool_calls:
+            return await self._student_tools(prompt, params, index)
         tokens, reason, _ = await self.student.complete(prompt, self.settings(params, index), stop=params.stop)
         self.counts["student"] += 1
         return Answer(self.student.text(tokens, params.stop), reason, len(prompt), len(tokens), 0, len(tokens))
+
+    async def _student_tools(self, prompt: list[int], params: Params, index: int) -> Answer:
+        """The student with the Python tool: each segment ends at a closed code block or the answer's end."""
+        tokenizer, first = self.student.tokenizer, self.settings(params, index)
+        limits = Limits(cpu_s=max(1, int(self.config.tool_timeout_s / 2)), wall_s=self.config.tool_timeout_s)
+        tokens: list[int] = []  # the transcript: the student's tokens and the tool's output blocks
+        written, calls = 0, []
+        while True:
+            settings = RowSettings(params.max_tokens - written, first.temperature, first.top_p, continuation_seed(first.seed, len(calls)))
+            segment, reason, _ = await self.student.complete(prompt + tokens, settings, stop=params.stop,
+                                                             tools=len(calls) < params.tool_calls)
+            tokens += segment
+            written += len(segment)
+            if reason != "tool_call":
+                break
+            text = tokenizer.decode(tokens, skip_special_tokens=True)
+            code = code_to_run(text) or ""
+            result = await asyncio.to_thread(run_python, code, limits)
+            calls.append(ToolCall(code, result.output, result.ok, result.error, result.seconds))
+            tokens += output_tokens(tokenizer, result.text(), text, ToolSettings().output_tokens)
+            if written >= params.max_tokens:
+                reason = "length"
+                break
+        self.counts["student"] += 1
+        self.counts["tool_calls"] += len(calls)
+        return Answer(self.student.text(tokens, params.stop), reason, len(prompt), written, 0, written,
+                      {"tool_calls": [call.to_dict() for call in calls]})
 
     async def _teacher(self, messages: list[dict[str, str]], params: Params, index: int) -> Answer:
         self.counts["teacher"] += 1

@@ -18,6 +18,7 @@ from tutorlm.serve_config import ServeConfig
 from tutorlm.models.engine import Engine, RowSettings
 from tutorlm.models.load import stop_ids
 from tutorlm.serve.protocol import BadRequest
+from tutorlm.tools.loop import closes_code
 
 # -- local models: one engine run that requests join -------------------------------------------------
 
@@ -32,6 +33,8 @@ class _Job:
     tokens: list[int] = field(default_factory=list)
     cancelled: bool = False
     stopped: bool = False  # a stop string appeared
+    tools: bool = False  # the row ends when it closes a ```python block (the router runs the code and continues it)
+    called: bool = False  # it did
 
     def push(self, event: tuple) -> None:
         self.loop.call_soon_threadsafe(self.events.put_nowait, event)
@@ -59,10 +62,12 @@ class LocalModel:
     def text_prompt(self, text: str) -> list[int]:
         return self.tokenizer(text)["input_ids"]
 
-    async def generate(self, prompt: list[int], settings: RowSettings, *, stop: tuple[str, ...] = ()) -> AsyncIterator[tuple]:
+    async def generate(self, prompt: list[int], settings: RowSettings, *, stop: tuple[str, ...] = (),
+                       tools: bool = False) -> AsyncIterator[tuple]:
         """Yields ("token", id) per generated token, then ("done", tokens, reason, token_logprobs). Closing the
-        iterator early (a client that went away) cancels the row."""
-        job = _Job(prompt, settings, asyncio.get_running_loop(), asyncio.Queue(), stop)
+        iterator early (a client that went away) cancels the row. With `tools`, a row that closes a ```python block
+        ends there with the reason "tool_call" (its slot goes to the next row while the caller runs the code)."""
+        job = _Job(prompt, settings, asyncio.get_running_loop(), asyncio.Queue(), stop, tools=tools)
         self.queue.put(job)
         try:
             while True:
@@ -113,12 +118,16 @@ class LocalModel:
                 if job.stop:
                     tail = self.tokenizer.decode(job.tokens[-32:], skip_special_tokens=True)
                     job.stopped = any(stop in tail for stop in job.stop)
-                return not job.stopped
+                if job.tools and not job.stopped:
+                    job.called = closes_code(self.tokenizer, job.tokens)
+                return not (job.stopped or job.called)
 
             def finished(index: int, tokens: list[int], reason: str, logprobs: list, latency: float) -> None:
                 job = jobs[index]
                 if job.stopped:
                     reason = "stop"
+                elif job.called:
+                    reason = "tool_call"
                 self.tokens_out += len(tokens)
                 job.push(("done", list(tokens), reason, [step[2] for step in logprobs]))
 
@@ -131,9 +140,10 @@ class LocalModel:
                 for job in jobs:
                     job.push(("error", f"{type(error).__name__}: {error}"))
 
-    async def complete(self, prompt: list[int], settings: RowSettings, *, stop: tuple[str, ...] = ()) -> tuple[list[int], str, list[float]]:
+    async def complete(self, prompt: list[int], settings: RowSettings, *, stop: tuple[str, ...] = (),
+                       tools: bool = False) -> tuple[list[int], str, list[float]]:
         """(tokens, finish reason, each token's log-probability)."""
-        async for event in self.generate(prompt, settings, stop=stop):
+        async for event in self.generate(prompt, settings, stop=stop, tools=tools):
             if event[0] == "error":
                 raise BadRequest(500, f"the {self.name} failed: {event[1]}", "internal_error", "server_error")
             if event[0] == "done":

@@ -36,8 +36,8 @@ from typing import Any, Callable
 from tutorlm.tools.sandbox import Limits, run_python
 from tutorlm.verify import output_spans, strip_outputs
 
-__all__ = ["ToolCall", "ToolLoop", "ToolSettings", "code_to_run", "computed_answer", "output_block", "output_spans",
-           "strip_outputs"]
+__all__ = ["ToolCall", "ToolLoop", "ToolSettings", "closes_code", "code_to_run", "computed_answer", "continuation_seed",
+           "output_block", "output_spans", "output_tokens", "strip_outputs"]
 
 OPEN = "```python"
 _CODE = re.compile(r"```(?:python|py)[ \t]*\n(.*?)\n?```[ \t]*\n?\Z", re.S)
@@ -73,6 +73,27 @@ def code_to_run(text: str) -> str | None:
         return None
     found = _CODE.match(text, start)
     return found.group(1) if found else None
+
+
+def closes_code(tokenizer: Any, tokens: list[int]) -> bool:
+    """Whether a row's tokens so far end by closing a ```python block (checked on each step: the full decode runs only
+    when the last tokens hold a fence)."""
+    if "```" not in tokenizer.decode(tokens[-4:], skip_special_tokens=True):
+        return False
+    return code_to_run(tokenizer.decode(tokens, skip_special_tokens=True)) is not None
+
+
+def output_tokens(tokenizer: Any, output: str, after: str, limit: int) -> list[int]:
+    """The token ids of the ```output block that follows the model's text `after`, its body cut to `limit` tokens."""
+    shown = tokenizer(output, add_special_tokens=False)["input_ids"]
+    if len(shown) > limit:
+        output = tokenizer.decode(shown[:limit], skip_special_tokens=True) + "\n[output cut]"
+    return tokenizer(output_block(output, after), add_special_tokens=False)["input_ids"]
+
+
+def continuation_seed(seed: int, calls: int) -> int:
+    """The sampling seed of an answer's segment after its `calls`-th call (a fixed seed gives a fixed transcript)."""
+    return (seed * 1_000_003 + calls) % (1 << 62)
 
 
 def output_block(text: str, after: str) -> str:
@@ -166,13 +187,7 @@ class ToolLoop:
             self.counters["calls"] += 1
             self.counters["errors"] += not result.ok
             self.counters["tool_seconds"] += result.seconds
-            shown = self.tokenizer(result.text(), add_special_tokens=False)["input_ids"]
-            if len(shown) > self.tools.output_tokens:
-                shown = shown[: self.tools.output_tokens]
-                body = self.tokenizer.decode(shown, skip_special_tokens=True) + "\n[output cut]"
-            else:
-                body = result.text()
-            block = self.tokenizer(output_block(body, text), add_special_tokens=False)["input_ids"]
+            block = output_tokens(self.tokenizer, result.text(), text, self.tools.output_tokens)
             answer.tokens += block
             answer.written += [False] * len(block)
             if top_logprobs:
@@ -180,7 +195,7 @@ class ToolLoop:
             first = answer.settings
             rows.append(answer.prompt + answer.tokens)
             row_settings.append(RowSettings(first.max_tokens - answer.generated, first.temperature, first.top_p,
-                                            (first.seed * 1_000_003 + len(answer.calls)) % (1 << 62)))
+                                            continuation_seed(first.seed, len(answer.calls))))
             owner.append(number)
             live[0] += 1
             self.counters["continuations"] += 1
@@ -194,11 +209,7 @@ class ToolLoop:
             return ready
 
         def check(tokens: list[int]) -> bool:
-            if stop_check is not None and stop_check(tokens):
-                return True
-            if "```" not in self.tokenizer.decode(tokens[-4:], skip_special_tokens=True):
-                return False
-            return code_to_run(self.tokenizer.decode(tokens, skip_special_tokens=True)) is not None
+            return (stop_check is not None and stop_check(tokens)) or closes_code(self.tokenizer, tokens)
 
         started = time.perf_counter()
         with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="tutorlm-tool") as pool:
