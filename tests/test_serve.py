@@ -485,7 +485,11 @@ def test_the_student_runs_its_code_per_request_and_frees_its_slot_while_the_code
                                                                "temperature": 0, "tools": tools, "stream": True}, timeout=60)
         pieces = [json.loads(line[6:]) for line in streamed.text.splitlines() if line.startswith("data: {")]
         assert "".join(p["choices"][0]["delta"].get("content", "") for p in pieces if p["choices"]) == content
-        assert httpx.get(url.removesuffix("/v1") + "/health").json()["counts"]["tool_calls"] == 2
+        client = openai.OpenAI(base_url=url, api_key="unused", max_retries=0)  # as docs/serving.md shows it
+        reply = client.chat.completions.create(model="student", messages=computing, max_tokens=64, temperature=0, tools=tools,
+                                               extra_body={"max_tool_calls": 1})
+        assert reply.choices[0].message.content == content and reply.model_extra["tutorlm"][0]["tool_calls"][0]["output"] == "395\n"
+        assert httpx.get(url.removesuffix("/v1") + "/health").json()["counts"]["tool_calls"] == 3
         for bad, param in (({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools[0].type"),
                            ({"tools": tools, "max_tool_calls": 3}, "max_tool_calls"),
                            ({"tools": tools, "max_tool_calls": 0}, "max_tool_calls"),
