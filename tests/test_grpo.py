@@ -418,3 +418,47 @@ def test_a_groups_prompt_runs_once_and_gives_the_hidden_states_and_gradients_of_
         assert shared_prompt_hidden(student, student, [short] * 3 + [long] * 2, completions[:5], 3, pad, "cpu") is None
         student.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         assert shared_prompt_hidden(student, student, prompts, completions, 3, pad, "cpu") is None
+
+
+def test_with_the_tool_samples_run_their_code_and_the_update_skips_the_output_tokens(tmp_path, tokenizer):
+    """task.tools python: GRPO's samples run their ```python blocks in the sandbox; the ```output tokens are read by
+    the student but are not its actions (no log-prob, no gradient), so the update covers the tokens it wrote."""
+    from tiny import scripted_model
+    from tutorlm.train.data import batches
+    from tutorlm.train.rollout import prompts_of
+
+    recipe = make_run(tmp_path, objective="grpo", grpo_group_size=2, grpo_max_tokens=40, grpo_temperature=0.5,
+                      grpo_skip_equal=False, batch_size=2)
+    recipe.task.tools, recipe.task.tool_calls = "python", 1
+    probe, examples = prepared(GRPO, recipe, tokenizer, make_model(tokenizer))
+    batch = next(batches(examples, [[0, 1]], False, tokenizer.pad_token_id))
+    script = "```python\nprint(2 + 3)\n```\n```output\n5\n```\nThe answer is Yes."
+    student = scripted_model(tokenizer, [(prompt, script) for prompt in prompts_of(batch)])
+    objective, _ = prepared(GRPO, recipe, tokenizer, student)
+    value, tokens = objective.loss(student, batch)
+    sampled = objective.batch
+    assert torch.isfinite(value) and tokens == sum(map(sum, sampled["masks"]))
+    for completion, mask in zip(sampled["completions"], sampled["masks"]):
+        assert len(mask) == len(completion) and not all(mask)
+        not_written = tokenizer.decode([t for t, keep in zip(completion, mask) if not keep])
+        assert not_written.strip() == "```output\n5\n```"  # the sandbox's output, not the model's
+    assert len(sampled["old_logprobs"]) == tokens  # one log-prob per token the student wrote
+
+
+def test_a_shared_prompt_with_tool_outputs_masked_matches_full_sequences(tokenizer):
+    from tutorlm.models.tokens import IGNORE, identity_head, labelled_positions
+    from tutorlm.train.rollout import collate_completions, shared_prompt_hidden
+
+    student = make_model(tokenizer, seed=3)
+    head = student.get_output_embeddings()
+    prompts = [[5, 9, 11, 7]] * 2 + [[8, 6, 12, 14, 9]] * 2
+    completions = [[20, 21, 22, 23], [24, 25], [26, 27, 28, 29, 30], [31, 32, 33]]
+    masks = [[True, False, False, True], [True, True], [True, True, False, True, True], [False, True, True]]
+    pad = tokenizer.pad_token_id
+    with torch.no_grad(), identity_head(student, head):
+        inputs, positions, chosen = labelled_positions(collate_completions(prompts, completions, pad, "cpu", masks))
+        full = student(**inputs, logits_to_keep=positions, use_cache=False).logits[chosen != IGNORE]
+        shared, targets = shared_prompt_hidden(student, student, prompts, completions, 2, pad, "cpu", masks)
+    kept = [t for completion, mask in zip(completions, masks) for t, keep in zip(completion, mask) if keep]
+    assert targets.tolist() == chosen[chosen != IGNORE].tolist() == kept
+    assert torch.allclose(full, shared, atol=1e-5)  # a masked token is still read: the states after it are the same

@@ -103,7 +103,7 @@ def test_each_question_is_sampled_several_times_and_its_reward_centred_over_its_
     student = make_model(tokenizer, seed=1)
     objective, examples = objective_for(recipe, tokenizer, student)
     batch = next(batches(examples, [[0, 1]], False, tokenizer.pad_token_id))
-    prompts, completions, finished = objective.sample(student, batch, random.Random(0))
+    prompts, completions, finished, _ = objective.sample(student, batch, random.Random(0))
     questions = prompts_of(batch)
     assert prompts == [questions[0]] * 3 + [questions[1]] * 3 and len(completions) == len(finished) == 6
     assert len({tuple(c) for c in completions[:3]}) > 1  # one seed per sample, not one per question
@@ -364,3 +364,24 @@ def test_a_server_failing_mid_run_stops_the_run_and_resume_finishes_it(tmp_path,
         state["failing"] = False
         stats = train(recipe, resume=True, console=QUIET, model_and_tokenizer=(make_model(tokenizer), tokenizer))
         assert stats["steps"] == 12
+
+
+def test_with_the_tool_samples_run_their_code_and_the_teacher_grades_only_what_the_student_wrote(tmp_path, tokenizer):
+    from tiny import scripted_model
+
+    recipe = make_run(tmp_path, objective="on_policy", kd_teacher=str(save_tiny_model(tmp_path / "t", seed=5)),
+                      on_policy_lambda=1.0, on_policy_samples=2, on_policy_max_tokens=40, on_policy_temperature=0.5)
+    recipe.task.tools, recipe.task.tool_calls = "python", 1
+    _, examples = objective_for(recipe, tokenizer, make_model(tokenizer))
+    batch = next(batches(examples, [[0, 1]], False, tokenizer.pad_token_id))
+    script = "```python\nprint(2 + 3)\n```\n```output\n5\n```\nThe answer is Yes."
+    student = scripted_model(tokenizer, [(prompt, script) for prompt in prompts_of(batch)])
+    objective, _ = objective_for(recipe, tokenizer, student)
+    import random
+
+    prompts, completions, finished, masks = objective.sample(student, batch, random.Random(0))
+    for completion, mask in zip(completions, masks):
+        assert len(mask) == len(completion) and not all(mask)
+        assert tokenizer.decode([t for t, keep in zip(completion, mask) if not keep]).strip() == "```output\n5\n```"
+    value, tokens = objective.loss(student, batch)
+    assert torch.isfinite(value) and 0 < tokens < sum(map(len, completions))

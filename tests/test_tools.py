@@ -98,3 +98,29 @@ def test_few_shot_demonstrations_show_the_tools_format():
     assert [m["role"] for m in planned.training_prompts[planned.examples[0].id]] == ["user"]
     plain = plan(load_task(TaskConfig(source="multistep_arithmetic")), GenerateConfig(limit=2, few_shot=1))
     assert "```python" not in plain.requests[0].messages[1]["content"]
+
+
+def test_two_teachers_one_with_python_one_without_give_the_student_both_under_one_prompt(tmp_path):
+    """DualDistill: with task.tools python, a teacher with tools none writes its steps out and one with python
+    computes; the student's training prompt is the same for both (it offers the tool), and curation keeps both."""
+    from tutorlm.curate import curate
+
+    teachers = [TeacherConfig(backend="reference", name="python", tools="python"),
+                TeacherConfig(backend="reference", name="text", tools="none")]
+    recipe = Recipe(run=RunConfig(name="r", output_dir=str(tmp_path)), task=TaskConfig(source="multistep_arithmetic", tools="python"),
+                    teachers=teachers, generate=GenerateConfig(limit=5, cache=False, teacher_mode="all"))
+    stats = generate(recipe, console=QUIET)
+    rows = read_jsonl(recipe.run.path / "traces.jsonl")
+    by_teacher = {name: [row for row in rows if row["teacher"] == name] for name in ("python", "text")}
+    assert len(by_teacher["python"]) == len(by_teacher["text"]) == 5 and stats["tool_calls"] == 5
+    assert all("```python" in row["completion"][-1]["content"] and row["tools"] for row in by_teacher["python"])
+    assert all("```python" not in row["completion"][-1]["content"] and "tools" not in row for row in by_teacher["text"])
+    prompts = {row["teacher"]: row["prompt"] for row in rows if row["example_id"] == rows[0]["example_id"]}
+    assert prompts["python"] == prompts["text"] and TOOL_NOTE in prompts["text"][-1]["content"]  # what the student reads
+    curate(recipe, console=QUIET)
+    kept = read_jsonl(recipe.run.path / "curated.jsonl")
+    assert len({(row["example_id"], "```python" in row["completion"][-1]["content"]) for row in kept}) == 10
+    with pytest.raises(ValueError, match="needs task.tools python"):
+        Recipe(task=TaskConfig(source="multistep_arithmetic"), teachers=teachers)
+    with pytest.raises(ValueError, match="set task.tools"):
+        Recipe(task=TaskConfig(source="multistep_arithmetic", tools="python"), teacher=TeacherConfig(tools="none"))

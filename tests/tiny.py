@@ -160,12 +160,13 @@ def prompt_ids(tokenizer, question: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
-def scripted_model(tokenizer, scripts: dict[str, str]):
-    """A tiny Llama trained (a few seconds) until greedy decoding answers each question of `scripts` with its text."""
+def scripted_model(tokenizer, scripts: dict[str, str] | list[tuple[list[int], str]]):
+    """A tiny Llama trained (a few seconds) until greedy decoding answers each question of `scripts` with its text
+    (questions as text, asked in the chat template, or as prompt ids)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    sequences = [prompt_ids(tokenizer, q) + tokenizer(a + "<|im_end|>", add_special_tokens=False)["input_ids"]
-                 for q, a in scripts.items()]
+    pairs = [(prompt_ids(tokenizer, q), a) for q, a in scripts.items()] if isinstance(scripts, dict) else scripts
+    sequences = [list(prompt) + tokenizer(a + "<|im_end|>", add_special_tokens=False)["input_ids"] for prompt, a in pairs]
     width = max(map(len, sequences))
     ids = torch.full((len(sequences), width), tokenizer.pad_token_id)
     labels = torch.full((len(sequences), width), -100)

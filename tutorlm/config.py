@@ -144,6 +144,12 @@ class TeacherConfig(ModelConfig):
     rationalize: bool | None = option(None, "one of several `teachers`: its own generate.rationalize (shown the gold "
                                             "answer; null: generate.rationalize), e.g. a last teacher of a cascade that "
                                             "writes steps for what the others got wrong")
+    few_shot: int | None = option(None, "one of several `teachers`: its own generate.few_shot (null: generate.few_shot)")
+    max_tokens: int | None = option(None, "one of several `teachers`: its own generate.max_tokens (null: generate.max_tokens)")
+    tools: Literal["none", "python"] | None = option(
+        None, "one of several `teachers`: its own task.tools (null: task.tools). DualDistill: with task.tools python, a "
+              "teacher with tools none writes its steps out, one with python computes, and the student learns both "
+              "under the same prompt, choosing per question")
     correct: bool = option(False, "one of several `teachers`, after the first: for each question no earlier teacher got "
                                   "right, it continues an earlier teacher's wrong answer from the line before its first "
                                   "wrong step (SCoRe; the step is found by the task's arithmetic check, "
@@ -530,6 +536,8 @@ class Recipe:
                              "teacher")
         if not self.teachers:
             own = [key for key in PER_TEACHER if getattr(self.teacher, key) is not None]
+            if self.teacher.tools is not None:
+                raise ValueError("teacher.tools is for one of several `teachers`; with one teacher, set task.tools")
             if self.teacher.correct:
                 raise ValueError("teacher.correct continues another teacher's wrong answers: it is for one of several "
                                  "`teachers`, after the first")
@@ -552,6 +560,9 @@ class Recipe:
             if teacher.correct and teacher.backend == "reference":
                 raise ValueError(f"teachers[{index}] ({teacher.name}): correct needs a model that can continue an answer "
                                  "(backend hf or openai); the reference solver writes whole solutions")
+            if teacher.tools == "python" and self.task.tools != "python":
+                raise ValueError(f"teachers[{index}] ({teacher.name}): tools python needs task.tools python (the "
+                                 "student's prompt offers the tool and its evaluation runs it)")
             n = self.generate.n if teacher.n is None else teacher.n
             temperature = self.generate.temperature if teacher.temperature is None else teacher.temperature
             if n > 1 and temperature == 0:
@@ -559,11 +570,11 @@ class Recipe:
                                  "identical: set its temperature > 0 (e.g. 0.7)")
 
 
-PER_TEACHER = ("limit", "n", "temperature", "style", "rationalize")  # generate settings one of several teachers may set for itself
+PER_TEACHER = ("limit", "n", "temperature", "style", "rationalize", "few_shot", "max_tokens")  # generate settings one of several teachers may set for itself
 
 
 def teacher_generate(generate: GenerateConfig, teacher: TeacherConfig) -> GenerateConfig:
-    """`generate` with the teacher's own limit, n, temperature, style and rationalize where it sets them."""
+    """`generate` with the teacher's own settings (PER_TEACHER: limit, n, temperature, style, ...) where it sets them."""
     own = {key: getattr(teacher, key) for key in PER_TEACHER if getattr(teacher, key) is not None}
     return dataclasses.replace(generate, **own) if own else generate
 

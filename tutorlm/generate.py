@@ -20,6 +20,7 @@ rerun retries only those.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import time
@@ -83,10 +84,22 @@ def rationalization_prompt(task: Task, example: Example, system_prompt: str | No
     return messages + [{"role": "user", "content": content}]
 
 
-def plan(task: Task, config: GenerateConfig) -> Plan:
+def teacher_task(task: Task, teacher: Any) -> Task:
+    """The task as `teacher` is asked it: with its own tools setting where it has one (DualDistill), else the recipe's."""
+    if getattr(teacher, "tools", None) in (None, task.tools):
+        return task
+    own = copy.copy(task)
+    own.tools = teacher.tools
+    return own
+
+
+def plan(task: Task, config: GenerateConfig, asked: Task | None = None) -> Plan:
+    """The requests of one teacher: `asked` is the task as the teacher sees it (teacher_task), `task` as the student
+    does (its training prompt); one task for both by default."""
+    asked = asked or task
     examples = task.examples(config.split, config.limit)
     shots = task.examples("validation", config.few_shot) if config.few_shot else []
-    if task.tools == "python":  # the shots show the tool's format where they can: compute, read the output, answer
+    if asked.tools == "python":  # the shots show the tool's format where they can: compute, read the output, answer
         shots = [dataclasses.replace(shot, rationale=computed_answer(shot.meta["expression"])[0])
                  if "expression" in shot.meta else shot for shot in shots]
     result = Plan(examples=examples, requests=[])
@@ -96,9 +109,9 @@ def plan(task: Task, config: GenerateConfig) -> Plan:
         training_prompt = build_prompt(example, task.answer_type_of(example), system_prompt=config.system_prompt,
                                        instruction=task.instruction(example))
         teacher_prompt = build_prompt(example, task.answer_type_of(example), system_prompt=config.system_prompt,
-                                      few_shot=shots, instruction=task.instruction(example))
+                                      few_shot=shots, instruction=asked.instruction(example))
         if config.rationalize:
-            teacher_prompt = rationalization_prompt(task, example, config.system_prompt)
+            teacher_prompt = rationalization_prompt(asked, example, config.system_prompt)
         if config.style:  # the teacher's copy only: the student learns from the plain question
             teacher_prompt = [*teacher_prompt[:-1], {**teacher_prompt[-1], "content": f"{teacher_prompt[-1]['content']}\n\n{config.style}"}]
         result.training_prompts[example.id] = training_prompt
@@ -117,6 +130,8 @@ def _teacher_key(teacher: Any) -> dict[str, Any]:
         teacher.pop("name")
     if not teacher["correct"]:  # as before corrections existed
         teacher.pop("correct")
+    if teacher["tools"] is None:  # as before a teacher could have its own tools
+        teacher.pop("tools")
     for key in PER_TEACHER:  # unset: as before a teacher could sample on its own, so earlier runs stay current
         if teacher[key] is None:
             teacher.pop(key)
@@ -345,7 +360,8 @@ def _generate(recipe: Recipe, run: RunDir, force: bool, console: Console) -> dic
     task = load_task(recipe.task)
     teachers = recipe.teachers or [recipe.teacher]
     own = [teacher_generate(recipe.generate, teacher) for teacher in teachers]  # each teacher's limit, n, temperature, style
-    plans = [plan(task, config) for config in own]
+    asked_tasks = [teacher_task(task, teacher) for teacher in teachers]  # each teacher's tools (DualDistill)
+    plans = [plan(task, config, asked) for config, asked in zip(own, asked_tasks)]
     plan_ = max(plans, key=lambda one: len(one.examples))  # every question some teacher is asked
     if any(teacher.backend == "reference" for teacher in teachers):
         missing = [example.id for example in plan_.examples if not example.rationale]
@@ -371,14 +387,14 @@ def _generate(recipe: Recipe, run: RunDir, force: bool, console: Console) -> dic
         try:
             open_questions = {example.id for example in plan_.examples}
             solved_so_far: set[str] = set()
-            for teacher, teacher_plan, config in zip(teachers, plans, own):
+            for teacher, teacher_plan, config, asked_task in zip(teachers, plans, own, asked_tasks):
                 corrections: dict[str, dict[str, Any]] = {}
                 if teacher.correct:  # the earlier teachers' wrong answers, continued from before their first wrong step
                     requests, corrections = correction_requests(task, teacher_plan, rows, solved_so_far)
                 else:
                     requests = [request for request in teacher_plan.requests if request.example_id in open_questions]
-                asked = _ask(recipe, teacher, teacher.name if recipe.teachers else None, task, teacher_plan, requests,
-                             sampling_of(config, task), cache, partial, console, tolerate_fatal=cascade)
+                asked = _ask(recipe, teacher, teacher.name if recipe.teachers else None, asked_task, teacher_plan, requests,
+                             sampling_of(config, asked_task), cache, partial, console, tolerate_fatal=cascade)
                 for row in asked.rows:
                     if row["example_id"] in corrections:
                         row["corrects"] = corrections[row["example_id"]]
@@ -475,13 +491,14 @@ def plan_stage(recipe: Recipe) -> StagePlan:
     asks = []
     for one in recipe.teachers or [recipe.teacher]:
         own = teacher_generate(recipe.generate, one)
-        planned = plan(task, own)
+        asked_task = teacher_task(task, one)
+        planned = plan(task, own, asked_task)
         if one.correct:  # what it is asked depends on what the earlier teachers get wrong
             asks.append(f"{one.name}: {one.backend} {one.model or ''}: continues the earlier teachers' wrong answers from "
                         f"before their first wrong step, at most {len(planned.examples)} questions")
             continue
-        backend = teacher_backend(one, task, recipe)
-        cached = cached_count(path, backend, planned.requests, sampling_of(own, task)) if recipe.generate.cache else 0
+        backend = teacher_backend(one, asked_task, recipe)
+        cached = cached_count(path, backend, planned.requests, sampling_of(own, asked_task)) if recipe.generate.cache else 0
         asks.append(f"{one.name + ': ' if recipe.teachers else ''}{one.backend} {one.model or ''}: "
                     f"{len(planned.examples)} {recipe.generate.split} questions x {own.n} samples, "
                     f"{len(planned.requests) - cached} teacher calls ({cached} cached); "

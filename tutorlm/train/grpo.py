@@ -74,6 +74,8 @@ from tutorlm.train.rollout import (
     prompts_of,
     sample_student,
     shared_prompt_hidden,
+    tool_settings,
+    written_mask,
 )
 from tutorlm.train.teacher import model_and_head
 
@@ -117,6 +119,7 @@ class GRPO:
                                for example in examples}
         self.pool = list(self.rows_by_prompt)  # what refill rounds draw from
         self.stop_ids = stop_ids(model, tokenizer)
+        self.tools = tool_settings(self.task)  # task.tools python: the samples run their code; the loss skips its output
         stats: dict[str, Any] = {"questions": len(examples), "group_size": config.grpo_group_size}
         terms = []
         if config.grpo_beta:
@@ -145,6 +148,7 @@ class GRPO:
         sampled = self.batch
         sampled["uses"] += 1
         prompts, completions = sampled["prompts"], sampled["completions"]
+        masks = sampled.get("masks") or [[True] * len(completion) for completion in completions]  # which tokens it wrote
         if not prompts:  # every group's rewards were equal: nothing to learn from, no division by zero
             self.all_equal_steps += 1
             self._count(all_equal=1)
@@ -164,10 +168,10 @@ class GRPO:
         inner, head = model_and_head(model)
         with identity_head(inner, head):
             shared = shared_prompt_hidden(model, inner, prompts, completions, config.grpo_group_size,
-                                          self.tokenizer.pad_token_id, device)
+                                          self.tokenizer.pad_token_id, device, masks)
             if shared is None or self.reference is not None:
                 inputs, positions, chosen = labelled_positions(collate_completions(prompts, completions, self.tokenizer.pad_token_id,
-                                                                        device))
+                                                                        device, masks))
                 wanted = chosen != IGNORE  # (B, K), row-major: each completion's tokens in order
             if shared is None:
                 hidden = model(**inputs, logits_to_keep=positions, use_cache=False).logits[wanted]  # (N, H)
@@ -179,7 +183,7 @@ class GRPO:
         # true gradient at cosine 0.70 only.
         hidden = hidden / config.grpo_temperature
         logprobs, _, entropy = linear_token_logprobs(hidden.detach(), head.weight, targets, entropy=True)
-        lengths = torch.tensor([len(completion) for completion in completions])
+        lengths = torch.tensor([sum(mask) for mask in masks])  # the tokens each sample's model wrote
         if sampled.get("old_logprobs") is None:  # the first step on this batch: the policy that sampled it
             sampled["old_logprobs"] = logprobs.tolist()
         old = torch.tensor(sampled["old_logprobs"], device=logprobs.device)
@@ -199,7 +203,7 @@ class GRPO:
             counts["kl"] = float(kl.sum())
         if self.teacher_term is not None:
             started = time.perf_counter()
-            grades = self.teacher_term.grade(prompts, completions)
+            grades = self.teacher_term.grade(prompts, completions, masks)
             teacher = torch.cat([grade.logprobs for grade in grades]).to(logprobs.device)
             graded = ~torch.isnan(teacher)
             gap = torch.where(graded, logprobs - teacher, torch.zeros_like(logprobs))  # the reverse KL's estimate
@@ -234,11 +238,12 @@ class GRPO:
             kept += [group for group in more if len(set(group["rewards"])) > 1]
         kept = kept[:wanted]
         if not kept:
-            return {"prompts": [], "completions": [], "advantages": [], "old_logprobs": None, "uses": 0}
+            return {"prompts": [], "completions": [], "masks": [], "advantages": [], "old_logprobs": None, "uses": 0}
         rewards = torch.tensor([reward for group in kept for reward in group["rewards"]])
         advantages = group_advantages(rewards, config.grpo_group_size, config.grpo_scale_rewards)
         return {"prompts": [group["prompt"] for group in kept for _ in group["completions"]],
                 "completions": [completion for group in kept for completion in group["completions"]],
+                "masks": [mask for group in kept for mask in group["masks"]],
                 "advantages": advantages.tolist(), "old_logprobs": None, "uses": 0}
 
     def sample_groups(self, model: Any, prompts: list[list[int]], rng: random.Random) -> list[dict[str, Any]]:
@@ -247,13 +252,14 @@ class GRPO:
         asked = [prompt for prompt in prompts for _ in range(size)]
         results = sample_student(model, asked, max_tokens=config.grpo_max_tokens, temperature=config.grpo_temperature,
                                  rng=rng, autocast=self.autocast, pad_token_id=self.tokenizer.pad_token_id,
-                                 stop_ids=self.stop_ids)
+                                 stop_ids=self.stop_ids, tools=self.tools, tokenizer=self.tokenizer)
         groups = []
         for start in range(0, len(asked), size):
-            group: dict[str, Any] = {"prompt": asked[start], "completions": [], "rewards": [], "correct": []}
+            group: dict[str, Any] = {"prompt": asked[start], "completions": [], "masks": [], "rewards": [], "correct": []}
             for index in range(start, start + size):
-                tokens, reason = results[index]
+                tokens, reason, _ = results[index]
                 done = reason == "stop"
+                group["masks"].append(written_mask(results[index], done))
                 reward, correct = self.reward(asked[index], tokens, done)
                 group["rewards"].append(reward)
                 group["correct"].append(correct)

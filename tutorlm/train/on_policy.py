@@ -68,6 +68,8 @@ from tutorlm.train.rollout import (
     prompt_length,
     prompts_of,
     sample_student,
+    tool_settings,
+    written_mask,
     shared_prompt_hidden,
 )
 from tutorlm.train.teacher import (
@@ -129,6 +131,7 @@ class OnPolicy:
         self.rows_by_prompt = {tuple(example.input_ids[:prompt_length(example.labels)]): rows_by_id.get(example.example_id)
                                for example in examples}
         self.stop_ids = stop_ids(model, tokenizer)
+        self.tools = tool_settings(self.task)  # task.tools python: the samples run their code; the loss skips its output
         stats: dict[str, Any] = {}
         name = local_teacher(recipe)
         if name:
@@ -171,12 +174,12 @@ class OnPolicy:
         self.draws += 1
         on_policy = rng.random() < self.config.on_policy_lambda
         device = batch["input_ids"].device
-        rewards = None
+        rewards, masks = None, None
         if on_policy:
-            prompts, completions, finished = self.sample(model, batch, rng)
+            prompts, completions, finished, masks = self.sample(model, batch, rng)
             rewards = self._rewards(prompts, completions, finished)  # logged as the samples' accuracy
             if self.teacher is not None:
-                batch = collate_completions(prompts, completions, self.tokenizer.pad_token_id, device)
+                batch = collate_completions(prompts, completions, self.tokenizer.pad_token_id, device, masks)
         else:
             prompts, completions = pairs_of(batch)
             self._count(micro_batches=1)
@@ -185,29 +188,32 @@ class OnPolicy:
             result = kd_loss(model, self.teacher, batch, self.config, metrics=metrics)
             self._count(**metrics)
             return result
-        grades = self.grade(prompts, completions)
+        grades = self.grade(prompts, completions, masks)
         sampled = on_policy and self.config.on_policy_loss == "sampled"
         groups = self.config.on_policy_samples if on_policy else 1  # a question's samples share its prompt's forward
-        return self._graded_loss(model, prompts, completions, grades, rewards, sampled=sampled, groups=groups)
+        return self._graded_loss(model, prompts, completions, grades, rewards, sampled=sampled, groups=groups, masks=masks)
 
     def sample(self, model: Any, batch: dict[str, torch.Tensor], rng: random.Random
-               ) -> tuple[list[list[int]], list[list[int]], list[bool]]:
+               ) -> tuple[list[list[int]], list[list[int]], list[bool], list[list[bool]] | None]:
         """(the batch's prompts, a completion the student samples for each now (with its end token when it stopped),
-        whether each stopped)."""
+        whether each stopped, which completion tokens it wrote (None without tools: all))."""
         started = time.perf_counter()
         prompts = [prompt for prompt in prompts_of(batch) for _ in range(self.config.on_policy_samples)]
         completions = sample_student(model, prompts, max_tokens=self.config.on_policy_max_tokens,
                                      temperature=self.config.on_policy_temperature, rng=rng, autocast=self.autocast,
-                                     pad_token_id=self.tokenizer.pad_token_id, stop_ids=self.stop_ids)
+                                     pad_token_id=self.tokenizer.pad_token_id, stop_ids=self.stop_ids, tools=self.tools,
+                                     tokenizer=self.tokenizer)
         finished = [completions[index][1] == "stop" for index in range(len(prompts))]
+        masks = [written_mask(completions[index], done) for index, done in enumerate(finished)] if self.tools else None
         # the end token is part of what the student learns to write
         tokens = [completions[index][0] + ([self.tokenizer.eos_token_id] if done else []) for index, done in enumerate(finished)]
         self._count(micro_batches=1, sampled=1, rows=len(prompts), tokens=sum(len(completions[i][0]) for i in completions),
                     stopped=sum(finished), sampling_s=time.perf_counter() - started)
-        return prompts, tokens, finished
+        return prompts, tokens, finished, masks
 
-    def grade(self, prompts: list[list[int]], completions: list[list[int]]) -> list[Grades]:
-        """The teacher's grades of each completion, from the cache or the teacher (then cached)."""
+    def grade(self, prompts: list[list[int]], completions: list[list[int]], masks: list[list[bool]] | None = None) -> list[Grades]:
+        """The teacher's grades of each completion, from the cache or the teacher (then cached); with `masks`, of the
+        tokens the student wrote only (the teacher reads a tool's output but does not grade it)."""
         started = time.perf_counter()
         keys = [hashlib.sha256(json.dumps({**self.identity, "prompt": prompt, "completion": completion}).encode()).hexdigest()
                 for prompt, completion in zip(prompts, completions)]
@@ -225,7 +231,10 @@ class OnPolicy:
         self._count(graded=len(missing), graded_tokens=sum(len(completions[i]) for i in missing),
                     cache_hits=len(keys) - len(missing), scoring_s=time.perf_counter() - started)
         # Always from the stored form: a resumed run learns from exactly the numbers the first run did.
-        return [Grades.from_json(found[key]) for key in keys]
+        grades = [Grades.from_json(found[key]) for key in keys]
+        if masks is not None:
+            grades = [grade.select(torch.tensor(mask, dtype=torch.bool)) for grade, mask in zip(grades, masks)]
+        return grades
 
     def _rewards(self, prompts: list[list[int]], completions: list[list[int]], finished: list[bool]) -> torch.Tensor:
         """1 for each sample whose answer verifies (and that ended), else 0."""
@@ -242,16 +251,17 @@ class OnPolicy:
         return torch.tensor(rewards)
 
     def _graded_loss(self, model: Any, prompts: list[list[int]], completions: list[list[int]], grades: list[Grades],
-                     rewards: torch.Tensor | None, sampled: bool, groups: int = 1) -> tuple[torch.Tensor, int]:
+                     rewards: torch.Tensor | None, sampled: bool, groups: int = 1, masks: list[list[bool]] | None = None
+                     ) -> tuple[torch.Tensor, int]:
         """The loss on the completions from the teacher's grades. `groups` > 1: the prompts come in runs of that many
         equal ones (a question's samples), and each prompt runs through the student once (`shared_prompt_hidden`:
         the same values and gradients as a forward of every full row)."""
         inner, head = model_and_head(model)
         device = next(model.parameters()).device
         with identity_head(inner, head):
-            shared = shared_prompt_hidden(model, inner, prompts, completions, groups, self.tokenizer.pad_token_id, device)
+            shared = shared_prompt_hidden(model, inner, prompts, completions, groups, self.tokenizer.pad_token_id, device, masks)
             if shared is None:
-                batch = collate_completions(prompts, completions, self.tokenizer.pad_token_id, device)
+                batch = collate_completions(prompts, completions, self.tokenizer.pad_token_id, device, masks)
                 inputs, positions, chosen = labelled_positions(batch)
                 wanted = chosen != IGNORE  # (B, K); row-major, so the completions' tokens in order
                 hidden = model(**inputs, logits_to_keep=positions, use_cache=False).logits[wanted]  # (N, H)

@@ -11,29 +11,61 @@ import torch
 from accelerate.utils import extract_model_from_parallel
 
 from tutorlm.errors import PreflightError
-from tutorlm.models.engine import Engine, cache_argument
+from tutorlm.models.engine import Engine, cache_argument, row_settings
 from tutorlm.models.tokens import IGNORE, Tokenized, collate_padded
 from tutorlm.train.align import token_spans
 
 
+Sample = tuple[list[int], str, "list[bool] | None"]  # (tokens, finish reason, which tokens the model wrote: None = all)
+
+
 def sample_student(model: Any, prompts: list[list[int]], *, max_tokens: int, temperature: float, rng: random.Random,
-                   autocast: Any, pad_token_id: int, stop_ids: Any) -> dict[int, tuple[list[int], str]]:
-    """(the sampled tokens, the finish reason) for each prompt by index: the model samples now through the engine, in
-    eval mode for the round, one seed per prompt drawn from `rng`, the whole round inside `autocast` (the loop's
-    mixed-precision context: each weight cast once for the round; see loop.Objective). On-policy and GRPO share it."""
+                   autocast: Any, pad_token_id: int, stop_ids: Any, tools: Any = None, tokenizer: Any = None
+                   ) -> dict[int, Sample]:
+    """(the sampled tokens, the finish reason, which tokens the model wrote) for each prompt by index: the model samples
+    now through the engine, in eval mode for the round, one seed per prompt drawn from `rng`, the whole round inside
+    `autocast` (the loop's mixed-precision context: each weight cast once for the round; see loop.Objective). On-policy
+    and GRPO share it. With `tools` (tools.loop.ToolSettings; needs `tokenizer`) the student's ```python blocks run
+    in the sandbox and their ```output blocks join its tokens, marked False in the third item (the loss skips
+    them); without, the third item is None."""
     inner = extract_model_from_parallel(model, keep_torch_compile=False)
     was_training = inner.training
     inner.eval()
-    results: dict[int, tuple[list[int], str]] = {}
+    results: dict[int, Sample] = {}
     try:
         engine = Engine(inner, slots=len(prompts), pad_token_id=pad_token_id, stop_ids=stop_ids)
         seeds = [rng.getrandbits(62) for _ in prompts]
         with autocast():
-            engine.run(prompts, max_tokens=max_tokens, temperature=temperature, seeds=seeds,
-                       finished=lambda index, tokens, reason, logprobs, latency: results.__setitem__(index, (list(tokens), reason)))
+            if tools is None:
+                engine.run(prompts, max_tokens=max_tokens, temperature=temperature, seeds=seeds,
+                           finished=lambda index, tokens, reason, logprobs, latency: results.__setitem__(index, (list(tokens), reason, None)))
+            else:
+                from tutorlm.tools.loop import ToolLoop
+
+                def finished(index: int, tokens: list[int], reason: str, logprobs: list, latency: float, written: list[bool],
+                             calls: list) -> None:
+                    results[index] = (list(tokens), reason, list(written))
+
+                ToolLoop(engine, tokenizer, tools).run(prompts, row_settings(len(prompts), max_tokens, temperature, 1.0, seeds),
+                                                       finished=finished)
     finally:
         inner.train(was_training)
     return results
+
+
+def tool_settings(task: Any) -> Any:
+    """The Python tool's settings for the student's samples when the task has it (task.tools python), else None."""
+    if getattr(task, "tools", "none") != "python":
+        return None
+    from tutorlm.tools.loop import ToolSettings
+
+    return ToolSettings(max_calls=task.tool_calls)
+
+
+def written_mask(sample: Sample, finished: bool) -> list[bool]:
+    """Which tokens of a sample the loss covers (the model's, not a tool's), with its end token when it stopped."""
+    tokens, _, written = sample
+    return (list(written) if written is not None else [True] * len(tokens)) + ([True] if finished else [])
 
 
 def completion_text(tokenizer: Any, completion: list[int]) -> str:
@@ -50,8 +82,13 @@ def prompt_length(labels: list[int]) -> int:
     return next((i for i, label in enumerate(labels) if label != IGNORE and i > 0), len(labels))
 
 
-def collate_completions(prompts: list[list[int]], completions: list[list[int]], pad_token_id: int, device: Any) -> dict[str, torch.Tensor]:
-    items = [Tokenized(prompt + completion, [IGNORE] * len(prompt) + completion) for prompt, completion in zip(prompts, completions)]
+def collate_completions(prompts: list[list[int]], completions: list[list[int]], pad_token_id: int, device: Any,
+                        masks: list[list[bool]] | None = None) -> dict[str, torch.Tensor]:
+    """Prompts and completions as a padded batch whose labels are the completions' tokens (where `masks` says the
+    model wrote them: a tool's output is read, not learned)."""
+    masks = masks or [[True] * len(completion) for completion in completions]
+    items = [Tokenized(prompt + completion, [IGNORE] * len(prompt) + [t if keep else IGNORE for t, keep in zip(completion, mask)])
+             for prompt, completion, mask in zip(prompts, completions, masks)]
     return {key: value.to(device) for key, value in collate_padded(items, pad_token_id).items()}
 
 
@@ -84,7 +121,8 @@ def pairs_of(batch: dict[str, torch.Tensor]) -> tuple[list[list[int]], list[list
 
 
 def shared_prompt_hidden(model: Any, inner: Any, prompts: list[list[int]], completions: list[list[int]], size: int,
-                         pad_token_id: int, device: Any) -> tuple[torch.Tensor, torch.Tensor] | None:
+                         pad_token_id: int, device: Any, masks: list[list[bool]] | None = None
+                         ) -> tuple[torch.Tensor, torch.Tensor] | None:
     """(final hidden states at the positions that predict each completion token, row-major; those tokens), with each
     group's prompt run through the model once instead of G times; None where that does not apply.
 
@@ -94,7 +132,8 @@ def shared_prompt_hidden(model: Any, inner: Any, prompts: list[list[int]], compl
     sequences (the repeat's backward sums the G rows' contributions), for a prompt's share of the forward and
     backward work divided by G. Not used with gradient checkpointing (which turns the cache off), with groups of
     one, or with one-token prompts. `model` runs the completions (the wrapped model: its forward prepares
-    data-parallel reduction); `inner` the prompts. Call inside `identity_head`.
+    data-parallel reduction); `inner` the prompts. `masks` (per completion token: the model wrote it) leaves a tool's
+    output tokens out of what is returned; the model still reads them. Call inside `identity_head`.
     """
     if size < 2 or len(prompts) % size or min(map(len, prompts)) < 2 or _checkpointing(inner):
         return None
@@ -115,10 +154,14 @@ def shared_prompt_hidden(model: Any, inner: Any, prompts: list[list[int]], compl
     longest = max(len(completion) for completion in completions)
     rest = torch.full((len(prompts), longest), pad_token_id, dtype=torch.long)  # the prompt's last token + completion
     targets = torch.full((len(prompts), longest), IGNORE, dtype=torch.long)
+    present = torch.zeros((len(prompts), longest), dtype=torch.long)
     for row, (prompt, completion) in enumerate(zip(prompts, completions)):
         rest[row, :len(completion)] = torch.tensor(prompt[-1:] + completion[:-1])
         targets[row, :len(completion)] = torch.tensor(completion)
-    attention = torch.cat([mask.repeat_interleave(size, 0), (targets != IGNORE).long()], dim=1)
+        present[row, :len(completion)] = 1
+        if masks is not None:
+            targets[row, :len(completion)][~torch.tensor(masks[row], dtype=torch.bool)] = IGNORE
+    attention = torch.cat([mask.repeat_interleave(size, 0), present], dim=1)
     lengths = torch.tensor([len(prompt) - 1 for prompt in prompts])
     positions = lengths[:, None] + torch.arange(longest)[None, :]
     hidden = model(input_ids=rest.to(device), attention_mask=attention.to(device), position_ids=positions.to(device),

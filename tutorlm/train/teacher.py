@@ -136,6 +136,10 @@ class Grades:
         return {"logprobs": [None if math.isnan(value) else value for value in self.logprobs.tolist()],
                 "topk": topk.pack(self.top_ids, self.top_logprobs)}
 
+    def select(self, keep: torch.Tensor) -> "Grades":
+        """The grades of the tokens where `keep` (m,) is True."""
+        return Grades(self.logprobs[keep], self.top_ids[keep], self.top_logprobs[keep])
+
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "Grades":
         ids, logprobs, _ = topk.unpack(data["topk"])
