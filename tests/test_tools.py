@@ -124,3 +124,23 @@ def test_two_teachers_one_with_python_one_without_give_the_student_both_under_on
         Recipe(task=TaskConfig(source="multistep_arithmetic"), teachers=teachers)
     with pytest.raises(ValueError, match="set task.tools"):
         Recipe(task=TaskConfig(source="multistep_arithmetic", tools="python"), teacher=TeacherConfig(tools="none"))
+
+
+def test_the_first_thought_starts_each_answer_with_the_tool(tmp_path):
+    """generate.first_thought (Agent Distillation): the teacher's first line without the tool begins its answer with it."""
+    from tutorlm.generate import first_thought, generate_stage_config
+
+    recipe = Recipe(run=RunConfig(name="r", output_dir=str(tmp_path)), task=TaskConfig(source="multistep_arithmetic", tools="python"),
+                    generate=GenerateConfig(limit=4, cache=False, first_thought=True))
+    stats = generate(recipe, console=QUIET)
+    assert stats["first_thoughts"]["teacher"]["thoughts"] == 4 and stats["tool_calls"] == 4
+    task = load_task(recipe.task)
+    for row in read_jsonl(recipe.run.path / "traces.jsonl"):
+        example = next(e for e in task.examples("train", 4) if e.id == row["example_id"])
+        thought, rest = row["completion"][-1]["content"].split("\n", 1)
+        assert thought == example.rationale.split("\n")[0] and rest.startswith("```python\n")  # the reference's first step
+        assert task.grade(example, row["completion"][-1]["content"]).correct
+    assert first_thought("\nThe answer is 4.") is None and first_thought("```python\nprint(1)\n```") is None
+    assert first_thought("  First, 2 * 3 = 6.\nThen...") == "First, 2 * 3 = 6."
+    off = generate_stage_config(Recipe(task=TaskConfig(source="multistep_arithmetic", tools="python")))
+    assert "first_thought" not in off["generate"]  # off: runs from before the setting stay current

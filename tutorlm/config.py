@@ -201,6 +201,10 @@ class GenerateConfig:
         "student gives less than this probability (e.g. 0.01) is redrawn from the teacher's distribution over the tokens "
         "the student accepts; needs teacher.backend hf and a student with the teacher's vocabulary; null: off")
     rsd_student: str | None = option(None, "RSD: the model that accepts or rejects tokens; default the recipe's student.model")
+    first_thought: bool = option(
+        False, "task.tools python (Agent Distillation's first-thought prefix): the teacher first writes the first line "
+        "of a step-by-step answer without the tool (at most 64 tokens), and its answer with the tool starts from that "
+        "line, which the student learns as part of the answer")
     cache: bool = option(True, "reuse and store teacher calls in the cache")
     cache_path: str | None = option(None, "SQLite cache file (default: $TUTORLM_CACHE_DIR or ~/.cache/tutorlm/teacher.sqlite)")
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -120,6 +121,51 @@ def plan(task: Task, config: GenerateConfig, asked: Task | None = None) -> Plan:
     return result
 
 
+FIRST_THOUGHT_TOKENS = 64
+_STATES_ANSWER = re.compile(r"answer\s*(?:is|:)|\\boxed|####", re.I)
+
+
+def first_thought(text: str) -> str | None:
+    """The first line of a step-by-step answer, as the start of an answer with the tool; None when that line is empty,
+    already the answer line, or code."""
+    line = text.strip().split("\n", 1)[0].rstrip() if text.strip() else ""
+    if not line or "```" in line or _STATES_ANSWER.search(line):
+        return None
+    return line
+
+
+def first_thoughts(recipe: Recipe, teacher: Any, task: Task, config: GenerateConfig, requests: list[Request],
+                   cache: Cache | None, console: Console) -> tuple[list[Request], dict[str, Any]]:
+    """`requests` (answers with the tool), each starting from the teacher's first thought: the first line of its
+    answer to the same question without the tool (Agent Distillation, Kang et al. 2025). The thoughts go through the
+    cache like answers; a request whose thought is unusable (empty, the answer line, code) starts as it was."""
+    text_task = copy.copy(task)
+    text_task.tools = "none"
+    text_plan = plan(task, config, text_task)
+    asked = {(request.example_id, request.sample_index): request for request in text_plan.requests}
+    thought_requests = [asked[(request.example_id, request.sample_index)] for request in requests]
+    sampling = dataclasses.replace(sampling_of(config, text_task), max_tokens=min(FIRST_THOUGHT_TOKENS, config.max_tokens))
+    backend = teacher_backend(teacher, text_task, recipe)
+    if backend.kind == "reference":
+        backend.add_examples(text_plan.examples)  # type: ignore[attr-defined]
+    with _progress(console, len(thought_requests), "first thoughts") as progress:
+        keys, results, cached = run_cached(backend, thought_requests, sampling, cache,
+                                           on_result=lambda request, result: progress.advance(1),
+                                           on_start=lambda hits: progress.start(hits, hits=hits))
+    started, tokens = [], 0
+    for request, key in zip(requests, keys):
+        result = results[key]
+        thought = first_thought(result.text) if isinstance(result, Completion) else None
+        if isinstance(result, Completion) and key not in cached:
+            tokens += result.completion_tokens
+        started.append(dataclasses.replace(request, prefix=thought + "\n") if thought else request)
+    stats = {"thoughts": sum(request.prefix is not None for request in started), "asked": len(requests),
+             "cache_hits": len(cached), "completion_tokens": tokens}
+    console.print(f"generate: first thoughts for {stats['thoughts']} of {len(requests)} answers with the tool "
+                  f"({tokens} new teacher tokens)")
+    return started, stats
+
+
 def _teacher_key(teacher: Any) -> dict[str, Any]:
     """What of a teacher's settings decides its rationales (operational settings such as concurrency excluded)."""
     teacher = to_dict(teacher)
@@ -148,6 +194,8 @@ def generate_stage_config(recipe: Recipe) -> dict[str, Any]:
     if recipe.generate.rsd_floor is None:  # off: as before RSD existed, so earlier runs stay current
         generate.pop("rsd_floor")
         generate.pop("rsd_student")
+    if not recipe.generate.first_thought:  # off: as before it existed
+        generate.pop("first_thought")
 
     stage = {"task": stage_key(recipe.task), "instruction": prompt_instruction(recipe.task), "generate": generate}
     if recipe.generate.few_shot:  # the student's training prompt lost the shots (2026-12-03): such traces are stale
@@ -207,6 +255,8 @@ def _trace_row(example: Example, request: Request, completion: Completion, plan_
     }
     if request.messages is not plan_.training_prompts[example.id]:
         row["teacher_prompt"] = request.messages
+    if "tools" in completion.meta:  # task.tools python: each code block it ran, with the output and the time
+        row["tools"] = completion.meta["tools"]
     if request.prefix is not None:  # its tokens and log-probabilities cover the continuation only: none are stored
         return row
     if completion.token_ids is not None:  # the ids, in the vocabulary of the tokenizer named here
@@ -220,8 +270,6 @@ def _trace_row(example: Example, request: Request, completion: Completion, plan_
             row["logprobs"] = completion.logprobs
     if "redrawn" in completion.meta:  # RSD: the tokens of this completion the student rejected
         row["redrawn"] = completion.meta["redrawn"]
-    if "tools" in completion.meta:  # task.tools python: each code block it ran, with the output and the time
-        row["tools"] = completion.meta["tools"]
     return row
 
 
@@ -381,6 +429,7 @@ def _generate(recipe: Recipe, run: RunDir, force: bool, console: Console) -> dic
     rows: list[dict[str, Any]] = []
     failure_rows: list[dict[str, Any]] = []
     per_teacher: dict[str, dict[str, Any]] = {}
+    first_thought_stats: dict[str, dict[str, Any]] = {}
     partial_path = run.path / PARTIAL
     with run.record("generate", stage_config, {}, resolved=to_dict(recipe)) as record, \
             partial_path.open("a", encoding="utf-8") as partial:
@@ -393,6 +442,9 @@ def _generate(recipe: Recipe, run: RunDir, force: bool, console: Console) -> dic
                     requests, corrections = correction_requests(task, teacher_plan, rows, solved_so_far)
                 else:
                     requests = [request for request in teacher_plan.requests if request.example_id in open_questions]
+                if config.first_thought and asked_task.tools == "python":  # Agent Distillation's first-thought prefix
+                    requests, thought_stats = first_thoughts(recipe, teacher, task, config, requests, cache, console)
+                    first_thought_stats[teacher.name or "teacher"] = thought_stats
                 asked = _ask(recipe, teacher, teacher.name if recipe.teachers else None, asked_task, teacher_plan, requests,
                              sampling_of(config, asked_task), cache, partial, console, tolerate_fatal=cascade)
                 for row in asked.rows:
@@ -440,6 +492,8 @@ def _generate(recipe: Recipe, run: RunDir, force: bool, console: Console) -> dic
         if redrawn:  # RSD: the share of the teacher's proposals the student rejected
             stats["redrawn_tokens"] = sum(redrawn)
             stats["redrawn_share"] = round(sum(redrawn) / max(stats["completion_tokens_total"], 1), 4)
+        if first_thought_stats:  # generate.first_thought: per teacher with the tool
+            stats["first_thoughts"] = first_thought_stats
         calls = [call for row in rows for call in row.get("tools", [])]
         if any("tools" in row for row in rows):  # task.tools python: how the teacher used the tool
             stats.update(tool_calls=len(calls), tool_errors=sum(not call["ok"] for call in calls),

@@ -46,7 +46,7 @@ class ReferenceBackend:
         for request in requests:
             started = time.perf_counter()
             rationale = self._rationales.get(request.example_id)
-            if request.prefix is not None:
+            if request.prefix is not None and sampling.tool_calls is None:  # with the tool: its computation follows any start
                 on_result(request, RequestFailed("the reference solver writes whole solutions; it cannot continue an "
                                                  "answer from a given start (use a model teacher to correct)"))
                 continue
