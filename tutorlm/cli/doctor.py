@@ -21,13 +21,13 @@ def cmd_tokenizers(teacher: str, student: str) -> int:
     """`tutorlm doctor --teacher T --student S`: which distillation path the two tokenizers allow."""
     from transformers import AutoConfig
 
-    from tutorlm.models.load import load_tokenizer, resolve_model
+    from tutorlm.models.load import load_tokenizer, loadable, resolve_model
     from tutorlm.train.teacher import compare_tokenizers, describe
 
     tokenizers, rows = [], []
     for spec in (student, teacher):
         tokenizers.append(load_tokenizer(spec))
-        source, gguf = resolve_model(spec, None)
+        source, gguf = loadable(*resolve_model(spec, None))
         rows.append(AutoConfig.from_pretrained(source, gguf_file=gguf).get_text_config().vocab_size)
     comparison = compare_tokenizers(tokenizers[0], tokenizers[1], rows[0], rows[1])
     console.print(f"student {student}: {len(tokenizers[0])} tokens, {rows[0]} embedding rows")
