@@ -138,7 +138,48 @@ def test_small_gguf_files_convert_once_and_large_ones_or_opted_out_load_directly
     monkeypatch.setattr(models, "CONVERT_GGUF_MAX_BYTES", 63)
     assert models.loadable(str(weights.parent), "model.gguf") == (str(weights.parent), "model.gguf")
     monkeypatch.setattr(models, "CONVERT_GGUF_MAX_BYTES", 64)
+    import gguf
+
+    reader = gguf.GGUFReader
     with pytest.raises(ModelError, match=r"could not read the GGUF file .*model\.gguf"):
         models.loadable(str(weights.parent), "model.gguf")
+    assert gguf.GGUFReader is reader  # the conversion's parse-once shortcut is undone after a failure too
     converted = tmp_path / "cache" / "models" / "converted"
     assert not converted.exists() or list(converted.iterdir()) == []  # nothing half-written
+
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="needs Linux")
+def test_training_keeps_large_blocks_in_the_heap_and_restores_glibc_afterwards(monkeypatch):
+    import ctypes
+
+    class MallInfo2(ctypes.Structure):
+        _fields_ = [(name, ctypes.c_size_t) for name in
+                    ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallinfo2.restype = MallInfo2
+    except (OSError, AttributeError):
+        pytest.skip("needs glibc 2.33 or newer")
+    libc.malloc.restype = ctypes.c_void_p
+    libc.free.argtypes = [ctypes.c_void_p]
+
+    def large_block_mapped() -> bool:
+        """Whether glibc serves a 64 MiB block with a mapping of its own (counted in hblkhd) instead of the heap."""
+        before = libc.mallinfo2().hblkhd
+        block = libc.malloc(64 << 20)
+        try:
+            return libc.mallinfo2().hblkhd - before >= 64 << 20
+        finally:
+            libc.free(block)
+
+    assert large_block_mapped()  # glibc's default
+    with models.reuse_freed_memory("cpu") as tuned:
+        assert tuned and not large_block_mapped()
+    assert large_block_mapped()
+    with models.reuse_freed_memory("cuda") as tuned:
+        assert not tuned and large_block_mapped()
+    monkeypatch.setenv("TUTORLM_MALLOC_TUNE", "0")
+    with models.reuse_freed_memory("cpu") as tuned:
+        assert not tuned and large_block_mapped()

@@ -38,7 +38,7 @@ from rich.console import Console
 
 from tutorlm import throughput
 from tutorlm.config import Recipe, config_hash, teacher_generate, to_dict
-from tutorlm.models.load import load, pick_device
+from tutorlm.models.load import load, pick_device, reuse_freed_memory
 from tutorlm.models.precision import resolve_precision
 from tutorlm.models.tokens import Tokenized
 from tutorlm.progress import StageProgress
@@ -271,7 +271,7 @@ def train(recipe: Recipe, *, resume: bool = False, force: bool = False, console:
 
     recording = run.record("train", stage_config, inputs, resolved=to_dict(recipe)) if main else \
         contextlib.nullcontext({"outputs": [], "stats": {}})
-    with recording as record:
+    with recording as record, reuse_freed_memory(device):
         model, tokenizer = model_and_tokenizer or build_model(recipe)
         rows = read_jsonl(curated)
         train_rows, held_rows = split_held_out(rows, config.eval_fraction, config.max_eval_examples)
