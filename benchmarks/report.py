@@ -158,7 +158,8 @@ def rows() -> list[str]:
                 f"| SFT model FLOPs utilization, {result['model']} fp32 (batch {result['batch_size']}) | {result['machine']} | {result['date']} "
                 f"| {default['gflops']} GFLOP/s (default: fused AdamW) | fp32 matmul at the model's shapes: {limit} GFLOP/s "
                 f"| {default['fraction_of_limit']}× "
-                f"| {variants} |"
+                f"| {variants}" + (f"; bf16 against the bf16 matmul limit at the same shapes, "
+                                   f"{result['limit_bf16']['model_shapes_gflops']} GFLOP/s" if "limit_bf16" in result else "") + " |"
             )
         elif name == "eval_vs_lmeval":
             for run in result["runs"]:
@@ -183,6 +184,25 @@ def rows() -> list[str]:
                     f"| the engine offline, same slots: {result['offline']['tokens_per_s']:.1f} tokens/s | {run['ratio']:.2f}× "
                     f"| {run['identical']} of {result['questions']} answers identical to offline |"
                 )
+            if result.get("single"):
+                single = result["single"]
+                ours, theirs = single["served_one_client"], single["offline_one_row"]
+                lines.append(
+                    f"| `tutorlm serve`, one streaming client against the engine with one row, {result['model']} on "
+                    f"{single['questions']} {result['task']} questions ({result['max_tokens']} max tokens) | {result['machine']} "
+                    f"| {result['date']} | {ours['tokens_per_s']:.1f} tokens/s, first token p50 {ours['first_token_s']['p50']:.2f} s "
+                    f"| the engine offline, one row: {theirs['tokens_per_s']:.1f} tokens/s | {single['ratio']:.2f}× "
+                    f"| {single['identical']} of {single['questions']} answers identical |"
+                )
+        elif name == "kd_speed":
+            rates = result["tokens_per_s"]
+            lines.append(
+                f"| KD from a stored top-{result['top_k']} against SFT, {result['model']} ({result['precision']}, batch "
+                f"{result['batch_size']}, {result['labelled_tokens_per_step']} labelled tokens a step) | {result['machine']} "
+                f"| {result['date']} | top-k KD {rates['topk_kd']} tokens/s (before, checkpointed: {rates['topk_kd_checkpointed']}) "
+                f"| SFT {rates['sft']} tokens/s | {result['topk_kd_over_sft']}× (before {result['checkpointed_topk_kd_over_sft']}×) "
+                f"| goal {result['goal']}; fastest of {result['rounds']} interleaved rounds |"
+            )
         elif name == "load_memory":
             released, kept = result["sides"]["released"], result["sides"]["kept"]
             lines.append(

@@ -174,3 +174,56 @@ def test_chunked_kd_from_a_topk_equals_the_plain_one():
             assert torch.allclose(ours, theirs, atol=1e-5)
     with pytest.raises(ValueError, match="temperature 1"):
         linear_kd_loss(hidden, weight, (ids, values), temperature=2.0)
+
+
+@pytest.mark.parametrize(("teacher_form", "kind"), [("topk", "jsd"), ("topk", "forward_kl"), ("full", "jsd")])
+def test_kd_with_its_cross_entropy_share_from_one_projection_equals_the_two_losses_apart(teacher_form, kind):
+    """Rows with a teacher: (1 - w) divergence + w cross-entropy; a top-k row with no teacher: cross-entropy alone."""
+    torch.manual_seed(5)
+    hidden = torch.randn(11, 8, requires_grad=True)
+    weight = torch.randn(23, 8, requires_grad=True)
+    teacher = F.log_softmax(torch.randn(11, 23) * 2, -1)
+    targets = torch.randint(0, 23, (11,))
+    ids = teacher.topk(5, -1).indices.clone()
+    ids[[3, 7]] = -1  # two rows the teacher could not score
+    ids[5] = torch.tensor([0, -1, 3, -1, 7])  # empty slots beside id 0, which is where an empty slot's -1 clamps to
+    values = teacher.gather(-1, ids.clamp(min=0)).masked_fill(ids < 0, float("-inf"))
+    log_q = F.log_softmax(hidden @ weight.T, -1)
+    cross_entropy = F.cross_entropy(hidden @ weight.T, targets, reduction="none")
+    w = 0.3
+    if teacher_form == "topk":
+        has = (ids >= 0).any(-1)
+        divergences = plain_topk(log_q[has], ids[has], values[has], kind)
+        reference = (((1 - w) * divergences + w * cross_entropy[has]).sum() + cross_entropy[~has].sum()) / 11
+        given = (ids, values)
+    else:
+        reference = ((1 - w) * divergence(log_q, teacher, kind, 0.5) + w * cross_entropy).mean()
+        given = lambda start, end: teacher[start:end]  # noqa: E731
+    expected = torch.autograd.grad(reference, (hidden, weight))
+    for chunk_rows in (2, 64):
+        loss = linear_kd_loss(hidden, weight, given, kind=kind, targets=targets, ce_weight=w, chunk_rows=chunk_rows)
+        assert torch.allclose(loss, reference, atol=1e-5)
+        for ours, theirs in zip(torch.autograd.grad(loss, (hidden, weight)), expected):
+            assert torch.allclose(ours, theirs, atol=1e-5)
+    with pytest.raises(ValueError, match="needs targets"):
+        linear_kd_loss(hidden, weight, given, ce_weight=w)
+
+
+def test_chunked_losses_project_in_the_autocast_dtype_and_skip_gradients_nobody_needs():
+    torch.manual_seed(6)
+    hidden = torch.randn(6, 16, requires_grad=True)
+    weight = torch.randn(40, 16)  # frozen: no gradient is formed for it
+    teacher = F.log_softmax(torch.randn(6, 40), -1)
+    ids = teacher.topk(4, -1).indices
+    values = teacher.gather(-1, ids)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = linear_kd_loss(hidden, weight, (ids, values))
+    log_q = F.log_softmax((hidden.bfloat16() @ weight.bfloat16().T).float(), -1)
+    reference = plain_topk(log_q, ids, values, "forward_kl").mean()
+    assert torch.allclose(loss, reference, atol=1e-4)
+    assert torch.allclose(torch.autograd.grad(loss, hidden)[0], torch.autograd.grad(reference, hidden)[0], atol=2e-2)
+    with torch.no_grad():
+        assert torch.allclose(linear_kd_loss(hidden, weight, (ids, values)),
+                              plain_topk(F.log_softmax(hidden @ weight.T, -1), ids, values, "forward_kl").mean(), atol=1e-5)
+
+

@@ -282,17 +282,10 @@ def topk_kd_loss(student: Any, batch: dict[str, torch.Tensor], config: Any) -> t
     with identity_head(inner, head):
         hidden = student(**inputs, logits_to_keep=positions, use_cache=False).logits[wanted]  # (N, H)
     targets = chosen[wanted]
+    # One projection per chunk gives the divergence and the cross-entropy share (linear_kd_loss with targets).
+    loss = linear_kd_loss(hidden, head.weight, (ids, logprobs), kind=config.kd_divergence, beta=config.kd_beta,
+                          targets=targets, ce_weight=config.kd_ce_weight)
     count = targets.numel()
-    aligned = (ids != NO_TOKEN).any(-1)  # (N,)
-    n_aligned = int(aligned.sum())
-    aligned_hidden = hidden[aligned]  # (A, H)
-    divergence = linear_kd_loss(aligned_hidden, head.weight, (ids[aligned], logprobs[aligned]),
-                                kind=config.kd_divergence, beta=config.kd_beta)
-    cross_entropy_aligned = linear_cross_entropy(aligned_hidden, head.weight, targets[aligned])
-    cross_entropy_rest = linear_cross_entropy(hidden[~aligned], head.weight, targets[~aligned])
-    weight = config.kd_ce_weight
-    loss = (n_aligned * ((1 - weight) * divergence + weight * cross_entropy_aligned)
-            + (count - n_aligned) * cross_entropy_rest) / max(count, 1)
     return loss, count
 
 
@@ -328,9 +321,13 @@ def kd_loss(student: Any, teacher: Any, batch: dict[str, torch.Tensor], config: 
         count = targets.numel()
         metrics.update(reverse_kl=float((student_chosen - teacher_chosen).sum()), scored=count, tokens_graded=count,
                        agree=int((student_best == teacher_best).sum()), top=count)
-    loss = linear_kd_loss(student_hidden, student_weight, teacher_logprobs, kind=config.kd_divergence,
-                          beta=config.kd_beta, temperature=config.kd_temperature)
-    if config.kd_ce_weight:
+    settings = dict(kind=config.kd_divergence, beta=config.kd_beta, temperature=config.kd_temperature)
+    if config.kd_ce_weight and rows == student_head.weight.shape[0]:  # both shares from one projection
+        loss = linear_kd_loss(student_hidden, student_weight, teacher_logprobs, **settings, targets=chosen[wanted],
+                              ce_weight=config.kd_ce_weight)
+        return loss, student_hidden.shape[0]
+    loss = linear_kd_loss(student_hidden, student_weight, teacher_logprobs, **settings)
+    if config.kd_ce_weight:  # over the student's whole head, padding rows included, as its own softmax is
         cross_entropy = linear_cross_entropy(student_hidden, student_head.weight, chosen[wanted])
         loss = (1 - config.kd_ce_weight) * loss + config.kd_ce_weight * cross_entropy
     return loss, student_hidden.shape[0]

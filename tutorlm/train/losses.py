@@ -4,7 +4,8 @@
     linear_token_logprobs(hidden, weight, targets)                     log-probs of given tokens and the argmax, no gradient
     divergence(student_logprobs, teacher_logprobs, kind, beta)         per-token KD divergences, (N, V) -> (N,)
     topk_divergence(student_logprobs, teacher_ids, teacher_logprobs)   the same against a stored top-k + tail
-    linear_kd_loss(student_hidden, student_weight, teacher, ...)       chunked KD from hidden states (full or top-k teacher)
+    linear_loss(hidden, weight, loss_of_logits)                        any per-row loss of hidden @ weight.T, chunked, one projection
+    linear_kd_loss(student_hidden, student_weight, teacher, ...)       chunked KD from hidden states (full or top-k teacher[, + CE])
     group_advantages(rewards, group_size, scale)                       GRPO: rewards relative to their group, (B*G,) -> (B*G,)
     clipped_surrogate(logprobs, old_logprobs, advantages, eps_low, eps_high)  PPO/GRPO per-token loss and its gradient weight
     k3_kl(logprobs, ref_logprobs)                                      per-token KL(policy || reference) estimate (Schulman's k3)
@@ -29,9 +30,9 @@ ids (normalised over its full vocabulary, never renormalised over the k) plus th
 The divergence is then exact between these two (k + 1)-outcome distributions, which lower-bounds the
 full-vocabulary divergence (the data-processing inequality) and equals it when the tail is empty.
 
-Chunking: `linear_kd_loss` projects hidden states onto the vocabulary a chunk of rows at a time under
-activation checkpointing, so at most one chunk of (rows x vocabulary) logits of each model exists in the
-forward and in the backward pass; the result equals the unchunked loss.
+Chunking: `linear_kd_loss` projects hidden states onto the vocabulary a chunk of rows at a time and forms the
+chunk's gradients right away (`linear_loss`), so at most one chunk of (rows x vocabulary) logits of each model
+exists at a time and the projection runs once; the result equals the unchunked loss.
 """
 
 from __future__ import annotations
@@ -41,7 +42,6 @@ from typing import Callable, Literal
 
 import torch
 import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
 
 Divergence = Literal["forward_kl", "reverse_kl", "jsd", "skew_kl", "skew_reverse_kl"]
 DIVERGENCES: tuple[str, ...] = ("forward_kl", "reverse_kl", "jsd", "skew_kl", "skew_reverse_kl")
@@ -231,6 +231,123 @@ def topk_divergence(student_logprobs: torch.Tensor, teacher_ids: torch.Tensor, t
 
 
 TeacherLogprobs = Callable[[int, int], torch.Tensor]  # (start, end) -> the teacher's (end - start, V) log-probs
+ChunkLoss = Callable[[torch.Tensor, int, int], torch.Tensor]  # (float32 logits of rows start:end, start, end) -> a sum
+# (float32 logits of rows start:end, start, end, whether a gradient is wanted) -> (the sum, its gradient or None); may
+# overwrite the logits
+ChunkLossAndGradient = Callable[[torch.Tensor, int, int, bool], "tuple[torch.Tensor, torch.Tensor | None]"]
+
+
+class _LinearLoss(torch.autograd.Function):
+    """Chunked projection with any loss of the logits, its gradients formed in the forward pass.
+
+    Per chunk of rows: logits = h W^T (once), the chunk's loss and its gradient g with respect to the logits
+    (written by hand, or by autograd on the chunk alone); then grad_h = g W and grad_W += g^T h, as
+    _LinearCrossEntropy does. The projection runs once per chunk instead of twice (forward, checkpointed
+    recompute), and at most one chunk's logits and the loss's intermediates on them exist at a time.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, dtype, chunk, loss_and_gradient):
+        need_hidden, need_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        rows = hidden.shape[0]
+        with torch.autocast(hidden.device.type, enabled=False):
+            projection = weight.to(dtype)
+            total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+            grad_hidden = torch.empty_like(hidden) if need_hidden else None
+            grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_weight else None
+            for start in range(0, rows, chunk):
+                end = min(start + chunk, rows)
+                h = hidden[start:end].to(dtype)
+                logits = (h @ projection.T).float()  # (c, V)
+                loss, gradient = loss_and_gradient(logits, start, end, need_hidden or need_weight)
+                total += loss.detach()
+                del logits
+                if gradient is None:
+                    continue
+                gradient = gradient.to(dtype)
+                if need_hidden:
+                    grad_hidden[start:end] = gradient @ projection
+                if need_weight:
+                    grad_weight += gradient.T @ h
+        ctx.save_for_backward(grad_hidden, grad_weight)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        grad_hidden, grad_weight = ctx.saved_tensors
+        return (
+            grad_hidden * grad_output.to(grad_hidden.dtype) if grad_hidden is not None else None,
+            grad_weight * grad_output if grad_weight is not None else None,
+            None,
+            None,
+            None,
+        )
+
+
+def _by_autograd(loss_of_logits: ChunkLoss) -> ChunkLossAndGradient:
+    def loss_and_gradient(logits: torch.Tensor, start: int, end: int, need: bool):
+        if not need:
+            return loss_of_logits(logits, start, end).detach(), None
+        logits.requires_grad_(True)
+        with torch.enable_grad():
+            loss = loss_of_logits(logits, start, end)
+            (gradient,) = torch.autograd.grad(loss, logits)
+        return loss.detach(), gradient
+
+    return loss_and_gradient
+
+
+def linear_loss(hidden: torch.Tensor, weight: torch.Tensor, loss_of_logits: ChunkLoss | None = None,
+                chunk_rows: int | None = None, *, loss_and_gradient: ChunkLossAndGradient | None = None) -> torch.Tensor:
+    """Σ over chunks of `loss_of_logits(float32 logits of rows start:end, start, end)`, the logits being
+    `hidden @ weight.T` (in the autocast dtype under autocast); (N, H), (V, H) -> scalar. Differentiable in
+    `hidden` and `weight`; the chunk's loss must be a sum over its rows (each row's loss depends on its own logits).
+    `loss_and_gradient` instead: a chunk loss that writes its own gradient with respect to the logits."""
+    if (loss_of_logits is None) == (loss_and_gradient is None):
+        raise ValueError("give one of loss_of_logits and loss_and_gradient")
+    if hidden.shape[0] == 0:
+        return hidden.sum() * 0.0
+    device = hidden.device.type
+    dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else weight.dtype
+    chunk = chunk_rows or max(1, LOGITS_PER_CHUNK // weight.shape[0])
+    return _LinearLoss.apply(hidden, weight, dtype, chunk, loss_and_gradient or _by_autograd(loss_of_logits))
+
+
+def _topk_forward_kl(logits: torch.Tensor, ids: torch.Tensor, teacher_logprobs: torch.Tensor,
+                     targets: torch.Tensor | None, kd_share: torch.Tensor, ce_share: torch.Tensor | None, need: bool
+                     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Σ_rows kd_share · forward KL against a top-k with tail (as `topk_divergence`) + ce_share · cross-entropy of
+    the targets, and its gradient with respect to the (c, V) logits (overwritten), written out: with q the student's
+    softmax, K the teacher's ids, p its probabilities and p_T, q_T the two tails,
+        d KL / d z = q − (p_T / q_T) · q·[j ∉ K] − p·[j ∈ K],    d CE / d z = q − onehot(target).
+    About a third of the passes over the (c, V) logits that autograd makes through `topk_divergence`."""
+    valid = ids != NO_TOKEN  # (c, k)
+    has = valid.any(-1)  # (c,)
+    # Slots without a token point at a slot of the row that has one (or at id 0, left as it is, in a row with none),
+    # so that writing over K never touches an id outside it.
+    first = torch.where(has, ids.gather(-1, valid.float().argmax(-1, keepdim=True))[:, 0], 0)  # (c,)
+    index = torch.where(valid, ids, first[:, None])  # (c, k)
+    log_norm = torch.logsumexp(logits, dim=-1)  # (c,)
+    log_q = (logits.gather(-1, index) - log_norm[:, None]).masked_fill(~valid, FLOOR)  # (c, k)
+    target_logit = logits.gather(-1, targets[:, None])[:, 0] if targets is not None else None
+    q = logits.sub_(log_norm[:, None]).exp_()  # (c, V), in place of the logits
+    outside = q.scatter(-1, index, torch.where(has[:, None], 0.0, q.gather(-1, index)))  # q with K's ids zeroed
+    q_tail = outside.sum(-1).clamp(min=1e-30)  # (c,)
+    log_p = with_tail(teacher_logprobs.float().clamp(min=FLOOR).masked_fill(~valid, FLOOR))  # (c, k + 1)
+    p, p_tail = log_p[:, :-1].exp(), log_p[:, -1].exp()  # (c, k), (c,)
+    kl = (p * (log_p[:, :-1] - log_q)).masked_fill(p == 0, 0.0).sum(-1)
+    kl = kl + torch.where(p_tail > 0, p_tail * (log_p[:, -1] - q_tail.log()), 0.0)
+    loss = (kd_share * kl).sum()
+    if ce_share is not None:
+        loss = loss + (ce_share * (log_norm - target_logit)).sum()
+    if not need:
+        return loss, None
+    share = kd_share + (ce_share if ce_share is not None else 0.0)  # (c,)
+    gradient = q.mul_(share[:, None]).sub_(outside.mul_((kd_share * p_tail / q_tail)[:, None]))
+    gradient.scatter_add_(-1, index, -(kd_share[:, None] * p))  # empty slots add 0
+    if ce_share is not None:
+        gradient.scatter_add_(-1, targets[:, None], -ce_share[:, None])
+    return loss, gradient
 
 
 def linear_kd_loss(
@@ -242,6 +359,8 @@ def linear_kd_loss(
     beta: float = 0.5,
     temperature: float = 1.0,
     chunk_rows: int | None = None,
+    targets: torch.Tensor | None = None,
+    ce_weight: float = 0.0,
 ) -> torch.Tensor:
     """Mean KD divergence over N positions, with the student's logits `student_hidden @ student_weight.T`.
 
@@ -249,38 +368,54 @@ def linear_kd_loss(
     `teacher_logprobs(start, end)` that returns its (end - start, V) log-probs at the same temperature
     (computed under no_grad, e.g. from the teacher's own hidden states a chunk at a time), or a top-k as
     ((N, k) ids, (N, k) log-probs), compared by `topk_divergence` (temperature 1 only: a top-k cannot be
-    re-tempered without the rest of the distribution). Each chunk runs under activation checkpointing, so
-    its logits are recomputed in the backward pass rather than kept: peak memory is one chunk of logits.
+    re-tempered without the rest of the distribution). A top-k row whose ids are all NO_TOKEN has no teacher.
+
+    With `targets` (N,) the loss per row is (1 − ce_weight) · divergence + ce_weight · cross-entropy of the target
+    (at temperature 1), and cross-entropy alone on a row with no teacher: the KD objective with its SFT share, from
+    one projection. The projection runs once per chunk (`linear_loss`): peak memory is one chunk of logits.
     """
     rows = student_hidden.shape[0]
-    if rows == 0:
-        return student_hidden.sum() * 0.0
     topk = isinstance(teacher_logprobs, tuple)
     if topk and temperature != 1.0:
         raise ValueError("a teacher known by its top-k takes temperature 1 (a top-k cannot be re-tempered)")
-    chunk = chunk_rows or max(1, LOGITS_PER_CHUNK // student_weight.shape[0])
-    device = student_hidden.device.type
-    dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else student_weight.dtype
+    if targets is None and ce_weight:
+        raise ValueError("ce_weight needs targets")
+    if rows == 0:
+        return student_hidden.sum() * 0.0
+    has_teacher = (teacher_logprobs[0] != NO_TOKEN).any(-1) if topk else None  # (N,)
+    if topk and kind == "forward_kl":  # the common case, with its gradient written out
+        shares = torch.ones(rows, device=student_hidden.device) if targets is None else \
+            torch.where(has_teacher, 1.0 - ce_weight, 0.0).to(student_hidden.device)
+        ce_shares = None if targets is None else torch.where(has_teacher, ce_weight, 1.0).to(student_hidden.device)
 
-    def chunk_loss(hidden: torch.Tensor, weight: torch.Tensor, *teacher: torch.Tensor) -> torch.Tensor:
-        logits = (hidden.to(dtype) @ weight.to(dtype).T).float() / temperature  # (c, V)
-        if topk:
-            return topk_divergence(F.log_softmax(logits, dim=-1), teacher[0], teacher[1], kind, beta).sum()
-        return divergence(F.log_softmax(logits, dim=-1), teacher[0], kind, beta).sum()
+        def written_out(logits: torch.Tensor, start: int, end: int, need: bool):
+            return _topk_forward_kl(logits, teacher_logprobs[0][start:end], teacher_logprobs[1][start:end],
+                                    None if targets is None else targets[start:end], shares[start:end],
+                                    None if ce_shares is None else ce_shares[start:end], need)
 
-    total = student_hidden.new_zeros((), dtype=torch.float32)
-    for start in range(0, rows, chunk):
-        end = min(start + chunk, rows)
+        return linear_loss(student_hidden, student_weight, chunk_rows=chunk_rows, loss_and_gradient=written_out) / rows
+
+    def chunk_loss(logits: torch.Tensor, start: int, end: int) -> torch.Tensor:
+        log_q = F.log_softmax(logits / temperature, dim=-1)  # (c, V)
         if topk:
-            teacher = (teacher_logprobs[0][start:end], teacher_logprobs[1][start:end])  # (c, k) each
+            per_row = topk_divergence(log_q, teacher_logprobs[0][start:end], teacher_logprobs[1][start:end], kind, beta)
         else:
             with torch.no_grad():
-                teacher = (teacher_logprobs(start, end),)  # (c, V)
-        if student_hidden.requires_grad or student_weight.requires_grad:
-            total = total + checkpoint(chunk_loss, student_hidden[start:end], student_weight, *teacher, use_reentrant=False)
-        else:
-            total = total + chunk_loss(student_hidden[start:end], student_weight, *teacher)
-    return total * temperature**2 / rows
+                teacher = teacher_logprobs(start, end)  # (c, V)
+            per_row = divergence(log_q, teacher, kind, beta)
+        per_row = per_row * temperature**2
+        if targets is None:
+            return per_row.sum()
+        if temperature != 1.0:
+            log_q = F.log_softmax(logits, dim=-1)
+        cross_entropy = -log_q.gather(1, targets[start:end, None])[:, 0]  # (c,)
+        if has_teacher is None:
+            return ((1 - ce_weight) * per_row + ce_weight * cross_entropy).sum()
+        teacher_rows = has_teacher[start:end]
+        mixed = (1 - ce_weight) * per_row + ce_weight * cross_entropy
+        return torch.where(teacher_rows, mixed, cross_entropy).sum()
+
+    return linear_loss(student_hidden, student_weight, chunk_loss, chunk_rows) / rows
 
 
 # ---------------------------------------------------------------------------------------------------
