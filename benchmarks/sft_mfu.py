@@ -10,6 +10,8 @@
    (QK^T and AV, causal) x 3 for forward and backward, divided by step time.
 3. The same steps with each change tried on its own: fused AdamW (tutorlm's default since this
    measurement), one thread instead of all, torch.compile (tutorlm's `train.compile`), and both.
+4. `--variants ...,bf16`: fused AdamW with the forward under bf16 autocast (fp32 weights; `train.precision bf16`,
+   what `auto` picks on a CPU with AVX512-BF16), against the bf16 matmul limit measured the same way (`limit_bf16`).
 Reported: the fraction achieved / limit for each variant.
 """
 
@@ -103,12 +105,13 @@ def synchronize(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def measure(model, examples, args, pad_token_id: int, *, fused: bool = False, compiled: bool = False) -> dict:
+def measure(model, examples, args, pad_token_id: int, *, fused: bool = False, compiled: bool = False,
+            bf16: bool = False) -> dict:
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5, fused=fused)
     forward_model = torch.compile(model) if compiled else model
     order = batch_order(examples, args.batch_size, 0, 0, group_by_length=True)[: args.steps + 2]
     flops, seconds = 0.0, 0.0
-    for batch, elapsed in timed_steps(forward_model, optimizer, examples, order, False, pad_token_id):
+    for batch, elapsed in timed_steps(forward_model, optimizer, examples, order, False, pad_token_id, bf16=bf16):
         flops += step_flops(model.config, batch)
         seconds += elapsed
     return {"gflops": round(flops / seconds / 1e9, 1), "seconds": round(seconds, 2)}
@@ -132,15 +135,23 @@ def main() -> None:
     tokens = int(first["attention_mask"].sum())
     labelled = int((first["labels"][:, 1:] != IGNORE).sum())
     limit = matmul_limit(model.config, tokens, labelled)
+    variants = args.variants.split(",")
+    limits = {"fp32": limit}
+    if any("bf16" in variant for variant in variants):  # against the bf16 matmul rate, measured the same way
+        limits["bf16"] = matmul_limit(model.config, tokens, labelled, dtype=torch.bfloat16)
     result = {"benchmark": "sft_mfu", "date": time.strftime("%Y-%m-%d"), "machine": machine(),
               "model": args.model, "batch_size": args.batch_size, "steps": args.steps, "limit": limit, "variants": {}}
+    if "bf16" in limits:
+        result["limit_bf16"] = limits["bf16"]
     threads = torch.get_num_threads()
-    for variant in args.variants.split(","):
+    for variant in variants:
         torch.set_num_threads(1 if variant == "threads_1" else threads)
         state = {k: v.clone() for k, v in model.state_dict().items()}
-        measured = measure(model, examples, args, tokenizer.pad_token_id, fused="fused_adamw" in variant, compiled="compile" in variant)
+        bf16 = "bf16" in variant
+        measured = measure(model, examples, args, tokenizer.pad_token_id, fused="fused_adamw" in variant or bf16,
+                           compiled="compile" in variant, bf16=bf16)
         model.load_state_dict(state)
-        measured["fraction_of_limit"] = round(measured["gflops"] / limit["model_shapes_gflops"], 3)
+        measured["fraction_of_limit"] = round(measured["gflops"] / limits["bf16" if bf16 else "fp32"]["model_shapes_gflops"], 3)
         result["variants"][variant] = measured
         print(variant, measured, flush=True)
         Path(args.out).write_text(json.dumps(result, indent=2) + "\n")  # after each variant: compile can be slow
