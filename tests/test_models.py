@@ -134,6 +134,9 @@ def test_small_gguf_files_convert_once_and_large_ones_or_opted_out_load_directly
     assert models.loadable(str(tmp_path), None) == (str(tmp_path), None)  # a model directory stays as it is
     monkeypatch.setenv("TUTORLM_CONVERT_GGUF", "0")
     assert models.loadable(str(weights.parent), "model.gguf") == (str(weights.parent), "model.gguf")
+    for load in (models.load_tokenizer, models.load_model):  # read directly, a damaged file is named just the same
+        with pytest.raises(ModelError, match=r"could not read the GGUF file .*model\.gguf"):
+            load(str(weights))
     monkeypatch.delenv("TUTORLM_CONVERT_GGUF")
     monkeypatch.setattr(models, "CONVERT_GGUF_MAX_BYTES", 63)
     assert models.loadable(str(weights.parent), "model.gguf") == (str(weights.parent), "model.gguf")

@@ -292,6 +292,10 @@ def load_tokenizer(spec: str, gguf_file: str | None = None, *, trust_remote_code
         tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=gguf, trust_remote_code=trust_remote_code)
     except OSError as error:
         raise ModelError(f"could not load the tokenizer of {spec!r}{_not_local(spec)}: {error}") from None
+    except Exception as error:  # noqa: BLE001 - a damaged GGUF file fails anywhere in the reader
+        if gguf is None:
+            raise
+        raise ModelError(f"could not read the GGUF file {Path(source) / gguf}: {type(error).__name__}: {error}") from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -314,6 +318,10 @@ def load_model(spec: str, gguf_file: str | None = None, *, device: str = "auto",
         )
     except OSError as error:
         raise ModelError(f"could not load model {spec!r}{_not_local(spec)}: {error}") from None
+    except Exception as error:  # noqa: BLE001 - a damaged GGUF file fails anywhere in the reader
+        if gguf is None:
+            raise
+        raise ModelError(f"could not read the GGUF file {Path(source) / gguf}: {type(error).__name__}: {error}") from None
     if gguf is not None and not any("gguf" in type(module).__module__ for module in model.modules()):
         # Every GGUF block was de-quantized into a plain tensor on load (no module keeps GGUF blocks); the
         # quantizer marker left on the model would only stop save_pretrained, and a trained student must be saved.
