@@ -48,6 +48,96 @@ DIVERGENCES: tuple[str, ...] = ("forward_kl", "reverse_kl", "jsd", "skew_kl", "s
 
 
 # ---------------------------------------------------------------------------------------------------
+# Chunked projection onto the vocabulary
+# ---------------------------------------------------------------------------------------------------
+
+
+LOGITS_PER_CHUNK = 2**26  # elements of one chunk's float32 logits (256 MB)
+
+
+ChunkLoss = Callable[[torch.Tensor, int, int], torch.Tensor]  # (float32 logits of rows start:end, start, end) -> a sum
+# (float32 logits of rows start:end, start, end, whether a gradient is wanted) -> (the sum, its gradient or None); may
+# overwrite the logits
+ChunkLossAndGradient = Callable[[torch.Tensor, int, int, bool], "tuple[torch.Tensor, torch.Tensor | None]"]
+
+
+class _LinearLoss(torch.autograd.Function):
+    """Chunked projection with any loss of the logits, its gradients formed in the forward pass.
+
+    Per chunk of rows: logits = h W^T (once), the chunk's loss and its gradient g with respect to the logits
+    (written by hand, or by autograd on the chunk alone); then grad_h = g W and grad_W += g^T h. Backward only
+    scales them by the incoming gradient: the projection runs once per chunk (not again in a recompute), and at
+    most one chunk's logits and the loss's intermediates on them exist at a time.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, dtype, chunk, loss_and_gradient):
+        need_hidden, need_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        rows = hidden.shape[0]
+        with torch.autocast(hidden.device.type, enabled=False):
+            projection = weight.to(dtype)
+            total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+            grad_hidden = torch.empty_like(hidden) if need_hidden else None
+            grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_weight else None
+            for start in range(0, rows, chunk):
+                end = min(start + chunk, rows)
+                h = hidden[start:end].to(dtype)
+                logits = (h @ projection.T).float()  # (c, V)
+                loss, gradient = loss_and_gradient(logits, start, end, need_hidden or need_weight)
+                total += loss.detach()
+                del logits
+                if gradient is None:
+                    continue
+                gradient = gradient.to(dtype)
+                if need_hidden:
+                    grad_hidden[start:end] = gradient @ projection
+                if need_weight:
+                    grad_weight += gradient.T @ h
+        ctx.save_for_backward(grad_hidden, grad_weight)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        grad_hidden, grad_weight = ctx.saved_tensors
+        return (
+            grad_hidden * grad_output.to(grad_hidden.dtype) if grad_hidden is not None else None,
+            grad_weight * grad_output if grad_weight is not None else None,
+            None,
+            None,
+            None,
+        )
+
+
+def _by_autograd(loss_of_logits: ChunkLoss) -> ChunkLossAndGradient:
+    def loss_and_gradient(logits: torch.Tensor, start: int, end: int, need: bool):
+        if not need:
+            return loss_of_logits(logits, start, end).detach(), None
+        logits.requires_grad_(True)
+        with torch.enable_grad():
+            loss = loss_of_logits(logits, start, end)
+            (gradient,) = torch.autograd.grad(loss, logits)
+        return loss.detach(), gradient
+
+    return loss_and_gradient
+
+
+def linear_loss(hidden: torch.Tensor, weight: torch.Tensor, loss_of_logits: ChunkLoss | None = None,
+                chunk_rows: int | None = None, *, loss_and_gradient: ChunkLossAndGradient | None = None) -> torch.Tensor:
+    """Σ over chunks of `loss_of_logits(float32 logits of rows start:end, start, end)`, the logits being
+    `hidden @ weight.T` (in the autocast dtype under autocast); (N, H), (V, H) -> scalar. Differentiable in
+    `hidden` and `weight`; the chunk's loss must be a sum over its rows (each row's loss depends on its own logits).
+    `loss_and_gradient` instead: a chunk loss that writes its own gradient with respect to the logits."""
+    if (loss_of_logits is None) == (loss_and_gradient is None):
+        raise ValueError("give one of loss_of_logits and loss_and_gradient")
+    if hidden.shape[0] == 0:
+        return hidden.sum() * 0.0
+    device = hidden.device.type
+    dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else weight.dtype
+    chunk = chunk_rows or max(1, LOGITS_PER_CHUNK // weight.shape[0])
+    return _LinearLoss.apply(hidden, weight, dtype, chunk, loss_and_gradient or _by_autograd(loss_of_logits))
+
+
+# ---------------------------------------------------------------------------------------------------
 # Cross-entropy (SFT)
 # ---------------------------------------------------------------------------------------------------
 
@@ -59,12 +149,30 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: to
     `row_weights` (N,), constants, make it Σ w_i CE_i / N: with w = a per-token advantage this is the
     policy-gradient loss −(1/N) Σ A_i log q(x_i) of on-policy distillation and RL.
     Under autocast the projection runs in the autocast dtype (softmax in float32), as the model's own head would.
+
+    Per chunk of rows (`linear_loss`): loss = logsumexp - logit[target] and d(mean loss)/d(logits) =
+    (softmax - onehot) / N, written out, so the chunk's logits are never recomputed or kept.
     """
-    device = hidden.device.type
-    dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else weight.dtype
-    if hidden.shape[0] == 0:
+    rows = hidden.shape[0]
+    if rows == 0:
         return hidden.sum() * 0.0
-    return _LinearCrossEntropy.apply(hidden, weight, targets, dtype, None if row_weights is None else row_weights.detach().float())
+    weights = None if row_weights is None else row_weights.detach().float()
+
+    def cross_entropy(logits: torch.Tensor, start: int, end: int, need: bool):
+        chosen = targets[start:end]
+        log_norm = torch.logsumexp(logits, dim=-1)
+        losses = log_norm - logits.gather(1, chosen[:, None]).squeeze(1)  # (c,)
+        w = None if weights is None else weights[start:end]
+        loss = (losses if w is None else losses * w).sum() / rows
+        if not need:
+            return loss, None
+        gradient = logits.sub_(log_norm[:, None]).exp_()  # softmax, in place
+        gradient[torch.arange(chosen.shape[0], device=chosen.device), chosen] -= 1.0
+        if w is not None:
+            gradient.mul_(w[:, None])
+        return loss, gradient.div_(rows)
+
+    return linear_loss(hidden, weight, loss_and_gradient=cross_entropy)
 
 
 @torch.no_grad()
@@ -91,61 +199,6 @@ def linear_token_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: t
         return (*empty, hidden.new_zeros(0, dtype=torch.float32)) if entropy else empty
     result = (torch.cat(logprobs), torch.cat(best))
     return (*result, torch.cat(entropies)) if entropy else result
-
-
-LOGITS_PER_CHUNK = 2**26  # elements of one chunk's float32 logits (256 MB)
-
-
-class _LinearCrossEntropy(torch.autograd.Function):
-    """Chunked projection + cross-entropy with the gradients formed in the forward pass.
-
-    Per chunk of rows: logits = h W^T, loss = logsumexp - logit[target], and d(mean loss)/d(logits) =
-    (softmax - onehot) / N, from which grad_h = g W and grad_W += g^T h. Backward only scales them by
-    the incoming gradient, so the chunk's logits are never recomputed or kept.
-    """
-
-    @staticmethod
-    def forward(ctx, hidden, weight, targets, dtype, row_weights):
-        need_hidden, need_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        rows = hidden.shape[0]
-        chunk = max(1, LOGITS_PER_CHUNK // weight.shape[0])
-        with torch.autocast(hidden.device.type, enabled=False):
-            projection = weight.to(dtype)
-            total = torch.zeros((), dtype=torch.float32, device=hidden.device)
-            grad_hidden = torch.empty_like(hidden) if need_hidden else None
-            grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_weight else None
-            for start in range(0, rows, chunk):
-                h = hidden[start:start + chunk].to(dtype)
-                t = targets[start:start + chunk]
-                logits = (h @ projection.T).float()  # (c, V)
-                log_norm = torch.logsumexp(logits, dim=-1)
-                losses = log_norm - logits.gather(1, t[:, None]).squeeze(1)  # (c,)
-                w = None if row_weights is None else row_weights[start:start + chunk]
-                total += (losses if w is None else losses * w).sum()
-                if not (need_hidden or need_weight):
-                    continue
-                gradient = logits.sub_(log_norm[:, None]).exp_()  # softmax, in place
-                gradient[torch.arange(t.shape[0], device=t.device), t] -= 1.0
-                if w is not None:
-                    gradient.mul_(w[:, None])
-                gradient = gradient.div_(rows).to(dtype)
-                if need_hidden:
-                    grad_hidden[start:start + chunk] = gradient @ projection
-                if need_weight:
-                    grad_weight += gradient.T @ h
-        ctx.save_for_backward(grad_hidden, grad_weight)
-        return total / rows
-
-    @staticmethod
-    def backward(ctx, grad_output):
-        grad_hidden, grad_weight = ctx.saved_tensors
-        return (
-            grad_hidden * grad_output.to(grad_hidden.dtype) if grad_hidden is not None else None,
-            grad_weight * grad_output if grad_weight is not None else None,
-            None,
-            None,
-            None,
-        )
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -231,88 +284,6 @@ def topk_divergence(student_logprobs: torch.Tensor, teacher_ids: torch.Tensor, t
 
 
 TeacherLogprobs = Callable[[int, int], torch.Tensor]  # (start, end) -> the teacher's (end - start, V) log-probs
-ChunkLoss = Callable[[torch.Tensor, int, int], torch.Tensor]  # (float32 logits of rows start:end, start, end) -> a sum
-# (float32 logits of rows start:end, start, end, whether a gradient is wanted) -> (the sum, its gradient or None); may
-# overwrite the logits
-ChunkLossAndGradient = Callable[[torch.Tensor, int, int, bool], "tuple[torch.Tensor, torch.Tensor | None]"]
-
-
-class _LinearLoss(torch.autograd.Function):
-    """Chunked projection with any loss of the logits, its gradients formed in the forward pass.
-
-    Per chunk of rows: logits = h W^T (once), the chunk's loss and its gradient g with respect to the logits
-    (written by hand, or by autograd on the chunk alone); then grad_h = g W and grad_W += g^T h, as
-    _LinearCrossEntropy does. The projection runs once per chunk instead of twice (forward, checkpointed
-    recompute), and at most one chunk's logits and the loss's intermediates on them exist at a time.
-    """
-
-    @staticmethod
-    def forward(ctx, hidden, weight, dtype, chunk, loss_and_gradient):
-        need_hidden, need_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        rows = hidden.shape[0]
-        with torch.autocast(hidden.device.type, enabled=False):
-            projection = weight.to(dtype)
-            total = torch.zeros((), dtype=torch.float32, device=hidden.device)
-            grad_hidden = torch.empty_like(hidden) if need_hidden else None
-            grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_weight else None
-            for start in range(0, rows, chunk):
-                end = min(start + chunk, rows)
-                h = hidden[start:end].to(dtype)
-                logits = (h @ projection.T).float()  # (c, V)
-                loss, gradient = loss_and_gradient(logits, start, end, need_hidden or need_weight)
-                total += loss.detach()
-                del logits
-                if gradient is None:
-                    continue
-                gradient = gradient.to(dtype)
-                if need_hidden:
-                    grad_hidden[start:end] = gradient @ projection
-                if need_weight:
-                    grad_weight += gradient.T @ h
-        ctx.save_for_backward(grad_hidden, grad_weight)
-        return total
-
-    @staticmethod
-    def backward(ctx, grad_output):
-        grad_hidden, grad_weight = ctx.saved_tensors
-        return (
-            grad_hidden * grad_output.to(grad_hidden.dtype) if grad_hidden is not None else None,
-            grad_weight * grad_output if grad_weight is not None else None,
-            None,
-            None,
-            None,
-        )
-
-
-def _by_autograd(loss_of_logits: ChunkLoss) -> ChunkLossAndGradient:
-    def loss_and_gradient(logits: torch.Tensor, start: int, end: int, need: bool):
-        if not need:
-            return loss_of_logits(logits, start, end).detach(), None
-        logits.requires_grad_(True)
-        with torch.enable_grad():
-            loss = loss_of_logits(logits, start, end)
-            (gradient,) = torch.autograd.grad(loss, logits)
-        return loss.detach(), gradient
-
-    return loss_and_gradient
-
-
-def linear_loss(hidden: torch.Tensor, weight: torch.Tensor, loss_of_logits: ChunkLoss | None = None,
-                chunk_rows: int | None = None, *, loss_and_gradient: ChunkLossAndGradient | None = None) -> torch.Tensor:
-    """Σ over chunks of `loss_of_logits(float32 logits of rows start:end, start, end)`, the logits being
-    `hidden @ weight.T` (in the autocast dtype under autocast); (N, H), (V, H) -> scalar. Differentiable in
-    `hidden` and `weight`; the chunk's loss must be a sum over its rows (each row's loss depends on its own logits).
-    `loss_and_gradient` instead: a chunk loss that writes its own gradient with respect to the logits."""
-    if (loss_of_logits is None) == (loss_and_gradient is None):
-        raise ValueError("give one of loss_of_logits and loss_and_gradient")
-    if hidden.shape[0] == 0:
-        return hidden.sum() * 0.0
-    device = hidden.device.type
-    dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else weight.dtype
-    chunk = chunk_rows or max(1, LOGITS_PER_CHUNK // weight.shape[0])
-    return _LinearLoss.apply(hidden, weight, dtype, chunk, loss_and_gradient or _by_autograd(loss_of_logits))
-
-
 def _topk_forward_kl(logits: torch.Tensor, ids: torch.Tensor, teacher_logprobs: torch.Tensor,
                      targets: torch.Tensor | None, kd_share: torch.Tensor, ce_share: torch.Tensor | None, need: bool
                      ) -> tuple[torch.Tensor, torch.Tensor | None]:
