@@ -6,7 +6,7 @@
         --model DIR_WITH_A_TOKENIZER --batch-size 16 --max-new-tokens 256
 
 Every side trains the same student for the same optimizer steps, fully on-policy (GKD's lambda = 1):
-each step the student samples one completion per prompt (temperature 1, exactly `--max-new-tokens`
+each step the student samples one completion per prompt (tutorlm's `on_policy_samples 1`; its default is 4) (temperature 1, exactly `--max-new-tokens`
 tokens: the student has random weights, so it practically never ends early, and every side does the
 same work), the teacher scores them, and the student is updated on the generalized JSD(beta) between
 the two full next-token distributions at every completion token.
@@ -17,8 +17,10 @@ the two full next-token distributions at every completion token.
   so it is reported beside the comparison, not in it.
 - trl-distillation: TRL's DistillationTrainer (its stable on-policy distillation trainer), beta.
 - trl-gkd: TRL's experimental GKDTrainer with lmbda = 1, beta, max_new_tokens.
-TRL sides run without gradient checkpointing (their fastest setting; tutorlm does not use it either),
-fp32 on CPU, bf16 autocast on CUDA (tutorlm's precision auto). Each side runs in its own process:
+TRL sides run without gradient checkpointing (their fastest setting; tutorlm does not use it either).
+`--precision`: fp32 (tutorlm's teacher in fp32 too), or bf16 autocast over fp32 weights (tutorlm's teacher in the
+dtype `auto` gives it); default fp32 on CPU, bf16 on CUDA. (Before 2026-12-04 tutorlm's side took `auto`, which is
+bf16 on a CPU with AVX512-BF16; the earlier results came from an AVX2 CPU, where it is fp32.) Each side runs in its own process:
 peak RSS (CPU) or torch.cuda.max_memory_allocated (CUDA) is that side's alone. Step time is the median
 over the steps after `--warmup`. For tutorlm the share of the step spent sampling and scoring comes from
 its train log (`sampling_s`, `step_s`).
@@ -91,9 +93,10 @@ def run_tutorlm(args: argparse.Namespace, data: Path, workdir: Path, loss: str) 
     recipe = Recipe(run=RunConfig(name="run", output_dir=str(workdir)), task=TaskConfig(source="coin_flip"),
                     student=StudentConfig(model=args.student),
                     train=TrainConfig(objective="on_policy", kd_teacher=args.teacher, on_policy_loss=loss, kd_divergence="jsd",
-                                      kd_beta=args.beta, on_policy_lambda=1.0, on_policy_max_tokens=args.max_new_tokens,
+                                      kd_beta=args.beta, on_policy_lambda=1.0, on_policy_max_tokens=args.max_new_tokens, on_policy_samples=1,
                                       on_policy_temperature=1.0, max_steps=args.steps, batch_size=args.batch_size, lr=1e-5,
-                                      eval_fraction=0, save_every=10_000, packing=False, seed=0, log_every=1))
+                                      eval_fraction=0, save_every=10_000, packing=False, seed=0, log_every=1,
+                                      precision=args.precision, kd_teacher_dtype="float32" if args.precision == "fp32" else "auto"))
     train(recipe, console=Console(file=open(os.devnull, "w")))
     log = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines() if "loss" in line]
     return {"step_s": [row["step_s"] for row in log], "sampling_s": [row["sampling_s"] for row in log],
@@ -113,7 +116,7 @@ def run_trl(args: argparse.Namespace, data: Path, workdir: Path, which: str) -> 
     rows = [json.loads(line) for line in data.read_text().splitlines()]
     cuda = args.device == "cuda"
     common = dict(output_dir=str(workdir / "trl"), max_steps=args.steps, learning_rate=1e-5, logging_steps=1, report_to="none",
-                  save_strategy="no", use_cpu=not cuda, bf16=cuda, fp16=False, seed=0, dataloader_num_workers=0,
+                  save_strategy="no", use_cpu=not cuda, bf16=args.precision == "bf16", fp16=False, seed=0, dataloader_num_workers=0,
                   gradient_checkpointing=False, per_device_train_batch_size=args.batch_size, temperature=1.0, beta=args.beta)
     if which == "trl-distillation":
         from trl import DistillationConfig, DistillationTrainer
@@ -150,6 +153,7 @@ def main() -> None:
     parser.add_argument("--student-config", choices=sorted(CONFIGS), default="smollm2-135m")
     parser.add_argument("--teacher-config", choices=sorted(CONFIGS), help="a config-built teacher (default: --model's weights)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--precision", choices=("fp32", "bf16"), help="every side (default: bf16 on cuda, fp32 on cpu)")
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--warmup", type=int, default=2, help="steps left out of the median")
     parser.add_argument("--batch-size", type=int, default=4)
@@ -169,6 +173,7 @@ def main() -> None:
     if "tutorlm" not in sides or not {"trl-distillation", "trl-gkd"} & set(sides):
         parser.error("--sides must include tutorlm and a TRL side (the comparison)")
     cuda = args.device == "cuda"
+    args.precision = args.precision or ("bf16" if cuda else "fp32")
     out = Path(args.out or ROOT / "benchmarks" / "results" / ("kd_vs_trl_cuda.json" if cuda else "kd_vs_trl.json"))
     from tutorlm.config import GenerateConfig, Recipe, RunConfig, TaskConfig
     from tutorlm.curate import curate
@@ -187,7 +192,7 @@ def main() -> None:
         results = {}
         for side in sides:
             command = [sys.executable, __file__, "--side", side, "--data", str(data), "--student", str(student),
-                       "--teacher", str(teacher), "--device", args.device, "--steps", str(args.steps),
+                       "--teacher", str(teacher), "--device", args.device, "--steps", str(args.steps), "--precision", args.precision,
                        "--batch-size", str(args.batch_size), "--max-new-tokens", str(args.max_new_tokens), "--beta", str(args.beta),
                        "--warmup", str(args.warmup)]
             result, max_rss_kb = run_side(side, command, os.environ)
@@ -203,7 +208,8 @@ def main() -> None:
         "benchmark": "kd_vs_trl", "date": time.strftime("%Y-%m-%d"), "machine": machine(args.device), "device": args.device,
         "student": f"{args.student_config} (random weights)",
         "teacher": f"{args.teacher_config} (random weights)" if args.teacher_config else args.model,
-        "dtype": "bf16 autocast, fp32 weights" if cuda else "float32", "steps": args.steps, "warmup_steps": args.warmup,
+        "dtype": "bf16 autocast, fp32 weights" if args.precision == "bf16" else "float32", "steps": args.steps,
+        "warmup_steps": args.warmup,
         "batch_size": args.batch_size, "max_new_tokens": args.max_new_tokens, "beta": args.beta,
         "trl_version": trl.__version__, "torch_version": torch.__version__, "sides": results, "best_trl": best_trl,
         "memory_measure": memory,
