@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tutorlm.config import option
+from tutorlm.options import option
 from tutorlm.errors import ConfigError
 
 
