@@ -173,7 +173,7 @@ def convert_gguf(path: Path, out: Path) -> None:
             tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
             model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
     except Exception as error:  # noqa: BLE001 - a damaged file fails anywhere in the reader (struct, numpy, KeyError)
-        raise ModelError(f"could not read the GGUF file {path}: {type(error).__name__}: {error}") from None
+        raise _unreadable_gguf(path, error) from None
     if getattr(model, "hf_quantizer", None) is not None:
         model.hf_quantizer.remove_quantization_config(model)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -211,6 +211,10 @@ def _parse_gguf_once() -> Iterator[None]:
         yield
     finally:
         gguf.GGUFReader, gguf.get_tensor_name_map = reader, name_map
+
+
+def _unreadable_gguf(path: Path, error: Exception) -> ModelError:
+    return ModelError(f"could not read the GGUF file {path}: {type(error).__name__}: {error}")
 
 
 def _file_fingerprint(path: Path, hasher: Any) -> None:
@@ -295,7 +299,7 @@ def load_tokenizer(spec: str, gguf_file: str | None = None, *, trust_remote_code
     except Exception as error:  # noqa: BLE001 - a damaged GGUF file fails anywhere in the reader
         if gguf is None:
             raise
-        raise ModelError(f"could not read the GGUF file {Path(source) / gguf}: {type(error).__name__}: {error}") from None
+        raise _unreadable_gguf(Path(source) / gguf, error) from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -321,7 +325,7 @@ def load_model(spec: str, gguf_file: str | None = None, *, device: str = "auto",
     except Exception as error:  # noqa: BLE001 - a damaged GGUF file fails anywhere in the reader
         if gguf is None:
             raise
-        raise ModelError(f"could not read the GGUF file {Path(source) / gguf}: {type(error).__name__}: {error}") from None
+        raise _unreadable_gguf(Path(source) / gguf, error) from None
     if gguf is not None and not any("gguf" in type(module).__module__ for module in model.modules()):
         # Every GGUF block was de-quantized into a plain tensor on load (no module keeps GGUF blocks); the
         # quantizer marker left on the model would only stop save_pretrained, and a trained student must be saved.
@@ -353,16 +357,27 @@ def release_memory() -> None:
     replaces every linear layer; the old tensors are only freed by the garbage collector (reference cycles),
     and glibc keeps freed pages unless asked. Qwen2.5-Coder-1.5B in int8 held 8.8 GB after loading without this
     and 2.7 GB with it (the peak, 9.2 GB, is the fp32 load's either way; benchmarks/load_memory.py)."""
-    import ctypes
     import gc
-    import sys
 
     gc.collect()
-    if sys.platform.startswith("linux"):
-        try:
-            ctypes.CDLL("libc.so.6").malloc_trim(0)
-        except (OSError, AttributeError):  # not glibc (musl, ...): the collector's part still helps
-            pass
+    libc = _glibc()
+    if libc is not None:  # elsewhere (musl, macOS) the collector's part still helps
+        libc.malloc_trim(0)
+
+
+def _glibc() -> Any:
+    """glibc's allocator functions (malloc_trim, mallopt), or None where the C library is another."""
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.malloc_trim, libc.mallopt  # noqa: B018 - musl lacks them: AttributeError
+    except (OSError, AttributeError):
+        return None
+    return libc
 
 
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # mallopt parameters, from glibc's malloc.h
@@ -378,16 +393,7 @@ def reuse_freed_memory(device: str = "cpu") -> Iterator[bool]:
     trimming only past 2 GiB, the same run trained in 200 s instead of 248 s, to the same accuracy (docs/results.md).
     glibc's settings are restored on exit and the held memory is returned (release_memory). Yields whether the
     settings took effect; TUTORLM_MALLOC_TUNE=0 leaves the allocator alone."""
-    import ctypes
-    import sys
-
-    libc = None
-    if device == "cpu" and sys.platform.startswith("linux") and os.environ.get("TUTORLM_MALLOC_TUNE", "1") != "0":
-        try:
-            libc = ctypes.CDLL("libc.so.6")
-            libc.mallopt  # noqa: B018 - musl has no mallopt: AttributeError
-        except (OSError, AttributeError):
-            libc = None
+    libc = _glibc() if device == "cpu" and os.environ.get("TUTORLM_MALLOC_TUNE", "1") != "0" else None
     if libc is None:
         yield False
         return
