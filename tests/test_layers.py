@@ -14,7 +14,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "tutorlm"
 
 # Lowest first. A module may import from its own layer (without cycles) and from the layers below.
 LAYERS = [
-    ("base", ["errors", "config", "_symbolic", "verify", "metrics", "progress", "run", "recipe_io", "tasks", "serve_config"]),
+    ("base", ["errors", "options", "train_config", "config", "_symbolic", "verify", "metrics", "progress", "run", "recipe_io", "tasks", "serve_config"]),
     ("runtime", ["models", "backends", "cache", "throughput", "tools"]),
     ("methods", ["train", "serve", "fit"]),
     ("stages", ["generate", "curate", "evaluate", "report"]),
