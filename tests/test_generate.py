@@ -402,3 +402,27 @@ def test_reference_teacher_needs_solutions(tmp_path):
                     generate=GenerateConfig(cache_path=str(tmp_path / "c.sqlite")))
     with pytest.raises(DataError, match="2 of 2 in plain have none"):
         generate(recipe, console=QUIET)
+
+
+def test_skip_asks_fresh_questions_and_leaves_earlier_runs_current(tmp_path):
+    from tutorlm.run import RunDir
+
+    cache = str(tmp_path / "cache.sqlite")
+    first = Recipe(run=RunConfig(name="first", output_dir=str(tmp_path)), task=TaskConfig(source="last_letters"),
+                   generate=GenerateConfig(limit=4, cache_path=cache))
+    generate(first, console=QUIET)
+    # the stage key without skip is the key from before the setting existed: the finished run stays current
+    assert "skip" not in generate_stage_config(first)["generate"]
+    assert RunDir(first.run.path).is_current("generate", generate_stage_config(first), {})
+    later = Recipe(run=RunConfig(name="later", output_dir=str(tmp_path)), task=TaskConfig(source="last_letters"),
+                   generate=GenerateConfig(limit=3, skip=4, cache_path=cache))
+    stats = generate(later, console=QUIET)
+    seen = {json.loads(line)["example_id"] for line in (first.run.path / TRACES).read_text().splitlines()}
+    fresh = [json.loads(line)["example_id"] for line in (later.run.path / TRACES).read_text().splitlines()]
+    from tutorlm.tasks import load_task
+
+    expected = [example.id for example in load_task(later.task).examples("train", 7)[4:]]
+    assert sorted(fresh) == sorted(expected) and not seen & set(fresh)
+    assert stats["calls_made"] == 3 and stats["cache_hits"] == 0
+    with pytest.raises(ValueError, match="skip must be >= 0"):
+        GenerateConfig(skip=-1)

@@ -165,6 +165,8 @@ class GenerateConfig:
 
     split: Literal["train", "validation", "test"] = option("train", "which split of the task to write rationales for")
     limit: int | None = option(200, "number of questions (all of a file task's split when null)")
+    skip: int = option(0, "questions of the split passed over before the first one asked (questions skip+1 to "
+                          "skip+limit): fresh questions for a student that has learned the first ones")
     n: int = option(1, "samples per question (Ho et al. 2023, 'diverse reasoning'); needs temperature > 0 when > 1")
     temperature: float = option(0.0, "sampling temperature; 0 is greedy")
     top_p: float = option(1.0, "nucleus sampling")
@@ -208,10 +210,16 @@ class GenerateConfig:
             raise ValueError(f"n={self.n} samples at temperature 0 would be identical: set temperature > 0 (e.g. 0.7)")
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"limit must be at least 1 or null, got {self.limit}")
+        if self.skip < 0:
+            raise ValueError(f"skip must be >= 0, got {self.skip}")
         if self.max_tokens < 1 or self.top_logprobs < 0 or self.few_shot < 0:
             raise ValueError("max_tokens must be >= 1; top_logprobs and few_shot >= 0")
         if self.rsd_floor is not None and not 0 < self.rsd_floor < 1:
             raise ValueError(f"rsd_floor must be a probability in (0, 1) or null, got {self.rsd_floor}")
+
+    def questions(self, task: Any) -> list[Any]:
+        """The questions asked: `limit` of the split's examples after the first `skip`."""
+        return task.examples(self.split, None if self.limit is None else self.skip + self.limit)[self.skip:]
 
 
 @dataclass

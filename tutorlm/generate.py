@@ -98,7 +98,7 @@ def plan(task: Task, config: GenerateConfig, asked: Task | None = None) -> Plan:
     """The requests of one teacher: `asked` is the task as the teacher sees it (teacher_task), `task` as the student
     does (its training prompt); one task for both by default."""
     asked = asked or task
-    examples = task.examples(config.split, config.limit)
+    examples = config.questions(task)
     shots = task.examples("validation", config.few_shot) if config.few_shot else []
     if asked.tools == "python":  # the shots show the tool's format where they can: compute, read the output, answer
         shots = [dataclasses.replace(shot, rationale=computed_answer(shot.meta["expression"])[0])
@@ -196,6 +196,8 @@ def generate_stage_config(recipe: Recipe) -> dict[str, Any]:
         generate.pop("rsd_student")
     if not recipe.generate.first_thought:  # off: as before it existed
         generate.pop("first_thought")
+    if not recipe.generate.skip:
+        generate.pop("skip")
 
     stage = {"task": stage_key(recipe.task), "instruction": prompt_instruction(recipe.task), "generate": generate}
     if recipe.generate.few_shot:  # the student's training prompt lost the shots (2026-12-03): such traces are stale

@@ -520,7 +520,7 @@ def plan_stage(recipe: Recipe) -> StagePlan:
         rationales = 0  # at most: curation keeps fewer
         for one in recipe.teachers or [teacher]:
             own = teacher_generate(recipe.generate, one)
-            rationales += len(task.examples(own.split, own.limit)) * own.n
+            rationales += len(own.questions(task)) * own.n
         device = pick_device(recipe.student.device)
         what += "; " + throughput.estimate(f"train {config.objective}", recipe.student.model,
                                            resolve_precision(config.precision, device).precision,
