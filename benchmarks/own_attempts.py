@@ -13,9 +13,9 @@ Two arms, both continuing from runs/mentor-fast/student:
   left out (`none`); the student trains on what verified (SFT, continuing).
 - sft: the same CPU time spent on more of what made the start: the mentor (the recipe's cheap teacher) writes
   rationales for fresh training questions (generate.skip past every question the run asked) and the student trains
-  on them, continuing from this arm's previous student. After rounds-arm round r has run, sft step r asks as many
-  questions as fit in that round's seconds (generate + curate + train; evaluation is left out of both arms) at the
-  seconds per question measured so far (first from the start run's own generate and train).
+  on them, continuing from this arm's previous student. Sft step r asks as many questions as bring this arm's
+  seconds (generate + curate + train; evaluation is left out of both arms) to the rounds arm's after round r, at
+  the seconds per question of its last step (first: of the start run's own generate and train).
 
 Every student of both arms, and the start, is evaluated on the same --eval-limit held-out questions in one
 `tutorlm eval` call; each step is compared with the start and the two arms with each other at every step (95%
@@ -112,8 +112,10 @@ def main() -> None:
     asked = max(teacher.limit or recipe.generate.limit for teacher in (recipe.teachers or [recipe.teacher]))
     per_question = sum(base_seconds.values()) / asked
     skip, student, sft = asked, str(start / "student"), []
+    rounds_s = sft_s = 0.0  # each arm's seconds so far: a step that ran long or short is made up by the next
     for entry in rounds:
-        target = sum(entry["seconds"].values())
+        rounds_s += sum(entry["seconds"].values())
+        target = rounds_s - sft_s
         questions = max(8, round(target / per_question))
         run_name = f"own-attempts-sft-{entry['round']}"
         path = ROOT / "runs" / f"{run_name}.yaml"
@@ -130,6 +132,7 @@ def main() -> None:
                     "train_steps": stats["train"]["stats"].get("steps")})
         print("sft", json.dumps(sft[-1]), flush=True)
         per_question = sum(seconds.values()) / questions
+        sft_s += sum(seconds.values())
         skip, student = skip + questions, str(run / "student")
     results["generate_stats_of_start"] = {key: generate_stats.get(key) for key in ("calls_made", "completion_tokens_total")}
 

@@ -71,6 +71,9 @@ def test_rounds_run_after_the_run_each_as_its_own_run_and_a_killed_round_resumes
         assert entry["questions_asked"] == 6 and entry["answers"] == 12  # 6 questions x 2 samples, the student's own
         assert entry["solved_by_student"] + entry["solved_by_hint"] <= 6 and "vs_previous" in entry
         assert entry["kept"] is not None and entry["train_steps"] == 2 and entry["questions"] == 6
+        if entry["solved_by_hint"]:
+            assert entry["hint_tokens_per_solved"] == round(entry["hint_tokens"] / entry["solved_by_hint"], 1)
+    assert "teacher_tokens_per_rationale" not in summary  # the reference solver is not a model's tokens
     traces = [json.loads(line) for line in (tmp_path / "run" / "rounds" / "round-2" / "traces.jsonl").read_text().splitlines()]
     own = [row for row in traces if row["teacher"] == SAMPLER]
     assert len(own) == 12 and {row["model"] for row in own} == {str(tmp_path / "run" / "rounds" / "round-1" / "student")}
@@ -116,3 +119,23 @@ def test_rounds_stop_with_a_note_when_nothing_verifies(tmp_path):
     assert [entry["round"] for entry in summary["rounds"]] == [0] and summary["stopped"]["round"] == 1
     assert "nothing to train on; the rounds stop after round 0" in console.file.getvalue()
     assert "The rounds stopped before round 1" in (tmp_path / "run" / "report.md").read_text()
+
+
+def test_the_budget_compares_hint_tokens_with_the_teachers_whole_rationales(tmp_path):
+    from tutorlm.config import Recipe, RunConfig, TeacherConfig
+    from tutorlm.rounds import whole_rationale_tokens
+
+    run = tmp_path / "run"
+    run.mkdir()
+    stats = {"completion_tokens_total": 900, "samples_written": 10,
+             "teachers": {"mentor": {"completion_tokens_total": 500, "samples_written": 20},
+                          "teacher": {"completion_tokens_total": 400, "samples_written": 5}}}
+    (run / "manifest.json").write_text(json.dumps({"stages": {"generate": {"stats": stats}}}))
+    one = Recipe(run=RunConfig(name="run", output_dir=str(tmp_path)), teacher=TeacherConfig(backend="hf", model="m"))
+    assert whole_rationale_tokens(one) == 90.0
+    several = Recipe(run=RunConfig(name="run", output_dir=str(tmp_path)),
+                     teachers=[TeacherConfig(name="mentor", backend="hf", model="a"),
+                               TeacherConfig(name="teacher", backend="hf", model="b")])
+    assert whole_rationale_tokens(several) == 80.0  # the teacher that hints: the last one
+    reference = Recipe(run=RunConfig(name="run", output_dir=str(tmp_path)))
+    assert whole_rationale_tokens(reference) is None

@@ -287,16 +287,21 @@ def point_label(point: dict[str, Any]) -> str:
 def rounds_table(summary: dict[str, Any]) -> list[str]:
     """rounds.json as a markdown table: a row per round, its accuracy, its change, and what it added."""
     lines = ["| round | accuracy (95% CI) | vs the round before (95% CI; p not better) | answers kept | "
-             "solved by the student / by the hint | hint tokens |", "| --- | --- | --- | --- | --- | --- |"]
+             "solved by the student / by the hint | hint tokens (per question it solved) |",
+             "| --- | --- | --- | --- | --- | --- |"]
     for entry in summary["rounds"]:
         low, high = entry["accuracy_ci95"]
         versus = entry.get("vs_previous")
         change = (f"{versus['difference'] * 100:+.1f} ({versus['difference_ci95'][0] * 100:+.1f} to "
                   f"{versus['difference_ci95'][1] * 100:+.1f}; p {versus['p_not_better']:.2f})" if versus else "–")
         added = ([str(entry.get("kept", "–")), f"{entry.get('solved_by_student', 0)} / {entry.get('solved_by_hint', 0)}",
-                  str(entry.get("hint_tokens", 0))] if entry["round"] else ["–", "– (the run itself)", "–"])
+                  str(entry.get("hint_tokens", 0)) + (f" ({entry['hint_tokens_per_solved']:g})"
+                                                       if entry.get("hint_tokens_per_solved") else "")]
+                 if entry["round"] else ["–", "– (the run itself)", "–"])
         lines.append(f"| {entry['round']} | {_percent(entry['accuracy'])} ({_percent(low)}–{_percent(high)}) | {change} | "
                      + " | ".join(added) + " |")
+    if summary.get("teacher_tokens_per_rationale"):
+        lines += ["", f"The teacher wrote {summary['teacher_tokens_per_rationale']:g} tokens per whole rationale in the run."]
     return lines
 
 

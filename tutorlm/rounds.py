@@ -119,6 +119,8 @@ def summarize(recipe: Recipe, fingerprints: dict[int, str], stopped: int | None 
                          **{key: hinted[key] for key in ("corrected", "error_found", "student_lines_kept") if key in hinted},
                          kept=((stages.get("curate", {}).get("stats") or {}).get("funnel") or {}).get("kept"),
                          train_steps=(stages.get("train", {}).get("stats") or {}).get("steps"))
+        if entry.get("solved_by_hint"):
+            entry["hint_tokens_per_solved"] = round(entry["hint_tokens"] / entry["solved_by_hint"], 1)
         shared = sorted(set(previous) & set(scores))
         if shared:
             entry["vs_previous"] = paired_difference([previous[q] for q in shared], [scores[q] for q in shared])
@@ -126,9 +128,24 @@ def summarize(recipe: Recipe, fingerprints: dict[int, str], stopped: int | None 
         previous = scores
     settings = dataclasses.asdict(recipe.rounds)
     summary = {"run": str(recipe.run.path), "settings": settings, "date": datetime.date.today().isoformat(), "rounds": entries}
+    whole = whole_rationale_tokens(recipe)
+    if whole is not None:
+        summary["teacher_tokens_per_rationale"] = whole
     if stopped is not None:
         summary["stopped"] = {"round": stopped, "why": "no answer of the student and no hint verified: nothing to train on"}
     return summary
+
+
+def whole_rationale_tokens(recipe: Recipe) -> float | None:
+    """The teacher's completion tokens per whole rationale in the run itself (round 0), what a hint's tokens per
+    solved question compare with; None when the run asked no model (the reference solver)."""
+    manifest = recipe.run.path / MANIFEST
+    stats = ((json.loads(manifest.read_text()).get("stages", {}).get("generate") or {}).get("stats") or {}
+             if manifest.exists() else {})
+    stats = (stats.get("teachers") or {}).get(recipe.teacher.name, stats) if recipe.teachers else stats
+    if recipe.teacher.backend == "reference" or not stats.get("samples_written"):
+        return None
+    return round(stats.get("completion_tokens_total", 0) / stats["samples_written"], 1)
 
 
 def write_summary(recipe: Recipe, fingerprints: dict[int, str], stopped: int | None = None) -> dict[str, Any]:
