@@ -128,6 +128,12 @@ def test_corrections_are_refused_where_they_cannot_run(tmp_path):
         Recipe(teacher=TeacherConfig(backend="hf", model="m", correct=True))
     with pytest.raises(ValueError, match="rounds.rationalize correct"):
         Recipe(rounds=RoundsConfig(count=1, rationalize="correct"))
+    with pytest.raises(ValueError, match="rounds.rationalize correct"):  # the last of several teachers hints
+        Recipe(teachers=[TeacherConfig(name="a", backend="hf", model="m"), TeacherConfig(name="b")],
+               rounds=RoundsConfig(count=1, rationalize="correct"))
+    several = Recipe(teachers=[TeacherConfig(name="a"), TeacherConfig(name="b", backend="hf", model="m")],
+                     rounds=RoundsConfig(count=1, rationalize="correct"))  # a model teacher last: it can correct
+    assert several.teacher.name == "b"
     path = tmp_path / "r.yaml"
     path.write_text("rounds: {count: 2, rationalize: correct}\n")
     with pytest.raises(ConfigError, match="rounds.rationalize correct"):

@@ -358,7 +358,8 @@ class Recipe:
     rounds: RoundsConfig = field(default_factory=RoundsConfig)
 
     def __post_init__(self) -> None:
-        if self.rounds.count and self.rounds.rationalize == "correct" and self.teacher.backend == "reference":
+        hinting = self.teachers[-1] if self.teachers else self.teacher  # the teacher a round's hints come from
+        if self.rounds.count and self.rounds.rationalize == "correct" and hinting.backend == "reference":
             raise ValueError("rounds.rationalize correct: the teacher continues the student's wrong answers, and the "
                              "reference solver writes whole solutions: use teacher.backend hf or openai, or rationalize "
                              "teacher")
