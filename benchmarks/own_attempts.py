@@ -101,17 +101,24 @@ def main() -> None:
     for entry in summary["rounds"][1:]:
         run = start / "rounds" / f"round-{entry['round']}"
         rounds.append({**{key: entry.get(key) for key in (
-            "round", "answers", "answers_verified", "solved_by_student", "solved_by_hint", "hint_tokens", "corrected",
-            "error_found", "student_lines_kept", "kept", "train_steps")}, "seconds": stage_seconds(run)})
+            "round", "questions_asked", "answers", "answers_verified", "solved_by_student", "solved_by_hint", "hint_tokens",
+            "hint_tokens_per_solved", "corrected", "error_found", "student_lines_kept", "kept", "train_steps")},
+            "seconds": stage_seconds(run)})
         print("rounds", json.dumps(rounds[-1]), flush=True)
     results["rounds_wall_s"] = round(time.perf_counter() - started, 1)
+    results["teacher_tokens_per_rationale"] = summary.get("teacher_tokens_per_rationale")
 
     # The sft arm: each step sized to the matching round's seconds
     base_seconds = stage_seconds(start)
     generate_stats = json.loads((start / "manifest.json").read_text())["stages"]["generate"]["stats"]
-    asked = max(teacher.limit or recipe.generate.limit for teacher in (recipe.teachers or [recipe.teacher]))
+    limits = [teacher.limit or recipe.generate.limit for teacher in (recipe.teachers or [recipe.teacher])]
+    if None in limits:
+        raise SystemExit(f"{args.recipe}: generate.limit is null (the whole split): no fresh questions are left for the sft arm")
+    asked = max(limits)
+    # The first step's rate is the start run's (its generate + curate + train over the questions it asked, a little
+    # high where a second teacher's answers were trained on too); every later step is sized to the cumulative seconds
     per_question = sum(base_seconds.values()) / asked
-    skip, student, sft = asked, str(start / "student"), []
+    skip, student, sft = recipe.generate.skip + asked, str(start / "student"), []
     rounds_s = sft_s = 0.0  # each arm's seconds so far: a step that ran long or short is made up by the next
     for entry in rounds:
         rounds_s += sum(entry["seconds"].values())
@@ -127,7 +134,8 @@ def main() -> None:
         seconds = stage_seconds(run)
         stats = json.loads((run / "manifest.json").read_text())["stages"]
         sft.append({"step": entry["round"], "questions": questions, "skip": skip, "target_s": round(target, 1),
-                    "seconds": seconds, "kept": stats["curate"]["stats"]["funnel"]["kept"],
+                    "seconds": seconds, "cumulative_s": round(sft_s + sum(seconds.values()), 1),
+                    "rounds_cumulative_s": round(rounds_s, 1), "kept": stats["curate"]["stats"]["funnel"]["kept"],
                     "teacher_tokens": stats["generate"]["stats"].get("completion_tokens_total"),
                     "train_steps": stats["train"]["stats"].get("steps")})
         print("sft", json.dumps(sft[-1]), flush=True)

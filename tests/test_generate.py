@@ -405,15 +405,16 @@ def test_reference_teacher_needs_solutions(tmp_path):
 
 
 def test_skip_asks_fresh_questions_and_leaves_earlier_runs_current(tmp_path):
-    from tutorlm.run import RunDir
+    from tutorlm.tasks import DataError
 
+    data = tmp_path / "five.jsonl"
+    data.write_text("".join(json.dumps({"question": f"What is {i} + 1?", "answer": str(i + 1)}) + "\n" for i in range(5)))
     cache = str(tmp_path / "cache.sqlite")
     first = Recipe(run=RunConfig(name="first", output_dir=str(tmp_path)), task=TaskConfig(source="last_letters"),
                    generate=GenerateConfig(limit=4, cache_path=cache))
     generate(first, console=QUIET)
     # the stage key without skip is the key from before the setting existed: the finished run stays current
     assert "skip" not in generate_stage_config(first)["generate"]
-    assert RunDir(first.run.path).is_current("generate", generate_stage_config(first), {})
     later = Recipe(run=RunConfig(name="later", output_dir=str(tmp_path)), task=TaskConfig(source="last_letters"),
                    generate=GenerateConfig(limit=3, skip=4, cache_path=cache))
     stats = generate(later, console=QUIET)
@@ -426,3 +427,8 @@ def test_skip_asks_fresh_questions_and_leaves_earlier_runs_current(tmp_path):
     assert stats["calls_made"] == 3 and stats["cache_hits"] == 0
     with pytest.raises(ValueError, match="skip must be >= 0"):
         GenerateConfig(skip=-1)
+    past = Recipe(run=RunConfig(name="past", output_dir=str(tmp_path)), task=TaskConfig(source=str(data)),
+                  generate=GenerateConfig(limit=3, skip=5, cache_path=cache))
+    with pytest.raises(DataError, match="generate.skip 5: the train split of .* has no question after the first 5"):
+        generate(past, console=QUIET)
+    assert not past.run.path.exists()

@@ -139,3 +139,19 @@ def test_the_budget_compares_hint_tokens_with_the_teachers_whole_rationales(tmp_
     assert whole_rationale_tokens(several) == 80.0  # the teacher that hints: the last one
     reference = Recipe(run=RunConfig(name="run", output_dir=str(tmp_path)))
     assert whole_rationale_tokens(reference) is None
+
+
+def test_the_rounds_table_shows_each_rounds_hint_cost_against_a_whole_rationale():
+    from tutorlm.report import rounds_table
+
+    summary = {"rounds": [{"round": 0, "accuracy": 0.5, "accuracy_ci95": [0.4, 0.6]},
+                          {"round": 1, "accuracy": 0.54, "accuracy_ci95": [0.44, 0.63], "kept": 537,
+                           "solved_by_student": 240, "solved_by_hint": 57, "hint_tokens": 1594,
+                           "hint_tokens_per_solved": 28.0,
+                           "vs_previous": {"difference": 0.04, "difference_ci95": [-0.05, 0.12], "p_not_better": 0.2}}],
+               "teacher_tokens_per_rationale": 81.2}
+    lines = rounds_table(summary)
+    assert lines[3] == "| 1 | 54.0% (44.0%–63.0%) | +4.0 (-5.0 to +12.0; p 0.20) | 537 | 240 / 57 | 1594 (28) |"
+    assert lines[-1] == "The teacher wrote 81.2 tokens per whole rationale in the run."
+    del summary["teacher_tokens_per_rationale"], summary["rounds"][1]["hint_tokens_per_solved"]
+    assert rounds_table(summary)[3].endswith("| 1594 |") and not rounds_table(summary)[-1].startswith("The teacher")

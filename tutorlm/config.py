@@ -127,8 +127,8 @@ class TeacherConfig(ModelConfig):
     batch_size: int = option(64, "hf: rows decoded together (continuous batching); the KV buffer holds batch_size x "
                                  "(longest prompt + the tokens rows have generated so far, up to max_tokens)")
     # One of several `teachers` may sample differently from the others (a fast mentor writing more, e.g.):
-    limit: int | None = option(None, "one of several `teachers`: its own generate.limit (the first N questions; "
-                                     "null: generate.limit)")
+    limit: int | None = option(None, "one of several `teachers`: its own generate.limit (the first N questions "
+                                     "after generate.skip; null: generate.limit)")
     n: int | None = option(None, "one of several `teachers`: its own generate.n (null: generate.n)")
     temperature: float | None = option(None, "one of several `teachers`: its own generate.temperature "
                                               "(null: generate.temperature)")

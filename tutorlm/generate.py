@@ -99,6 +99,9 @@ def plan(task: Task, config: GenerateConfig, asked: Task | None = None) -> Plan:
     does (its training prompt); one task for both by default."""
     asked = asked or task
     examples = config.questions(task)
+    if not examples and config.skip:
+        raise DataError(f"generate.skip {config.skip}: the {config.split} split of {task.name} has no question after the "
+                        f"first {config.skip} (it has {len(task.examples(config.split, config.skip))})")
     shots = task.examples("validation", config.few_shot) if config.few_shot else []
     if asked.tools == "python":  # the shots show the tool's format where they can: compute, read the output, answer
         shots = [dataclasses.replace(shot, rationale=computed_answer(shot.meta["expression"])[0])

@@ -86,7 +86,8 @@ def plan_text(recipe: Recipe) -> str:
                        "from the line before their first wrong step"}[settings.rationalize]
     done = sum(1 for number in range(1, settings.count + 1) if (round_path(recipe, number) / "eval" / "student.jsonl").exists())
     return (f"{settings.count} round(s) after the run ({done} done), in {recipe.run.path / ROUNDS_DIR}: the student answers "
-            f"{settings.limit or recipe.generate.limit} training questions {settings.samples} time(s) at temperature "
+            f"{settings.limit or recipe.generate.limit} training questions"
+            f"{f' (after the first {recipe.generate.skip})' if recipe.generate.skip else ''} {settings.samples} time(s) at temperature "
             f"{settings.temperature}; {hint}; SFT on the verified answers "
             f"({'from the previous round' if settings.start == 'continue' else 'from student.model afresh'}); eval")
 
@@ -128,8 +129,8 @@ def summarize(recipe: Recipe, fingerprints: dict[int, str], stopped: int | None 
         previous = scores
     settings = dataclasses.asdict(recipe.rounds)
     summary = {"run": str(recipe.run.path), "settings": settings, "date": datetime.date.today().isoformat(), "rounds": entries}
-    whole = whole_rationale_tokens(recipe)
-    if whole is not None:
+    whole = whole_rationale_tokens(recipe) if recipe.rounds.rationalize in ("teacher", "correct") else None
+    if whole is not None:  # what the teacher's hints cost against what it paid per whole rationale in the run
         summary["teacher_tokens_per_rationale"] = whole
     if stopped is not None:
         summary["stopped"] = {"round": stopped, "why": "no answer of the student and no hint verified: nothing to train on"}
@@ -142,8 +143,8 @@ def whole_rationale_tokens(recipe: Recipe) -> float | None:
     manifest = recipe.run.path / MANIFEST
     stats = ((json.loads(manifest.read_text()).get("stages", {}).get("generate") or {}).get("stats") or {}
              if manifest.exists() else {})
-    stats = (stats.get("teachers") or {}).get(recipe.teacher.name, stats) if recipe.teachers else stats
-    if recipe.teacher.backend == "reference" or not stats.get("samples_written"):
+    stats = (stats.get("teachers") or {}).get(recipe.teacher.name, {}) if recipe.teachers else stats
+    if recipe.teacher.backend == "reference" or recipe.teacher.correct or not stats.get("samples_written"):
         return None
     return round(stats.get("completion_tokens_total", 0) / stats["samples_written"], 1)
 
