@@ -253,3 +253,15 @@ def test_the_dry_run_and_the_run_refuse_an_objective_the_teacher_cannot_serve(tm
         err = capsys.readouterr().err
         assert f"train.objective {objective}" in err and "teacher" in err
         assert not out.exists()
+
+
+def test_stage_commands_take_a_shipped_recipes_name_as_run_does(tmp_path, capsys):
+    out = tmp_path / "ev"
+    assert main(["eval", "tiny", "--model", "reference", "--eval.limit", "2", "--out", str(out)]) == 0
+    summary = json.loads((out / "eval" / "summary.json").read_text())
+    assert summary["reference"]["examples"] == 2
+    recorded = json.loads((out / "manifest.json").read_text())["stages"]
+    assert next(iter(recorded.values()))["config"]["run"]["name"] == "ev"
+    assert main(["eval", "no-such-recipe", "--model", "reference", "--out", str(tmp_path / "x")]) == 2
+    assert "no-such-recipe: no such recipe file, and not a shipped recipe (" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
