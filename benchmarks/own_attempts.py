@@ -161,7 +161,7 @@ def main() -> None:
         correct = round(sum(values.values()))
         low, high = wilson_interval(correct, len(values))
         accuracy[label] = {"accuracy": round(correct / len(values), 4), "accuracy_ci95": [round(low, 4), round(high, 4)],
-                           "questions": len(values)}
+                           "eval_questions": len(values)}
     questions = sorted(scores["start"])
 
     def paired(first: str, second: str) -> dict:
