@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT))
 
 from tutorlm.config import teacher_generate, to_dict  # noqa: E402
 from tutorlm.metrics import paired_difference, wilson_interval  # noqa: E402
-from tutorlm.recipe_io import load_recipe, resolve_recipe  # noqa: E402
+from tutorlm.recipe_io import load_recipe  # noqa: E402
 from tutorlm.report import question_scores  # noqa: E402
 
 WORK = ("generate", "curate", "train")  # the stages whose seconds make an arm's CPU time (eval excluded)
@@ -83,7 +83,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.rounds < 1 or args.limit < 1 or args.samples < 1 or args.eval_limit < 1:
         parser.error("--rounds, --limit, --samples and --eval-limit must be at least 1")
-    recipe = load_recipe(resolve_recipe(args.recipe))
+    recipe = load_recipe(args.recipe)
     start = ROOT / recipe.run.path
     if not (start / "student").is_dir() or not (start / "eval" / "student.jsonl").exists():
         raise SystemExit(f"{start}: no finished run to start from; run `tutorlm run {args.recipe}` first")

@@ -125,20 +125,17 @@ def test_the_budget_compares_hint_tokens_with_the_teachers_whole_rationales(tmp_
     from tutorlm.config import Recipe, RunConfig, TeacherConfig
     from tutorlm.rounds import whole_rationale_tokens
 
-    run = tmp_path / "run"
-    run.mkdir()
     stats = {"completion_tokens_total": 900, "samples_written": 10,
              "teachers": {"mentor": {"completion_tokens_total": 500, "samples_written": 20},
                           "teacher": {"completion_tokens_total": 400, "samples_written": 5}}}
-    (run / "manifest.json").write_text(json.dumps({"stages": {"generate": {"stats": stats}}}))
     one = Recipe(run=RunConfig(name="run", output_dir=str(tmp_path)), teacher=TeacherConfig(backend="hf", model="m"))
-    assert whole_rationale_tokens(one) == 90.0
+    assert whole_rationale_tokens(one, stats) == 90.0
     several = Recipe(run=RunConfig(name="run", output_dir=str(tmp_path)),
                      teachers=[TeacherConfig(name="mentor", backend="hf", model="a"),
                                TeacherConfig(name="teacher", backend="hf", model="b")])
-    assert whole_rationale_tokens(several) == 80.0  # the teacher that hints: the last one
+    assert whole_rationale_tokens(several, stats) == 80.0  # the teacher that hints: the last one
     reference = Recipe(run=RunConfig(name="run", output_dir=str(tmp_path)))
-    assert whole_rationale_tokens(reference) is None
+    assert whole_rationale_tokens(reference, stats) is None
 
 
 def test_the_rounds_table_shows_each_rounds_hint_cost_against_a_whole_rationale():

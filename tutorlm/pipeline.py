@@ -235,7 +235,7 @@ def dry_run(recipe: Recipe, *, console: Console | None = None) -> None:
     """Print the plan without running anything or calling any teacher: a row per stage, each from the stage's own
     `plan_stage(recipe)`."""
     console = console or Console()
-    missing = [(name, load_recipe(resolve_recipe(name))) for name in recipe.run.requires]
+    missing = [(name, load_recipe(name)) for name in recipe.run.requires]
     missing = [(name, required) for name, required in missing if not _has_student(required)]
     if missing:  # their students are this run's models: its plan can be made once they exist
         for name, required in missing:

@@ -208,11 +208,12 @@ def load_recipe(
     path: str | Path | None = None, overrides: list[tuple[str, str]] = (), cls: type = Recipe,
     base: dict[str, Any] | None = None, base_name: str = "",
 ) -> Any:
-    """A checked config from a YAML file (or `base`, or the defaults) plus command-line overrides."""
+    """A checked config from a YAML file or a shipped recipe's name (or `base`, or the defaults) plus command-line
+    overrides."""
     data: dict[str, Any] = copy.deepcopy(base) if base is not None and path is None else {}
     where = base_name if base is not None and path is None else "command line"
     if path is not None:
-        path = Path(path)
+        path = resolve_recipe(str(path))
         where = str(path)
         if not path.is_file():
             raise ConfigError(f"{path}: no such recipe file")

@@ -110,6 +110,8 @@ def summarize(recipe: Recipe, fingerprints: dict[int, str], stopped: int | None 
         if number in fingerprints:
             entry["sampled_from"] = fingerprints[number]
         stages = json.loads((path / MANIFEST).read_text()).get("stages", {}) if (path / MANIFEST).exists() else {}
+        if number == 0:
+            run_generate = (stages.get("generate") or {}).get("stats") or {}
         if number > 0:
             teachers = (stages.get("generate", {}).get("stats") or {}).get("teachers") or {}
             own, hinted = teachers.get(SAMPLER, {}), teachers.get(HINTED, {})
@@ -129,7 +131,8 @@ def summarize(recipe: Recipe, fingerprints: dict[int, str], stopped: int | None 
         previous = scores
     settings = dataclasses.asdict(recipe.rounds)
     summary = {"run": str(recipe.run.path), "settings": settings, "date": datetime.date.today().isoformat(), "rounds": entries}
-    whole = whole_rationale_tokens(recipe) if recipe.rounds.rationalize in ("teacher", "correct") else None
+    whole = (whole_rationale_tokens(recipe, run_generate) if entries and recipe.rounds.rationalize in ("teacher", "correct")
+             else None)
     if whole is not None:  # what the teacher's hints cost against what it paid per whole rationale in the run
         summary["teacher_tokens_per_rationale"] = whole
     if stopped is not None:
@@ -137,12 +140,9 @@ def summarize(recipe: Recipe, fingerprints: dict[int, str], stopped: int | None 
     return summary
 
 
-def whole_rationale_tokens(recipe: Recipe) -> float | None:
-    """The teacher's completion tokens per whole rationale in the run itself (round 0), what a hint's tokens per
-    solved question compare with; None when the run asked no model (the reference solver)."""
-    manifest = recipe.run.path / MANIFEST
-    stats = ((json.loads(manifest.read_text()).get("stages", {}).get("generate") or {}).get("stats") or {}
-             if manifest.exists() else {})
+def whole_rationale_tokens(recipe: Recipe, stats: dict[str, Any]) -> float | None:
+    """The teacher's completion tokens per whole rationale in the run itself (`stats`: round 0's generate stats), what
+    a hint's tokens per solved question compare with; None when the run asked no model (the reference solver)."""
     stats = (stats.get("teachers") or {}).get(recipe.teacher.name, {}) if recipe.teachers else stats
     if recipe.teacher.backend == "reference" or recipe.teacher.correct or not stats.get("samples_written"):
         return None

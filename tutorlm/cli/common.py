@@ -12,7 +12,7 @@ from typing import Any
 
 from rich.console import Console
 
-from tutorlm.recipe_io import describe_fields, load_recipe, parse_override_args, resolve_recipe
+from tutorlm.recipe_io import describe_fields, load_recipe, parse_override_args
 from tutorlm.run import RunDir
 
 console = Console()
@@ -26,7 +26,7 @@ def recipe_from(args: argparse.Namespace, extra: list[str], source: str | None =
     if source is not None:
         overrides.insert(0, ("task.source", source))
     recipe_path = getattr(args, "recipe", None)
-    recipe = load_recipe(None if recipe_path is None else resolve_recipe(recipe_path), overrides)  # a file or a shipped name
+    recipe = load_recipe(recipe_path, overrides)
     if from_run and recipe_path is None:
         run = RunDir(recipe.run.path)
         stages = run.manifest()["stages"]

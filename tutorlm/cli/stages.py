@@ -68,8 +68,6 @@ def cmd_eval(args: argparse.Namespace, extra: list[str]) -> int:
 
     if other_process("eval"):
         return 0
-    if args.recipe is not None:
-        args.recipe = str(resolve_recipe(args.recipe))  # a file or a shipped recipe's name, as for tutorlm run
     if args.tasks:
         return eval_tasks(args, extra)
     if not args.out and not any(arg.startswith("--run.") for arg in extra):
