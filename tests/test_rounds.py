@@ -17,7 +17,7 @@ from tutorlm.config import ConfigError, teacher_generate
 from tutorlm.generate import plan
 from tutorlm.pipeline import dry_run, run_pipeline
 from tutorlm.recipe_io import load_recipe
-from tutorlm.rounds import HINTED, SAMPLER, round_recipe
+from tutorlm.rounds import HINTED, SAMPLER, plan_text, round_recipe
 from tutorlm.tasks import load_task
 
 QUIET = Console(file=open(os.devnull, "w"))
@@ -56,6 +56,23 @@ def test_a_round_samples_the_previous_student_and_its_hint_never_reaches_the_tra
         assert "The correct answer is" not in training and training == json.dumps(sampled.training_prompts[request.example_id])
     base = round_recipe(load_recipe(recipe_file(tmp_path, "some/model", start="base", rationalize="none")), 2)
     assert base.student.model == "some/model" and [t.name for t in base.teachers] == [SAMPLER]
+
+
+def test_fresh_rounds_ask_the_questions_after_all_asked_before(tmp_path):
+    task = load_task(load_recipe(recipe_file(tmp_path, "m")).task)
+    same = load_recipe(recipe_file(tmp_path, "m", limit=4))
+    fresh = load_recipe(recipe_file(tmp_path, "m", limit=4, fresh=True))
+    assert round_recipe(same, 1).generate.skip == round_recipe(same, 2).generate.skip == 0
+    run = {example.id for example in fresh.generate.questions(task)}
+    one, two = ({example.id for example in round_recipe(fresh, number).generate.questions(task)} for number in (1, 2))
+    assert len(run) == 6 and len(one) == len(two) == 4 and not (run & one or run & two or one & two)
+    assert "new ones each round (round 1: questions 7-10, after the run's)" in plan_text(fresh)
+    whole = recipe_file(tmp_path, "m", fresh=True)
+    data = yaml.safe_load(whole.read_text())
+    data["generate"]["limit"] = None
+    whole.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError, match="rounds.fresh"):
+        load_recipe(whole)
 
 
 def test_rounds_run_after_the_run_each_as_its_own_run_and_a_killed_round_resumes(tmp_path):

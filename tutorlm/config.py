@@ -326,6 +326,9 @@ class RoundsConfig:
         "answer and writes the steps: STaR's rationalization); teacher (the recipe's teacher, shown the gold answer); "
         "correct (the recipe's teacher continues the student's wrong answer from the line before its first wrong "
         "step: SCoRe; an hf or openai teacher). The training prompt never holds a hint")
+    fresh: bool = option(
+        False, "false: every round asks the same training questions (the first rounds.limit after generate.skip); true: "
+        "round r asks the next rounds.limit questions after all the run and the rounds before it asked")
     start: Literal["continue", "base"] = option(
         "continue", "continue: a round trains the previous round's student; base: it trains student.model afresh on "
         "the round's data (STaR)")
@@ -358,6 +361,11 @@ class Recipe:
     rounds: RoundsConfig = field(default_factory=RoundsConfig)
 
     def __post_init__(self) -> None:
+        if self.rounds.count and self.rounds.fresh and (self.questions_asked() is None
+                                                        or (self.rounds.limit or self.generate.limit) is None):
+            raise ValueError("rounds.fresh: each round asks the next rounds.limit questions after the ones asked before, "
+                             "and the run or a round asks the whole split (a limit is null): set generate.limit or "
+                             "rounds.limit")
         hinting = self.teachers[-1] if self.teachers else self.teacher  # the teacher a round's hints come from
         if self.rounds.count and self.rounds.rationalize == "correct" and hinting.backend == "reference":
             raise ValueError("rounds.rationalize correct: the teacher continues the student's wrong answers, and the "
@@ -397,6 +405,13 @@ class Recipe:
             if n > 1 and temperature == 0:
                 raise ValueError(f"teachers[{index}] ({teacher.name}): n={n} samples at temperature 0 would be "
                                  "identical: set its temperature > 0 (e.g. 0.7)")
+
+
+    def questions_asked(self) -> int | None:
+        """The training questions the run's generate stage asks after generate.skip: the largest of its teachers'
+        limits (generate.limit where a teacher sets none); None: the whole split."""
+        limits = [teacher.limit or self.generate.limit for teacher in (self.teachers or [self.teacher])]
+        return None if None in limits else max(limits)
 
 
 PER_TEACHER = ("limit", "n", "temperature", "style", "rationalize", "few_shot", "max_tokens")  # generate settings one of several teachers may set for itself

@@ -5,8 +5,9 @@
 After the run (round 0: the recipe's own generate -> curate -> train -> eval), round r = 1..count is a run of
 its own in RUN_DIR/rounds/round-r, made from the recipe:
 - generate: the previous round's student (round 1: the run's) answers `rounds.limit` training questions (default
-  generate.limit) `rounds.samples` times at `rounds.temperature`, from the same prompt it is trained and evaluated on
-  (the teacher's generate.style is not added). The questions none of its answers got right are then rationalized
+  generate.limit; the same ones every round, or with `rounds.fresh` the next ones after all asked before)
+  `rounds.samples` times at `rounds.temperature`, from the same prompt it is trained and evaluated on (the
+  teacher's generate.style is not added). The questions none of its answers got right are then rationalized
   (`rounds.rationalize`): the student itself (STaR) or the recipe's teacher is shown the gold answer and writes the
   steps; the stored training prompt never holds that hint (generate.rationalization_prompt). A cascade of two
   teachers, so the hint is asked only for what the student failed, and the report counts each one's share.
@@ -59,9 +60,9 @@ def round_recipe(recipe: Recipe, number: int) -> Recipe:
         correct = settings.rationalize == "correct"
         teachers.append(dataclasses.replace(recipe.teacher, name=HINTED, n=1, temperature=0.0, limit=None,
                                             rationalize=None if correct else True, correct=correct))
-    generate = dataclasses.replace(recipe.generate, limit=settings.limit or recipe.generate.limit, n=1, temperature=0.0,
-                                   teacher_mode="cascade", rationalize=False, rsd_floor=None, rsd_student=None,
-                                   top_logprobs=0, token_ids=False)
+    generate = dataclasses.replace(recipe.generate, limit=settings.limit or recipe.generate.limit,
+                                   skip=round_skip(recipe, number), n=1, temperature=0.0, teacher_mode="cascade",
+                                   rationalize=False, rsd_floor=None, rsd_student=None, top_logprobs=0, token_ids=False)
     return dataclasses.replace(
         recipe,
         run=RunConfig(name=f"round-{number}", output_dir=str(recipe.run.path / ROUNDS_DIR)),
@@ -73,6 +74,15 @@ def round_recipe(recipe: Recipe, number: int) -> Recipe:
         eval=dataclasses.replace(recipe.eval, models=["student"]),
         rounds=dataclasses.replace(settings, count=0),
     )
+
+
+def round_skip(recipe: Recipe, number: int) -> int:
+    """The training questions round `number` passes over: generate.skip, and with rounds.fresh every question the run
+    and the rounds before it asked."""
+    if not recipe.rounds.fresh:
+        return recipe.generate.skip
+    size = recipe.rounds.limit or recipe.generate.limit
+    return recipe.generate.skip + recipe.questions_asked() + (number - 1) * size
 
 
 def plan_text(recipe: Recipe) -> str:
@@ -87,9 +97,17 @@ def plan_text(recipe: Recipe) -> str:
     done = sum(1 for number in range(1, settings.count + 1) if (round_path(recipe, number) / "eval" / "student.jsonl").exists())
     return (f"{settings.count} round(s) after the run ({done} done), in {recipe.run.path / ROUNDS_DIR}: the student answers "
             f"{settings.limit or recipe.generate.limit} training questions"
-            f"{f' (after the first {recipe.generate.skip})' if recipe.generate.skip else ''} {settings.samples} time(s) at temperature "
+            f"{questions_text(recipe)} {settings.samples} time(s) at temperature "
             f"{settings.temperature}; {hint}; SFT on the verified answers "
             f"({'from the previous round' if settings.start == 'continue' else 'from student.model afresh'}); eval")
+
+
+def questions_text(recipe: Recipe) -> str:
+    """Which training questions the rounds ask, for the dry run."""
+    if recipe.rounds.fresh:
+        first, size = round_skip(recipe, 1), recipe.rounds.limit or recipe.generate.limit
+        return f", new ones each round (round 1: questions {first + 1}-{first + size}, after the run's),"
+    return f" (after the first {recipe.generate.skip})" if recipe.generate.skip else ""
 
 
 def summarize(recipe: Recipe, fingerprints: dict[int, str], stopped: int | None = None) -> dict[str, Any]:
@@ -115,7 +133,8 @@ def summarize(recipe: Recipe, fingerprints: dict[int, str], stopped: int | None 
         if number > 0:
             teachers = (stages.get("generate", {}).get("stats") or {}).get("teachers") or {}
             own, hinted = teachers.get(SAMPLER, {}), teachers.get(HINTED, {})
-            entry.update(questions_asked=own.get("questions", 0), answers=own.get("samples_written", 0),
+            entry.update(questions_after=round_skip(recipe, number), questions_asked=own.get("questions", 0),
+                         answers=own.get("samples_written", 0),
                          answers_verified=own.get("verified", 0), solved_by_student=own.get("questions_solved", 0),
                          solved_by_hint=hinted.get("questions_solved", 0),
                          hint_tokens=hinted.get("completion_tokens_total", 0),
