@@ -3,14 +3,18 @@ files, fixed disjoint hash splits, the error without the package, and (slow) the
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import json
+
 import pytest
 
 from tutorlm.cli.main import main
-from tutorlm.config import TaskConfig
+from tutorlm.config import GenerateConfig, TaskConfig
+from tutorlm.generate import plan, tool_shot
 from tutorlm.tasks import SPLITS, DataError, load_task
 from tutorlm.tasks import benchmarks
+from tutorlm.tasks.files import calculator_program
 
 
 def gsm8k_doc(i: int) -> dict:
@@ -59,6 +63,23 @@ def test_gsm8k_gold_answers_and_rationales_come_from_the_original_answer(tmp_pat
     assert task.grade(example, example.rationale).correct
     assert task.answer_type == "number"
     assert not task.grade(example, "The answer is 1003.").correct
+
+
+def test_with_the_tool_a_gsm8k_shot_is_its_solution_as_a_program_whose_output_is_the_gold(tmp_path):
+    path = write_requests(tmp_path / "requests.jsonl.gz", [gsm8k_doc(i) for i in range(40)])
+    task = load_task(TaskConfig(source="gsm8k", tools="python", options={"file": str(path)}))
+    shot = task.examples("validation", 1)[0]
+    i = int(shot.id.removeprefix("gsm8k-"))
+    assert shot.meta["program"] == f"# Tom has {i} + {i + 2} apples.\nstep1 = {i}+{i + 2}\nprint(step1)"
+    messages = plan(task, GenerateConfig(limit=1, few_shot=1)).requests[0].messages
+    assert messages[1]["content"] == (f"```python\n{shot.meta['program']}\n```\n```output\n{2 * i + 2}\n```\n"
+                                      f"The answer is {2 * i + 2}.")
+    assert task.grade(shot, messages[1]["content"]).correct
+    wrong = dataclasses.replace(shot, answer=str(2 * i + 3))  # a program whose output is not the gold: the text shot
+    assert tool_shot(wrong) == wrong
+    assert calculator_program("No notes here.\n#### 4") is None
+    assert calculator_program("Half of 48 is 48/2 = $<<48/2=24>>24.\nSo <<24+48=72>>72 in all.\n#### 72") == (
+        "# Half of 48 is 48/2.\nstep1 = 48/2\n# So 24+48 in all.\nstep2 = 24+48\nprint(step2)")
 
 
 def test_arc_reads_the_question_and_choice_texts_once_per_record(tmp_path):

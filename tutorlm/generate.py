@@ -47,7 +47,8 @@ from tutorlm.config import (
     to_dict,
 )
 from tutorlm.errors import GenerationIncomplete
-from tutorlm.tools.loop import computed_answer
+from tutorlm.tools.loop import computed_answer, computed_program
+from tutorlm.verify import answers_match
 from tutorlm.models import topk
 from tutorlm.progress import StageProgress
 from tutorlm.run import FAILURES, PARTIAL, TRACES, RunDir, StagePlan, atomic_write_text
@@ -94,6 +95,18 @@ def teacher_task(task: Task, teacher: Any) -> Task:
     return own
 
 
+def tool_shot(shot: Example) -> Example:
+    """A worked example in the tool's format where its task gives one: the expression of an arithmetic question, or
+    a word problem's solution as a program (GSM8K's calculator notes) whose output is the gold answer; else as it is."""
+    if "expression" in shot.meta:
+        return dataclasses.replace(shot, rationale=computed_answer(shot.meta["expression"])[0])
+    if "program" in shot.meta:
+        text, call = computed_program(shot.meta["program"], shot.answer)
+        if call.ok and answers_match(call.output.strip(), shot.answer, answer_type="number"):
+            return dataclasses.replace(shot, rationale=text)
+    return shot
+
+
 def plan(task: Task, config: GenerateConfig, asked: Task | None = None) -> Plan:
     """The requests of one teacher: `asked` is the task as the teacher sees it (teacher_task), `task` as the student
     does (its training prompt); one task for both by default."""
@@ -104,8 +117,7 @@ def plan(task: Task, config: GenerateConfig, asked: Task | None = None) -> Plan:
                         f"first {config.skip} (it has {len(task.examples(config.split, config.skip))})")
     shots = task.examples("validation", config.few_shot) if config.few_shot else []
     if asked.tools == "python":  # the shots show the tool's format where they can: compute, read the output, answer
-        shots = [dataclasses.replace(shot, rationale=computed_answer(shot.meta["expression"])[0])
-                 if "expression" in shot.meta else shot for shot in shots]
+        shots = [tool_shot(shot) for shot in shots]
     result = Plan(examples=examples, requests=[])
     for example in examples:
         # The student learns from the plain question, as it is asked at evaluation: the shots, like the style, are the

@@ -193,6 +193,30 @@ def parse_gold(answer: str, answer_format: str) -> tuple[str, str | None]:
     return answer.strip(), None
 
 
+CALCULATOR_NOTE = re.compile(r"<<([^=>]+)=[^>]*>>")
+
+
+def calculator_program(answer: str) -> str | None:
+    """A GSM8K solution (calculator notes such as `<<48/2=24>>`) as a Python program that computes it: each line
+    becomes a comment without the notes' results ("48/2 = <<48/2=24>>24 clips" reads "48/2 clips"), followed by a
+    step per note that computes its expression; the last step is printed. None without notes (the few-shot
+    demonstration of the tool's format on word problems)."""
+    steps = answer.rpartition("####")[0] if "####" in answer else answer
+    lines, count = [], 0
+    for line in steps.splitlines():
+        expressions = CALCULATOR_NOTE.findall(line)
+        comment = re.sub(r"\s*=\s*\$?<<[^>]*>>[\d.,]*\d|\s*=\s*\$?<<[^>]*>>", "", line)  # "a = <<a=b>>b" -> "a"
+        comment = re.sub(r"<<([^=>]+)=[^>]*>>[\d.,]*\d", r"\1", comment).strip()  # "<<3*4=12>>12 apples" -> "3*4 apples"
+        if comment:
+            lines.append(f"# {comment}")
+        for expression in expressions:
+            count += 1
+            lines.append(f"step{count} = {expression.strip()}")
+    if not count:
+        return None
+    return "\n".join([*lines, f"print(step{count})"])
+
+
 def load_file_examples(
     source: str,
     split: str,
@@ -234,5 +258,8 @@ def load_file_examples(
             gold, rationale = parse_gold(str(raw_answer), answer_format)
         identifier = str(row[id_key]) if id_key and row.get(id_key) is not None else example_id(name, question)
         meta = {"source": location}
+        program = calculator_program(str(raw_answer)) if not choices and "<<" in str(raw_answer) else None
+        if program:
+            meta["program"] = program
         examples.append(Example(id=identifier, question=question, answer=gold, choices=choices, rationale=rationale, meta=meta))
     return examples

@@ -105,12 +105,17 @@ def output_block(text: str, after: str) -> str:
 def computed_answer(expression: str) -> tuple[str, ToolCall]:
     """A worked answer that computes a Python expression with the tool: the block, the sandbox's output and the answer
     line (the reference solver's answer with the tool, and the few-shot demonstration of the format)."""
-    code = f"print({expression})"
+    return computed_program(f"print({expression})")
+
+
+def computed_program(code: str, answer: str | None = None) -> tuple[str, ToolCall]:
+    """A worked answer that runs `code` with the tool: the block, the sandbox's output, and the answer line (`answer`,
+    or the output when None; no line when the code failed)."""
     result = run_python(code)
     written = f"```python\n{code}\n```"
     text = written + output_block(result.text(), written)
     if result.ok:
-        text += f"The answer is {result.output.strip()}."
+        text += f"The answer is {result.output.strip() if answer is None else answer}."
     return text, ToolCall(code, result.output, result.ok, result.error, result.seconds)
 
 
