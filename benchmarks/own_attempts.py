@@ -18,8 +18,9 @@ Two arms, both continuing from runs/mentor-fast/student:
   on them, continuing from this arm's previous student. Sft step r asks as many questions as bring this arm's
   seconds (generate + curate + train; evaluation is left out of both arms) to the rounds arm's after round r, at
   the seconds per question of its last step (first: of the start run's own generate and train). --sft-from takes
-  the steps' question counts from an earlier result instead (their finished runs are reused, not rerun), so a
-  second rounds arm is compared with the same sft arm; the cumulative seconds of both arms are reported.
+  the steps' question counts from an earlier result instead, so a second rounds arm is compared with the same sft
+  arm (a stage of those runs is skipped where its key is unchanged: the mentor's rationales are reused, and a
+  checkout at another path retrains, to the same students); the cumulative seconds of both arms are reported.
 
 Every student of both arms, and the start, is evaluated on the same --eval-limit held-out questions in one
 `tutorlm eval` call; each step is compared with the start and the two arms with each other at every step (95%
@@ -119,7 +120,8 @@ def main() -> None:
         run = rounds_run / "rounds" / f"round-{entry['round']}"
         rounds.append({**{key: entry.get(key) for key in (
             "round", "questions_after", "questions_asked", "answers", "answers_verified", "solved_by_student",
-            "solved_by_hint", "hint_tokens", "hint_tokens_per_solved", "corrected", "error_found", "student_lines_kept", "kept", "train_steps")},
+            "solved_by_hint", "hint_tokens", "hint_tokens_per_solved", "corrected", "error_found", "student_lines_kept",
+            "kept", "train_steps")},
             "seconds": stage_seconds(run)})
         print("rounds", json.dumps(rounds[-1]), flush=True)
     results["rounds_wall_s"] = round(time.perf_counter() - started, 1)

@@ -406,7 +406,6 @@ class Recipe:
                 raise ValueError(f"teachers[{index}] ({teacher.name}): n={n} samples at temperature 0 would be "
                                  "identical: set its temperature > 0 (e.g. 0.7)")
 
-
     def questions_asked(self) -> int | None:
         """The training questions the run's generate stage asks after generate.skip: the largest of its teachers'
         limits (generate.limit where a teacher sets none); None: the whole split."""

@@ -258,7 +258,7 @@ def load_file_examples(
             gold, rationale = parse_gold(str(raw_answer), answer_format)
         identifier = str(row[id_key]) if id_key and row.get(id_key) is not None else example_id(name, question)
         meta = {"source": location}
-        program = calculator_program(str(raw_answer)) if not choices and "<<" in str(raw_answer) else None
+        program = None if choices else calculator_program(str(raw_answer))  # GSM8K's calculator notes
         if program:
             meta["program"] = program
         examples.append(Example(id=identifier, question=question, answer=gold, choices=choices, rationale=rationale, meta=meta))
