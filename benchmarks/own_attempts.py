@@ -19,8 +19,8 @@ Two arms, both continuing from runs/mentor-fast/student:
   seconds (generate + curate + train; evaluation is left out of both arms) to the rounds arm's after round r, at
   the seconds per question of its last step (first: of the start run's own generate and train). --sft-from takes
   the steps' question counts from an earlier result instead, so a second rounds arm is compared with the same sft
-  arm (a stage of those runs is skipped where its key is unchanged: the mentor's rationales are reused, and a
-  checkout at another path retrains, to the same students); the cumulative seconds of both arms are reported.
+  arm (a stage of those runs is skipped where its key is unchanged: the mentor's rationales are reused); the
+  cumulative seconds of both arms are reported.
 
 Every student of both arms, and the start, is evaluated on the same --eval-limit held-out questions in one
 `tutorlm eval` call; each step is compared with the start and the two arms with each other at every step (95%
@@ -55,6 +55,11 @@ WORK = ("generate", "curate", "train")  # the stages whose seconds make an arm's
 def stage_seconds(run: Path) -> dict[str, float]:
     stages = json.loads((run / "manifest.json").read_text())["stages"]
     return {name: round(stages[name]["seconds"], 1) for name in WORK if name in stages}
+
+
+def from_root(path: Path) -> str:
+    """`path` as the runs' recipes name it: from the repository root (their working directory) where it lies inside."""
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
 
 def sft_recipe(start_recipe, student: str, skip: int, questions: int) -> dict:
@@ -136,7 +141,9 @@ def main() -> None:
     # The first step's rate is the start run's (its generate + curate + train over the questions it asked, a little
     # high where a second teacher's answers were trained on too); every later step is sized to the cumulative seconds
     per_question = sum(base_seconds.values()) / asked
-    skip, student, sft = recipe.generate.skip + asked, str(start / "student"), []
+    # Students are named from the repository root (the runs' working directory), so a step's train key does not
+    # depend on where the checkout lies
+    skip, student, sft = recipe.generate.skip + asked, from_root(start / "student"), []
     rounds_s = sft_s = 0.0  # each arm's seconds so far: a step that ran long or short is made up by the next
     for entry in rounds:
         rounds_s += sum(entry["seconds"].values())
@@ -162,7 +169,7 @@ def main() -> None:
         print("sft", json.dumps(sft[-1]), flush=True)
         per_question = sum(seconds.values()) / questions
         sft_s += sum(seconds.values())
-        skip, student = skip + questions, str(run / "student")
+        skip, student = skip + questions, from_root(run / "student")
     results["generate_stats_of_start"] = {key: generate_stats.get(key) for key in ("calls_made", "completion_tokens_total")}
 
     # Every model on the same held-out questions
