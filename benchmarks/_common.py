@@ -20,6 +20,20 @@ def machine(device: str = "cpu") -> str:
     return f"{platform.machine()}, {os.cpu_count()} CPUs{_bf16_flags()}"
 
 
+def versions() -> dict[str, str]:
+    """The installed versions of the packages a figure depends on (from their metadata, nothing imported): results
+    from one machine kind on different days differ when these do."""
+    from importlib import metadata
+
+    found = {}
+    for name in ("torch", "transformers", "peft", "accelerate", "trl"):
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return found
+
+
 def _bf16_flags() -> str:
     """The CPU's bf16 instructions, which decide what `precision: auto` picks and how fast training runs: figures
     from a CPU with them and one without are not comparable, so the machine's name says which it is."""

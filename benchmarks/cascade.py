@@ -24,7 +24,7 @@ from pathlib import Path
 
 import yaml
 
-from _common import machine
+from _common import machine, versions
 
 ROOT = Path(__file__).resolve().parent.parent
 STYLE = "Be brief: one short line of plain arithmetic per step (no LaTeX), then the answer line."
@@ -71,7 +71,7 @@ def main() -> None:
     for side, figures in sides.items():
         print(f"{side}: {figures['solved']} of {figures['questions']} questions with a verified rationale, "
               f"{figures['completion_tokens']} completion tokens, {figures['seconds']:.0f} s of teacher time", flush=True)
-    result = {"benchmark": "cascade", "machine": machine(), "date": time.strftime("%Y-%m-%d"), "limit": args.limit,
+    result = {"benchmark": "cascade", "machine": machine(), "versions": versions(), "date": time.strftime("%Y-%m-%d"), "limit": args.limit,
               "sides": sides}
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {out}")

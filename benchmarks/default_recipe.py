@@ -26,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import machine
+from _common import machine, versions
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -89,7 +89,7 @@ def write(args: argparse.Namespace, manifest: dict, summary: dict, wall: float, 
     stages.update({name: record["seconds"] for name, record in manifest["stages"].items()})
     paired = paired_intervals(run / "eval")
     output = {
-        "benchmark": "default_recipe", "date": time.strftime("%Y-%m-%d"), "machine": machine(),
+        "benchmark": "default_recipe", "date": time.strftime("%Y-%m-%d"), "machine": machine(), "versions": versions(),
         "recipe": Path(args.from_run).name if args.from_run else args.recipe, "wall_s": round(wall, 1), "stage_seconds": stages,
         "accuracy": {label: round(s["accuracy"], 4) for label, s in summary.items()},
         "accuracy_ci95": {label: [round(v, 4) for v in s["accuracy_ci95"]] for label, s in summary.items()},

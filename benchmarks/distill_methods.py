@@ -29,7 +29,7 @@ import sys
 import time
 from pathlib import Path
 
-from _common import machine
+from _common import machine, versions
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -80,7 +80,7 @@ def compare(runs: list[Path], out: Path) -> None:
     questions = {row["questions"] for row in rows.values()}
     if len(questions) != 1:
         raise SystemExit(f"the runs were evaluated on different numbers of questions: {sorted(questions)}")
-    result = {"benchmark": "distill_methods", "date": time.strftime("%Y-%m-%d"), "machine": machine(), "runs": rows}
+    result = {"benchmark": "distill_methods", "date": time.strftime("%Y-%m-%d"), "machine": machine(), "versions": versions(), "runs": rows}
     print(json.dumps(result, indent=2))
     out.write_text(json.dumps(result, indent=2) + "\n")
 
@@ -131,7 +131,7 @@ def main() -> None:
                 "truncation_rate": s["truncation_rate"], "train_seconds": seconds}
 
     result = {
-        "benchmark": "distill_methods", "date": time.strftime("%Y-%m-%d"), "machine": machine(),
+        "benchmark": "distill_methods", "date": time.strftime("%Y-%m-%d"), "machine": machine(), "versions": versions(),
         "task": recipe["task"], "rationales_from": recipe["teacher"]["model"] or recipe["teacher"]["backend"],
         "kd_teacher": recipe["train"].get("kd_teacher") or recipe["teacher"]["model"], "student": recipe["student"]["model"],
         "questions": summary["student"]["examples"], "max_tokens": summary["student"].get("max_tokens"),

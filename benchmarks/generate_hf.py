@@ -24,7 +24,7 @@ from tutorlm.config import TaskConfig, TeacherConfig
 from tutorlm.models.load import packaged_gguf
 from tutorlm.tasks import load_task
 
-from _common import machine
+from _common import machine, versions
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -82,7 +82,7 @@ def main() -> None:
                  for example in examples for word in example.meta["words"][:1]],
     }
     result = {
-        "benchmark": "generate_hf", "date": time.strftime("%Y-%m-%d"), "machine": machine(),
+        "benchmark": "generate_hf", "date": time.strftime("%Y-%m-%d"), "machine": machine(), "versions": versions(),
         "model": label, "dtype": "float32", "device": "cpu", "prompts": args.prompts, "max_tokens": args.max_tokens,
         "batch_size": args.batch_size, "torch_threads": torch.get_num_threads(),
     }

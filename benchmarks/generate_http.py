@@ -24,7 +24,7 @@ from pathlib import Path
 import httpx
 from rich.console import Console
 
-from _common import machine
+from _common import machine, versions
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
@@ -92,7 +92,7 @@ def main() -> None:
             server.wait()
 
     result = {
-        "benchmark": "generate_http", "date": time.strftime("%Y-%m-%d"), "machine": machine(),
+        "benchmark": "generate_http", "date": time.strftime("%Y-%m-%d"), "machine": machine(), "versions": versions(),
         "server": args.url or f"fake OpenAI server, {args.delay_s * 1000:.0f} ms per reply", "requests": args.requests,
         "concurrency": args.concurrency,
         "bare_client_completions_per_s": round(args.requests / bare_s, 1),

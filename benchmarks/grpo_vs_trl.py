@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from _common import chosen_sides, machine, report_side, run_side, summarize_steps, time_steps
+from _common import chosen_sides, machine, report_side, run_side, summarize_steps, time_steps, versions
 from kd_vs_trl import CONFIGS, build
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -153,7 +153,7 @@ def main() -> None:
 
     memory = "peak_gpu_mb" if cuda else "peak_rss_mb"
     output = {
-        "benchmark": "grpo_vs_trl", "date": time.strftime("%Y-%m-%d"), "machine": machine(args.device), "device": args.device,
+        "benchmark": "grpo_vs_trl", "date": time.strftime("%Y-%m-%d"), "machine": machine(args.device), "versions": versions(), "device": args.device,
         "student": f"{args.student_config} (random weights)", "dtype": "bf16 autocast, fp32 weights" if args.precision == "bf16" else "float32",
         "steps": args.steps, "warmup_steps": args.warmup, "questions": args.questions, "group_size": args.group_size,
         "max_new_tokens": args.max_new_tokens, "loss": "token-level (dapo), group-scaled advantages, beta 0, mu 1",

@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from _common import machine
+from _common import machine, versions
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "runs" / "gsm8k-baselines"
@@ -73,7 +73,7 @@ def main() -> None:
             "accuracy_ci95": [round(x, 4) for x in summary["accuracy_ci95"]],
             "truncation_rate": round(summary["truncation_rate"], 4), "no_answer_rate": round(summary["no_answer_rate"], 4),
             "mean_completion_tokens": round(summary["mean_completion_tokens"], 1), "max_tokens": args.max_tokens,
-            "wall_s": round(seconds, 1), "machine": machine(), "commit": commit(),
+            "wall_s": round(seconds, 1), "machine": machine(), "versions": versions(), "commit": commit(),
             "date": datetime.date.today().isoformat(),
         }
         results["task"] = ("gsm8k: tutorlm's test split (250 of the 1,319 GSM8K test questions, fixed hash), zero-shot, "

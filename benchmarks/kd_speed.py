@@ -38,7 +38,7 @@ from tutorlm.train.kd import topk_kd_loss
 from tutorlm.train.losses import NO_TOKEN, linear_cross_entropy, topk_divergence
 from tutorlm.train.teacher import model_and_head
 
-from _common import machine
+from _common import machine, versions
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = SimpleNamespace(kd_divergence="forward_kl", kd_beta=0.5, kd_ce_weight=0.1)
@@ -144,7 +144,7 @@ def main() -> None:
                     best[objective] = (tokens, seconds)
     rates = {name: tokens / seconds for name, (tokens, seconds) in best.items()}
     result = {
-        "benchmark": "kd_speed", "date": time.strftime("%Y-%m-%d"), "machine": machine(), "model": args.model,
+        "benchmark": "kd_speed", "date": time.strftime("%Y-%m-%d"), "machine": machine(), "versions": versions(), "model": args.model,
         "precision": args.precision, "batch_size": args.batch_size, "timed_steps": args.steps, "top_k": args.top_k,
         "rounds": args.rounds, "labelled_tokens_per_step": round(best["sft"][0] / args.steps),
         "tokens_per_s": {name: round(rate, 1) for name, rate in rates.items()},

@@ -42,7 +42,7 @@ from pathlib import Path
 
 import torch
 
-from _common import chosen_sides, machine, report_side, run_side, summarize_steps, time_steps
+from _common import chosen_sides, machine, report_side, run_side, summarize_steps, time_steps, versions
 
 ROOT = Path(__file__).resolve().parent.parent
 SIDES = ("tutorlm", "tutorlm-sampled", "trl-distillation", "trl-gkd")
@@ -205,7 +205,7 @@ def main() -> None:
     trl_sides = [side for side in ("trl-distillation", "trl-gkd") if side in results]
     best_trl = min(trl_sides, key=lambda side: results[side]["step_s_median"])
     output = {
-        "benchmark": "kd_vs_trl", "date": time.strftime("%Y-%m-%d"), "machine": machine(args.device), "device": args.device,
+        "benchmark": "kd_vs_trl", "date": time.strftime("%Y-%m-%d"), "machine": machine(args.device), "versions": versions(), "device": args.device,
         "student": f"{args.student_config} (random weights)",
         "teacher": f"{args.teacher_config} (random weights)" if args.teacher_config else args.model,
         "dtype": "bf16 autocast, fp32 weights" if args.precision == "bf16" else "float32", "steps": args.steps,

@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from _common import machine, report_side, run_side
+from _common import machine, report_side, run_side, versions
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -106,7 +106,7 @@ def main() -> None:
         if not row["identical_completions"]:
             raise SystemExit(f"max_tokens {max_tokens}: the two ways generated different completions")
     result = {
-        "benchmark": "kv_memory", "date": time.strftime("%Y-%m-%d"), "machine": machine(),
+        "benchmark": "kv_memory", "date": time.strftime("%Y-%m-%d"), "machine": machine(), "versions": versions(),
         "model": args.model, "task": args.task, "questions": args.questions, "batch_size": args.batch_size, "runs": runs,
     }
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")

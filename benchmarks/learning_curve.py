@@ -24,7 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-from _common import machine
+from _common import machine, versions
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -84,7 +84,7 @@ def main() -> None:
             measured = {point["questions"] for point in points}
             points = sorted([p for p in earlier["points"] if p["questions"] not in measured] + points,
                             key=lambda point: point["questions"])
-    result = {"benchmark": "learning_curve", "recipe": args.recipe, "machine": machine(), "date": time.strftime("%Y-%m-%d"),
+    result = {"benchmark": "learning_curve", "recipe": args.recipe, "machine": machine(), "versions": versions(), "date": time.strftime("%Y-%m-%d"),
               "settings": settings, "points": points}
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {out}")

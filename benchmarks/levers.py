@@ -25,7 +25,7 @@ import sys
 import time
 from pathlib import Path
 
-from _common import machine, tutorlm_run
+from _common import machine, tutorlm_run, versions
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -114,7 +114,7 @@ def main() -> None:
               f"({low:+.0%} to {high:+.0%}), {point['curated']} rationales, train {point['train_s']} s, "
               f"teacher calls {point['teacher_calls']}", flush=True)
     names = {point["name"] for point in measured}
-    result = {"benchmark": "levers", "recipe": args.recipe, "machine": machine(), "date": time.strftime("%Y-%m-%d"),
+    result = {"benchmark": "levers", "recipe": args.recipe, "machine": machine(), "versions": versions(), "date": time.strftime("%Y-%m-%d"),
               "baseline": baseline, "baseline_label": args.baseline_label,
               "variants": [p for p in kept if p["name"] not in names and p.get("baseline_run") == baseline["run"]
                            and p.get("baseline_evaluated") == baseline["evaluated"]]

@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from _common import machine, report_side, run_side
+from _common import machine, report_side, run_side, versions
 
 ROOT = Path(__file__).resolve().parent.parent
 SIDES = ("released", "kept")
@@ -56,7 +56,7 @@ def main() -> None:
     ratio = results["kept"]["rss_after_load_gb"] / results["released"]["rss_after_load_gb"]
     print(f"release_memory: {ratio:.1f}x less resident memory after loading {args.model} ({args.dtype})")
     out = ROOT / "benchmarks" / "results" / "load_memory.json"
-    out.write_text(json.dumps({"benchmark": "load_memory", "date": time.strftime("%Y-%m-%d"), "machine": machine(), "model": args.model, "dtype": args.dtype,
+    out.write_text(json.dumps({"benchmark": "load_memory", "date": time.strftime("%Y-%m-%d"), "machine": machine(), "versions": versions(), "model": args.model, "dtype": args.dtype,
                                "sides": results, "resident_ratio": round(ratio, 2)}, indent=2) + "\n")
     print(f"wrote {out.relative_to(ROOT)}")
 

@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from _common import machine, report_side, run_side
+from _common import machine, report_side, run_side, versions
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -141,7 +141,7 @@ def main() -> None:
              for key in ("loss", "hidden", "weight")}
     output = {
         "benchmark": "loss_memory", "loss": args.loss, "date": time.strftime("%Y-%m-%d"),
-        "machine": machine(args.device),
+        "machine": machine(args.device), "versions": versions(),
         "device": args.device, "dtype": args.dtype, "vocab": args.vocab, "hidden": args.hidden, "tokens": args.tokens,
         "variants": results, "loss_and_gradients_agree": agree,
         "ratio_memory": round(results["fused"]["peak_above_inputs_mb"] / max(results["plain"]["peak_above_inputs_mb"], 1), 3),

@@ -39,7 +39,7 @@ import time
 from pathlib import Path
 
 import yaml
-from _common import machine
+from _common import machine, versions
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -262,7 +262,7 @@ def main() -> None:
     saved["benchmark"] = "method_race"
     saved["testbeds"][args.name] = {
         "task": args.task, "teacher": f"{args.teacher} ({args.teacher_dtype})", "start": args.start, "start_accuracy": start,
-        "minutes": args.minutes, "machine": machine(), "commit": commit(), "date": datetime.date.today().isoformat(),
+        "minutes": args.minutes, "machine": machine(), "versions": versions(), "commit": commit(), "date": datetime.date.today().isoformat(),
         "arms": [{k: v for k, v in result.items() if k != "scores"} for result in results],
     }
     results_path.parent.mkdir(parents=True, exist_ok=True)

@@ -39,7 +39,7 @@ import time
 from pathlib import Path
 
 import yaml
-from _common import machine, tutorlm_run
+from _common import machine, tutorlm_run, versions
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -100,7 +100,7 @@ def main() -> None:
     start = ROOT / recipe.run.path
     if not (start / "student").is_dir() or not (start / "eval" / "student.jsonl").exists():
         raise SystemExit(f"{start}: no finished run to start from; run `tutorlm run {args.recipe}` first")
-    results = {"benchmark": "own_attempts", "machine": machine(), "date": datetime.date.today().isoformat(),
+    results = {"benchmark": "own_attempts", "machine": machine(), "versions": versions(), "date": datetime.date.today().isoformat(),
                "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                                         cwd=ROOT).stdout.strip(),
                "start": str(start.relative_to(ROOT)),

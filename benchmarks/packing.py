@@ -21,7 +21,7 @@ from tutorlm.run import read_jsonl
 from tutorlm.models.load import load_model, load_tokenizer
 from tutorlm.train.data import batch_order, preflight
 
-from _common import machine
+from _common import machine, versions
 from _sft_steps import timed_steps
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -49,7 +49,7 @@ def main() -> None:
     args = parser.parse_args()
     tokenizer = load_tokenizer(args.model)
     examples, _ = preflight(tokenizer, read_jsonl(Path(args.curated)), 1024, "truncate")
-    result = {"benchmark": "packing", "date": time.strftime("%Y-%m-%d"), "machine": machine(),
+    result = {"benchmark": "packing", "date": time.strftime("%Y-%m-%d"), "machine": machine(), "versions": versions(),
               "model": args.model, "batch_size": args.batch_size, "steps": args.steps, "examples": len(examples),
               "torch_threads": torch.get_num_threads()}
     for packing in (True, False):

@@ -20,7 +20,7 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import torch
-from _common import machine
+from _common import machine, versions
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -61,7 +61,7 @@ def main() -> None:
     hidden, intermediate, vocab = config.hidden_size, config.intermediate_size, config.vocab_size
     measured = cpu_bf16(refresh=True)
     result = {
-        "benchmark": "precision", "date": time.strftime("%Y-%m-%d"), "machine": machine(), "cpu": measured.cpu,
+        "benchmark": "precision", "date": time.strftime("%Y-%m-%d"), "machine": machine(), "versions": versions(), "cpu": measured.cpu,
         "bf16_flags": list(measured.flags), "threads": torch.get_num_threads(), "model": args.model,
         "auto_chooses": "bf16" if measured.fast else "fp32", "verdict": measured.describe(), "shapes": {},
     }

@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from _common import machine
+from _common import machine, versions
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -103,7 +103,7 @@ def main() -> None:
                   f"{point['no_answer_rate']:.0%}, truncated {point['truncation_rate']:.0%}, "
                   f"{point['mean_completion_tokens']:.0f} tokens", flush=True)
     out = ROOT / "benchmarks" / "results" / "prompt_wording.json"
-    out.write_text(json.dumps({"benchmark": "prompt_wording", "machine": machine(), "date": time.strftime("%Y-%m-%d"),
+    out.write_text(json.dumps({"benchmark": "prompt_wording", "machine": machine(), "versions": versions(), "date": time.strftime("%Y-%m-%d"),
                                "model": args.model, "limit": args.limit, "max_tokens": args.max_tokens,
                                "points": points}, indent=2) + "\n")
     print(f"wrote {out}")

@@ -27,7 +27,7 @@ import sys
 import time
 from pathlib import Path
 
-from _common import machine, tutorlm_run
+from _common import machine, tutorlm_run, versions
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -104,7 +104,7 @@ def main() -> None:
     if spread and spread > 1.5:
         print(f"note: the methods' times differ {spread:.1f}x: not an equal-time comparison", flush=True)
     out = ROOT / "benchmarks" / "results" / "rl_methods.json"
-    result = {"benchmark": "rl_methods", "machine": machine(), "date": time.strftime("%Y-%m-%d"),
+    result = {"benchmark": "rl_methods", "machine": machine(), "versions": versions(), "date": time.strftime("%Y-%m-%d"),
               "task": "multistep_arithmetic", "questions": points[0]["vs_start"]["questions"] if points else 0,
               "time_spread": round(spread, 2) if spread else None, "methods": points}
     out.write_text(json.dumps(result, indent=2) + "\n")

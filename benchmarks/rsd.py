@@ -27,7 +27,7 @@ import json
 import time
 from pathlib import Path
 
-from _common import machine, tutorlm_run
+from _common import machine, tutorlm_run, versions
 from levers import describe, run_variant, scores
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -77,7 +77,7 @@ def main() -> None:
     base_run = ROOT / "runs" / "lever-real-teacher-rsd-bench-teacher-{}q-{}ep".format(args.limit, args.epochs)
     tutorlm_run("real-teacher", "--run.name", base_run.name, "--eval.models", "[base]", *common)  # stages are current
     base = json.loads((base_run / "eval" / "summary.json").read_text())["base"]
-    result = {"benchmark": "rsd", "machine": machine(), "date": time.strftime("%Y-%m-%d"), "floor": args.floor,
+    result = {"benchmark": "rsd", "machine": machine(), "versions": versions(), "date": time.strftime("%Y-%m-%d"), "floor": args.floor,
               "limit": args.limit, "epochs": args.epochs, "base_accuracy": base["accuracy"],
               "base_accuracy_ci95": base["accuracy_ci95"], "points": list(points.values())}
     out = ROOT / "benchmarks" / "results" / "rsd.json"

@@ -26,7 +26,7 @@ import threading
 import time
 from pathlib import Path
 
-from _common import machine
+from _common import machine, versions
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -172,7 +172,7 @@ def main() -> None:
         server.wait(timeout=120)
     base.pop("texts")
     out = Path(args.out).resolve()
-    out.write_text(json.dumps({"benchmark": "serve", "date": time.strftime("%Y-%m-%d"), "machine": machine(), "model": args.model, "task": args.task,
+    out.write_text(json.dumps({"benchmark": "serve", "date": time.strftime("%Y-%m-%d"), "machine": machine(), "versions": versions(), "model": args.model, "task": args.task,
                                "questions": len(prompts), "max_tokens": args.max_tokens, "slots": args.slots, "offline": base,
                                "served": rows, "single": single}, indent=2) + "\n")
     print(f"wrote {out}")

@@ -29,7 +29,7 @@ from tutorlm.models.load import load_model, load_tokenizer
 from tutorlm.train.data import batch_order, batches, preflight
 from tutorlm.models.tokens import IGNORE
 
-from _common import machine
+from _common import machine, versions
 from _sft_steps import timed_steps
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -139,7 +139,7 @@ def main() -> None:
     limits = {"fp32": limit}
     if any("bf16" in variant for variant in variants):  # against the bf16 matmul rate, measured the same way
         limits["bf16"] = matmul_limit(model.config, tokens, labelled, dtype=torch.bfloat16)
-    result = {"benchmark": "sft_mfu", "date": time.strftime("%Y-%m-%d"), "machine": machine(),
+    result = {"benchmark": "sft_mfu", "date": time.strftime("%Y-%m-%d"), "machine": machine(), "versions": versions(),
               "model": args.model, "batch_size": args.batch_size, "steps": args.steps, "limit": limit, "variants": {}}
     if "bf16" in limits:
         result["limit_bf16"] = limits["bf16"]

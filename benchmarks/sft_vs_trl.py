@@ -47,7 +47,7 @@ from pathlib import Path
 
 import torch
 
-from _common import machine, report_side, run_side
+from _common import machine, report_side, run_side, versions
 
 ROOT = Path(__file__).resolve().parent.parent
 # "-gc": gradient checkpointing on (TRL's SFTConfig default); the others recompute nothing (the fastest setting).
@@ -280,7 +280,7 @@ def main() -> None:
         return round(results[ours][key] / results[theirs][key], 3)
 
     output = {
-        "benchmark": "sft_vs_trl", "date": time.strftime("%Y-%m-%d"), "machine": machine(args.device),
+        "benchmark": "sft_vs_trl", "date": time.strftime("%Y-%m-%d"), "machine": machine(args.device), "versions": versions(),
         "model": f"{args.config} (random weights)" if args.config else args.model,
         "dtype": "bf16 autocast, fp32 weights" if args.precision == "bf16" else "float32", "device": args.device, "steps": args.steps,
         "warmup_steps": args.warmup, "batch_size": args.batch_size, "trl_version": trl.__version__,

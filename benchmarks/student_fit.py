@@ -22,7 +22,7 @@ import json
 import time
 from pathlib import Path
 
-from _common import machine
+from _common import machine, versions
 from levers import describe, run_variant, scores
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -76,7 +76,7 @@ def main() -> None:
         print(f"{name}: {point['accuracy']:.0%} ({point['accuracy_ci95'][0]:.0%}-{point['accuracy_ci95'][1]:.0%}), "
               f"{point['curated']} rationales, train {point['train_s']:.0f} s, teacher calls {point['teacher_calls']}"
               f"{versus}", flush=True)
-    result = {"benchmark": "student_fit", "recipe": args.recipe, "machine": machine(), "date": time.strftime("%Y-%m-%d"),
+    result = {"benchmark": "student_fit", "recipe": args.recipe, "machine": machine(), "versions": versions(), "date": time.strftime("%Y-%m-%d"),
               "sampling": sampling, "n": args.n, "temperature": args.temperature, "k": args.k,
               "selections": list(points.values())}
     out.write_text(json.dumps(result, indent=2) + "\n")

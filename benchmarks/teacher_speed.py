@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from _common import machine, report_side, run_side
+from _common import machine, report_side, run_side, versions
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -91,7 +91,7 @@ def main() -> None:
         figures.pop("texts")
     out = ROOT / "benchmarks" / "results" / "teacher_speed.json"
     out.write_text(json.dumps({
-        "benchmark": "teacher_speed", "machine": machine(), "date": time.strftime("%Y-%m-%d"), "model": args.model,
+        "benchmark": "teacher_speed", "machine": machine(), "versions": versions(), "date": time.strftime("%Y-%m-%d"), "model": args.model,
         "prompts": args.prompts, "max_tokens": args.max_tokens, "batch_size": args.batch_size, "results": results,
         "reference": dtypes[0], "vs_reference": comparisons,
     }, indent=2) + "\n")

@@ -19,7 +19,7 @@ import json
 import sys
 from pathlib import Path
 
-from _common import machine
+from _common import machine, versions
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -45,7 +45,7 @@ def main() -> None:
         tasks[name] = {"rationales": len(texts), **{key: round(value, 4) for key, value in preview(student, teacher, texts).items()}}
         print(name, json.dumps(tasks[name]), flush=True)
     result = {"benchmark": "token_alignment", "student": args.student, "teacher": args.teacher, "tasks": tasks,
-              "machine": machine(), "date": datetime.date.today().isoformat()}
+              "machine": machine(), "versions": versions(), "date": datetime.date.today().isoformat()}
     Path(args.results).write_text(json.dumps(result, indent=2) + "\n")
     print(f"results: {args.results}")
 

@@ -24,7 +24,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from _common import machine, tutorlm_run
+from _common import machine, tutorlm_run, versions
 
 from tutorlm import metrics
 from tutorlm.tools.sandbox import isolation, run_python
@@ -69,7 +69,7 @@ def main() -> None:
     chosen = args.arms.split(",")
     if unknown := set(chosen) - set(ARMS):
         parser.error(f"--arms: unknown {', '.join(sorted(unknown))}")
-    results = {"benchmark": "tools", "machine": machine(), "date": datetime.date.today().isoformat(),
+    results = {"benchmark": "tools", "machine": machine(), "versions": versions(), "date": datetime.date.today().isoformat(),
                "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                                         cwd=ROOT).stdout.strip(), "arms": {}}
     for arm in chosen:
