@@ -104,7 +104,7 @@ def main() -> None:
                "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                                         cwd=ROOT).stdout.strip(),
                "start": str(start.relative_to(ROOT)),
-               "settings": {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()}}
+               "settings": vars(args)}
     earlier = json.loads(args.sft_from.read_text())["sft"] if args.sft_from else None
     if earlier is not None and len(earlier) < args.rounds:
         raise SystemExit(f"{args.sft_from}: {len(earlier)} sft steps, fewer than --rounds {args.rounds}")
@@ -203,7 +203,7 @@ def main() -> None:
     results.update(start_accuracy=accuracy["start"], rounds=rounds, sft=sft)
     name = f"own_attempts_{args.tag}.json" if args.tag else "own_attempts.json"
     target = ROOT / "benchmarks" / "results" / name
-    target.write_text(json.dumps(results, indent=2) + "\n")
+    target.write_text(json.dumps(results, indent=2, default=str) + "\n")  # default: --sft-from's Path
     for entry, other in zip(rounds, sft):
         print(f"step {entry['round']}: rounds {entry['accuracy']:.1%} ({sum(entry['seconds'].values()):.0f} s)  "
               f"sft {other['accuracy']:.1%} ({sum(other['seconds'].values()):.0f} s, {other['questions']} questions)  "

