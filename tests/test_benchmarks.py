@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
+import io
 import json
 
 import pytest
+from rich.console import Console
 
 from tutorlm.cli.main import main
-from tutorlm.config import GenerateConfig, TaskConfig
-from tutorlm.generate import plan, tool_shot
+from tutorlm.config import GenerateConfig, Recipe, RunConfig, TaskConfig
+from tutorlm.generate import generate, plan, tool_shot
+from tutorlm.run import read_jsonl
 from tutorlm.tasks import SPLITS, DataError, load_task
 from tutorlm.tasks import benchmarks
 from tutorlm.tasks.files import calculator_program
@@ -80,6 +83,20 @@ def test_with_the_tool_a_gsm8k_shot_is_its_solution_as_a_program_whose_output_is
     assert calculator_program("No notes here.\n#### 4") is None
     assert calculator_program("Half of 48 is 48/2 = $<<48/2=24>>24.\nSo <<24+48=72>>72 in all.\n#### 72") == (
         "# Half of 48 is 48/2.\nstep1 = 48/2\n# So 24+48 in all.\nstep2 = 24+48\nprint(step2)")
+
+
+def test_with_the_tool_the_reference_solver_answers_gsm8k_with_its_program(tmp_path):
+    path = write_requests(tmp_path / "requests.jsonl.gz", [gsm8k_doc(i) for i in range(40)])
+    task = TaskConfig(source="gsm8k", tools="python", options={"file": str(path)})
+    recipe = Recipe(run=RunConfig(name="r", output_dir=str(tmp_path)), task=task,
+                    generate=GenerateConfig(limit=4, cache=False))
+    stats = generate(recipe, console=Console(file=io.StringIO()))
+    assert stats["tool_calls"] == 4 and stats["tool_errors"] == 0
+    examples = {e.id: e for e in load_task(task).examples("train")}
+    for row in read_jsonl(recipe.run.path / "traces.jsonl"):
+        text = row["completion"][-1]["content"]
+        assert text.startswith("```python\n# Tom has") and f"```output\n{row['answer']}\n```" in text
+        assert load_task(task).grade(examples[row["example_id"]], text).correct
 
 
 def test_arc_reads_the_question_and_choice_texts_once_per_record(tmp_path):

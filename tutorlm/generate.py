@@ -47,8 +47,7 @@ from tutorlm.config import (
     to_dict,
 )
 from tutorlm.errors import GenerationIncomplete
-from tutorlm.tools.loop import computed_answer, computed_program
-from tutorlm.verify import answers_match
+from tutorlm.tools.loop import worked_answer
 from tutorlm.models import topk
 from tutorlm.progress import StageProgress
 from tutorlm.run import FAILURES, PARTIAL, TRACES, RunDir, StagePlan, atomic_write_text
@@ -96,15 +95,9 @@ def teacher_task(task: Task, teacher: Any) -> Task:
 
 
 def tool_shot(shot: Example) -> Example:
-    """A worked example in the tool's format where its task gives one: the expression of an arithmetic question, or
-    a word problem's solution as a program (GSM8K's calculator notes) whose output is the gold answer; else as it is."""
-    if "expression" in shot.meta:
-        return dataclasses.replace(shot, rationale=computed_answer(shot.meta["expression"])[0])
-    if "program" in shot.meta:
-        text, call = computed_program(shot.meta["program"], shot.answer)
-        if call.ok and answers_match(call.output.strip(), shot.answer, answer_type="number"):
-            return dataclasses.replace(shot, rationale=text)
-    return shot
+    """A worked example in the tool's format where its task gives one (`worked_answer`); else as it is."""
+    worked = worked_answer(shot)
+    return dataclasses.replace(shot, rationale=worked[0]) if worked else shot
 
 
 def plan(task: Task, config: GenerateConfig, asked: Task | None = None) -> Plan:

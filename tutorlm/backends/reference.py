@@ -13,7 +13,7 @@ import time
 from typing import Any
 
 from tutorlm.backends.base import Completion, OnResult, Request, RequestFailed, Sampling
-from tutorlm.tools.loop import computed_answer
+from tutorlm.tools.loop import worked_answer
 
 
 class ReferenceBackend:
@@ -25,22 +25,22 @@ class ReferenceBackend:
         self.model_name = f"reference:{task.name}" if task is not None else "reference"
         self.counters: dict[str, int] = {}
         self._rationales: dict[str, str | None] = {}
-        self._expressions: dict[str, str] = {}
+        self._examples: dict[str, Any] = {}
 
     def add_examples(self, examples: list[Any]) -> None:
         """Make these examples' rationales available; generation calls this before `run`."""
         for example in examples:
             self._rationales[example.id] = example.rationale
-            if "expression" in example.meta:
-                self._expressions[example.id] = example.meta["expression"]
+            self._examples[example.id] = example
 
     def _with_tool(self, request: Request) -> tuple[str | None, list[dict[str, Any]]]:
-        """A rationale that computes the example's expression with Python, and its call; (None, []) without one."""
-        expression = self._expressions.get(request.example_id)
-        if expression is None:
+        """A rationale that computes the example's solution with Python (`worked_answer`), and its call; (None, [])
+        without one."""
+        example = self._examples.get(request.example_id)
+        worked = worked_answer(example) if example is not None else None
+        if worked is None:
             return None, []
-        text, call = computed_answer(expression)
-        return text, [call.to_dict()]
+        return worked[0], [worked[1].to_dict()]
 
     def run(self, requests: list[Request], sampling: Sampling, on_result: OnResult) -> None:
         for request in requests:
@@ -58,7 +58,7 @@ class ReferenceBackend:
                 rationale, calls = self._with_tool(request)
                 if rationale is None:
                     on_result(request, RequestFailed(f"example {request.example_id}: the reference solver computes with "
-                                                     "Python only for tasks with an expression (the arithmetic tasks)"))
+                                                     "Python only where its task gives an expression or a program (the arithmetic tasks, GSM8K)"))
                     continue
                 meta["tools"] = calls
             words = rationale.split()

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from tutorlm.tools.sandbox import Limits, run_python
-from tutorlm.verify import output_spans, strip_outputs
+from tutorlm.verify import answers_match, output_spans, strip_outputs
 
 __all__ = ["ToolCall", "ToolLoop", "ToolSettings", "closes_code", "code_to_run", "computed_answer", "continuation_seed",
            "output_block", "output_spans", "output_tokens", "strip_outputs"]
@@ -106,6 +106,19 @@ def computed_answer(expression: str) -> tuple[str, ToolCall]:
     """A worked answer that computes a Python expression with the tool: the block, the sandbox's output and the answer
     line (the reference solver's answer with the tool, and the few-shot demonstration of the format)."""
     return computed_program(f"print({expression})")
+
+
+def worked_answer(example: Any) -> tuple[str, ToolCall] | None:
+    """An example's solution with the tool where its task gives one (the reference solver's answer with the tool, and
+    a few-shot demonstration): its expression computed (the arithmetic tasks), or its solution as a program (GSM8K's
+    calculator notes, `meta["program"]`) whose output is the gold answer; None otherwise."""
+    if "expression" in example.meta:
+        return computed_answer(example.meta["expression"])
+    if "program" in example.meta:
+        text, call = computed_program(example.meta["program"], example.answer)
+        if call.ok and answers_match(call.output.strip(), example.answer, answer_type="number"):
+            return text, call
+    return None
 
 
 def computed_program(code: str, answer: str | None = None) -> tuple[str, ToolCall]:
