@@ -57,8 +57,9 @@ class ReferenceBackend:
             if sampling.tool_calls is not None:
                 rationale, calls = self._with_tool(request)
                 if rationale is None:
-                    on_result(request, RequestFailed(f"example {request.example_id}: the reference solver computes with "
-                                                     "Python only where its task gives an expression or a program (the arithmetic tasks, GSM8K)"))
+                    on_result(request, RequestFailed(f"example {request.example_id}: no solution the reference solver can "
+                                                     "compute with Python (an arithmetic expression, or a GSM8K program "
+                                                     "that prints the gold)"))
                     continue
                 meta["tools"] = calls
             words = rationale.split()
