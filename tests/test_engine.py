@@ -296,3 +296,22 @@ def test_the_engine_decodes_under_bf16_autocast():
             prompts, max_tokens=6, temperature=1.0, seeds=[1, 2, 3],
             finished=lambda index, tokens, reason, logprobs, latency: done.__setitem__(index, tokens))
     assert sorted(done) == [0, 1, 2] and all(len(tokens) <= 6 for tokens in done.values())
+
+
+def test_weight_major_linears_give_the_plain_values_and_restore_the_layers():
+    from tutorlm.models.engine import FEW_ROWS, weight_major_linears
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(16, 24), torch.nn.Linear(24, 8, bias=False),
+                                torch.nn.Linear(8, 8).to(torch.bfloat16))
+    hook = model[1].forward = lambda x: torch.nn.functional.linear(x, model[1].weight)  # as an accelerate hook does
+    few, many = torch.randn(2, 3, 16), torch.randn(FEW_ROWS + 1, 16)
+    expected = [model[0](x) for x in (few, many)]
+    with weight_major_linears(model):
+        assert "forward" in vars(model[0]) and vars(model[1])["forward"] is hook  # a hooked layer is left alone
+        assert "forward" not in vars(model[2])  # so are bf16 layers
+        for x, plain in zip((few, many), expected):
+            out = model[0](x)
+            assert out.shape == plain.shape and torch.allclose(out, plain, atol=1e-6)
+    assert "forward" not in vars(model[0]) and vars(model[1])["forward"] is hook
+    assert torch.equal(model[0](few), expected[0])

@@ -46,6 +46,33 @@ def test_a_teacher_equal_to_the_student_gives_zero_loss_and_zero_gradient(tmp_pa
     assert kd_loss(student, other, first_batch(tokenizer, recipe), config)[0].item() > 1e-4
 
 
+@pytest.mark.parametrize("ce_weight", [0.0, 0.3])
+def test_the_metrics_read_off_the_loss_are_those_of_both_models_own_projections(tmp_path, tokenizer, ce_weight, monkeypatch):
+    """kd_loss's metrics (log-ratio of the batch's tokens, top-1 agreement) come from the chunks the loss projects, at
+    temperature 1 whatever the loss's temperature: they equal each model's log-probs and argmax computed apart."""
+    from tutorlm.models.tokens import IGNORE
+    from tutorlm.train import losses
+
+    recipe = make_run(tmp_path)
+    student, teacher = make_model(tokenizer, seed=3), varied_model(tokenizer)
+    batch = first_batch(tokenizer, recipe)
+    config = TrainConfig(objective="kd", kd_divergence="jsd", kd_temperature=2.0, kd_ce_weight=ce_weight)
+    metrics: dict = {}
+    monkeypatch.setattr(losses, "LOGITS_PER_CHUNK", 3 * student.lm_head.weight.shape[0])  # several chunks of 3 rows
+    loss, tokens = kd_loss(student, teacher, batch, config, metrics=metrics)
+    with torch.no_grad():
+        inputs = {key: batch[key] for key in ("input_ids", "attention_mask")}
+        logprobs = [torch.log_softmax(model(**inputs).logits[:, :-1].float(), -1) for model in (student, teacher)]
+        labels = batch["labels"][:, 1:]
+        keep = labels != IGNORE
+        chosen_logprobs = [lp[keep].gather(1, labels[keep][:, None])[:, 0] for lp in logprobs]
+        best = [lp[keep].argmax(-1) for lp in logprobs]
+    assert tokens == metrics["top"] == int(keep.sum()) > 3
+    assert metrics["reverse_kl"] == pytest.approx(float((chosen_logprobs[0] - chosen_logprobs[1]).sum()), abs=1e-3)
+    assert metrics["agree"] == int((best[0] == best[1]).sum()) < tokens
+    assert loss.item() > 0
+
+
 def test_kd_training_pulls_the_student_towards_the_teacher(tmp_path, tokenizer):
     teacher_dir = save_tiny_model(tmp_path / "teacher", seed=7)
     recipe = make_run(tmp_path, objective="kd", max_steps=12, lr=5e-3, kd_ce_weight=0.0)

@@ -40,6 +40,7 @@ from tutorlm.models.tokens import identity_head, plain_output_head
 MIN_PREFIX = 8  # shorter shared prefixes are prefilled with each prompt
 DRAW_BLOCK = 1024  # tokens per block when a sampled token is drawn (draw)
 INITIAL_NEW_TOKENS = 256  # columns for generated tokens that the KV buffer starts with (it grows as rows need)
+FEW_ROWS = 64  # on a CPU, a linear layer applied to at most this many rows computes W @ x^T (weight_major_linears)
 
 
 def supports(model: Any) -> bool:
@@ -169,6 +170,33 @@ def grad_off(method: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+@contextlib.contextmanager
+def weight_major_linears(model: Any):
+    """While inside, each plain float32 `nn.Linear` of the model applied to at most FEW_ROWS rows computes (W @ x^T)^T
+    instead of x @ W^T: the same products, summed in another order. A decode step's linear layers stream their weights
+    from memory for a few rows, and on a 2-core CPU the weight-major product sampled a round 5-22% faster in float32
+    (SmolLM2-135M's shape, 1-32 rows; greedy SmolLM2 answers unchanged) but 10-15% slower in bf16 (bf16 weights or
+    autocast), so the engine uses it in float32 without autocast only. A module whose forward is already replaced (an
+    accelerate hook) is left alone."""
+    linears = [module for module in model.modules()
+               if type(module) is torch.nn.Linear and module.weight.dtype == torch.float32 and "forward" not in vars(module)]
+    for module in linears:
+        module.forward = functools.partial(_weight_major_forward, module)
+    try:
+        yield
+    finally:
+        for module in linears:
+            del module.forward
+
+
+def _weight_major_forward(linear: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
+    if rows > FEW_ROWS or rows == 0:
+        return torch.nn.functional.linear(x, linear.weight, linear.bias)
+    flat = x.reshape(rows, x.shape[-1]).T
+    out = linear.weight @ flat if linear.bias is None else torch.addmm(linear.bias[:, None], linear.weight, flat)
+    return out.T.reshape(*x.shape[:-1], out.shape[0])
+
 
 def cache_argument(model: Any) -> str:
     """The name of `model.forward`'s key/value cache argument: transformers 5.24 renamed past_key_values to cache
@@ -243,9 +271,11 @@ class Engine:
         return pending
 
     def _enter(self, stack: contextlib.ExitStack) -> None:
-        """Contexts the run needs: on a CPU, the model returns hidden states and the engine projects them."""
+        """Contexts the run needs: on a CPU, the model returns hidden states and the engine projects them, and the
+        decode steps' float32 linear layers run weight-major."""
+        if self.device.type == "cpu" and not torch.is_autocast_enabled("cpu"):
+            stack.enter_context(weight_major_linears(self.model))
         if self.head is not None:
-
             stack.enter_context(identity_head(self.model, self.head))
 
     def _loop(self, pending: list[int]) -> None:

@@ -51,7 +51,7 @@ from tutorlm.models.tokens import (
 from tutorlm.progress import StageProgress
 from tutorlm.run import atomic_write_text
 from tutorlm.train.align import Aligned, TeacherTokens, VocabularyMap, align, token_spans
-from tutorlm.train.losses import NO_TOKEN, linear_cross_entropy, linear_kd_loss, linear_token_logprobs
+from tutorlm.train.losses import NO_TOKEN, linear_cross_entropy, linear_kd_loss, token_logprobs
 from tutorlm.train.teacher import (
     compare_tokenizers,
     describe,
@@ -295,7 +295,7 @@ def kd_loss(student: Any, teacher: Any, batch: dict[str, torch.Tensor], config: 
 
     `metrics`, when given, receives the summed log-ratio log q − log p of the batch's own tokens (`reverse_kl`, a
     sample estimate of KL(q || p) when the student wrote them), and how often both models' top-1 agree (`agree`
-    of `top`), at one more projection of each model."""
+    of `top`), read off the loss's own projections (no more of either model)."""
     inner, student_head = model_and_head(student)
     teacher_head = plain_output_head(teacher)
     if teacher_head is None:
@@ -310,24 +310,36 @@ def kd_loss(student: Any, teacher: Any, batch: dict[str, torch.Tensor], config: 
     rows = min(student_head.weight.shape[0], teacher_head.weight.shape[0])
     student_weight, teacher_weight = student_head.weight[:rows], teacher_head.weight[:rows]
 
+    targets = chosen[wanted]
+    # the metrics come from the loss's own projections: (log-probs of the targets, the argmax) per chunk of each model
+    student_seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+    teacher_seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+
     def teacher_logprobs(start: int, end: int) -> torch.Tensor:
         logits = (teacher_hidden[start:end] @ teacher_weight.to(teacher_hidden.dtype).T).float()  # (c, V)
+        if metrics is not None:
+            teacher_seen.append(token_logprobs(logits, targets[start:end]))
         return F.log_softmax(logits / config.kd_temperature, dim=-1)
 
+    def observe(logits: torch.Tensor, start: int, end: int) -> None:
+        student_seen.append(token_logprobs(logits, targets[start:end]))
+
+    settings = dict(kind=config.kd_divergence, beta=config.kd_beta, temperature=config.kd_temperature,
+                    observe=observe if metrics is not None else None)
+    both = config.kd_ce_weight and rows == student_head.weight.shape[0]  # both shares from one projection
+    if both:
+        loss = linear_kd_loss(student_hidden, student_weight, teacher_logprobs, **settings, targets=targets,
+                              ce_weight=config.kd_ce_weight)
+    else:
+        loss = linear_kd_loss(student_hidden, student_weight, teacher_logprobs, **settings)
     if metrics is not None:
-        targets = chosen[wanted]
-        student_chosen, student_best = linear_token_logprobs(student_hidden.detach(), student_weight, targets)
-        teacher_chosen, teacher_best = linear_token_logprobs(teacher_hidden, teacher_weight, targets)
+        (student_chosen, student_best), (teacher_chosen, teacher_best) = (
+            (torch.cat([chunk[0] for chunk in seen]), torch.cat([chunk[1] for chunk in seen]))
+            for seen in (student_seen, teacher_seen))
         count = targets.numel()
         metrics.update(reverse_kl=float((student_chosen - teacher_chosen).sum()), scored=count, tokens_graded=count,
                        agree=int((student_best == teacher_best).sum()), top=count)
-    settings = dict(kind=config.kd_divergence, beta=config.kd_beta, temperature=config.kd_temperature)
-    if config.kd_ce_weight and rows == student_head.weight.shape[0]:  # both shares from one projection
-        loss = linear_kd_loss(student_hidden, student_weight, teacher_logprobs, **settings, targets=chosen[wanted],
-                              ce_weight=config.kd_ce_weight)
-        return loss, student_hidden.shape[0]
-    loss = linear_kd_loss(student_hidden, student_weight, teacher_logprobs, **settings)
-    if config.kd_ce_weight:  # over the student's whole head, padding rows included, as its own softmax is
-        cross_entropy = linear_cross_entropy(student_hidden, student_head.weight, chosen[wanted])
+    if config.kd_ce_weight and not both:  # over the student's whole head, padding rows included, as its own softmax is
+        cross_entropy = linear_cross_entropy(student_hidden, student_head.weight, targets)
         loss = (1 - config.kd_ce_weight) * loss + config.kd_ce_weight * cross_entropy
     return loss, student_hidden.shape[0]

@@ -2,6 +2,7 @@
 
     linear_cross_entropy(hidden, weight, targets[, row_weights])       SFT: mean CE of hidden @ weight.T (weighted: policy gradient)
     linear_token_logprobs(hidden, weight, targets)                     log-probs of given tokens and the argmax, no gradient
+    token_logprobs(logits, targets)                                    the same from logits in hand
     divergence(student_logprobs, teacher_logprobs, kind, beta)         per-token KD divergences, (N, V) -> (N,)
     topk_divergence(student_logprobs, teacher_ids, teacher_logprobs)   the same against a stored top-k + tail
     linear_loss(hidden, weight, loss_of_logits)                        any per-row loss of hidden @ weight.T, chunked, one projection
@@ -187,10 +188,10 @@ def linear_token_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: t
     with torch.autocast(device, enabled=False):
         for start in range(0, hidden.shape[0], chunk):
             logits = (hidden[start:start + chunk].to(dtype) @ weight.to(dtype).T).float()  # (c, V)
-            target = targets[start:start + chunk, None]
             log_norm = torch.logsumexp(logits, dim=-1)
-            logprobs.append((logits.gather(1, target)[:, 0] - log_norm))
-            best.append(logits.argmax(-1))
+            chosen, top = token_logprobs(logits, targets[start:start + chunk], log_norm)
+            logprobs.append(chosen)
+            best.append(top)
             if entropy:
                 log_p = logits.sub_(log_norm[:, None])
                 entropies.append(-(log_p.exp() * log_p).sum(-1))
@@ -199,6 +200,14 @@ def linear_token_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: t
         return (*empty, hidden.new_zeros(0, dtype=torch.float32)) if entropy else empty
     result = (torch.cat(logprobs), torch.cat(best))
     return (*result, torch.cat(entropies)) if entropy else result
+
+
+def token_logprobs(logits: torch.Tensor, targets: torch.Tensor, log_norm: torch.Tensor | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log-prob of each target, the most likely token) from (c, V) float32 logits; `log_norm` their logsumexp when
+    known."""
+    log_norm = torch.logsumexp(logits, dim=-1) if log_norm is None else log_norm
+    return logits.gather(1, targets[:, None])[:, 0] - log_norm, logits.argmax(-1)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -332,6 +341,7 @@ def linear_kd_loss(
     chunk_rows: int | None = None,
     targets: torch.Tensor | None = None,
     ce_weight: float = 0.0,
+    observe: Callable[[torch.Tensor, int, int], None] | None = None,
 ) -> torch.Tensor:
     """Mean KD divergence over N positions, with the student's logits `student_hidden @ student_weight.T`.
 
@@ -344,6 +354,8 @@ def linear_kd_loss(
     With `targets` (N,) the loss per row is (1 − ce_weight) · divergence + ce_weight · cross-entropy of the target
     (at temperature 1), and cross-entropy alone on a row with no teacher: the KD objective with its SFT share, from
     one projection. The projection runs once per chunk (`linear_loss`): peak memory is one chunk of logits.
+    `observe(logits, start, end)`, when given, sees each chunk's float32 student logits (detached, before the loss;
+    not to be changed): statistics of the student's distribution at no extra projection.
     """
     rows = student_hidden.shape[0]
     topk = isinstance(teacher_logprobs, tuple)
@@ -360,6 +372,8 @@ def linear_kd_loss(
         ce_shares = None if targets is None else torch.where(has_teacher, ce_weight, 1.0).to(student_hidden.device)
 
         def written_out(logits: torch.Tensor, start: int, end: int, need: bool):
+            if observe is not None:
+                observe(logits, start, end)
             return _topk_forward_kl(logits, teacher_logprobs[0][start:end], teacher_logprobs[1][start:end],
                                     None if targets is None else targets[start:end], shares[start:end],
                                     None if ce_shares is None else ce_shares[start:end], need)
@@ -367,6 +381,9 @@ def linear_kd_loss(
         return linear_loss(student_hidden, student_weight, chunk_rows=chunk_rows, loss_and_gradient=written_out) / rows
 
     def chunk_loss(logits: torch.Tensor, start: int, end: int) -> torch.Tensor:
+        if observe is not None:
+            with torch.no_grad():
+                observe(logits.detach(), start, end)
         log_q = F.log_softmax(logits / temperature, dim=-1)  # (c, V)
         if topk:
             per_row = topk_divergence(log_q, teacher_logprobs[0][start:end], teacher_logprobs[1][start:end], kind, beta)
