@@ -420,6 +420,46 @@ def test_a_groups_prompt_runs_once_and_gives_the_hidden_states_and_gradients_of_
         assert shared_prompt_hidden(student, student, prompts, completions, 3, pad, "cpu") is None
 
 
+@pytest.mark.parametrize("size", [1, 2])
+def test_the_prompts_shared_start_runs_once_and_gives_the_values_and_gradients_of_full_sequences(tokenizer, size):
+    """The tokens every prompt starts with (a system prompt) run once for the batch, with or without groups of equal
+    prompts; the hidden states and gradients are those of full rows, and masked tool-output tokens are left out."""
+    from tutorlm.models.tokens import IGNORE, identity_head, labelled_positions
+    from tutorlm.train.rollout import MIN_SHARED_PREFIX, collate_completions, shared_prompt_hidden
+
+    student = make_model(tokenizer, seed=5)
+    head = student.get_output_embeddings()
+    start = list(range(40, 40 + MIN_SHARED_PREFIX + 2))
+    questions = [[5, 9], [8, 6, 12, 14, 9], [7], [11, 13, 15]][: 4 // size]
+    prompts = [start + question for question in questions for _ in range(size)]
+    completions = [[20, 21, 22, 23], [24, 25], [26, 27, 28, 29, 30], [31, 32, 33]]
+    masks = [[True, False, True, True], [True, True], [True, True, False, True, True], [False, True, True]]
+    pad = tokenizer.pad_token_id
+    weights = torch.randn(sum(map(sum, masks)), 32)
+    results = []
+    for way in ("full", "shared"):
+        student.zero_grad()
+        with identity_head(student, head):
+            if way == "full":
+                inputs, positions, chosen = labelled_positions(collate_completions(prompts, completions, pad, "cpu", masks))
+                hidden = student(**inputs, logits_to_keep=positions, use_cache=False).logits[chosen != IGNORE]
+                targets = chosen[chosen != IGNORE]
+            else:
+                hidden, targets = shared_prompt_hidden(student, student, prompts, completions, size, pad, "cpu", masks)
+        (hidden * weights).sum().backward()
+        results.append((hidden.detach(), targets, {name: p.grad.clone() for name, p in student.named_parameters()}))
+    (hidden_full, targets_full, grads_full), (hidden_shared, targets_shared, grads_shared) = results
+    kept = [t for completion, mask in zip(completions, masks) for t, keep in zip(completion, mask) if keep]
+    assert targets_full.tolist() == targets_shared.tolist() == kept
+    assert torch.allclose(hidden_full, hidden_shared, atol=1e-5)
+    for name in grads_full:
+        scale = max(1.0, grads_full[name].abs().max().item())
+        assert (grads_full[name] - grads_shared[name]).abs().max().item() <= 1e-5 * scale, name
+    short = [start[: MIN_SHARED_PREFIX - 1] + question for question in questions for _ in range(size)]
+    with identity_head(student, head):  # too short a shared start, and no groups: nothing to share
+        assert (shared_prompt_hidden(student, student, short, completions, size, pad, "cpu") is None) == (size == 1)
+
+
 def test_with_the_tool_samples_run_their_code_and_the_update_skips_the_output_tokens(tmp_path, tokenizer):
     """task.tools python: GRPO's samples run their ```python blocks in the sandbox; the ```output tokens are read by
     the student but are not its actions (no log-prob, no gradient), so the update covers the tokens it wrote."""

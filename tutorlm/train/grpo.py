@@ -61,19 +61,18 @@ import torch
 
 from tutorlm.errors import PreflightError
 from tutorlm.models.load import stop_ids
-from tutorlm.models.tokens import IGNORE, Tokenized, identity_head, labelled_positions
+from tutorlm.models.tokens import Tokenized, identity_head
 from tutorlm.run import CURATED
 from tutorlm.tasks import Example, load_task
 from tutorlm.train.data import sft_loss
 from tutorlm.train.losses import clipped_surrogate, group_advantages, k3_kl, linear_cross_entropy, linear_token_logprobs
 from tutorlm.train.on_policy import OnPolicy
 from tutorlm.train.rollout import (
-    collate_completions,
+    completion_hidden,
     completion_text,
     prompt_length,
     prompts_of,
     sample_student,
-    shared_prompt_hidden,
     tool_settings,
     written_mask,
 )
@@ -166,18 +165,9 @@ class GRPO:
             return (parameter.sum() * 0.0), 0
         device = batch["input_ids"].device
         inner, head = model_and_head(model)
+        pad = self.tokenizer.pad_token_id
         with identity_head(inner, head):
-            shared = shared_prompt_hidden(model, inner, prompts, completions, config.grpo_group_size,
-                                          self.tokenizer.pad_token_id, device, masks)
-            if shared is None or self.reference is not None:
-                inputs, positions, chosen = labelled_positions(collate_completions(prompts, completions, self.tokenizer.pad_token_id,
-                                                                        device, masks))
-                wanted = chosen != IGNORE  # (B, K), row-major: each completion's tokens in order
-            if shared is None:
-                hidden = model(**inputs, logits_to_keep=positions, use_cache=False).logits[wanted]  # (N, H)
-                targets = chosen[wanted]
-            else:
-                hidden, targets = shared
+            hidden, targets = completion_hidden(model, inner, prompts, completions, config.grpo_group_size, pad, device, masks)
         # The policy that sampled is softmax(z / T): its log-probs, the ratios and the gradient are taken at T (as TRL
         # does), by scaling the hidden states, since z = hidden @ W.T. At T = 0.3 the update at T = 1 pointed along the
         # true gradient at cosine 0.70 only.
@@ -195,7 +185,8 @@ class GRPO:
                 self.reference.to(hidden.device)
             reference_head = self.reference.get_output_embeddings()
             with torch.no_grad(), identity_head(self.reference, reference_head):
-                reference_hidden = self.reference(**inputs, logits_to_keep=positions, use_cache=False).logits[wanted]
+                reference_hidden, _ = completion_hidden(self.reference, self.reference, prompts, completions,
+                                                        config.grpo_group_size, pad, device, masks)
             reference_logprobs = linear_token_logprobs(reference_hidden / config.grpo_temperature, reference_head.weight,
                                                        targets)[0]
             kl, kl_weights = k3_kl(logprobs, reference_logprobs)

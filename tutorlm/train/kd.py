@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -289,28 +289,38 @@ def topk_kd_loss(student: Any, batch: dict[str, torch.Tensor], config: Any) -> t
     return loss, count
 
 
-def kd_loss(student: Any, teacher: Any, batch: dict[str, torch.Tensor], config: Any,
-            metrics: dict[str, float] | None = None) -> tuple[torch.Tensor, int]:
+HiddenOf = Callable[[Any, Any], "tuple[torch.Tensor, torch.Tensor]"]  # (model, its inner model) -> (hidden states, targets)
+
+
+def kd_loss(student: Any, teacher: Any, batch: dict[str, torch.Tensor] | None, config: Any,
+            metrics: dict[str, float] | None = None, hidden_of: HiddenOf | None = None) -> tuple[torch.Tensor, int]:
     """(the KD objective over the batch's completion tokens, their count); neither model's full logits exist.
 
     `metrics`, when given, receives the summed log-ratio log q − log p of the batch's own tokens (`reverse_kl`, a
     sample estimate of KL(q || p) when the student wrote them), and how often both models' top-1 agree (`agree`
-    of `top`), read off the loss's own projections (no more of either model)."""
+    of `top`), read off the loss's own projections (no more of either model). `hidden_of(model, inner)`, when given,
+    runs each model instead of the batch's padded rows (`batch` is then unused) and returns its final hidden states
+    at the positions that predict each completion token and those tokens; on-policy distillation passes
+    `rollout.completion_hidden`, which runs the prompts' shared start once."""
     inner, student_head = model_and_head(student)
     teacher_head = plain_output_head(teacher)
     if teacher_head is None:
         raise PreflightError("train.objective kd needs models whose logits are hidden @ weight.T (no soft-capping or bias)")
-    inputs, positions, chosen = labelled_positions(batch)
-    wanted = chosen != IGNORE  # (B, K)
+    if hidden_of is None:
+        inputs, positions, chosen = labelled_positions(batch)
+        wanted = chosen != IGNORE  # (B, K)
+
+        def hidden_of(model: Any, inner: Any) -> tuple[torch.Tensor, torch.Tensor]:
+            return model(**inputs, logits_to_keep=positions, use_cache=False).logits[wanted], chosen[wanted]  # (N, H), (N,)
+
     with identity_head(inner, student_head):
-        student_hidden = student(**inputs, logits_to_keep=positions, use_cache=False).logits[wanted]  # (N, H)
+        student_hidden, targets = hidden_of(student, inner)
     with torch.no_grad(), identity_head(teacher, teacher_head):
-        teacher_hidden = teacher(**inputs, logits_to_keep=positions, use_cache=False).logits[wanted]  # (N, H_t)
+        teacher_hidden, _ = hidden_of(teacher, teacher)
     # Rows past the shorter projection are embedding padding (no token has those ids): both sides drop them.
     rows = min(student_head.weight.shape[0], teacher_head.weight.shape[0])
     student_weight, teacher_weight = student_head.weight[:rows], teacher_head.weight[:rows]
 
-    targets = chosen[wanted]
     # the metrics come from the loss's own projections: (log-probs of the targets, the argmax) per chunk of each model
     student_seen: list[tuple[torch.Tensor, torch.Tensor]] = []
     teacher_seen: list[tuple[torch.Tensor, torch.Tensor]] = []

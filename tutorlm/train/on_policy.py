@@ -57,12 +57,12 @@ import torch
 from tutorlm.cache import Cache
 from tutorlm.errors import PreflightError
 from tutorlm.models.load import load_tokenizer, model_fingerprint, stop_ids
-from tutorlm.models.tokens import IGNORE, Tokenized, identity_head, labelled_positions
+from tutorlm.models.tokens import Tokenized, identity_head
 from tutorlm.tasks import Example, load_task
 from tutorlm.train.kd import kd_loss
 from tutorlm.train.losses import NO_TOKEN, group_advantages, linear_cross_entropy, linear_kd_loss, linear_token_logprobs
 from tutorlm.train.rollout import (
-    collate_completions,
+    completion_hidden,
     completion_text,
     pairs_of,
     prompt_length,
@@ -70,7 +70,6 @@ from tutorlm.train.rollout import (
     sample_student,
     tool_settings,
     written_mask,
-    shared_prompt_hidden,
 )
 from tutorlm.train.teacher import (
     Grades,
@@ -178,19 +177,21 @@ class OnPolicy:
         if on_policy:
             prompts, completions, finished, masks = self.sample(model, batch, rng)
             rewards = self._rewards(prompts, completions, finished)  # logged as the samples' accuracy
-            if self.teacher is not None:
-                batch = collate_completions(prompts, completions, self.tokenizer.pad_token_id, device, masks)
         else:
-            prompts, completions = pairs_of(batch)
+            prompts, completions, masks = pairs_of(batch)
             self._count(micro_batches=1)
+        groups = self.config.on_policy_samples if on_policy else 1  # a question's samples share its prompt's forward
         if self.teacher is not None:  # the full distribution, in the step
             metrics: dict[str, float] = {}
-            result = kd_loss(model, self.teacher, batch, self.config, metrics=metrics)
+
+            def hidden_of(model: Any, inner: Any) -> tuple[torch.Tensor, torch.Tensor]:
+                return completion_hidden(model, inner, prompts, completions, groups, self.tokenizer.pad_token_id, device, masks)
+
+            result = kd_loss(model, self.teacher, None, self.config, metrics=metrics, hidden_of=hidden_of)
             self._count(**metrics)
             return result
         grades = self.grade(prompts, completions, masks)
         sampled = on_policy and self.config.on_policy_loss == "sampled"
-        groups = self.config.on_policy_samples if on_policy else 1  # a question's samples share its prompt's forward
         return self._graded_loss(model, prompts, completions, grades, rewards, sampled=sampled, groups=groups, masks=masks)
 
     def sample(self, model: Any, batch: dict[str, torch.Tensor], rng: random.Random
@@ -254,20 +255,13 @@ class OnPolicy:
                      rewards: torch.Tensor | None, sampled: bool, groups: int = 1, masks: list[list[bool]] | None = None
                      ) -> tuple[torch.Tensor, int]:
         """The loss on the completions from the teacher's grades. `groups` > 1: the prompts come in runs of that many
-        equal ones (a question's samples), and each prompt runs through the student once (`shared_prompt_hidden`:
-        the same values and gradients as a forward of every full row)."""
+        equal ones (a question's samples). The prompts' shared start, and each group's prompt, run through the student
+        once (`completion_hidden`: the same values and gradients as a forward of every full row)."""
         inner, head = model_and_head(model)
         device = next(model.parameters()).device
         with identity_head(inner, head):
-            shared = shared_prompt_hidden(model, inner, prompts, completions, groups, self.tokenizer.pad_token_id, device, masks)
-            if shared is None:
-                batch = collate_completions(prompts, completions, self.tokenizer.pad_token_id, device, masks)
-                inputs, positions, chosen = labelled_positions(batch)
-                wanted = chosen != IGNORE  # (B, K); row-major, so the completions' tokens in order
-                hidden = model(**inputs, logits_to_keep=positions, use_cache=False).logits[wanted]  # (N, H)
-                targets = chosen[wanted]  # (N,)
-            else:
-                hidden, targets = shared
+            hidden, targets = completion_hidden(model, inner, prompts, completions, groups, self.tokenizer.pad_token_id, device,
+                                                masks)
         if sampled and self.config.on_policy_temperature > 0:
             # the student's samples came from softmax(z / T): its log-probs and gradient are taken at T, as TRL does
             # (greedy samples, T = 0, have no such distribution: they are scored at T = 1)

@@ -4,6 +4,7 @@ runs each question's prompt once for its several samples."""
 
 from __future__ import annotations
 
+import os
 import random
 from typing import Any
 
@@ -12,10 +13,11 @@ from accelerate.utils import extract_model_from_parallel
 
 from tutorlm.errors import PreflightError
 from tutorlm.models.engine import Engine, cache_argument, row_settings
-from tutorlm.models.tokens import IGNORE, Tokenized, collate_padded
+from tutorlm.models.tokens import IGNORE, Tokenized, collate_padded, labelled_positions
 from tutorlm.train.align import token_spans
 
 
+MIN_SHARED_PREFIX = 8  # fewer tokens shared by a batch's prompts are run with each row (shared_prompt_hidden)
 Sample = tuple[list[int], str, "list[bool] | None"]  # (tokens, finish reason, which tokens the model wrote: None = all)
 
 
@@ -109,61 +111,97 @@ def prompts_of(batch: dict[str, torch.Tensor]) -> list[list[int]]:
     return [ids[:prompt_length(labels)] for ids, labels in examples_of(batch)]
 
 
-def pairs_of(batch: dict[str, torch.Tensor]) -> tuple[list[list[int]], list[list[int]]]:
-    """(prompts, completions): each example's ids before its first label, and its labelled ids after them."""
-    prompts, completions = [], []
+def pairs_of(batch: dict[str, torch.Tensor]) -> tuple[list[list[int]], list[list[int]], list[list[bool]] | None]:
+    """(prompts, completions, masks): each example's ids before its first label, its ids from there to its last label,
+    and which of those are labelled (None when all are; a tool's output inside a transcript is not)."""
+    prompts, completions, masks = [], [], []
     for ids, labels in examples_of(batch):
         start = prompt_length(labels)
         end = max((i + 1 for i, label in enumerate(labels) if label != IGNORE), default=start)
         prompts.append(ids[:start])
         completions.append(ids[start:end])
-    return prompts, completions
+        masks.append([label != IGNORE for label in labels[start:end]])
+    return prompts, completions, (masks if not all(map(all, masks)) else None)
+
+
+def completion_hidden(model: Any, inner: Any, prompts: list[list[int]], completions: list[list[int]], size: int,
+                      pad_token_id: int, device: Any, masks: list[list[bool]] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(final hidden states at the positions that predict each completion token, row-major; those tokens): through
+    `shared_prompt_hidden` where it applies, else full padded rows. Call inside `identity_head`."""
+    shared = shared_prompt_hidden(model, inner, prompts, completions, size, pad_token_id, device, masks)
+    if shared is not None:
+        return shared
+    inputs, positions, chosen = labelled_positions(collate_completions(prompts, completions, pad_token_id, device, masks))
+    wanted = chosen != IGNORE  # (B, K); row-major, so the completions' tokens in order
+    return model(**inputs, logits_to_keep=positions, use_cache=False).logits[wanted], chosen[wanted]
 
 
 def shared_prompt_hidden(model: Any, inner: Any, prompts: list[list[int]], completions: list[list[int]], size: int,
                          pad_token_id: int, device: Any, masks: list[list[bool]] | None = None
                          ) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """(final hidden states at the positions that predict each completion token, row-major; those tokens), with each
-    group's prompt run through the model once instead of G times; None where that does not apply.
+    """(final hidden states at the positions that predict each completion token, row-major; those tokens), with the
+    prompts' shared tokens run through the model once instead of once a row; None where nothing is shared.
 
-    `prompts` come in groups of `size` (G) equal ones, as GRPO and on-policy distillation sample them. A group's keys and values (its prompt
-    but the last token) are computed once, with gradients, and repeated for the G rows; the G completions (each
-    after the prompt's last token) then attend to them. The values and the gradients are those of G full
-    sequences (the repeat's backward sums the G rows' contributions), for a prompt's share of the forward and
-    backward work divided by G. Not used with gradient checkpointing (which turns the cache off), with groups of
-    one, or with one-token prompts. `model` runs the completions (the wrapped model: its forward prepares
-    data-parallel reduction); `inner` the prompts. `masks` (per completion token: the model wrote it) leaves a tool's
-    output tokens out of what is returned; the model still reads them. Call inside `identity_head`.
+    Two kinds of sharing. The tokens every prompt starts with (a chat template's system prompt, an instruction), when
+    at least MIN_SHARED_PREFIX, run once for the whole batch. And `prompts` that come in groups of `size` (G) equal ones,
+    as GRPO and on-policy distillation sample them, run each group's prompt once. The keys and values of what is shared
+    are computed with gradients and repeated for the rows that read them; each row then runs the rest (its prompt's
+    last token, or the rest of its prompt, and its completion). The values and the gradients are those of full
+    sequences (a repeat's backward sums the rows' contributions), for a shared token's forward and backward work
+    divided by the rows that share it. Not used with gradient checkpointing (which turns the cache off) or with
+    one-token prompts. `model` runs the rows (the wrapped model: its forward prepares data-parallel reduction);
+    `inner` what is shared. `masks` (per completion token: the model wrote it) leaves a tool's output tokens out of
+    what is returned; the model still reads them. Call inside `identity_head`.
     """
-    if size < 2 or len(prompts) % size or min(map(len, prompts)) < 2 or _checkpointing(inner):
+    size = max(size, 1)
+    if len(prompts) % size or min(map(len, prompts)) < 2 or _checkpointing(inner):
+        return None
+    common = len(os.path.commonprefix(prompts)) if len(prompts) > 1 else 0
+    common = min(common, min(map(len, prompts)) - 1)  # every row keeps its prompt's last token
+    common = common if common >= MIN_SHARED_PREFIX else 0
+    if size < 2 and not common:
         return None
     from transformers.cache_utils import DynamicCache
 
-    heads = [prompt[:-1] for prompt in prompts[::size]]
-    width = max(len(ids) for ids in heads)
-    ids = torch.full((len(heads), width), pad_token_id, dtype=torch.long)
-    mask = torch.zeros((len(heads), width), dtype=torch.long)
-    for row, head_ids in enumerate(heads):  # right-padded: a row's completion continues at its own length
-        ids[row, :len(head_ids)] = torch.tensor(head_ids)
-        mask[row, :len(head_ids)] = 1
     argument = cache_argument(inner)
-    cache = DynamicCache()
-    inner(input_ids=ids.to(device), attention_mask=mask.to(device), **{argument: cache}, use_cache=True, logits_to_keep=1)
-    repeated = DynamicCache(ddp_cache_data=[(layer.keys.repeat_interleave(size, 0), layer.values.repeat_interleave(size, 0))
-                                            for layer in cache.layers])
-    longest = max(len(completion) for completion in completions)
-    rest = torch.full((len(prompts), longest), pad_token_id, dtype=torch.long)  # the prompt's last token + completion
+    groups = len(prompts) // size
+    keys_values: list[tuple[torch.Tensor, torch.Tensor]] = []  # per layer, one row per group
+    read = torch.ones((groups, common), dtype=torch.long)  # which of those columns a row attends to
+    if common:  # the batch's shared start, once
+        cache = DynamicCache()
+        inner(input_ids=torch.tensor([prompts[0][:common]], device=device), **{argument: cache}, use_cache=True, logits_to_keep=1)
+        keys_values = [(layer.keys.expand(groups, -1, -1, -1), layer.values.expand(groups, -1, -1, -1)) for layer in cache.layers]
+    heads = [prompt[common:-1] for prompt in prompts[::size]] if size > 1 else []
+    width = max(map(len, heads), default=0)
+    if width:  # each group's prompt (but its last token), once; right-padded: a row continues at its own length
+        ids = torch.full((groups, width), pad_token_id, dtype=torch.long)
+        present = torch.zeros((groups, width), dtype=torch.long)
+        for row, head_ids in enumerate(heads):
+            ids[row, :len(head_ids)] = torch.tensor(head_ids)
+            present[row, :len(head_ids)] = 1
+        read = torch.cat([read, present], dim=1)
+        cache = DynamicCache(ddp_cache_data=keys_values or None)
+        inner(input_ids=ids.to(device), attention_mask=read.to(device), position_ids=(common + torch.arange(width))[None].expand(groups, -1).to(device),
+              **{argument: cache}, use_cache=True, logits_to_keep=1)
+        keys_values = [(layer.keys, layer.values) for layer in cache.layers]
+    repeated = DynamicCache(ddp_cache_data=[(keys.repeat_interleave(size, 0), values.repeat_interleave(size, 0))
+                                            for keys, values in keys_values])
+    tails = [prompt[-1:] if size > 1 else prompt[common:] for prompt in prompts]  # what each row runs before its completion
+    longest = max(len(tail) - 1 + len(completion) for tail, completion in zip(tails, completions))
+    rest = torch.full((len(prompts), longest), pad_token_id, dtype=torch.long)
     targets = torch.full((len(prompts), longest), IGNORE, dtype=torch.long)
     present = torch.zeros((len(prompts), longest), dtype=torch.long)
-    for row, (prompt, completion) in enumerate(zip(prompts, completions)):
-        rest[row, :len(completion)] = torch.tensor(prompt[-1:] + completion[:-1])
-        targets[row, :len(completion)] = torch.tensor(completion)
-        present[row, :len(completion)] = 1
+    for row, (tail, completion) in enumerate(zip(tails, completions)):
+        ids = tail + completion[:-1]
+        rest[row, :len(ids)] = torch.tensor(ids)
+        present[row, :len(ids)] = 1
+        chosen = torch.tensor(completion)
         if masks is not None:
-            targets[row, :len(completion)][~torch.tensor(masks[row], dtype=torch.bool)] = IGNORE
-    attention = torch.cat([mask.repeat_interleave(size, 0), present], dim=1)
-    lengths = torch.tensor([len(prompt) - 1 for prompt in prompts])
-    positions = lengths[:, None] + torch.arange(longest)[None, :]
+            chosen[~torch.tensor(masks[row], dtype=torch.bool)] = IGNORE
+        targets[row, len(tail) - 1:len(ids)] = chosen
+    attention = torch.cat([read.repeat_interleave(size, 0), present], dim=1)
+    starts = torch.tensor([len(prompt) - len(tail) for prompt, tail in zip(prompts, tails)])
+    positions = starts[:, None] + torch.arange(longest)[None, :]
     hidden = model(input_ids=rest.to(device), attention_mask=attention.to(device), position_ids=positions.to(device),
                    **{argument: repeated}, use_cache=True).logits  # (B, longest, H)
     wanted = (targets != IGNORE).to(device)
