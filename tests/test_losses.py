@@ -102,8 +102,10 @@ def test_the_tail_bucket_holds_the_missing_mass_and_the_student_is_not_renormali
     assert topk_divergence(student, teacher_ids, teacher).item() > 0.05
 
 
-@pytest.mark.parametrize(("kind", "temperature"), [("forward_kl", 1.0), ("reverse_kl", 2.0), ("jsd", 1.0), ("skew_kl", 0.5)])
-def test_chunked_kd_from_hidden_states_equals_the_unchunked_loss(kind, temperature):
+@pytest.mark.parametrize(("kind", "temperature", "beta"), [("forward_kl", 1.0, 0.5), ("forward_kl", 2.0, 0.5), ("reverse_kl", 2.0, 0.5),
+                                                    ("reverse_kl", 1.0, 0.5), ("jsd", 1.0, 0.5), ("jsd", 0.5, 0.2),
+                                                    ("jsd", 1.0, 0.0), ("jsd", 2.0, 1.0), ("skew_kl", 0.5, 0.5)])
+def test_chunked_kd_from_hidden_states_equals_the_unchunked_loss(kind, temperature, beta):
     torch.manual_seed(2)
     hidden = torch.randn(10, 8, requires_grad=True)
     weight = torch.randn(31, 8, requires_grad=True)
@@ -113,10 +115,10 @@ def test_chunked_kd_from_hidden_states_equals_the_unchunked_loss(kind, temperatu
         return F.log_softmax(teacher_logits[start:end] / temperature, -1)
 
     full_logits = hidden @ weight.T / temperature
-    reference = divergence(F.log_softmax(full_logits, -1), teacher_logprobs(0, 10), kind, 0.5).mean() * temperature**2
+    reference = divergence(F.log_softmax(full_logits, -1), teacher_logprobs(0, 10), kind, beta).mean() * temperature**2
     grads_reference = torch.autograd.grad(reference, (hidden, weight))
     for chunk_rows in (1, 3, 10, 64):
-        loss = linear_kd_loss(hidden, weight, teacher_logprobs, kind=kind, beta=0.5, temperature=temperature,
+        loss = linear_kd_loss(hidden, weight, teacher_logprobs, kind=kind, beta=beta, temperature=temperature,
                               chunk_rows=chunk_rows)
         assert torch.allclose(loss, reference, atol=1e-5)
         grads = torch.autograd.grad(loss, (hidden, weight))
@@ -176,8 +178,10 @@ def test_chunked_kd_from_a_topk_equals_the_plain_one():
         linear_kd_loss(hidden, weight, (ids, values), temperature=2.0)
 
 
-@pytest.mark.parametrize(("teacher_form", "kind"), [("topk", "jsd"), ("topk", "forward_kl"), ("full", "jsd")])
-def test_kd_with_its_cross_entropy_share_from_one_projection_equals_the_two_losses_apart(teacher_form, kind):
+@pytest.mark.parametrize(("teacher_form", "kind", "temperature"), [
+    ("topk", "jsd", 1.0), ("topk", "forward_kl", 1.0), ("full", "jsd", 1.0), ("full", "jsd", 2.0), ("full", "forward_kl", 0.5),
+    ("full", "reverse_kl", 2.0), ("full", "skew_kl", 1.0)])
+def test_kd_with_its_cross_entropy_share_from_one_projection_equals_the_two_losses_apart(teacher_form, kind, temperature):
     """Rows with a teacher: (1 - w) divergence + w cross-entropy; a top-k row with no teacher: cross-entropy alone."""
     torch.manual_seed(5)
     hidden = torch.randn(11, 8, requires_grad=True)
@@ -197,11 +201,13 @@ def test_kd_with_its_cross_entropy_share_from_one_projection_equals_the_two_loss
         reference = (((1 - w) * divergences + w * cross_entropy[has]).sum() + cross_entropy[~has].sum()) / 11
         given = (ids, values)
     else:
-        reference = ((1 - w) * divergence(log_q, teacher, kind, 0.5) + w * cross_entropy).mean()
+        tempered = F.log_softmax(hidden @ weight.T / temperature, -1)  # the divergence at T (times T²), the CE at 1
+        reference = ((1 - w) * divergence(tempered, teacher, kind, 0.5) * temperature**2 + w * cross_entropy).mean()
         given = lambda start, end: teacher[start:end]  # noqa: E731
     expected = torch.autograd.grad(reference, (hidden, weight))
     for chunk_rows in (2, 64):
-        loss = linear_kd_loss(hidden, weight, given, kind=kind, targets=targets, ce_weight=w, chunk_rows=chunk_rows)
+        loss = linear_kd_loss(hidden, weight, given, kind=kind, targets=targets, ce_weight=w, chunk_rows=chunk_rows,
+                              temperature=temperature)
         assert torch.allclose(loss, reference, atol=1e-5)
         for ours, theirs in zip(torch.autograd.grad(loss, (hidden, weight)), expected):
             assert torch.allclose(ours, theirs, atol=1e-5)

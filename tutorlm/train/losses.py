@@ -330,6 +330,51 @@ def _topk_forward_kl(logits: torch.Tensor, ids: torch.Tensor, teacher_logprobs: 
     return loss, gradient
 
 
+def _full_divergence(logits: torch.Tensor, log_p: torch.Tensor, kind: Divergence, beta: float, temperature: float,
+                     targets: torch.Tensor | None, ce_weight: float, need: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Σ_rows of T² · divergence(q, p) (forward KL, reverse KL or GKD's JSD(β)), or of (1 − w) · that + w · cross-entropy
+    of the targets at temperature 1, and its gradient with respect to the (c, V) logits z, written out. q = softmax(z / T),
+    p the teacher (its (c, V) log-probs at T), m = β p + (1 − β) q. Per row, with r = log q − log m:
+    forward KL Σ p log(p / q) has gradient T (q − p); reverse KL Σ q log(q / p) has T q (log q − log p − KL(q || p));
+    JSD β KL(p || m) + (1 − β) KL(q || m) has T (1 − β) q (r − KL(q || m)) (the teacher's term and the mixture's own
+    change cancel). No autograd graph over the chunk: a few (c, V) buffers instead of a dozen."""
+    if kind == "jsd" and beta == 0.0:
+        kind = "forward_kl"
+    elif kind == "jsd" and beta == 1.0:
+        kind = "reverse_kl"
+    log_q = F.log_softmax(logits / temperature if temperature != 1.0 else logits, dim=-1)
+    p = log_p.exp()
+    if kind == "forward_kl":
+        per_row = (p * (log_p - log_q)).masked_fill(p == 0, 0.0).sum(-1)
+        gradient = log_q.exp().sub_(p) if need else None
+    elif kind == "reverse_kl":
+        q = log_q.exp()
+        difference = log_q.sub_(log_p)  # log q − log p, in place
+        per_row = (q * difference).sum(-1)
+        gradient = q.mul_(difference.sub_(per_row[:, None])) if need else None
+    else:
+        log_m = _mix(log_p, log_q, beta)
+        teacher_side = (p * (log_p - log_m)).masked_fill(p == 0, 0.0).sum(-1)
+        q = log_q.exp()
+        r = log_q.sub_(log_m)
+        student_side = (q * r).sum(-1)
+        per_row = beta * teacher_side + (1 - beta) * student_side
+        gradient = q.mul_(r.sub_(student_side[:, None])).mul_(1 - beta) if need else None
+    per_row = per_row * temperature**2
+    if gradient is not None and temperature != 1.0:
+        gradient.mul_(temperature)
+    if targets is None:
+        return per_row.sum(), gradient
+    log_norm = torch.logsumexp(logits, dim=-1)
+    cross_entropy = log_norm - logits.gather(1, targets[:, None])[:, 0]
+    loss = ((1 - ce_weight) * per_row + ce_weight * cross_entropy).sum()
+    if gradient is None:
+        return loss, None
+    softmax = logits.sub_(log_norm[:, None]).exp_()  # the logits are not needed after this
+    softmax[torch.arange(targets.shape[0], device=targets.device), targets] -= 1.0
+    return loss, gradient.mul_(1 - ce_weight).add_(softmax.mul_(ce_weight))
+
+
 def linear_kd_loss(
     student_hidden: torch.Tensor,
     student_weight: torch.Tensor,
@@ -353,7 +398,9 @@ def linear_kd_loss(
 
     With `targets` (N,) the loss per row is (1 − ce_weight) · divergence + ce_weight · cross-entropy of the target
     (at temperature 1), and cross-entropy alone on a row with no teacher: the KD objective with its SFT share, from
-    one projection. The projection runs once per chunk (`linear_loss`): peak memory is one chunk of logits.
+    one projection. The projection runs once per chunk (`linear_loss`): peak memory is one chunk of logits. The
+    gradient is written out (no autograd graph over a chunk) for a full teacher's forward KL, reverse KL and JSD
+    (`_full_divergence`) and a top-k teacher's forward KL; the other cases go through autograd on the chunk.
     `observe(logits, start, end)`, when given, sees each chunk's float32 student logits (detached, before the loss;
     not to be changed): statistics of the student's distribution at no extra projection.
     """
@@ -379,6 +426,18 @@ def linear_kd_loss(
                                     None if ce_shares is None else ce_shares[start:end], need)
 
         return linear_loss(student_hidden, student_weight, chunk_rows=chunk_rows, loss_and_gradient=written_out) / rows
+
+    if not topk and kind in ("forward_kl", "reverse_kl", "jsd"):  # the full distribution, its gradient written out
+
+        def full(logits: torch.Tensor, start: int, end: int, need: bool):
+            if observe is not None:
+                observe(logits, start, end)
+            with torch.no_grad():
+                teacher = teacher_logprobs(start, end)
+            return _full_divergence(logits, teacher.float(), kind, beta, temperature,
+                                    None if targets is None else targets[start:end], ce_weight, need)
+
+        return linear_loss(student_hidden, student_weight, chunk_rows=chunk_rows, loss_and_gradient=full) / rows
 
     def chunk_loss(logits: torch.Tensor, start: int, end: int) -> torch.Tensor:
         if observe is not None:
