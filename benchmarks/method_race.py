@@ -39,7 +39,7 @@ import time
 from pathlib import Path
 
 import yaml
-from _common import machine, versions
+from _common import commit, machine, versions
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -59,9 +59,6 @@ ARMS = {
     "kdrl": {"objective": "grpo", "grpo_group_size": 8, "grpo_teacher_weight": 0.1},
 }
 
-
-def commit() -> str:
-    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
 
 
 def tutorlm(*arguments: str, cwd: Path = ROOT) -> None:

@@ -39,7 +39,7 @@ import time
 from pathlib import Path
 
 import yaml
-from _common import machine, tutorlm_run, versions
+from _common import commit, machine, tutorlm_run, versions
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -101,8 +101,7 @@ def main() -> None:
     if not (start / "student").is_dir() or not (start / "eval" / "student.jsonl").exists():
         raise SystemExit(f"{start}: no finished run to start from; run `tutorlm run {args.recipe}` first")
     results = {"benchmark": "own_attempts", "machine": machine(), "versions": versions(), "date": datetime.date.today().isoformat(),
-               "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                        cwd=ROOT).stdout.strip(),
+               "commit": commit(),
                "start": str(start.relative_to(ROOT)),
                "settings": vars(args)}
     earlier = json.loads(args.sft_from.read_text())["sft"] if args.sft_from else None

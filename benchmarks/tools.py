@@ -20,11 +20,10 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import subprocess
 import time
 from pathlib import Path
 
-from _common import machine, tutorlm_run, versions
+from _common import commit, machine, tutorlm_run, versions
 
 from tutorlm import metrics
 from tutorlm.tools.sandbox import isolation, run_python
@@ -70,8 +69,7 @@ def main() -> None:
     if unknown := set(chosen) - set(ARMS):
         parser.error(f"--arms: unknown {', '.join(sorted(unknown))}")
     results = {"benchmark": "tools", "machine": machine(), "versions": versions(), "date": datetime.date.today().isoformat(),
-               "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                        cwd=ROOT).stdout.strip(), "arms": {}}
+               "commit": commit(), "arms": {}}
     for arm in chosen:
         started = time.perf_counter()
         tutorlm_run(ARMS[arm])
