@@ -173,11 +173,11 @@ def grad_off(method: Callable[..., Any]) -> Callable[..., Any]:
 @contextlib.contextmanager
 def weight_major_linears(model: Any):
     """While inside, each plain float32 `nn.Linear` of the model applied to at most FEW_ROWS rows computes (W @ x^T)^T
-    instead of x @ W^T: the same products, summed in another order. A decode step's linear layers stream their weights
-    from memory for a few rows, and on a 2-core CPU the weight-major product sampled a round 5-22% faster in float32
-    (SmolLM2-135M's shape, 1-32 rows; greedy SmolLM2 answers unchanged) but 10-15% slower in bf16 (bf16 weights or
-    autocast), so the engine uses it in float32 without autocast only. A module whose forward is already replaced (an
-    accelerate hook) is left alone."""
+    instead of x @ W^T: the same products, summed in another order, and the result made contiguous as x @ W^T's is. A
+    decode step's linear layers stream their weights from memory for a few rows; on a 2-core CPU the weight-major
+    product sampled a round of SmolLM2-135M's shape 35% faster at 4 rows, 6-7% at 8 and 16, 0-1% at 1 and 32 (float32;
+    greedy SmolLM2 answers unchanged), but 10-15% slower in bf16 (bf16 weights or autocast), so the engine uses it in
+    float32 without autocast only. A module whose forward is already replaced (an accelerate hook) is left alone."""
     linears = [module for module in model.modules()
                if type(module) is torch.nn.Linear and module.weight.dtype == torch.float32 and "forward" not in vars(module)]
     for module in linears:
@@ -195,7 +195,8 @@ def _weight_major_forward(linear: torch.nn.Linear, x: torch.Tensor) -> torch.Ten
         return torch.nn.functional.linear(x, linear.weight, linear.bias)
     flat = x.reshape(rows, x.shape[-1]).T
     out = linear.weight @ flat if linear.bias is None else torch.addmm(linear.bias[:, None], linear.weight, flat)
-    return out.T.reshape(*x.shape[:-1], out.shape[0])
+    # contiguous, as x @ W^T's would be: a query left strided sends SDPA to its slow math path
+    return out.T.contiguous().reshape(*x.shape[:-1], out.shape[0])
 
 
 def cache_argument(model: Any) -> str:
