@@ -233,3 +233,34 @@ def test_chunked_losses_project_in_the_autocast_dtype_and_skip_gradients_nobody_
                               plain_topk(F.log_softmax(hidden @ weight.T, -1), ids, values, "forward_kl").mean(), atol=1e-5)
 
 
+
+
+@pytest.mark.parametrize(("kind", "beta"), [("forward_kl", 0.5), ("jsd", 0.5), ("jsd", 0.1), ("reverse_kl", 0.5)])
+def test_a_teacher_with_impossible_tokens_gives_the_plain_value_and_finite_gradients(kind, beta):
+    """Tokens the teacher rules out (log-prob −inf, as a padded vocabulary leaves them) count for nothing on its side."""
+    torch.manual_seed(4)
+    hidden = torch.randn(6, 8, requires_grad=True)
+    weight = torch.randn(31, 8, requires_grad=True)
+    teacher_logits = torch.randn(6, 31)
+    teacher_logits[:, 25:] = float("-inf")
+    loss = linear_kd_loss(hidden, weight, lambda start, end: F.log_softmax(teacher_logits[start:end], -1), kind=kind, beta=beta)
+    reference = plain(hidden @ weight.T, teacher_logits, kind, beta).mean()
+    if kind == "reverse_kl":  # the student's mass on a ruled-out token costs without bound
+        assert torch.isinf(loss)
+        return
+    assert torch.allclose(loss, reference, atol=1e-5)
+    grads = torch.autograd.grad(loss, (hidden, weight))
+    for ours, theirs in zip(grads, torch.autograd.grad(reference, (hidden, weight))):
+        assert torch.isfinite(ours).all()
+        assert torch.allclose(ours, theirs, atol=1e-5)
+
+
+def test_a_chunked_loss_refuses_a_second_backward_instead_of_scaling_its_gradients_twice():
+    hidden = torch.randn(5, 8, requires_grad=True)
+    weight = torch.randn(31, 8, requires_grad=True)
+    loss = linear_kd_loss(hidden, weight, lambda start, end: F.log_softmax(torch.zeros(end - start, 31), -1), kind="jsd") * 3.0
+    loss.backward(retain_graph=True)
+    first = hidden.grad.clone()
+    assert torch.isfinite(first).all() and first.abs().sum() > 0
+    with pytest.raises(RuntimeError, match="runs once"):
+        loss.backward()
