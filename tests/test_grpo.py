@@ -150,16 +150,17 @@ def test_a_step_raises_the_log_probability_of_rewarded_samples(tmp_path, tokeniz
     assert after[0] > before[0] and after[1] < before[1]
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="bf16 sampling is the GPU's; a CPU samples in float32")
 def test_sampling_in_bf16_casts_each_weight_once_per_round(tmp_path, tokenizer):
-    """Under bf16 training the model's forward runs in autocast (accelerate wraps it); a sampling round inside the
-    loop's own autocast context reuses one bf16 cast of each weight instead of casting every weight per token."""
+    """Under bf16 training the model's forward runs in autocast (accelerate wraps it); on a GPU a sampling round inside
+    the loop's own autocast context reuses one bf16 cast of each weight instead of casting every weight per token."""
     import random
 
     from torch.utils._python_dispatch import TorchDispatchMode
     recipe = make_run(tmp_path, objective="grpo", grpo_group_size=2, grpo_max_tokens=12)
-    student = make_model(tokenizer, seed=3)
+    student = make_model(tokenizer, seed=3).cuda()
     objective, examples = objective_for(recipe, tokenizer, student)
-    student.forward = torch.autocast("cpu", dtype=torch.bfloat16)(student.forward)  # as accelerate's bf16 does
+    student.forward = torch.autocast("cuda", dtype=torch.bfloat16)(student.forward)  # as accelerate's bf16 does
     weights = {tuple(p.shape) for p in student.parameters() if p.dim() == 2}
 
     class WeightCasts(TorchDispatchMode):
@@ -177,7 +178,7 @@ def test_sampling_in_bf16_casts_each_weight_once_per_round(tmp_path, tokenizer):
     sampled = {}
     for name, context in (("per forward", contextlib.nullcontext), ("per round", objective.autocast)):
         if name == "per round":
-            objective.autocast = lambda: torch.autocast("cpu", dtype=torch.bfloat16)
+            objective.autocast = lambda: torch.autocast("cuda", dtype=torch.bfloat16)
         WeightCasts.count = 0
         with WeightCasts():
             groups = objective.sample_groups(student, prompts, random.Random(0))
@@ -185,6 +186,40 @@ def test_sampling_in_bf16_casts_each_weight_once_per_round(tmp_path, tokenizer):
     parameters = sum(1 for p in student.parameters() if p.dim() == 2)
     assert sampled["per round"][0] == sampled["per forward"][0]  # the same bf16 casts, so the same samples
     assert 0 < sampled["per round"][1] <= parameters < sampled["per forward"][1]
+
+
+def test_under_bf16_training_a_cpu_samples_in_float32_and_the_forward_keeps_its_autocast(tmp_path, tokenizer):
+    """accelerate's bf16 wraps the model's forward in autocast; a sampling round on a CPU sets the wrapper aside and
+    decodes in float32 (the same samples as a float32 model's), and the training forward is in bf16 again after."""
+    import random
+
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    recipe = make_run(tmp_path, objective="grpo", grpo_group_size=2, grpo_max_tokens=12)
+    plain = make_model(tokenizer, seed=3)
+    objective, examples = objective_for(recipe, tokenizer, plain)
+    prompts = [example.input_ids[: next(i for i, label in enumerate(example.labels) if label != -100)]
+               for example in examples[:2]]
+    expected = [group["completions"] for group in objective.sample_groups(plain, prompts, random.Random(0))]
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    try:
+        accelerator = Accelerator(mixed_precision="bf16", cpu=True)
+        student = accelerator.prepare(make_model(tokenizer, seed=3))
+        objective.autocast = accelerator.autocast
+        seen = []
+        layer = next(m for m in student.modules() if isinstance(m, torch.nn.Linear))
+        hook = layer.register_forward_pre_hook(lambda module, args: seen.append(torch.is_autocast_enabled("cpu")))
+        sampled = [group["completions"] for group in objective.sample_groups(student, prompts, random.Random(0))]
+        assert seen and not any(seen)  # every decoding step in float32
+        assert sampled == expected
+        seen.clear()
+        student(input_ids=torch.tensor([prompts[0]]))
+        hook.remove()
+        assert seen == [True]  # the wrapper is back: training forwards run under bf16 autocast
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
 
 
 def test_a_second_update_on_the_same_samples_uses_the_ratio_and_clips(tmp_path, tokenizer):

@@ -4,6 +4,7 @@ runs each question's prompt once for its several samples."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 from typing import Any
@@ -26,8 +27,8 @@ def sample_student(model: Any, prompts: list[list[int]], *, max_tokens: int, tem
                    ) -> dict[int, Sample]:
     """(the sampled tokens, the finish reason, which tokens the model wrote) for each prompt by index: the model samples
     now through the engine, in eval mode for the round, one seed per prompt drawn from `rng`, the whole round inside
-    `autocast` (the loop's mixed-precision context: each weight cast once for the round; see loop.Objective). On-policy
-    and GRPO share it. With `tools` (tools.loop.ToolSettings; needs `tokenizer`) the student's ```python blocks run
+    `autocast` (the loop's mixed-precision context: each weight cast once for the round; see loop.Objective), or in
+    float32 on a CPU (`sampling_precision`). On-policy and GRPO share it. With `tools` (tools.loop.ToolSettings; needs `tokenizer`) the student's ```python blocks run
     in the sandbox and their ```output blocks join its tokens, marked False in the third item (the loss skips
     them); without, the third item is None."""
     inner = extract_model_from_parallel(model, keep_torch_compile=False)
@@ -37,7 +38,7 @@ def sample_student(model: Any, prompts: list[list[int]], *, max_tokens: int, tem
     try:
         engine = Engine(inner, slots=len(prompts), pad_token_id=pad_token_id, stop_ids=stop_ids)
         seeds = [rng.getrandbits(62) for _ in prompts]
-        with autocast():
+        with sampling_precision(inner, autocast):
             if tools is None:
                 engine.run(prompts, max_tokens=max_tokens, temperature=temperature, seeds=seeds,
                            finished=lambda index, tokens, reason, logprobs, latency: results.__setitem__(index, (list(tokens), reason, None)))
@@ -53,6 +54,33 @@ def sample_student(model: Any, prompts: list[list[int]], *, max_tokens: int, tem
     finally:
         inner.train(was_training)
     return results
+
+
+@contextlib.contextmanager
+def sampling_precision(inner: Any, autocast: Any):
+    """The precision a round of samples is drawn in: the training's (`autocast`) on a GPU; float32 on a CPU whatever the
+    training precision, when the weights are float32 (they are: bf16 training is autocast over float32 weights). A
+    decoding step multiplies a few rows by every weight; on a CPU the float32 products run weight-major in the engine
+    (`engine.weight_major_linears`), while bf16 products of a few rows streamed no faster than float32 ones (9-15
+    GB/s): a round of 4 rows x 64 tokens of SmolLM2's shape took 3.23 s in float32 against 3.92 s under bf16 autocast.
+    The samples then come from the float32 policy, whose bf16 rounding the loss's forward adds (as a served sampler's
+    numerics differ from the trainer's). Under bf16 training accelerate has wrapped the model's forward in autocast;
+    the wrapper is set aside for the round (`_original_forward` is the forward it wrapped) and put back after."""
+    parameter = next(inner.parameters(), None)
+    if parameter is None or parameter.device.type != "cpu" or parameter.dtype != torch.float32:
+        with autocast():
+            yield
+        return
+    original = vars(inner).get("_original_forward")
+    wrapped = vars(inner).get("forward") if original is not None else None
+    if wrapped is not None:
+        inner.forward = original
+    try:
+        with torch.autocast("cpu", enabled=False):
+            yield
+    finally:
+        if wrapped is not None:
+            inner.forward = wrapped
 
 
 def tool_settings(task: Any) -> Any:
