@@ -305,12 +305,12 @@ def test_weight_major_linears_give_the_plain_values_and_restore_the_layers():
     model = torch.nn.Sequential(torch.nn.Linear(16, 24), torch.nn.Linear(24, 8, bias=False),
                                 torch.nn.Linear(8, 8).to(torch.bfloat16))
     hook = model[1].forward = lambda x: torch.nn.functional.linear(x, model[1].weight)  # as an accelerate hook does
-    few, many = torch.randn(2, 3, 16), torch.randn(FEW_ROWS + 1, 16)
-    expected = [model[0](x) for x in (few, many)]
+    few, one, many = torch.randn(2, 3, 16), torch.randn(1, 1, 16), torch.randn(FEW_ROWS + 1, 16)
+    expected = [model[0](x) for x in (few, one, many)]
     with weight_major_linears(model):
         assert "forward" in vars(model[0]) and vars(model[1])["forward"] is hook  # a hooked layer is left alone
         assert "forward" not in vars(model[2])  # so are bf16 layers
-        for x, plain in zip((few, many), expected):
+        for x, plain in zip((few, one, many), expected):  # one row is multiplied as two, and the copy dropped
             out = model[0](x)
             assert out.shape == plain.shape and torch.allclose(out, plain, atol=1e-6)
             assert out.is_contiguous()  # a strided query would send SDPA to its slow math path

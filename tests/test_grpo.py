@@ -18,6 +18,7 @@ from tutorlm.errors import PreflightError
 from tutorlm.train.grpo import GRPO
 from tutorlm.train.loop import train
 from tutorlm.train.losses import clipped_surrogate, group_advantages, k3_kl
+from tutorlm.train.rollout import FLOAT32_ROUND_ROWS
 
 QUIET = Console(file=open(os.devnull, "w"))
 
@@ -212,12 +213,16 @@ def test_under_bf16_training_a_cpu_samples_in_float32_and_the_forward_keeps_its_
         layer = next(m for m in student.modules() if isinstance(m, torch.nn.Linear))
         hook = layer.register_forward_pre_hook(lambda module, args: seen.append(torch.is_autocast_enabled("cpu")))
         sampled = [group["completions"] for group in objective.sample_groups(student, prompts, random.Random(0))]
+        assert len(prompts) * 2 <= FLOAT32_ROUND_ROWS
         assert seen and not any(seen)  # every decoding step in float32
         assert sampled == expected
         seen.clear()
         student(input_ids=torch.tensor([prompts[0]]))
-        hook.remove()
         assert seen == [True]  # the wrapper is back: training forwards run under bf16 autocast
+        seen.clear()
+        objective.sample_groups(student, prompts * 3, random.Random(0))  # more rows: bf16's halved bytes win
+        hook.remove()
+        assert seen and all(seen)
     finally:
         AcceleratorState._reset_state(reset_partial_state=True)
 

@@ -193,10 +193,20 @@ def _weight_major_forward(linear: torch.nn.Linear, x: torch.Tensor) -> torch.Ten
     rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
     if rows > FEW_ROWS or rows == 0:
         return torch.nn.functional.linear(x, linear.weight, linear.bias)
-    flat = x.reshape(rows, x.shape[-1]).T
-    out = linear.weight @ flat if linear.bias is None else torch.addmm(linear.bias[:, None], linear.weight, flat)
-    # contiguous, as x @ W^T's would be: a query left strided sends SDPA to its slow math path
-    return out.T.contiguous().reshape(*x.shape[:-1], out.shape[0])
+    out = weight_major(linear.weight, x.reshape(rows, x.shape[-1]), linear.bias)
+    return out.reshape(*x.shape[:-1], out.shape[-1])
+
+
+def weight_major(weight: torch.Tensor, rows: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """rows @ weight^T (+ bias), (n, in) -> (n, out) contiguous, computed as weight @ rows^T. A float32 single row is
+    multiplied as two: BLAS's matrix-vector product ran at less than half the speed of its two-column product here
+    (90 of SmolLM2's matrices: 25 ms for one row, 11 ms for the row twice)."""
+    n = rows.shape[0]
+    if n == 1 and rows.dtype == torch.float32:
+        rows = rows.repeat(2, 1)
+    out = weight @ rows.T if bias is None else torch.addmm(bias[:, None], weight, rows.T)
+    # contiguous, as rows @ W^T's would be: a query left strided sends SDPA to its slow math path
+    return out[:, :n].T.contiguous()
 
 
 def cache_argument(model: Any) -> str:
@@ -400,7 +410,7 @@ class Engine:
 
     def _logits(self, last: torch.Tensor) -> torch.Tensor:
         """(rows, V) logits from the model's output at the last position (hidden states when the engine projects)."""
-        return last if self.head is None else (self.head.weight @ last.to(self.head.weight.dtype).T).T
+        return last if self.head is None else weight_major(self.head.weight, last.to(self.head.weight.dtype))
 
     def _advance(self, slots: list[int], logits: torch.Tensor) -> None:
         """Choose each row's next token from its logits; hand back the rows that are done."""

@@ -72,8 +72,8 @@ class Objective(Protocol):
     # Optional: `autocast`, set by the loop to its mixed-precision context (accelerator.autocast) before `prepare`, for
     # an objective that runs the model outside a training forward: sampling a whole round inside one such context
     # casts each weight to bf16 once (autocast caches the casts of leaf weights until its outermost context ends);
-    # the forward's own context alone casts every weight again for every decoded token. (On a CPU a round samples in
-    # float32 instead: rollout.sampling_precision.)
+    # the forward's own context alone casts every weight again for every decoded token. (On a CPU a round of a few
+    # rows samples in float32 instead: rollout.sampling_precision.)
 
 
 def objective_for(recipe: Recipe) -> Objective:

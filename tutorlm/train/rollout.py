@@ -28,9 +28,9 @@ def sample_student(model: Any, prompts: list[list[int]], *, max_tokens: int, tem
     """(the sampled tokens, the finish reason, which tokens the model wrote) for each prompt by index: the model samples
     now through the engine, in eval mode for the round, one seed per prompt drawn from `rng`, the whole round inside
     `autocast` (the loop's mixed-precision context: each weight cast once for the round; see loop.Objective), or in
-    float32 on a CPU (`sampling_precision`). On-policy and GRPO share it. With `tools` (tools.loop.ToolSettings; needs `tokenizer`) the student's ```python blocks run
-    in the sandbox and their ```output blocks join its tokens, marked False in the third item (the loss skips
-    them); without, the third item is None."""
+    float32 for a few rows on a CPU (`sampling_precision`). On-policy and GRPO share it. With `tools`
+    (tools.loop.ToolSettings; needs `tokenizer`) the student's ```python blocks run in the sandbox and their ```output
+    blocks join its tokens, marked False in the third item (the loss skips them); without, the third item is None."""
     inner = extract_model_from_parallel(model, keep_torch_compile=False)
     was_training = inner.training
     inner.eval()
@@ -38,7 +38,7 @@ def sample_student(model: Any, prompts: list[list[int]], *, max_tokens: int, tem
     try:
         engine = Engine(inner, slots=len(prompts), pad_token_id=pad_token_id, stop_ids=stop_ids)
         seeds = [rng.getrandbits(62) for _ in prompts]
-        with sampling_precision(inner, autocast):
+        with sampling_precision(inner, autocast, len(prompts)):
             if tools is None:
                 engine.run(prompts, max_tokens=max_tokens, temperature=temperature, seeds=seeds,
                            finished=lambda index, tokens, reason, logprobs, latency: results.__setitem__(index, (list(tokens), reason, None)))
@@ -56,18 +56,23 @@ def sample_student(model: Any, prompts: list[list[int]], *, max_tokens: int, tem
     return results
 
 
+FLOAT32_ROUND_ROWS = 4  # on a CPU, a round of at most this many rows samples in float32 under bf16 training
+
+
 @contextlib.contextmanager
-def sampling_precision(inner: Any, autocast: Any):
-    """The precision a round of samples is drawn in: the training's (`autocast`) on a GPU; float32 on a CPU whatever the
-    training precision, when the weights are float32 (they are: bf16 training is autocast over float32 weights). A
-    decoding step multiplies a few rows by every weight; on a CPU the float32 products run weight-major in the engine
-    (`engine.weight_major_linears`), while bf16 products of a few rows streamed no faster than float32 ones (9-15
-    GB/s): a round of 4 rows x 64 tokens of SmolLM2's shape took 3.23 s in float32 against 3.92 s under bf16 autocast.
-    The samples then come from the float32 policy, whose bf16 rounding the loss's forward adds (as a served sampler's
-    numerics differ from the trainer's). Under bf16 training accelerate has wrapped the model's forward in autocast;
-    the wrapper is set aside for the round (`_original_forward` is the forward it wrapped) and put back after."""
+def sampling_precision(inner: Any, autocast: Any, rows: int):
+    """The precision a round of `rows` samples is drawn in: the training's (`autocast`), except on a CPU for a round of
+    at most FLOAT32_ROUND_ROWS rows, which runs in float32 whatever the training precision (the weights are float32:
+    bf16 training is autocast over them). A decoding step multiplies a few rows by every weight: on a CPU the float32
+    products run weight-major in the engine (`engine.weight_major_linears`), and bf16 products of a few rows streamed
+    no faster. A round of 64 tokens of SmolLM2's shape on the AVX512-BF16 CPU, float32 against bf16 autocast: 1 row
+    2.21 against 2.67 s, 2 rows 2.18 against 2.95, 4 rows 3.23 against 3.92; but 6 rows 4.29 against 4.01, 8 rows
+    4.91 against 4.49, 16 rows 7.51 against 7.12, where bf16's halved bytes win. The samples then come from the float32
+    policy, to which the loss's forward adds bf16 rounding (as a served sampler's numerics differ from a trainer's).
+    Under bf16 training accelerate has wrapped the model's forward in autocast; the wrapper is set aside for the round
+    (`_original_forward` is the forward it wrapped) and put back after."""
     parameter = next(inner.parameters(), None)
-    if parameter is None or parameter.device.type != "cpu" or parameter.dtype != torch.float32:
+    if parameter is None or parameter.device.type != "cpu" or parameter.dtype != torch.float32 or rows > FLOAT32_ROUND_ROWS:
         with autocast():
             yield
         return
