@@ -36,7 +36,8 @@ def rows() -> list[str]:
         elif name == "default_recipe":
             stages = ", ".join(f"{stage} {seconds:.0f} s" for stage, seconds in result["stage_seconds"].items())
             lines.append(
-                f"| `tutorlm run` ({result['recipe']} recipe) | {result['machine']} | {result['date']} | {result['wall_s'] / 60:.1f} min wall, "
+                f"| `tutorlm run` ({result['recipe']} recipe) | {result['machine']}{', ' + result['isa'] if 'isa' in result else ''} "
+                f"| {result['date']} | {result['wall_s'] / 60:.1f} min wall, "
                 f"student {result['accuracy']['base']:.0%} -> {result['accuracy']['student']:.0%} | – | – | {stages} |"
             )
         elif name == "distill_methods" and "runs" in result:  # --compare: finished runs side by side
