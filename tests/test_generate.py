@@ -432,3 +432,25 @@ def test_skip_asks_fresh_questions_and_leaves_earlier_runs_current(tmp_path):
     with pytest.raises(DataError, match="generate.skip 5: the train split of .* has no question after the first 5"):
         generate(past, console=QUIET)
     assert not past.run.path.exists()
+
+
+def test_questions_the_reference_solver_cannot_answer_are_left_out_not_failed(tmp_path):
+    """With the tool, the reference solver writes a GSM8K-style solution only where its calculator notes make a
+    program; the others would be refused on every rerun, so they are listed and left out and the stage completes."""
+    from tutorlm.run import UNANSWERED
+
+    data = tmp_path / "notes.jsonl"
+    data.write_text(json.dumps({"question": "Tom has 3 apples and gets 4. How many?",
+                                "answer": "He has 3+4=<<3+4=7>>7 apples.\n#### 7"}) + "\n"
+                    + json.dumps({"question": "How many legs has a bird?", "answer": "Birds stand on two legs.\n#### 2"}) + "\n")
+    recipe = Recipe(run=RunConfig(name="run", output_dir=str(tmp_path)),
+                    task=TaskConfig(source=str(data), splits={"train": str(data)}, tools="python"),
+                    generate=GenerateConfig(cache=False))
+    stats = generate(recipe, console=QUIET)
+    assert stats["samples_written"] == 1 and stats["unanswered"] == 1 and stats["failures"] == 0
+    listed = [json.loads(line) for line in (tmp_path / "run" / UNANSWERED).read_text().splitlines()]
+    assert len(listed) == 1 and "Python" in listed[0]["error"]
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert manifest["stages"]["generate"]["status"] != "incomplete"
+    assert not (tmp_path / "run" / FAILURES).exists()
+    assert generate(recipe, console=QUIET)["unanswered"] == 1  # current: the stage is not redone

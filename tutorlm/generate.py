@@ -15,7 +15,8 @@ and appended to traces.partial.jsonl (to look at while a long run goes on); trac
 atomically once all calls are done, and the partial file removed. After a kill -9, the same command
 makes only the calls that had not completed. Calls that fail after retries are listed in
 generate_failures.jsonl; the stage is then recorded as incomplete, the command exits non-zero, and a
-rerun retries only those.
+rerun retries only those. Requests the teacher can never answer (the reference solver without a solution it can
+write) are not failures: they are listed in generate_unanswered.jsonl, counted, and left out.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from rich.console import Console
 from rich.table import Table
 
 from tutorlm import throughput
-from tutorlm.backends import Completion, FatalBackendError, Request, Sampling, make_backend
+from tutorlm.backends import Completion, FatalBackendError, Request, Sampling, Unanswerable, make_backend
 from tutorlm.cache import Cache, cached_count, run_cached
 from tutorlm.config import (
     PER_TEACHER,
@@ -50,7 +51,7 @@ from tutorlm.errors import GenerationIncomplete
 from tutorlm.tools.loop import worked_answer
 from tutorlm.models import topk
 from tutorlm.progress import StageProgress
-from tutorlm.run import FAILURES, PARTIAL, TRACES, RunDir, StagePlan, atomic_write_text
+from tutorlm.run import FAILURES, PARTIAL, TRACES, UNANSWERED, RunDir, StagePlan, atomic_write_text
 from tutorlm.tasks import TOOL_NOTE, DataError, Example, Task, build_prompt, format_question, load_task, prompt_instruction
 
 
@@ -299,6 +300,7 @@ class _Asked:
 
     rows: list[dict[str, Any]] = field(default_factory=list)
     failures: list[dict[str, Any]] = field(default_factory=list)
+    unanswered: list[dict[str, Any]] = field(default_factory=list)  # Unanswerable: left out, not retried
     stats: dict[str, Any] = field(default_factory=dict)
 
 
@@ -348,8 +350,9 @@ def _ask(recipe: Recipe, teacher: Any, label: str | None, task: Task, plan_: Pla
     for key, request in zip(keys, requests):
         result = results[key]
         if isinstance(result, Exception):
-            asked.failures.append({"example_id": request.example_id, "sample_index": request.sample_index,
-                                   **({"teacher": label} if label else {}), "error": f"{type(result).__name__}: {result}"})
+            listed = asked.unanswered if isinstance(result, Unanswerable) else asked.failures
+            listed.append({"example_id": request.example_id, "sample_index": request.sample_index,
+                           **({"teacher": label} if label else {}), "error": f"{type(result).__name__}: {result}"})
         else:
             asked.rows.append(built.get(id(request)) or _trace_row(example_by_id[request.example_id], request, result,
                                                                    plan_, backend, cached=key in cached, teacher=label))
@@ -361,7 +364,7 @@ def _ask(recipe: Recipe, teacher: Any, label: str | None, task: Task, plan_: Pla
     asked.stats = {
         "questions": len({request.example_id for request in requests}), "samples_requested": len(keys),
         "samples_written": len(asked.rows), "cache_hits": len(cached), "calls_made": counts["made"],
-        "failures": len(asked.failures), "retries": backend.counters.get("retries", 0),
+        "failures": len(asked.failures), "unanswered": len(asked.unanswered), "retries": backend.counters.get("retries", 0),
         "prompt_tokens": counts["prompt_tokens"], "completion_tokens": counts["completion_tokens"],
         "prompt_tokens_total": sum(c.prompt_tokens for c in completions),
         "completion_tokens_total": sum(c.completion_tokens for c in completions),
@@ -405,7 +408,7 @@ def correction_requests(task: Task, plan_: Plan, rows: list[dict[str, Any]], sol
     return requests, chosen
 
 
-SUMMED = ("samples_requested", "samples_written", "cache_hits", "calls_made", "failures", "retries", "prompt_tokens",
+SUMMED = ("samples_requested", "samples_written", "cache_hits", "calls_made", "failures", "unanswered", "retries", "prompt_tokens",
           "completion_tokens", "prompt_tokens_total", "completion_tokens_total", "truncated")
 
 
@@ -438,6 +441,7 @@ def _generate(recipe: Recipe, run: RunDir, force: bool, console: Console) -> dic
     started = time.perf_counter()
     rows: list[dict[str, Any]] = []
     failure_rows: list[dict[str, Any]] = []
+    unanswered_rows: list[dict[str, Any]] = []
     per_teacher: dict[str, dict[str, Any]] = {}
     first_thought_stats: dict[str, dict[str, Any]] = {}
     partial_path = run.path / PARTIAL
@@ -462,6 +466,7 @@ def _generate(recipe: Recipe, run: RunDir, force: bool, console: Console) -> dic
                         row["corrects"] = corrections[row["example_id"]]
                 rows += asked.rows
                 failure_rows += asked.failures
+                unanswered_rows += asked.unanswered
                 if recipe.teachers:
                     solved = asked.stats.pop("solved")
                     solved_so_far |= set(solved)
@@ -487,6 +492,11 @@ def _generate(recipe: Recipe, run: RunDir, force: bool, console: Console) -> dic
             atomic_write_text(failures_path, "".join(json.dumps(row) + "\n" for row in failure_rows))
         elif failures_path.exists():
             failures_path.unlink()
+        unanswered_path = run.path / UNANSWERED
+        if unanswered_rows:
+            atomic_write_text(unanswered_path, "".join(json.dumps(row) + "\n" for row in unanswered_rows))
+        elif unanswered_path.exists():
+            unanswered_path.unlink()
         if recipe.teachers:
             costs = [one["cost"] for one in per_teacher.values() if one["cost"] is not None]
             stats = {key: sum(one[key] for one in per_teacher.values()) for key in SUMMED}
@@ -513,6 +523,10 @@ def _generate(recipe: Recipe, run: RunDir, force: bool, console: Console) -> dic
         if failure_rows:
             record["status"] = "incomplete"
     _print_summary(console, stats, traces_path)
+    if unanswered_rows:  # not a failure: a rerun would get the same refusals, so the questions are left out
+        console.print(f"[yellow]note: the teacher cannot answer {len(unanswered_rows)} of {stats['samples_requested']} "
+                      f"requests (first: {unanswered_rows[0]['error']}); they are left out, listed in "
+                      f"{run.path / UNANSWERED}[/yellow]")
     if failure_rows:
         first = failure_rows[0]["error"]
         raise GenerationIncomplete(
@@ -525,8 +539,8 @@ def _generate(recipe: Recipe, run: RunDir, force: bool, console: Console) -> dic
 def _print_summary(console: Console, stats: dict[str, Any], traces_path: Path) -> None:
     table = Table(title="generate", show_header=False)
     for label, key in (("questions", "examples"), ("samples written", "samples_written"), ("from cache", "cache_hits"),
-                       ("new teacher calls", "calls_made"), ("failed", "failures"), ("retries", "retries"),
-                       ("new prompt tokens", "prompt_tokens"), ("new completion tokens", "completion_tokens"),
+                       ("new teacher calls", "calls_made"), ("failed", "failures"), ("cannot answer", "unanswered"),
+                       ("retries", "retries"), ("new prompt tokens", "prompt_tokens"), ("new completion tokens", "completion_tokens"),
                        ("truncated (length)", "truncated"), ("top-k bytes per token", "topk_bytes_per_token"),
                        ("tokens redrawn (RSD)", "redrawn_tokens"), ("Python calls", "tool_calls"),
                        ("failed Python calls", "tool_errors"), ("cost", "cost"), ("wall time (s)", "wall_s")):

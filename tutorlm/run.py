@@ -35,6 +35,7 @@ STAGES = ("generate", "curate", "train", "eval", "report")  # in the order `tuto
 MANIFEST = "manifest.json"
 TRACES = "traces.jsonl"
 FAILURES = "generate_failures.jsonl"
+UNANSWERED = "generate_unanswered.jsonl"  # requests the teacher can never answer (backends.base.Unanswerable)
 PARTIAL = "traces.partial.jsonl"  # rows as they arrive, for a look at a run still going; gone once traces.jsonl is written
 CURATED = "curated.jsonl"
 PAIRS = "pairs.jsonl"

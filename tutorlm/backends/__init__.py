@@ -8,18 +8,20 @@ calling thread. That lets the caller commit each result to the cache the moment 
 - `hf`:        a local transformers model (hub id, directory, or GGUF file), batched
 - `reference`: a built-in task's reference solver: offline and deterministic
 
-Errors: `FatalBackendError` stops the whole run (bad key, unknown model); any other exception passed
-to `on_result` is a per-request failure that a rerun retries.
+Errors: `FatalBackendError` stops the whole run (bad key, unknown model); `Unanswerable` passed to `on_result` is a
+request the teacher can never answer (left out, not retried); any other exception is a per-request failure that a
+rerun retries.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from tutorlm.backends.base import Backend, Completion, OnResult, Request, RequestFailed, Sampling
+from tutorlm.backends.base import Backend, Completion, OnResult, Request, RequestFailed, Sampling, Unanswerable
 from tutorlm.errors import ConfigError, FatalBackendError
 
-__all__ = ["Backend", "Completion", "FatalBackendError", "OnResult", "Request", "RequestFailed", "Sampling", "make_backend"]
+__all__ = ["Backend", "Completion", "FatalBackendError", "OnResult", "Request", "RequestFailed", "Sampling", "Unanswerable",
+           "make_backend"]
 
 
 def make_backend(config: Any, task: Any = None) -> Backend:

@@ -10,6 +10,11 @@ class RequestFailed(RuntimeError):
     """A request that still failed after every retry; the rerun tries it again."""
 
 
+class Unanswerable(RequestFailed):
+    """A request this teacher can never answer (the reference solver has no solution it can write): a rerun would fail
+    the same way, so the question is left out instead of the stage being left incomplete."""
+
+
 @dataclass(frozen=True)
 class Sampling:
     """Sampling settings for one generation call; `n` samples are n requests with sample_index 0..n-1."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from tutorlm.backends.base import Completion, OnResult, Request, RequestFailed, Sampling
+from tutorlm.backends.base import Completion, OnResult, Request, Sampling, Unanswerable
 from tutorlm.tools.loop import worked_answer
 
 
@@ -47,17 +47,17 @@ class ReferenceBackend:
             started = time.perf_counter()
             rationale = self._rationales.get(request.example_id)
             if request.prefix is not None and sampling.tool_calls is None:  # with the tool: its computation follows any start
-                on_result(request, RequestFailed("the reference solver writes whole solutions; it cannot continue an "
+                on_result(request, Unanswerable("the reference solver writes whole solutions; it cannot continue an "
                                                  "answer from a given start (use a model teacher to correct)"))
                 continue
             if not rationale:
-                on_result(request, RequestFailed(f"example {request.example_id} has no reference solution"))
+                on_result(request, Unanswerable(f"example {request.example_id} has no reference solution"))
                 continue
             meta: dict[str, Any] = {"token_count": "words"}
             if sampling.tool_calls is not None:
                 rationale, calls = self._with_tool(request)
                 if rationale is None:
-                    on_result(request, RequestFailed(f"example {request.example_id}: no solution the reference solver can "
+                    on_result(request, Unanswerable(f"example {request.example_id}: no solution the reference solver can "
                                                      "compute with Python (an arithmetic expression, or a GSM8K program "
                                                      "that prints the gold)"))
                     continue
