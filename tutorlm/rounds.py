@@ -119,6 +119,7 @@ def summarize(recipe: Recipe, fingerprints: dict[int, str], stopped: int | None 
     `stopped`: the round that had nothing to train on (the rounds ended before it)."""
     entries = []
     previous: dict[str, float] = {}
+    run_generate: dict[str, Any] = {}  # the run's own generate stage (round 0), what a whole rationale cost
     for number in range(recipe.rounds.count + 1 if stopped is None else stopped):
         path = round_path(recipe, number)
         scores = question_scores(path / EVAL_DIR / "student.jsonl")
@@ -134,7 +135,7 @@ def summarize(recipe: Recipe, fingerprints: dict[int, str], stopped: int | None 
         stages = json.loads((path / MANIFEST).read_text()).get("stages", {}) if (path / MANIFEST).exists() else {}
         if number == 0:
             run_generate = (stages.get("generate") or {}).get("stats") or {}
-        if number > 0:
+        else:
             teachers = (stages.get("generate", {}).get("stats") or {}).get("teachers") or {}
             own, hinted = teachers.get(SAMPLER, {}), teachers.get(HINTED, {})
             entry.update(questions_after=round_skip(recipe, number), questions_asked=own.get("questions", 0),
