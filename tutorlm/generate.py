@@ -488,15 +488,8 @@ def _generate(recipe: Recipe, run: RunDir, force: bool, console: Console) -> dic
         partial.close()
         partial_path.unlink(missing_ok=True)  # every row it held is now in traces.jsonl
         failures_path = run.path / FAILURES
-        if failure_rows:
-            atomic_write_text(failures_path, "".join(json.dumps(row) + "\n" for row in failure_rows))
-        elif failures_path.exists():
-            failures_path.unlink()
-        unanswered_path = run.path / UNANSWERED
-        if unanswered_rows:
-            atomic_write_text(unanswered_path, "".join(json.dumps(row) + "\n" for row in unanswered_rows))
-        elif unanswered_path.exists():
-            unanswered_path.unlink()
+        _list_or_remove(failures_path, failure_rows)
+        _list_or_remove(run.path / UNANSWERED, unanswered_rows)
         if recipe.teachers:
             costs = [one["cost"] for one in per_teacher.values() if one["cost"] is not None]
             stats = {key: sum(one[key] for one in per_teacher.values()) for key in SUMMED}
@@ -534,6 +527,14 @@ def _generate(recipe: Recipe, run: RunDir, force: bool, console: Console) -> dic
             f"listed in {failures_path}. Run the same command again to retry only those."
         )
     return stats
+
+
+def _list_or_remove(path: Path, rows: list[dict[str, Any]]) -> None:
+    """`rows` as JSON lines in `path`, or no file (an earlier run's list removed) when there are none."""
+    if rows:
+        atomic_write_text(path, "".join(json.dumps(row) + "\n" for row in rows))
+    else:
+        path.unlink(missing_ok=True)
 
 
 def _print_summary(console: Console, stats: dict[str, Any], traces_path: Path) -> None:

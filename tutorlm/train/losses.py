@@ -449,6 +449,8 @@ def linear_kd_loss(
         raise ValueError("ce_weight needs targets")
     if rows == 0:
         return student_hidden.sum() * 0.0
+    # the full-distribution and autograd paths hold several (c, V) buffers: smaller chunks (FULL_KD_LOGITS_PER_CHUNK)
+    several_buffers = chunk_rows or chunk_rows_for(rows, student_weight.shape[0], FULL_KD_LOGITS_PER_CHUNK)
     has_teacher = (teacher_logprobs[0] != NO_TOKEN).any(-1) if topk else None  # (N,)
     if topk and kind == "forward_kl":  # the common case, with its gradient written out
         shares = torch.ones(rows, device=student_hidden.device) if targets is None else \
@@ -474,8 +476,7 @@ def linear_kd_loss(
             return _full_divergence(logits, teacher.float(), kind, beta, temperature,
                                     None if targets is None else targets[start:end], ce_weight, need)
 
-        chunk = chunk_rows or chunk_rows_for(rows, student_weight.shape[0], FULL_KD_LOGITS_PER_CHUNK)
-        return linear_loss(student_hidden, student_weight, chunk_rows=chunk, loss_and_gradient=full) / rows
+        return linear_loss(student_hidden, student_weight, chunk_rows=several_buffers, loss_and_gradient=full) / rows
 
     def chunk_loss(logits: torch.Tensor, start: int, end: int) -> torch.Tensor:
         if observe is not None:
@@ -500,8 +501,7 @@ def linear_kd_loss(
         mixed = (1 - ce_weight) * per_row + ce_weight * cross_entropy
         return torch.where(teacher_rows, mixed, cross_entropy).sum()
 
-    chunk = chunk_rows or chunk_rows_for(rows, student_weight.shape[0], FULL_KD_LOGITS_PER_CHUNK)  # autograd's buffers
-    return linear_loss(student_hidden, student_weight, chunk_loss, chunk) / rows
+    return linear_loss(student_hidden, student_weight, chunk_loss, several_buffers) / rows
 
 
 # ---------------------------------------------------------------------------------------------------
