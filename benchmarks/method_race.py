@@ -218,6 +218,8 @@ def main() -> None:
     parser.add_argument("--sample-tokens", type=int, default=256, help="the longest completion the sampling arms draw")
     parser.add_argument("--batch-size", type=int, default=32, help="rows decoded together")
     parser.add_argument("--train-batch-size", type=int, default=8)
+    parser.add_argument("--start-eval", help="the start's eval file (eval/*.jsonl) from its own run, at the race's test "
+                        "questions and token budget: reused instead of evaluating the start again")
     parser.add_argument("--out", default=str(ROOT / "runs" / "race"))
     parser.add_argument("--results", default=str(ROOT / "benchmarks" / "results" / "method_race.json"))
     args = parser.parse_args()
@@ -225,6 +227,16 @@ def main() -> None:
     arms = args.arms.split(",")
     if unknown := set(arms) - set(args.settings):
         parser.error(f"--arms: unknown {', '.join(sorted(unknown))}; choose from {', '.join(args.settings)}")
+    start = None
+    if args.start_eval:  # checked before anything is written
+        if not Path(args.start_eval).is_file():
+            parser.error(f"--start-eval {args.start_eval}: no such file")
+        try:
+            start = accuracy(Path(args.start_eval)) if question_scores(Path(args.start_eval)) else {"questions": 0}
+        except (ValueError, KeyError, TypeError) as error:
+            parser.error(f"--start-eval {args.start_eval}: not an eval file of scored answers ({error!r})")
+        if start["questions"] != args.test_limit:
+            parser.error(f"--start-eval {args.start_eval}: {start['questions']} questions scored, the race tests {args.test_limit}")
     out = Path(args.out) / args.name
     out.mkdir(parents=True, exist_ok=True)
     start_run = out / "start"
@@ -232,8 +244,9 @@ def main() -> None:
     recipe = arm_recipe("sft", args, out)
     recipe["run"]["name"] = "start"
     path.write_text(yaml.safe_dump(recipe, sort_keys=False))
-    tutorlm("eval", str(path), "--out", str(start_run), "--model", f"start={Path(args.start).resolve()}")
-    start = accuracy(start_run / "eval" / "start.jsonl")
+    if start is None:
+        tutorlm("eval", str(path), "--out", str(start_run), "--model", f"start={Path(args.start).resolve()}")
+        start = accuracy(start_run / "eval" / "start.jsonl")
     results_path = Path(args.results)
     saved = json.loads(results_path.read_text()) if results_path.exists() else {"testbeds": {}}
     measured_at = saved["testbeds"].get(args.name, {}).get("commit")  # for arms finished before arms named their commit
@@ -259,6 +272,7 @@ def main() -> None:
     saved["benchmark"] = "method_race"
     saved["testbeds"][args.name] = {
         "task": args.task, "teacher": f"{args.teacher} ({args.teacher_dtype})", "start": args.start, "start_accuracy": start,
+        "start_eval": args.start_eval or str(start_run / "eval" / "start.jsonl"),
         "minutes": args.minutes, "machine": machine(), "versions": versions(), "commit": commit(), "date": datetime.date.today().isoformat(),
         "arms": [{k: v for k, v in result.items() if k != "scores"} for result in results],
     }

@@ -63,3 +63,18 @@ def test_a_malformed_variant_is_refused_before_anything_runs(tmp_path, variant):
     finished = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert finished.returncode == 2 and "--variant" in finished.stderr and "NAME=ARM" in finished.stderr
     assert not (tmp_path / "runs").exists() and not (tmp_path / "race.json").exists()
+
+
+def test_a_start_eval_that_does_not_match_the_race_is_refused_before_anything_runs(tmp_path):
+    scored = tmp_path / "start.jsonl"
+    scored.write_text("".join(json.dumps({"example_id": f"q{i}", "correct": i % 2 == 0}) + "\n" for i in range(3)))
+    base = [sys.executable, str(ROOT / "benchmarks" / "method_race.py"), "--name", "tiny", "--task", "coin_flip",
+            "--teacher", "t", "--start", "s", "--test-limit", "4", "--out", str(tmp_path / "runs"),
+            "--results", str(tmp_path / "race.json")]
+    for given, message in [(scored, "3 questions scored, the race tests 4"), (tmp_path / "missing.jsonl", "no such file"),
+                           (tmp_path / "race_arm.json", "not an eval file")]:
+        if given.name == "race_arm.json":
+            given.write_text("{}\n")
+        finished = subprocess.run([*base, "--start-eval", str(given)], capture_output=True, text=True, timeout=120)
+        assert finished.returncode == 2 and message in finished.stderr, finished.stderr
+        assert not (tmp_path / "runs").exists() and not (tmp_path / "race.json").exists()
