@@ -303,3 +303,15 @@ def test_in_a_run_training_scores_with_the_teacher_that_generation_loaded(tmp_pa
     assert not any(parameter.requires_grad for parameter in training.parameters())
     apart, _ = load_teacher(recipe, "cpu")
     assert apart is not generating and len(loads) == 2
+
+
+@pytest.mark.parametrize("setting, value, message", [
+    ("kd_beta", 1.5, "kd_beta must be in [0, 1], got 1.5"), ("kd_ce_weight", -0.1, "kd_ce_weight must be in [0, 1], got -0.1"),
+    ("kd_temperature", 0.0, "kd_temperature must be positive, got 0.0"), ("kd_top_k", 0, "kd_top_k must be at least 1, got 0"),
+    ("grpo_temperature", -1.0, "grpo_temperature must be positive, got -1.0"),
+    ("grpo_overlong_penalty", -0.5, "grpo_overlong_penalty must be >= 0, got -0.5"),
+])
+def test_an_out_of_range_setting_is_refused_with_its_name_and_value(setting, value, message):
+    with pytest.raises(ValueError) as raised:
+        TrainConfig(**{setting: value})
+    assert str(raised.value) == message

@@ -149,10 +149,21 @@ class TrainConfig:
             raise ValueError(f"eval_fraction must be in [0, 1), got {self.eval_fraction}")
         if self.lr is not None and self.lr <= 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
-        if not 0 <= self.kd_beta <= 1 or not 0 <= self.kd_ce_weight <= 1 or self.kd_temperature <= 0 or self.kd_top_k < 1:
-            raise ValueError("kd_beta and kd_ce_weight must be in [0, 1], kd_temperature positive and kd_top_k at least 1")
-        if not 0 <= self.on_policy_lambda <= 1 or self.on_policy_max_tokens < 1 or self.on_policy_temperature < 0:
-            raise ValueError("on_policy_lambda must be in [0, 1], on_policy_max_tokens at least 1 and on_policy_temperature >= 0")
+        bounds = {  # each setting with its bound, so an error names the key and the value it got
+            "kd_beta": (0 <= self.kd_beta <= 1, "in [0, 1]"), "kd_ce_weight": (0 <= self.kd_ce_weight <= 1, "in [0, 1]"),
+            "kd_temperature": (self.kd_temperature > 0, "positive"), "kd_top_k": (self.kd_top_k >= 1, "at least 1"),
+            "on_policy_lambda": (0 <= self.on_policy_lambda <= 1, "in [0, 1]"),
+            "on_policy_max_tokens": (self.on_policy_max_tokens >= 1, "at least 1"),
+            "on_policy_temperature": (self.on_policy_temperature >= 0, ">= 0"),
+            "grpo_max_tokens": (self.grpo_max_tokens >= 1, "at least 1"), "grpo_temperature": (self.grpo_temperature > 0, "positive"),
+            "grpo_iterations": (self.grpo_iterations >= 1, "at least 1"), "grpo_refill": (self.grpo_refill >= 0, ">= 0"),
+            "grpo_epsilon_low": (0 <= self.grpo_epsilon_low < 1, "in [0, 1)"), "grpo_epsilon_high": (self.grpo_epsilon_high >= 0, ">= 0"),
+            **{name: (getattr(self, name) >= 0, ">= 0") for name in (
+                "grpo_beta", "grpo_teacher_weight", "grpo_format_reward", "grpo_overlong_penalty", "grpo_length_penalty")},
+        }
+        for name, (within, bound) in bounds.items():
+            if not within:
+                raise ValueError(f"{name} must be {bound}, got {getattr(self, name)!r}")
         if self.on_policy_samples < 1:
             raise ValueError(f"on_policy_samples must be at least 1, got {self.on_policy_samples}")
         if self.on_policy_reward_weight < 0:
@@ -166,14 +177,6 @@ class TrainConfig:
             raise ValueError(f"dpo_beta must be positive, got {self.dpo_beta}")
         if self.grpo_group_size < 2:
             raise ValueError(f"grpo_group_size must be at least 2 (advantages are relative to the group), got {self.grpo_group_size}")
-        if self.grpo_max_tokens < 1 or self.grpo_temperature <= 0 or self.grpo_iterations < 1 or self.grpo_refill < 0:
-            raise ValueError("grpo_max_tokens and grpo_iterations must be at least 1, grpo_temperature positive and "
-                             "grpo_refill >= 0")
-        if not (0 <= self.grpo_epsilon_low < 1 and self.grpo_epsilon_high >= 0):
-            raise ValueError("grpo_epsilon_low must be in [0, 1) and grpo_epsilon_high >= 0")
-        if min(self.grpo_beta, self.grpo_teacher_weight, self.grpo_format_reward, self.grpo_overlong_penalty,
-               self.grpo_length_penalty) < 0:
-            raise ValueError("grpo_beta, grpo_teacher_weight and the grpo reward terms must be >= 0")
         if self.objective == "grpo" and self.grpo_iterations > 1 and self.grad_accum != 1:
             raise ValueError("grpo_iterations > 1 reuses one sampled micro-batch for several optimizer steps: set grad_accum 1")
 
