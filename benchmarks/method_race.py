@@ -96,6 +96,8 @@ def arm_recipe(arm: str, args: argparse.Namespace, out: Path) -> dict:
     train = {"epochs": 1000, "max_minutes": args.minutes, "snapshot_minutes": args.minutes / args.points,
              "eval_fraction": 0.0, "batch_size": args.train_batch_size, "save_every": 1_000_000,
              "on_policy_max_tokens": args.sample_tokens, "grpo_max_tokens": args.sample_tokens}
+    if args.lr is not None:  # one learning rate for every arm (a variant's lr= still wins)
+        train["lr"] = args.lr
     if settings["objective"] == "grpo":
         train["batch_size"] = max(1, args.train_batch_size // 2)
     train.update(settings)
@@ -218,6 +220,7 @@ def main() -> None:
     parser.add_argument("--sample-tokens", type=int, default=256, help="the longest completion the sampling arms draw")
     parser.add_argument("--batch-size", type=int, default=32, help="rows decoded together")
     parser.add_argument("--train-batch-size", type=int, default=8)
+    parser.add_argument("--lr", type=float, help="train.lr for every arm (default: each objective's own default)")
     parser.add_argument("--start-eval", help="the start's eval file (eval/*.jsonl) from its own run, at the race's test "
                         "questions and token budget: reused instead of evaluating the start again")
     parser.add_argument("--out", default=str(ROOT / "runs" / "race"))

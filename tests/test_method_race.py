@@ -25,7 +25,7 @@ def test_the_race_runs_every_arm_for_the_same_minutes_and_writes_its_results(tmp
                "--minutes", "0.04", "--points", "2", "--arms", "sft,on_policy,grpo,slow_on_policy",
                "--variant", "slow_on_policy=on_policy,lr=1e-6,on_policy_samples=2", "--start-questions", "8",
                "--sft-questions", "16", "--test-limit", "4", "--generate-tokens", "16", "--eval-tokens", "8",
-               "--batch-size", "4", "--train-batch-size", "4", "--sample-tokens", "8", "--out", str(tmp_path / "runs"), "--results", str(results)]
+               "--batch-size", "4", "--train-batch-size", "4", "--sample-tokens", "8", "--lr", "3e-4", "--out", str(tmp_path / "runs"), "--results", str(results)]
     finished = subprocess.run(command, capture_output=True, text=True, timeout=900)
     assert finished.returncode == 0, finished.stderr[-3000:]
     testbed = json.loads(results.read_text())["testbeds"]["tiny"]
@@ -34,6 +34,7 @@ def test_the_race_runs_every_arm_for_the_same_minutes_and_writes_its_results(tmp
     assert variant["settings"]["lr"] == 1e-6 and variant["settings"]["on_policy_samples"] == 2
     assert variant["settings"]["on_policy_loss"] == "sampled" and "vs_sft" in variant
     assert yaml.safe_load((tmp_path / "runs" / "tiny" / "slow_on_policy.yaml").read_text())["train"]["lr"] == 1e-6
+    assert yaml.safe_load((tmp_path / "runs" / "tiny" / "on_policy.yaml").read_text())["train"]["lr"] == 3e-4  # --lr
     for arm in testbed["arms"]:
         assert arm["train_minutes"] >= 0.04 * 0.9 or arm["arm"] == "sft"  # each trained its minutes (sft: minus generation)
         assert len(arm["points"]) >= 2 and arm["points"][-1]["questions"] == 4
