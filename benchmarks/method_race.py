@@ -87,6 +87,11 @@ def scalar(text: str) -> object:
     return yaml.safe_load(text)
 
 
+def start_spec(start: str) -> str:
+    """The start as a model spec: a checkpoint directory as an absolute path, else as given (a shipped model's name)."""
+    return str(Path(start).resolve()) if Path(start).exists() else start
+
+
 def arm_recipe(arm: str, args: argparse.Namespace, out: Path) -> dict:
     """The arm's recipe: the start student, the teacher (for the arms that learn from it), the test questions."""
     settings = args.settings[arm]
@@ -108,7 +113,7 @@ def arm_recipe(arm: str, args: argparse.Namespace, out: Path) -> dict:
         "task": {"source": args.task},
         "teacher": writer,
         "generate": {"limit": questions, "max_tokens": args.generate_tokens},
-        "student": {"model": str(Path(args.start).resolve())},
+        "student": {"model": start_spec(args.start)},
         "train": train,
         "eval": {"split": "test", "limit": args.test_limit, "max_tokens": args.eval_tokens, "batch_size": args.batch_size,
                  "models": ["student"]},
@@ -131,7 +136,9 @@ def run_arm(arm: str, args: argparse.Namespace, out: Path) -> dict:
     tutorlm("run", str(path), "--train.max_minutes", f"{minutes:g}", "--train.snapshot_minutes", f"{args.minutes / args.points:g}")
     manifest = json.loads((run / "manifest.json").read_text())["stages"]
     train_stats = manifest["train"]["stats"]
-    snapshots = sorted((run / "student" / "snapshots").glob("minute-*"), key=lambda p: float(p.name.split("-")[1]))
+    # the snapshot taken as the minutes ran out is the final student: evaluated once, as the final point
+    snapshots = sorted((snapshot for snapshot in (run / "student" / "snapshots").glob("minute-*")
+                        if float(snapshot.name.split("-")[1]) < minutes * 0.999), key=lambda p: float(p.name.split("-")[1]))
     points = []
     spent_generating = generate_stats.get("wall_s", 0.0) / 60 if sft else 0.0
     for snapshot in snapshots:
@@ -204,7 +211,7 @@ def main() -> None:
     parser.add_argument("--task", required=True)
     parser.add_argument("--teacher", required=True, help="the teacher's model spec (one tokenizer with the student)")
     parser.add_argument("--teacher-dtype", default="auto")
-    parser.add_argument("--start", required=True, help="the start checkpoint every arm trains from")
+    parser.add_argument("--start", required=True, help="the start every arm trains from: a checkpoint, or a model spec (the base student)")
     parser.add_argument("--writer", choices=["teacher", "reference"], default="teacher",
                         help="who writes the rationales the arms' prompts come from (reference: the task's solver)")
     parser.add_argument("--minutes", type=float, default=60.0)
@@ -248,7 +255,7 @@ def main() -> None:
     recipe["run"]["name"] = "start"
     path.write_text(yaml.safe_dump(recipe, sort_keys=False))
     if start is None:
-        tutorlm("eval", str(path), "--out", str(start_run), "--model", f"start={Path(args.start).resolve()}")
+        tutorlm("eval", str(path), "--out", str(start_run), "--model", f"start={start_spec(args.start)}")
         start = accuracy(start_run / "eval" / "start.jsonl")
     results_path = Path(args.results)
     saved = json.loads(results_path.read_text()) if results_path.exists() else {"testbeds": {}}
