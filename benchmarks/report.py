@@ -18,6 +18,8 @@ REAL_START, REAL_END = "<!-- real-teacher:start -->", "<!-- real-teacher:end -->
 MENTOR_START, MENTOR_END = "<!-- mentor-fast:start -->", "<!-- mentor-fast:end -->"
 WORDING_START, WORDING_END = "<!-- wording:start -->", "<!-- wording:end -->"
 RACE_START, RACE_END = "<!-- race-arith:start -->", "<!-- race-arith:end -->"
+GSM8K_RACE_START, GSM8K_RACE_END = "<!-- race-gsm8k:start -->", "<!-- race-gsm8k:end -->"
+RACE_SECTIONS = {"arith": "method-race-the-fast-testbed", "gsm8k": "method-race-on-gsm8k-testbed-b"}
 NOISE_START, NOISE_END = "<!-- gradient-noise:start -->", "<!-- gradient-noise:end -->"
 
 
@@ -331,7 +333,7 @@ def rows() -> list[str]:
                     continue
                 best = max(others, key=lambda arm: arm["vs_sft"]["difference"])
                 lines.append(
-                    f"| [method race](results.md#method-race-the-fast-testbed) `{testbed}` ({race['task']}, {race['minutes']:g} min an arm) "
+                    f"| [method race](results.md#{RACE_SECTIONS.get(testbed, 'method-race-the-fast-testbed')}) `{testbed}` ({race['task']}, {race['minutes']:g} min an arm) "
                     f"| {race['machine']} | {race['date']} | best other arm, {best['arm']}: {accuracy(best['final'])} "
                     f"| SFT arm: {accuracy(sft['final'])} | {paired(best['vs_sft'])} |"
                 )
@@ -494,6 +496,7 @@ def main() -> None:
                                        (MENTOR_START, MENTOR_END, default_run("mentor_fast.json")),
                                        (WORDING_START, WORDING_END, wording_table()),
                                        (RACE_START, RACE_END, race_table("arith")),
+                                       (GSM8K_RACE_START, GSM8K_RACE_END, race_table("gsm8k")),
                                        (NOISE_START, NOISE_END, noise_table())],
     }
     for path, replacements in blocks.items():

@@ -10,6 +10,8 @@ import pytest
 from tiny import different_tokenizer, save_tiny_model
 
 from tutorlm.cli.main import main
+from tutorlm.config import TaskConfig
+from tutorlm.tasks import Example, load_task
 
 
 def test_tasks_show_and_export_take_task_source_like_every_other_command(tmp_path, capsys):
@@ -209,7 +211,7 @@ def test_dry_run_estimates_time_from_speeds_measured_on_this_machine(tmp_path, c
     model = save_tiny_model(tmp_path / "m")
     common = ["--task.source", "coin_flip", "--teacher.backend", "hf", "--teacher.model", str(model),
               "--eval.limit", "4", "--eval.max_tokens", "6", "--generate.limit", "3", "--generate.max_tokens", "6",
-              "--out", str(tmp_path / "run")]
+              "--student.model", str(model), "--out", str(tmp_path / "run")]
     assert main(["run", "--dry-run", *common]) == 0
     out = capsys.readouterr().out
     assert "time unknown: no generate measurement" in out and "3 teacher calls (0 cached)" in out
@@ -222,6 +224,20 @@ def test_dry_run_estimates_time_from_speeds_measured_on_this_machine(tmp_path, c
     out = capsys.readouterr().out
     assert re.search(r"3 teacher calls \(0 cached\); ~\d+s \([\d,]+ tokens/s measured here", out), out
     assert "teacher: 0 to generate" in out  # the eval above cached the teacher's answers
+    # the student (trained by the run: never cached) at the base's speed, though the base's answers are cached
+    assert "base: 0 to generate" in out and re.search(r"student: 4 to generate, ~\d+s", out), out
+    assert "for at most 3 rationales" in out  # nothing cached for generate yet: every question counts
+
+    # once the teacher's answers are cached, training is estimated for the share of them that verifies
+    assert main(["generate", *common]) == 0
+    traces = [json.loads(line) for line in (tmp_path / "run" / "traces.jsonl").read_text().splitlines()]
+    coin_flip = load_task(TaskConfig(source="coin_flip"))  # the verifier's own verdicts on what the teacher wrote
+    verified = sum(coin_flip.grade(Example(row["example_id"], row["question"], row["answer"]),
+                                   row["completion"][-1]["content"]).correct for row in traces)
+    capsys.readouterr()
+    assert main(["run", "--dry-run", *common[:-1], str(tmp_path / "elsewhere")]) == 0
+    out = capsys.readouterr().out
+    assert f"for about {verified} rationales ({verified} of the 3 cached answers verify)" in out, out
 
 
 def test_a_missing_local_teacher_stops_the_run_before_anything_is_written(tmp_path, capsys, monkeypatch):

@@ -322,8 +322,9 @@ def plan_stage(recipe: Recipe) -> StagePlan:
     path = Path(recipe.generate.cache_path or default_cache_path())
     estimates = []
     for spec in eval_models(recipe):
-        if spec.split("=")[-1] == "student":  # trained by this run: its own weights, never cached yet
-            estimates.append("student: like base")
+        if spec.split("=")[-1] == "student":  # trained by this run: its own weights, never cached; the base's speed
+            backend = make_backend(resolve_spec("base", recipe)[1], task)
+            estimates.append(f"student: {len(requests)} to generate, {throughput.estimate_generate(backend, len(requests))}")
             continue
         label, config = resolve_spec(spec, recipe)
         backend = make_backend(config, task)

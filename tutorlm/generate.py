@@ -35,7 +35,7 @@ from rich.table import Table
 
 from tutorlm import throughput
 from tutorlm.backends import Completion, FatalBackendError, Request, Sampling, Unanswerable, make_backend
-from tutorlm.cache import Cache, cached_count, run_cached
+from tutorlm.cache import Cache, cache_keys, cached_count, run_cached
 from tutorlm.config import (
     PER_TEACHER,
     ConfigError,
@@ -586,3 +586,29 @@ def plan_stage(recipe: Recipe) -> StagePlan:
     if recipe.teachers and recipe.generate.teacher_mode == "cascade":
         what += " (a cascade: each teacher after the first is asked only what the earlier ones got wrong, so at most this)"
     return StagePlan("generate", "run", what)
+
+
+def cached_verified(recipe: Recipe) -> tuple[int, int]:
+    """(verified, cached): of the answers the teacher cache already holds for this recipe's questions, how many the
+    task's verifier accepts. The dry run scales its training estimate by the share (curation keeps about that many),
+    instead of assuming every question is kept; (0, 0) with no cache. Reads only: no teacher is loaded or called."""
+    path = Path(recipe.generate.cache_path or default_cache_path())
+    if not recipe.generate.cache or not path.exists():
+        return 0, 0
+    task = load_task(recipe.task)
+    verified = cached = 0
+    with Cache(path) as cache:
+        for one in recipe.teachers or [recipe.teacher]:
+            if one.correct:  # asked only what the earlier teachers got wrong: not known before they answer
+                continue
+            own = teacher_generate(recipe.generate, one)
+            asked = teacher_task(task, one)
+            planned = plan(task, own, asked)
+            keys = cache_keys(teacher_backend(one, asked, recipe), planned.requests, sampling_of(own, asked))
+            found = cache.get_many_json(keys)
+            examples = {example.id: example for example in planned.examples}
+            for request, key in zip(planned.requests, keys):
+                if key in found:
+                    cached += 1
+                    verified += task.grade(examples[request.example_id], found[key]["text"]).correct
+    return verified, cached

@@ -31,6 +31,7 @@ from tutorlm.errors import MissingPackages, ModelError, NothingKept, PreflightEr
 from tutorlm.evaluate import eval_models, evaluate, print_table
 from tutorlm.evaluate import plan_stage as evaluate_plan
 from tutorlm.generate import generate
+from tutorlm.generate import cached_verified
 from tutorlm.generate import plan_stage as generate_plan
 from tutorlm.models.load import resolve_model
 from tutorlm.recipe_io import load_recipe, resolve_recipe
@@ -248,7 +249,8 @@ def dry_run(recipe: Recipe, *, console: Console | None = None) -> None:
     table = Table(title=f"plan for {recipe.run.path}")
     for column in ("stage", "status", "what"):
         table.add_column(column)
-    for planned in (generate_plan(recipe), curate_plan(recipe), train_plan(recipe), evaluate_plan(recipe), report_plan(recipe)):
+    for planned in (generate_plan(recipe), curate_plan(recipe), train_plan(recipe, cached_verified(recipe)),
+                    evaluate_plan(recipe), report_plan(recipe)):
         table.add_row(planned.stage, planned.status, planned.what)
     if recipe.rounds.count:
         table.add_row("rounds", "run", rounds_plan(recipe))

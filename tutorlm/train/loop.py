@@ -497,9 +497,11 @@ def save_student(model: Any, tokenizer: Any, directory: Path, recipe: Recipe) ->
     return directory
 
 
-def plan_stage(recipe: Recipe) -> StagePlan:
+def plan_stage(recipe: Recipe, kept: tuple[int, int] = (0, 0)) -> StagePlan:
     """The dry run's row: skip, resume from a checkpoint, or run; what trains, and how long it would take here (from
-    the speeds measured on this machine, for at most as many rationales as the teachers are asked for)."""
+    the speeds measured on this machine). `kept` is (verified, cached) of the teachers' answers already in the cache
+    (generate.cached_verified): the rationales are scaled by that share; with none cached, every question counts (at
+    most: curation keeps fewer)."""
     run = RunDir(recipe.run.path)
     curated = run.path / CURATED
     config, teacher = recipe.train, recipe.teacher
@@ -522,10 +524,15 @@ def plan_stage(recipe: Recipe) -> StagePlan:
         for one in recipe.teachers or [teacher]:
             own = teacher_generate(recipe.generate, one)
             rationales += len(own.questions(task)) * own.n
+        verified, cached = kept
+        if cached:
+            rationales = round(rationales * verified / cached)
         device = pick_device(recipe.student.device)
         what += "; " + throughput.estimate(f"train {config.objective}", recipe.student.model,
                                            resolve_precision(config.precision, device).precision,
                                            rationales * (config.epochs if not config.max_steps else 1), device=device.type)
+        what += (f", for about {rationales} rationales ({verified} of the {cached} cached answers verify)" if cached
+                 else f", for at most {rationales} rationales")
     if config.max_minutes:
         what += f"; stops after {config.max_minutes:g} minutes at most (train.max_minutes)"
     return StagePlan("train", status, what)
