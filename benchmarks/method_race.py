@@ -64,8 +64,10 @@ ARMS = {
 def tutorlm(*arguments: str, cwd: Path = ROOT) -> None:
     command = [sys.executable, "-m", "tutorlm", *arguments]
     result = subprocess.run(command, capture_output=True, text=True, cwd=cwd)
-    if result.returncode != 0:
-        raise SystemExit(f"{' '.join(command)} failed:\n{result.stderr[-3000:]}")
+    if result.returncode != 0:  # killed by a signal: no traceback, so say which (SIGKILL is most often the OOM killer)
+        how = (f"was killed by signal {-result.returncode}" + (" (out of memory?)" if result.returncode == -9 else "")
+               if result.returncode < 0 else f"failed (exit {result.returncode})")
+        raise SystemExit(f"{' '.join(command)} {how}:\n{result.stderr[-3000:]}")
 
 
 def parse_variant(text: str) -> tuple[str, dict]:
