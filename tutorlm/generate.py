@@ -35,7 +35,7 @@ from rich.table import Table
 
 from tutorlm import throughput
 from tutorlm.backends import Completion, FatalBackendError, Request, Sampling, Unanswerable, make_backend
-from tutorlm.cache import Cache, cache_keys, cached_count, run_cached
+from tutorlm.cache import Cache, run_cached
 from tutorlm.config import (
     PER_TEACHER,
     ConfigError,
@@ -51,7 +51,7 @@ from tutorlm.errors import GenerationIncomplete
 from tutorlm.tools.loop import worked_answer
 from tutorlm.models import topk
 from tutorlm.progress import StageProgress
-from tutorlm.run import FAILURES, PARTIAL, TRACES, UNANSWERED, RunDir, StagePlan, atomic_write_text
+from tutorlm.run import FAILURES, PARTIAL, TRACES, UNANSWERED, RunDir, atomic_write_text
 from tutorlm.tasks import TOOL_NOTE, DataError, Example, Task, build_prompt, format_question, load_task, prompt_instruction
 
 
@@ -557,58 +557,3 @@ def _print_summary(console: Console, stats: dict[str, Any], traces_path: Path) -
                           str(one["questions_solved"]), str(one["calls_made"]), "–" if one["cost"] is None else str(one["cost"]))
         console.print(table)
     console.print(f"traces: {traces_path}")
-
-
-def plan_stage(recipe: Recipe) -> StagePlan:
-    """The dry run's row: each teacher's questions, samples and the calls not cached yet, with a time estimate.
-    Local models load nothing for it; with RSD the student-checked teacher's answers are counted apart."""
-    run = RunDir(recipe.run.path)
-    if run.is_current("generate", generate_stage_config(recipe), {}):
-        return StagePlan("generate", "skip (current)", "traces.jsonl is current")
-    task = load_task(recipe.task)
-    path = Path(recipe.generate.cache_path or default_cache_path())
-    asks = []
-    for one in recipe.teachers or [recipe.teacher]:
-        own = teacher_generate(recipe.generate, one)
-        asked_task = teacher_task(task, one)
-        planned = plan(task, own, asked_task)
-        if one.correct:  # what it is asked depends on what the earlier teachers get wrong
-            asks.append(f"{one.name}: {one.backend} {one.model or ''}: continues the earlier teachers' wrong answers from "
-                        f"before their first wrong step, at most {len(planned.examples)} questions")
-            continue
-        backend = teacher_backend(one, asked_task, recipe)
-        cached = cached_count(path, backend, planned.requests, sampling_of(own, asked_task)) if recipe.generate.cache else 0
-        asks.append(f"{one.name + ': ' if recipe.teachers else ''}{one.backend} {one.model or ''}: "
-                    f"{len(planned.examples)} {recipe.generate.split} questions x {own.n} samples, "
-                    f"{len(planned.requests) - cached} teacher calls ({cached} cached); "
-                    f"{throughput.estimate_generate(backend, len(planned.requests) - cached)}")
-    what = "; ".join(asks)
-    if recipe.teachers and recipe.generate.teacher_mode == "cascade":
-        what += " (a cascade: each teacher after the first is asked only what the earlier ones got wrong, so at most this)"
-    return StagePlan("generate", "run", what)
-
-
-def cached_verified(recipe: Recipe) -> tuple[int, int]:
-    """(verified, cached): of the answers the teacher cache already holds for this recipe's questions, how many the
-    task's verifier accepts. The dry run scales its training estimate by the share (curation keeps about that many),
-    instead of assuming every question is kept; (0, 0) with no cache. Reads only: no teacher is loaded or called."""
-    path = Path(recipe.generate.cache_path or default_cache_path())
-    if not recipe.generate.cache or not path.exists():
-        return 0, 0
-    task = load_task(recipe.task)
-    verified = cached = 0
-    with Cache(path) as cache:
-        for one in recipe.teachers or [recipe.teacher]:
-            if one.correct:  # asked only what the earlier teachers got wrong: not known before they answer
-                continue
-            own = teacher_generate(recipe.generate, one)
-            asked = teacher_task(task, one)
-            planned = plan(task, own, asked)
-            keys = cache_keys(teacher_backend(one, asked, recipe), planned.requests, sampling_of(own, asked))
-            found = cache.get_many_json(keys)
-            examples = {example.id: example for example in planned.examples}
-            for request, key in zip(planned.requests, keys):
-                if key in found:
-                    cached += 1
-                    verified += task.grade(examples[request.example_id], found[key]["text"]).correct
-    return verified, cached

@@ -31,8 +31,8 @@ from tutorlm.errors import MissingPackages, ModelError, NothingKept, PreflightEr
 from tutorlm.evaluate import eval_models, evaluate, print_table
 from tutorlm.evaluate import plan_stage as evaluate_plan
 from tutorlm.generate import generate
-from tutorlm.generate import cached_verified
-from tutorlm.generate import plan_stage as generate_plan
+from tutorlm.generate_plan import cached_verified
+from tutorlm.generate_plan import plan_stage as generate_plan
 from tutorlm.models.load import resolve_model
 from tutorlm.recipe_io import load_recipe, resolve_recipe
 from tutorlm.report import paired_intervals, recovered_text, report, rounds_table

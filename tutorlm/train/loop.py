@@ -500,7 +500,7 @@ def save_student(model: Any, tokenizer: Any, directory: Path, recipe: Recipe) ->
 def plan_stage(recipe: Recipe, kept: tuple[int, int] = (0, 0)) -> StagePlan:
     """The dry run's row: skip, resume from a checkpoint, or run; what trains, and how long it would take here (from
     the speeds measured on this machine). `kept` is (verified, cached) of the teachers' answers already in the cache
-    (generate.cached_verified): the rationales are scaled by that share; with none cached, every question counts (at
+    (generate_plan.cached_verified): the rationales are scaled by that share; with none cached, every question counts (at
     most: curation keeps fewer)."""
     run = RunDir(recipe.run.path)
     curated = run.path / CURATED
