@@ -122,6 +122,11 @@ def arm_recipe(arm: str, args: argparse.Namespace, out: Path) -> dict:
     }
 
 
+def minute_of(snapshot: Path) -> float:
+    """The training minute a snapshot (student/snapshots/minute-M) was taken at."""
+    return float(snapshot.name.split("-")[1])
+
+
 def run_arm(arm: str, args: argparse.Namespace, out: Path) -> dict:
     settings = args.settings[arm]
     sft = settings["objective"] == "sft"
@@ -140,13 +145,13 @@ def run_arm(arm: str, args: argparse.Namespace, out: Path) -> dict:
     train_stats = manifest["train"]["stats"]
     # the snapshot taken as the minutes ran out is the final student: evaluated once, as the final point
     snapshots = sorted((snapshot for snapshot in (run / "student" / "snapshots").glob("minute-*")
-                        if float(snapshot.name.split("-")[1]) < minutes * 0.999), key=lambda p: float(p.name.split("-")[1]))
+                        if minute_of(snapshot) < minutes * 0.999), key=minute_of)
     points = []
     spent_generating = generate_stats.get("wall_s", 0.0) / 60 if sft else 0.0
     for snapshot in snapshots:
         label = f"snapshot-{snapshot.name}"
         tutorlm("eval", str(path), "--out", str(run), "--model", f"{label}={snapshot}")
-        points.append({"minutes": round(spent_generating + float(snapshot.name.split("-")[1]), 3),
+        points.append({"minutes": round(spent_generating + minute_of(snapshot), 3),
                        **accuracy(run / "eval" / f"{label}.jsonl")})
     final = accuracy(run / "eval" / "student.jsonl")
     points.append({"minutes": round(spent_generating + train_stats["train_minutes"], 3), **final})
@@ -183,6 +188,8 @@ def diagnostics(log: Path) -> dict:
 
 def accuracy(path: Path) -> dict:
     scores = question_scores(path)
+    if not scores:
+        return {"questions": 0}
     correct = round(sum(scores.values()))
     low, high = wilson_interval(correct, len(scores))
     return {"accuracy": round(sum(scores.values()) / len(scores), 4), "accuracy_ci95": [round(low, 4), round(high, 4)],
@@ -244,7 +251,7 @@ def main() -> None:
         if not Path(args.start_eval).is_file():
             parser.error(f"--start-eval {args.start_eval}: no such file")
         try:
-            start = accuracy(Path(args.start_eval)) if question_scores(Path(args.start_eval)) else {"questions": 0}
+            start = accuracy(Path(args.start_eval))
         except (ValueError, KeyError, TypeError) as error:
             parser.error(f"--start-eval {args.start_eval}: not an eval file of scored answers ({error!r})")
         if start["questions"] != args.test_limit:
