@@ -18,7 +18,7 @@ LAYERS = [
     ("runtime", ["models", "backends", "cache", "throughput", "tools"]),
     ("methods", ["train", "serve", "fit"]),
     ("stages", ["generate", "curate", "evaluate", "report"]),
-    ("orchestration", ["pipeline", "rounds", "serve.calibrate"]),
+    ("orchestration", ["pipeline", "generate_plan", "rounds", "serve.calibrate"]),
     ("cli", ["cli", "__main__", "__init__"]),
 ]
 
