@@ -259,11 +259,11 @@ def main() -> None:
     out = Path(args.out) / args.name
     out.mkdir(parents=True, exist_ok=True)
     start_run = out / "start"
-    path = out / "start.yaml"
-    recipe = arm_recipe("sft", args, out)
-    recipe["run"]["name"] = "start"
-    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
-    if start is None:
+    if start is None:  # the start's evaluation, unless --start-eval gave its file
+        path = out / "start.yaml"
+        recipe = arm_recipe("sft", args, out)
+        recipe["run"]["name"] = "start"
+        path.write_text(yaml.safe_dump(recipe, sort_keys=False))
         tutorlm("eval", str(path), "--out", str(start_run), "--model", f"start={start_spec(args.start)}")
         start = accuracy(start_run / "eval" / "start.jsonl")
     results_path = Path(args.results)
