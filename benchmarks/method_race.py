@@ -9,7 +9,8 @@ stage, loading and the objective's preparation included, with the learning-rate 
 one arm at a time. The arms:
 
 - `sft`: SFT on more teacher rationales: the teacher writes for `--sft-questions` questions (the start's are cached),
-  and its generation time comes out of the arm's minutes;
+  and its generation time comes out of the arm's minutes
+  (a later SFT arm that finds those rationales in the cache pays the minutes the first one measured);
 - `on_policy`: on-policy distillation, sampled reverse KL (log p_teacher - log p_student per token of the student's
   own samples; Thinking Machines' form, MiniLLM);
 - `gkd`: on-policy GKD, JSD(beta = 0.5) against the teacher's full distribution on the student's samples;
@@ -122,6 +123,18 @@ def arm_recipe(arm: str, args: argparse.Namespace, out: Path) -> dict:
     }
 
 
+def paid_before(out: Path, recipe: dict) -> float:
+    """The minutes the teacher took to write these rationales when an earlier SFT arm of the race had it write them:
+    a later SFT arm (a remedy with another learning rate) finds them in the cache, and pays the same."""
+    paid = [0.0]
+    for saved in out.glob("*/race_arm.json"):
+        earlier = json.loads(saved.read_text())
+        if earlier["recipe"]["train"]["objective"] == "sft" and \
+                (earlier["recipe"]["generate"], earlier["recipe"]["teacher"]) == (recipe["generate"], recipe["teacher"]):
+            paid.append(earlier["result"].get("generate_minutes", 0.0))
+    return max(paid)
+
+
 def minute_of(snapshot: Path) -> float:
     """The training minute a snapshot (student/snapshots/minute-M) was taken at."""
     return float(snapshot.name.split("-")[1])
@@ -138,8 +151,9 @@ def run_arm(arm: str, args: argparse.Namespace, out: Path) -> dict:
     tutorlm("generate", str(path))
     generate_stats = json.loads((run / "manifest.json").read_text())["stages"]["generate"]["stats"]
     minutes = args.minutes
+    spent_generating = max(generate_stats.get("wall_s", 0.0) / 60, paid_before(out, recipe)) if sft else 0.0
     if sft:  # the teacher's new rationales are paid for out of this arm's minutes
-        minutes = max(args.minutes - generate_stats.get("wall_s", 0.0) / 60, args.minutes / 100)
+        minutes = max(args.minutes - spent_generating, args.minutes / 100)
     tutorlm("run", str(path), "--train.max_minutes", f"{minutes:g}", "--train.snapshot_minutes", f"{args.minutes / args.points:g}")
     manifest = json.loads((run / "manifest.json").read_text())["stages"]
     train_stats = manifest["train"]["stats"]
@@ -147,7 +161,6 @@ def run_arm(arm: str, args: argparse.Namespace, out: Path) -> dict:
     snapshots = sorted((snapshot for snapshot in (run / "student" / "snapshots").glob("minute-*")
                         if minute_of(snapshot) < minutes * 0.999), key=minute_of)
     points = []
-    spent_generating = generate_stats.get("wall_s", 0.0) / 60 if sft else 0.0
     for snapshot in snapshots:
         label = f"snapshot-{snapshot.name}"
         tutorlm("eval", str(path), "--out", str(run), "--model", f"{label}={snapshot}")

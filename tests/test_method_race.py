@@ -81,3 +81,32 @@ def test_a_start_eval_that_does_not_match_the_race_is_refused_before_anything_ru
         finished = subprocess.run([*base, "--start-eval", str(given)], capture_output=True, text=True, timeout=120)
         assert finished.returncode == 2 and message in finished.stderr, finished.stderr
         assert not (tmp_path / "runs").exists() and not (tmp_path / "race.json").exists()
+
+
+def load_race():
+    """benchmarks/method_race.py as a module (its helpers import `_common` from benchmarks/)."""
+    import importlib.util
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    spec = importlib.util.spec_from_file_location("method_race", ROOT / "benchmarks" / "method_race.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_later_sft_arm_pays_the_teachers_minutes_for_rationales_an_earlier_arm_had_written(tmp_path):
+    race = load_race()
+    recipe = {"generate": {"limit": 350, "max_tokens": 512}, "teacher": {"backend": "hf", "model": "t"},
+              "train": {"objective": "sft", "lr": 2e-5}}
+    assert race.paid_before(tmp_path, recipe) == 0.0  # nothing written before: the arm pays what it measures
+
+    def finished(arm: str, minutes: float, **changes) -> None:
+        (tmp_path / arm).mkdir()
+        earlier = {**recipe, **changes}
+        (tmp_path / arm / "race_arm.json").write_text(json.dumps({"recipe": earlier, "result": {"generate_minutes": minutes}}))
+
+    finished("sft", 6.07)
+    finished("sft_more", 9.0, generate={"limit": 400, "max_tokens": 512})  # other questions: not these rationales
+    finished("kd", 7.0, train={"objective": "kd"})  # not an SFT arm: it wrote nothing
+    later = {**recipe, "train": {"objective": "sft", "lr": 2e-6}}
+    assert race.paid_before(tmp_path, later) == 6.07
