@@ -123,15 +123,15 @@ def arm_recipe(arm: str, args: argparse.Namespace, out: Path) -> dict:
     }
 
 
-def paid_before(out: Path, recipe: dict) -> float:
-    """The minutes the teacher took to write these rationales when an earlier SFT arm of the race had it write them:
-    a later SFT arm (a remedy with another learning rate) finds them in the cache, and pays the same."""
-    paid = [0.0]
+def paid_before(out: Path, recipe: dict) -> tuple[float, int]:
+    """The minutes and tokens the teacher spent writing these rationales when an earlier SFT arm of the race had it
+    write them: a later SFT arm (a remedy with another learning rate) finds them in the cache, and pays the same."""
+    paid = [(0.0, 0)]
     for saved in out.glob("*/race_arm.json"):
         earlier = json.loads(saved.read_text())
         if earlier["recipe"]["train"]["objective"] == "sft" and \
                 (earlier["recipe"]["generate"], earlier["recipe"]["teacher"]) == (recipe["generate"], recipe["teacher"]):
-            paid.append(earlier["result"].get("generate_minutes", 0.0))
+            paid.append((earlier["result"].get("generate_minutes", 0.0), earlier["result"].get("teacher_tokens", 0)))
     return max(paid)
 
 
@@ -151,7 +151,8 @@ def run_arm(arm: str, args: argparse.Namespace, out: Path) -> dict:
     tutorlm("generate", str(path))
     generate_stats = json.loads((run / "manifest.json").read_text())["stages"]["generate"]["stats"]
     minutes = args.minutes
-    spent_generating = max(generate_stats.get("wall_s", 0.0) / 60, paid_before(out, recipe)) if sft else 0.0
+    spent_generating, teacher_tokens = max((generate_stats.get("wall_s", 0.0) / 60, generate_stats.get("completion_tokens", 0)),
+                                           paid_before(out, recipe)) if sft else (0.0, 0)
     if sft:  # the teacher's new rationales are paid for out of this arm's minutes
         minutes = max(args.minutes - spent_generating, args.minutes / 100)
     tutorlm("run", str(path), "--train.max_minutes", f"{minutes:g}", "--train.snapshot_minutes", f"{args.minutes / args.points:g}")
@@ -168,7 +169,6 @@ def run_arm(arm: str, args: argparse.Namespace, out: Path) -> dict:
                        **accuracy(run / "eval" / f"{label}.jsonl")})
     final = accuracy(run / "eval" / "student.jsonl")
     points.append({"minutes": round(spent_generating + train_stats["train_minutes"], 3), **final})
-    teacher_tokens = generate_stats.get("completion_tokens", 0) if sft else 0
     totals = train_stats.get("on_policy_totals") or {}
     # graded samples count what the teacher graded; the full-distribution path (gkd) scores every sampled token
     full = settings.get("on_policy_loss") == "divergence"

@@ -98,15 +98,16 @@ def test_a_later_sft_arm_pays_the_teachers_minutes_for_rationales_an_earlier_arm
     race = load_race()
     recipe = {"generate": {"limit": 350, "max_tokens": 512}, "teacher": {"backend": "hf", "model": "t"},
               "train": {"objective": "sft", "lr": 2e-5}}
-    assert race.paid_before(tmp_path, recipe) == 0.0  # nothing written before: the arm pays what it measures
+    assert race.paid_before(tmp_path, recipe) == (0.0, 0)  # nothing written before: the arm pays what it measures
 
-    def finished(arm: str, minutes: float, **changes) -> None:
+    def finished(arm: str, minutes: float, tokens: int, **changes) -> None:
         (tmp_path / arm).mkdir()
         earlier = {**recipe, **changes}
-        (tmp_path / arm / "race_arm.json").write_text(json.dumps({"recipe": earlier, "result": {"generate_minutes": minutes}}))
+        result = {"generate_minutes": minutes, "teacher_tokens": tokens}
+        (tmp_path / arm / "race_arm.json").write_text(json.dumps({"recipe": earlier, "result": result}))
 
-    finished("sft", 6.07)
-    finished("sft_more", 9.0, generate={"limit": 400, "max_tokens": 512})  # other questions: not these rationales
-    finished("kd", 7.0, train={"objective": "kd"})  # not an SFT arm: it wrote nothing
+    finished("sft", 6.07, 15129)
+    finished("sft_more", 9.0, 30000, generate={"limit": 400, "max_tokens": 512})  # other questions: not these rationales
+    finished("kd", 7.0, 20000, train={"objective": "kd"})  # not an SFT arm: it wrote nothing
     later = {**recipe, "train": {"objective": "sft", "lr": 2e-6}}
-    assert race.paid_before(tmp_path, later) == 6.07
+    assert race.paid_before(tmp_path, later) == (6.07, 15129)
