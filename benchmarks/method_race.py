@@ -123,6 +123,30 @@ def arm_recipe(arm: str, args: argparse.Namespace, out: Path) -> dict:
     }
 
 
+def paired(reference: dict, scores: dict) -> dict:
+    """The paired bootstrap of an arm's per-question scores against a reference's, on the questions both answered."""
+    shared = sorted(set(reference) & set(scores))
+    return paired_difference([reference[q] for q in shared], [scores[q] for q in shared])
+
+
+def sft_reference(result: dict, results: list[dict], args: argparse.Namespace) -> dict | None:
+    """The SFT arm an arm is compared with: for another objective, the SFT arm at its learning rate where the race
+    ran one (a remedy at another rate is measured against SFT at that rate), else the `sft` arm; an SFT remedy is
+    compared with `sft`, and `sft` with nothing."""
+    def lr(arm: dict) -> float | None:
+        return arm["settings"].get("lr", args.lr)
+
+    if result["arm"] == "sft":
+        return None
+    sfts = sorted((other for other in results if other["settings"]["objective"] == "sft" and other is not result),
+                  key=lambda other: other["arm"] != "sft")  # `sft` first among equals
+    if result["settings"]["objective"] != "sft":
+        same_rate = [other for other in sfts if lr(other) == lr(result)]
+        if same_rate:
+            return same_rate[0]
+    return next((other for other in sfts if other["arm"] == "sft"), None)
+
+
 def paid_before(out: Path, recipe: dict) -> tuple[float, int]:
     """The minutes and tokens the teacher spent writing these rationales when an earlier SFT arm of the race had it
     write them: a later SFT arm (a remedy with another learning rate) finds them in the cache, and pays the same."""
@@ -296,11 +320,12 @@ def main() -> None:
         result["start"] = start["accuracy"]
         results.append(result)
         print(json.dumps({k: v for k, v in result.items() if k != "scores"}), flush=True)
-    sft = next((r for r in results if r["arm"] == "sft"), None)
+    start_scores = question_scores(Path(args.start_eval) if args.start_eval else start_run / "eval" / "start.jsonl")
     for result in results:
-        if sft is not None and result is not sft:
-            shared = sorted(set(sft["scores"]) & set(result["scores"]))
-            result["vs_sft"] = paired_difference([sft["scores"][q] for q in shared], [result["scores"][q] for q in shared])
+        result["vs_start"] = paired(start_scores, result["scores"])
+        reference = sft_reference(result, results, args)
+        if reference is not None:
+            result["vs_sft"], result["vs_sft_arm"] = paired(reference["scores"], result["scores"]), reference["arm"]
     saved["benchmark"] = "method_race"
     saved["testbeds"][args.name] = {
         "task": args.task, "teacher": f"{args.teacher} ({args.teacher_dtype})", "start": args.start, "start_accuracy": start,

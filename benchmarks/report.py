@@ -328,14 +328,15 @@ def rows() -> list[str]:
         elif name == "method_race":
             for testbed, race in result["testbeds"].items():
                 sft = next((arm for arm in race["arms"] if arm["arm"] == "sft"), None)
-                others = [arm for arm in race["arms"] if "vs_sft" in arm]
+                others = [arm for arm in race["arms"] if "vs_sft" in arm and arm["settings"]["objective"] != "sft"]
                 if sft is None or not others:
                     continue
                 best = max(others, key=lambda arm: arm["vs_sft"]["difference"])
+                sft = next(arm for arm in race["arms"] if arm["arm"] == best.get("vs_sft_arm", "sft"))
                 lines.append(
                     f"| [method race](results.md#{RACE_SECTIONS.get(testbed, 'method-race-the-fast-testbed')}) `{testbed}` ({race['task']}, {race['minutes']:g} min an arm) "
                     f"| {race['machine']} | {race['date']} | best other arm, {best['arm']}: {accuracy(best['final'])} "
-                    f"| SFT arm: {accuracy(sft['final'])} | {paired(best['vs_sft'])} |"
+                    f"| SFT arm{'' if sft['arm'] == 'sft' else ' ' + sft['arm']}: {accuracy(sft['final'])} | {paired(best['vs_sft'])} |"
                 )
         elif name == "gradient_noise":
             cells = "; ".join(f"{arm['arm']} {arm['noise_scale_sequences']} sequences (cosine {arm['cosine']})"
@@ -453,17 +454,23 @@ def race_table(testbed: str) -> list[str]:
              f"{result['start_accuracy']['questions']} test questions; {result['minutes']:g} minutes an arm on "
              f"`{result['machine']}` ({result['date']}; each arm's commit in the table).", "",
              "| arm | optimizer steps | accuracy at the snapshots (minute: accuracy) | final accuracy (95% CI) | "
-             "against SFT (paired) | teacher tokens | commit |", "| --- | --- | --- | --- | --- | --- | --- |"]
+             "against SFT (paired) | against the start (paired) | teacher tokens | commit |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+
+    def against(difference: dict | None) -> str:
+        if difference is None:
+            return "–"
+        low, high = difference["difference_ci95"]
+        return (f"{difference['difference'] * 100:+.1f} points ({low * 100:+.1f} to {high * 100:+.1f}), "
+                f"p = {difference['p_not_better']:.2f}")
+
     for arm in result["arms"]:
         curve = ", ".join(f"{point['minutes']:.1f}: {point['accuracy']:.0%}" for point in arm["points"][:-1])
-        if "vs_sft" in arm:
-            low, high = arm["vs_sft"]["difference_ci95"]
-            against = (f"{arm['vs_sft']['difference'] * 100:+.1f} points ({low * 100:+.1f} to {high * 100:+.1f}), "
-                       f"p = {arm['vs_sft']['p_not_better']:.2f}")
-        else:
-            against = "–"
-        lines.append(f"| {arm['arm']} | {arm['steps']} | {curve or '–'} | {accuracy(arm['final'])} | {against} | "
-                     f"{arm['teacher_tokens']:,} | {arm.get('commit', result['commit'])} |")
+        versus_sft = against(arm.get("vs_sft"))
+        if arm.get("vs_sft_arm", "sft") != "sft":  # a remedy is measured against SFT at its own learning rate
+            versus_sft = f"{versus_sft} (vs {arm['vs_sft_arm']})"
+        lines.append(f"| {arm['arm']} | {arm['steps']} | {curve or '–'} | {accuracy(arm['final'])} | {versus_sft} | "
+                     f"{against(arm.get('vs_start'))} | {arm['teacher_tokens']:,} | {arm.get('commit', result['commit'])} |")
     return lines
 
 

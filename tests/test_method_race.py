@@ -111,3 +111,15 @@ def test_a_later_sft_arm_pays_the_teachers_minutes_for_rationales_an_earlier_arm
     finished("kd", 7.0, 20000, train={"objective": "kd"})  # not an SFT arm: it wrote nothing
     later = {**recipe, "train": {"objective": "sft", "lr": 2e-6}}
     assert race.paid_before(tmp_path, later) == (6.07, 15129)
+
+
+def test_each_arm_is_compared_with_the_sft_arm_at_its_own_learning_rate():
+    race = load_race()
+    args = type("Args", (), {"lr": 2e-5})()
+    arms = [{"arm": "sft", "settings": {"objective": "sft"}},
+            {"arm": "on_policy", "settings": {"objective": "on_policy"}},
+            {"arm": "sft_slow", "settings": {"objective": "sft", "lr": 2e-6}},
+            {"arm": "on_policy_slow", "settings": {"objective": "on_policy", "lr": 2e-6}},
+            {"arm": "kd_other", "settings": {"objective": "kd", "lr": 1e-6}}]
+    reference = {arm["arm"]: (race.sft_reference(arm, arms, args) or {}).get("arm") for arm in arms}
+    assert reference == {"sft": None, "on_policy": "sft", "sft_slow": "sft", "on_policy_slow": "sft_slow", "kd_other": "sft"}
