@@ -46,6 +46,25 @@ def test_a_teacher_equal_to_the_student_gives_zero_loss_and_zero_gradient(tmp_pa
     assert kd_loss(student, other, first_batch(tokenizer, recipe), config)[0].item() > 1e-4
 
 
+def test_an_int8_teacher_is_distilled_from_its_dequantized_head_and_stays_int8(tmp_path, tokenizer):
+    """KD projects the teacher's hidden states by its head's weights; a teacher in int8 (the GSM8K recipes') has a
+    quantized head, read as its dequantized weights. The loss matches the float teacher's up to int8 rounding, and
+    the teacher keeps its int8 head for generation."""
+    from tutorlm.models.load import RowRangeInt8Linear, quantize_int8
+
+    recipe = make_run(tmp_path)
+    student = make_model(tokenizer, seed=3)
+    config = TrainConfig(objective="kd")
+    batch = first_batch(tokenizer, recipe)
+    float_loss = kd_loss(student, make_model(tokenizer, seed=4), batch, config)[0].item()
+    teacher = quantize_int8(make_model(tokenizer, seed=4).eval())
+    loss, tokens = kd_loss(student, teacher, batch, config)
+    loss.backward()
+    assert tokens > 0 and abs(loss.item() - float_loss) < 0.05 * float_loss
+    assert isinstance(teacher.get_output_embeddings(), RowRangeInt8Linear)
+    assert "_plain" not in dict(teacher.named_modules()) and all(p.grad is None for p in teacher.parameters())
+
+
 @pytest.mark.parametrize("ce_weight", [0.0, 0.3])
 def test_the_metrics_read_off_the_loss_are_those_of_both_models_own_projections(tmp_path, tokenizer, ce_weight, monkeypatch):
     """kd_loss's metrics (log-ratio of the batch's tokens, top-1 agreement) come from the chunks the loss projects, at

@@ -471,6 +471,18 @@ class RowRangeInt8Linear(torch.nn.Module):
             out = out + self.bias
         return out.reshape(*shape[:-1], self.out_features).to(x.dtype)
 
+    def dequantized(self) -> torch.nn.Linear:
+        """This layer as a plain, frozen linear layer of its int8 weights dequantized (made once, kept): for code that
+        projects hidden states by `weight` itself (KD's chunked projections); the product skips rounding the input to
+        int8. Kept outside the module tree, so it is not in the model's modules or state."""
+        if "_plain" not in self.__dict__:
+            linear = torch.nn.Linear(self.in_features, self.out_features, bias=self.bias is not None)
+            linear.weight = torch.nn.Parameter(self.quantized.weight().dequantize(), requires_grad=False)
+            if self.bias is not None:
+                linear.bias = torch.nn.Parameter(self.bias.clone(), requires_grad=False)
+            self.__dict__["_plain"] = linear
+        return self.__dict__["_plain"]
+
 
 def load(config: Any, *, device: str | None = None, dtype: Any = None) -> tuple[Any, Any]:
     """(model, tokenizer) of a ModelConfig (student, local teacher, evaluated model); `device` and `dtype`

@@ -169,9 +169,13 @@ def labelled_positions(batch: dict[str, torch.Tensor]) -> tuple[dict[str, torch.
 
 
 def plain_output_head(model: Any) -> torch.nn.Linear | None:
-    """The model's vocabulary projection, if its logits are exactly `hidden @ weight.T`; else None."""
+    """The model's vocabulary projection, if its logits are exactly `hidden @ weight.T`; else None. An int8 head
+    (models/load.py's RowRangeInt8Linear: a teacher in int8) is read as its dequantized weights, its logits then
+    `hidden @ weight.T` without the rounding of the hidden states to int8."""
     config = getattr(model, "config", None)
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if hasattr(head, "dequantized"):
+        head = head.dequantized()
     if not isinstance(head, torch.nn.Linear) or head.bias is not None or config is None:
         return None
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
@@ -185,9 +189,11 @@ _IDENTITY = torch.nn.Identity()  # one instance: a compiled forward's guards see
 
 @contextlib.contextmanager
 def identity_head(model: Any, head: torch.nn.Linear):
-    """While inside, the model (unwrapped) returns final hidden states as its `logits`."""
+    """While inside, the model (unwrapped) returns final hidden states as its `logits` (to be projected by `head`);
+    after, it has its own output layer back (an int8 one stays int8: `head` may be its dequantized copy)."""
+    own = model.get_output_embeddings()
     model.set_output_embeddings(_IDENTITY)
     try:
         yield
     finally:
-        model.set_output_embeddings(head)
+        model.set_output_embeddings(own)
