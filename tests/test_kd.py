@@ -334,3 +334,14 @@ def test_an_out_of_range_setting_is_refused_with_its_name_and_value(setting, val
     with pytest.raises(ValueError) as raised:
         TrainConfig(**{setting: value})
     assert str(raised.value) == message
+
+
+def test_an_int8_model_decodes_with_its_int8_head():
+    """Only KD reads an int8 head as dequantized weights: the engine's vocabulary projection (plain_output_head without
+    `dequantize`) leaves an int8 model's head to the int8 layer, as its cached answers were made."""
+    from tutorlm.models.load import quantize_int8
+    from tutorlm.models.tokens import plain_output_head
+
+    model = quantize_int8(make_model(make_tokenizer(), seed=4).eval())
+    assert plain_output_head(model) is None
+    assert plain_output_head(model, dequantize=True) is not None

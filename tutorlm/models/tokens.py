@@ -168,13 +168,13 @@ def labelled_positions(batch: dict[str, torch.Tensor]) -> tuple[dict[str, torch.
     return inputs, positions, targets[:, positions]
 
 
-def plain_output_head(model: Any) -> torch.nn.Linear | None:
-    """The model's vocabulary projection, if its logits are exactly `hidden @ weight.T`; else None. An int8 head
-    (models/load.py's RowRangeInt8Linear: a teacher in int8) is read as its dequantized weights, its logits then
-    `hidden @ weight.T` without the rounding of the hidden states to int8."""
+def plain_output_head(model: Any, *, dequantize: bool = False) -> torch.nn.Linear | None:
+    """The model's vocabulary projection, if its logits are exactly `hidden @ weight.T`; else None. With `dequantize`
+    (KD's teacher), an int8 head (models/load.py's RowRangeInt8Linear) is read as its dequantized weights, its logits
+    then `hidden @ weight.T` without the rounding of the hidden states to int8; decoding keeps the int8 head."""
     config = getattr(model, "config", None)
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    if hasattr(head, "dequantized"):
+    if dequantize and hasattr(head, "dequantized"):
         head = head.dequantized()
     if not isinstance(head, torch.nn.Linear) or head.bias is not None or config is None:
         return None

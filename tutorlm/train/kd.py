@@ -303,7 +303,7 @@ def kd_loss(student: Any, teacher: Any, batch: dict[str, torch.Tensor] | None, c
     at the positions that predict each completion token and those tokens; on-policy distillation passes
     `rollout.completion_hidden`, which runs the prompts' shared start once."""
     inner, student_head = model_and_head(student)
-    teacher_head = plain_output_head(teacher)
+    teacher_head = plain_output_head(teacher, dequantize=True)  # an int8 teacher's head too
     if teacher_head is None:
         raise PreflightError("train.objective kd needs models whose logits are hidden @ weight.T (no soft-capping or bias)")
     if hidden_of is None:
