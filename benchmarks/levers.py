@@ -30,7 +30,7 @@ from _common import machine, tutorlm_run, versions
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tutorlm.metrics import paired_difference  # noqa: E402
+from tutorlm.metrics import paired_scores  # noqa: E402
 from tutorlm.report import question_scores  # noqa: E402
 
 
@@ -106,8 +106,7 @@ def main() -> None:
         variant_scores = scores(run)
         if set(variant_scores) != set(baseline_scores):
             raise SystemExit(f"{point['run']} was evaluated on other questions than {baseline['run']}")
-        keys = sorted(baseline_scores)
-        point["vs_baseline"] = paired_difference([baseline_scores[k] for k in keys], [variant_scores[k] for k in keys])
+        point["vs_baseline"] = paired_scores(baseline_scores, variant_scores)
         measured.append(point)
         low, high = point["vs_baseline"]["difference_ci95"]
         print(f"{name}: {point['accuracy']:.0%}, {point['vs_baseline']['difference']:+.0%} vs baseline "

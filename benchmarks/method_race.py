@@ -44,7 +44,7 @@ from _common import commit, machine, versions
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from tutorlm.metrics import paired_difference, wilson_interval  # noqa: E402
+from tutorlm.metrics import paired_scores, wilson_interval  # noqa: E402
 from tutorlm.report import question_scores  # noqa: E402
 
 # Each objective at its own defaults (train.learning_rate: grpo a tenth of SFT's); the sampling arms draw the same
@@ -121,12 +121,6 @@ def arm_recipe(arm: str, args: argparse.Namespace, out: Path) -> dict:
         "eval": {"split": "test", "limit": args.test_limit, "max_tokens": args.eval_tokens, "batch_size": args.batch_size,
                  "models": ["student"]},
     }
-
-
-def paired(reference: dict, scores: dict) -> dict:
-    """The paired bootstrap of an arm's per-question scores against a reference's, on the questions both answered."""
-    shared = sorted(set(reference) & set(scores))
-    return paired_difference([reference[q] for q in shared], [scores[q] for q in shared])
 
 
 def sft_reference(result: dict, results: list[dict], args: argparse.Namespace) -> dict | None:
@@ -322,10 +316,10 @@ def main() -> None:
         print(json.dumps({k: v for k, v in result.items() if k != "scores"}), flush=True)
     start_scores = question_scores(Path(args.start_eval) if args.start_eval else start_run / "eval" / "start.jsonl")
     for result in results:
-        result["vs_start"] = paired(start_scores, result["scores"])
+        result["vs_start"] = paired_scores(start_scores, result["scores"])
         reference = sft_reference(result, results, args)
         if reference is not None:
-            result["vs_sft"], result["vs_sft_arm"] = paired(reference["scores"], result["scores"]), reference["arm"]
+            result["vs_sft"], result["vs_sft_arm"] = paired_scores(reference["scores"], result["scores"]), reference["arm"]
     saved["benchmark"] = "method_race"
     saved["testbeds"][args.name] = {
         "task": args.task, "teacher": f"{args.teacher} ({args.teacher_dtype})", "start": args.start, "start_accuracy": start,

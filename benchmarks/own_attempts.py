@@ -45,7 +45,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tutorlm.config import teacher_generate, to_dict  # noqa: E402
-from tutorlm.metrics import paired_difference, wilson_interval  # noqa: E402
+from tutorlm.metrics import paired_scores, wilson_interval  # noqa: E402
 from tutorlm.recipe_io import load_recipe  # noqa: E402
 from tutorlm.report import question_scores  # noqa: E402
 
@@ -189,10 +189,9 @@ def main() -> None:
         low, high = wilson_interval(correct, len(values))
         accuracy[label] = {"accuracy": round(correct / len(values), 4), "accuracy_ci95": [round(low, 4), round(high, 4)],
                            "eval_questions": len(values)}
-    questions = sorted(scores["start"])
 
     def paired(first: str, second: str) -> dict:
-        return paired_difference([scores[first][q] for q in questions], [scores[second][q] for q in questions])
+        return paired_scores(scores[first], scores[second])
 
     for entry in rounds:
         entry.update(accuracy[f"rounds-{entry['round']}"], vs_start=paired("start", f"rounds-{entry['round']}"))

@@ -32,7 +32,7 @@ from _common import machine, tutorlm_run, versions
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tutorlm.metrics import paired_difference  # noqa: E402
+from tutorlm.metrics import paired_scores  # noqa: E402
 from tutorlm.report import question_scores  # noqa: E402
 
 METHODS = ("grpo", "kdrl", "dpo")
@@ -54,7 +54,6 @@ def describe(method: str, run: Path) -> dict:
     base, student = question_scores(run / "eval" / "base.jsonl"), question_scores(run / "eval" / "student.jsonl")
     if not base or set(base) != set(student):
         raise SystemExit(f"{run}: base and student were not evaluated on the same questions (eval.models [base, student])")
-    keys = sorted(base)
     settings = {key: value for key, value in config.items()
                 if key in ("objective", "max_steps", "epochs", "batch_size", "lr", "kd_teacher", "kd_teacher_dtype")
                 or key.startswith(config["objective"] + "_")}
@@ -63,7 +62,7 @@ def describe(method: str, run: Path) -> dict:
         "settings": settings, "steps": stats.get("steps"), "train_s": stats["wall_s"], "method_s": round(method_s, 1),
         "base_accuracy": summary["base"]["accuracy"], "base_accuracy_ci95": summary["base"]["accuracy_ci95"],
         "accuracy": summary["student"]["accuracy"], "accuracy_ci95": summary["student"]["accuracy_ci95"],
-        "vs_start": paired_difference([base[key] for key in keys], [student[key] for key in keys]),
+        "vs_start": paired_scores(base, student),
     }
     if "grpo_totals" in stats:
         totals = stats["grpo_totals"]

@@ -32,7 +32,7 @@ from levers import describe, run_variant, scores
 
 ROOT = Path(__file__).resolve().parent.parent
 
-from tutorlm.metrics import paired_difference  # noqa: E402  (levers put the repository on sys.path)
+from tutorlm.metrics import paired_scores  # noqa: E402  (levers put the repository on sys.path)
 
 STUDENT = ["--student.model", "qwen2.5-coder-0.5b-instruct", "--train.method", "lora", "--train.merge", "true",
            "--train.lr", "2e-4"]
@@ -63,17 +63,13 @@ def main() -> None:
                      redrawn_share=generate.get("redrawn_share"))
         per_question[name] = scores(run)
         if name != "teacher":
-            keys = sorted(per_question["teacher"])
-            point["vs_teacher"] = paired_difference([per_question["teacher"][k] for k in keys],
-                                                    [per_question[name][k] for k in keys])
+            point["vs_teacher"] = paired_scores(per_question["teacher"], per_question[name])
         points[name] = point
         print(f"{name}: {point['accuracy']:.0%} ({point['accuracy_ci95'][0]:.0%}-{point['accuracy_ci95'][1]:.0%}), "
               f"{point['curated']} of {funnel['generated']} rationales verified, redrawn {point['redrawn_share']}, "
               f"generate {point['generate_s']:.0f} s, train {point['train_s']:.0f} s", flush=True)
     if "teacher, another draw" in points:  # RSD against the other draw of plain rationales too
-        keys = sorted(per_question["teacher"])
-        points["rsd"]["vs_another_draw"] = paired_difference([per_question["teacher, another draw"][k] for k in keys],
-                                                             [per_question["rsd"][k] for k in keys])
+        points["rsd"]["vs_another_draw"] = paired_scores(per_question["teacher, another draw"], per_question["rsd"])
     base_run = ROOT / "runs" / "lever-real-teacher-rsd-bench-teacher-{}q-{}ep".format(args.limit, args.epochs)
     tutorlm_run("real-teacher", "--run.name", base_run.name, "--eval.models", "[base]", *common)  # stages are current
     base = json.loads((base_run / "eval" / "summary.json").read_text())["base"]

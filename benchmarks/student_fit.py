@@ -27,7 +27,7 @@ from levers import describe, run_variant, scores
 
 ROOT = Path(__file__).resolve().parent.parent
 
-from tutorlm.metrics import paired_difference  # noqa: E402  (levers put the repository on sys.path)
+from tutorlm.metrics import paired_scores  # noqa: E402  (levers put the repository on sys.path)
 
 
 def main() -> None:
@@ -64,11 +64,9 @@ def main() -> None:
             point["student_fit"] = curate_stats["student_fit"]
         per_question[name] = scores(run)
         if name != "correct":
-            keys = sorted(per_question["correct"])
-            if set(per_question[name]) != set(keys):
+            if set(per_question[name]) != set(per_question["correct"]):
                 raise SystemExit(f"{point['run']} was evaluated on other questions than the baseline")
-            point["vs_correct"] = paired_difference([per_question["correct"][k] for k in keys],
-                                                    [per_question[name][k] for k in keys])
+            point["vs_correct"] = paired_scores(per_question["correct"], per_question[name])
         points[name] = point
         difference = point.get("vs_correct")
         versus = (f", {difference['difference']:+.0%} vs correct ({difference['difference_ci95'][0]:+.0%} to "

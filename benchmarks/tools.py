@@ -78,9 +78,8 @@ def main() -> None:
         print(arm, json.dumps(results["arms"][arm]["student"]), flush=True)
     if {"tools", "cot"} <= set(chosen):
         tools, cot = eval_rows(ROOT / "runs" / "tools", "student"), eval_rows(ROOT / "runs" / "real-teacher", "student")
-        shared = sorted(set(tools) & set(cot))
-        results["paired"] = metrics.paired_difference([float(cot[q]["correct"]) for q in shared],
-                                                      [float(tools[q]["correct"]) for q in shared])
+        results["paired"] = metrics.paired_scores({q: float(row["correct"]) for q, row in cot.items()},
+                                                  {q: float(row["correct"]) for q, row in tools.items()})
         results["paired"]["what"] = "tool student minus CoT student, same questions"
         print("paired", json.dumps(results["paired"]), flush=True)
     results["sandbox"] = {"isolation": isolation(), "print_1_ms": sandbox_call_ms()}

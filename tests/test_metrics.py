@@ -102,6 +102,15 @@ def test_paired_difference_of_two_models_on_the_same_questions():
         metrics.paired_difference([1, 0], [1])
 
 
+def test_paired_scores_pairs_by_question_on_the_questions_both_answered():
+    first = {"q1": 1.0, "q2": 0.0, "q3": 0.0, "only-first": 1.0}
+    second = {"q3": 1.0, "q2": 1.0, "q1": 1.0, "only-second": 0.0}  # another order, and one question each of its own
+    result = metrics.paired_scores(first, second)
+    assert result["questions"] == 3
+    assert result["difference"] == pytest.approx(2 / 3)
+    assert result == metrics.paired_difference([1.0, 0.0, 0.0], [1.0, 1.0, 1.0])
+
+
 def test_the_eval_table_keeps_every_figure_whole_at_80_columns():
     import io
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -109,6 +109,12 @@ def paired_difference(first: Sequence[float], second: Sequence[float], *, resamp
         "difference_ci95": [samples[int(0.025 * (resamples - 1))], samples[int(0.975 * (resamples - 1))]],
         "p_not_better": sum(1 for value in samples if value <= 0) / resamples,
     }
+
+
+def paired_scores(first: Mapping[Any, float], second: Mapping[Any, float], **options: Any) -> dict[str, Any]:
+    """`paired_difference` of two models' per-question scores (question -> score) on the questions both answered."""
+    shared = sorted(set(first) & set(second))
+    return paired_difference([first[q] for q in shared], [second[q] for q in shared], **options)
 
 
 def k_values(n: int) -> list[int]:

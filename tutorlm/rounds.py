@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from tutorlm.config import Recipe, RunConfig, TeacherConfig
-from tutorlm.metrics import paired_difference, wilson_interval
+from tutorlm.metrics import paired_scores, wilson_interval
 from tutorlm.report import question_scores
 from tutorlm.run import EVAL_DIR, MANIFEST, ROUNDS, ROUNDS_DIR, atomic_write_text
 
@@ -148,9 +148,8 @@ def summarize(recipe: Recipe, fingerprints: dict[int, str], stopped: int | None 
                          train_steps=(stages.get("train", {}).get("stats") or {}).get("steps"))
         if entry.get("solved_by_hint"):
             entry["hint_tokens_per_solved"] = round(entry["hint_tokens"] / entry["solved_by_hint"], 1)
-        shared = sorted(set(previous) & set(scores))
-        if shared:
-            entry["vs_previous"] = paired_difference([previous[q] for q in shared], [scores[q] for q in shared])
+        if set(previous) & set(scores):
+            entry["vs_previous"] = paired_scores(previous, scores)
         entries.append(entry)
         previous = scores
     settings = dataclasses.asdict(recipe.rounds)
