@@ -51,7 +51,7 @@ def checkpointed_topk_kd_loss(student, batch, config) -> tuple[torch.Tensor, int
     wanted = chosen != IGNORE
     ids = batch["teacher_ids"][:, 1:][:, positions][wanted]
     logprobs = batch["teacher_logprobs"][:, 1:][:, positions][wanted]
-    with identity_head(inner, head):
+    with identity_head(inner):
         hidden = student(**inputs, logits_to_keep=positions, use_cache=False).logits[wanted]
     targets = chosen[wanted]
     count = targets.numel()

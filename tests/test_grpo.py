@@ -424,7 +424,6 @@ def test_a_groups_prompt_runs_once_and_gives_the_hidden_states_and_gradients_of_
         student = Qwen2ForCausalLM(Qwen2Config(
             vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
             num_key_value_heads=2, pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True))
-    head = student.get_output_embeddings()
     if family == "llama-lora":  # a PEFT wrapper: the prompts go through it too, and only the adapters train
         student = get_peft_model(student, LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False))
     short, long = [5, 9, 11, 7], [8, 6, 12, 14, 9, 10, 13]  # prompts of unequal lengths: the shorter is padded
@@ -441,7 +440,7 @@ def test_a_groups_prompt_runs_once_and_gives_the_hidden_states_and_gradients_of_
     results = []
     for way in ("full", "shared"):
         student.zero_grad()
-        with identity_head(student, head):
+        with identity_head(student):
             hidden, targets = full() if way == "full" else shared_prompt_hidden(student, student, prompts, completions, 3, pad, "cpu")
         (hidden * weights).sum().backward()
         results.append((hidden.detach(), targets, {name: p.grad.clone() for name, p in student.named_parameters()
@@ -453,7 +452,7 @@ def test_a_groups_prompt_runs_once_and_gives_the_hidden_states_and_gradients_of_
         scale = max(1.0, grads_full[name].abs().max().item())
         assert (grads_full[name] - grads_shared[name]).abs().max().item() <= 1e-5 * scale, name
 
-    with identity_head(student, head):  # where sharing does not apply, the caller runs full sequences
+    with identity_head(student):  # where sharing does not apply, the caller runs full sequences
         assert shared_prompt_hidden(student, student, [short, long], completions[:2], 1, pad, "cpu") is None  # groups of 1
         assert shared_prompt_hidden(student, student, [short] * 3 + [long] * 2, completions[:5], 3, pad, "cpu") is None
         student.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -468,7 +467,6 @@ def test_the_prompts_shared_start_runs_once_and_gives_the_values_and_gradients_o
     from tutorlm.train.rollout import MIN_SHARED_PREFIX, collate_completions, shared_prompt_hidden
 
     student = make_model(tokenizer, seed=5)
-    head = student.get_output_embeddings()
     start = list(range(40, 40 + MIN_SHARED_PREFIX + 2))
     questions = [[5, 9], [8, 6, 12, 14, 9], [7], [11, 13, 15]][: 4 // size]
     prompts = [start + question for question in questions for _ in range(size)]
@@ -479,7 +477,7 @@ def test_the_prompts_shared_start_runs_once_and_gives_the_values_and_gradients_o
     results = []
     for way in ("full", "shared"):
         student.zero_grad()
-        with identity_head(student, head):
+        with identity_head(student):
             if way == "full":
                 inputs, positions, chosen = labelled_positions(collate_completions(prompts, completions, pad, "cpu", masks))
                 hidden = student(**inputs, logits_to_keep=positions, use_cache=False).logits[chosen != IGNORE]
@@ -496,7 +494,7 @@ def test_the_prompts_shared_start_runs_once_and_gives_the_values_and_gradients_o
         scale = max(1.0, grads_full[name].abs().max().item())
         assert (grads_full[name] - grads_shared[name]).abs().max().item() <= 1e-5 * scale, name
     short = [start[: MIN_SHARED_PREFIX - 1] + question for question in questions for _ in range(size)]
-    with identity_head(student, head):  # too short a shared start, and no groups: nothing to share
+    with identity_head(student):  # too short a shared start, and no groups: nothing to share
         assert (shared_prompt_hidden(student, student, short, completions, size, pad, "cpu") is None) == (size == 1)
 
 
@@ -530,12 +528,11 @@ def test_a_shared_prompt_with_tool_outputs_masked_matches_full_sequences(tokeniz
     from tutorlm.train.rollout import collate_completions, shared_prompt_hidden
 
     student = make_model(tokenizer, seed=3)
-    head = student.get_output_embeddings()
     prompts = [[5, 9, 11, 7]] * 2 + [[8, 6, 12, 14, 9]] * 2
     completions = [[20, 21, 22, 23], [24, 25], [26, 27, 28, 29, 30], [31, 32, 33]]
     masks = [[True, False, False, True], [True, True], [True, True, False, True, True], [False, True, True]]
     pad = tokenizer.pad_token_id
-    with torch.no_grad(), identity_head(student, head):
+    with torch.no_grad(), identity_head(student):
         inputs, positions, chosen = labelled_positions(collate_completions(prompts, completions, pad, "cpu", masks))
         full = student(**inputs, logits_to_keep=positions, use_cache=False).logits[chosen != IGNORE]
         shared, targets = shared_prompt_hidden(student, student, prompts, completions, 2, pad, "cpu", masks)

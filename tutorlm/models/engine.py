@@ -287,7 +287,7 @@ class Engine:
         if self.device.type == "cpu" and not torch.is_autocast_enabled("cpu"):
             stack.enter_context(weight_major_linears(self.model))
         if self.head is not None:
-            stack.enter_context(identity_head(self.model, self.head))
+            stack.enter_context(identity_head(self.model))
 
     def _loop(self, pending: list[int]) -> None:
         if self.incoming is None or self.arrivals_extend:

@@ -85,7 +85,7 @@ def _score(model: Any, items: list[Tokenized], top_k: int, batch_size: int, pad_
             if head is None:  # soft-capped or biased heads: the model's own logits at the kept positions
                 hidden, weight = model(**inputs, logits_to_keep=positions, use_cache=False).logits, None  # (B, K, V)
             else:
-                with identity_head(model, head):
+                with identity_head(model):
                     hidden, weight = model(**inputs, logits_to_keep=positions, use_cache=False).logits, head.weight  # (B, K, H)
             for row in range(len(chunk_items)):
                 wanted = targets[row] != IGNORE  # (K,)

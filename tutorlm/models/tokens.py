@@ -188,9 +188,9 @@ _IDENTITY = torch.nn.Identity()  # one instance: a compiled forward's guards see
 
 
 @contextlib.contextmanager
-def identity_head(model: Any, head: torch.nn.Linear):
-    """While inside, the model (unwrapped) returns final hidden states as its `logits` (to be projected by `head`);
-    after, it has its own output layer back (an int8 one stays int8: `head` may be its dequantized copy)."""
+def identity_head(model: Any):
+    """While inside, the model (unwrapped) returns final hidden states as its `logits` (for the caller to project by
+    its head, `plain_output_head`); after, it has its own output layer back (an int8 one stays int8)."""
     own = model.get_output_embeddings()
     model.set_output_embeddings(_IDENTITY)
     try:

@@ -111,7 +111,7 @@ def sft_loss(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, 
         losses, _ = token_losses(model, batch)
         return losses.mean(), losses.numel()
     inputs, positions, chosen = labelled_positions(batch)
-    with identity_head(inner, head):
+    with identity_head(inner):
         hidden = model(**inputs, logits_to_keep=positions, use_cache=False).logits  # (B, K, H)
     wanted = chosen != IGNORE
     targets = chosen[wanted]  # its length is known once the mask is applied: no second read of the device

@@ -121,7 +121,7 @@ class DPO:
         inner, head = model_and_head(model)
         inputs, positions, targets_at = labelled_positions(both)
         wanted = targets_at != IGNORE
-        with identity_head(inner, head):
+        with identity_head(inner):
             hidden = model(**inputs, logits_to_keep=positions, use_cache=False).logits[wanted]  # (N, H)
         targets = targets_at[wanted]
         lengths = wanted.sum(dim=1)  # (2P,) tokens of each completion: chosen first, then rejected

@@ -166,7 +166,7 @@ class GRPO:
         device = batch["input_ids"].device
         inner, head = model_and_head(model)
         pad = self.tokenizer.pad_token_id
-        with identity_head(inner, head):
+        with identity_head(inner):
             hidden, targets = completion_hidden(model, inner, prompts, completions, config.grpo_group_size, pad, device, masks)
         # The policy that sampled is softmax(z / T): its log-probs, the ratios and the gradient are taken at T (as TRL
         # does), by scaling the hidden states, since z = hidden @ W.T. At T = 0.3 the update at T = 1 pointed along the
@@ -184,7 +184,7 @@ class GRPO:
             if next(self.reference.parameters()).device != hidden.device:  # copied before accelerate placed the student
                 self.reference.to(hidden.device)
             reference_head = self.reference.get_output_embeddings()
-            with torch.no_grad(), identity_head(self.reference, reference_head):
+            with torch.no_grad(), identity_head(self.reference):
                 reference_hidden, _ = completion_hidden(self.reference, self.reference, prompts, completions,
                                                         config.grpo_group_size, pad, device, masks)
             reference_logprobs = linear_token_logprobs(reference_hidden / config.grpo_temperature, reference_head.weight,

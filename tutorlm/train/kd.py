@@ -279,7 +279,7 @@ def topk_kd_loss(student: Any, batch: dict[str, torch.Tensor], config: Any) -> t
     wanted = chosen != IGNORE  # (B, K)
     ids = batch["teacher_ids"][:, 1:][:, positions][wanted]  # (N, k): the target of the token at t + 1
     logprobs = batch["teacher_logprobs"][:, 1:][:, positions][wanted]  # (N, k)
-    with identity_head(inner, head):
+    with identity_head(inner):
         hidden = student(**inputs, logits_to_keep=positions, use_cache=False).logits[wanted]  # (N, H)
     targets = chosen[wanted]
     # One projection per chunk gives the divergence and the cross-entropy share (linear_kd_loss with targets).
@@ -313,9 +313,9 @@ def kd_loss(student: Any, teacher: Any, batch: dict[str, torch.Tensor] | None, c
         def hidden_of(model: Any, inner: Any) -> tuple[torch.Tensor, torch.Tensor]:
             return model(**inputs, logits_to_keep=positions, use_cache=False).logits[wanted], chosen[wanted]  # (N, H), (N,)
 
-    with identity_head(inner, student_head):
+    with identity_head(inner):
         student_hidden, targets = hidden_of(student, inner)
-    with torch.no_grad(), identity_head(teacher, teacher_head):
+    with torch.no_grad(), identity_head(teacher):
         teacher_hidden, _ = hidden_of(teacher, teacher)
     # Rows past the shorter projection are embedding padding (no token has those ids): both sides drop them.
     rows = min(student_head.weight.shape[0], teacher_head.weight.shape[0])

@@ -259,7 +259,7 @@ class OnPolicy:
         once (`completion_hidden`: the same values and gradients as a forward of every full row)."""
         inner, head = model_and_head(model)
         device = next(model.parameters()).device
-        with identity_head(inner, head):
+        with identity_head(inner):
             hidden, targets = completion_hidden(model, inner, prompts, completions, groups, self.tokenizer.pad_token_id, device,
                                                 masks)
         if sampled and self.config.on_policy_temperature > 0:
