@@ -1,18 +1,22 @@
 """Students that compute with Python against students that write their arithmetic out, at the same teacher budget.
 
     pip install -e ".[teacher]"
-    python benchmarks/tools.py [--arms tools,cot]
+    python benchmarks/tools.py [--testbed arith|gsm8k] [--arms tools,cot]
 
-Both arms are shipped recipes run as a user runs them (`tutorlm run tools`, `tutorlm run real-teacher`): the same
-teacher (Qwen2.5-Coder-1.5B-Instruct, int8), the same 200 training questions of multistep arithmetic, the same
-student (SmolLM2-135M-Instruct), training and 100 held-out questions. The tool arm's teacher computes with a
-```python block (one demonstration of the format), the student learns its transcripts and is evaluated with the
-sandbox; the CoT arm's teacher writes its steps out. A finished run is reused (the pipeline skips current stages).
+Both arms are shipped recipes run as a user runs them, with the same teacher (Qwen2.5-Coder-1.5B-Instruct, int8),
+training questions, student and held-out questions:
+- arith: `tutorlm run tools` against `tutorlm run real-teacher`: 200 questions of multistep arithmetic, SmolLM2-135M-
+  Instruct, 100 held-out questions. Results: benchmarks/results/tools.json.
+- gsm8k: `tutorlm run tools-gsm8k` against `tutorlm run gsm8k`: 300 of tutorlm's GSM8K training questions,
+  Qwen2.5-Coder-0.5B-Instruct, the split's 250 test questions. Results: benchmarks/results/tools_gsm8k.json.
+The tool arm's teacher computes with ```python blocks (demonstrations of the format), the student learns its
+transcripts and is evaluated with the sandbox; the CoT arm's teacher writes its steps out. A finished run is reused
+(the pipeline skips current stages).
 
 Per arm: the student's and the teacher's accuracy with 95% intervals, the teacher's completion tokens (its budget
 in tokens), and with the tool the calls per answer, the share of failed calls and seconds in the sandbox per answer;
-then the paired bootstrap of tool student minus CoT student over the same questions, and the sandbox's cost of one
-call (`print(1)`). Results: benchmarks/results/tools.json.
+then the paired bootstrap of tool student minus CoT student over the same questions (and of each run's student
+against its base), and the sandbox's cost of one call (`print(1)`).
 """
 
 from __future__ import annotations
@@ -26,15 +30,20 @@ from pathlib import Path
 from _common import commit, machine, tutorlm_run, versions
 
 from tutorlm import metrics
+from tutorlm.report import question_scores
 from tutorlm.tools.sandbox import isolation, run_python
 
 ROOT = Path(__file__).resolve().parent.parent
-ARMS = {"tools": "tools", "cot": "real-teacher"}  # arm -> recipe (its run directory: runs/<recipe>)
+TESTBEDS = {  # testbed -> arm -> recipe (its run directory: runs/<recipe>)
+    "arith": {"tools": "tools", "cot": "real-teacher"},
+    "gsm8k": {"tools": "tools-gsm8k", "cot": "gsm8k"},
+}
+RESULTS = {"arith": "tools.json", "gsm8k": "tools_gsm8k.json"}
 
 
-def eval_rows(run: Path, label: str) -> dict[str, dict]:
-    path = run / "eval" / f"{label}.jsonl"
-    return {row["example_id"]: row for row in map(json.loads, path.read_text().splitlines())}
+def scores(run: Path, label: str) -> dict[str, float]:
+    """A model's score per question in a run's evaluation (1 right, 0 wrong)."""
+    return question_scores(run / "eval" / f"{label}.jsonl")
 
 
 def arm_figures(run: Path) -> dict:
@@ -43,6 +52,8 @@ def arm_figures(run: Path) -> dict:
     generate = manifest["stages"]["generate"]["stats"]
     figures = {"teacher_completion_tokens": generate.get("completion_tokens_total", generate.get("completion_tokens"))}
     for label in ("base", "student", "teacher"):
+        if label not in summary:  # the gsm8k recipes leave the teacher out of their evaluation (its baseline is measured)
+            continue
         s = summary[label]
         figures[label] = {key: s[key] for key in ("accuracy", "accuracy_ci95", "mean_completion_tokens", "truncation_rate")}
         for key in ("tool_use_rate", "tool_calls_per_answer", "tool_error_rate", "tool_seconds_per_answer"):
@@ -63,27 +74,29 @@ def sandbox_call_ms(repeats: int = 20) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--arms", default="tools,cot", help=f"of {', '.join(ARMS)}")
+    parser.add_argument("--testbed", choices=TESTBEDS, default="arith", help="the task, student and recipes (default arith)")
+    parser.add_argument("--arms", default="tools,cot", help="of tools, cot")
     args = parser.parse_args()
+    arms = TESTBEDS[args.testbed]
     chosen = args.arms.split(",")
-    if unknown := set(chosen) - set(ARMS):
+    if unknown := set(chosen) - set(arms):
         parser.error(f"--arms: unknown {', '.join(sorted(unknown))}")
-    results = {"benchmark": "tools", "machine": machine(), "versions": versions(), "date": datetime.date.today().isoformat(),
-               "commit": commit(), "arms": {}}
+    results = {"benchmark": "tools", "testbed": args.testbed, "machine": machine(), "versions": versions(),
+               "date": datetime.date.today().isoformat(), "commit": commit(), "arms": {}}
     for arm in chosen:
         started = time.perf_counter()
-        tutorlm_run(ARMS[arm])
-        results["arms"][arm] = {"recipe": ARMS[arm], "wall_s": round(time.perf_counter() - started, 1),
-                                **arm_figures(ROOT / "runs" / ARMS[arm])}
+        tutorlm_run(arms[arm])
+        run = ROOT / "runs" / arms[arm]
+        results["arms"][arm] = {"recipe": arms[arm], "wall_s": round(time.perf_counter() - started, 1), **arm_figures(run)}
+        results["arms"][arm]["vs_base"] = metrics.paired_scores(scores(run, "base"), scores(run, "student"))
         print(arm, json.dumps(results["arms"][arm]["student"]), flush=True)
     if {"tools", "cot"} <= set(chosen):
-        tools, cot = eval_rows(ROOT / "runs" / "tools", "student"), eval_rows(ROOT / "runs" / "real-teacher", "student")
-        results["paired"] = metrics.paired_scores({q: float(row["correct"]) for q, row in cot.items()},
-                                                  {q: float(row["correct"]) for q, row in tools.items()})
+        results["paired"] = metrics.paired_scores(scores(ROOT / "runs" / arms["cot"], "student"),
+                                                  scores(ROOT / "runs" / arms["tools"], "student"))
         results["paired"]["what"] = "tool student minus CoT student, same questions"
         print("paired", json.dumps(results["paired"]), flush=True)
     results["sandbox"] = {"isolation": isolation(), "print_1_ms": sandbox_call_ms()}
-    out = ROOT / "benchmarks" / "results" / "tools.json"
+    out = ROOT / "benchmarks" / "results" / RESULTS[args.testbed]
     out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {out}")
 
