@@ -184,8 +184,9 @@ def run_arm(arm: str, args: argparse.Namespace, out: Path) -> dict:
         label = f"snapshot-{snapshot.name}"
         tutorlm("eval", str(path), "--out", str(run), "--model", f"{label}={snapshot}")
         points.append({"minutes": round(spent_generating + minute_of(snapshot), 3),
-                       **accuracy(run / "eval" / f"{label}.jsonl")})
-    final = accuracy(run / "eval" / "student.jsonl")
+                       **accuracy(question_scores(run / "eval" / f"{label}.jsonl"))})
+    scores = question_scores(run / "eval" / "student.jsonl")
+    final = accuracy(scores)
     points.append({"minutes": round(spent_generating + train_stats["train_minutes"], 3), **final})
     totals = train_stats.get("on_policy_totals") or {}
     # graded samples count what the teacher graded; the full-distribution path (gkd) scores every sampled token
@@ -197,7 +198,7 @@ def run_arm(arm: str, args: argparse.Namespace, out: Path) -> dict:
     return {"arm": arm, "settings": settings, "commit": commit(), "points": points, "diagnostics": diagnostics(run / "train_log.jsonl"), "final": final, "steps": train_stats["steps"],
             "train_minutes": train_stats["train_minutes"], "generate_minutes": round(spent_generating, 2),
             "teacher_tokens": teacher_tokens, "wall_minutes": round((time.perf_counter() - started) / 60, 2),
-            "scores": question_scores(run / "eval" / "student.jsonl")}
+            "scores": scores}
 
 
 DIAGNOSED = ("loss", "reverse_kl", "teacher_logprob", "top1_agreement", "sample_accuracy", "sample_tokens", "all_equal_share",
@@ -217,8 +218,8 @@ def diagnostics(log: Path) -> dict:
     return found
 
 
-def accuracy(path: Path) -> dict:
-    scores = question_scores(path)
+def accuracy(scores: dict[str, float]) -> dict:
+    """Accuracy with its 95% interval from per-question scores (`question_scores` of an eval file)."""
     if not scores:
         return {"questions": 0}
     correct = round(sum(scores.values()))
@@ -277,12 +278,13 @@ def main() -> None:
     arms = args.arms.split(",")
     if unknown := set(arms) - set(args.settings):
         parser.error(f"--arms: unknown {', '.join(sorted(unknown))}; choose from {', '.join(args.settings)}")
-    start = None
+    start, start_scores = None, None
     if args.start_eval:  # checked before anything is written
         if not Path(args.start_eval).is_file():
             parser.error(f"--start-eval {args.start_eval}: no such file")
         try:
-            start = accuracy(Path(args.start_eval))
+            start_scores = question_scores(Path(args.start_eval))
+            start = accuracy(start_scores)
         except (ValueError, KeyError, TypeError) as error:
             parser.error(f"--start-eval {args.start_eval}: not an eval file of scored answers ({error!r})")
         if start["questions"] != args.test_limit:
@@ -296,7 +298,8 @@ def main() -> None:
         recipe["run"]["name"] = "start"
         path.write_text(yaml.safe_dump(recipe, sort_keys=False))
         tutorlm("eval", str(path), "--out", str(start_run), "--model", f"start={start_spec(args.start)}")
-        start = accuracy(start_run / "eval" / "start.jsonl")
+        start_scores = question_scores(start_run / "eval" / "start.jsonl")
+        start = accuracy(start_scores)
     results_path = Path(args.results)
     saved = json.loads(results_path.read_text()) if results_path.exists() else {"testbeds": {}}
     measured_at = saved["testbeds"].get(args.name, {}).get("commit")  # for arms finished before arms named their commit
@@ -314,7 +317,6 @@ def main() -> None:
         result["start"] = start["accuracy"]
         results.append(result)
         print(json.dumps({k: v for k, v in result.items() if k != "scores"}), flush=True)
-    start_scores = question_scores(Path(args.start_eval) if args.start_eval else start_run / "eval" / "start.jsonl")
     for result in results:
         result["vs_start"] = paired_scores(start_scores, result["scores"])
         reference = sft_reference(result, results, args)
