@@ -89,6 +89,19 @@ def test_second_run_skips_every_stage(tiny_run):
     assert (run / "student" / "model.safetensors").stat().st_mtime_ns == weights
 
 
+def test_a_moved_run_directory_skips_every_stage(tiny_run, tmp_path):
+    import shutil
+    from dataclasses import replace
+
+    recipe, run, _ = tiny_run
+    shutil.copytree(run, tmp_path / "run")  # the student's checkpoint now lies at another absolute path
+    moved = replace(recipe, run=replace(recipe.run, output_dir=str(tmp_path)))
+    before = json.loads((tmp_path / "run" / "manifest.json").read_text())["stages"]
+    run_pipeline(moved, console=QUIET)
+    after = json.loads((tmp_path / "run" / "manifest.json").read_text())["stages"]
+    assert {name: record["started"] for name, record in after.items()} == {name: record["started"] for name, record in before.items()}
+
+
 def test_force_redoes_a_stage_and_those_after_it(tiny_run):
     recipe, run, _ = tiny_run
     before = json.loads((run / "manifest.json").read_text())["stages"]

@@ -243,6 +243,18 @@ def evaluate_tasks(recipes: list[Recipe], specs: list[str], *, force: bool = Fal
     return results
 
 
+def model_key(config: TeacherConfig, run_path: Path) -> dict[str, Any]:
+    """A model's config as its eval stage records it: a checkpoint inside the run directory is named relative
+    to it, so a moved or copied run directory still finds its evaluations current (its weights are hashed
+    as the stage's inputs)."""
+    key = to_dict(config)
+    if config.backend == "hf" and config.model and Path(config.model).is_dir():
+        model, root = Path(config.model).resolve(), run_path.resolve()
+        if model.is_relative_to(root):
+            key["model"] = str(model.relative_to(root))
+    return key
+
+
 def _evaluate(recipe: Recipe, specs: list[str], run: RunDir, force: bool, console: Console,
               table: bool, backends: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """`backends` keeps the backends made here by model config, for the next task's call to reuse."""
@@ -258,7 +270,7 @@ def _evaluate(recipe: Recipe, specs: list[str], run: RunDir, force: bool, consol
             inputs = {name: Path(config.model) / name for name in ("model.safetensors", "adapter_model.safetensors")
                       if (Path(config.model) / name).exists()}
         stage_config = {"task": stage_key(recipe.task), "instruction": prompt_instruction(recipe.task), "eval": to_dict(recipe.eval),
-                        "model": to_dict(config), "spec": spec}
+                        "model": model_key(config, run.path), "spec": spec}
         stage = f"eval:{label}"
         if not force and label in summaries and run.is_current(stage, stage_config, inputs):
             console.print(f"eval {label}: up to date (--force redoes it)")
