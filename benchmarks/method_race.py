@@ -44,7 +44,7 @@ from _common import commit, machine, versions
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from tutorlm.metrics import paired_scores, wilson_interval  # noqa: E402
+from tutorlm.metrics import accuracy_of, paired_scores  # noqa: E402
 from tutorlm.report import question_scores  # noqa: E402
 
 # Each objective at its own defaults (train.learning_rate: grpo a tenth of SFT's); the sampling arms draw the same
@@ -184,9 +184,9 @@ def run_arm(arm: str, args: argparse.Namespace, out: Path) -> dict:
         label = f"snapshot-{snapshot.name}"
         tutorlm("eval", str(path), "--out", str(run), "--model", f"{label}={snapshot}")
         points.append({"minutes": round(spent_generating + minute_of(snapshot), 3),
-                       **accuracy(question_scores(run / "eval" / f"{label}.jsonl"))})
+                       **accuracy_of(question_scores(run / "eval" / f"{label}.jsonl"))})
     scores = question_scores(run / "eval" / "student.jsonl")
-    final = accuracy(scores)
+    final = accuracy_of(scores)
     points.append({"minutes": round(spent_generating + train_stats["train_minutes"], 3), **final})
     totals = train_stats.get("on_policy_totals") or {}
     # graded samples count what the teacher graded; the full-distribution path (gkd) scores every sampled token
@@ -216,16 +216,6 @@ def diagnostics(log: Path) -> dict:
         if first and last:
             found[key] = {"first_quarter": round(sum(first) / len(first), 4), "last_quarter": round(sum(last) / len(last), 4)}
     return found
-
-
-def accuracy(scores: dict[str, float]) -> dict:
-    """Accuracy with its 95% interval from per-question scores (`question_scores` of an eval file)."""
-    if not scores:
-        return {"questions": 0}
-    correct = round(sum(scores.values()))
-    low, high = wilson_interval(correct, len(scores))
-    return {"accuracy": round(sum(scores.values()) / len(scores), 4), "accuracy_ci95": [round(low, 4), round(high, 4)],
-            "questions": len(scores)}
 
 
 def plot(name: str, arms: list[dict], path: Path) -> None:
@@ -284,7 +274,7 @@ def main() -> None:
             parser.error(f"--start-eval {args.start_eval}: no such file")
         try:
             start_scores = question_scores(Path(args.start_eval))
-            start = accuracy(start_scores)
+            start = accuracy_of(start_scores)
         except (ValueError, KeyError, TypeError) as error:
             parser.error(f"--start-eval {args.start_eval}: not an eval file of scored answers ({error!r})")
         if start["questions"] != args.test_limit:
@@ -299,7 +289,7 @@ def main() -> None:
         path.write_text(yaml.safe_dump(recipe, sort_keys=False))
         tutorlm("eval", str(path), "--out", str(start_run), "--model", f"start={start_spec(args.start)}")
         start_scores = question_scores(start_run / "eval" / "start.jsonl")
-        start = accuracy(start_scores)
+        start = accuracy_of(start_scores)
     results_path = Path(args.results)
     saved = json.loads(results_path.read_text()) if results_path.exists() else {"testbeds": {}}
     measured_at = saved["testbeds"].get(args.name, {}).get("commit")  # for arms finished before arms named their commit

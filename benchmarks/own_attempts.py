@@ -45,7 +45,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tutorlm.config import teacher_generate, to_dict  # noqa: E402
-from tutorlm.metrics import paired_scores, wilson_interval  # noqa: E402
+from tutorlm.metrics import accuracy_of, paired_scores  # noqa: E402
 from tutorlm.recipe_io import load_recipe  # noqa: E402
 from tutorlm.report import question_scores  # noqa: E402
 
@@ -183,12 +183,7 @@ def main() -> None:
     if finished.returncode != 0:
         raise SystemExit(f"{' '.join(command)} failed:\n{finished.stderr[-3000:]}")
     scores = {label: question_scores(out / "eval" / f"{label}.jsonl") for label in models}
-    accuracy = {}
-    for label, values in scores.items():
-        correct = round(sum(values.values()))
-        low, high = wilson_interval(correct, len(values))
-        accuracy[label] = {"accuracy": round(correct / len(values), 4), "accuracy_ci95": [round(low, 4), round(high, 4)],
-                           "eval_questions": len(values)}
+    accuracy = {label: accuracy_of(values) for label, values in scores.items()}
 
     def paired(first: str, second: str) -> dict:
         return paired_scores(scores[first], scores[second])

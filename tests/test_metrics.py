@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tutorlm import metrics, verify
-from tutorlm.metrics import accuracy_recovered, k_values, majority_vote, pass_at_k, wilson_interval
+from tutorlm.metrics import accuracy_of, accuracy_recovered, k_values, majority_vote, pass_at_k, wilson_interval
 
 
 def test_pass_at_k_hand_computed():
@@ -48,6 +48,13 @@ def test_wilson_interval_hand_computed():
     assert low == pytest.approx(0.4902, abs=1e-4) and high == pytest.approx(0.9433, abs=1e-4)
     assert wilson_interval(0, 10)[0] == 0.0 and wilson_interval(10, 10)[1] == pytest.approx(1.0)
     assert wilson_interval(0, 0) == (0.0, 1.0)
+
+
+def test_accuracy_of_question_scores_with_its_interval():
+    scores = {f"q{i}": 1.0 if i < 8 else 0.0 for i in range(10)}
+    result = accuracy_of(scores)
+    assert result == {"accuracy": 0.8, "accuracy_ci95": [0.4902, 0.9433], "questions": 10}
+    assert accuracy_of({}) == {"questions": 0}
 
 
 def test_wilson_interval_always_holds_the_observed_rate():

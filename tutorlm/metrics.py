@@ -49,6 +49,16 @@ def wilson_interval(successes: int, total: int, z: float = 1.959964) -> tuple[fl
     return max(0.0, min(p, centre - half)), min(1.0, max(p, centre + half))
 
 
+def accuracy_of(scores: Mapping[Any, float]) -> dict[str, Any]:
+    """Accuracy of per-question scores (question -> score, 1 for right) with its 95% Wilson interval."""
+    if not scores:
+        return {"questions": 0}
+    correct = round(sum(scores.values()))
+    low, high = wilson_interval(correct, len(scores))
+    return {"accuracy": round(sum(scores.values()) / len(scores), 4), "accuracy_ci95": [round(low, 4), round(high, 4)],
+            "questions": len(scores)}
+
+
 def accuracy_recovered(before: float, after: float, teacher: float) -> float | None:
     """(after - before) / (teacher - before): the share of the teacher's lead the student closed."""
     if teacher - before <= 0:

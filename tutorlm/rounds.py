@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from tutorlm.config import Recipe, RunConfig, TeacherConfig
-from tutorlm.metrics import paired_scores, wilson_interval
+from tutorlm.metrics import accuracy_of, paired_scores
 from tutorlm.report import question_scores
 from tutorlm.run import EVAL_DIR, MANIFEST, ROUNDS, ROUNDS_DIR, atomic_write_text
 
@@ -125,11 +125,7 @@ def summarize(recipe: Recipe, fingerprints: dict[int, str], stopped: int | None 
         scores = question_scores(path / EVAL_DIR / "student.jsonl")
         if not scores:
             break
-        correct = round(sum(scores.values()))
-        low, high = wilson_interval(correct, len(scores))
-        entry: dict[str, Any] = {"round": number, "student": str(path / "student"),
-                                 "accuracy": round(sum(scores.values()) / len(scores), 4),
-                                 "accuracy_ci95": [round(low, 4), round(high, 4)], "questions": len(scores)}
+        entry: dict[str, Any] = {"round": number, "student": str(path / "student"), **accuracy_of(scores)}
         if number in fingerprints:
             entry["sampled_from"] = fingerprints[number]
         stages = json.loads((path / MANIFEST).read_text()).get("stages", {}) if (path / MANIFEST).exists() else {}
