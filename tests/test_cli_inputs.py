@@ -164,6 +164,15 @@ def test_eval_answers_come_from_the_cache_without_loading_the_model_until_the_we
     assert len(loads) == 1
     first, second = ((tmp_path / name / "eval" / "m.jsonl").read_text() for name in ("first", "second"))
     assert first == second
+    # the same weights moved to another directory (a moved run directory) keep their answers
+    import shutil
+
+    shutil.copytree(model, tmp_path / "moved" / "m")
+    moved = ["eval", "--model", str(tmp_path / "moved" / "m"), *args[3:]]
+    assert main([*moved, "--out", str(tmp_path / "after-move")]) == 0
+    assert len(loads) == 1
+    completions = lambda text: [json.loads(line)["completion"] for line in text.splitlines()]  # noqa: E731
+    assert completions((tmp_path / "after-move" / "eval" / "m.jsonl").read_text()) == completions(first)
     # other weights at the same path (a retrained student, another quantization) are never served old answers
     save_tiny_model(tmp_path / "m", seed=2)
     assert main([*args, "--out", str(tmp_path / "third")]) == 0

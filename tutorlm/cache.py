@@ -3,7 +3,8 @@
 SQLite in WAL mode, one row per completed call, committed the moment the result arrives, so a
 killed run loses at most the calls that were in flight. The key is a hash of everything that
 determines the answer: backend kind, model, messages, sampling settings, sample index and seed; for a
-local model also a fingerprint of its weight files and the precision it computes in. It
+local model also a fingerprint of its weight files and the precision it computes in (a local directory is
+named by that fingerprint alone, so a moved checkpoint keeps its answers). It
 leaves out where the model is served (URL) and the API key, so moving to another server of the same
 model reuses the cache, and no secret is ever stored. `n` is not in the key either: raising n from 4
 to 8 reuses samples 0-3. Failed calls are not cached, so a rerun retries them.
@@ -90,7 +91,8 @@ class Cache:
 def cache_keys(backend: Any, requests: list[Request], sampling: Sampling) -> list[str]:
     """The cache key of each request to `backend` (which need not have loaded its model)."""
     identity = getattr(backend, "cache_identity", None)
-    return [cache_key(backend.kind, backend.model_name, request, sampling, identity) for request in requests]
+    name = getattr(backend, "cache_name", backend.model_name)
+    return [cache_key(backend.kind, name, request, sampling, identity) for request in requests]
 
 
 def run_cached(

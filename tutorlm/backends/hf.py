@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import random
 import time
+from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from tutorlm.backends.base import Completion, OnResult, Request, Sampling
@@ -62,6 +63,7 @@ class HFBackend:
             raise ConfigError("the hf backend needs a model: set teacher.model to a hub id, directory or .gguf file")
         self.config = config
         self.model_name = str(config.model or type(model).__name__)
+        self.cache_name = self.model_name  # the model's name in cache keys (cache.cache_keys)
         self.model, self.tokenizer = model, tokenizer
         self.cache_identity: str | None = None
         if model is None:
@@ -73,6 +75,10 @@ class HFBackend:
             # int8 with one activation range per row (models/load.py) answers otherwise than the per-tensor int8 before it
             kind = "int8-rows" if self.precision.startswith("int8") else self.precision.split()[0]
             self.cache_identity = f"{model_fingerprint(config.model, config.gguf_file)}:{kind}"
+            # A local directory is named in the cache by its weights alone: a moved or copied checkpoint (a run
+            # directory moved) keeps its answers. Hub ids and packaged names keep their name in the key.
+            if Path(config.model).expanduser().is_dir():
+                self.cache_name = "local"
         else:
             first = next(model.parameters(), None)
             self.precision = str(first.dtype).removeprefix("torch.") if first is not None else "unknown"
