@@ -51,6 +51,24 @@ def test_the_loss_skips_the_tools_output():
         row["prompt"], add_generation_prompt=True, tokenize=False), add_special_tokens=False)["input_ids"])
 
 
+def test_kd_on_the_teachers_own_tokens_skips_the_tools_output():
+    # KD from a stored top-k trains on the teacher's own token ids; the output block among them is the tool's text,
+    # which has no distribution of the teacher's, so it gets no label (and no divergence, no cross-entropy)
+    from tutorlm.train.kd import teacher_tokens_example
+
+    tokenizer = make_tokenizer()
+    row = {"prompt": [{"role": "user", "content": "What is 6 * 7?"}], "completion": [{"role": "assistant", "content": TOOL_ANSWER}],
+           "finish_reason": "stop"}
+    teacher_ids = tokenizer(TOOL_ANSWER, add_special_tokens=False)["input_ids"]  # as the teacher's engine wrote them
+    item = teacher_tokens_example(tokenize(tokenizer, row), row, teacher_ids, tokenizer, 512)
+    prompt = item.labels.index(next(label for label in item.labels if label != IGNORE))
+    assert item.input_ids[prompt:prompt + len(teacher_ids)] == teacher_ids
+    learnt = tokenizer.decode([t for t, label in zip(item.input_ids, item.labels) if label != IGNORE])
+    skipped = tokenizer.decode([t for t, label in zip(item.input_ids[prompt:], item.labels[prompt:]) if label == IGNORE])
+    assert "```output" not in learnt and "print(6 * 7)" in learnt and "The answer is 42." in learnt
+    assert "42\n```" in skipped and "```output" in skipped and "print" not in skipped
+
+
 def test_curation_drops_answers_whose_code_failed_and_says_why():
     task = load_task(TaskConfig(source="multistep_arithmetic", tools="python"))
     ok = {**trace("a", "42", TOOL_ANSWER), "tools": [{"code": "print(6 * 7)", "output": "42\n", "ok": True, "error": None, "seconds": 0.1}]}

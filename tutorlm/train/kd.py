@@ -144,7 +144,7 @@ class KD:
             if teacher is not None and exact:
                 # One vocabulary: train on the exact tokens the teacher wrote, where its distributions were taken
                 # (re-tokenizing the text can cut it otherwise, and then the contexts differ).
-                example = examples[index] = _teacher_tokens_example(example, rows_by_id[example.example_id], teacher.token_ids,
+                example = examples[index] = teacher_tokens_example(example, rows_by_id[example.example_id], teacher.token_ids,
                                                                     tokenizer, self.config.max_length)
             prompt = prompt_length(example.labels)
             completion = example.input_ids[prompt:]
@@ -210,7 +210,7 @@ class KD:
         return topk_kd_loss(model, batch, self.config)
 
 
-def _teacher_tokens_example(example: Tokenized, row: dict[str, Any], teacher_ids: list[int], tokenizer: Any,
+def teacher_tokens_example(example: Tokenized, row: dict[str, Any], teacher_ids: list[int], tokenizer: Any,
                             max_length: int) -> Tokenized:
     """The student's prompt, then the teacher's completion tokens, then (when the teacher stopped) the student
     template's end of turn, which has no teacher target and is learnt by cross-entropy."""
