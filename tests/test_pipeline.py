@@ -102,6 +102,16 @@ def test_a_moved_run_directory_skips_every_stage(tiny_run, tmp_path):
     assert {name: record["started"] for name, record in after.items()} == {name: record["started"] for name, record in before.items()}
 
 
+def test_the_dry_run_of_a_finished_run_counts_its_students_cached_answers(tiny_run):
+    from tutorlm.pipeline import dry_run
+
+    recipe, _, _ = tiny_run
+    console = Console(file=io.StringIO(), width=400)
+    dry_run(recipe, console=console)
+    printed = console.file.getvalue()
+    assert "student: 0 to generate" in printed and "base: 0 to generate" in printed, printed
+
+
 def test_force_redoes_a_stage_and_those_after_it(tiny_run):
     recipe, run, _ = tiny_run
     before = json.loads((run / "manifest.json").read_text())["stages"]

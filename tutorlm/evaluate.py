@@ -325,22 +325,26 @@ def eval_models(recipe: Recipe) -> list[str]:
     return recipe.eval.models or DEFAULT_EVAL_MODELS
 
 
-def plan_stage(recipe: Recipe) -> StagePlan:
+def plan_stage(recipe: Recipe, student_current: bool = False) -> StagePlan:
     """The dry run's row: per model, the answers not cached yet and how long they would take (models already
-    evaluated with the same settings are skipped when the stage runs)."""
+    evaluated with the same settings are skipped when the stage runs). `student_current`: the train stage will be
+    skipped, so the run's student keeps its weights and its cached answers count."""
     task = load_task(recipe.task)
     examples = task.examples(recipe.eval.split, recipe.eval.limit)
     sampling, requests = eval_requests(task, examples, recipe.eval)
     path = Path(recipe.generate.cache_path or default_cache_path())
     estimates = []
+    trained = student_current and (recipe.run.path / "student").is_dir()
     for spec in eval_models(recipe):
-        if spec.split("=")[-1] == "student":  # trained by this run: its own weights, never cached; the base's speed
+        student = spec.split("=")[-1] == "student"
+        if student and not trained:  # to be trained by this run: nothing of it cached yet; the base's speed
             backend = make_backend(resolve_spec("base", recipe)[1], task)
             estimates.append(f"student: {len(requests)} to generate, {throughput.estimate_generate(backend, len(requests))}")
             continue
         label, config = resolve_spec(spec, recipe)
         backend = make_backend(config, task)
         todo = len(requests) - (cached_count(path, backend, requests, sampling) if recipe.generate.cache else 0)
-        estimates.append(f"{label}: {todo} to generate, {throughput.estimate_generate(backend, todo)}")
+        speed = make_backend(resolve_spec("base", recipe)[1], task) if student else backend  # a student runs at its base's speed
+        estimates.append(f"{label}: {todo} to generate, {throughput.estimate_generate(speed, todo)}")
     return StagePlan("eval", "run (skips current models)", f"{', '.join(eval_models(recipe))} on {recipe.eval.limit} "
                      f"{recipe.eval.split} questions; " + "; ".join(estimates))

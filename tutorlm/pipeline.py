@@ -249,8 +249,9 @@ def dry_run(recipe: Recipe, *, console: Console | None = None) -> None:
     table = Table(title=f"plan for {recipe.run.path}")
     for column in ("stage", "status", "what"):
         table.add_column(column)
-    for planned in (generate_plan(recipe), curate_plan(recipe), train_plan(recipe, cached_verified(recipe)),
-                    evaluate_plan(recipe), report_plan(recipe)):
+    trained = train_plan(recipe, cached_verified(recipe))
+    for planned in (generate_plan(recipe), curate_plan(recipe), trained,
+                    evaluate_plan(recipe, student_current=trained.status == "skip (current)"), report_plan(recipe)):
         table.add_row(planned.stage, planned.status, planned.what)
     if recipe.rounds.count:
         table.add_row("rounds", "run", rounds_plan(recipe))
