@@ -131,7 +131,8 @@ def main() -> None:
         run = rounds_run / "rounds" / f"round-{entry['round']}"
         rounds.append({**{key: entry.get(key) for key in (
             "round", "questions_after", "questions_asked", "answers", "answers_verified", "solved_by_student",
-            "solved_by_hint", "hint_tokens", "hint_tokens_per_solved", "corrected", "error_found", "student_lines_kept",
+            "solved_by_hint", "hint_tokens", "hint_tokens_per_solved", "corrected", "error_found", "error_found_by_teacher",
+            "student_lines_kept",
             "kept", "train_steps")},
             "seconds": stage_seconds(run)})
         print("rounds", json.dumps(rounds[-1]), flush=True)

@@ -85,6 +85,73 @@ def test_the_teacher_continues_each_wrong_answer_from_the_line_before_its_first_
         assert teacher.total_served == served
 
 
+ASK_LINE = "Which line is the first one with a mistake"
+
+
+def test_where_the_arithmetic_finds_no_wrong_step_the_teacher_names_it(tmp_path):
+    def vague_student(messages: list[dict]) -> str:  # right on three questions; elsewhere no line to check
+        question = question_of(messages)
+        return BY_QUESTION[question].rationale if question in RIGHT else "Let me see.\nThat is a lot.\nThe answer is 999."
+
+    def judging_teacher(messages: list[dict]) -> str:
+        if ASK_LINE in messages[-1]["content"]:
+            return "Line 2."  # "That is a lot."
+        rationale = BY_QUESTION[question_of(messages)].rationale
+        return "\n" + rationale if messages[-1]["role"] == "assistant" else rationale
+
+    with FakeOpenAI(model="student-model", reply=vague_student) as student, \
+            FakeOpenAI(model="teacher-model", reply=judging_teacher) as teacher:
+        recipe = Recipe(run=RunConfig(name="run", output_dir=str(tmp_path)), task=TASK,
+                        teachers=[server_teacher("student", student.url),
+                                  server_teacher("teacher", teacher.url, correct=True, locate="teacher")],
+                        generate=GenerateConfig(limit=8, teacher_mode="cascade", cache_path=str(tmp_path / "cache.sqlite")))
+        stats = generate(recipe, console=QUIET)
+        asked = [body for body in teacher.bodies if ASK_LINE in body["messages"][-1]["content"]]
+        continued = [body for body in teacher.bodies if body["messages"][-1]["role"] == "assistant"]
+        assert len(asked) == len(continued) == 5
+        for body in asked:  # the teacher sees the gold answer and the numbered lines
+            example = BY_QUESTION[question_of(body["messages"])]
+            assert f"The correct final answer is {example.answer}." in body["messages"][-1]["content"]
+            assert "1: Let me see.\n2: That is a lot.\n3: The answer is 999." in body["messages"][-1]["content"]
+        for body in continued:  # the correction starts after the student's first line, and its prompt holds no hint
+            assert body["messages"][-1] == {"role": "assistant", "content": "Let me see.\n"}
+            assert not any("correct final answer" in message["content"] for message in body["messages"])
+        rows = [json.loads(line) for line in (tmp_path / "run" / TRACES).read_text().splitlines()]
+        corrected = [row for row in rows if row["teacher"] == "teacher"]
+        assert [row["corrects"]["located"] for row in corrected] == ["teacher"] * 5
+        assert all(row["corrects"]["error_line"] == 1 and row["corrects"]["lines_kept"] == 1 for row in corrected)
+        own = stats["teachers"]["teacher"]
+        assert own["error_found"] == own["error_found_by_teacher"] == own["locate_asked"] == 5
+        served = teacher.total_served
+        generate(recipe, force=True, console=QUIET)  # the teacher's line numbers come from the cache too
+        assert teacher.total_served == served
+
+
+def test_a_teachers_line_number_names_a_line_of_the_answer_or_none():
+    from tutorlm.tasks.steps import judged_line, locate_messages
+
+    text = "First.\n\nSecond.\nThe answer is 4."
+    assert judged_line("2", text) == 2 and judged_line("Line 1: First.", text) == 0 and judged_line("3.", text) == 3
+    assert judged_line("0", text) is None and judged_line("7", text) is None and judged_line("none", text) is None
+    example = EXAMPLES[0]
+    prompt = locate_messages(example, text)[0]["content"]
+    assert "1: First.\n2: Second.\n3: The answer is 4." in prompt and example.answer in prompt
+
+
+def test_locate_teacher_is_refused_where_nothing_is_corrected():
+    with pytest.raises(ValueError, match="teacher.locate teacher finds the first wrong step"):
+        Recipe(teacher=TeacherConfig(backend="hf", model="m", locate="teacher"))
+    with pytest.raises(ValueError, match=r"teachers\[1\].locate teacher"):
+        Recipe(teachers=[TeacherConfig(name="a", backend="hf", model="m"),
+                         TeacherConfig(name="b", backend="hf", model="m", locate="teacher")])
+    rounds = Recipe(teacher=TeacherConfig(backend="hf", model="m", locate="teacher"),
+                    rounds=RoundsConfig(count=1, rationalize="correct"))
+    from tutorlm.rounds import round_recipe
+
+    hinting = round_recipe(rounds, 1).teachers[-1]  # the round's correcting teacher asks for the line too
+    assert hinting.correct and hinting.locate == "teacher"
+
+
 def test_of_several_wrong_answers_the_latest_error_is_continued_and_an_unlocated_one_gets_a_whole_answer():
     task = load_task(TASK)
     planned = plan(task, GenerateConfig(limit=2))

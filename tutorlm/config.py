@@ -147,6 +147,11 @@ class TeacherConfig(ModelConfig):
                                   "right, it continues an earlier teacher's wrong answer from the line before its first "
                                   "wrong step (SCoRe; the step is found by the task's arithmetic check, "
                                   "tasks/steps.py), or writes a whole answer where no wrong step is found; hf or openai")
+    locate: Literal["arithmetic", "teacher"] = option(
+        "arithmetic", "with correct (or rounds.rationalize correct): how the first wrong step is found. arithmetic: the "
+        "task's arithmetic check (tasks/steps.py); teacher: that, and where it finds none this teacher is shown the "
+        "question, the gold answer and the answer's numbered lines and names the first wrong one (for tasks whose "
+        "errors are in the plan, as GSM8K's; the gold answer never reaches the student's prompt)")
 
     def __post_init__(self) -> None:
         if self.max_concurrency < 1 or self.batch_size < 1:
@@ -371,6 +376,12 @@ class Recipe:
             raise ValueError("rounds.rationalize correct: the teacher continues the student's wrong answers, and the "
                              "reference solver writes whole solutions: use teacher.backend hf or openai, or rationalize "
                              "teacher")
+        for where, teacher in ([(f"teachers[{i}]", one) for i, one in enumerate(self.teachers)] if self.teachers
+                               else [("teacher", self.teacher)]):
+            hints = teacher is hinting and self.rounds.count and self.rounds.rationalize == "correct"
+            if teacher.locate != "arithmetic" and not (teacher.correct or hints):
+                raise ValueError(f"{where}.locate {teacher.locate} finds the first wrong step of an answer it corrects: "
+                                 "set correct (one of several teachers, after the first) or rounds.rationalize correct")
         if not self.teachers:
             own = [key for key in PER_TEACHER if getattr(self.teacher, key) is not None]
             if self.teacher.tools is not None:

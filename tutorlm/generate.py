@@ -185,6 +185,8 @@ def _teacher_key(teacher: Any) -> dict[str, Any]:
         teacher.pop("name")
     if not teacher["correct"]:  # as before corrections existed
         teacher.pop("correct")
+    if teacher["locate"] == "arithmetic":  # as before a teacher could locate errors
+        teacher.pop("locate")
     if teacher["tools"] is None:  # as before a teacher could have its own tools
         teacher.pop("tools")
     for key in PER_TEACHER:  # unset: as before a teacher could sample on its own, so earlier runs stay current
@@ -412,6 +414,50 @@ SUMMED = ("samples_requested", "samples_written", "cache_hits", "calls_made", "f
           "completion_tokens", "prompt_tokens_total", "completion_tokens_total", "truncated")
 
 
+def locate_by_teacher(recipe: Recipe, teacher: Any, task: Task, plan_: Plan, rows: list[dict[str, Any]],
+                      requests: list[Request], chosen: dict[str, dict[str, Any]], cache: Cache | None,
+                      console: Console) -> tuple[list[Request], dict[str, Any]]:
+    """`teacher.locate: teacher`: for each correction whose wrong step the arithmetic did not find, the correcting
+    teacher is shown the question, the gold answer and the answer's numbered lines (tasks.steps.locate_messages) and
+    names the first wrong line; the correction then continues from the line before it (a request with no start where
+    it names the first line or none). The answers go through the cache. `chosen` (correction_requests') is updated in
+    place: error_line, lines_kept and located ("teacher")."""
+    from tutorlm.tasks.steps import LOCATE_TOKENS, judged_line, locate_messages
+
+    unlocated = [request for request in requests if chosen[request.example_id]["error_line"] is None]
+    stats = {"asked": len(unlocated), "located": 0, "completion_tokens": 0}
+    if not unlocated:
+        return requests, stats
+    examples = {example.id: example for example in plan_.examples}
+    texts = {row["id"]: row["completion"][-1]["content"] for row in rows}
+    asks = [Request(locate_messages(examples[request.example_id], texts[chosen[request.example_id]["row"]]), 0,
+                    request.example_id) for request in unlocated]
+    backend = teacher_backend(teacher, task, recipe)
+    with _progress(console, len(asks), "locate first errors") as progress:
+        keys, results, cached = run_cached(backend, asks, Sampling(temperature=0.0, max_tokens=LOCATE_TOKENS), cache,
+                                           on_result=lambda request, result: progress.advance(1),
+                                           on_start=lambda hits: progress.start(hits, hits=hits))
+    located: dict[str, str] = {}
+    for request, key in zip(unlocated, keys):
+        result, one = results[key], chosen[request.example_id]
+        if not isinstance(result, Completion):
+            continue
+        if key not in cached:
+            stats["completion_tokens"] += result.completion_tokens
+        text = texts[one["row"]]
+        line = judged_line(result.text, text)
+        if line is None:
+            continue
+        one.update(error_line=line, lines_kept=line, located="teacher")
+        stats["located"] += 1
+        if line:
+            located[request.example_id] = "".join(part + "\n" for part in text.split("\n")[:line])
+    console.print(f"generate: the teacher located the first wrong line of {stats['located']} of {stats['asked']} answers "
+                  "the arithmetic check passed")
+    return [dataclasses.replace(request, prefix=located[request.example_id]) if request.example_id in located else request
+            for request in requests], stats
+
+
 def _generate(recipe: Recipe, run: RunDir, force: bool, console: Console) -> dict[str, Any]:
     stage_config = generate_stage_config(recipe)
     if not force and run.is_current("generate", stage_config, {}):
@@ -454,6 +500,9 @@ def _generate(recipe: Recipe, run: RunDir, force: bool, console: Console) -> dic
                 corrections: dict[str, dict[str, Any]] = {}
                 if teacher.correct:  # the earlier teachers' wrong answers, continued from before their first wrong step
                     requests, corrections = correction_requests(task, teacher_plan, rows, solved_so_far)
+                    if teacher.locate == "teacher":
+                        requests, located_stats = locate_by_teacher(recipe, teacher, asked_task, teacher_plan, rows,
+                                                                    requests, corrections, cache, console)
                 else:
                     requests = [request for request in teacher_plan.requests if request.example_id in open_questions]
                 if config.first_thought and asked_task.tools == "python":  # Agent Distillation's first-thought prefix
@@ -475,6 +524,10 @@ def _generate(recipe: Recipe, run: RunDir, force: bool, console: Console) -> dic
                         located = [one for one in corrections.values() if one["error_line"] is not None]
                         asked.stats.update(corrected=len(corrections), error_found=len(located),
                                            student_lines_kept=sum(one["lines_kept"] for one in located))
+                        if teacher.locate == "teacher":
+                            asked.stats.update(error_found_by_teacher=located_stats["located"],
+                                               locate_asked=located_stats["asked"],
+                                               locate_tokens=located_stats["completion_tokens"])
                     per_teacher[teacher.name] = asked.stats  # type: ignore[index]
                     if cascade:  # the next teacher gets only what no teacher so far answered correctly
                         open_questions -= set(solved)

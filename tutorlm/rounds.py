@@ -97,7 +97,9 @@ def plan_text(recipe: Recipe) -> str:
             "teacher": f"the questions it fails are rationalized by the teacher ({recipe.teacher.backend} "
                        f"{recipe.teacher.model or ''}) shown the gold answer",
             "correct": f"the teacher ({recipe.teacher.backend} {recipe.teacher.model or ''}) continues its wrong answers "
-                       "from the line before their first wrong step"}[settings.rationalize]
+                       "from the line before their first wrong step" + (
+                           " (named by the teacher where the arithmetic finds none)" if recipe.teacher.locate == "teacher"
+                           else "")}[settings.rationalize]
     done = sum(1 for number in range(1, settings.count + 1) if (round_path(recipe, number) / "eval" / "student.jsonl").exists())
     return (f"{settings.count} round(s) after the run ({done} done), in {recipe.run.path / ROUNDS_DIR}: the student answers "
             f"{round_size(recipe)} training questions"
@@ -139,7 +141,7 @@ def summarize(recipe: Recipe, fingerprints: dict[int, str], stopped: int | None 
                          answers_verified=own.get("verified", 0), solved_by_student=own.get("questions_solved", 0),
                          solved_by_hint=hinted.get("questions_solved", 0),
                          hint_tokens=hinted.get("completion_tokens_total", 0),
-                         **{key: hinted[key] for key in ("corrected", "error_found", "student_lines_kept") if key in hinted},
+                         **{key: hinted[key] for key in ("corrected", "error_found", "error_found_by_teacher", "student_lines_kept") if key in hinted},
                          kept=((stages.get("curate", {}).get("stats") or {}).get("funnel") or {}).get("kept"),
                          train_steps=(stages.get("train", {}).get("stats") or {}).get("steps"))
         if entry.get("solved_by_hint"):

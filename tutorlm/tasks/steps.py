@@ -159,3 +159,35 @@ def first_error(example: "Example", text: str) -> int | None:
         except (SyntaxError, ValueError, ZeroDivisionError):
             values = None
     return first_wrong_line(text, values)
+
+
+# Where no line's arithmetic is wrong (GSM8K's errors are mostly in the plan), a teacher can be asked which line is
+# the first wrong one (`teacher.locate: teacher`): shown the question, the gold answer and the attempt's numbered
+# lines, it answers with a number. The gold answer is in this prompt only, never in the prompt the student learns.
+LOCATE_TOKENS = 8  # the teacher's reply is a line number
+
+
+def locate_messages(example: "Example", text: str) -> list[dict[str, str]]:
+    """The prompt asking a teacher for the first wrong line of `text`, an attempt at `example` (its non-empty lines
+    numbered from 1)."""
+    numbered = "\n".join(f"{number}: {line}" for number, (_, line) in enumerate(_numbered_lines(text), start=1))
+    return [{"role": "user", "content": (
+        f"Question: {example.question}\nThe correct final answer is {example.answer}.\n\n"
+        f"A student's solution, its lines numbered:\n{numbered}\n\n"
+        "The student's final answer is wrong. Which line is the first one with a mistake (a wrong number, a wrong "
+        "operation or a wrong plan)? Reply with the line number only.")}]
+
+
+def judged_line(reply: str, text: str) -> int | None:
+    """The index in `text.split("\\n")` of the line a teacher's `reply` to `locate_messages` names, or None when the
+    reply names no line of it (no number, 0, or past the last line)."""
+    found = re.search(r"\d+", reply)
+    lines = _numbered_lines(text)
+    if found is None or not 1 <= int(found.group()) <= len(lines):
+        return None
+    return lines[int(found.group()) - 1][0]
+
+
+def _numbered_lines(text: str) -> list[tuple[int, str]]:
+    """(index in text.split("\\n"), line) of each non-empty line."""
+    return [(index, line) for index, line in enumerate(text.split("\n")) if line.strip()]
