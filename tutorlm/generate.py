@@ -185,7 +185,7 @@ def _teacher_key(teacher: Any) -> dict[str, Any]:
         teacher.pop("name")
     if not teacher["correct"]:  # as before corrections existed
         teacher.pop("correct")
-    if teacher["locate"] == "arithmetic":  # as before a teacher could locate errors
+    if teacher["locate"] == "arithmetic" or not teacher.get("correct"):  # as before it existed; it acts only on corrections
         teacher.pop("locate")
     if teacher["tools"] is None:  # as before a teacher could have its own tools
         teacher.pop("tools")
