@@ -199,7 +199,10 @@ def main() -> None:
     if finished.returncode != 0:
         raise SystemExit(f"{' '.join(command)} failed:\n{finished.stderr[-3000:]}")
     scores = {label: question_scores(out / "eval" / f"{label}.jsonl") for label in models}
-    accuracy = {label: accuracy_of(values) for label, values in scores.items()}
+    accuracy = {}
+    for label, values in scores.items():  # "questions" is an sft step's own count: the evaluation's is eval_questions
+        accuracy[label] = accuracy_of(values)
+        accuracy[label]["eval_questions"] = accuracy[label].pop("questions")
 
     def paired(first: str, second: str) -> dict:
         return paired_scores(scores[first], scores[second])
