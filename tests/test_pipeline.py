@@ -112,6 +112,14 @@ def test_the_dry_run_of_a_finished_run_counts_its_students_cached_answers(tiny_r
     assert "student: 0 to generate" in printed and "base: 0 to generate" in printed, printed
 
 
+def test_an_eval_key_leaves_out_a_setting_added_since_at_its_default(tmp_path):
+    from tutorlm.config import TeacherConfig
+    from tutorlm.evaluate import model_key
+
+    assert "locate" not in model_key(TeacherConfig(backend="hf", model="m"), tmp_path)  # earlier evaluations stay current
+    assert model_key(TeacherConfig(backend="hf", model="m", locate="teacher"), tmp_path)["locate"] == "teacher"
+
+
 def test_force_redoes_a_stage_and_those_after_it(tiny_run):
     recipe, run, _ = tiny_run
     before = json.loads((run / "manifest.json").read_text())["stages"]

@@ -151,7 +151,7 @@ class TeacherConfig(ModelConfig):
         "arithmetic", "with correct (or rounds.rationalize correct): how the first wrong step is found. arithmetic: the "
         "task's arithmetic check (tasks/steps.py); teacher: that, and where it finds none this teacher is shown the "
         "question, the gold answer and the answer's numbered lines and names the first wrong one (for tasks whose "
-        "errors are in the plan, as GSM8K's; the gold answer never reaches the student's prompt)")
+        "errors are in the plan, as GSM8K's; the gold answer never reaches the student's prompt)", keyed_when_set=True)
 
     def __post_init__(self) -> None:
         if self.max_concurrency < 1 or self.batch_size < 1:

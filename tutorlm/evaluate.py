@@ -247,7 +247,7 @@ def model_key(config: TeacherConfig, run_path: Path) -> dict[str, Any]:
     """A model's config as its eval stage records it: a checkpoint inside the run directory is named relative
     to it, so a moved or copied run directory still finds its evaluations current (its weights are hashed
     as the stage's inputs)."""
-    key = to_dict(config)
+    key = stage_key(config)  # a setting added since, at its default, leaves earlier evaluations current
     if config.backend == "hf" and config.model and Path(config.model).is_dir():
         model, root = Path(config.model).resolve(), run_path.resolve()
         if model.is_relative_to(root):
