@@ -15,7 +15,8 @@ from tutorlm.backends import Request, Sampling
 from tutorlm.cache import cache_key
 from tutorlm.config import ConfigError, GenerateConfig, Recipe, RoundsConfig, RunConfig, TaskConfig, TeacherConfig
 from tutorlm.curate import curate
-from tutorlm.generate import correction_requests, generate, plan
+from tutorlm.corrections import correction_requests
+from tutorlm.generate import generate, plan
 from tutorlm.recipe_io import load_recipe
 from tutorlm.run import CURATED, TRACES
 from tutorlm.tasks import load_task

@@ -16,7 +16,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "tutorlm"
 LAYERS = [
     ("base", ["errors", "options", "train_config", "config", "_symbolic", "verify", "metrics", "progress", "run", "recipe_io", "tasks", "serve_config"]),
     ("runtime", ["models", "backends", "cache", "throughput", "tools"]),
-    ("methods", ["train", "serve", "fit"]),
+    ("methods", ["train", "serve", "fit", "corrections"]),
     ("stages", ["generate", "curate", "evaluate", "report"]),
     ("orchestration", ["pipeline", "generate_plan", "rounds", "serve.calibrate"]),
     ("cli", ["cli", "__main__", "__init__"]),

@@ -47,6 +47,7 @@ from tutorlm.config import (
     teacher_generate,
     to_dict,
 )
+from tutorlm.corrections import correction_requests, lines_before
 from tutorlm.errors import GenerationIncomplete
 from tutorlm.tools.loop import worked_answer
 from tutorlm.models import topk
@@ -381,35 +382,6 @@ def _ask(recipe: Recipe, teacher: Any, label: str | None, task: Task, plan_: Pla
     return asked
 
 
-def correction_requests(task: Task, plan_: Plan, rows: list[dict[str, Any]], solved: set[str]
-                        ) -> tuple[list[Request], dict[str, dict[str, Any]]]:
-    """SCoRe's corrections: for each question of `plan_` that no earlier answer got right, one request that continues
-    an earlier wrong answer (`rows`) from the line before its first wrong step (tasks.steps.first_error), with what
-    it continues, by question. Of a question's wrong answers the one whose error comes latest is continued (the
-    most of the student's own lines kept); where no wrong step is found in any, the teacher writes a whole answer."""
-    from tutorlm.tasks.steps import first_error
-
-    examples = {example.id: example for example in plan_.examples}
-    first = {request.example_id: request for request in plan_.requests if request.sample_index == 0}
-    chosen: dict[str, dict[str, Any]] = {}
-    for row in rows:
-        example = examples.get(row["example_id"])
-        if example is None or example.id in solved or example.id not in first:
-            continue
-        text = row["completion"][-1]["content"]
-        if row["finish_reason"] != "length" and task.grade(example, text).correct:
-            continue
-        line = first_error(example, text)
-        candidate = {"row": row["id"], "error_line": line, "lines_kept": line or 0,
-                     "prefix": "".join(part + "\n" for part in text.split("\n")[:line]) if line else None}
-        best = chosen.get(example.id)
-        if best is None or (line is not None, line or 0) > (best["error_line"] is not None, best["lines_kept"]):
-            chosen[example.id] = candidate
-    requests = [Request(first[id_].messages, 0, id_, first[id_].guide_messages, prefix=one.pop("prefix"))
-                for id_, one in chosen.items()]
-    return requests, chosen
-
-
 SUMMED = ("samples_requested", "samples_written", "cache_hits", "calls_made", "failures", "unanswered", "retries", "prompt_tokens",
           "completion_tokens", "prompt_tokens_total", "completion_tokens_total", "truncated")
 
@@ -451,7 +423,7 @@ def locate_by_teacher(recipe: Recipe, teacher: Any, task: Task, plan_: Plan, row
         one.update(error_line=line, lines_kept=line, located="teacher")
         stats["located"] += 1
         if line:
-            located[request.example_id] = "".join(part + "\n" for part in text.split("\n")[:line])
+            located[request.example_id] = lines_before(text, line)
     console.print(f"generate: the teacher located the first wrong line of {stats['located']} of {stats['asked']} answers "
                   "the arithmetic check passed")
     return [dataclasses.replace(request, prefix=located[request.example_id]) if request.example_id in located else request
