@@ -153,9 +153,7 @@ def main() -> None:
         raise SystemExit(f"{args.recipe}: generate.limit is null (the whole split): no fresh questions are left for the sft arm")
     # The first step's rate is the start run's (its generate + curate + train over the questions it asked, a little
     # high where a second teacher's answers were trained on too); every later step is sized to the cumulative seconds
-    per_question = sum(base_seconds.values()) / asked
-    if args.start_rate is not None:
-        per_question = args.start_rate
+    per_question = args.start_rate if args.start_rate is not None else sum(base_seconds.values()) / asked
     # Students are named from the repository root (the runs' working directory), so a step's train key does not
     # depend on where the checkout lies
     skip, student, sft = recipe.generate.skip + asked, from_root(start / "student"), []

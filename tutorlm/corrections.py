@@ -20,8 +20,9 @@ def correction_requests(task: Task, plan_: Any, rows: list[dict[str, Any]], solv
                         ) -> tuple[list[Request], dict[str, dict[str, Any]]]:
     """SCoRe's corrections: for each question of `plan_` (a generate.Plan: its examples and requests) that no earlier
     answer got right, one request that continues an earlier wrong answer (`rows`) from the line before its first
-    wrong step (tasks.steps.first_error), with what it continues, by question. Of a question's wrong answers the one whose error comes latest is continued (the
-    most of the student's own lines kept); where no wrong step is found in any, the teacher writes a whole answer."""
+    wrong step (tasks.steps.first_error), with what it continues, by question. Of a question's wrong answers the one
+    whose error comes latest is continued (the most of the student's own lines kept); where no wrong step is found
+    in any, the teacher writes a whole answer."""
     examples = {example.id: example for example in plan_.examples}
     first = {request.example_id: request for request in plan_.requests if request.sample_index == 0}
     chosen: dict[str, dict[str, Any]] = {}

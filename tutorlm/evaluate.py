@@ -335,16 +335,15 @@ def plan_stage(recipe: Recipe, student_current: bool = False) -> StagePlan:
     path = Path(recipe.generate.cache_path or default_cache_path())
     estimates = []
     trained = student_current and (recipe.run.path / "student").is_dir()
+    base = make_backend(resolve_spec("base", recipe)[1], task)  # a student runs at its base's speed
     for spec in eval_models(recipe):
         student = spec.split("=")[-1] == "student"
-        if student and not trained:  # to be trained by this run: nothing of it cached yet; the base's speed
-            backend = make_backend(resolve_spec("base", recipe)[1], task)
-            estimates.append(f"student: {len(requests)} to generate, {throughput.estimate_generate(backend, len(requests))}")
+        if student and not trained:  # to be trained by this run: nothing of it cached yet
+            estimates.append(f"student: {len(requests)} to generate, {throughput.estimate_generate(base, len(requests))}")
             continue
         label, config = resolve_spec(spec, recipe)
         backend = make_backend(config, task)
         todo = len(requests) - (cached_count(path, backend, requests, sampling) if recipe.generate.cache else 0)
-        speed = make_backend(resolve_spec("base", recipe)[1], task) if student else backend  # a student runs at its base's speed
-        estimates.append(f"{label}: {todo} to generate, {throughput.estimate_generate(speed, todo)}")
+        estimates.append(f"{label}: {todo} to generate, {throughput.estimate_generate(base if student else backend, todo)}")
     return StagePlan("eval", "run (skips current models)", f"{', '.join(eval_models(recipe))} on {recipe.eval.limit} "
                      f"{recipe.eval.split} questions; " + "; ".join(estimates))

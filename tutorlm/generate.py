@@ -54,6 +54,7 @@ from tutorlm.models import topk
 from tutorlm.progress import StageProgress
 from tutorlm.run import FAILURES, PARTIAL, TRACES, UNANSWERED, RunDir, atomic_write_text
 from tutorlm.tasks import TOOL_NOTE, DataError, Example, Task, build_prompt, format_question, load_task, prompt_instruction
+from tutorlm.tasks.steps import LOCATE_TOKENS, judged_line, locate_messages
 
 
 @dataclass
@@ -394,8 +395,6 @@ def locate_by_teacher(recipe: Recipe, teacher: Any, task: Task, plan_: Plan, row
     names the first wrong line; the correction then continues from the line before it (a request with no start where
     it names the first line or none). The answers go through the cache. `chosen` (correction_requests') is updated in
     place: error_line, lines_kept and located ("teacher")."""
-    from tutorlm.tasks.steps import LOCATE_TOKENS, judged_line, locate_messages
-
     unlocated = [request for request in requests if chosen[request.example_id]["error_line"] is None]
     stats = {"asked": len(unlocated), "located": 0, "completion_tokens": 0}
     if not unlocated:
