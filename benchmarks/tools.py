@@ -2,6 +2,7 @@
 
     pip install -e ".[teacher]"
     python benchmarks/tools.py [--testbed arith|gsm8k] [--arms tools,cot]
+    python benchmarks/tools.py --student qwen2.5-coder-0.5b-instruct --lr 1e-5 --tag qwen0.5b   # another student
 
 Both arms are shipped recipes run as a user runs them, with the same teacher (Qwen2.5-Coder-1.5B-Instruct, int8),
 training questions, student and held-out questions:
@@ -11,7 +12,8 @@ training questions, student and held-out questions:
   Qwen2.5-Coder-0.5B-Instruct, the split's 250 test questions. Results: benchmarks/results/tools_gsm8k.json.
 The tool arm's teacher computes with ```python blocks (demonstrations of the format), the student learns its
 transcripts and is evaluated with the sandbox; the CoT arm's teacher writes its steps out. A finished run is reused
-(the pipeline skips current stages).
+(the pipeline skips current stages). `--student` puts another student in both arms (runs `<recipe>-<tag>`, results
+`tools_<tag>.json`; `--lr` sets both arms' learning rate); the teacher's answers come from the cache.
 
 Per arm: the student's and the teacher's accuracy with 95% intervals, the teacher's completion tokens (its budget
 in tokens), and with the tool the calls per answer, the share of failed calls and seconds in the sandbox per answer;
@@ -76,27 +78,35 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--testbed", choices=TESTBEDS, default="arith", help="the task, student and recipes (default arith)")
     parser.add_argument("--arms", default="tools,cot", help="of tools, cot")
+    parser.add_argument("--student", help="another student for both arms (a model spec); needs --tag")
+    parser.add_argument("--lr", type=float, help="both arms' learning rate (default: the recipes')")
+    parser.add_argument("--tag", help="names the arms' runs (<recipe>-<tag>) and the results (tools_<tag>.json)")
     args = parser.parse_args()
+    if args.student and not args.tag:
+        parser.error("--student needs --tag (the runs of another student must not overwrite the recipes' own)")
     arms = TESTBEDS[args.testbed]
+    runs = {arm: f"{recipe}-{args.tag}" if args.tag else recipe for arm, recipe in arms.items()}
+    overrides = [*(["--student.model", args.student] if args.student else []), *(["--train.lr", str(args.lr)] if args.lr else [])]
     chosen = args.arms.split(",")
     if unknown := set(chosen) - set(arms):
         parser.error(f"--arms: unknown {', '.join(sorted(unknown))}")
     results = {"benchmark": "tools", "testbed": args.testbed, "machine": machine(), "versions": versions(),
-               "date": datetime.date.today().isoformat(), "commit": commit(), "arms": {}}
+               "date": datetime.date.today().isoformat(), "commit": commit(), "arms": {},
+               **({"student": args.student} if args.student else {}), **({"lr": args.lr} if args.lr else {})}
     for arm in chosen:
         started = time.perf_counter()
-        tutorlm_run(arms[arm])
-        run = ROOT / "runs" / arms[arm]
-        results["arms"][arm] = {"recipe": arms[arm], "wall_s": round(time.perf_counter() - started, 1), **arm_figures(run)}
+        tutorlm_run(arms[arm], *overrides, *(["--run.name", runs[arm]] if args.tag else []))
+        run = ROOT / "runs" / runs[arm]
+        results["arms"][arm] = {"recipe": arms[arm], "run": runs[arm], "wall_s": round(time.perf_counter() - started, 1), **arm_figures(run)}
         results["arms"][arm]["vs_base"] = metrics.paired_scores(scores(run, "base"), scores(run, "student"))
         print(arm, json.dumps(results["arms"][arm]["student"]), flush=True)
     if {"tools", "cot"} <= set(chosen):
-        results["paired"] = metrics.paired_scores(scores(ROOT / "runs" / arms["cot"], "student"),
-                                                  scores(ROOT / "runs" / arms["tools"], "student"))
+        results["paired"] = metrics.paired_scores(scores(ROOT / "runs" / runs["cot"], "student"),
+                                                  scores(ROOT / "runs" / runs["tools"], "student"))
         results["paired"]["what"] = "tool student minus CoT student, same questions"
         print("paired", json.dumps(results["paired"]), flush=True)
     results["sandbox"] = {"isolation": isolation(), "print_1_ms": sandbox_call_ms()}
-    out = ROOT / "benchmarks" / "results" / RESULTS[args.testbed]
+    out = ROOT / "benchmarks" / "results" / (f"tools_{args.tag}.json" if args.tag else RESULTS[args.testbed])
     out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {out}")
 

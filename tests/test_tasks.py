@@ -169,3 +169,33 @@ def test_prompt_asks_for_the_answer_line_and_lists_choices():
 def test_unknown_split_is_an_error():
     with pytest.raises(DataError, match="unknown split"):
         load_task(TaskConfig(source="coin_flip")).examples("dev", 3)
+
+
+def test_a_mix_takes_each_task_in_turn_with_its_own_ids_prompts_and_grading():
+    mix = load_task(TaskConfig(source="multistep_arithmetic,coin_flip"))
+    arith, coins = (load_task(TaskConfig(source=name)) for name in ("multistep_arithmetic", "coin_flip"))
+    examples = mix.examples("train", 5)
+    assert [e.meta["task"] for e in examples] == ["multistep_arithmetic", "coin_flip"] * 2 + ["multistep_arithmetic"]
+    # the same questions and ids as the single tasks' (so cached answers and evaluations carry over)
+    assert [e.id for e in examples[0::2]] == [e.id for e in arith.examples("train", 3)]
+    assert [e.id for e in examples[1::2]] == [e.id for e in coins.examples("train", 2)]
+    assert [e.id for e in mix.examples("train", 4)] == [e.id for e in examples[:4]]  # a prefix, as for one task
+    number, flip = examples[0], examples[1]
+    assert mix.prompt(number) == arith.prompt(number) and mix.prompt(flip) == coins.prompt(flip)
+    assert mix.answer_type_of(flip) == "boolean" and mix.answer_type_of(number) == "number"
+    wrong = "no" if flip.answer.lower() == "yes" else "yes"
+    assert mix.grade(flip, f"The answer is {flip.answer}.").correct and not mix.grade(flip, f"The answer is {wrong}.").correct
+    assert mix.grade(number, f"The answer is {number.answer}.").correct
+    assert mix.name == "multistep_arithmetic+coin_flip"
+
+
+def test_a_mix_gives_options_per_task_and_names_what_is_wrong():
+    mix = load_task(TaskConfig(source="coin_flip,last_letters", options={"last_letters": {"num_words": 5}}))
+    words = mix.examples("test", 2)[1]
+    assert words.meta["task"] == "last_letters" and len(words.answer) == 5
+    with pytest.raises(DataError, match="not one of coin_flip, last_letters"):
+        load_task(TaskConfig(source="coin_flip,last_letters", options={"num_words": 5}))
+    with pytest.raises(DataError, match="each task once"):
+        load_task(TaskConfig(source="coin_flip,coin_flip"))
+    with pytest.raises(DataError, match="unknown task 'coin_flp'.*did you mean coin_flip"):
+        load_task(TaskConfig(source="multistep_arithmetic,coin_flp"))

@@ -162,3 +162,26 @@ def test_the_first_thought_starts_each_answer_with_the_tool(tmp_path):
     assert first_thought("  First, 2 * 3 = 6.\nThen...") == "First, 2 * 3 = 6."
     off = generate_stage_config(Recipe(task=TaskConfig(source="multistep_arithmetic", tools="python")))
     assert "first_thought" not in off["generate"]  # off: runs from before the setting stay current
+
+
+def test_a_mix_of_tasks_shows_each_its_own_demonstration_and_evaluates_each_task_apart(tmp_path):
+    """DualDistill on a mix: a question's few-shot demonstration comes from its own task (arithmetic's computed with
+    the tool, coin flip's in words), and the evaluation reports each task's accuracy and share of answers with Python."""
+    from tutorlm.evaluate import evaluate
+    from tutorlm.generate import plan
+
+    task = load_task(TaskConfig(source="multistep_arithmetic,coin_flip", tools="python"))
+    planned = plan(task, GenerateConfig(limit=4, few_shot=1))
+    shots = {example.meta["task"]: request.messages[1]["content"] for example, request in zip(planned.examples, planned.requests)}
+    assert shots["multistep_arithmetic"].startswith("```python\nprint(")
+    assert "```python" not in shots["coin_flip"] and "heads" in shots["coin_flip"]
+
+    recipe = Recipe(run=RunConfig(name="r", output_dir=str(tmp_path)),
+                    task=TaskConfig(source="multistep_arithmetic,coin_flip", tools="python"))
+    recipe.eval.limit, recipe.eval.cache = 6, False
+    summary = evaluate(recipe, ["teacher"], console=QUIET)["teacher"]  # the reference solver: Python where it can
+    assert summary["accuracy"] == 1.0 and summary["tool_use_rate"] == 0.5
+    parts = summary["by_task"]
+    assert parts["multistep_arithmetic"]["examples"] == parts["coin_flip"]["examples"] == 3
+    assert parts["multistep_arithmetic"]["tool_use_rate"] == 1.0 and parts["coin_flip"]["tool_use_rate"] == 0.0
+    assert parts["coin_flip"]["accuracy"] == 1.0

@@ -95,8 +95,12 @@ def resolve_specs(specs: list[str], recipe: Recipe) -> list[tuple[str, str, Teac
     return [(spec, label, config) for (spec, _, config), label in zip(resolved, labels)]
 
 
-def summarize(rows: list[dict[str, Any]], n: int) -> dict[str, Any]:
-    """Metrics over eval rows (one per example and sample)."""
+BY_TASK_KEYS = ("examples", "accuracy", "accuracy_ci95", "truncation_rate", "tool_use_rate", "tool_calls_per_answer",
+                "tool_error_rate")
+
+
+def summarize(rows: list[dict[str, Any]], n: int, by_task: bool = True) -> dict[str, Any]:
+    """Metrics over eval rows (one per example and sample); on a mix of tasks also each task's (`by_task`)."""
     by_example: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
         by_example.setdefault(row["example_id"], []).append(row)
@@ -118,6 +122,12 @@ def summarize(rows: list[dict[str, Any]], n: int) -> dict[str, Any]:
     if rows and all("teacher_tokens" in r for r in rows):  # tutorlm serve's modes: how much the teacher wrote
         teacher = sum(r["teacher_tokens"] for r in rows)
         summary["teacher_token_share"] = teacher / max(teacher + sum(r["student_tokens"] for r in rows), 1)
+    if by_task and rows and all("task" in r for r in rows):  # a mix of tasks: each task's figures (how it answered each)
+        parts: dict[str, list[dict[str, Any]]] = {}
+        for row in rows:
+            parts.setdefault(row["task"], []).append(row)
+        summary["by_task"] = {name: {key: value for key, value in summarize(part, n, by_task=False).items() if key in BY_TASK_KEYS}
+                              for name, part in parts.items()}
     for k in metrics.k_values(n) if n > 1 else []:
         summary[f"pass@{k}"] = sum(metrics.pass_at_k(len(s), c, k) for c, s in zip(correct_counts, by_example.values())) / examples
         majority_correct = 0
@@ -192,6 +202,7 @@ def evaluate_one(task: Task, examples: list[Example], label: str, config: Teache
                 "finish_reason": completion.finish_reason, "model": backend.model_name,
                 **completion.meta.get("usage", {}),  # student_tokens, teacher_tokens: a model served by tutorlm serve
                 **({"tools": completion.meta["tools"]} if "tools" in completion.meta else {}),  # its Python calls
+                **({"task": example.meta["task"]} if "task" in example.meta else {}),  # a mix: the question's own task
             })
     summary = summarize(rows, settings.n)
     summary.update(label=label, backend=config.backend, model=backend.model_name, max_tokens=settings.max_tokens,
@@ -313,6 +324,10 @@ def print_table(console: Console, summaries: dict[str, dict[str, Any]], title: s
             console.print(f"{label}: Python in {s['tool_use_rate']:.0%} of answers, {s['tool_calls_per_answer']:.2f} calls "
                           f"per answer, {s['tool_error_rate']:.0%} of calls failed, {s['tool_seconds_per_answer']:.2f} s "
                           "in the sandbox per answer", highlight=False)
+    for label, s in summaries.items():  # a mix of tasks: a line per task
+        for name, part in s.get("by_task", {}).items():
+            tools = f", Python in {part['tool_use_rate']:.0%} of answers" if "tool_use_rate" in part else ""
+            console.print(f"{label} on {name}: {part['accuracy']:.1%} of {part['examples']}{tools}", highlight=False)
     for warning in truncation_warnings(summaries):
         console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
 

@@ -111,11 +111,15 @@ def plan(task: Task, config: GenerateConfig, asked: Task | None = None) -> Plan:
     if not examples and config.skip:
         raise DataError(f"generate.skip {config.skip}: the {config.split} split of {task.name} has no question after the "
                         f"first {config.skip} (it has {len(task.examples(config.split, config.skip))})")
-    shots = task.examples("validation", config.few_shot) if config.few_shot else []
-    if asked.tools == "python":  # the shots show the tool's format where they can: compute, read the output, answer
-        shots = [tool_shot(shot) for shot in shots]
+    shots_of: dict[str, list[Example]] = {}  # by the task a question comes from (a mix shows each its own)
     result = Plan(examples=examples, requests=[])
     for example in examples:
+        part = task.part_of(example)
+        if part.name not in shots_of:
+            shots_of[part.name] = part.examples("validation", config.few_shot) if config.few_shot else []
+            if asked.tools == "python":  # the shots show the tool's format where they can: compute, read the output, answer
+                shots_of[part.name] = [tool_shot(shot) for shot in shots_of[part.name]]
+        shots = shots_of[part.name]
         # The student learns from the plain question, as it is asked at evaluation: the shots, like the style, are the
         # teacher's (trained with a shot in every prompt and evaluated without, the `tools` student lost its format)
         training_prompt = build_prompt(example, task.answer_type_of(example), system_prompt=config.system_prompt,

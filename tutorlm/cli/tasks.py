@@ -44,7 +44,8 @@ def cmd_tasks_list(args: argparse.Namespace, extra: list[str]) -> int:
     console.print(bench)
     console.print(
         "Files work too: --task.source data.jsonl (or .json, .csv, .parquet, a saved HF dataset "
-        "directory, hf:ORG/NAME). See `tutorlm tasks show --help`."
+        "directory, hf:ORG/NAME). Several tasks as one: --task.source multistep_arithmetic,coin_flip "
+        "(each example prompted and graded by its own task). See `tutorlm tasks show --help`."
     )
     return 0
 

@@ -33,6 +33,7 @@ from tutorlm.tasks.base import (
 from tutorlm.tasks.benchmarks import BENCHMARKS, benchmark_examples, benchmark_options
 from tutorlm.tasks.files import load_file_examples
 from tutorlm.tasks.logic import Deduction, ObjectTracking
+from tutorlm.tasks.mixed import MixedTask
 from tutorlm.tasks.symbolic import CoinFlip, LastLetters
 
 __all__ = ["BENCHMARKS", "GENERATORS", "SPLITS", "TOOL_NOTE", "DataError", "Example", "Task", "build_prompt", "format_question", "load_task", "split_of"]
@@ -76,6 +77,8 @@ def prompt_instruction(config: TaskConfig) -> str:
     that rewording it makes their results stale (the config alone would not change). Read through the module, as
     build_prompt reads it, so that a reworded instruction (benchmarks/prompt_wording.py) reaches both."""
     tools = config.tools == "python"
+    if parts := mix_parts(config):
+        return "\n".join(prompt_instruction(part) for part in parts.values())
     if config.source in GENERATORS and not config.splits:
         return base.answer_instruction(GENERATORS[config.source].answer_type, tools)
     if config.source in BENCHMARKS and not config.splits:
@@ -90,7 +93,25 @@ def load_task(config: TaskConfig) -> Task:
     return task
 
 
+def mix_parts(config: TaskConfig) -> dict[str, TaskConfig]:
+    """The tasks of a mix (`task.source: a,b`), each with its own options (`task.options: {a: {...}}`); {} for one task."""
+    if "," not in config.source:
+        return {}
+    names = [name.strip() for name in config.source.split(",")]
+    if len(set(names)) < len(names) or not all(names):
+        raise DataError(f"task.source {config.source!r}: a mix names each task once, separated by commas")
+    if unknown := set(config.options) - set(names):
+        raise DataError(f"task.options of a mix are per task ({{{names[0]}: {{...}}}}); {', '.join(sorted(unknown))} "
+                        f"is not one of {', '.join(names)}")
+    if config.splits:
+        raise DataError("task.splits names files of one task; a mix (task.source a,b) takes each task's own splits")
+    return {name: dataclasses.replace(config, source=name, name=None, options=dict(config.options.get(name) or {}))
+            for name in names}
+
+
 def _load_task(config: TaskConfig) -> Task:
+    if parts := mix_parts(config):
+        return MixedTask(config.name or "+".join(parts), {name: _load_task(part) for name, part in parts.items()})
     if config.source in GENERATORS and not config.splits:
         generator = make_generator(config.source, config.options)
         name = config.name or config.source

@@ -197,6 +197,10 @@ class Task:
         check_split(split)
         return self._load(split, n, seed)
 
+    def part_of(self, example: Example) -> "Task":
+        """The task an example comes from: itself, or one of a mix's tasks (tasks/mixed.py)."""
+        return self
+
     def answer_type_of(self, example: Example) -> str:
         if self.answer_type == "auto":
             return verify.infer_answer_type(example.answer, example.choices)
