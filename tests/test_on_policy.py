@@ -399,3 +399,28 @@ def test_pairs_of_a_batch_keep_which_completion_tokens_are_labelled(tokenizer):
     assert prompts == [[1, 2, 3], [4, 5]] and completions == [[10, 11, 12, 13], [20, 21]]
     assert masks == [[True, False, False, True], [True, True]]
     assert pairs_of(collate_padded(items[1:], tokenizer.pad_token_id))[2] is None  # all labelled
+
+
+def test_a_local_teacher_can_be_known_by_its_top_k_and_full_refuses_another_vocabulary(tmp_path, tokenizer):
+    """on_policy_targets: top_k grades a same-vocabulary teacher's top-k once (cached) instead of its whole
+    distribution in the step; with a large enough k the loss is the full-distribution loss; full with another
+    vocabulary is refused before training."""
+    teacher_dir = save_tiny_model(tmp_path / "teacher", seed=4)
+    student = make_model(tokenizer, seed=0)
+    losses = {}
+    for targets, k in (("auto", 20), ("top_k", 4), ("top_k", len(tokenizer))):
+        recipe = make_run(tmp_path / f"{targets}{k}", objective="on_policy", kd_teacher=str(teacher_dir), on_policy_loss="divergence",
+                          kd_divergence="jsd", on_policy_targets=targets, kd_top_k=k, on_policy_max_tokens=16)
+        objective, examples = objective_for(recipe, tokenizer, student)
+        assert (objective.teacher is None) == (targets == "top_k")
+        batch = next(batches(examples, [[0, 1]], False, tokenizer.pad_token_id))
+        losses[targets, k] = objective.loss(student, batch)[0].item()
+        log = objective.log()
+        assert (log.get("teacher_calls", 0) > 0) == (targets == "top_k")  # graded outside the step, then cached
+    assert abs(losses["top_k", len(tokenizer)] - losses["auto", 20]) < 1e-4  # the whole vocabulary: the same loss
+    assert abs(losses["top_k", 4] - losses["auto", 20]) > 1e-4  # the top 4 and a tail bucket: another loss
+    other = save_tiny_model(tmp_path / "other", tokenizer=different_tokenizer())
+    recipe = make_run(tmp_path / "full", objective="on_policy", kd_teacher=str(other), on_policy_loss="divergence",
+                      on_policy_targets="full")
+    with pytest.raises(PreflightError, match="on_policy_targets full needs"):
+        objective_for(recipe, tokenizer, make_model(tokenizer, seed=0))

@@ -54,6 +54,11 @@ class TrainConfig:
         "log p_teacher) in a policy-gradient loss (MiniLLM, Thinking Machines; needs only the teacher's log-prob of each "
         "sampled token); divergence = kd_divergence (e.g. jsd with kd_beta: GKD) against the teacher's full "
         "distribution (a local teacher with the student's vocabulary) or its top kd_top_k")
+    on_policy_targets: Literal["auto", "full", "top_k"] = option(
+        "auto", "on_policy divergence: what the student is compared with on its samples: full = the teacher's whole "
+        "distribution, computed in the step (a local teacher with the student's vocabulary); top_k = its top kd_top_k "
+        "plus a tail bucket, graded once and cached (a server's or another vocabulary's only form); auto = full where "
+        "it can be", keyed_when_set=True)
     on_policy_reward_weight: float = option(
         0.0, "on_policy: add w * (reward - the micro-batch's mean reward) to every sampled token's advantage, reward 1 "
         "when the sample's answer verifies against the gold answer (the verifier as a reward, as KDRL); sampled loss only")

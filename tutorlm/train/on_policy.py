@@ -20,7 +20,8 @@ Losses (`on_policy_loss`):
   when its answer verifies against the gold answer (the verifier as a reward, as KDRL does); the mean is
   over the question's samples (over the micro-batch with one sample a question).
 - `divergence`: `kd_divergence` (generalized JSD(β) is GKD's) against the teacher's full distribution
-  where it is in memory with the student's vocabulary, else against its top `kd_top_k` (tail bucket).
+  where it is in memory with the student's vocabulary, else against its top `kd_top_k` (tail bucket);
+  `on_policy_targets: top_k` takes the top-k from a local teacher too (graded once and cached, outside the step).
 Micro-batches on the teacher's traces (λ < 1) always use the divergence: the sampled estimator is only
 unbiased on the student's own samples. λ = 0 is the offline KD of train/kd.py.
 
@@ -139,7 +140,7 @@ class OnPolicy:
             model_config = teacher_model_config(recipe)
             self.grader = LocalGrader(local, teacher_tokenizer, tokenizer, comparison["same_vocabulary"], name, config.batch_size,
                                       model_fingerprint(model_config.model, model_config.gguf_file), model_config.dtype)
-            if comparison["same_vocabulary"] and not sampled:
+            if comparison["same_vocabulary"] and not sampled and config.on_policy_targets != "top_k":
                 self.teacher = local
             where = f"{name} ({describe(comparison)})"
             stats["tokenizers"] = comparison
@@ -153,6 +154,10 @@ class OnPolicy:
                 f"train.objective {config.objective} needs a teacher to grade the student's samples: train.kd_teacher "
                 "(a local model), teacher.backend hf with teacher.model, or teacher.backend openai (a server that echoes "
                 "prompt log-probabilities, such as vLLM)")
+        if self.teacher is None and not sampled and config.on_policy_targets == "full":
+            raise PreflightError(
+                "train.on_policy_targets full needs the teacher's whole distribution in the step: a local teacher "
+                f"with the student's vocabulary (this one is {where}); use top_k or auto")
         if self.teacher is None and not sampled and config.kd_temperature != 1.0:
             raise PreflightError("train.kd_temperature must be 1 when the teacher is known by its top-k (a server or "
                                  "another vocabulary): a top-k cannot be re-tempered")
