@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from tutorlm import verify
 from tutorlm.tasks.base import Example, Task, answer_instruction
 
 
@@ -45,5 +46,5 @@ class MixedTask(Task):
     def instruction(self, example: Example) -> str:
         return answer_instruction(self.answer_type_of(example), self.tools == "python")
 
-    def grade(self, example, completion, *, timeout: float = 5.0):  # noqa: ANN001, ANN201 - Task.grade's signature
+    def grade(self, example: Example, completion: str, *, timeout: float = 5.0) -> verify.Verdict:
         return self.part_of(example).grade(example, completion, timeout=timeout)
