@@ -17,8 +17,6 @@ RUN_START, RUN_END = "<!-- default-run:start -->", "<!-- default-run:end -->"
 REAL_START, REAL_END = "<!-- real-teacher:start -->", "<!-- real-teacher:end -->"
 MENTOR_START, MENTOR_END = "<!-- mentor-fast:start -->", "<!-- mentor-fast:end -->"
 WORDING_START, WORDING_END = "<!-- wording:start -->", "<!-- wording:end -->"
-RACE_START, RACE_END = "<!-- race-arith:start -->", "<!-- race-arith:end -->"
-GSM8K_RACE_START, GSM8K_RACE_END = "<!-- race-gsm8k:start -->", "<!-- race-gsm8k:end -->"
 RACE_SECTIONS = {"arith": "method-race-the-fast-testbed", "gsm8k": "method-race-on-gsm8k-testbed-b"}
 NOISE_START, NOISE_END = "<!-- gradient-noise:start -->", "<!-- gradient-noise:end -->"
 
@@ -502,10 +500,14 @@ def main() -> None:
         ROOT / "docs" / "results.md": [(START, END, rows()), (REAL_START, REAL_END, default_run("real_teacher.json")),
                                        (MENTOR_START, MENTOR_END, default_run("mentor_fast.json")),
                                        (WORDING_START, WORDING_END, wording_table()),
-                                       (RACE_START, RACE_END, race_table("arith")),
-                                       (GSM8K_RACE_START, GSM8K_RACE_END, race_table("gsm8k")),
                                        (NOISE_START, NOISE_END, noise_table())],
     }
+    races = ROOT / "benchmarks" / "results" / "method_race.json"
+    results_md = (ROOT / "docs" / "results.md").read_text()
+    for testbed in json.loads(races.read_text())["testbeds"] if races.exists() else []:  # each testbed with its markers
+        start, end = f"<!-- race-{testbed}:start -->", f"<!-- race-{testbed}:end -->"
+        if start in results_md:
+            blocks[ROOT / "docs" / "results.md"].append((start, end, race_table(testbed)))
     for path, replacements in blocks.items():
         text = path.read_text()
         for start, end, lines in replacements:
