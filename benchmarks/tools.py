@@ -10,6 +10,8 @@ training questions, student and held-out questions:
   Instruct, 100 held-out questions. Results: benchmarks/results/tools.json.
 - gsm8k: `tutorlm run tools-gsm8k` against `tutorlm run gsm8k`: 300 of tutorlm's GSM8K training questions,
   Qwen2.5-Coder-0.5B-Instruct, the split's 250 test questions. Results: benchmarks/results/tools_gsm8k.json.
+- mix (`--arms tools`): `tutorlm run tools-mix`, DualDistill on multistep arithmetic and coin flip: per task, the
+  student's accuracy and share of answers with Python. Results: benchmarks/results/tools_mix.json.
 The tool arm's teacher computes with ```python blocks (demonstrations of the format), the student learns its
 transcripts and is evaluated with the sandbox; the CoT arm's teacher writes its steps out. A finished run is reused
 (the pipeline skips current stages). `--student` puts another student in both arms (runs `<recipe>-<tag>`, results
@@ -33,14 +35,16 @@ from _common import commit, machine, tutorlm_run, versions
 
 from tutorlm import metrics
 from tutorlm.report import question_scores
+from tutorlm.run import read_jsonl
 from tutorlm.tools.sandbox import isolation, run_python
 
 ROOT = Path(__file__).resolve().parent.parent
 TESTBEDS = {  # testbed -> arm -> recipe (its run directory: runs/<recipe>)
     "arith": {"tools": "tools", "cot": "real-teacher"},
     "gsm8k": {"tools": "tools-gsm8k", "cot": "gsm8k"},
+    "mix": {"tools": "tools-mix"},  # DualDistill on a mix of tasks: one run, both teachers; where the student used Python
 }
-RESULTS = {"arith": "tools.json", "gsm8k": "tools_gsm8k.json"}
+RESULTS = {"arith": "tools.json", "gsm8k": "tools_gsm8k.json", "mix": "tools_mix.json"}
 
 
 def scores(run: Path, label: str) -> dict[str, float]:
@@ -58,10 +62,16 @@ def arm_figures(run: Path) -> dict:
             continue
         s = summary[label]
         figures[label] = {key: s[key] for key in ("accuracy", "accuracy_ci95", "mean_completion_tokens", "truncation_rate")}
-        for key in ("tool_use_rate", "tool_calls_per_answer", "tool_error_rate", "tool_seconds_per_answer"):
+        for key in ("tool_use_rate", "tool_calls_per_answer", "tool_error_rate", "tool_seconds_per_answer", "by_task"):
             if key in s:
-                figures[label][key] = round(s[key], 4)
+                figures[label][key] = s[key] if key == "by_task" else round(s[key], 4)
     figures["curate"] = manifest["stages"]["curate"]["stats"]
+    kept: dict[str, int] = {}  # what the student learned from: per task (a mix), teacher, and whether it used Python
+    for row in read_jsonl(run / "curated.jsonl"):
+        way = "python" if row.get("tools") else "words"
+        key = "/".join([row["example_id"].rsplit("-", 1)[0], row.get("teacher") or "teacher", way])
+        kept[key] = kept.get(key, 0) + 1
+    figures["kept_by_task"] = dict(sorted(kept.items()))
     figures["stage_seconds"] = {name: stage.get("seconds") for name, stage in manifest["stages"].items()}
     return figures
 
