@@ -115,10 +115,9 @@ def plan(task: Task, config: GenerateConfig, asked: Task | None = None) -> Plan:
     result = Plan(examples=examples, requests=[])
     for example in examples:
         part = task.part_of(example)
-        if part.name not in shots_of:
-            shots_of[part.name] = part.examples("validation", config.few_shot) if config.few_shot else []
-            if asked.tools == "python":  # the shots show the tool's format where they can: compute, read the output, answer
-                shots_of[part.name] = [tool_shot(shot) for shot in shots_of[part.name]]
+        if part.name not in shots_of:  # the shots show the tool's format where they can: compute, read the output, answer
+            found = part.examples("validation", config.few_shot) if config.few_shot else []
+            shots_of[part.name] = [tool_shot(shot) for shot in found] if asked.tools == "python" else found
         shots = shots_of[part.name]
         # The student learns from the plain question, as it is asked at evaluation: the shots, like the style, are the
         # teacher's (trained with a shot in every prompt and evaluated without, the `tools` student lost its format)

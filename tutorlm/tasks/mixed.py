@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 
 from tutorlm import verify
-from tutorlm.tasks.base import Example, Task, answer_instruction
+from tutorlm.tasks.base import Example, Task
 
 
 class MixedTask(Task):
@@ -42,9 +42,6 @@ class MixedTask(Task):
 
     def answer_type_of(self, example: Example) -> str:
         return self.part_of(example).answer_type_of(example)
-
-    def instruction(self, example: Example) -> str:
-        return answer_instruction(self.answer_type_of(example), self.tools == "python")
 
     def grade(self, example: Example, completion: str, *, timeout: float = 5.0) -> verify.Verdict:
         return self.part_of(example).grade(example, completion, timeout=timeout)
